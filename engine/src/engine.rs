@@ -1,0 +1,1395 @@
+//! The engine: commands and `now` in, replies and effect records out. No I/O, no clock.
+
+use std::collections::BTreeMap;
+
+use parking_lot::RwLockReadGuard;
+
+use crate::catalog::{sku_hash, Catalog, ShardItems};
+use crate::code::{LineResult, Reply, ResultCode};
+use crate::command::{Command, ImportRow, Line};
+use crate::item::{Counters, ItemGuard};
+use crate::memory::{OperationEntry, OperationShard, Reservation, ReservationLineState, ReservationShard, Sharded};
+use crate::record::{
+    Body, ItemChange, LineChange, OperationMemo, Record, ReservationState, ReservedLine, SettleKind,
+};
+use crate::sync::{AtomicU64, Ordering};
+use crate::types::{
+    ItemId, Location, Lsn, Name, OperationId, ReservationId, Sku, TenantId, EXPIRE_BATCH_MAX,
+    LINES_PER_RESERVATION_MAX, IMPORT_ROWS_MAX, PAGE_ITEMS_MAX, QUANTITY_MAX, SHARDS_MAX, STOCK_MAX, TTL_MS_MAX,
+    TTL_MS_MIN,
+};
+use crate::EngineError;
+
+/// How an engine is laid out. `shards` is part of the data: a data directory keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Item shards, a power of two.
+    pub shards: usize,
+    /// Shards of the reservation and operation-id tables, a power of two.
+    pub id_shards: usize,
+    /// How long a closed reservation id or an operation id is remembered for retries.
+    pub idempotency_retention_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config { shards: 256, id_shards: 256, idempotency_retention_ms: 24 * 3_600_000 }
+    }
+}
+
+pub struct Engine {
+    config: Config,
+    catalog: Catalog,
+    reservations: Sharded<ReservationShard>,
+    operations: Sharded<OperationShard>,
+    /// The next LSN to hand out. Taken while every item the record touches is latched, so
+    /// LSN order agrees with each item's update order.
+    next_lsn: AtomicU64,
+}
+
+/// One item as a query sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ItemView {
+    pub item: ItemId,
+    pub sku: String,
+    pub location: String,
+    pub counters: Counters,
+}
+
+impl ItemView {
+    pub fn available(&self) -> i64 {
+        self.counters.available()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReservationView {
+    pub reservation: String,
+    pub state: ReservationState,
+    pub deadline_ms: u64,
+    pub lines: Vec<ReservationLineView>,
+    pub reply: Reply,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReservationLineView {
+    pub sku: String,
+    pub location: String,
+    pub requested: i64,
+    pub reserved: i64,
+    pub committed: i64,
+    pub released: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub items: Vec<ItemView>,
+    /// Pass back to get the next page; `None` at the end.
+    pub next_cursor: Option<u64>,
+}
+
+/// What `verify` found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub items: usize,
+    pub open_reservations: usize,
+    /// Per tenant name: (on_hand, reserved) summed over its items.
+    pub tenant_totals: BTreeMap<String, (i64, i64)>,
+    /// Human-readable descriptions of every broken invariant. Empty: all holds.
+    pub violations: Vec<String>,
+}
+
+/// The whole state, in canonical order, for comparing two engines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dump {
+    pub next_lsn: u64,
+    pub tenants: Vec<String>,
+    pub items: BTreeMap<ItemId, (TenantId, String, String, Counters)>,
+    pub reservations: BTreeMap<(TenantId, String), Reservation>,
+    pub operations: BTreeMap<(TenantId, String), OperationEntry>,
+}
+
+/// An item a command needs, resolved.
+struct Resolved {
+    item: ItemId,
+}
+
+impl Engine {
+    pub fn new(config: Config) -> Engine {
+        assert!(config.shards.is_power_of_two() && config.shards <= SHARDS_MAX);
+        assert!(config.id_shards.is_power_of_two() && config.id_shards <= SHARDS_MAX);
+        Engine {
+            catalog: Catalog::new(config.shards),
+            reservations: Sharded::new(config.id_shards),
+            operations: Sharded::new(config.id_shards),
+            next_lsn: AtomicU64::new(1),
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The LSN the next record will get.
+    pub fn next_lsn(&self) -> Lsn {
+        Lsn(self.next_lsn.load(Ordering::Acquire))
+    }
+
+    fn take_lsn(&self) -> Lsn {
+        // Relaxed is enough: callers hold the latches that order dependent records, and the
+        // modification order of one atomic respects happens-before.
+        let lsn = self.next_lsn.fetch_add(1, Ordering::Relaxed);
+        assert!(lsn < u64::MAX / 2, "LSN space exhausted");
+        Lsn(lsn)
+    }
+
+    pub fn tenant_id(&self, name: &str) -> Option<TenantId> {
+        self.catalog.tenants.read().get(name)
+    }
+
+    pub fn tenant_name(&self, tenant: TenantId) -> Option<String> {
+        self.catalog.tenants.read().name(tenant).map(str::to_owned)
+    }
+
+    fn tenant_exists(&self, tenant: TenantId) -> bool {
+        (tenant.0 as usize) < self.catalog.tenants.read().len()
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Commands.
+
+    /// Executes one command at time `now_ms`. Records (zero or more, in LSN order) are
+    /// appended to `records`; the reply must only reach the client once they are durable.
+    pub fn execute(&self, command: &Command, now_ms: u64, records: &mut Vec<Record>) -> Reply {
+        let records_before = records.len();
+        let reply = match command {
+            Command::CreateTenant { name } => self.create_tenant(name, now_ms, records),
+            Command::Reserve { tenant, reservation, lines, ttl_ms, allow_partial } => {
+                self.reserve(*tenant, reservation, lines, *ttl_ms, *allow_partial, command.fingerprint(), now_ms, records)
+            }
+            Command::Extend { tenant, operation, reservation, ttl_ms } => {
+                self.settle(*tenant, operation, reservation, SettleKind::Extend, None, *ttl_ms, command, now_ms, records)
+            }
+            Command::Commit { tenant, operation, reservation, lines } => {
+                self.settle(*tenant, operation, reservation, SettleKind::Commit, lines.as_deref(), 0, command, now_ms, records)
+            }
+            Command::Release { tenant, operation, reservation, lines } => {
+                self.settle(*tenant, operation, reservation, SettleKind::Release, lines.as_deref(), 0, command, now_ms, records)
+            }
+            Command::Receive { tenant, operation, .. }
+            | Command::Adjust { tenant, operation, .. }
+            | Command::SetOnHand { tenant, operation, .. }
+            | Command::Move { tenant, operation, .. }
+            | Command::SetPolicy { tenant, operation, .. }
+            | Command::Import { tenant, operation, .. } => self.stock(*tenant, operation, command, now_ms, records),
+            Command::Expire { limit } => self.expire(*limit, now_ms, records),
+            Command::Forget => self.forget(now_ms, records),
+        };
+        debug_assert!(records[records_before..].windows(2).all(|w| w[0].lsn < w[1].lsn));
+        debug_assert!(records[records_before..].iter().all(|r| r.timestamp_ms == now_ms));
+        reply
+    }
+
+    fn create_tenant(&self, name: &Name, now_ms: u64, records: &mut Vec<Record>) -> Reply {
+        let mut tenants = self.catalog.tenants.write();
+        if tenants.get(name.as_str()).is_some() {
+            return Reply::code(ResultCode::TenantExists);
+        }
+        let Some(tenant) = tenants.insert(name.as_str()) else {
+            return Reply::code(ResultCode::CapacityExceeded);
+        };
+        let lsn = self.take_lsn();
+        records.push(Record {
+            lsn,
+            timestamp_ms: now_ms,
+            body: Body::TenantCreated { tenant, name: name.as_str().into() },
+        });
+        Reply { count: u64::from(tenant.0), ..Reply::code(ResultCode::Ok) }
+    }
+
+    /// Finds an item, or creates it (recording the creation) when `create`.
+    fn resolve(
+        &self,
+        tenant: TenantId,
+        sku: &Sku,
+        location: &Location,
+        create: bool,
+        now_ms: u64,
+        records: &mut Vec<Record>,
+    ) -> Result<Resolved, ResultCode> {
+        let hash = sku_hash(tenant, sku.as_str());
+        let shard = self.catalog.shard_of(hash);
+        if let Some(index) = self.catalog.read_shard(shard).find(tenant, sku.as_str(), location.as_str(), hash) {
+            return Ok(Resolved { item: ItemId { shard, index } });
+        }
+        if !create {
+            return Err(ResultCode::UnknownItem);
+        }
+        let mut items = self.catalog.shards[shard as usize].items.write();
+        if let Some(index) = items.find(tenant, sku.as_str(), location.as_str(), hash) {
+            return Ok(Resolved { item: ItemId { shard, index } });
+        }
+        let index = items
+            .insert(tenant, sku.as_str(), location.as_str(), hash)
+            .ok_or(ResultCode::CapacityExceeded)?;
+        let item = ItemId { shard, index };
+        // Under the shard's write lock: creation order in a shard is LSN order.
+        let lsn = self.take_lsn();
+        records.push(Record {
+            lsn,
+            timestamp_ms: now_ms,
+            body: Body::ItemCreated {
+                item,
+                tenant,
+                sku: sku.as_str().into(),
+                location: location.as_str().into(),
+            },
+        });
+        Ok(Resolved { item })
+    }
+
+    /// Latches `items` (sorted, distinct) in order (so no two commands can deadlock), runs
+    /// `f` on them, and publishes every change at once when the latches drop.
+    fn with_items<R>(&self, items: &[ItemId], f: impl FnOnce(&mut [ItemGuard<'_>]) -> R) -> R {
+        assert!(items.windows(2).all(|w| w[0] < w[1]), "items must be sorted and distinct");
+        assert!(items.len() <= IMPORT_ROWS_MAX * 2);
+        let mut shards: Vec<(u32, RwLockReadGuard<'_, ShardItems>)> = Vec::with_capacity(items.len().min(4));
+        for item in items {
+            if shards.last().is_none_or(|(shard, _)| *shard != item.shard) {
+                shards.push((item.shard, self.catalog.read_shard(item.shard)));
+            }
+        }
+        let mut guards = Vec::with_capacity(items.len());
+        let mut position = 0;
+        for item in items {
+            while shards[position].0 != item.shard {
+                position += 1;
+            }
+            guards.push(shards[position].1.cell(item.index).latch());
+        }
+        let result = f(&mut guards);
+        drop(guards);
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn reserve(
+        &self,
+        tenant: TenantId,
+        reservation: &ReservationId,
+        lines: &[Line],
+        ttl_ms: u64,
+        allow_partial: bool,
+        fingerprint: u64,
+        now_ms: u64,
+        records: &mut Vec<Record>,
+    ) -> Reply {
+        if lines.is_empty() {
+            return Reply::code(ResultCode::EmptyLines);
+        }
+        if lines.len() > LINES_PER_RESERVATION_MAX {
+            return Reply::code(ResultCode::TooManyLines);
+        }
+        if !(TTL_MS_MIN..=TTL_MS_MAX).contains(&ttl_ms) {
+            return Reply::code(ResultCode::TtlOutOfRange);
+        }
+        if !self.tenant_exists(tenant) {
+            return Reply::code(ResultCode::UnknownTenant);
+        }
+        let id = reservation.as_str();
+        let mut shard = self.reservations.shard(tenant, id).lock();
+        if let Some(existing) = shard.map.get(&(tenant, id.into())) {
+            return if existing.fingerprint == fingerprint {
+                existing.reply.clone()
+            } else {
+                Reply::code(ResultCode::IdReusedWithDifferentRequest)
+            };
+        }
+        let deadline_ms = now_ms.saturating_add(ttl_ms);
+
+        // Resolve every line; an unknown item refuses the whole reserve.
+        let mut line_items = Vec::with_capacity(lines.len());
+        let mut unknown = false;
+        for line in lines {
+            match self.resolve(tenant, &line.sku, &line.location, false, now_ms, records) {
+                Ok(resolved) => line_items.push(Some(resolved.item)),
+                Err(_) => {
+                    unknown = true;
+                    line_items.push(None);
+                }
+            }
+        }
+
+        let (reply, reserved_lines, changes, lsn) = if unknown {
+            let results = lines
+                .iter()
+                .zip(&line_items)
+                .map(|(line, item)| LineResult {
+                    code: if item.is_some() { ResultCode::Ok } else { ResultCode::UnknownItem },
+                    requested: line.quantity.get(),
+                    applied: 0,
+                    available: 0,
+                })
+                .collect();
+            let reply = Reply { lines: results, ..Reply::code(ResultCode::UnknownItem) };
+            (reply, Vec::new(), Vec::new(), self.take_lsn())
+        } else {
+            let line_items: Vec<ItemId> = line_items.into_iter().map(|item| item.expect("resolved")).collect();
+            let mut distinct = line_items.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            self.with_items(&distinct, |guards| {
+                let guard_of = |item: ItemId| distinct.binary_search(&item).expect("latched");
+                let mut results = Vec::with_capacity(lines.len());
+                let mut granted = vec![0i64; lines.len()];
+                if allow_partial {
+                    for (position, line) in lines.iter().enumerate() {
+                        let guard = &mut guards[guard_of(line_items[position])];
+                        let room = (guard.counters.available() + guard.counters.backorder_limit)
+                            .min(STOCK_MAX - guard.counters.reserved)
+                            .max(0);
+                        let take = line.quantity.get().min(room);
+                        guard.counters.reserved += take;
+                        granted[position] = take;
+                    }
+                } else {
+                    // Two lines on one item count together.
+                    let mut wanted = vec![0i64; distinct.len()];
+                    for (position, line) in lines.iter().enumerate() {
+                        wanted[guard_of(line_items[position])] += line.quantity.get();
+                    }
+                    let all_fit = guards.iter().zip(&wanted).all(|(guard, &want)| guard.counters.can_reserve(want));
+                    if all_fit {
+                        for (guard, want) in guards.iter_mut().zip(&wanted) {
+                            guard.counters.reserved += want;
+                        }
+                        for (position, line) in lines.iter().enumerate() {
+                            granted[position] = line.quantity.get();
+                        }
+                    }
+                }
+                let total: i64 = granted.iter().sum();
+                let short = lines.iter().zip(&granted).any(|(line, &got)| got < line.quantity.get());
+                let code = match (total > 0, short) {
+                    (true, false) => ResultCode::Ok,
+                    (true, true) => ResultCode::OkPartial,
+                    (false, _) => ResultCode::InsufficientStock,
+                };
+                for (position, line) in lines.iter().enumerate() {
+                    let guard = &guards[guard_of(line_items[position])];
+                    let available = if code.is_ok() { guard.counters.available() } else { guard.original().available() };
+                    results.push(LineResult {
+                        code: if granted[position] < line.quantity.get() {
+                            ResultCode::InsufficientStock
+                        } else {
+                            ResultCode::Ok
+                        },
+                        requested: line.quantity.get(),
+                        applied: granted[position],
+                        available,
+                    });
+                }
+                let mut changes = Vec::new();
+                let mut reserved_lines = Vec::new();
+                if code.is_ok() {
+                    for guard in guards.iter() {
+                        assert!(guard.counters.holds(), "reserve broke the ledger: {:?}", guard.counters);
+                    }
+                    changes = changes_of(&distinct, guards);
+                    reserved_lines = lines
+                        .iter()
+                        .enumerate()
+                        .map(|(position, line)| ReservedLine {
+                            item: line_items[position],
+                            requested: line.quantity.get(),
+                            reserved: granted[position],
+                        })
+                        .collect();
+                } else {
+                    for guard in guards.iter_mut() {
+                        guard.counters = guard.original();
+                    }
+                }
+                let reply = Reply { lines: results, deadline_ms: if code.is_ok() { deadline_ms } else { 0 }, ..Reply::code(code) };
+                (reply, reserved_lines, changes, self.take_lsn())
+            })
+        };
+
+        let state = if reply.is_ok() { ReservationState::Open } else { ReservationState::Refused };
+        install_reservation(&mut shard, tenant, id, fingerprint, &reply, state, deadline_ms, &reserved_lines, now_ms, lsn);
+        records.push(Record {
+            lsn,
+            timestamp_ms: now_ms,
+            body: Body::Reserved {
+                tenant,
+                reservation: id.into(),
+                fingerprint,
+                deadline_ms,
+                reply: reply.clone(),
+                lines: reserved_lines,
+                changes,
+            },
+        });
+        reply
+    }
+
+    /// Commit, release or extend.
+    #[allow(clippy::too_many_arguments)]
+    fn settle(
+        &self,
+        tenant: TenantId,
+        operation: &OperationId,
+        reservation: &ReservationId,
+        kind: SettleKind,
+        lines: Option<&[Line]>,
+        ttl_ms: u64,
+        command: &Command,
+        now_ms: u64,
+        records: &mut Vec<Record>,
+    ) -> Reply {
+        if let Some(lines) = lines {
+            if lines.is_empty() {
+                return Reply::code(ResultCode::EmptyLines);
+            }
+            if lines.len() > LINES_PER_RESERVATION_MAX {
+                return Reply::code(ResultCode::TooManyLines);
+            }
+        }
+        if kind == SettleKind::Extend && !(TTL_MS_MIN..=TTL_MS_MAX).contains(&ttl_ms) {
+            return Reply::code(ResultCode::TtlOutOfRange);
+        }
+        if !self.tenant_exists(tenant) {
+            return Reply::code(ResultCode::UnknownTenant);
+        }
+        let fingerprint = command.fingerprint();
+        let operation = operation.as_str();
+        let mut operations = self.operations.shard(tenant, operation).lock();
+        if let Some(reply) = recall(&operations, tenant, operation, fingerprint) {
+            return reply;
+        }
+        let id = reservation.as_str();
+        let mut shard = self.reservations.shard(tenant, id).lock();
+        let key = (tenant, Box::<str>::from(id));
+        let refuse = |code: ResultCode, lines: Vec<LineResult>, records: &mut Vec<Record>, operations: &mut OperationShard| {
+            let reply = Reply { lines, ..Reply::code(code) };
+            let lsn = self.take_lsn();
+            operations.remember(tenant, operation, fingerprint, reply.clone(), now_ms, lsn);
+            records.push(Record {
+                lsn,
+                timestamp_ms: now_ms,
+                body: Body::Refused {
+                    tenant,
+                    memo: OperationMemo { operation: operation.into(), fingerprint, reply: reply.clone() },
+                },
+            });
+            reply
+        };
+        let Some(current) = shard.map.get(&key) else {
+            return refuse(ResultCode::UnknownReservation, Vec::new(), records, &mut operations);
+        };
+        if !current.state.is_open() {
+            return refuse(ResultCode::ReservationNotOpen, Vec::new(), records, &mut operations);
+        }
+
+        // Past its deadline: the engine expires it now, and says so.
+        let (kind, line_changes, mut results, code) = if current.deadline_ms <= now_ms {
+            let changes: Vec<LineChange> = current
+                .lines
+                .iter()
+                .enumerate()
+                .filter(|(_, line)| line.open() > 0)
+                .map(|(position, line)| LineChange { line: position as u16, committed: 0, released: line.open() })
+                .collect();
+            (SettleKind::Expire, changes, Vec::new(), ResultCode::ReservationExpired)
+        } else if kind == SettleKind::Extend {
+            (SettleKind::Extend, Vec::new(), Vec::new(), ResultCode::Ok)
+        } else {
+            match self.plan_settle(tenant, current, lines, kind) {
+                Ok((changes, results)) => (kind, changes, results, ResultCode::Ok),
+                Err((code, results)) => return refuse(code, results, records, &mut operations),
+            }
+        };
+
+        let deadline_ms = match kind {
+            SettleKind::Extend => now_ms.saturating_add(ttl_ms),
+            _ => current.deadline_ms,
+        };
+        let mut items: Vec<ItemId> = line_changes.iter().map(|change| current.lines[change.line as usize].item).collect();
+        items.sort_unstable();
+        items.dedup();
+        let lines_state = current.lines.clone();
+        let outcome = self.with_items(&items, |guards| {
+            for change in &line_changes {
+                let line = &lines_state[change.line as usize];
+                let guard = &mut guards[items.binary_search(&line.item).expect("latched")];
+                guard.counters.reserved -= change.committed + change.released;
+                guard.counters.on_hand -= change.committed;
+                guard.counters.committed_total += change.committed;
+            }
+            if guards.iter().any(|guard| guard.counters.on_hand < 0) {
+                // Only with backorders: cannot ship what is not there.
+                for guard in guards.iter_mut() {
+                    guard.counters = guard.original();
+                }
+                return Err(ResultCode::InsufficientOnHand);
+            }
+            for guard in guards.iter() {
+                assert!(guard.counters.holds(), "settle broke the ledger: {:?}", guard.counters);
+            }
+            Ok((changes_of(&items, guards), self.take_lsn()))
+        });
+        let (changes, lsn) = match outcome {
+            Ok(done) => done,
+            Err(code) => return refuse(code, results, records, &mut operations),
+        };
+
+        let current = shard.map.get_mut(&key).expect("present");
+        let old_deadline = current.deadline_ms;
+        for change in &line_changes {
+            let line = &mut current.lines[change.line as usize];
+            line.committed += change.committed;
+            line.released += change.released;
+            assert!(line.open() >= 0);
+        }
+        let state = current.derived_state((kind == SettleKind::Expire).then_some(ReservationState::Expired));
+        current.state = state;
+        current.deadline_ms = deadline_ms;
+        if state.is_open() && kind == SettleKind::Extend {
+            let entry = shard.deadlines.take(&(old_deadline, tenant, id.into()));
+            assert!(entry.is_some(), "open reservation without a deadline entry");
+            shard.deadlines.insert((deadline_ms, tenant, id.into()));
+        }
+        if !state.is_open() {
+            shard.map.get_mut(&key).expect("present").closed_ms = Some(now_ms);
+            shard.close(tenant, id, old_deadline, now_ms, lsn);
+        }
+        if results.is_empty() {
+            results = line_changes
+                .iter()
+                .map(|change| LineResult {
+                    code: ResultCode::Ok,
+                    requested: change.committed + change.released,
+                    applied: change.committed + change.released,
+                    available: 0,
+                })
+                .collect();
+        }
+        let reply = Reply {
+            lines: results,
+            deadline_ms: if state.is_open() { deadline_ms } else { 0 },
+            ..Reply::code(code)
+        };
+        operations.remember(tenant, operation, fingerprint, reply.clone(), now_ms, lsn);
+        records.push(Record {
+            lsn,
+            timestamp_ms: now_ms,
+            body: Body::Settled {
+                tenant,
+                reservation: id.into(),
+                kind,
+                memo: Some(OperationMemo { operation: operation.into(), fingerprint, reply: reply.clone() }),
+                deadline_ms,
+                state,
+                line_changes,
+                changes,
+            },
+        });
+        reply
+    }
+
+    /// Which reservation lines a commit or release takes how much from.
+    #[allow(clippy::type_complexity)]
+    fn plan_settle(
+        &self,
+        tenant: TenantId,
+        reservation: &Reservation,
+        lines: Option<&[Line]>,
+        kind: SettleKind,
+    ) -> Result<(Vec<LineChange>, Vec<LineResult>), (ResultCode, Vec<LineResult>)> {
+        let split = |amount: i64| match kind {
+            SettleKind::Commit => (amount, 0),
+            _ => (0, amount),
+        };
+        let Some(lines) = lines else {
+            let changes: Vec<LineChange> = reservation
+                .lines
+                .iter()
+                .enumerate()
+                .filter(|(_, line)| line.open() > 0)
+                .map(|(position, line)| {
+                    let (committed, released) = split(line.open());
+                    LineChange { line: position as u16, committed, released }
+                })
+                .collect();
+            return Ok((changes, Vec::new()));
+        };
+        let mut remaining: Vec<i64> = reservation.lines.iter().map(ReservationLineState::open).collect();
+        let mut taken = vec![0i64; reservation.lines.len()];
+        let mut results = Vec::with_capacity(lines.len());
+        let mut failed = None;
+        for line in lines {
+            let item = self.catalog.find(tenant, line.sku.as_str(), line.location.as_str());
+            let mut want = line.quantity.get();
+            let mut code = ResultCode::Ok;
+            let on_item: Vec<usize> = match item {
+                Some(item) => (0..reservation.lines.len()).filter(|&p| reservation.lines[p].item == item).collect(),
+                None => Vec::new(),
+            };
+            if on_item.is_empty() {
+                code = ResultCode::LineNotInReservation;
+            } else if on_item.iter().map(|&p| remaining[p]).sum::<i64>() < want {
+                code = ResultCode::ExceedsReserved;
+            } else {
+                for position in on_item {
+                    let take = want.min(remaining[position]);
+                    remaining[position] -= take;
+                    taken[position] += take;
+                    want -= take;
+                }
+                debug_assert_eq!(want, 0);
+            }
+            if code != ResultCode::Ok && failed.is_none() {
+                failed = Some(code);
+            }
+            results.push(LineResult {
+                code,
+                requested: line.quantity.get(),
+                applied: if code == ResultCode::Ok { line.quantity.get() } else { 0 },
+                available: 0,
+            });
+        }
+        if let Some(code) = failed {
+            for result in &mut results {
+                result.applied = 0;
+            }
+            return Err((code, results));
+        }
+        let changes = taken
+            .iter()
+            .enumerate()
+            .filter(|(_, &amount)| amount > 0)
+            .map(|(position, &amount)| {
+                let (committed, released) = split(amount);
+                LineChange { line: position as u16, committed, released }
+            })
+            .collect();
+        Ok((changes, results))
+    }
+
+    /// receive, adjust, set_on_hand, move, set_policy, import.
+    fn stock(
+        &self,
+        tenant: TenantId,
+        operation: &OperationId,
+        command: &Command,
+        now_ms: u64,
+        records: &mut Vec<Record>,
+    ) -> Reply {
+        if let Some(code) = validate_stock(command) {
+            return Reply::code(code);
+        }
+        if !self.tenant_exists(tenant) {
+            return Reply::code(ResultCode::UnknownTenant);
+        }
+        let fingerprint = command.fingerprint();
+        let operation = operation.as_str();
+        let mut operations = self.operations.shard(tenant, operation).lock();
+        if let Some(reply) = recall(&operations, tenant, operation, fingerprint) {
+            return reply;
+        }
+
+        // Resolve (and where the command may, create) the items it touches.
+        let mut targets: Vec<Result<ItemId, ResultCode>> = Vec::new();
+        match command {
+            Command::Receive { sku, location, .. } | Command::SetOnHand { sku, location, .. } | Command::SetPolicy { sku, location, .. } => {
+                targets.push(self.resolve(tenant, sku, location, true, now_ms, records).map(|r| r.item));
+            }
+            Command::Adjust { sku, location, delta, .. } => {
+                targets.push(self.resolve(tenant, sku, location, *delta > 0, now_ms, records).map(|r| r.item));
+            }
+            Command::Move { sku, from, to, .. } => {
+                let source = self.resolve(tenant, sku, from, false, now_ms, records).map(|r| r.item);
+                targets.push(source);
+                if source.is_ok() {
+                    targets.push(self.resolve(tenant, sku, to, true, now_ms, records).map(|r| r.item));
+                }
+            }
+            Command::Import { rows, .. } => {
+                for row in rows {
+                    targets.push(if row_invalid(row).is_some() {
+                        Err(row_invalid(row).expect("some"))
+                    } else {
+                        self.resolve(tenant, &row.sku, &row.location, true, now_ms, records).map(|r| r.item)
+                    });
+                }
+            }
+            _ => unreachable!("not a stock command"),
+        }
+
+        let mut items: Vec<ItemId> = targets.iter().filter_map(|t| t.as_ref().ok().copied()).collect();
+        items.sort_unstable();
+        items.dedup();
+        let (reply, changes, lsn) = self.with_items(&items, |guards| {
+            let position = |item: ItemId| items.binary_search(&item).expect("latched");
+            let reply = match command {
+                Command::Import { rows, .. } => {
+                    let mut results = Vec::with_capacity(rows.len());
+                    for (row, target) in rows.iter().zip(&targets) {
+                        let result = match target {
+                            Err(code) => Err(*code),
+                            Ok(item) => {
+                                let guard = &mut guards[position(*item)];
+                                let mut next = guard.counters;
+                                next.inflow_total += row.on_hand - next.on_hand;
+                                next.on_hand = row.on_hand;
+                                if let Some(safety_stock) = row.safety_stock {
+                                    next.safety_stock = safety_stock;
+                                }
+                                if let Some(backorder_limit) = row.backorder_limit {
+                                    next.backorder_limit = backorder_limit;
+                                }
+                                match check_correction(&next) {
+                                    Ok(()) => {
+                                        guard.counters = next;
+                                        Ok(next)
+                                    }
+                                    Err(code) => Err(code),
+                                }
+                            }
+                        };
+                        results.push(match result {
+                            Ok(next) => LineResult { code: ResultCode::Ok, requested: row.on_hand, applied: next.on_hand, available: next.available() },
+                            Err(code) => LineResult { code, requested: row.on_hand, applied: 0, available: 0 },
+                        });
+                    }
+                    let code = if results.iter().all(|r| r.code == ResultCode::Ok) {
+                        ResultCode::Ok
+                    } else if results.iter().any(|r| r.code == ResultCode::Ok) {
+                        ResultCode::OkPartial
+                    } else {
+                        results[0].code
+                    };
+                    Reply { lines: results, ..Reply::code(code) }
+                }
+                _ => {
+                    let single = decide_single(command, &targets, guards, &position);
+                    match single {
+                        Ok(on_hand) => Reply { on_hand, ..Reply::code(ResultCode::Ok) },
+                        Err((code, on_hand)) => {
+                            for guard in guards.iter_mut() {
+                                guard.counters = guard.original();
+                            }
+                            Reply { on_hand, ..Reply::code(code) }
+                        }
+                    }
+                }
+            };
+            for guard in guards.iter() {
+                assert!(guard.counters.holds(), "stock command broke the ledger: {:?}", guard.counters);
+            }
+            let changes = changes_of(&items, guards);
+            (reply, changes, self.take_lsn())
+        });
+        operations.remember(tenant, operation, fingerprint, reply.clone(), now_ms, lsn);
+        records.push(Record {
+            lsn,
+            timestamp_ms: now_ms,
+            body: Body::Stock {
+                tenant,
+                memo: OperationMemo { operation: operation.into(), fingerprint, reply: reply.clone() },
+                changes,
+            },
+        });
+        reply
+    }
+
+    fn expire(&self, limit: usize, now_ms: u64, records: &mut Vec<Record>) -> Reply {
+        let limit = limit.min(EXPIRE_BATCH_MAX);
+        let mut expired = 0u64;
+        for shard in self.reservations.all() {
+            let mut shard = shard.lock();
+            while (expired as usize) < limit {
+                let Some(first) = shard.deadlines.first() else { break };
+                if first.0 > now_ms {
+                    break;
+                }
+                let (deadline_ms, tenant, id) = first.clone();
+                let key = (tenant, id.clone());
+                let reservation = shard.map.get(&key).expect("deadline entry without reservation");
+                assert!(reservation.state.is_open());
+                let line_changes: Vec<LineChange> = reservation
+                    .lines
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, line)| line.open() > 0)
+                    .map(|(position, line)| LineChange { line: position as u16, committed: 0, released: line.open() })
+                    .collect();
+                let mut items: Vec<ItemId> = line_changes.iter().map(|c| reservation.lines[c.line as usize].item).collect();
+                items.sort_unstable();
+                items.dedup();
+                let lines_state = reservation.lines.clone();
+                let (changes, lsn) = self.with_items(&items, |guards| {
+                    for change in &line_changes {
+                        let item = lines_state[change.line as usize].item;
+                        guards[items.binary_search(&item).expect("latched")].counters.reserved -= change.released;
+                    }
+                    (changes_of(&items, guards), self.take_lsn())
+                });
+                let reservation = shard.map.get_mut(&key).expect("present");
+                for change in &line_changes {
+                    reservation.lines[change.line as usize].released += change.released;
+                }
+                reservation.state = ReservationState::Expired;
+                reservation.closed_ms = Some(now_ms);
+                shard.close(tenant, &id, deadline_ms, now_ms, lsn);
+                records.push(Record {
+                    lsn,
+                    timestamp_ms: now_ms,
+                    body: Body::Settled {
+                        tenant,
+                        reservation: id,
+                        kind: SettleKind::Expire,
+                        memo: None,
+                        deadline_ms,
+                        state: ReservationState::Expired,
+                        line_changes,
+                        changes,
+                    },
+                });
+                expired += 1;
+            }
+        }
+        Reply { count: expired, ..Reply::code(ResultCode::Ok) }
+    }
+
+    fn forget(&self, now_ms: u64, records: &mut Vec<Record>) -> Reply {
+        let before_ms = now_ms.saturating_sub(self.config.idempotency_retention_ms);
+        let lsn = self.take_lsn();
+        let forgotten = self.forget_before(before_ms, lsn);
+        records.push(Record { lsn, timestamp_ms: now_ms, body: Body::Forgotten { before_ms } });
+        Reply { count: forgotten as u64, ..Reply::code(ResultCode::Ok) }
+    }
+
+    fn forget_before(&self, before_ms: u64, lsn: Lsn) -> usize {
+        let mut forgotten = 0;
+        for shard in self.reservations.all() {
+            forgotten += shard.lock().forget(before_ms, lsn);
+        }
+        for shard in self.operations.all() {
+            forgotten += shard.lock().forget(before_ms, lsn);
+        }
+        forgotten
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Replay.
+
+    /// Applies a record made by `execute` (here or on another engine), deciding nothing.
+    /// Records must come in LSN order with no gap. A record that does not fit the state it
+    /// is applied to (a corrupt or foreign log) is an error, and the engine must be dropped.
+    pub fn apply(&self, record: &Record) -> Result<(), EngineError> {
+        let expected = self.next_lsn.load(Ordering::Acquire);
+        if record.lsn.0 != expected {
+            return Err(EngineError::LsnOutOfOrder { expected, found: record.lsn.0 });
+        }
+        let lsn = record.lsn;
+        let mismatch = |what: String| EngineError::ReplayMismatch { lsn: lsn.0, what };
+        match &record.body {
+            Body::TenantCreated { tenant, name } => {
+                let mut tenants = self.catalog.tenants.write();
+                if tenants.get(name).is_some() || tenants.len() != tenant.0 as usize {
+                    return Err(mismatch(format!("tenant {name} cannot be {tenant:?}")));
+                }
+                tenants.insert(name).ok_or_else(|| mismatch("too many tenants".into()))?;
+            }
+            Body::ItemCreated { item, tenant, sku, location } => {
+                let hash = sku_hash(*tenant, sku);
+                if self.catalog.shard_of(hash) != item.shard || item.shard as usize >= self.catalog.shard_count() {
+                    return Err(mismatch(format!("item {sku}@{location} is not in shard {}", item.shard)));
+                }
+                let mut items = self.catalog.shards[item.shard as usize].items.write();
+                if items.len() != item.index as usize || items.find(*tenant, sku, location, hash).is_some() {
+                    return Err(mismatch(format!("item {sku}@{location} cannot be {item:?}")));
+                }
+                items.insert(*tenant, sku, location, hash).ok_or_else(|| mismatch("shard full".into()))?;
+            }
+            Body::Stock { tenant, memo, changes } => {
+                self.apply_changes(lsn, changes)?;
+                self.remember_replayed(*tenant, memo, record.timestamp_ms, lsn)?;
+            }
+            Body::Reserved { tenant, reservation, fingerprint, deadline_ms, reply, lines, changes } => {
+                self.apply_changes(lsn, changes)?;
+                let mut shard = self.reservations.shard(*tenant, reservation).lock();
+                if shard.map.contains_key(&(*tenant, reservation.clone())) {
+                    return Err(mismatch(format!("reservation {reservation} exists")));
+                }
+                let state = if reply.is_ok() { ReservationState::Open } else { ReservationState::Refused };
+                install_reservation(&mut shard, *tenant, reservation, *fingerprint, reply, state, *deadline_ms, lines, record.timestamp_ms, lsn);
+            }
+            Body::Settled { tenant, reservation, kind, memo, deadline_ms, state, line_changes, changes } => {
+                self.apply_changes(lsn, changes)?;
+                let mut shard = self.reservations.shard(*tenant, reservation).lock();
+                let key = (*tenant, reservation.clone());
+                let Some(current) = shard.map.get_mut(&key) else {
+                    return Err(mismatch(format!("reservation {reservation} unknown")));
+                };
+                if !current.state.is_open() {
+                    return Err(mismatch(format!("reservation {reservation} not open")));
+                }
+                let old_deadline = current.deadline_ms;
+                for change in line_changes {
+                    let line = current
+                        .lines
+                        .get_mut(change.line as usize)
+                        .ok_or_else(|| mismatch(format!("reservation {reservation} has no line {}", change.line)))?;
+                    line.committed += change.committed;
+                    line.released += change.released;
+                    if line.reserved - line.committed - line.released < 0 {
+                        return Err(mismatch(format!("reservation {reservation} line {} over-settled", change.line)));
+                    }
+                }
+                let derived = current.derived_state((*kind == SettleKind::Expire).then_some(ReservationState::Expired));
+                if derived != *state {
+                    return Err(mismatch(format!("reservation {reservation}: state {derived:?}, record says {state:?}")));
+                }
+                current.state = *state;
+                current.deadline_ms = *deadline_ms;
+                if state.is_open() {
+                    shard.deadlines.remove(&(old_deadline, *tenant, reservation.clone()));
+                    shard.deadlines.insert((*deadline_ms, *tenant, reservation.clone()));
+                } else {
+                    shard.map.get_mut(&key).expect("present").closed_ms = Some(record.timestamp_ms);
+                    shard.close(*tenant, reservation, old_deadline, record.timestamp_ms, lsn);
+                }
+                drop(shard);
+                if let Some(memo) = memo {
+                    self.remember_replayed(*tenant, memo, record.timestamp_ms, lsn)?;
+                }
+            }
+            Body::Refused { tenant, memo } => self.remember_replayed(*tenant, memo, record.timestamp_ms, lsn)?,
+            Body::Forgotten { before_ms } => {
+                self.forget_before(*before_ms, lsn);
+            }
+        }
+        self.next_lsn.store(expected + 1, Ordering::Release);
+        Ok(())
+    }
+
+    fn apply_changes(&self, lsn: Lsn, changes: &[ItemChange]) -> Result<(), EngineError> {
+        let mut items: Vec<ItemId> = changes.iter().map(|change| change.item).collect();
+        items.sort_unstable();
+        items.dedup();
+        if items.len() != changes.len() {
+            return Err(EngineError::ReplayMismatch { lsn: lsn.0, what: "an item changes twice in one record".into() });
+        }
+        for item in &items {
+            if item.shard as usize >= self.catalog.shard_count() || item.index as usize >= self.catalog.read_shard(item.shard).len() {
+                return Err(EngineError::ReplayMismatch { lsn: lsn.0, what: format!("unknown item {item:?}") });
+            }
+        }
+        self.with_items(&items, |guards| {
+            for change in changes {
+                let guard = &mut guards[items.binary_search(&change.item).expect("latched")];
+                let now = guard.counters;
+                if now.on_hand + change.on_hand_delta != change.after.on_hand
+                    || now.reserved + change.reserved_delta != change.after.reserved
+                    || !change.after.holds()
+                {
+                    return Err(EngineError::ReplayMismatch {
+                        lsn: lsn.0,
+                        what: format!("item {:?} is {now:?}, record expects {:?} after {:+}/{:+}", change.item, change.after, change.on_hand_delta, change.reserved_delta),
+                    });
+                }
+                guard.counters = change.after;
+            }
+            Ok(())
+        })
+    }
+
+    fn remember_replayed(&self, tenant: TenantId, memo: &OperationMemo, at_ms: u64, lsn: Lsn) -> Result<(), EngineError> {
+        let mut operations = self.operations.shard(tenant, &memo.operation).lock();
+        if operations.map.contains_key(&(tenant, memo.operation.clone())) {
+            return Err(EngineError::ReplayMismatch { lsn: lsn.0, what: format!("operation {} remembered twice", memo.operation) });
+        }
+        operations.remember(tenant, &memo.operation, memo.fingerprint, memo.reply.clone(), at_ms, lsn);
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Queries (read-only; never block writers).
+
+    pub fn item(&self, tenant: TenantId, sku: &str, location: &str) -> Option<ItemView> {
+        let item = self.catalog.find(tenant, sku, location)?;
+        let shard = self.catalog.read_shard(item.shard);
+        Some(view(&shard, item))
+    }
+
+    /// Every location of a SKU, and their total.
+    pub fn sku(&self, tenant: TenantId, sku: &str) -> (Vec<ItemView>, Counters) {
+        let hash = sku_hash(tenant, sku);
+        let shard_id = self.catalog.shard_of(hash);
+        let shard = self.catalog.read_shard(shard_id);
+        let views: Vec<ItemView> = shard
+            .tenant_items(tenant)
+            .iter()
+            .filter(|&&index| shard.sku(index) == sku)
+            .map(|&index| view(&shard, ItemId { shard: shard_id, index }))
+            .collect();
+        let mut total = Counters::default();
+        for view in &views {
+            total.on_hand += view.counters.on_hand;
+            total.reserved += view.counters.reserved;
+            total.safety_stock += view.counters.safety_stock;
+            total.backorder_limit += view.counters.backorder_limit;
+            total.inflow_total += view.counters.inflow_total;
+            total.committed_total += view.counters.committed_total;
+        }
+        (views, total)
+    }
+
+    /// A page of a tenant's items. `cursor` 0 starts; pages are in a stable order.
+    pub fn tenant_items(&self, tenant: TenantId, cursor: u64, limit: usize) -> Page {
+        let limit = limit.clamp(1, PAGE_ITEMS_MAX);
+        let (mut shard_id, mut position) = ((cursor >> 32) as usize, (cursor & 0xffff_ffff) as usize);
+        let mut items = Vec::new();
+        while shard_id < self.catalog.shard_count() {
+            let shard = self.catalog.read_shard(shard_id as u32);
+            let list = shard.tenant_items(tenant);
+            while position < list.len() {
+                if items.len() == limit {
+                    return Page { items, next_cursor: Some(((shard_id as u64) << 32) | position as u64) };
+                }
+                items.push(view(&shard, ItemId { shard: shard_id as u32, index: list[position] }));
+                position += 1;
+            }
+            shard_id += 1;
+            position = 0;
+        }
+        Page { items, next_cursor: None }
+    }
+
+    pub fn reservation(&self, tenant: TenantId, id: &str) -> Option<ReservationView> {
+        let shard = self.reservations.shard(tenant, id).lock();
+        let reservation = shard.map.get(&(tenant, id.into()))?.clone();
+        drop(shard);
+        let lines = reservation
+            .lines
+            .iter()
+            .map(|line| {
+                let shard = self.catalog.read_shard(line.item.shard);
+                ReservationLineView {
+                    sku: shard.sku(line.item.index).to_owned(),
+                    location: shard.location(line.item.index).to_owned(),
+                    requested: line.requested,
+                    reserved: line.reserved,
+                    committed: line.committed,
+                    released: line.released,
+                }
+            })
+            .collect();
+        Some(ReservationView {
+            reservation: id.to_owned(),
+            state: reservation.state,
+            deadline_ms: reservation.deadline_ms,
+            lines,
+            reply: reservation.reply,
+        })
+    }
+
+    /// Checks the ledger: per item, reserved = the open reservation lines on it, the no-oversell
+    /// bound, on_hand = inflow - committed. Meant for a quiescent engine (tests, offline
+    /// `reservoir verify`): under concurrent writes it can report transient differences.
+    pub fn verify(&self) -> VerifyReport {
+        let mut report = VerifyReport::default();
+        let mut open_by_item: BTreeMap<ItemId, i64> = BTreeMap::new();
+        for shard in self.reservations.all() {
+            let shard = shard.lock();
+            for ((tenant, id), reservation) in &shard.map {
+                let open: i64 = reservation.lines.iter().map(ReservationLineState::open).sum();
+                if reservation.state.is_open() {
+                    report.open_reservations += 1;
+                    if !shard.deadlines.contains(&(reservation.deadline_ms, *tenant, id.clone())) {
+                        report.violations.push(format!("open reservation {id} has no deadline entry"));
+                    }
+                    for line in &reservation.lines {
+                        *open_by_item.entry(line.item).or_default() += line.open();
+                    }
+                } else if open != 0 {
+                    report.violations.push(format!("closed reservation {id} still holds {open}"));
+                }
+            }
+            if shard.deadlines.len() != shard.map.values().filter(|r| r.state.is_open()).count() {
+                report.violations.push("deadline index and open reservations differ".into());
+            }
+        }
+        let tenants = self.catalog.tenants.read();
+        for (shard_id, shard) in self.catalog.shards.iter().enumerate() {
+            let shard = shard.items.read();
+            for index in 0..shard.len() as u32 {
+                let item = ItemId { shard: shard_id as u32, index };
+                let counters = shard.cell(index).read();
+                report.items += 1;
+                let name = tenants.name(shard.key(index).tenant).unwrap_or("?").to_owned();
+                let totals = report.tenant_totals.entry(name).or_default();
+                totals.0 += counters.on_hand;
+                totals.1 += counters.reserved;
+                if !counters.holds() {
+                    report.violations.push(format!("item {}@{} breaks the ledger: {counters:?}", shard.sku(index), shard.location(index)));
+                }
+                let open = open_by_item.remove(&item).unwrap_or(0);
+                if open != counters.reserved {
+                    report.violations.push(format!(
+                        "item {}@{}: reserved {} but open reservation lines hold {open}",
+                        shard.sku(index),
+                        shard.location(index),
+                        counters.reserved
+                    ));
+                }
+            }
+        }
+        for (item, open) in open_by_item {
+            report.violations.push(format!("reservations hold {open} on unknown item {item:?}"));
+        }
+        report
+    }
+
+    /// The whole state in canonical order (tests compare engines with it).
+    pub fn dump(&self) -> Dump {
+        let tenants = self.catalog.tenants.read();
+        let mut items = BTreeMap::new();
+        for (shard_id, shard) in self.catalog.shards.iter().enumerate() {
+            let shard = shard.items.read();
+            for index in 0..shard.len() as u32 {
+                items.insert(
+                    ItemId { shard: shard_id as u32, index },
+                    (shard.key(index).tenant, shard.sku(index).to_owned(), shard.location(index).to_owned(), shard.cell(index).read()),
+                );
+            }
+        }
+        let mut reservations = BTreeMap::new();
+        for shard in self.reservations.all() {
+            for ((tenant, id), reservation) in &shard.lock().map {
+                reservations.insert((*tenant, id.to_string()), reservation.clone());
+            }
+        }
+        let mut operations = BTreeMap::new();
+        for shard in self.operations.all() {
+            for ((tenant, id), entry) in &shard.lock().map {
+                operations.insert((*tenant, id.to_string()), entry.clone());
+            }
+        }
+        Dump {
+            next_lsn: self.next_lsn.load(Ordering::Acquire),
+            tenants: tenants.iter().map(|(_, name)| name.to_owned()).collect(),
+            items,
+            reservations,
+            operations,
+        }
+    }
+
+    /// Heap bytes held by items (cells, keys, indexes), for the memory benchmark.
+    pub fn item_heap_bytes(&self) -> usize {
+        self.catalog.shards.iter().map(|shard| shard.items.read().heap_bytes()).sum()
+    }
+
+    pub fn item_count(&self) -> usize {
+        self.catalog.shards.iter().map(|shard| shard.items.read().len()).sum()
+    }
+}
+
+fn view(shard: &ShardItems, item: ItemId) -> ItemView {
+    ItemView {
+        item,
+        sku: shard.sku(item.index).to_owned(),
+        location: shard.location(item.index).to_owned(),
+        counters: shard.cell(item.index).read(),
+    }
+}
+
+fn recall(operations: &OperationShard, tenant: TenantId, id: &str, fingerprint: u64) -> Option<Reply> {
+    let entry = operations.map.get(&(tenant, id.into()))?;
+    Some(if entry.fingerprint == fingerprint {
+        entry.reply.clone()
+    } else {
+        Reply::code(ResultCode::IdReusedWithDifferentRequest)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn install_reservation(
+    shard: &mut ReservationShard,
+    tenant: TenantId,
+    id: &str,
+    fingerprint: u64,
+    reply: &Reply,
+    state: ReservationState,
+    deadline_ms: u64,
+    lines: &[ReservedLine],
+    now_ms: u64,
+    lsn: Lsn,
+) {
+    assert_eq!(state.is_open(), !lines.is_empty(), "open reservations have lines, refused ones none");
+    let reservation = Reservation {
+        fingerprint,
+        reply: reply.clone(),
+        state,
+        deadline_ms,
+        lines: lines
+            .iter()
+            .map(|line| ReservationLineState {
+                item: line.item,
+                requested: line.requested,
+                reserved: line.reserved,
+                committed: 0,
+                released: 0,
+            })
+            .collect(),
+        closed_ms: (!state.is_open()).then_some(now_ms),
+    };
+    shard.map.insert((tenant, id.into()), reservation);
+    if state.is_open() {
+        shard.deadlines.insert((deadline_ms, tenant, id.into()));
+    } else {
+        shard.closed.push_back((now_ms, lsn, tenant, id.into()));
+    }
+}
+
+fn changes_of(items: &[ItemId], guards: &[ItemGuard<'_>]) -> Vec<ItemChange> {
+    items
+        .iter()
+        .zip(guards)
+        .filter(|(_, guard)| guard.counters != guard.original())
+        .map(|(item, guard)| ItemChange {
+            item: *item,
+            on_hand_delta: guard.counters.on_hand - guard.original().on_hand,
+            reserved_delta: guard.counters.reserved - guard.original().reserved,
+            after: guard.counters,
+        })
+        .collect()
+}
+
+fn check_correction(next: &Counters) -> Result<(), ResultCode> {
+    if next.on_hand < 0 {
+        return Err(ResultCode::NegativeStock);
+    }
+    if next.on_hand > STOCK_MAX || next.inflow_total.abs() > STOCK_MAX * 4 {
+        return Err(ResultCode::QuantityOverflow);
+    }
+    if next.reserved > next.on_hand + next.backorder_limit {
+        return Err(ResultCode::StockReserved);
+    }
+    Ok(())
+}
+
+fn row_invalid(row: &ImportRow) -> Option<ResultCode> {
+    if row.on_hand < 0 || row.safety_stock.is_some_and(|v| v < 0) || row.backorder_limit.is_some_and(|v| v < 0) {
+        return Some(ResultCode::NegativeStock);
+    }
+    if row.on_hand > STOCK_MAX || row.safety_stock.is_some_and(|v| v > STOCK_MAX) || row.backorder_limit.is_some_and(|v| v > STOCK_MAX) {
+        return Some(ResultCode::QuantityOverflow);
+    }
+    None
+}
+
+fn validate_stock(command: &Command) -> Option<ResultCode> {
+    match command {
+        Command::Adjust { delta, .. } => {
+            if *delta == 0 {
+                Some(ResultCode::QuantityNotPositive)
+            } else if delta.unsigned_abs() > QUANTITY_MAX as u64 {
+                Some(ResultCode::QuantityTooLarge)
+            } else {
+                None
+            }
+        }
+        Command::SetOnHand { on_hand, expected, .. } => {
+            if *on_hand < 0 || expected.is_some_and(|e| e < 0) {
+                Some(ResultCode::NegativeStock)
+            } else if *on_hand > STOCK_MAX {
+                Some(ResultCode::QuantityOverflow)
+            } else {
+                None
+            }
+        }
+        Command::Move { from, to, .. } if from == to => Some(ResultCode::SameLocation),
+        Command::SetPolicy { safety_stock, backorder_limit, .. } => {
+            if *safety_stock < 0 || *backorder_limit < 0 {
+                Some(ResultCode::NegativeStock)
+            } else if *safety_stock > STOCK_MAX || *backorder_limit > STOCK_MAX {
+                Some(ResultCode::QuantityOverflow)
+            } else {
+                None
+            }
+        }
+        Command::Import { rows, .. } => {
+            if rows.is_empty() {
+                Some(ResultCode::EmptyLines)
+            } else if rows.len() > IMPORT_ROWS_MAX {
+                Some(ResultCode::TooManyRows)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The single- or two-item stock commands. `Ok(on_hand after)` or `Err((code, on_hand seen))`.
+fn decide_single(
+    command: &Command,
+    targets: &[Result<ItemId, ResultCode>],
+    guards: &mut [ItemGuard<'_>],
+    position: &dyn Fn(ItemId) -> usize,
+) -> Result<i64, (ResultCode, i64)> {
+    let first = match targets[0] {
+        Ok(item) => position(item),
+        Err(code) => return Err((code, 0)),
+    };
+    let seen = guards[first].counters.on_hand;
+    let mut next = guards[first].counters;
+    match command {
+        Command::Receive { quantity, .. } => {
+            next.on_hand += quantity.get();
+            next.inflow_total += quantity.get();
+        }
+        Command::Adjust { delta, .. } => {
+            next.on_hand += delta;
+            next.inflow_total += delta;
+        }
+        Command::SetOnHand { expected, on_hand, .. } => {
+            if expected.is_some_and(|expected| expected != next.on_hand) {
+                return Err((ResultCode::ExpectedMismatch, seen));
+            }
+            next.inflow_total += on_hand - next.on_hand;
+            next.on_hand = *on_hand;
+        }
+        Command::SetPolicy { safety_stock, backorder_limit, .. } => {
+            next.safety_stock = *safety_stock;
+            if next.reserved > next.on_hand + backorder_limit {
+                return Err((ResultCode::PolicyConflict, seen));
+            }
+            next.backorder_limit = *backorder_limit;
+        }
+        Command::Move { quantity, .. } => {
+            let second = match targets[1] {
+                Ok(item) => position(item),
+                Err(code) => return Err((code, seen)),
+            };
+            next.on_hand -= quantity.get();
+            next.inflow_total -= quantity.get();
+            check_correction(&next).map_err(|code| (code, seen))?;
+            let mut destination = guards[second].counters;
+            destination.on_hand += quantity.get();
+            destination.inflow_total += quantity.get();
+            check_correction(&destination).map_err(|code| (code, seen))?;
+            guards[first].counters = next;
+            guards[second].counters = destination;
+            return Ok(next.on_hand);
+        }
+        _ => unreachable!("not a single-item stock command"),
+    }
+    check_correction(&next).map_err(|code| (code, seen))?;
+    guards[first].counters = next;
+    Ok(next.on_hand)
+}

@@ -1,0 +1,171 @@
+//! One stock item's counters: a versioned word that is both a write latch and a seqlock.
+//!
+//! Writers take the latch with one compare-and-swap of `version` from even to odd, change
+//! the counters, and publish with one store of the next even version. Readers never write:
+//! they read the version, the counters, and the version again, and retry if it moved. There
+//! is no lock beyond this one word per item: no shard lock, no global lock.
+//!
+//! Why a latch and not a bare CAS on the counters: the effect record of a mutation must take
+//! its log position (LSN) while no other writer can touch the item, so that log order agrees
+//! with each item's update order. That is what makes a crash-cut log prefix a state the
+//! ledger was really in (docs/ARCHITECTURE.md, "Why it cannot oversell").
+
+use crate::sync::{backoff, fence, AtomicI64, AtomicU64, Ordering};
+use crate::types::STOCK_MAX;
+
+/// A consistent copy of an item's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Units physically at the location. Never negative.
+    pub on_hand: i64,
+    /// Units promised to open reservations. Never negative.
+    pub reserved: i64,
+    /// Units kept back from reservations.
+    pub safety_stock: i64,
+    /// How far `available` may go below zero through reservations (0: no backorders).
+    pub backorder_limit: i64,
+    /// Sum of every on_hand change that was not a commit (receipts, adjusts, counts, moves,
+    /// imports). With `committed_total`, an independent ledger that `verify` checks.
+    pub inflow_total: i64,
+    /// Sum of every committed (picked/shipped) unit.
+    pub committed_total: i64,
+}
+
+impl Counters {
+    /// on_hand - reserved - safety_stock. Negative when safety stock was raised above free
+    /// stock, or (within the backorder limit) through backorders.
+    pub fn available(&self) -> i64 {
+        self.on_hand - self.reserved - self.safety_stock
+    }
+
+    /// Can `quantity` more be reserved? A reserve never takes `available` below
+    /// `-backorder_limit`.
+    pub fn can_reserve(&self, quantity: i64) -> bool {
+        debug_assert!(quantity > 0);
+        self.available() - quantity >= -self.backorder_limit && self.reserved + quantity <= STOCK_MAX
+    }
+
+    /// The hard invariant (no oversell): never more promised than is on hand plus the
+    /// backorder allowance.
+    pub fn holds(&self) -> bool {
+        self.on_hand >= 0
+            && self.reserved >= 0
+            && self.reserved <= self.on_hand + self.backorder_limit
+            && self.on_hand == self.inflow_total - self.committed_total
+            && self.on_hand <= STOCK_MAX
+            && self.reserved <= STOCK_MAX
+    }
+}
+
+/// The atomic home of one item's [`Counters`].
+#[derive(Debug, Default)]
+pub struct ItemCell {
+    /// Even: free. Odd: a writer holds the latch.
+    version: AtomicU64,
+    on_hand: AtomicI64,
+    reserved: AtomicI64,
+    safety_stock: AtomicI64,
+    backorder_limit: AtomicI64,
+    inflow_total: AtomicI64,
+    committed_total: AtomicI64,
+}
+
+impl ItemCell {
+    pub fn new(counters: Counters) -> ItemCell {
+        assert!(counters.holds(), "new item breaks the ledger invariant: {counters:?}");
+        let cell = ItemCell::default();
+        cell.store(counters);
+        cell
+    }
+
+    /// Readers' consistent snapshot. Lock-free for readers: it never blocks a writer.
+    pub fn read(&self) -> Counters {
+        let mut spins = 0;
+        loop {
+            let before = self.version.load(Ordering::Acquire);
+            if before & 1 == 0 {
+                let counters = self.load();
+                fence(Ordering::Acquire);
+                let after = self.version.load(Ordering::Relaxed);
+                if before == after {
+                    return counters;
+                }
+            }
+            backoff(&mut spins);
+        }
+    }
+
+    /// Takes the write latch. Drop the guard to publish.
+    pub fn latch(&self) -> ItemGuard<'_> {
+        let mut spins = 0;
+        loop {
+            let version = self.version.load(Ordering::Relaxed);
+            if version & 1 == 0
+                && self
+                    .version
+                    .compare_exchange_weak(version, version + 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                // Orders the counter stores below after the odd version for seqlock readers.
+                fence(Ordering::Release);
+                let counters = self.load();
+                return ItemGuard { cell: self, version: version + 1, counters, original: counters };
+            }
+            backoff(&mut spins);
+        }
+    }
+
+    fn load(&self) -> Counters {
+        Counters {
+            on_hand: self.on_hand.load(Ordering::Relaxed),
+            reserved: self.reserved.load(Ordering::Relaxed),
+            safety_stock: self.safety_stock.load(Ordering::Relaxed),
+            backorder_limit: self.backorder_limit.load(Ordering::Relaxed),
+            inflow_total: self.inflow_total.load(Ordering::Relaxed),
+            committed_total: self.committed_total.load(Ordering::Relaxed),
+        }
+    }
+
+    fn store(&self, counters: Counters) {
+        self.on_hand.store(counters.on_hand, Ordering::Relaxed);
+        self.reserved.store(counters.reserved, Ordering::Relaxed);
+        self.safety_stock.store(counters.safety_stock, Ordering::Relaxed);
+        self.backorder_limit.store(counters.backorder_limit, Ordering::Relaxed);
+        self.inflow_total.store(counters.inflow_total, Ordering::Relaxed);
+        self.committed_total.store(counters.committed_total, Ordering::Relaxed);
+    }
+}
+
+/// Exclusive access to one item. Changes go to `counters`; they become visible, all at once,
+/// when the guard drops.
+pub struct ItemGuard<'a> {
+    cell: &'a ItemCell,
+    version: u64,
+    /// The working copy. Write here.
+    pub counters: Counters,
+    original: Counters,
+}
+
+impl ItemGuard<'_> {
+    /// The counters as they were when the latch was taken.
+    pub fn original(&self) -> Counters {
+        self.original
+    }
+}
+
+impl Drop for ItemGuard<'_> {
+    fn drop(&mut self) {
+        if self.counters != self.original {
+            // A broken invariant must not be published: the ledger stops rather than limps.
+            assert!(
+                self.counters.holds() || std::thread::panicking(),
+                "ledger invariant broken: {:?} -> {:?}",
+                self.original,
+                self.counters
+            );
+            self.cell.store(self.counters);
+        }
+        debug_assert_eq!(self.version & 1, 1);
+        self.cell.version.store(self.version + 1, Ordering::Release);
+    }
+}
