@@ -343,6 +343,7 @@ impl Engine {
                 let guard_of = |item: ItemId| distinct.binary_search(&item).expect("latched");
                 let mut results = Vec::with_capacity(lines.len());
                 let mut granted = vec![0i64; lines.len()];
+                let mut short_items = false;
                 if allow_partial {
                     for (position, line) in lines.iter().enumerate() {
                         let guard = &mut guards[guard_of(line_items[position])];
@@ -359,17 +360,25 @@ impl Engine {
                     for (position, line) in lines.iter().enumerate() {
                         wanted[guard_of(line_items[position])] += line.quantity.get();
                     }
-                    let all_fit = guards.iter().zip(&wanted).all(|(guard, &want)| guard.counters.can_reserve(want));
-                    if all_fit {
+                    let fits: Vec<bool> = guards.iter().zip(&wanted).map(|(guard, &want)| guard.counters.can_reserve(want)).collect();
+                    if fits.iter().all(|&fit| fit) {
                         for (guard, want) in guards.iter_mut().zip(&wanted) {
                             guard.counters.reserved += want;
                         }
                         for (position, line) in lines.iter().enumerate() {
                             granted[position] = line.quantity.get();
                         }
+                    } else {
+                        for (position, line) in lines.iter().enumerate() {
+                            // Marks the lines on items that cannot take what is asked of them.
+                            if fits[guard_of(line_items[position])] {
+                                granted[position] = line.quantity.get();
+                            }
+                        }
+                        short_items = true;
                     }
                 }
-                let total: i64 = granted.iter().sum();
+                let total: i64 = if short_items { 0 } else { granted.iter().sum() };
                 let short = lines.iter().zip(&granted).any(|(line, &got)| got < line.quantity.get());
                 let code = match (total > 0, short) {
                     (true, false) => ResultCode::Ok,
@@ -386,7 +395,7 @@ impl Engine {
                             ResultCode::Ok
                         },
                         requested: line.quantity.get(),
-                        applied: granted[position],
+                        applied: if code.is_ok() { granted[position] } else { 0 },
                         available,
                     });
                 }

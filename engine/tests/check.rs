@@ -1,0 +1,552 @@
+//! Unit tests of the core through one `check` helper.
+//!
+//! A test is a script, one step a line. `check` runs it against a fresh engine and, besides
+//! what each line expects, checks after every step that `verify()` finds nothing wrong, and at
+//! the end that replaying the records on a second engine rebuilds exactly the same state.
+//!
+//! ```text
+//! at 5000                                   now_ms for the following steps
+//! tenant acme => ok
+//! receive acme op1 SKU1@A 10 => ok
+//! adjust acme op2 SKU1@A -2 damaged => ok
+//! count acme op3 SKU1@A 7 [expect=8] => ok  set_on_hand, compare-and-set when expect= is given
+//! move acme op4 SKU1 A B 3 => ok
+//! policy acme op5 SKU1@A safety=1 backorder=0 => ok
+//! import acme op6 SKU1@A=5 SKU2@A=3 => ok rows=ok,ok
+//! reserve acme r1 SKU1@A:3 SKU2@A:1 [ttl=60000] [partial] => ok lines=ok,ok applied=3,1
+//! commit acme op7 r1 [SKU1@A:2 ...] => ok
+//! release acme op8 r1 [SKU1@A:1 ...] => ok
+//! extend acme op9 r1 60000 => ok
+//! expire => count=1
+//! forget => count=2
+//! stock acme SKU1@A on_hand=10 reserved=3 available=7
+//! reservation acme r1 state=open
+//! ```
+
+use reservoir_engine::{
+    Command, Config, Engine, ImportRow, Line, Location, Name, OperationId, Quantity, Record, Reply, ReservationId,
+    ResultCode, Sku, TenantId,
+};
+
+fn tenant(engine: &Engine, name: &str) -> TenantId {
+    engine.tenant_id(name).unwrap_or(TenantId(9_999))
+}
+
+fn item(text: &str) -> (Sku, Location) {
+    let (sku, location) = text.split_once('@').unwrap_or_else(|| panic!("want SKU@LOC, got {text}"));
+    (Sku::new(sku).unwrap(), Location::new(location).unwrap())
+}
+
+fn line(text: &str) -> Line {
+    let (item_text, quantity) = text.rsplit_once(':').unwrap_or_else(|| panic!("want SKU@LOC:QTY, got {text}"));
+    let (sku, location) = item(item_text);
+    Line { sku, location, quantity: Quantity::new(quantity.parse().unwrap()).unwrap() }
+}
+
+fn op(text: &str) -> OperationId {
+    OperationId::new(text).unwrap()
+}
+
+fn option<'a>(words: &'a [&'a str], key: &str) -> Option<&'a str> {
+    words.iter().find_map(|word| word.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
+}
+
+fn parse(engine: &Engine, words: &[&str]) -> Command {
+    let t = |i: usize| tenant(engine, words[i]);
+    let lines = |from: usize| -> Vec<Line> {
+        words[from..].iter().filter(|w| w.contains(':') && !w.contains('=')).map(|w| line(w)).collect()
+    };
+    match words[0] {
+        "tenant" => Command::CreateTenant { name: Name::new(words[1]).unwrap() },
+        "receive" => {
+            let (sku, location) = item(words[3]);
+            Command::Receive { tenant: t(1), operation: op(words[2]), sku, location, quantity: Quantity::new(words[4].parse().unwrap()).unwrap() }
+        }
+        "adjust" => {
+            let (sku, location) = item(words[3]);
+            Command::Adjust {
+                tenant: t(1),
+                operation: op(words[2]),
+                sku,
+                location,
+                delta: words[4].parse().unwrap(),
+                reason: Name::new(words[5]).unwrap(),
+            }
+        }
+        "count" => {
+            let (sku, location) = item(words[3]);
+            Command::SetOnHand {
+                tenant: t(1),
+                operation: op(words[2]),
+                sku,
+                location,
+                expected: option(words, "expect").map(|v| v.parse().unwrap()),
+                on_hand: words[4].parse().unwrap(),
+            }
+        }
+        "move" => Command::Move {
+            tenant: t(1),
+            operation: op(words[2]),
+            sku: Sku::new(words[3]).unwrap(),
+            from: Location::new(words[4]).unwrap(),
+            to: Location::new(words[5]).unwrap(),
+            quantity: Quantity::new(words[6].parse().unwrap()).unwrap(),
+        },
+        "policy" => {
+            let (sku, location) = item(words[3]);
+            Command::SetPolicy {
+                tenant: t(1),
+                operation: op(words[2]),
+                sku,
+                location,
+                safety_stock: option(words, "safety").unwrap().parse().unwrap(),
+                backorder_limit: option(words, "backorder").unwrap().parse().unwrap(),
+            }
+        }
+        "import" => Command::Import {
+            tenant: t(1),
+            operation: op(words[2]),
+            rows: words[3..]
+                .iter()
+                .map(|w| {
+                    let (item_text, on_hand) = w.split_once('=').unwrap();
+                    let (sku, location) = item(item_text);
+                    ImportRow { sku, location, on_hand: on_hand.parse().unwrap(), safety_stock: None, backorder_limit: None }
+                })
+                .collect(),
+        },
+        "reserve" => Command::Reserve {
+            tenant: t(1),
+            reservation: ReservationId::new(words[2]).unwrap(),
+            lines: lines(3),
+            ttl_ms: option(words, "ttl").map_or(60_000, |v| v.parse().unwrap()),
+            allow_partial: words.contains(&"partial"),
+        },
+        "commit" | "release" => {
+            let picked = lines(4);
+            let lines = (!picked.is_empty()).then_some(picked);
+            let (tenant, operation, reservation) = (t(1), op(words[2]), ReservationId::new(words[3]).unwrap());
+            if words[0] == "commit" {
+                Command::Commit { tenant, operation, reservation, lines }
+            } else {
+                Command::Release { tenant, operation, reservation, lines }
+            }
+        }
+        "extend" => Command::Extend {
+            tenant: t(1),
+            operation: op(words[2]),
+            reservation: ReservationId::new(words[3]).unwrap(),
+            ttl_ms: words[4].parse().unwrap(),
+        },
+        "expire" => Command::Expire { limit: 1_000 },
+        "forget" => Command::Forget,
+        other => panic!("unknown step {other}"),
+    }
+}
+
+fn check_reply(step: &str, reply: &Reply, expected: &[&str]) {
+    let code = expected[0];
+    assert_eq!(reply.code.name(), code, "step `{step}`: {reply:?}");
+    for word in &expected[1..] {
+        let (key, value) = word.split_once('=').unwrap();
+        let actual = match key {
+            "lines" | "rows" => reply.lines.iter().map(|l| l.code.name().to_owned()).collect::<Vec<_>>().join(","),
+            "applied" => reply.lines.iter().map(|l| l.applied.to_string()).collect::<Vec<_>>().join(","),
+            "available" => reply.lines.iter().map(|l| l.available.to_string()).collect::<Vec<_>>().join(","),
+            "count" => reply.count.to_string(),
+            "on_hand" => reply.on_hand.to_string(),
+            "deadline" => reply.deadline_ms.to_string(),
+            other => panic!("unknown expectation {other}"),
+        };
+        assert_eq!(actual, value, "step `{step}`: {key}, reply {reply:?}");
+    }
+}
+
+/// Runs `script`; returns the engine for further checks.
+fn check(script: &str) -> Engine {
+    check_with(Config { shards: 4, id_shards: 4, ..Config::default() }, script)
+}
+
+fn check_with(config: Config, script: &str) -> Engine {
+    let engine = Engine::new(config.clone());
+    let mut records: Vec<Record> = Vec::new();
+    let mut now_ms = 1_000_000u64;
+    for step in script.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let words: Vec<&str> = step.split_whitespace().collect();
+        match words[0] {
+            "at" => now_ms = words[1].parse().unwrap(),
+            "stock" => {
+                let (sku, location) = words[2].split_once('@').unwrap();
+                let view = engine.item(tenant(&engine, words[1]), sku, location).unwrap_or_else(|| panic!("`{step}`: no item"));
+                for expectation in &words[3..] {
+                    let (key, value) = expectation.split_once('=').unwrap();
+                    let actual = match key {
+                        "on_hand" => view.counters.on_hand,
+                        "reserved" => view.counters.reserved,
+                        "available" => view.available(),
+                        "safety" => view.counters.safety_stock,
+                        "backorder" => view.counters.backorder_limit,
+                        other => panic!("unknown stock field {other}"),
+                    };
+                    assert_eq!(actual.to_string(), value, "step `{step}`: {view:?}");
+                }
+            }
+            "reservation" => {
+                let view = engine.reservation(tenant(&engine, words[1]), words[2]);
+                match option(&words, "state") {
+                    Some("none") => assert!(view.is_none(), "step `{step}`: {view:?}"),
+                    Some(state) => assert_eq!(view.unwrap_or_else(|| panic!("`{step}`: none")).state.name(), state, "step `{step}`"),
+                    None => panic!("reservation step needs state="),
+                }
+            }
+            _ => {
+                let (command_words, expected) = match words.iter().position(|w| *w == "=>") {
+                    Some(arrow) => (&words[..arrow], &words[arrow + 1..]),
+                    None => panic!("step `{step}` needs `=> expectation`"),
+                };
+                let command = parse(&engine, command_words);
+                let before = records.len();
+                let reply = engine.execute(&command, now_ms, &mut records);
+                if expected[0].starts_with("count=") {
+                    check_reply(step, &reply, &[&["ok"], expected].concat());
+                } else {
+                    check_reply(step, &reply, expected);
+                }
+                // A retry of any mutation returns the same reply and records nothing new.
+                if !matches!(command, Command::Expire { .. } | Command::Forget | Command::CreateTenant { .. }) {
+                    let again = engine.execute(&command, now_ms, &mut records);
+                    if records.len() == before {
+                        // Refused before anything was remembered (invalid input): must be stable too.
+                        assert_eq!(again.code, reply.code, "step `{step}`: retry of a stateless refusal");
+                    } else {
+                        assert_eq!(again, reply, "step `{step}`: a retry must return the original reply");
+                    }
+                }
+            }
+        }
+        let report = engine.verify();
+        assert!(report.violations.is_empty(), "after `{step}`: {:?}", report.violations);
+    }
+    // Replaying the records rebuilds exactly this state.
+    let replica = Engine::new(config);
+    for record in &records {
+        replica.apply(record).unwrap_or_else(|e| panic!("replay of {record:?}: {e}"));
+    }
+    assert_eq!(replica.dump(), engine.dump(), "replay differs");
+    engine
+}
+
+#[test]
+fn reserve_is_all_or_nothing_and_names_the_short_lines() {
+    check(
+        "tenant acme => ok
+         receive acme op1 SKU1@A 10 => ok on_hand=10
+         receive acme op2 SKU2@A 2 => ok
+         reserve acme r1 SKU1@A:3 SKU2@A:5 => insufficient_stock lines=ok,insufficient_stock applied=0,0 available=10,2
+         stock acme SKU1@A on_hand=10 reserved=0 available=10
+         reservation acme r1 state=refused
+         reserve acme r2 SKU1@A:3 SKU2@A:2 => ok lines=ok,ok applied=3,2 available=7,0
+         stock acme SKU1@A reserved=3 available=7
+         stock acme SKU2@A reserved=2 available=0
+         reservation acme r2 state=open",
+    );
+}
+
+#[test]
+fn two_lines_on_one_item_count_together() {
+    check(
+        "tenant acme => ok
+         receive acme op1 SKU1@A 5 => ok
+         reserve acme r1 SKU1@A:3 SKU1@A:3 => insufficient_stock
+         reserve acme r2 SKU1@A:3 SKU1@A:2 => ok applied=3,2
+         stock acme SKU1@A reserved=5 available=0
+         commit acme c1 r2 SKU1@A:4 => ok
+         stock acme SKU1@A on_hand=1 reserved=1
+         reservation acme r2 state=partially_committed",
+    );
+}
+
+#[test]
+fn allow_partial_reserves_what_is_there_and_says_so() {
+    check(
+        "tenant acme => ok
+         receive acme op1 SKU1@A 4 => ok
+         receive acme op2 SKU2@A 9 => ok
+         reserve acme r1 SKU1@A:6 SKU2@A:2 partial => ok_partial lines=insufficient_stock,ok applied=4,2
+         stock acme SKU1@A reserved=4 available=0
+         reserve acme r2 SKU1@A:1 partial => insufficient_stock applied=0
+         commit acme c1 r1 => ok
+         stock acme SKU1@A on_hand=0 reserved=0
+         reservation acme r1 state=committed",
+    );
+}
+
+#[test]
+fn a_retry_returns_the_original_outcome_and_a_changed_request_is_refused() {
+    check(
+        "tenant acme => ok
+         receive acme op1 SKU1@A 10 => ok
+         reserve acme r1 SKU1@A:4 => ok
+         # Same id, different content: refused, nothing changes.
+         reserve acme r1 SKU1@A:5 => id_reused_with_different_request
+         stock acme SKU1@A reserved=4
+         commit acme c1 r1 => ok
+         # Same id, same content after the commit: still the original answer.
+         reserve acme r1 SKU1@A:4 => ok applied=4
+         stock acme SKU1@A on_hand=6 reserved=0
+         # Operation ids too: a retried receive does not receive twice.
+         receive acme op1 SKU1@A 10 => ok on_hand=10
+         stock acme SKU1@A on_hand=6
+         receive acme op1 SKU1@A 11 => id_reused_with_different_request
+         # A refusal is remembered as well: a retry gets it even after stock arrives.
+         reserve acme r2 SKU1@A:50 => insufficient_stock
+         receive acme op2 SKU1@A 100 => ok
+         reserve acme r2 SKU1@A:50 => insufficient_stock",
+    );
+}
+
+#[test]
+fn commit_and_release_whole_or_by_line() {
+    check(
+        "tenant acme => ok
+         import acme op1 SKU1@A=10 SKU2@A=10 => ok rows=ok,ok
+         reserve acme r1 SKU1@A:4 SKU2@A:4 => ok
+         commit acme c1 r1 SKU1@A:1 => ok
+         release acme c2 r1 SKU2@A:3 => ok
+         stock acme SKU1@A on_hand=9 reserved=3
+         stock acme SKU2@A on_hand=10 reserved=1
+         commit acme c3 r1 SKU1@A:4 => exceeds_reserved lines=exceeds_reserved
+         commit acme c4 r1 SKU3@A:1 => line_not_in_reservation
+         release acme c5 r1 => ok
+         stock acme SKU1@A on_hand=9 reserved=0
+         stock acme SKU2@A reserved=0
+         reservation acme r1 state=committed
+         commit acme c6 r1 => reservation_not_open
+         release acme c7 r9 => unknown_reservation
+         reserve acme r2 SKU1@A:2 => ok
+         release acme c8 r2 => ok
+         reservation acme r2 state=released",
+    );
+}
+
+#[test]
+fn expiry_is_a_command_driven_by_now() {
+    check(
+        "at 1000000
+         tenant acme => ok
+         receive acme op1 SKU1@A 10 => ok
+         reserve acme r1 SKU1@A:4 ttl=10000 => ok deadline=1010000
+         reserve acme r2 SKU1@A:4 ttl=20000 => ok
+         at 1009999
+         expire => count=0
+         extend acme e1 r2 30000 => ok deadline=1039999
+         at 1010000
+         expire => count=1
+         reservation acme r1 state=expired
+         stock acme SKU1@A reserved=4
+         # Past its deadline but not yet swept: commit finds it expired and releases it.
+         at 1040000
+         commit acme c1 r2 => reservation_expired
+         reservation acme r2 state=expired
+         stock acme SKU1@A on_hand=10 reserved=0
+         expire => count=0
+         extend acme e2 r2 1000 => reservation_not_open",
+    );
+}
+
+#[test]
+fn stock_commands() {
+    check(
+        "tenant acme => ok
+         receive acme op1 SKU1@A 10 => ok on_hand=10
+         adjust acme op2 SKU1@A -3 damaged => ok on_hand=7
+         adjust acme op3 SKU1@A -8 damaged => negative_stock
+         adjust acme op4 SKU9@A -1 lost => unknown_item
+         count acme op5 SKU1@A 9 expect=6 => expected_mismatch on_hand=7
+         count acme op6 SKU1@A 9 expect=7 => ok on_hand=9
+         count acme op7 SKU1@A 8 => ok
+         move acme op8 SKU1 A B 5 => ok on_hand=3
+         stock acme SKU1@A on_hand=3
+         stock acme SKU1@B on_hand=5
+         move acme op9 SKU1 A B 4 => negative_stock
+         move acme op10 SKU1 A A 1 => same_location
+         move acme op11 SKU1 C A 1 => unknown_item
+         policy acme op12 SKU1@B safety=2 backorder=0 => ok
+         stock acme SKU1@B available=3 safety=2
+         reserve acme r1 SKU1@B:4 => insufficient_stock
+         reserve acme r2 SKU1@B:3 => ok
+         # Corrections may not leave fewer on hand than reserved.
+         count acme op13 SKU1@B 2 => stock_reserved
+         move acme op14 SKU1 B A 3 => stock_reserved
+         import acme op15 SKU1@B=1 SKU5@A=4 => ok_partial rows=stock_reserved,ok
+         stock acme SKU5@A on_hand=4",
+    );
+}
+
+#[test]
+fn backorders_up_to_the_limit_and_no_further() {
+    check(
+        "tenant acme => ok
+         receive acme op1 SKU1@A 2 => ok
+         policy acme op2 SKU1@A safety=0 backorder=3 => ok
+         reserve acme r1 SKU1@A:4 => ok available=-2
+         reserve acme r2 SKU1@A:2 => insufficient_stock available=-2
+         reserve acme r3 SKU1@A:1 => ok
+         stock acme SKU1@A on_hand=2 reserved=5 available=-3
+         # The limit cannot be lowered below what is in use.
+         policy acme op3 SKU1@A safety=0 backorder=2 => policy_conflict
+         # Cannot ship what is not on hand.
+         commit acme c1 r1 => insufficient_on_hand
+         commit acme c2 r1 SKU1@A:2 => ok
+         stock acme SKU1@A on_hand=0 reserved=3
+         receive acme op4 SKU1@A 5 => ok
+         commit acme c3 r1 => ok
+         stock acme SKU1@A on_hand=3 reserved=1",
+    );
+}
+
+#[test]
+fn bad_input_gets_its_own_code() {
+    check(
+        "tenant acme => ok
+         tenant acme => tenant_exists
+         receive acme op1 SKU1@A 10 => ok
+         reserve acme r1 SKU1@A:1 ttl=10 => ttl_out_of_range
+         reserve acme r2 SKU1@A:1 ttl=999999999999 => ttl_out_of_range
+         reserve nobody r3 SKU1@A:1 => unknown_tenant
+         reserve acme r4 SKU9@A:1 => unknown_item lines=unknown_item
+         extend acme e1 r404 60000 => unknown_reservation
+         import acme op2 SKU2@A=1125899906842624 => ok
+         receive acme op3 SKU2@A 1 => quantity_overflow
+         import acme op4 SKU1@A=-1 => negative_stock rows=negative_stock",
+    );
+    let engine = Engine::new(Config::default());
+    let mut records = Vec::new();
+    engine.execute(&Command::CreateTenant { name: Name::new("acme").unwrap() }, 0, &mut records);
+    let acme = engine.tenant_id("acme").unwrap();
+    let many: Vec<Line> = (0..65).map(|i| line(&format!("S{i}@A:1"))).collect();
+    let reserve = |lines: Vec<Line>| Command::Reserve {
+        tenant: acme,
+        reservation: ReservationId::new("r").unwrap(),
+        lines,
+        ttl_ms: 60_000,
+        allow_partial: false,
+    };
+    assert_eq!(engine.execute(&reserve(Vec::new()), 0, &mut records).code, ResultCode::EmptyLines);
+    assert_eq!(engine.execute(&reserve(many), 0, &mut records).code, ResultCode::TooManyLines);
+    // Names and quantities are refused at the boundary, each with its own code.
+    assert_eq!(ResultCode::from(Sku::new("").unwrap_err()), ResultCode::NameEmpty);
+    assert_eq!(ResultCode::from(Sku::new(&"x".repeat(65)).unwrap_err()), ResultCode::NameTooLong);
+    assert_eq!(ResultCode::from(Sku::new("a\tb").unwrap_err()), ResultCode::NameNotPrintable);
+    assert_eq!(ResultCode::from(Quantity::new(0).unwrap_err()), ResultCode::QuantityNotPositive);
+    assert_eq!(ResultCode::from(Quantity::new(1 << 41).unwrap_err()), ResultCode::QuantityTooLarge);
+    let adjust = Command::Adjust {
+        tenant: acme,
+        operation: op("a"),
+        sku: Sku::new("S").unwrap(),
+        location: Location::new("A").unwrap(),
+        delta: 0,
+        reason: Name::new("x").unwrap(),
+    };
+    assert_eq!(engine.execute(&adjust, 0, &mut records).code, ResultCode::QuantityNotPositive);
+    let rows = (0..10_001)
+        .map(|i| ImportRow { sku: Sku::new(&format!("S{i}")).unwrap(), location: Location::new("A").unwrap(), on_hand: 1, safety_stock: None, backorder_limit: None })
+        .collect();
+    let import = Command::Import { tenant: acme, operation: op("i"), rows };
+    assert_eq!(engine.execute(&import, 0, &mut records).code, ResultCode::TooManyRows);
+}
+
+#[test]
+fn ids_are_remembered_for_the_retention_and_then_forgotten() {
+    let config = Config { shards: 2, id_shards: 2, idempotency_retention_ms: 100_000 };
+    let engine = check_with(
+        config,
+        "at 1000000
+         tenant acme => ok
+         receive acme op1 SKU1@A 10 => ok
+         reserve acme r1 SKU1@A:4 => ok
+         commit acme c1 r1 => ok
+         reserve acme r2 SKU1@A:1 => ok
+         at 1099999
+         forget => count=0
+         at 1100001
+         # op1, c1 and the closed r1 go; the open r2 stays however old.
+         forget => count=3
+         reservation acme r1 state=none
+         reservation acme r2 state=open
+         # A forgotten id is a new request.
+         receive acme op1 SKU1@A 10 => ok on_hand=16",
+    );
+    assert_eq!(engine.dump().operations.len(), 1);
+}
+
+#[test]
+fn tenants_are_walled_off() {
+    check(
+        "tenant acme => ok
+         tenant globex => ok
+         receive acme op1 SKU1@A 10 => ok
+         stock acme SKU1@A on_hand=10
+         # Same names in another tenant are another item.
+         reserve globex r1 SKU1@A:1 => unknown_item
+         receive globex op1 SKU1@A 3 => ok on_hand=3
+         # globex's r1 was refused and is remembered: a new attempt takes a new id.
+         reserve globex r1 SKU1@A:3 => id_reused_with_different_request
+         reserve globex r2 SKU1@A:3 => ok
+         reserve acme r1 SKU1@A:3 => ok
+         commit globex c1 r2 => ok
+         stock acme SKU1@A on_hand=10 reserved=3
+         stock globex SKU1@A on_hand=0 reserved=0",
+    );
+}
+
+#[test]
+fn queries_by_sku_and_by_tenant_page() {
+    let engine = check(
+        "tenant acme => ok
+         tenant globex => ok
+         import acme op1 SKU1@A=5 SKU1@B=7 SKU2@A=1 SKU3@C=2 => ok
+         receive globex op1 SKU1@A 3 => ok
+         reserve acme r1 SKU1@A:2 SKU1@B:1 => ok",
+    );
+    let acme = engine.tenant_id("acme").unwrap();
+    let (locations, total) = engine.sku(acme, "SKU1");
+    assert_eq!(locations.len(), 2);
+    assert_eq!((total.on_hand, total.reserved), (12, 3));
+    let mut seen = Vec::new();
+    let mut cursor = 0;
+    loop {
+        let page = engine.tenant_items(acme, cursor, 3);
+        assert!(page.items.len() <= 3);
+        seen.extend(page.items.into_iter().map(|v| format!("{}@{}", v.sku, v.location)));
+        match page.next_cursor {
+            Some(next) => cursor = next,
+            None => break,
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["SKU1@A", "SKU1@B", "SKU2@A", "SKU3@C"]);
+    let view = engine.reservation(acme, "r1").unwrap();
+    assert_eq!(view.lines.iter().map(|l| (l.location.as_str(), l.reserved)).collect::<Vec<_>>(), [("A", 2), ("B", 1)]);
+}
+
+#[test]
+fn replay_refuses_a_record_that_does_not_fit() {
+    let engine = Engine::new(Config::default());
+    let mut records = Vec::new();
+    engine.execute(&Command::CreateTenant { name: Name::new("acme").unwrap() }, 0, &mut records);
+    let acme = engine.tenant_id("acme").unwrap();
+    let receive = Command::Receive { tenant: acme, operation: op("o"), sku: Sku::new("S").unwrap(), location: Location::new("A").unwrap(), quantity: Quantity::new(5).unwrap() };
+    engine.execute(&receive, 0, &mut records);
+    // Skipping a record is a gap.
+    let replica = Engine::new(Config::default());
+    replica.apply(&records[0]).unwrap();
+    assert!(matches!(replica.apply(&records[2]), Err(reservoir_engine::EngineError::LsnOutOfOrder { .. })));
+    // A record whose stated result does not follow from the state is a mismatch.
+    let mut forged = records[2].clone();
+    if let reservoir_engine::Body::Stock { changes, .. } = &mut forged.body {
+        changes[0].on_hand_delta = 4;
+    }
+    replica.apply(&records[1]).unwrap();
+    assert!(matches!(replica.apply(&forged), Err(reservoir_engine::EngineError::ReplayMismatch { .. })));
+}
