@@ -134,6 +134,23 @@ impl ItemCell {
         self.inflow_total.store(counters.inflow_total, Ordering::Relaxed);
         self.committed_total.store(counters.committed_total, Ordering::Relaxed);
     }
+
+    /// Stores only the fields that changed: a reserve touches one word, not six.
+    fn store_changed(&self, before: Counters, after: Counters) {
+        let pairs = [
+            (&self.on_hand, before.on_hand, after.on_hand),
+            (&self.reserved, before.reserved, after.reserved),
+            (&self.safety_stock, before.safety_stock, after.safety_stock),
+            (&self.backorder_limit, before.backorder_limit, after.backorder_limit),
+            (&self.inflow_total, before.inflow_total, after.inflow_total),
+            (&self.committed_total, before.committed_total, after.committed_total),
+        ];
+        for (field, old, new) in pairs {
+            if old != new {
+                field.store(new, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// Exclusive access to one item. Changes go to `counters`; they become visible, all at once,
@@ -163,7 +180,7 @@ impl Drop for ItemGuard<'_> {
                 self.original,
                 self.counters
             );
-            self.cell.store(self.counters);
+            self.cell.store_changed(self.original, self.counters);
         }
         debug_assert_eq!(self.version & 1, 1);
         self.cell.version.store(self.version + 1, Ordering::Release);
