@@ -107,7 +107,8 @@ impl ShardItems {
             let key = keys[other as usize];
             let start = key.offset as usize;
             let sku = &key_bytes[start..start + key.sku_len as usize];
-            let location = &key_bytes[start + key.sku_len as usize..start + key.sku_len as usize + key.location_len as usize];
+            let location =
+                &key_bytes[start + key.sku_len as usize..start + key.sku_len as usize + key.location_len as usize];
             let sku_hash = Fnv64::new().u64(u64::from(key.tenant.0)).u64(sku.len() as u64).bytes(sku).finish();
             Fnv64::new().u64(sku_hash).u64(location.len() as u64).bytes(location).finish()
         });

@@ -149,7 +149,8 @@ impl Command {
             Command::Extend { tenant, reservation, ttl_ms, .. } => {
                 hash.u64(u64::from(tenant.0)).str(reservation.as_str()).u64(*ttl_ms)
             }
-            Command::Commit { tenant, reservation, lines: l, .. } | Command::Release { tenant, reservation, lines: l, .. } => {
+            Command::Commit { tenant, reservation, lines: l, .. }
+            | Command::Release { tenant, reservation, lines: l, .. } => {
                 let hash = hash.u64(u64::from(tenant.0)).str(reservation.as_str());
                 match l {
                     None => hash.u64(0),
@@ -159,12 +160,9 @@ impl Command {
             Command::Receive { tenant, sku, location, quantity, .. } => {
                 hash.u64(u64::from(tenant.0)).str(sku.as_str()).str(location.as_str()).i64(quantity.get())
             }
-            Command::Adjust { tenant, sku, location, delta, reason, .. } => hash
-                .u64(u64::from(tenant.0))
-                .str(sku.as_str())
-                .str(location.as_str())
-                .i64(*delta)
-                .str(reason.as_str()),
+            Command::Adjust { tenant, sku, location, delta, reason, .. } => {
+                hash.u64(u64::from(tenant.0)).str(sku.as_str()).str(location.as_str()).i64(*delta).str(reason.as_str())
+            }
             Command::SetOnHand { tenant, sku, location, expected, on_hand, .. } => hash
                 .u64(u64::from(tenant.0))
                 .str(sku.as_str())
@@ -172,12 +170,9 @@ impl Command {
                 .u64(u64::from(expected.is_some()))
                 .i64(expected.unwrap_or(0))
                 .i64(*on_hand),
-            Command::Move { tenant, sku, from, to, quantity, .. } => hash
-                .u64(u64::from(tenant.0))
-                .str(sku.as_str())
-                .str(from.as_str())
-                .str(to.as_str())
-                .i64(quantity.get()),
+            Command::Move { tenant, sku, from, to, quantity, .. } => {
+                hash.u64(u64::from(tenant.0)).str(sku.as_str()).str(from.as_str()).str(to.as_str()).i64(quantity.get())
+            }
             Command::SetPolicy { tenant, sku, location, safety_stock, backorder_limit, .. } => hash
                 .u64(u64::from(tenant.0))
                 .str(sku.as_str())

@@ -9,14 +9,11 @@ use crate::code::{LineResult, Reply, ResultCode};
 use crate::command::{Command, ImportRow, Line};
 use crate::item::{Counters, ItemGuard};
 use crate::memory::{OperationEntry, OperationShard, Reservation, ReservationLineState, ReservationShard, Sharded};
-use crate::record::{
-    Body, ItemChange, LineChange, OperationMemo, Record, ReservationState, ReservedLine, SettleKind,
-};
+use crate::record::{Body, ItemChange, LineChange, OperationMemo, Record, ReservationState, ReservedLine, SettleKind};
 use crate::sync::{AtomicU64, Ordering};
 use crate::types::{
-    ItemId, Location, Lsn, Name, OperationId, ReservationId, Sku, TenantId, EXPIRE_BATCH_MAX,
-    LINES_PER_RESERVATION_MAX, IMPORT_ROWS_MAX, PAGE_ITEMS_MAX, QUANTITY_MAX, SHARDS_MAX, STOCK_MAX, TTL_MS_MAX,
-    TTL_MS_MIN,
+    ItemId, Location, Lsn, Name, OperationId, ReservationId, Sku, TenantId, EXPIRE_BATCH_MAX, IMPORT_ROWS_MAX,
+    LINES_PER_RESERVATION_MAX, PAGE_ITEMS_MAX, QUANTITY_MAX, SHARDS_MAX, STOCK_MAX, TTL_MS_MAX, TTL_MS_MIN,
 };
 use crate::EngineError;
 
@@ -165,18 +162,49 @@ impl Engine {
         let records_before = records.len();
         let reply = match command {
             Command::CreateTenant { name } => self.create_tenant(name, now_ms, records),
-            Command::Reserve { tenant, reservation, lines, ttl_ms, allow_partial } => {
-                self.reserve(*tenant, reservation, lines, *ttl_ms, *allow_partial, command.fingerprint(), now_ms, records)
-            }
-            Command::Extend { tenant, operation, reservation, ttl_ms } => {
-                self.settle(*tenant, operation, reservation, SettleKind::Extend, None, *ttl_ms, command, now_ms, records)
-            }
-            Command::Commit { tenant, operation, reservation, lines } => {
-                self.settle(*tenant, operation, reservation, SettleKind::Commit, lines.as_deref(), 0, command, now_ms, records)
-            }
-            Command::Release { tenant, operation, reservation, lines } => {
-                self.settle(*tenant, operation, reservation, SettleKind::Release, lines.as_deref(), 0, command, now_ms, records)
-            }
+            Command::Reserve { tenant, reservation, lines, ttl_ms, allow_partial } => self.reserve(
+                *tenant,
+                reservation,
+                lines,
+                *ttl_ms,
+                *allow_partial,
+                command.fingerprint(),
+                now_ms,
+                records,
+            ),
+            Command::Extend { tenant, operation, reservation, ttl_ms } => self.settle(
+                *tenant,
+                operation,
+                reservation,
+                SettleKind::Extend,
+                None,
+                *ttl_ms,
+                command,
+                now_ms,
+                records,
+            ),
+            Command::Commit { tenant, operation, reservation, lines } => self.settle(
+                *tenant,
+                operation,
+                reservation,
+                SettleKind::Commit,
+                lines.as_deref(),
+                0,
+                command,
+                now_ms,
+                records,
+            ),
+            Command::Release { tenant, operation, reservation, lines } => self.settle(
+                *tenant,
+                operation,
+                reservation,
+                SettleKind::Release,
+                lines.as_deref(),
+                0,
+                command,
+                now_ms,
+                records,
+            ),
             Command::Receive { tenant, operation, .. }
             | Command::Adjust { tenant, operation, .. }
             | Command::SetOnHand { tenant, operation, .. }
@@ -230,21 +258,14 @@ impl Engine {
         if let Some(index) = items.find(tenant, sku.as_str(), location.as_str(), hash) {
             return Ok(Resolved { item: ItemId { shard, index } });
         }
-        let index = items
-            .insert(tenant, sku.as_str(), location.as_str(), hash)
-            .ok_or(ResultCode::CapacityExceeded)?;
+        let index = items.insert(tenant, sku.as_str(), location.as_str(), hash).ok_or(ResultCode::CapacityExceeded)?;
         let item = ItemId { shard, index };
         // Under the shard's write lock: creation order in a shard is LSN order.
         let lsn = self.take_lsn();
         records.push(Record {
             lsn,
             timestamp_ms: now_ms,
-            body: Body::ItemCreated {
-                item,
-                tenant,
-                sku: sku.as_str().into(),
-                location: location.as_str().into(),
-            },
+            body: Body::ItemCreated { item, tenant, sku: sku.as_str().into(), location: location.as_str().into() },
         });
         Ok(Resolved { item })
     }
@@ -360,7 +381,8 @@ impl Engine {
                     for (position, line) in lines.iter().enumerate() {
                         wanted[guard_of(line_items[position])] += line.quantity.get();
                     }
-                    let fits: Vec<bool> = guards.iter().zip(&wanted).map(|(guard, &want)| guard.counters.can_reserve(want)).collect();
+                    let fits: Vec<bool> =
+                        guards.iter().zip(&wanted).map(|(guard, &want)| guard.counters.can_reserve(want)).collect();
                     if fits.iter().all(|&fit| fit) {
                         for (guard, want) in guards.iter_mut().zip(&wanted) {
                             guard.counters.reserved += want;
@@ -387,7 +409,8 @@ impl Engine {
                 };
                 for (position, line) in lines.iter().enumerate() {
                     let guard = &guards[guard_of(line_items[position])];
-                    let available = if code.is_ok() { guard.counters.available() } else { guard.original().available() };
+                    let available =
+                        if code.is_ok() { guard.counters.available() } else { guard.original().available() };
                     results.push(LineResult {
                         code: if granted[position] < line.quantity.get() {
                             ResultCode::InsufficientStock
@@ -420,13 +443,28 @@ impl Engine {
                         guard.counters = guard.original();
                     }
                 }
-                let reply = Reply { lines: results, deadline_ms: if code.is_ok() { deadline_ms } else { 0 }, ..Reply::code(code) };
+                let reply = Reply {
+                    lines: results,
+                    deadline_ms: if code.is_ok() { deadline_ms } else { 0 },
+                    ..Reply::code(code)
+                };
                 (reply, reserved_lines, changes, self.take_lsn())
             })
         };
 
         let state = if reply.is_ok() { ReservationState::Open } else { ReservationState::Refused };
-        install_reservation(&mut shard, tenant, id, fingerprint, &reply, state, deadline_ms, &reserved_lines, now_ms, lsn);
+        install_reservation(
+            &mut shard,
+            tenant,
+            id,
+            fingerprint,
+            &reply,
+            state,
+            deadline_ms,
+            &reserved_lines,
+            now_ms,
+            lsn,
+        );
         records.push(Record {
             lsn,
             timestamp_ms: now_ms,
@@ -480,20 +518,21 @@ impl Engine {
         let id = reservation.as_str();
         let mut shard = self.reservations.shard(tenant, id).lock();
         let key = (tenant, Box::<str>::from(id));
-        let refuse = |code: ResultCode, lines: Vec<LineResult>, records: &mut Vec<Record>, operations: &mut OperationShard| {
-            let reply = Reply { lines, ..Reply::code(code) };
-            let lsn = self.take_lsn();
-            operations.remember(tenant, operation, fingerprint, reply.clone(), now_ms, lsn);
-            records.push(Record {
-                lsn,
-                timestamp_ms: now_ms,
-                body: Body::Refused {
-                    tenant,
-                    memo: OperationMemo { operation: operation.into(), fingerprint, reply: reply.clone() },
-                },
-            });
-            reply
-        };
+        let refuse =
+            |code: ResultCode, lines: Vec<LineResult>, records: &mut Vec<Record>, operations: &mut OperationShard| {
+                let reply = Reply { lines, ..Reply::code(code) };
+                let lsn = self.take_lsn();
+                operations.remember(tenant, operation, fingerprint, reply.clone(), now_ms, lsn);
+                records.push(Record {
+                    lsn,
+                    timestamp_ms: now_ms,
+                    body: Body::Refused {
+                        tenant,
+                        memo: OperationMemo { operation: operation.into(), fingerprint, reply: reply.clone() },
+                    },
+                });
+                reply
+            };
         let Some(current) = shard.map.get(&key) else {
             return refuse(ResultCode::UnknownReservation, Vec::new(), records, &mut operations);
         };
@@ -524,7 +563,8 @@ impl Engine {
             SettleKind::Extend => now_ms.saturating_add(ttl_ms),
             _ => current.deadline_ms,
         };
-        let mut items: Vec<ItemId> = line_changes.iter().map(|change| current.lines[change.line as usize].item).collect();
+        let mut items: Vec<ItemId> =
+            line_changes.iter().map(|change| current.lines[change.line as usize].item).collect();
         items.sort_unstable();
         items.dedup();
         let lines_state = current.lines.clone();
@@ -584,11 +624,8 @@ impl Engine {
                 })
                 .collect();
         }
-        let reply = Reply {
-            lines: results,
-            deadline_ms: if state.is_open() { deadline_ms } else { 0 },
-            ..Reply::code(code)
-        };
+        let reply =
+            Reply { lines: results, deadline_ms: if state.is_open() { deadline_ms } else { 0 }, ..Reply::code(code) };
         operations.remember(tenant, operation, fingerprint, reply.clone(), now_ms, lsn);
         records.push(Record {
             lsn,
@@ -711,7 +748,9 @@ impl Engine {
         // Resolve (and where the command may, create) the items it touches.
         let mut targets: Vec<Result<ItemId, ResultCode>> = Vec::new();
         match command {
-            Command::Receive { sku, location, .. } | Command::SetOnHand { sku, location, .. } | Command::SetPolicy { sku, location, .. } => {
+            Command::Receive { sku, location, .. }
+            | Command::SetOnHand { sku, location, .. }
+            | Command::SetPolicy { sku, location, .. } => {
                 targets.push(self.resolve(tenant, sku, location, true, now_ms, records).map(|r| r.item));
             }
             Command::Adjust { sku, location, delta, .. } => {
@@ -768,7 +807,12 @@ impl Engine {
                             }
                         };
                         results.push(match result {
-                            Ok(next) => LineResult { code: ResultCode::Ok, requested: row.on_hand, applied: next.on_hand, available: next.available() },
+                            Ok(next) => LineResult {
+                                code: ResultCode::Ok,
+                                requested: row.on_hand,
+                                applied: next.on_hand,
+                                available: next.available(),
+                            },
                             Err(code) => LineResult { code, requested: row.on_hand, applied: 0, available: 0 },
                         });
                     }
@@ -834,7 +878,8 @@ impl Engine {
                     .filter(|(_, line)| line.open() > 0)
                     .map(|(position, line)| LineChange { line: position as u16, committed: 0, released: line.open() })
                     .collect();
-                let mut items: Vec<ItemId> = line_changes.iter().map(|c| reservation.lines[c.line as usize].item).collect();
+                let mut items: Vec<ItemId> =
+                    line_changes.iter().map(|c| reservation.lines[c.line as usize].item).collect();
                 items.sort_unstable();
                 items.dedup();
                 let lines_state = reservation.lines.clone();
@@ -934,7 +979,18 @@ impl Engine {
                     return Err(mismatch(format!("reservation {reservation} exists")));
                 }
                 let state = if reply.is_ok() { ReservationState::Open } else { ReservationState::Refused };
-                install_reservation(&mut shard, *tenant, reservation, *fingerprint, reply, state, *deadline_ms, lines, record.timestamp_ms, lsn);
+                install_reservation(
+                    &mut shard,
+                    *tenant,
+                    reservation,
+                    *fingerprint,
+                    reply,
+                    state,
+                    *deadline_ms,
+                    lines,
+                    record.timestamp_ms,
+                    lsn,
+                );
             }
             Body::Settled { tenant, reservation, kind, memo, deadline_ms, state, line_changes, changes } => {
                 self.apply_changes(lsn, changes)?;
@@ -960,7 +1016,9 @@ impl Engine {
                 }
                 let derived = current.derived_state((*kind == SettleKind::Expire).then_some(ReservationState::Expired));
                 if derived != *state {
-                    return Err(mismatch(format!("reservation {reservation}: state {derived:?}, record says {state:?}")));
+                    return Err(mismatch(format!(
+                        "reservation {reservation}: state {derived:?}, record says {state:?}"
+                    )));
                 }
                 current.state = *state;
                 current.deadline_ms = *deadline_ms;
@@ -993,7 +1051,9 @@ impl Engine {
             return Err(EngineError::ReplayMismatch { lsn: lsn.0, what: "an item changes twice in one record".into() });
         }
         for item in &items {
-            if item.shard as usize >= self.catalog.shard_count() || item.index as usize >= self.catalog.read_shard(item.shard).len() {
+            if item.shard as usize >= self.catalog.shard_count()
+                || item.index as usize >= self.catalog.read_shard(item.shard).len()
+            {
                 return Err(EngineError::ReplayMismatch { lsn: lsn.0, what: format!("unknown item {item:?}") });
             }
         }
@@ -1007,7 +1067,10 @@ impl Engine {
                 {
                     return Err(EngineError::ReplayMismatch {
                         lsn: lsn.0,
-                        what: format!("item {:?} is {now:?}, record expects {:?} after {:+}/{:+}", change.item, change.after, change.on_hand_delta, change.reserved_delta),
+                        what: format!(
+                            "item {:?} is {now:?}, record expects {:?} after {:+}/{:+}",
+                            change.item, change.after, change.on_hand_delta, change.reserved_delta
+                        ),
                     });
                 }
                 guard.counters = change.after;
@@ -1016,10 +1079,19 @@ impl Engine {
         })
     }
 
-    fn remember_replayed(&self, tenant: TenantId, memo: &OperationMemo, at_ms: u64, lsn: Lsn) -> Result<(), EngineError> {
+    fn remember_replayed(
+        &self,
+        tenant: TenantId,
+        memo: &OperationMemo,
+        at_ms: u64,
+        lsn: Lsn,
+    ) -> Result<(), EngineError> {
         let mut operations = self.operations.shard(tenant, &memo.operation).lock();
         if operations.map.contains_key(&(tenant, memo.operation.clone())) {
-            return Err(EngineError::ReplayMismatch { lsn: lsn.0, what: format!("operation {} remembered twice", memo.operation) });
+            return Err(EngineError::ReplayMismatch {
+                lsn: lsn.0,
+                what: format!("operation {} remembered twice", memo.operation),
+            });
         }
         operations.remember(tenant, &memo.operation, memo.fingerprint, memo.reply.clone(), at_ms, lsn);
         Ok(())
@@ -1144,7 +1216,11 @@ impl Engine {
                 totals.0 += counters.on_hand;
                 totals.1 += counters.reserved;
                 if !counters.holds() {
-                    report.violations.push(format!("item {}@{} breaks the ledger: {counters:?}", shard.sku(index), shard.location(index)));
+                    report.violations.push(format!(
+                        "item {}@{} breaks the ledger: {counters:?}",
+                        shard.sku(index),
+                        shard.location(index)
+                    ));
                 }
                 let open = open_by_item.remove(&item).unwrap_or(0);
                 if open != counters.reserved {
@@ -1172,7 +1248,12 @@ impl Engine {
             for index in 0..shard.len() as u32 {
                 items.insert(
                     ItemId { shard: shard_id as u32, index },
-                    (shard.key(index).tenant, shard.sku(index).to_owned(), shard.location(index).to_owned(), shard.cell(index).read()),
+                    (
+                        shard.key(index).tenant,
+                        shard.sku(index).to_owned(),
+                        shard.location(index).to_owned(),
+                        shard.cell(index).read(),
+                    ),
                 );
             }
         }
@@ -1295,7 +1376,10 @@ fn row_invalid(row: &ImportRow) -> Option<ResultCode> {
     if row.on_hand < 0 || row.safety_stock.is_some_and(|v| v < 0) || row.backorder_limit.is_some_and(|v| v < 0) {
         return Some(ResultCode::NegativeStock);
     }
-    if row.on_hand > STOCK_MAX || row.safety_stock.is_some_and(|v| v > STOCK_MAX) || row.backorder_limit.is_some_and(|v| v > STOCK_MAX) {
+    if row.on_hand > STOCK_MAX
+        || row.safety_stock.is_some_and(|v| v > STOCK_MAX)
+        || row.backorder_limit.is_some_and(|v| v > STOCK_MAX)
+    {
         return Some(ResultCode::QuantityOverflow);
     }
     None

@@ -18,12 +18,24 @@ pub struct Record {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Body {
-    TenantCreated { tenant: TenantId, name: Box<str> },
+    TenantCreated {
+        tenant: TenantId,
+        name: Box<str>,
+    },
     /// An item appears. `item` is where the engine put it; replay puts it at the same place.
-    ItemCreated { item: ItemId, tenant: TenantId, sku: Box<str>, location: Box<str> },
+    ItemCreated {
+        item: ItemId,
+        tenant: TenantId,
+        sku: Box<str>,
+        location: Box<str>,
+    },
     /// A stock command (receive, adjust, set_on_hand, move, set_policy, import): its answer,
     /// remembered under its operation id, and the items it changed (none if refused).
-    Stock { tenant: TenantId, memo: OperationMemo, changes: Vec<ItemChange> },
+    Stock {
+        tenant: TenantId,
+        memo: OperationMemo,
+        changes: Vec<ItemChange>,
+    },
     /// A reserve, granted or refused. Remembered under its reservation id.
     Reserved {
         tenant: TenantId,
@@ -49,9 +61,14 @@ pub enum Body {
     },
     /// An operation refused without touching any reservation or item (unknown reservation,
     /// not open ...). Remembered so that a retry gets the same answer.
-    Refused { tenant: TenantId, memo: OperationMemo },
+    Refused {
+        tenant: TenantId,
+        memo: OperationMemo,
+    },
     /// Idempotency memory older than `before_ms` was dropped (retention).
-    Forgotten { before_ms: u64 },
+    Forgotten {
+        before_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

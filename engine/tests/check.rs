@@ -60,7 +60,13 @@ fn parse(engine: &Engine, words: &[&str]) -> Command {
         "tenant" => Command::CreateTenant { name: Name::new(words[1]).unwrap() },
         "receive" => {
             let (sku, location) = item(words[3]);
-            Command::Receive { tenant: t(1), operation: op(words[2]), sku, location, quantity: Quantity::new(words[4].parse().unwrap()).unwrap() }
+            Command::Receive {
+                tenant: t(1),
+                operation: op(words[2]),
+                sku,
+                location,
+                quantity: Quantity::new(words[4].parse().unwrap()).unwrap(),
+            }
         }
         "adjust" => {
             let (sku, location) = item(words[3]);
@@ -111,7 +117,13 @@ fn parse(engine: &Engine, words: &[&str]) -> Command {
                 .map(|w| {
                     let (item_text, on_hand) = w.split_once('=').unwrap();
                     let (sku, location) = item(item_text);
-                    ImportRow { sku, location, on_hand: on_hand.parse().unwrap(), safety_stock: None, backorder_limit: None }
+                    ImportRow {
+                        sku,
+                        location,
+                        on_hand: on_hand.parse().unwrap(),
+                        safety_stock: None,
+                        backorder_limit: None,
+                    }
                 })
                 .collect(),
         },
@@ -177,7 +189,9 @@ fn check_with(config: Config, script: &str) -> Engine {
             "at" => now_ms = words[1].parse().unwrap(),
             "stock" => {
                 let (sku, location) = words[2].split_once('@').unwrap();
-                let view = engine.item(tenant(&engine, words[1]), sku, location).unwrap_or_else(|| panic!("`{step}`: no item"));
+                let view = engine
+                    .item(tenant(&engine, words[1]), sku, location)
+                    .unwrap_or_else(|| panic!("`{step}`: no item"));
                 for expectation in &words[3..] {
                     let (key, value) = expectation.split_once('=').unwrap();
                     let actual = match key {
@@ -195,7 +209,11 @@ fn check_with(config: Config, script: &str) -> Engine {
                 let view = engine.reservation(tenant(&engine, words[1]), words[2]);
                 match option(&words, "state") {
                     Some("none") => assert!(view.is_none(), "step `{step}`: {view:?}"),
-                    Some(state) => assert_eq!(view.unwrap_or_else(|| panic!("`{step}`: none")).state.name(), state, "step `{step}`"),
+                    Some(state) => assert_eq!(
+                        view.unwrap_or_else(|| panic!("`{step}`: none")).state.name(),
+                        state,
+                        "step `{step}`"
+                    ),
                     None => panic!("reservation step needs state="),
                 }
             }
@@ -450,7 +468,13 @@ fn bad_input_gets_its_own_code() {
     };
     assert_eq!(engine.execute(&adjust, 0, &mut records).code, ResultCode::QuantityNotPositive);
     let rows = (0..10_001)
-        .map(|i| ImportRow { sku: Sku::new(&format!("S{i}")).unwrap(), location: Location::new("A").unwrap(), on_hand: 1, safety_stock: None, backorder_limit: None })
+        .map(|i| ImportRow {
+            sku: Sku::new(&format!("S{i}")).unwrap(),
+            location: Location::new("A").unwrap(),
+            on_hand: 1,
+            safety_stock: None,
+            backorder_limit: None,
+        })
         .collect();
     let import = Command::Import { tenant: acme, operation: op("i"), rows };
     assert_eq!(engine.execute(&import, 0, &mut records).code, ResultCode::TooManyRows);
@@ -536,7 +560,13 @@ fn replay_refuses_a_record_that_does_not_fit() {
     let mut records = Vec::new();
     engine.execute(&Command::CreateTenant { name: Name::new("acme").unwrap() }, 0, &mut records);
     let acme = engine.tenant_id("acme").unwrap();
-    let receive = Command::Receive { tenant: acme, operation: op("o"), sku: Sku::new("S").unwrap(), location: Location::new("A").unwrap(), quantity: Quantity::new(5).unwrap() };
+    let receive = Command::Receive {
+        tenant: acme,
+        operation: op("o"),
+        sku: Sku::new("S").unwrap(),
+        location: Location::new("A").unwrap(),
+        quantity: Quantity::new(5).unwrap(),
+    };
     engine.execute(&receive, 0, &mut records);
     // Skipping a record is a gap.
     let replica = Engine::new(Config::default());

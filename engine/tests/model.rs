@@ -107,7 +107,11 @@ impl Model {
             }
             Step::Reserve { tenant, id, lines, ttl_ms, partial } => {
                 if let Some(existing) = self.reservations.get(&(*tenant, *id)) {
-                    return if existing.request == *step { existing.code } else { ResultCode::IdReusedWithDifferentRequest };
+                    return if existing.request == *step {
+                        existing.code
+                    } else {
+                        ResultCode::IdReusedWithDifferentRequest
+                    };
                 }
                 let keys: Vec<Key> = lines.iter().map(|(k, _)| key_of(*k, *tenant)).collect();
                 let mut code;
@@ -123,7 +127,13 @@ impl Model {
                     }
                     let total: i64 = granted.iter().sum();
                     let short = lines.iter().zip(&granted).any(|((_, q), g)| g < q);
-                    code = if total == 0 { ResultCode::InsufficientStock } else if short { ResultCode::OkPartial } else { ResultCode::Ok };
+                    code = if total == 0 {
+                        ResultCode::InsufficientStock
+                    } else if short {
+                        ResultCode::OkPartial
+                    } else {
+                        ResultCode::Ok
+                    };
                 } else {
                     let mut wanted: BTreeMap<Key, i64> = BTreeMap::new();
                     for (position, (_, quantity)) in lines.iter().enumerate() {
@@ -154,7 +164,11 @@ impl Model {
                     ModelReservation {
                         request: step.clone(),
                         code,
-                        lines: if open { keys.iter().zip(&granted).map(|(k, g)| (*k, *g, 0, 0)).collect() } else { Vec::new() },
+                        lines: if open {
+                            keys.iter().zip(&granted).map(|(k, g)| (*k, *g, 0, 0)).collect()
+                        } else {
+                            Vec::new()
+                        },
                         open,
                         deadline_ms: now_ms + ttl_ms,
                         state: if open { "open" } else { "refused" },
@@ -222,11 +236,15 @@ impl Model {
             Some(lines) => {
                 for (k, quantity) in lines {
                     let key = key_of(*k, tenant);
-                    let on_item: Vec<usize> = (0..reservation.lines.len()).filter(|&p| reservation.lines[p].0 == key).collect();
+                    let on_item: Vec<usize> =
+                        (0..reservation.lines.len()).filter(|&p| reservation.lines[p].0 == key).collect();
                     if on_item.is_empty() {
                         return ResultCode::LineNotInReservation;
                     }
-                    let open: i64 = on_item.iter().map(|&p| reservation.lines[p].1 - reservation.lines[p].2 - reservation.lines[p].3 - take[p]).sum();
+                    let open: i64 = on_item
+                        .iter()
+                        .map(|&p| reservation.lines[p].1 - reservation.lines[p].2 - reservation.lines[p].3 - take[p])
+                        .sum();
                     if open < *quantity {
                         return ResultCode::ExceedsReserved;
                     }
@@ -332,9 +350,13 @@ fn to_command(step: &Step, tenants: &[TenantId]) -> Option<Command> {
     Some(match step {
         Step::Advance(_) => return None,
         Step::Expire => Command::Expire { limit: 1_000 },
-        Step::Receive { tenant, op: o, key, quantity: q } => {
-            Command::Receive { tenant: t(*tenant), operation: op(*o), sku: sku(key.0), location: location(key.1), quantity: quantity(*q) }
-        }
+        Step::Receive { tenant, op: o, key, quantity: q } => Command::Receive {
+            tenant: t(*tenant),
+            operation: op(*o),
+            sku: sku(key.0),
+            location: location(key.1),
+            quantity: quantity(*q),
+        },
         Step::Adjust { tenant, op: o, key, delta } => Command::Adjust {
             tenant: t(*tenant),
             operation: op(*o),
@@ -351,9 +373,14 @@ fn to_command(step: &Step, tenants: &[TenantId]) -> Option<Command> {
             expected: *expected,
             on_hand: *on_hand,
         },
-        Step::Move { tenant, op: o, sku: s, from, to, quantity: q } => {
-            Command::Move { tenant: t(*tenant), operation: op(*o), sku: sku(*s), from: location(*from), to: location(*to), quantity: quantity(*q) }
-        }
+        Step::Move { tenant, op: o, sku: s, from, to, quantity: q } => Command::Move {
+            tenant: t(*tenant),
+            operation: op(*o),
+            sku: sku(*s),
+            from: location(*from),
+            to: location(*to),
+            quantity: quantity(*q),
+        },
         Step::Policy { tenant, op: o, key, safety, backorder } => Command::SetPolicy {
             tenant: t(*tenant),
             operation: op(*o),
@@ -362,9 +389,13 @@ fn to_command(step: &Step, tenants: &[TenantId]) -> Option<Command> {
             safety_stock: *safety,
             backorder_limit: *backorder,
         },
-        Step::Reserve { tenant, id, lines: l, ttl_ms, partial } => {
-            Command::Reserve { tenant: t(*tenant), reservation: rid(*id), lines: lines(l), ttl_ms: *ttl_ms, allow_partial: *partial }
-        }
+        Step::Reserve { tenant, id, lines: l, ttl_ms, partial } => Command::Reserve {
+            tenant: t(*tenant),
+            reservation: rid(*id),
+            lines: lines(l),
+            ttl_ms: *ttl_ms,
+            allow_partial: *partial,
+        },
         Step::Settle { commit, tenant, op: o, id, lines: l } => {
             let (tenant, operation, reservation, lines) = (t(*tenant), op(*o), rid(*id), l.as_deref().map(lines));
             if *commit {
@@ -373,7 +404,9 @@ fn to_command(step: &Step, tenants: &[TenantId]) -> Option<Command> {
                 Command::Release { tenant, operation, reservation, lines }
             }
         }
-        Step::Extend { tenant, op: o, id, ttl_ms } => Command::Extend { tenant: t(*tenant), operation: op(*o), reservation: rid(*id), ttl_ms: *ttl_ms },
+        Step::Extend { tenant, op: o, id, ttl_ms } => {
+            Command::Extend { tenant: t(*tenant), operation: op(*o), reservation: rid(*id), ttl_ms: *ttl_ms }
+        }
     })
 }
 
@@ -427,7 +460,9 @@ fn run(steps: &[Step]) {
         let expected = model.step(step, now_ms);
         assert_eq!(reply.code, expected, "step {index} {step:?}: engine {reply:?}");
         for (key, item) in &model.items {
-            let view = engine.item(tenants[key.0 as usize], key.1, key.2).unwrap_or_else(|| panic!("step {index}: engine lacks {key:?}"));
+            let view = engine
+                .item(tenants[key.0 as usize], key.1, key.2)
+                .unwrap_or_else(|| panic!("step {index}: engine lacks {key:?}"));
             let actual = Item {
                 on_hand: view.counters.on_hand,
                 reserved: view.counters.reserved,

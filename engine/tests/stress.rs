@@ -59,7 +59,9 @@ fn hot_skus_under_contention_never_oversell_and_replay_exactly() {
             while running.load(Ordering::Relaxed) {
                 for s in 0..HOT_SKUS {
                     let view = engine.item(tenant, sku(s).as_str(), "DC1").unwrap();
-                    if !view.counters.holds() || view.available() < -view.counters.backorder_limit - view.counters.safety_stock {
+                    if !view.counters.holds()
+                        || view.available() < -view.counters.backorder_limit - view.counters.safety_stock
+                    {
                         oversold.store(true, Ordering::Relaxed);
                     }
                 }
@@ -67,7 +69,8 @@ fn hot_skus_under_contention_never_oversell_and_replay_exactly() {
         });
         let handles: Vec<_> = (0..THREADS)
             .map(|thread| {
-                let (engine, received, committed, adjusted, sku, location) = (&engine, &received, &committed, &adjusted, &sku, &location);
+                let (engine, received, committed, adjusted, sku, location) =
+                    (&engine, &received, &committed, &adjusted, &sku, &location);
                 scope.spawn(move || {
                     let mut random = Xoshiro256PlusPlus::seed_from_u64(0x5eed + thread as u64);
                     let mut records = Vec::new();
@@ -78,11 +81,21 @@ fn hot_skus_under_contention_never_oversell_and_replay_exactly() {
                         let operation = OperationId::new(&format!("t{thread}-{n}")).unwrap();
                         if choice < 55 || open.is_empty() {
                             let lines = (0..random.gen_range(1..=3))
-                                .map(|_| Line { sku: sku(random.gen_range(0..HOT_SKUS)), location: location.clone(), quantity: Quantity::new(random.gen_range(1..=4)).unwrap() })
+                                .map(|_| Line {
+                                    sku: sku(random.gen_range(0..HOT_SKUS)),
+                                    location: location.clone(),
+                                    quantity: Quantity::new(random.gen_range(1..=4)).unwrap(),
+                                })
                                 .collect();
                             let id = ReservationId::new(&format!("r{thread}-{n}")).unwrap();
                             let reply = engine.execute(
-                                &Command::Reserve { tenant, reservation: id.clone(), lines, ttl_ms: 3_600_000, allow_partial: random.gen_bool(0.1) },
+                                &Command::Reserve {
+                                    tenant,
+                                    reservation: id.clone(),
+                                    lines,
+                                    ttl_ms: 3_600_000,
+                                    allow_partial: random.gen_bool(0.1),
+                                },
                                 now_ms,
                                 &mut records,
                             );
@@ -93,30 +106,55 @@ fn hot_skus_under_contention_never_oversell_and_replay_exactly() {
                             }
                         } else if choice < 80 {
                             let reservation = open.pop_front().unwrap();
-                            let reply = engine.execute(&Command::Commit { tenant, operation, reservation, lines: None }, now_ms, &mut records);
+                            let reply = engine.execute(
+                                &Command::Commit { tenant, operation, reservation, lines: None },
+                                now_ms,
+                                &mut records,
+                            );
                             match reply.code {
-                                ResultCode::Ok => committed.fetch_add(reply.lines.iter().map(|l| l.applied).sum::<i64>(), Ordering::Relaxed),
+                                ResultCode::Ok => committed
+                                    .fetch_add(reply.lines.iter().map(|l| l.applied).sum::<i64>(), Ordering::Relaxed),
                                 // Backordered units cannot ship until stock arrives.
                                 ResultCode::InsufficientOnHand => 0,
                                 other => panic!("commit: {other:?}"),
                             };
                         } else if choice < 92 {
                             let reservation = open.pop_front().unwrap();
-                            let reply = engine.execute(&Command::Release { tenant, operation, reservation, lines: None }, now_ms, &mut records);
+                            let reply = engine.execute(
+                                &Command::Release { tenant, operation, reservation, lines: None },
+                                now_ms,
+                                &mut records,
+                            );
                             assert_eq!(reply.code, ResultCode::Ok);
                         } else if choice < 97 {
                             let quantity = random.gen_range(1..=8);
-                            let receive = Command::Receive { tenant, operation, sku: sku(random.gen_range(0..HOT_SKUS)), location: location.clone(), quantity: Quantity::new(quantity).unwrap() };
+                            let receive = Command::Receive {
+                                tenant,
+                                operation,
+                                sku: sku(random.gen_range(0..HOT_SKUS)),
+                                location: location.clone(),
+                                quantity: Quantity::new(quantity).unwrap(),
+                            };
                             assert!(engine.execute(&receive, now_ms, &mut records).is_ok());
                             received.fetch_add(quantity, Ordering::Relaxed);
                         } else {
                             let delta = -random.gen_range(1..=3);
-                            let adjust = Command::Adjust { tenant, operation, sku: sku(random.gen_range(0..HOT_SKUS)), location: location.clone(), delta, reason: Name::new("damaged").unwrap() };
+                            let adjust = Command::Adjust {
+                                tenant,
+                                operation,
+                                sku: sku(random.gen_range(0..HOT_SKUS)),
+                                location: location.clone(),
+                                delta,
+                                reason: Name::new("damaged").unwrap(),
+                            };
                             let reply = engine.execute(&adjust, now_ms, &mut records);
                             if reply.is_ok() {
                                 adjusted.fetch_add(delta, Ordering::Relaxed);
                             } else {
-                                assert!(matches!(reply.code, ResultCode::StockReserved | ResultCode::NegativeStock), "{reply:?}");
+                                assert!(
+                                    matches!(reply.code, ResultCode::StockReserved | ResultCode::NegativeStock),
+                                    "{reply:?}"
+                                );
                             }
                         }
                     }
@@ -134,10 +172,12 @@ fn hot_skus_under_contention_never_oversell_and_replay_exactly() {
     assert!(report.violations.is_empty(), "{:?}", report.violations);
 
     // Units are conserved.
-    let on_hand: i64 = (0..HOT_SKUS).map(|s| engine.item(tenant, sku(s).as_str(), "DC1").unwrap().counters.on_hand).sum();
+    let on_hand: i64 =
+        (0..HOT_SKUS).map(|s| engine.item(tenant, sku(s).as_str(), "DC1").unwrap().counters.on_hand).sum();
     assert_eq!(
         on_hand,
-        INITIAL_ON_HAND * HOT_SKUS as i64 + received.load(Ordering::Relaxed) + adjusted.load(Ordering::Relaxed) - committed.load(Ordering::Relaxed)
+        INITIAL_ON_HAND * HOT_SKUS as i64 + received.load(Ordering::Relaxed) + adjusted.load(Ordering::Relaxed)
+            - committed.load(Ordering::Relaxed)
     );
     assert!(committed.load(Ordering::Relaxed) > 0, "the run committed nothing: it tested nothing");
 
