@@ -1,1 +1,194 @@
-fn main(){}
+//! Criterion micro-benchmarks of the engine's order path: one iteration is a reserve followed
+//! by the commit (group `reserve_commit`) or release (group `reserve_release`) of everything it
+//! reserved.
+//!
+//! Each group sets up one engine (10 tenants x 10,000 SKUs x 1 location) and runs, for
+//! 1 and 3 lines, uniform and hot (every line on tenant 0, SKUs 0..10), 1 and 2 threads.
+//!
+//! Timing: `iter_custom`. With T threads, each of T scoped threads does `iters` pairs and the
+//! wall time of the whole is returned, so "time" is per round of T concurrent pairs and the
+//! throughput (`Throughput::Elements(T)`) is pairs per second over all threads. The command
+//! building (ids, line vectors) is inside the timed loop, as a server would do it per request.
+//!
+//! Between samples (untimed) the clock jumps past the idempotency retention and `Forget` drops
+//! what the previous sample left behind, so memory stays flat however many iterations run.
+
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use reservoir_engine::{
+    Command, Config, Engine, ImportRow, Line, Location, Name, OperationId, Quantity, Record, ReservationId, ResultCode,
+    Sku, TenantId,
+};
+
+const TENANTS: usize = 10;
+const SKUS_PER_TENANT: usize = 10_000;
+const HOT_SKUS: usize = 10;
+/// Large enough that no amount of committing runs the hot items dry.
+const ON_HAND: i64 = 1 << 45;
+const TTL_MS: u64 = 600_000;
+const NOW_MS_BASE: u64 = 1_700_000_000_000;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    Commit,
+    Release,
+}
+
+struct Setup {
+    engine: Engine,
+    tenants: Vec<TenantId>,
+    skus: Vec<Sku>,
+    location: Location,
+    /// Advanced (untimed) between samples.
+    now_ms: std::sync::atomic::AtomicU64,
+    /// Makes ids unique across samples and benchmarks.
+    round: std::sync::atomic::AtomicU64,
+}
+
+fn setup() -> Setup {
+    let engine = Engine::new(Config::default());
+    let mut records: Vec<Record> = Vec::new();
+    let skus: Vec<Sku> = (0..SKUS_PER_TENANT).map(|i| Sku::new(&format!("SKU-{i:06}")).unwrap()).collect();
+    let location = Location::new("WH1").unwrap();
+    let mut tenants = Vec::new();
+    for t in 0..TENANTS {
+        let reply = engine.execute(
+            &Command::CreateTenant { name: Name::new(&format!("tenant-{t:04}")).unwrap() },
+            NOW_MS_BASE,
+            &mut records,
+        );
+        assert!(reply.is_ok());
+        let tenant = TenantId(reply.count as u32);
+        let rows = skus
+            .iter()
+            .map(|sku| ImportRow {
+                sku: sku.clone(),
+                location: location.clone(),
+                on_hand: ON_HAND,
+                safety_stock: None,
+                backorder_limit: None,
+            })
+            .collect();
+        let operation = OperationId::new(&format!("load-{t}")).unwrap();
+        let reply = engine.execute(&Command::Import { tenant, operation, rows }, NOW_MS_BASE, &mut records);
+        assert_eq!(reply.code, ResultCode::Ok);
+        records.clear();
+        tenants.push(tenant);
+    }
+    Setup {
+        engine,
+        tenants,
+        skus,
+        location,
+        now_ms: std::sync::atomic::AtomicU64::new(NOW_MS_BASE),
+        round: std::sync::atomic::AtomicU64::new(0),
+    }
+}
+
+/// One benchmark's parameters.
+#[derive(Clone, Copy)]
+struct Case {
+    settle: Settle,
+    lines: usize,
+    /// Every line on tenant 0, SKUs 0..HOT_SKUS.
+    hot: bool,
+    threads: usize,
+}
+
+/// `iters` reserve + settle pairs on one thread.
+fn pairs(setup: &Setup, case: Case, thread: usize, round: u64, now_ms: u64, iters: u64) {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(round * 64 + thread as u64);
+    let mut records: Vec<Record> = Vec::with_capacity(4);
+    let mut id = String::with_capacity(32);
+    let quantity = Quantity::new(1).unwrap();
+    for i in 0..iters {
+        let tenant_index = if case.hot { 0 } else { rng.gen_range(0..TENANTS) };
+        let tenant = setup.tenants[tenant_index];
+        let order: Vec<Line> = (0..case.lines)
+            .map(|_| {
+                let sku = if case.hot { rng.gen_range(0..HOT_SKUS) } else { rng.gen_range(0..SKUS_PER_TENANT) };
+                Line { sku: setup.skus[sku].clone(), location: setup.location.clone(), quantity }
+            })
+            .collect();
+        id.clear();
+        let _ = write!(id, "r{round}-{thread}-{i}");
+        let reservation = ReservationId::new(&id).unwrap();
+        let reserve = Command::Reserve { tenant, reservation, lines: order, ttl_ms: TTL_MS, allow_partial: false };
+        let reply = setup.engine.execute(&reserve, now_ms, &mut records);
+        assert_eq!(reply.code, ResultCode::Ok);
+        records.clear();
+        let Command::Reserve { reservation, .. } = reserve else { unreachable!() };
+        id.clear();
+        let _ = write!(id, "o{round}-{thread}-{i}");
+        let operation = OperationId::new(&id).unwrap();
+        let command = match case.settle {
+            Settle::Commit => Command::Commit { tenant, operation, reservation, lines: None },
+            Settle::Release => Command::Release { tenant, operation, reservation, lines: None },
+        };
+        let reply = setup.engine.execute(&command, now_ms, &mut records);
+        assert_eq!(reply.code, ResultCode::Ok);
+        records.clear();
+        black_box(reply);
+    }
+}
+
+/// Runs one sample: `case.threads` threads, `iters` pairs each; returns the wall time.
+/// Afterwards, untimed, forgets what the sample left in the idempotency memory.
+fn sample(setup: &Setup, case: Case, iters: u64) -> Duration {
+    use std::sync::atomic::Ordering;
+    let round = setup.round.fetch_add(1, Ordering::Relaxed);
+    let now_ms = setup.now_ms.load(Ordering::Relaxed);
+    let started = Instant::now();
+    if case.threads == 1 {
+        pairs(setup, case, 0, round, now_ms, iters);
+    } else {
+        std::thread::scope(|scope| {
+            for thread in 0..case.threads {
+                scope.spawn(move || pairs(setup, case, thread, round, now_ms, iters));
+            }
+        });
+    }
+    let elapsed = started.elapsed();
+    let later = now_ms + setup.engine.config().idempotency_retention_ms + 1;
+    setup.now_ms.store(later, Ordering::Relaxed);
+    let mut records = Vec::new();
+    let reply = setup.engine.execute(&Command::Forget, later, &mut records);
+    assert!(reply.is_ok());
+    elapsed
+}
+
+fn group(c: &mut Criterion, name: &str, settle: Settle) {
+    let setup = setup();
+    let mut group = c.benchmark_group(name);
+    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    for lines in [1usize, 3] {
+        for hot in [false, true] {
+            for threads in [1usize, 2] {
+                let case = Case { settle, lines, hot, threads };
+                group.throughput(Throughput::Elements(threads as u64));
+                let id = BenchmarkId::new(
+                    format!("{lines}line/{}", if hot { "hot" } else { "uniform" }),
+                    format!("{threads}t"),
+                );
+                group.bench_function(id, |b| b.iter_custom(|iters| sample(&setup, case, iters)));
+            }
+        }
+    }
+    group.finish();
+}
+
+fn reserve_commit(c: &mut Criterion) {
+    group(c, "reserve_commit", Settle::Commit);
+}
+
+fn reserve_release(c: &mut Criterion) {
+    group(c, "reserve_release", Settle::Release);
+}
+
+criterion_group!(benches, reserve_commit, reserve_release);
+criterion_main!(benches);

@@ -1,1 +1,168 @@
-fn main(){}
+//! `reservoir`: the one binary. Each subcommand is a variant of [`Commands`] with its own
+//! argument struct and a `run_*` function; later ones (serve, wal, verify, restore, ...) slot
+//! in the same way.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use reservoir_bench::{MemorySettings, Variant, W1Settings};
+
+#[derive(Debug, Parser)]
+#[command(name = "reservoir", version, about = "Reservoir: a multi-tenant inventory reservation engine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+enum Commands {
+    /// Run the standard workloads (shared/workload.md) and report their figures
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// W1 order flow against an in-process engine (no network, no WAL: durability "none")
+    Engine(EngineArgs),
+    /// Resident memory per stock item and per open reservation
+    Memory(MemoryArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum VariantArg {
+    /// Tenant and SKU uniform
+    Uniform,
+    /// 90% of reserves on tenant 0, SKUs 0..10 (contention)
+    Hot,
+}
+
+impl From<VariantArg> for Variant {
+    fn from(variant: VariantArg) -> Variant {
+        match variant {
+            VariantArg::Uniform => Variant::Uniform,
+            VariantArg::Hot => Variant::Hot,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct EngineArgs {
+    /// Which W1 variant
+    #[arg(long, value_enum, default_value = "uniform")]
+    variant: VariantArg,
+    /// Client threads (each one connection with one request in flight)
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Measured window, seconds
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Warm-up before the window, seconds (not measured)
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Seed of the per-thread random generators (thread i uses seed + i)
+    #[arg(long, default_value_t = W1Settings::default().seed)]
+    seed: u64,
+    /// Tenants to load
+    #[arg(long, default_value_t = W1Settings::default().tenants)]
+    tenants: usize,
+    /// SKUs per tenant to load (1 location each)
+    #[arg(long, default_value_t = W1Settings::default().skus_per_tenant)]
+    skus: usize,
+    /// Print only the JSON object of workload.md
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct MemoryArgs {
+    /// Stock items to create (10,000 SKUs per tenant, 1 location)
+    #[arg(long, default_value_t = MemorySettings::default().items)]
+    items: usize,
+    /// One-line reservations to open afterwards
+    #[arg(long, default_value_t = MemorySettings::default().reservations)]
+    reservations: usize,
+    /// Print only a JSON object
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Commands::Bench(args) => run_bench(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("reservoir: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
+    match args.command {
+        BenchCommand::Engine(args) => run_bench_engine(args),
+        BenchCommand::Memory(args) => run_bench_memory(args),
+    }
+}
+
+fn run_bench_engine(args: EngineArgs) -> anyhow::Result<()> {
+    let settings = W1Settings {
+        variant: args.variant.into(),
+        threads: args.threads,
+        warmup_s: args.warmup,
+        window_s: args.seconds,
+        seed: args.seed,
+        tenants: args.tenants,
+        skus_per_tenant: args.skus,
+        ..W1Settings::default()
+    };
+    if !args.json {
+        eprintln!(
+            "running W1 {} on {} threads: {:.1} s warm-up + {:.1} s window ...",
+            settings.variant, settings.threads, settings.warmup_s, settings.window_s
+        );
+    }
+    let report = reservoir_bench::run_w1(&settings).context("bench engine")?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.render_table());
+    }
+    anyhow::ensure!(report.check_ok, "the ledger check failed ({} problems)", report.check_failure_count);
+    Ok(())
+}
+
+fn run_bench_memory(args: MemoryArgs) -> anyhow::Result<()> {
+    let settings = MemorySettings { items: args.items, reservations: args.reservations, ..MemorySettings::default() };
+    if !args.json {
+        eprintln!("creating {} items, then {} reservations ...", settings.items, settings.reservations);
+    }
+    let report = reservoir_bench::memory(&settings).context("bench memory")?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.render_table());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}
