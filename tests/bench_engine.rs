@@ -22,8 +22,21 @@ fn bench_engine_json_matches_the_workload_format_and_checks_the_ledger() {
         let output = run(
             binary(),
             &[
-                "bench", "engine", "--variant", variant, "--threads", "2", "--seconds", "0.5", "--warmup", "0.1",
-                "--tenants", "4", "--skus", "500", "--json",
+                "bench",
+                "engine",
+                "--variant",
+                variant,
+                "--threads",
+                "2",
+                "--seconds",
+                "0.5",
+                "--warmup",
+                "0.1",
+                "--tenants",
+                "4",
+                "--skus",
+                "500",
+                "--json",
             ],
         );
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));

@@ -75,7 +75,13 @@ impl ShardItems {
         let hash = item_hash(sku_hash, location);
         self.index
             .find(hash, |&index| {
-                self.keys[index as usize].tenant == tenant && self.sku(index) == sku && self.location(index) == location
+                // Bytes, not &str: the keys were validated on the way in, so no UTF-8 check here.
+                let key = self.keys[index as usize];
+                let start = key.offset as usize;
+                let middle = start + key.sku_len as usize;
+                key.tenant == tenant
+                    && &self.key_bytes[start..middle] == sku.as_bytes()
+                    && &self.key_bytes[middle..middle + key.location_len as usize] == location.as_bytes()
             })
             .copied()
     }

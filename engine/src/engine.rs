@@ -1,6 +1,7 @@
 //! The engine: commands and `now` in, replies and effect records out. No I/O, no clock.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use parking_lot::RwLockReadGuard;
 
@@ -8,7 +9,9 @@ use crate::catalog::{sku_hash, Catalog, ShardItems};
 use crate::code::{LineResult, Reply, ResultCode};
 use crate::command::{Command, ImportRow, Line};
 use crate::item::{Counters, ItemGuard};
-use crate::memory::{OperationEntry, OperationShard, Reservation, ReservationLineState, ReservationShard, Sharded};
+use crate::memory::{
+    KeyRef, OperationEntry, OperationShard, Reservation, ReservationLineState, ReservationShard, Sharded,
+};
 use crate::record::{Body, ItemChange, LineChange, OperationMemo, Record, ReservationState, ReservedLine, SettleKind};
 use crate::sync::{AtomicU64, Ordering};
 use crate::types::{
@@ -320,7 +323,7 @@ impl Engine {
         }
         let id = reservation.as_str();
         let mut shard = self.reservations.shard(tenant, id).lock();
-        if let Some(existing) = shard.map.get(&(tenant, id.into())) {
+        if let Some(existing) = shard.map.get(&KeyRef(tenant, id)) {
             return if existing.fingerprint == fingerprint {
                 existing.reply.clone()
             } else {
@@ -517,7 +520,7 @@ impl Engine {
         }
         let id = reservation.as_str();
         let mut shard = self.reservations.shard(tenant, id).lock();
-        let key = (tenant, Box::<str>::from(id));
+        let key = KeyRef(tenant, id);
         let refuse =
             |code: ResultCode, lines: Vec<LineResult>, records: &mut Vec<Record>, operations: &mut OperationShard| {
                 let reply = Reply { lines, ..Reply::code(code) };
@@ -605,9 +608,10 @@ impl Engine {
         current.state = state;
         current.deadline_ms = deadline_ms;
         if state.is_open() && kind == SettleKind::Extend {
-            let entry = shard.deadlines.take(&(old_deadline, tenant, id.into()));
+            let shared = shard.key(tenant, id);
+            let entry = shard.deadlines.take(&(old_deadline, tenant, shared.clone()));
             assert!(entry.is_some(), "open reservation without a deadline entry");
-            shard.deadlines.insert((deadline_ms, tenant, id.into()));
+            shard.deadlines.insert((deadline_ms, tenant, shared));
         }
         if !state.is_open() {
             shard.map.get_mut(&key).expect("present").closed_ms = Some(now_ms);
@@ -902,7 +906,7 @@ impl Engine {
                     timestamp_ms: now_ms,
                     body: Body::Settled {
                         tenant,
-                        reservation: id,
+                        reservation: id.as_ref().into(),
                         kind: SettleKind::Expire,
                         memo: None,
                         deadline_ms,
@@ -975,7 +979,7 @@ impl Engine {
             Body::Reserved { tenant, reservation, fingerprint, deadline_ms, reply, lines, changes } => {
                 self.apply_changes(lsn, changes)?;
                 let mut shard = self.reservations.shard(*tenant, reservation).lock();
-                if shard.map.contains_key(&(*tenant, reservation.clone())) {
+                if shard.map.contains_key(&KeyRef(*tenant, reservation)) {
                     return Err(mismatch(format!("reservation {reservation} exists")));
                 }
                 let state = if reply.is_ok() { ReservationState::Open } else { ReservationState::Refused };
@@ -995,7 +999,7 @@ impl Engine {
             Body::Settled { tenant, reservation, kind, memo, deadline_ms, state, line_changes, changes } => {
                 self.apply_changes(lsn, changes)?;
                 let mut shard = self.reservations.shard(*tenant, reservation).lock();
-                let key = (*tenant, reservation.clone());
+                let key = KeyRef(*tenant, reservation);
                 let Some(current) = shard.map.get_mut(&key) else {
                     return Err(mismatch(format!("reservation {reservation} unknown")));
                 };
@@ -1023,8 +1027,9 @@ impl Engine {
                 current.state = *state;
                 current.deadline_ms = *deadline_ms;
                 if state.is_open() {
-                    shard.deadlines.remove(&(old_deadline, *tenant, reservation.clone()));
-                    shard.deadlines.insert((*deadline_ms, *tenant, reservation.clone()));
+                    let shared = shard.key(*tenant, reservation);
+                    shard.deadlines.remove(&(old_deadline, *tenant, shared.clone()));
+                    shard.deadlines.insert((*deadline_ms, *tenant, shared));
                 } else {
                     shard.map.get_mut(&key).expect("present").closed_ms = Some(record.timestamp_ms);
                     shard.close(*tenant, reservation, old_deadline, record.timestamp_ms, lsn);
@@ -1087,7 +1092,7 @@ impl Engine {
         lsn: Lsn,
     ) -> Result<(), EngineError> {
         let mut operations = self.operations.shard(tenant, &memo.operation).lock();
-        if operations.map.contains_key(&(tenant, memo.operation.clone())) {
+        if operations.map.contains_key(&KeyRef(tenant, &memo.operation)) {
             return Err(EngineError::ReplayMismatch {
                 lsn: lsn.0,
                 what: format!("operation {} remembered twice", memo.operation),
@@ -1152,7 +1157,7 @@ impl Engine {
 
     pub fn reservation(&self, tenant: TenantId, id: &str) -> Option<ReservationView> {
         let shard = self.reservations.shard(tenant, id).lock();
-        let reservation = shard.map.get(&(tenant, id.into()))?.clone();
+        let reservation = shard.map.get(&KeyRef(tenant, id))?.clone();
         drop(shard);
         let lines = reservation
             .lines
@@ -1298,7 +1303,7 @@ fn view(shard: &ShardItems, item: ItemId) -> ItemView {
 }
 
 fn recall(operations: &OperationShard, tenant: TenantId, id: &str, fingerprint: u64) -> Option<Reply> {
-    let entry = operations.map.get(&(tenant, id.into()))?;
+    let entry = operations.map.get(&KeyRef(tenant, id))?;
     Some(if entry.fingerprint == fingerprint {
         entry.reply.clone()
     } else {
@@ -1337,11 +1342,12 @@ fn install_reservation(
             .collect(),
         closed_ms: (!state.is_open()).then_some(now_ms),
     };
-    shard.map.insert((tenant, id.into()), reservation);
+    let id: Arc<str> = id.into();
+    shard.map.insert((tenant, id.clone()), reservation);
     if state.is_open() {
-        shard.deadlines.insert((deadline_ms, tenant, id.into()));
+        shard.deadlines.insert((deadline_ms, tenant, id));
     } else {
-        shard.closed.push_back((now_ms, lsn, tenant, id.into()));
+        shard.closed.push_back((now_ms, lsn, tenant, id));
     }
 }
 

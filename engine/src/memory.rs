@@ -5,8 +5,10 @@
 //! requests carry the same id (a retry racing its original, which must serialise anyway).
 
 use std::collections::{BTreeSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
-use hashbrown::HashMap;
+use hashbrown::{Equivalent, HashMap};
 use parking_lot::Mutex;
 
 use crate::code::Reply;
@@ -57,7 +59,25 @@ impl Reservation {
     }
 }
 
-pub type Key = (TenantId, Box<str>);
+/// A reservation or operation id within its tenant. The id's one allocation is shared by the
+/// map key, the deadline index and the retention queue.
+pub type Key = (TenantId, Arc<str>);
+
+/// Looks a [`Key`] up without allocating. Hashes exactly as the tuple does.
+pub struct KeyRef<'a>(pub TenantId, pub &'a str);
+
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+        self.1.hash(state);
+    }
+}
+
+impl Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        self.0 == key.0 && self.1 == &*key.1
+    }
+}
 
 pub fn key_hash(tenant: TenantId, id: &str) -> u64 {
     Fnv64::new().u64(u64::from(tenant.0)).str(id).finish()
@@ -67,16 +87,22 @@ pub fn key_hash(tenant: TenantId, id: &str) -> u64 {
 pub struct ReservationShard {
     pub map: HashMap<Key, Reservation>,
     /// Open reservations by deadline.
-    pub deadlines: BTreeSet<(u64, TenantId, Box<str>)>,
+    pub deadlines: BTreeSet<(u64, TenantId, Arc<str>)>,
     /// Closed reservations in the order they closed (= LSN order), for retention.
-    pub closed: VecDeque<(u64, Lsn, TenantId, Box<str>)>,
+    pub closed: VecDeque<(u64, Lsn, TenantId, Arc<str>)>,
 }
 
 impl ReservationShard {
     pub fn close(&mut self, tenant: TenantId, id: &str, deadline_ms: u64, now_ms: u64, lsn: Lsn) {
-        let removed = self.deadlines.remove(&(deadline_ms, tenant, id.into()));
+        let key = self.key(tenant, id);
+        let removed = self.deadlines.remove(&(deadline_ms, tenant, key.clone()));
         assert!(removed, "closing a reservation that had no deadline entry");
-        self.closed.push_back((now_ms, lsn, tenant, id.into()));
+        self.closed.push_back((now_ms, lsn, tenant, key));
+    }
+
+    /// The shared id of a reservation this shard holds.
+    pub fn key(&self, tenant: TenantId, id: &str) -> Arc<str> {
+        self.map.get_key_value(&KeyRef(tenant, id)).expect("reservation present").0 .1.clone()
     }
 
     /// Forgets reservations closed before `before_ms` by records before `lsn`. The LSN bound
@@ -108,15 +134,16 @@ pub struct OperationEntry {
 pub struct OperationShard {
     pub map: HashMap<Key, OperationEntry>,
     /// In the order remembered (= LSN order), for retention.
-    pub order: VecDeque<(u64, Lsn, TenantId, Box<str>)>,
+    pub order: VecDeque<(u64, Lsn, TenantId, Arc<str>)>,
 }
 
 impl OperationShard {
     pub fn remember(&mut self, tenant: TenantId, id: &str, fingerprint: u64, reply: Reply, at_ms: u64, lsn: Lsn) {
-        let previous = self.map.insert((tenant, id.into()), OperationEntry { fingerprint, reply, at_ms, lsn });
+        let id: Arc<str> = id.into();
+        let previous = self.map.insert((tenant, id.clone()), OperationEntry { fingerprint, reply, at_ms, lsn });
         assert!(previous.is_none(), "operation id remembered twice");
         debug_assert!(self.order.back().is_none_or(|last| last.1 < lsn), "memory out of LSN order");
-        self.order.push_back((at_ms, lsn, tenant, id.into()));
+        self.order.push_back((at_ms, lsn, tenant, id));
     }
 
     pub fn forget(&mut self, before_ms: u64, lsn: Lsn) -> usize {
