@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use parking_lot::RwLockReadGuard;
+use smallvec::SmallVec;
 
 use crate::catalog::{sku_hash, Catalog, ShardItems};
 use crate::code::{LineResult, Reply, ResultCode};
@@ -19,6 +20,9 @@ use crate::types::{
     LINES_PER_RESERVATION_MAX, PAGE_ITEMS_MAX, QUANTITY_MAX, SHARDS_MAX, STOCK_MAX, TTL_MS_MAX, TTL_MS_MIN,
 };
 use crate::EngineError;
+
+/// Inline capacity of the per-command scratch vectors: orders have a few lines.
+const SMALL: usize = 4;
 
 /// How an engine is laid out. `shards` is part of the data: a data directory keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -278,13 +282,13 @@ impl Engine {
     fn with_items<R>(&self, items: &[ItemId], f: impl FnOnce(&mut [ItemGuard<'_>]) -> R) -> R {
         assert!(items.windows(2).all(|w| w[0] < w[1]), "items must be sorted and distinct");
         assert!(items.len() <= IMPORT_ROWS_MAX * 2);
-        let mut shards: Vec<(u32, RwLockReadGuard<'_, ShardItems>)> = Vec::with_capacity(items.len().min(4));
+        let mut shards: SmallVec<[(u32, RwLockReadGuard<'_, ShardItems>); SMALL]> = SmallVec::new();
         for item in items {
             if shards.last().is_none_or(|(shard, _)| *shard != item.shard) {
                 shards.push((item.shard, self.catalog.read_shard(item.shard)));
             }
         }
-        let mut guards = Vec::with_capacity(items.len());
+        let mut guards: SmallVec<[ItemGuard<'_>; SMALL]> = SmallVec::with_capacity(items.len());
         let mut position = 0;
         for item in items {
             while shards[position].0 != item.shard {
@@ -333,7 +337,7 @@ impl Engine {
         let deadline_ms = now_ms.saturating_add(ttl_ms);
 
         // Resolve every line; an unknown item refuses the whole reserve.
-        let mut line_items = Vec::with_capacity(lines.len());
+        let mut line_items: SmallVec<[Option<ItemId>; SMALL]> = SmallVec::with_capacity(lines.len());
         let mut unknown = false;
         for line in lines {
             match self.resolve(tenant, &line.sku, &line.location, false, now_ms, records) {
@@ -359,14 +363,15 @@ impl Engine {
             let reply = Reply { lines: results, ..Reply::code(ResultCode::UnknownItem) };
             (reply, Vec::new(), Vec::new(), self.take_lsn())
         } else {
-            let line_items: Vec<ItemId> = line_items.into_iter().map(|item| item.expect("resolved")).collect();
+            let line_items: SmallVec<[ItemId; SMALL]> =
+                line_items.into_iter().map(|item| item.expect("resolved")).collect();
             let mut distinct = line_items.clone();
             distinct.sort_unstable();
             distinct.dedup();
             self.with_items(&distinct, |guards| {
                 let guard_of = |item: ItemId| distinct.binary_search(&item).expect("latched");
                 let mut results = Vec::with_capacity(lines.len());
-                let mut granted = vec![0i64; lines.len()];
+                let mut granted: SmallVec<[i64; SMALL]> = smallvec::smallvec![0i64; lines.len()];
                 let mut short_items = false;
                 if allow_partial {
                     for (position, line) in lines.iter().enumerate() {
@@ -380,11 +385,11 @@ impl Engine {
                     }
                 } else {
                     // Two lines on one item count together.
-                    let mut wanted = vec![0i64; distinct.len()];
+                    let mut wanted: SmallVec<[i64; SMALL]> = smallvec::smallvec![0i64; distinct.len()];
                     for (position, line) in lines.iter().enumerate() {
                         wanted[guard_of(line_items[position])] += line.quantity.get();
                     }
-                    let fits: Vec<bool> =
+                    let fits: SmallVec<[bool; SMALL]> =
                         guards.iter().zip(&wanted).map(|(guard, &want)| guard.counters.can_reserve(want)).collect();
                     if fits.iter().all(|&fit| fit) {
                         for (guard, want) in guards.iter_mut().zip(&wanted) {
@@ -566,7 +571,7 @@ impl Engine {
             SettleKind::Extend => now_ms.saturating_add(ttl_ms),
             _ => current.deadline_ms,
         };
-        let mut items: Vec<ItemId> =
+        let mut items: SmallVec<[ItemId; SMALL]> =
             line_changes.iter().map(|change| current.lines[change.line as usize].item).collect();
         items.sort_unstable();
         items.dedup();

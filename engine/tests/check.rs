@@ -580,3 +580,23 @@ fn replay_refuses_a_record_that_does_not_fit() {
     replica.apply(&records[1]).unwrap();
     assert!(matches!(replica.apply(&forged), Err(reservoir_engine::EngineError::ReplayMismatch { .. })));
 }
+
+/// Keeps `docs/protocol.md`'s code table and `ResultCode` in step: every code is listed with
+/// its number and name, and the table lists nothing else.
+#[test]
+fn result_codes_match_docs_protocol_md() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md")).unwrap();
+    let section = text.split("## Result codes").nth(1).expect("a result code section").split("\n## ").next().unwrap();
+    let mut listed = Vec::new();
+    for row in section
+        .lines()
+        .filter(|line| line.starts_with("| ") && !line.starts_with("| number") && !line.starts_with("| -"))
+    {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let number: u16 = cells[1].parse().unwrap_or_else(|_| panic!("bad number in {row}"));
+        listed.push((number, cells[2].trim_matches('`').to_owned()));
+    }
+    let actual: Vec<(u16, String)> =
+        ResultCode::ALL.iter().map(|code| (code.number(), code.name().to_owned())).collect();
+    assert_eq!(listed, actual, "docs/protocol.md and engine/src/code.rs disagree");
+}
