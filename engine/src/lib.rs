@@ -14,6 +14,7 @@ mod memory;
 mod record;
 pub mod sync;
 mod types;
+pub mod workload;
 
 pub use code::{LineResult, Reply, ResultCode};
 pub use command::{Command, ImportRow, Line};

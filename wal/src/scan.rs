@@ -1,0 +1,224 @@
+//! Reading the log back: every segment in order, every frame in LSN order, and the decision
+//! at the first frame that is not a valid next record: the clean end, a torn tail (cut it), or
+//! corruption (refuse to start). The rules and why they are safe: docs/wal.md, "Recovery".
+
+use reservoir_engine::{Lsn, Record};
+
+use crate::format::{
+    decode_frame, Frame, SegmentHeader, FRAME_ALIGNMENT_BYTES, FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+};
+use crate::storage::Storage;
+use crate::WalError;
+
+/// Where the next frame goes: the state a writer continues from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendPosition {
+    /// The segment to append to (it exists unless `segment_exists` is false).
+    pub sequence: u64,
+    pub offset: u64,
+    pub segment_exists: bool,
+    /// The LSN the next record must have.
+    pub next_lsn: Lsn,
+}
+
+/// A torn tail: where the valid log ends, and what follows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    pub sequence: u64,
+    pub offset: u64,
+    /// Segment files after the torn one (written in the same, unfinished group commit).
+    pub later_segments: Vec<u64>,
+    pub why: String,
+}
+
+/// What a scan found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanEnd {
+    /// The last valid record's LSN (0 if the log is empty).
+    pub last_lsn: Lsn,
+    /// Records passed to the visitor (those at or after `from_lsn`).
+    pub records_visited: u64,
+    pub position: AppendPosition,
+    pub torn: Option<TornTail>,
+    /// The LSN of the first record on disk (None if empty).
+    pub first_lsn: Option<Lsn>,
+}
+
+/// Reads every record with LSN >= `from_lsn` in order and passes it to `visit`.
+/// `start_lsn` is the LSN an empty log starts at (1 for a new data directory).
+pub fn scan(
+    storage: &dyn Storage,
+    from_lsn: Lsn,
+    start_lsn: Lsn,
+    mut visit: impl FnMut(&Record) -> Result<(), WalError>,
+) -> Result<ScanEnd, WalError> {
+    let sequences = storage.list().map_err(|source| WalError::io("list the WAL directory", source))?;
+    for pair in sequences.windows(2) {
+        if pair[1] != pair[0] + 1 {
+            return Err(WalError::MissingSegment {
+                after: storage.describe(pair[0]),
+                missing: storage.describe(pair[0] + 1),
+            });
+        }
+    }
+    let mut expected: Option<Lsn> = None;
+    let mut first_lsn = None;
+    let mut visited = 0u64;
+    let mut position =
+        AppendPosition { sequence: 0, offset: SEGMENT_HEADER_BYTES as u64, segment_exists: false, next_lsn: start_lsn };
+    for (place, &sequence) in sequences.iter().enumerate() {
+        let bytes = storage.read(sequence).map_err(|source| WalError::io(storage.describe(sequence), source))?;
+        let header = SegmentHeader::decode(&bytes)
+            .map_err(|why| WalError::BadSegmentHeader { segment: storage.describe(sequence), why: why.into() })?;
+        if header.sequence != sequence || header.segment_bytes != bytes.len() as u64 {
+            return Err(WalError::BadSegmentHeader {
+                segment: storage.describe(sequence),
+                why: "header does not match the file's name or size".into(),
+            });
+        }
+        match expected {
+            None => {
+                if header.first_lsn > from_lsn.max(start_lsn) {
+                    return Err(WalError::MissingRecords { needed: from_lsn.max(start_lsn), first: header.first_lsn });
+                }
+                first_lsn = Some(header.first_lsn);
+            }
+            Some(lsn) if lsn != header.first_lsn => {
+                return Err(WalError::Corrupt {
+                    segment: storage.describe(sequence),
+                    offset: 0,
+                    after_lsn: Lsn(lsn.0 - 1),
+                    why: format!(
+                        "segment starts at LSN {} but the one before it ends at {}",
+                        header.first_lsn.0,
+                        lsn.0 - 1
+                    ),
+                });
+            }
+            Some(_) => {}
+        }
+        let mut next = header.first_lsn;
+        let mut offset = SEGMENT_HEADER_BYTES;
+        let is_last = place + 1 == sequences.len();
+        loop {
+            let (frame, length) = decode_frame(&bytes[offset..]);
+            match frame {
+                Frame::Record { record, .. } if record.lsn == next => {
+                    if record.lsn >= from_lsn {
+                        visit(&record)?;
+                        visited += 1;
+                    }
+                    next = Lsn(next.0 + 1);
+                    offset += length;
+                    debug_assert_eq!(offset % FRAME_ALIGNMENT_BYTES, 0);
+                }
+                Frame::Zeros if !is_last => break,
+                Frame::Zeros => {
+                    position = AppendPosition { sequence, offset: offset as u64, segment_exists: true, next_lsn: next };
+                    break;
+                }
+                other => {
+                    let why = match other {
+                        Frame::Invalid(why) => why,
+                        Frame::Record { record, .. } => format!("LSN {} where {} was expected", record.lsn.0, next.0),
+                        Frame::Zeros => unreachable!("handled above"),
+                    };
+                    // Not the next record. Torn tail or corruption: corruption if any later
+                    // group commit made it to disk (it was written only after this one was
+                    // synced, so this one was complete once).
+                    if let Some((later_sequence, later_offset, later_lsn)) =
+                        find_later_batch(storage, &sequences[place..], &bytes, offset, next)?
+                    {
+                        return Err(WalError::Corrupt {
+                            segment: storage.describe(sequence),
+                            offset: offset as u64,
+                            after_lsn: Lsn(next.0 - 1),
+                            why: format!(
+                                "{why}; a later group commit (LSN {} in {} at offset {later_offset}) is on disk",
+                                later_lsn.0,
+                                storage.describe(later_sequence)
+                            ),
+                        });
+                    }
+                    let torn = TornTail {
+                        sequence,
+                        offset: offset as u64,
+                        later_segments: sequences[place + 1..].to_vec(),
+                        why,
+                    };
+                    let position =
+                        AppendPosition { sequence, offset: offset as u64, segment_exists: true, next_lsn: next };
+                    let last_lsn = Lsn(next.0 - 1);
+                    return Ok(ScanEnd {
+                        last_lsn,
+                        records_visited: visited,
+                        position,
+                        torn: Some(torn),
+                        first_lsn: first_lsn.filter(|first| first.0 <= last_lsn.0),
+                    });
+                }
+            }
+            if offset + FRAME_HEADER_BYTES > bytes.len() {
+                if is_last {
+                    position = AppendPosition { sequence, offset: offset as u64, segment_exists: true, next_lsn: next };
+                }
+                break;
+            }
+        }
+        expected = Some(next);
+    }
+    if let Some(next) = expected {
+        if position.next_lsn != next {
+            // The last segment is full to its end: the next record starts a new segment.
+            let last = *sequences.last().expect("segments exist");
+            position = AppendPosition {
+                sequence: last + 1,
+                offset: SEGMENT_HEADER_BYTES as u64,
+                segment_exists: false,
+                next_lsn: next,
+            };
+        }
+    }
+    let last_lsn = Lsn(position.next_lsn.0 - 1);
+    Ok(ScanEnd {
+        last_lsn,
+        records_visited: visited,
+        position,
+        torn: None,
+        first_lsn: first_lsn.filter(|first| first.0 <= last_lsn.0),
+    })
+}
+
+/// Looks past a bad frame at `offset` of `bytes` (the segment `sequences[0]`) and in every later
+/// segment for a valid record of a group commit that began after `expected` (the LSN the bad
+/// frame should have had). Returns where the first one is.
+fn find_later_batch(
+    storage: &dyn Storage,
+    sequences: &[u64],
+    bytes: &[u8],
+    offset: usize,
+    expected: Lsn,
+) -> Result<Option<(u64, usize, Lsn)>, WalError> {
+    let later_in = |bytes: &[u8], from: usize| -> Option<(usize, Lsn)> {
+        let mut at = from.next_multiple_of(FRAME_ALIGNMENT_BYTES);
+        while at + FRAME_HEADER_BYTES <= bytes.len() {
+            if let (Frame::Record { header, .. }, _) = decode_frame(&bytes[at..]) {
+                if header.batch_lsn > expected {
+                    return Some((at, header.lsn));
+                }
+            }
+            at += FRAME_ALIGNMENT_BYTES;
+        }
+        None
+    };
+    if let Some((at, lsn)) = later_in(bytes, offset + FRAME_ALIGNMENT_BYTES) {
+        return Ok(Some((sequences[0], at, lsn)));
+    }
+    for &sequence in &sequences[1..] {
+        let later = storage.read(sequence).map_err(|source| WalError::io(storage.describe(sequence), source))?;
+        if let Some((at, lsn)) = later_in(&later, SEGMENT_HEADER_BYTES) {
+            return Ok(Some((sequence, at, lsn)));
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,273 @@
+//! Where segments live. [`FsStorage`] is the real one (files in a directory, pwrite, fdatasync);
+//! [`CrashStorage`] is a deterministic fake that keeps synced and unsynced writes apart and can
+//! produce the image a power cut would leave (unsynced writes lost, the last one torn), for
+//! simulation beside the real-file tests.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
+
+use crate::format::SEGMENT_BYTES_MAX;
+
+/// Segment files named `{sequence:016}.wal` in one directory.
+pub trait Storage: Send + Sync + 'static {
+    /// The sequences of the segments present, ascending.
+    fn list(&self) -> io::Result<Vec<u64>>;
+    /// A whole segment's bytes.
+    fn read(&self, sequence: u64) -> io::Result<Vec<u8>>;
+    /// Creates a segment of `bytes` zero bytes starting with `header`, durably (file and
+    /// directory entry synced) before returning.
+    fn create(&self, sequence: u64, bytes: u64, header: &[u8]) -> io::Result<()>;
+    /// Writes into an existing segment. Not durable until [`Storage::sync`].
+    fn write(&self, sequence: u64, offset: u64, bytes: &[u8]) -> io::Result<()>;
+    /// Makes every write to the segment durable (fdatasync).
+    fn sync(&self, sequence: u64) -> io::Result<()>;
+    /// Removes a segment, durably.
+    fn remove(&self, sequence: u64) -> io::Result<()>;
+    /// A readable name for messages: the path of the segment file.
+    fn describe(&self, sequence: u64) -> String;
+}
+
+pub fn segment_file_name(sequence: u64) -> String {
+    format!("{sequence:016}.wal")
+}
+
+/// The real thing.
+pub struct FsStorage {
+    directory: PathBuf,
+    open: Mutex<BTreeMap<u64, File>>,
+}
+
+/// Open segment files kept at once; older ones are closed (they are only read at recovery).
+const OPEN_FILES_MAX: usize = 4;
+
+impl FsStorage {
+    /// Uses (and creates, if missing) `directory`.
+    pub fn new(directory: &Path) -> io::Result<FsStorage> {
+        std::fs::create_dir_all(directory)?;
+        Ok(FsStorage { directory: directory.to_owned(), open: Mutex::new(BTreeMap::new()) })
+    }
+
+    pub fn directory(&self) -> &Path {
+        &self.directory
+    }
+
+    fn path(&self, sequence: u64) -> PathBuf {
+        self.directory.join(segment_file_name(sequence))
+    }
+
+    fn with_file<R>(&self, sequence: u64, f: impl FnOnce(&File) -> io::Result<R>) -> io::Result<R> {
+        let mut open = self.open.lock();
+        if open.get(&sequence).is_none() {
+            let file = OpenOptions::new().read(true).write(true).open(self.path(sequence))?;
+            while open.len() >= OPEN_FILES_MAX {
+                open.pop_first();
+            }
+            open.insert(sequence, file);
+        }
+        f(open.get(&sequence).expect("just opened"))
+    }
+
+    fn sync_directory(&self) -> io::Result<()> {
+        File::open(&self.directory)?.sync_all()
+    }
+}
+
+impl Storage for FsStorage {
+    fn list(&self) -> io::Result<Vec<u64>> {
+        let mut sequences = Vec::new();
+        for entry in std::fs::read_dir(&self.directory)? {
+            let name = entry?.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(stem) = name.strip_suffix(".wal") {
+                if stem.len() == 16 && stem.bytes().all(|byte| byte.is_ascii_digit()) {
+                    sequences.push(stem.parse().expect("16 digits"));
+                }
+            }
+        }
+        sequences.sort_unstable();
+        Ok(sequences)
+    }
+
+    fn read(&self, sequence: u64) -> io::Result<Vec<u8>> {
+        let path = self.path(sequence);
+        let length = std::fs::metadata(&path)?.len();
+        if length > SEGMENT_BYTES_MAX {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} is over 1 GiB", path.display())));
+        }
+        std::fs::read(path)
+    }
+
+    fn create(&self, sequence: u64, bytes: u64, header: &[u8]) -> io::Result<()> {
+        assert!(header.len() as u64 <= bytes);
+        let path = self.path(sequence);
+        // Written under a temporary name and renamed, so a crash never leaves a segment file
+        // without its header.
+        let temporary = self.directory.join(format!("{}.creating", segment_file_name(sequence)));
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&temporary)?;
+        preallocate(&file, bytes)?;
+        file.write_all_at(header, 0)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, &path)?;
+        self.sync_directory()?;
+        self.open.lock().insert(sequence, file);
+        Ok(())
+    }
+
+    fn write(&self, sequence: u64, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        self.with_file(sequence, |file| file.write_all_at(bytes, offset))
+    }
+
+    fn sync(&self, sequence: u64) -> io::Result<()> {
+        self.with_file(sequence, |file| file.sync_data())
+    }
+
+    fn remove(&self, sequence: u64) -> io::Result<()> {
+        self.open.lock().remove(&sequence);
+        std::fs::remove_file(self.path(sequence))?;
+        self.sync_directory()
+    }
+
+    fn describe(&self, sequence: u64) -> String {
+        self.path(sequence).display().to_string()
+    }
+}
+
+/// Reserves the file's blocks so that appends never allocate (and fdatasync never has to
+/// write metadata). Falls back to a sparse file where the file system cannot preallocate.
+fn preallocate(file: &File, bytes: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let length = libc::off_t::try_from(bytes).map_err(|_| io::Error::other("segment size too large"))?;
+    // SAFETY: the descriptor is open for the duration of the call; posix_fallocate only
+    // reads its arguments.
+    let result = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, length) };
+    match result {
+        0 => Ok(()),
+        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(bytes),
+        code => Err(io::Error::from_raw_os_error(code)),
+    }
+}
+
+/// A fake disk for simulation: every segment has the bytes that are durable and the writes
+/// made since the last sync. [`CrashStorage::crash_image`] returns what a power cut at this
+/// moment could leave: a prefix of the unsynced writes, the last of them torn.
+#[derive(Default)]
+pub struct CrashStorage {
+    segments: Mutex<BTreeMap<u64, FakeSegment>>,
+}
+
+#[derive(Clone, Default)]
+struct FakeSegment {
+    durable: Vec<u8>,
+    unsynced: Vec<(u64, Vec<u8>)>,
+}
+
+impl CrashStorage {
+    pub fn new() -> CrashStorage {
+        CrashStorage::default()
+    }
+
+    /// The disk after a power cut: of the unsynced writes (all of which belong to the one
+    /// group commit in flight), the first `kept` survive, the next one survives only for its
+    /// first `torn_bytes` bytes, and the rest are lost.
+    pub fn crash_image(&self, kept: usize, torn_bytes: usize) -> CrashStorage {
+        let segments = self.segments.lock();
+        let mut image = BTreeMap::new();
+        let mut budget = kept;
+        let mut lost = false;
+        for (&sequence, segment) in segments.iter() {
+            let mut bytes = segment.durable.clone();
+            for (offset, write) in &segment.unsynced {
+                if lost {
+                    break;
+                }
+                let length = if budget > 0 {
+                    budget -= 1;
+                    write.len()
+                } else {
+                    lost = true;
+                    torn_bytes.min(write.len())
+                };
+                apply_write(&mut bytes, *offset, &write[..length]);
+            }
+            image.insert(sequence, FakeSegment { durable: bytes, unsynced: Vec::new() });
+        }
+        CrashStorage { segments: Mutex::new(image) }
+    }
+
+    /// How many writes are not yet durable.
+    pub fn unsynced_writes(&self) -> usize {
+        self.segments.lock().values().map(|segment| segment.unsynced.len()).sum()
+    }
+
+    /// Flips one bit of a durable byte (for corruption tests).
+    pub fn flip_bit(&self, sequence: u64, offset: usize, bit: u8) {
+        let mut segments = self.segments.lock();
+        let segment = segments.get_mut(&sequence).expect("segment exists");
+        segment.durable[offset] ^= 1 << (bit % 8);
+    }
+}
+
+fn apply_write(bytes: &mut [u8], offset: u64, write: &[u8]) {
+    let start = offset as usize;
+    bytes[start..start + write.len()].copy_from_slice(write);
+}
+
+fn missing(sequence: u64) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("segment {sequence} does not exist"))
+}
+
+impl Storage for CrashStorage {
+    fn list(&self) -> io::Result<Vec<u64>> {
+        Ok(self.segments.lock().keys().copied().collect())
+    }
+
+    fn read(&self, sequence: u64) -> io::Result<Vec<u8>> {
+        // What a reader sees before a crash: durable bytes plus the page cache.
+        let segments = self.segments.lock();
+        let segment = segments.get(&sequence).ok_or_else(|| missing(sequence))?;
+        let mut bytes = segment.durable.clone();
+        for (offset, write) in &segment.unsynced {
+            apply_write(&mut bytes, *offset, write);
+        }
+        Ok(bytes)
+    }
+
+    fn create(&self, sequence: u64, bytes: u64, header: &[u8]) -> io::Result<()> {
+        let mut durable = vec![0u8; bytes as usize];
+        durable[..header.len()].copy_from_slice(header);
+        self.segments.lock().insert(sequence, FakeSegment { durable, unsynced: Vec::new() });
+        Ok(())
+    }
+
+    fn write(&self, sequence: u64, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let mut segments = self.segments.lock();
+        let segment = segments.get_mut(&sequence).ok_or_else(|| missing(sequence))?;
+        if offset as usize + bytes.len() > segment.durable.len() {
+            return Err(io::Error::other("write past the preallocated segment"));
+        }
+        segment.unsynced.push((offset, bytes.to_vec()));
+        Ok(())
+    }
+
+    fn sync(&self, sequence: u64) -> io::Result<()> {
+        let mut segments = self.segments.lock();
+        let segment = segments.get_mut(&sequence).ok_or_else(|| missing(sequence))?;
+        for (offset, write) in std::mem::take(&mut segment.unsynced) {
+            apply_write(&mut segment.durable, offset, &write);
+        }
+        Ok(())
+    }
+
+    fn remove(&self, sequence: u64) -> io::Result<()> {
+        self.segments.lock().remove(&sequence).map(|_| ()).ok_or_else(|| missing(sequence))
+    }
+
+    fn describe(&self, sequence: u64) -> String {
+        format!("fake:{}", segment_file_name(sequence))
+    }
+}

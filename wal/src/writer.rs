@@ -1,0 +1,388 @@
+//! The group-commit writer: one thread that takes the records of concurrent commands, puts
+//! them in LSN order, writes each group with one `pwrite` and makes it durable with one
+//! `fdatasync`, then tells the waiting commands. docs/wal.md, "Commit protocol".
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use parking_lot::{Condvar, Mutex};
+use reservoir_engine::{Lsn, Record};
+
+use crate::format::{encode_frame, SegmentHeader, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES};
+use crate::scan::AppendPosition;
+use crate::storage::Storage;
+use crate::WalError;
+
+/// Submissions (one command's records each) queued for the writer before `submit` blocks:
+/// the back-pressure point between the engine and the disk.
+pub const SUBMISSIONS_QUEUED_MAX: usize = 16_384;
+/// Records in one group commit.
+pub const BATCH_RECORDS_MAX: usize = 16_384;
+/// Bytes of one group commit's write.
+pub const BATCH_BYTES_MAX: usize = 16 << 20;
+/// Records waiting in the reorder buffer for an earlier LSN. Each command takes its LSNs and
+/// submits them right away, so the buffer holds at most a few records per concurrent command.
+pub const REORDER_RECORDS_MAX: usize = 1 << 20;
+
+/// When an acknowledgement may be sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// After the record's group commit was fdatasynced (the default, and the one that counts).
+    Durable,
+    /// After the record was written to the OS (no fsync): a power cut loses acknowledged
+    /// records. For tests and benchmarks only; every figure taken with it says so.
+    None,
+}
+
+impl Durability {
+    pub fn name(self) -> &'static str {
+        match self {
+            Durability::Durable => "durable",
+            Durability::None => "none",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct WalOptions {
+    pub durability: Durability,
+    /// Size of each (preallocated) segment.
+    pub segment_bytes: u64,
+    /// The primary's epoch, written into every segment and record.
+    pub epoch: u32,
+}
+
+impl Default for WalOptions {
+    fn default() -> WalOptions {
+        WalOptions { durability: Durability::Durable, segment_bytes: 64 << 20, epoch: 1 }
+    }
+}
+
+/// Counters of what the writer did, for benchmarks and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct WalStats {
+    pub records: u64,
+    pub batches: u64,
+    pub syncs: u64,
+    pub bytes: u64,
+    /// Time spent in fdatasync, summed.
+    pub sync_ns: u64,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+struct State {
+    /// Every record up to this LSN is written (and synced, in `Durable` mode).
+    durable_lsn: Lsn,
+    /// Set once when a write or sync fails: nothing after it is ever acknowledged.
+    failed: Option<String>,
+    stats: WalStats,
+}
+
+/// The write-ahead log, open for appending.
+pub struct Wal {
+    shared: Arc<Shared>,
+    sender: Option<Sender<Vec<Record>>>,
+    thread: Option<JoinHandle<()>>,
+    durability: Durability,
+}
+
+impl Wal {
+    /// Starts the writer at `position` (from [`crate::scan`]; after [`crate::cut_torn_tail`]
+    /// if the scan found a torn tail).
+    pub fn start(storage: Arc<dyn Storage>, options: WalOptions, position: AppendPosition) -> Result<Wal, WalError> {
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&options.segment_bytes) {
+            return Err(WalError::Config(format!(
+                "segment size {} is outside {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX} bytes",
+                options.segment_bytes
+            )));
+        }
+        assert!(position.next_lsn.0 >= 1);
+        assert!(position.offset >= SEGMENT_HEADER_BYTES as u64);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                durable_lsn: Lsn(position.next_lsn.0 - 1),
+                failed: None,
+                stats: WalStats::default(),
+            }),
+            changed: Condvar::new(),
+        });
+        let (sender, receiver) = crossbeam_channel::bounded(SUBMISSIONS_QUEUED_MAX);
+        let durability = options.durability;
+        let writer = Writer::new(storage, options, position);
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("wal-writer".into())
+            .spawn(move || run(writer, receiver, thread_shared))
+            .map_err(|source| WalError::io("start the WAL writer thread", source))?;
+        Ok(Wal { shared, sender: Some(sender), thread: Some(thread), durability })
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Hands one command's records to the writer. Blocks while `SUBMISSIONS_QUEUED_MAX`
+    /// submissions are queued. Every LSN the engine hands out must be submitted, or the
+    /// writer waits for it forever.
+    pub fn submit(&self, records: Vec<Record>) -> Result<(), WalError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        if let Some(why) = &self.shared.state.lock().failed {
+            return Err(WalError::Failed(why.clone()));
+        }
+        let sender = self.sender.as_ref().expect("open until closed");
+        sender.send(records).map_err(|_| self.failure())
+    }
+
+    /// Blocks until every record up to `lsn` is durable.
+    pub fn wait_durable(&self, lsn: Lsn) -> Result<(), WalError> {
+        let mut state = self.shared.state.lock();
+        loop {
+            if state.durable_lsn >= lsn {
+                return Ok(());
+            }
+            if let Some(why) = &state.failed {
+                return Err(WalError::Failed(why.clone()));
+            }
+            self.shared.changed.wait(&mut state);
+        }
+    }
+
+    /// `submit` then `wait_durable` for the highest LSN among `records`.
+    pub fn append(&self, records: Vec<Record>) -> Result<(), WalError> {
+        let Some(highest) = records.iter().map(|record| record.lsn).max() else { return Ok(()) };
+        self.submit(records)?;
+        self.wait_durable(highest)
+    }
+
+    pub fn durable_lsn(&self) -> Lsn {
+        self.shared.state.lock().durable_lsn
+    }
+
+    pub fn stats(&self) -> WalStats {
+        self.shared.state.lock().stats
+    }
+
+    /// Writes what was submitted, stops the writer and returns the last durable LSN.
+    pub fn close(mut self) -> Result<Lsn, WalError> {
+        self.shutdown();
+        let state = self.shared.state.lock();
+        match &state.failed {
+            Some(why) => Err(WalError::Failed(why.clone())),
+            None => Ok(state.durable_lsn),
+        }
+    }
+
+    fn shutdown(&mut self) {
+        drop(self.sender.take());
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                let mut state = self.shared.state.lock();
+                state.failed.get_or_insert_with(|| "the WAL writer thread panicked".into());
+            }
+        }
+    }
+
+    fn failure(&self) -> WalError {
+        let state = self.shared.state.lock();
+        WalError::Failed(state.failed.clone().unwrap_or_else(|| "the WAL writer stopped".into()))
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The writer's state and steps, without a thread: [`Wal`] runs it on its own thread;
+/// simulations drive it directly to stop between a write and its sync.
+pub struct Writer {
+    storage: Arc<dyn Storage>,
+    options: WalOptions,
+    sequence: u64,
+    offset: u64,
+    segment_exists: bool,
+    next_lsn: Lsn,
+    reorder: BTreeMap<u64, Record>,
+    buffer: Vec<u8>,
+}
+
+/// What one group's write did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupWrite {
+    pub records: u64,
+    pub bytes: u64,
+    /// Segments written, to be synced.
+    pub segments: Vec<u64>,
+    /// The last LSN written.
+    pub last_lsn: Lsn,
+}
+
+fn run(mut writer: Writer, receiver: Receiver<Vec<Record>>, shared: Arc<Shared>) {
+    if let Err(error) = run_until_closed(&mut writer, &receiver, &shared) {
+        let mut state = shared.state.lock();
+        // fsyncgate: after a failed write or fsync nothing is retried or acknowledged.
+        state.failed = Some(error.to_string());
+        drop(state);
+        shared.changed.notify_all();
+    }
+}
+
+fn run_until_closed(writer: &mut Writer, receiver: &Receiver<Vec<Record>>, shared: &Shared) -> Result<(), WalError> {
+    loop {
+        // Block for the first submission of a group, then take whatever else is queued:
+        // everything that arrived while the previous group was being synced.
+        let Ok(first) = receiver.recv() else {
+            assert!(writer.reorder.is_empty(), "closed with records waiting for an earlier LSN");
+            return Ok(());
+        };
+        writer.take(first);
+        while writer.reorder.len() < BATCH_RECORDS_MAX {
+            match receiver.try_recv() {
+                Ok(records) => writer.take(records),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        let group = writer.write_group()?;
+        if group.records == 0 {
+            continue;
+        }
+        let sync_started = Instant::now();
+        let syncs = writer.sync(&group)?;
+        let sync_ns = sync_started.elapsed().as_nanos() as u64;
+        let mut state = shared.state.lock();
+        assert!(state.durable_lsn < group.last_lsn, "durable LSN only grows");
+        state.durable_lsn = group.last_lsn;
+        state.stats.records += group.records;
+        state.stats.batches += 1;
+        state.stats.syncs += syncs;
+        state.stats.bytes += group.bytes;
+        state.stats.sync_ns += sync_ns;
+        drop(state);
+        shared.changed.notify_all();
+    }
+}
+
+impl Writer {
+    pub fn new(storage: Arc<dyn Storage>, options: WalOptions, position: AppendPosition) -> Writer {
+        assert!(position.next_lsn.0 >= 1);
+        assert!(position.offset >= SEGMENT_HEADER_BYTES as u64);
+        Writer {
+            storage,
+            options,
+            sequence: position.sequence,
+            offset: position.offset,
+            segment_exists: position.segment_exists,
+            next_lsn: position.next_lsn,
+            reorder: BTreeMap::new(),
+            buffer: Vec::with_capacity(1 << 20),
+        }
+    }
+
+    /// The LSN the next written record will have.
+    pub fn next_lsn(&self) -> Lsn {
+        self.next_lsn
+    }
+
+    /// Adds records to the reorder buffer.
+    pub fn take(&mut self, records: Vec<Record>) {
+        for record in records {
+            assert!(record.lsn >= self.next_lsn, "record {} submitted twice or after its turn", record.lsn.0);
+            let previous = self.reorder.insert(record.lsn.0, record);
+            assert!(previous.is_none(), "two records with one LSN");
+        }
+        assert!(self.reorder.len() <= REORDER_RECORDS_MAX, "reorder buffer over its bound: an LSN was never submitted");
+    }
+
+    /// Writes the run of records that continues the log (not synced: see [`Writer::sync`]).
+    pub fn write_group(&mut self) -> Result<GroupWrite, WalError> {
+        let batch_lsn = self.next_lsn;
+        let mut group = GroupWrite::default();
+        self.buffer.clear();
+        while let Some(entry) = self.reorder.first_entry() {
+            if *entry.key() != self.next_lsn.0 || self.buffer.len() >= BATCH_BYTES_MAX {
+                break;
+            }
+            let record = entry.remove();
+            let before = self.buffer.len();
+            encode_frame(&record, batch_lsn, self.options.epoch, &mut self.buffer);
+            if !self.segment_exists || self.offset + (self.buffer.len() as u64) > self.options.segment_bytes {
+                // The frame does not fit: write what is buffered to this segment, start the next.
+                let carried = self.buffer.split_off(before);
+                if !self.buffer.is_empty() {
+                    group.bytes += self.flush_buffer(&mut group.segments)?;
+                }
+                self.roll_over(record.lsn)?;
+                self.buffer = carried;
+            }
+            group.last_lsn = record.lsn;
+            self.next_lsn = Lsn(self.next_lsn.0 + 1);
+            group.records += 1;
+        }
+        if group.records > 0 {
+            group.bytes += self.flush_buffer(&mut group.segments)?;
+        }
+        Ok(group)
+    }
+
+    /// Makes a written group durable (`Durable` mode; nothing in `None` mode). Returns the
+    /// number of fdatasyncs.
+    pub fn sync(&mut self, group: &GroupWrite) -> Result<u64, WalError> {
+        if self.options.durability != Durability::Durable {
+            return Ok(0);
+        }
+        for &sequence in &group.segments {
+            self.storage.sync(sequence).map_err(|source| WalError::io(self.storage.describe(sequence), source))?;
+        }
+        Ok(group.segments.len() as u64)
+    }
+
+    fn flush_buffer(&mut self, touched: &mut Vec<u64>) -> Result<u64, WalError> {
+        assert!(self.segment_exists);
+        assert!(self.offset + self.buffer.len() as u64 <= self.options.segment_bytes);
+        self.storage
+            .write(self.sequence, self.offset, &self.buffer)
+            .map_err(|source| WalError::io(self.storage.describe(self.sequence), source))?;
+        let written = self.buffer.len() as u64;
+        self.offset += written;
+        self.buffer.clear();
+        if touched.last() != Some(&self.sequence) {
+            touched.push(self.sequence);
+        }
+        Ok(written)
+    }
+
+    /// Starts a new segment whose first record is `first_lsn`. The previous segment's tail
+    /// is synced first (in `Durable` mode), so segments become durable in order.
+    fn roll_over(&mut self, first_lsn: Lsn) -> Result<(), WalError> {
+        if self.segment_exists {
+            if self.options.durability == Durability::Durable {
+                self.storage
+                    .sync(self.sequence)
+                    .map_err(|source| WalError::io(self.storage.describe(self.sequence), source))?;
+            }
+            self.sequence += 1;
+        }
+        let header = SegmentHeader {
+            sequence: self.sequence,
+            first_lsn,
+            epoch: self.options.epoch,
+            segment_bytes: self.options.segment_bytes,
+        };
+        self.storage
+            .create(self.sequence, self.options.segment_bytes, &header.encode())
+            .map_err(|source| WalError::io(self.storage.describe(self.sequence), source))?;
+        self.segment_exists = true;
+        self.offset = SEGMENT_HEADER_BYTES as u64;
+        Ok(())
+    }
+}

@@ -1,0 +1,45 @@
+//! Shared by the WAL tests: random histories from the engine's workload generator.
+
+#![allow(dead_code)]
+
+use reservoir_engine::workload::Workload;
+use reservoir_engine::{Config, Engine, Record};
+
+pub fn config() -> Config {
+    // A short retention so that `Forget` drops things within a test's simulated time.
+    Config { shards: 16, id_shards: 16, idempotency_retention_ms: 120_000 }
+}
+
+/// Runs `commands` random commands (seeded) on a fresh engine; returns the engine and each
+/// command's records.
+pub fn history(seed: u64, commands: usize) -> (Engine, Vec<Vec<Record>>) {
+    let engine = Engine::new(config());
+    let mut workload = Workload::new(seed, &format!("s{seed}"), 20);
+    let mut now_ms = 1_000_000u64;
+    let mut out = Vec::with_capacity(commands);
+    for step in 0..commands {
+        now_ms += (seed.wrapping_mul(31).wrapping_add(step as u64 * 7919)) % 400;
+        let command = workload.next_command();
+        let mut records = Vec::new();
+        let reply = engine.execute(&command, now_ms, &mut records);
+        workload.observe(&command, &reply);
+        out.push(records);
+    }
+    (engine, out)
+}
+
+/// An engine rebuilt from the first `count` records (in LSN order).
+pub fn replayed(records: &[Record], count: usize) -> Engine {
+    let engine = Engine::new(config());
+    let mut sorted: Vec<&Record> = records.iter().collect();
+    sorted.sort_by_key(|record| record.lsn);
+    for record in sorted.into_iter().take(count) {
+        engine.apply(record).unwrap_or_else(|error| panic!("reference replay failed: {error}"));
+    }
+    engine
+}
+
+pub fn assert_verified(engine: &Engine) {
+    let report = engine.verify();
+    assert!(report.violations.is_empty(), "verify: {:?}", report.violations);
+}
