@@ -1160,6 +1160,12 @@ impl Engine {
         Page { items, next_cursor: None }
     }
 
+    /// The remembered reply of an operation id, if it is still remembered.
+    pub fn operation(&self, tenant: TenantId, id: &str) -> Option<Reply> {
+        let shard = self.operations.shard(tenant, id).lock();
+        shard.map.get(&KeyRef(tenant, id)).map(|entry| entry.reply.clone())
+    }
+
     pub fn reservation(&self, tenant: TenantId, id: &str) -> Option<ReservationView> {
         let shard = self.reservations.shard(tenant, id).lock();
         let reservation = shard.map.get(&KeyRef(tenant, id))?.clone();

@@ -113,7 +113,7 @@ pub fn scan(
                     debug_assert_eq!(offset % FRAME_ALIGNMENT_BYTES, 0);
                 }
                 Frame::Zeros if !is_last => break,
-                Frame::Zeros => {
+                Frame::Zeros if bytes[offset..].iter().all(|&byte| byte == 0) => {
                     position = AppendPosition { sequence, offset: offset as u64, segment_exists: true, next_lsn: next };
                     break;
                 }
@@ -121,7 +121,9 @@ pub fn scan(
                     let why = match other {
                         Frame::Invalid(why) => why,
                         Frame::Record { record, .. } => format!("LSN {} where {} was expected", record.lsn.0, next.0),
-                        Frame::Zeros => unreachable!("handled above"),
+                        // Leftovers of a torn group after a lost sector: cut them too, so that
+                        // they can never be read as records that continue a later log.
+                        Frame::Zeros => "zeros followed by leftover bytes".to_owned(),
                     };
                     // Not the next record. Torn tail or corruption: corruption if any later
                     // group commit made it to disk (it was written only after this one was

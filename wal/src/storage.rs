@@ -172,9 +172,12 @@ impl CrashStorage {
     }
 
     /// The disk after a power cut: of the unsynced writes (all of which belong to the one
-    /// group commit in flight), the first `kept` survive, the next one survives only for its
-    /// first `torn_bytes` bytes, and the rest are lost.
-    pub fn crash_image(&self, kept: usize, torn_bytes: usize) -> CrashStorage {
+    /// group commit in flight), the first `kept` survive whole, the next one is torn, and the
+    /// rest are lost. A torn write keeps the 512-byte sectors whose bit is set in
+    /// `torn_sectors` (sector i: bit i % 64): disks persist sectors in any order, so a tear
+    /// is not always a prefix.
+    pub fn crash_image(&self, kept: usize, torn_sectors: u64) -> CrashStorage {
+        const SECTOR_BYTES: usize = 512;
         let segments = self.segments.lock();
         let mut image = BTreeMap::new();
         let mut budget = kept;
@@ -185,14 +188,17 @@ impl CrashStorage {
                 if lost {
                     break;
                 }
-                let length = if budget > 0 {
+                if budget > 0 {
                     budget -= 1;
-                    write.len()
-                } else {
-                    lost = true;
-                    torn_bytes.min(write.len())
-                };
-                apply_write(&mut bytes, *offset, &write[..length]);
+                    apply_write(&mut bytes, *offset, write);
+                    continue;
+                }
+                lost = true;
+                for (index, sector) in write.chunks(SECTOR_BYTES).enumerate() {
+                    if torn_sectors & (1 << (index % 64)) != 0 {
+                        apply_write(&mut bytes, *offset + (index * SECTOR_BYTES) as u64, sector);
+                    }
+                }
             }
             image.insert(sequence, FakeSegment { durable: bytes, unsynced: Vec::new() });
         }

@@ -215,3 +215,24 @@ fn a_corrupt_segment_header_refuses_to_start() {
         Ok(_) => panic!("recovered with a corrupt segment header"),
     }
 }
+
+#[test]
+fn a_zeroed_sector_in_the_middle_refuses_to_start() {
+    let directory = tempfile::tempdir().unwrap();
+    let (_, per_command) = common::history(17, 500);
+    write_log(directory.path(), &per_command);
+    let all = frames(directory.path());
+    let (sequence, offset, lsn) = all[all.len() / 3];
+    // A lost 512-byte sector in synced data (the frame starts a run of zeros).
+    let path = directory.path().join(segment_file_name(sequence));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[offset..offset + 512].fill(0);
+    std::fs::write(&path, bytes).unwrap();
+    match recover_into_new(directory.path()) {
+        Err(WalError::Corrupt { offset: at, after_lsn, .. }) => {
+            assert_eq!((at, after_lsn.0), (offset as u64, lsn - 1));
+        }
+        Err(other) => panic!("expected Corrupt, got {other}"),
+        Ok(_) => panic!("recovered past a zeroed sector: acknowledged records would be lost silently"),
+    }
+}

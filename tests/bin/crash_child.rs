@@ -1,0 +1,64 @@
+//! The crash loop's child: recovers the data directory, then runs a random W1-like command
+//! stream on two threads through the engine and a durable WAL, printing each command's id as
+//! soon as it is acknowledged (its records fdatasynced). The parent SIGKILLs it at random
+//! moments and checks that everything printed survived. Replaced by `reservoir serve` once
+//! the server exists.
+//!
+//! Usage: reservoir-crash-child DATA_DIR RUN
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use reservoir_engine::workload::Workload;
+use reservoir_engine::{Command, Config, Engine};
+use reservoir_wal::WalOptions;
+
+/// Commands per thread before the child exits on its own (the parent normally kills it first).
+const COMMANDS_PER_THREAD_MAX: u64 = 1_000_000;
+
+fn main() {
+    let mut arguments = std::env::args().skip(1);
+    let directory = PathBuf::from(arguments.next().expect("DATA_DIR"));
+    let run: u64 = arguments.next().expect("RUN").parse().expect("RUN is a number");
+    let engine = Engine::new(Config::default());
+    let (wal, recovery) = reservoir_wal::open(&directory, &engine, WalOptions::default()).expect("recover");
+    println!("recovered {} torn={}", recovery.scan.last_lsn.0, recovery.scan.torn.is_some());
+    let tenants: Vec<_> = (0..3).filter_map(|index| engine.tenant_id(&format!("tenant{}", index + 1))).collect();
+    std::thread::scope(|scope| {
+        for thread in 0..2u64 {
+            let (engine, wal, tenants) = (&engine, &wal, tenants.clone());
+            scope.spawn(move || {
+                let mut workload =
+                    Workload::new(run * 2 + thread, &format!("c{run}t{thread}"), 50).with_tenants(tenants);
+                for _ in 0..COMMANDS_PER_THREAD_MAX {
+                    let command = workload.next_command();
+                    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_millis() as u64;
+                    let mut records = Vec::new();
+                    let reply = engine.execute(&command, now_ms, &mut records);
+                    workload.observe(&command, &reply);
+                    let Some(lsn) = records.iter().map(|record| record.lsn.0).max() else { continue };
+                    wal.append(records).expect("append");
+                    let (tenant, id) = match &command {
+                        Command::Reserve { tenant, reservation, .. } => (tenant.0, reservation.as_str()),
+                        Command::Extend { tenant, operation, .. }
+                        | Command::Commit { tenant, operation, .. }
+                        | Command::Release { tenant, operation, .. }
+                        | Command::Receive { tenant, operation, .. }
+                        | Command::Adjust { tenant, operation, .. }
+                        | Command::SetOnHand { tenant, operation, .. }
+                        | Command::Move { tenant, operation, .. }
+                        | Command::SetPolicy { tenant, operation, .. }
+                        | Command::Import { tenant, operation, .. } => (tenant.0, operation.as_str()),
+                        _ => (u32::MAX, "-"),
+                    };
+                    let kind = command.kind();
+                    let mut out = std::io::stdout().lock();
+                    // " end" marks a whole line: a kill can cut the last one.
+                    writeln!(out, "ack {lsn} {kind} {tenant} {id} end").expect("stdout");
+                    out.flush().expect("stdout");
+                }
+            });
+        }
+    });
+}
