@@ -4,28 +4,30 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The longest any one end-to-end command may run before the test calls it hung.
 pub const COMMAND_DURATION_MAX: Duration = Duration::from_secs(120);
 
-/// Runs `binary` with `arguments`, waits (bounded) and returns what it printed.
+/// Runs `binary` with `arguments`, waits (bounded) and returns what it printed. Output is read
+/// while the child runs, so a chatty child never blocks on a full pipe.
 pub fn run(binary: &Path, arguments: &[&str]) -> Output {
-    let mut child = Command::new(binary)
+    let child = Command::new(binary)
         .args(arguments)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap_or_else(|error| panic!("cannot start {}: {error}", binary.display()));
-    let started = Instant::now();
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if started.elapsed() > COMMAND_DURATION_MAX {
-            let _ = child.kill();
+    let pid = child.id();
+    let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let _ = sender.send(child.wait_with_output());
+    });
+    match receiver.recv_timeout(COMMAND_DURATION_MAX) {
+        Ok(output) => output.expect("wait for the child"),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
             panic!("{} {arguments:?} ran past {COMMAND_DURATION_MAX:?}", binary.display());
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }

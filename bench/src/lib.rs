@@ -73,6 +73,8 @@ pub enum BenchError {
     Load(String),
     #[error("cannot read resident memory (VmRSS in /proc/self/status)")]
     NoResidentMemory,
+    #[error("WAL: {0}")]
+    Wal(#[from] reservoir_wal::WalError),
 }
 
 // -------------------------------------------------------------------------------------------
@@ -129,7 +131,22 @@ pub struct W1Settings {
     pub tenants: usize,
     pub skus_per_tenant: usize,
     pub initial_on_hand: i64,
+    /// Requests each connection keeps in flight (sends before waiting for the oldest reply).
+    /// Only meaningful with a WAL: without one every reply is immediate.
+    pub in_flight: usize,
+    /// Run through a write-ahead log in this (new or empty) directory. `None`: engine only.
+    pub wal: Option<WalSettings>,
 }
+
+/// W1 through the WAL.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WalSettings {
+    pub directory: std::path::PathBuf,
+    pub durability: reservoir_wal::Durability,
+}
+
+/// The most requests one connection may keep in flight.
+pub const IN_FLIGHT_MAX: usize = 4_096;
 
 impl Default for W1Settings {
     fn default() -> W1Settings {
@@ -142,6 +159,8 @@ impl Default for W1Settings {
             tenants: 10,
             skus_per_tenant: 10_000,
             initial_on_hand: 1_000_000,
+            in_flight: 1,
+            wal: None,
         }
     }
 }
@@ -163,6 +182,12 @@ impl W1Settings {
         }
         if self.threads * self.tenants * self.skus_per_tenant > W1_TRACKED_COUNTERS_MAX {
             return bad(format!("threads x tenants x SKUs must be at most {W1_TRACKED_COUNTERS_MAX}"));
+        }
+        if !(1..=IN_FLIGHT_MAX).contains(&self.in_flight) {
+            return bad(format!("in-flight must be 1..={IN_FLIGHT_MAX}, not {}", self.in_flight));
+        }
+        if self.in_flight > 1 && self.wal.is_none() {
+            return bad("in-flight above 1 needs a WAL (without one every reply is immediate)".into());
         }
         if !(1..=STOCK_MAX).contains(&self.initial_on_hand) {
             return bad(format!("initial on_hand must be 1..={STOCK_MAX}, not {}", self.initial_on_hand));
@@ -276,6 +301,30 @@ pub struct W1Report {
     pub rss_loaded_bytes: Option<u64>,
     #[serde(skip)]
     pub rss_end_bytes: Option<u64>,
+    /// What the WAL writer did during the run (warm-up included), if there was one.
+    #[serde(skip)]
+    pub wal: Option<WalFigures>,
+}
+
+/// The WAL's share of a W1 run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WalFigures {
+    pub records: u64,
+    pub group_commits: u64,
+    pub syncs: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    /// Mean time in fdatasync, microseconds.
+    pub sync_mean_us: f64,
+}
+
+impl WalFigures {
+    pub fn syncs_per_s(&self) -> f64 {
+        self.syncs as f64 / self.seconds
+    }
+    pub fn records_per_group(&self) -> f64 {
+        self.records as f64 / (self.group_commits.max(1)) as f64
+    }
 }
 
 impl W1Report {
@@ -347,6 +396,18 @@ impl W1Report {
                 growth as f64 / self.ops_total.max(1) as f64
             );
         }
+        if let Some(wal) = &self.wal {
+            let _ = writeln!(
+                out,
+                "wal     {} records in {} group commits ({:.1} records/group), {:.0} fsyncs/s (mean {:.0} us), {:.1} MB/s",
+                wal.records,
+                wal.group_commits,
+                wal.records_per_group(),
+                wal.syncs_per_s(),
+                wal.sync_mean_us,
+                wal.bytes as f64 / wal.seconds / 1e6
+            );
+        }
         if !self.codes.is_empty() {
             let codes: Vec<String> = self.codes.iter().map(|(name, count)| format!("{name}={count}")).collect();
             let _ = writeln!(out, "codes   {}", codes.join(" "));
@@ -385,12 +446,17 @@ fn location() -> Location {
     Location::new(LOCATION_NAME).expect("valid location")
 }
 
-fn create_tenants(engine: &Engine, count: usize, records: &mut Vec<Record>) -> Result<Vec<TenantId>, BenchError> {
+fn create_tenants(
+    engine: &Engine,
+    count: usize,
+    records: &mut Vec<Record>,
+    log: &mut impl FnMut(&mut Vec<Record>) -> Result<(), BenchError>,
+) -> Result<Vec<TenantId>, BenchError> {
     let mut tenants = Vec::with_capacity(count);
     for index in 0..count {
         let name = Name::new(&tenant_name(index)).expect("generated tenant names are valid");
         let reply = engine.execute(&Command::CreateTenant { name }, NOW_MS_BASE, records);
-        records.clear();
+        log(records)?;
         if !reply.is_ok() {
             return Err(BenchError::Load(format!("create tenant {index}: {}", reply.code.name())));
         }
@@ -407,6 +473,7 @@ fn import_skus(
     location: &Location,
     on_hand: i64,
     records: &mut Vec<Record>,
+    log: &mut impl FnMut(&mut Vec<Record>) -> Result<(), BenchError>,
 ) -> Result<(), BenchError> {
     for (chunk_index, chunk) in skus.chunks(IMPORT_ROWS_MAX).enumerate() {
         let rows = chunk
@@ -421,7 +488,7 @@ fn import_skus(
             .collect();
         let operation = OperationId::new(&format!("load-{}-{chunk_index}", tenant.0)).expect("valid id");
         let reply = engine.execute(&Command::Import { tenant, operation, rows }, NOW_MS_BASE, records);
-        records.clear();
+        log(records)?;
         if reply.code != ResultCode::Ok {
             return Err(BenchError::Load(format!("import for tenant {}: {}", tenant.0, reply.code.name())));
         }
@@ -494,7 +561,14 @@ impl Clock {
 /// The clock is read twice per op, right around `execute` (for the latency); the same two
 /// readings decide the phase, so the loop needs no extra clock reads. An op is measured when it
 /// was sent inside `[window_start, end)`; the loop stops once a reply arrives at or after `end`.
-fn w1_thread(engine: &Engine, data: &Data, settings: &W1Settings, clock: &Clock, thread: usize) -> ThreadResult {
+fn w1_thread(
+    engine: &Engine,
+    wal: Option<&reservoir_wal::Wal>,
+    data: &Data,
+    settings: &W1Settings,
+    clock: &Clock,
+    thread: usize,
+) -> ThreadResult {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(settings.seed.wrapping_add(thread as u64));
     let skus_per_tenant = settings.skus_per_tenant;
     let hot_skus = skus_per_tenant.min(HOT_SKUS_MAX);
@@ -513,6 +587,8 @@ fn w1_thread(engine: &Engine, data: &Data, settings: &W1Settings, clock: &Clock,
     let mut line_buffer: Vec<Line> = Vec::with_capacity(LINES_PER_RESERVE_MAX);
     let mut id_text = String::with_capacity(32);
     let mut last_reply = Instant::now();
+    // With a WAL: requests executed but not yet acknowledged (durable), oldest first.
+    let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(settings.in_flight);
 
     for counter in 0..OPS_PER_THREAD_MAX {
         if last_reply >= clock.end {
@@ -567,17 +643,32 @@ fn w1_thread(engine: &Engine, data: &Data, settings: &W1Settings, clock: &Clock,
 
         let sent = Instant::now();
         let reply = engine.execute(&command, clock.now_ms(sent), &mut records);
-        let replied = Instant::now();
-        last_reply = replied;
-        records.clear();
         result.ops_total += 1;
-
         let code = reply.code;
         let measured = sent >= clock.window_start && sent < clock.end;
+        match wal {
+            None => {
+                let replied = Instant::now();
+                last_reply = replied;
+                records.clear();
+                if measured {
+                    let nanos = u64::try_from(replied.duration_since(sent).as_nanos()).unwrap_or(u64::MAX);
+                    result.histograms[kind as usize].saturating_record(nanos);
+                }
+            }
+            Some(wal) => {
+                // The reply may go out only once the records are durable: submit now, and
+                // acknowledge when the group commit that carries them is synced.
+                let lsn = records.iter().map(|record| record.lsn).max().expect("every command makes a record");
+                wal.submit(std::mem::take(&mut records)).expect("WAL submit");
+                in_flight.push_back(InFlight { sent, lsn, slot: kind as usize, measured });
+                if in_flight.len() >= settings.in_flight {
+                    last_reply = acknowledge(wal, &mut in_flight, &mut result, true);
+                }
+            }
+        }
         if measured {
             let slot = kind as usize;
-            let nanos = u64::try_from(replied.duration_since(sent).as_nanos()).unwrap_or(u64::MAX);
-            result.histograms[slot].saturating_record(nanos);
             let counts = &mut result.counts[slot];
             match code {
                 ResultCode::Ok => counts.ok += 1,
@@ -621,7 +712,47 @@ fn w1_thread(engine: &Engine, data: &Data, settings: &W1Settings, clock: &Clock,
             _ => unreachable!("a command and its pending state match"),
         }
     }
+    if let Some(wal) = wal {
+        while !in_flight.is_empty() {
+            acknowledge(wal, &mut in_flight, &mut result, true);
+        }
+    }
     result
+}
+
+/// A request executed and submitted to the WAL, waiting for its acknowledgement.
+struct InFlight {
+    sent: Instant,
+    lsn: reservoir_engine::Lsn,
+    slot: usize,
+    measured: bool,
+}
+
+/// Waits (if `wait`) until the oldest request in flight is durable, then acknowledges every
+/// request that is: its latency is send to acknowledgement. Returns the acknowledgement time.
+fn acknowledge(
+    wal: &reservoir_wal::Wal,
+    in_flight: &mut VecDeque<InFlight>,
+    result: &mut ThreadResult,
+    wait: bool,
+) -> Instant {
+    let oldest = in_flight.front().expect("something in flight").lsn;
+    if wait {
+        wal.wait_durable(oldest).expect("WAL failed");
+    }
+    let durable = wal.durable_lsn();
+    let acknowledged = Instant::now();
+    while let Some(request) = in_flight.front() {
+        if request.lsn > durable {
+            break;
+        }
+        if request.measured {
+            let nanos = u64::try_from(acknowledged.duration_since(request.sent).as_nanos()).unwrap_or(u64::MAX);
+            result.histograms[request.slot].saturating_record(nanos);
+        }
+        in_flight.pop_front();
+    }
+    acknowledged
 }
 
 /// Loads the W1 data, runs W1 for warm-up + window on `settings.threads` threads, then checks
@@ -635,15 +766,42 @@ pub fn run_w1(settings: &W1Settings) -> Result<W1Report, BenchError> {
 fn run_w1_then(settings: &W1Settings, before_check: impl FnOnce(&Engine, &Data)) -> Result<W1Report, BenchError> {
     settings.validate()?;
     let engine = Engine::new(Config::default());
+    let wal = match &settings.wal {
+        None => None,
+        Some(wal_settings) => {
+            let fresh = std::fs::read_dir(&wal_settings.directory).map_or(true, |mut entries| entries.next().is_none());
+            if !fresh {
+                return Err(BenchError::Settings(format!(
+                    "the WAL directory {} must be new or empty",
+                    wal_settings.directory.display()
+                )));
+            }
+            let options = reservoir_wal::WalOptions {
+                durability: wal_settings.durability,
+                ..reservoir_wal::WalOptions::default()
+            };
+            Some(reservoir_wal::open(&wal_settings.directory, &engine, options)?.0)
+        }
+    };
     let mut records = Vec::new();
     let load_started = Instant::now();
     let skus = build_skus(settings.skus_per_tenant);
     let location = location();
-    let tenants = create_tenants(&engine, settings.tenants, &mut records)?;
+    let mut log = |records: &mut Vec<Record>| -> Result<(), BenchError> {
+        match &wal {
+            Some(wal) => Ok(wal.append(std::mem::take(records))?),
+            None => {
+                records.clear();
+                Ok(())
+            }
+        }
+    };
+    let tenants = create_tenants(&engine, settings.tenants, &mut records, &mut log)?;
     for &tenant in &tenants {
-        import_skus(&engine, tenant, &skus, &location, settings.initial_on_hand, &mut records)?;
+        import_skus(&engine, tenant, &skus, &location, settings.initial_on_hand, &mut records, &mut log)?;
     }
     let load_s = load_started.elapsed().as_secs_f64();
+    let wal_before = wal.as_ref().map(|wal| wal.stats());
     let rss_loaded_bytes = resident_bytes();
     // Tenants are created in order from a fresh engine; the threads rely on it.
     assert!(tenants.windows(2).all(|w| w[1].0 == w[0].0 + 1));
@@ -655,14 +813,34 @@ fn run_w1_then(settings: &W1Settings, before_check: impl FnOnce(&Engine, &Data))
     let results: Vec<ThreadResult> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..settings.threads)
             .map(|thread| {
-                let (engine, data, clock) = (&engine, &data, &clock);
-                scope.spawn(move || w1_thread(engine, data, settings, clock, thread))
+                let (engine, data, clock, wal) = (&engine, &data, &clock, wal.as_ref());
+                scope.spawn(move || w1_thread(engine, wal, data, settings, clock, thread))
             })
             .collect();
         handles.into_iter().map(|handle| handle.join().expect("a W1 thread panicked")).collect()
     });
 
     let rss_end_bytes = resident_bytes();
+    let run_seconds = start.elapsed().as_secs_f64();
+    let wal_figures = wal.as_ref().zip(wal_before).map(|(wal, before)| {
+        let after = wal.stats();
+        let syncs = after.syncs - before.syncs;
+        WalFigures {
+            records: after.records - before.records,
+            group_commits: after.batches - before.batches,
+            syncs,
+            bytes: after.bytes - before.bytes,
+            seconds: run_seconds,
+            sync_mean_us: if syncs == 0 {
+                0.0
+            } else {
+                (after.sync_ns - before.sync_ns) as f64 / 1_000.0 / syncs as f64
+            },
+        }
+    });
+    if let Some(wal) = wal {
+        wal.close()?;
+    }
 
     // Merge.
     let mut histograms = [new_histogram(), new_histogram(), new_histogram()];
@@ -705,9 +883,9 @@ fn run_w1_then(settings: &W1Settings, before_check: impl FnOnce(&Engine, &Data))
     Ok(W1Report {
         workload: "W1",
         variant: settings.variant,
-        durability: "none",
+        durability: settings.wal.as_ref().map_or("none", |wal| wal.durability.name()),
         conns: settings.threads,
-        in_flight: 1,
+        in_flight: settings.in_flight,
         batch: 1,
         window_s: settings.window_s,
         ops_per_s: ops as f64 / settings.window_s,
@@ -731,6 +909,7 @@ fn run_w1_then(settings: &W1Settings, before_check: impl FnOnce(&Engine, &Data))
         check_failure_count: failure_count,
         rss_loaded_bytes,
         rss_end_bytes,
+        wal: wal_figures,
     })
 }
 
@@ -903,10 +1082,14 @@ pub fn memory(settings: &MemorySettings) -> Result<MemoryReport, BenchError> {
 
     let rss_empty = resident_bytes().ok_or(BenchError::NoResidentMemory)?;
     let started = Instant::now();
-    let tenants = create_tenants(&engine, tenant_count, &mut records)?;
+    let mut forget = |records: &mut Vec<Record>| -> Result<(), BenchError> {
+        records.clear();
+        Ok(())
+    };
+    let tenants = create_tenants(&engine, tenant_count, &mut records, &mut forget)?;
     for (index, &tenant) in tenants.iter().enumerate() {
         let count = (settings.items - index * settings.skus_per_tenant).min(settings.skus_per_tenant);
-        import_skus(&engine, tenant, &skus[..count], &location, 1_000_000, &mut records)?;
+        import_skus(&engine, tenant, &skus[..count], &location, 1_000_000, &mut records, &mut forget)?;
     }
     let load_s = started.elapsed().as_secs_f64();
     records = Vec::new();
@@ -982,7 +1165,35 @@ mod tests {
             tenants: 2,
             skus_per_tenant: 100,
             initial_on_hand: 1_000_000,
+            in_flight: 1,
+            wal: None,
         }
+    }
+
+    #[test]
+    fn w1_through_a_durable_wal_acknowledges_after_fsync_and_the_log_recovers() {
+        let directory = tempfile::tempdir().unwrap();
+        let settings = W1Settings {
+            in_flight: 8,
+            wal: Some(WalSettings {
+                directory: directory.path().join("wal"),
+                durability: reservoir_wal::Durability::Durable,
+            }),
+            ..tiny(Variant::Uniform)
+        };
+        let report = run_w1(&settings).unwrap();
+        assert!(report.check_ok, "{:?}", report.check_failures);
+        assert_eq!(report.durability, "durable");
+        let wal = report.wal.expect("WAL figures");
+        assert!(wal.syncs > 0 && wal.records >= report.ops_total);
+        // What the run acknowledged is on disk: the log replays into an engine that verifies.
+        let storage = reservoir_wal::FsStorage::new(&directory.path().join("wal")).unwrap();
+        let engine = Engine::new(Config::default());
+        let recovery = reservoir_wal::recover(&storage, &engine, |_| {}).unwrap();
+        assert_eq!(recovery.scan.torn, None);
+        assert!(engine.verify().violations.is_empty());
+        // A second run into the same directory is refused rather than mixed in.
+        assert!(matches!(run_w1(&settings), Err(BenchError::Settings(_))));
     }
 
     #[test]

@@ -8,6 +8,9 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use reservoir_bench::{MemorySettings, Variant, W1Settings};
 
+mod offline;
+mod time;
+
 #[derive(Debug, Parser)]
 #[command(name = "reservoir", version, about = "Reservoir: a multi-tenant inventory reservation engine")]
 struct Cli {
@@ -19,6 +22,23 @@ struct Cli {
 enum Commands {
     /// Run the standard workloads (shared/workload.md) and report their figures
     Bench(BenchArgs),
+    /// Inspect a data directory's write-ahead log
+    Wal(WalArgs),
+    /// Recover a data directory offline (read-only), check every invariant, print totals;
+    /// exit code 0 only if all holds
+    Verify(offline::VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+struct WalArgs {
+    #[command(subcommand)]
+    command: WalCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum WalCommand {
+    /// Print the log's records readably (like pg_waldump)
+    Dump(offline::DumpArgs),
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +98,33 @@ struct EngineArgs {
     /// Print only the JSON object of workload.md
     #[arg(long)]
     json: bool,
+    /// Run through a write-ahead log in this new (or empty) data directory (its log goes to
+    /// DIR/wal; `reservoir verify --data-dir DIR` checks it afterwards)
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<std::path::PathBuf>,
+    /// With --data-dir: fsync each group commit before acknowledging (durable), or not (none)
+    #[arg(long, value_enum, default_value = "durable", requires = "data_dir")]
+    durability: DurabilityArg,
+    /// Requests each thread keeps in flight (needs --data-dir)
+    #[arg(long, default_value_t = 1, requires = "data_dir")]
+    in_flight: usize,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DurabilityArg {
+    /// fdatasync before the acknowledgement (the default, and the one that counts)
+    Durable,
+    /// No fsync: for tests and benchmarks only
+    None,
+}
+
+impl From<DurabilityArg> for reservoir_wal::Durability {
+    fn from(durability: DurabilityArg) -> reservoir_wal::Durability {
+        match durability {
+            DurabilityArg::Durable => reservoir_wal::Durability::Durable,
+            DurabilityArg::None => reservoir_wal::Durability::None,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +144,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Commands::Bench(args) => run_bench(args),
+        Commands::Wal(WalArgs { command: WalCommand::Dump(args) }) => offline::run_wal_dump(args),
+        Commands::Verify(args) => offline::run_verify(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -123,6 +172,11 @@ fn run_bench_engine(args: EngineArgs) -> anyhow::Result<()> {
         seed: args.seed,
         tenants: args.tenants,
         skus_per_tenant: args.skus,
+        in_flight: args.in_flight,
+        wal: args.data_dir.map(|directory| reservoir_bench::WalSettings {
+            directory: offline::wal_directory(&directory),
+            durability: args.durability.into(),
+        }),
         ..W1Settings::default()
     };
     if !args.json {

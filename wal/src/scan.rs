@@ -45,7 +45,9 @@ pub struct ScanEnd {
 }
 
 /// Reads every record with LSN >= `from_lsn` in order and passes it to `visit`.
-/// `start_lsn` is the LSN an empty log starts at (1 for a new data directory).
+/// `start_lsn` is the LSN an empty log starts at (1 for a new data directory); the log must
+/// reach back to `from_lsn` (else [`WalError::MissingRecords`]) unless `start_lsn` is 0, which
+/// means "wherever the log on disk starts" (for tools that print what is there).
 pub fn scan(
     storage: &dyn Storage,
     from_lsn: Lsn,
@@ -64,8 +66,12 @@ pub fn scan(
     let mut expected: Option<Lsn> = None;
     let mut first_lsn = None;
     let mut visited = 0u64;
-    let mut position =
-        AppendPosition { sequence: 0, offset: SEGMENT_HEADER_BYTES as u64, segment_exists: false, next_lsn: start_lsn };
+    let mut position = AppendPosition {
+        sequence: 0,
+        offset: SEGMENT_HEADER_BYTES as u64,
+        segment_exists: false,
+        next_lsn: Lsn(start_lsn.0.max(1)),
+    };
     for (place, &sequence) in sequences.iter().enumerate() {
         let bytes = storage.read(sequence).map_err(|source| WalError::io(storage.describe(sequence), source))?;
         let header = SegmentHeader::decode(&bytes)
@@ -78,7 +84,7 @@ pub fn scan(
         }
         match expected {
             None => {
-                if header.first_lsn > from_lsn.max(start_lsn) {
+                if start_lsn.0 > 0 && header.first_lsn > from_lsn.max(start_lsn) {
                     return Err(WalError::MissingRecords { needed: from_lsn.max(start_lsn), first: header.first_lsn });
                 }
                 first_lsn = Some(header.first_lsn);
