@@ -42,13 +42,13 @@ impl Default for Config {
 }
 
 pub struct Engine {
-    config: Config,
-    catalog: Catalog,
-    reservations: Sharded<ReservationShard>,
-    operations: Sharded<OperationShard>,
+    pub(crate) config: Config,
+    pub(crate) catalog: Catalog,
+    pub(crate) reservations: Sharded<ReservationShard>,
+    pub(crate) operations: Sharded<OperationShard>,
     /// The next LSN to hand out. Taken while every item the record touches is latched, so
     /// LSN order agrees with each item's update order.
-    next_lsn: AtomicU64,
+    pub(crate) next_lsn: AtomicU64,
 }
 
 /// One item as a query sees it.

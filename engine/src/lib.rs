@@ -12,6 +12,7 @@ mod engine;
 pub mod item;
 mod memory;
 mod record;
+mod state;
 pub mod sync;
 mod types;
 pub mod workload;
@@ -22,6 +23,7 @@ pub use engine::{Config, Dump, Engine, ItemView, Page, ReservationLineView, Rese
 pub use item::Counters;
 pub use memory::{OperationEntry, Reservation, ReservationLineState};
 pub use record::{Body, ItemChange, LineChange, OperationMemo, Record, ReservationState, ReservedLine, SettleKind};
+pub use state::{SavedItem, SavedOperation, SavedReservation, SavedShard, State};
 pub use types::*;
 
 /// Errors of the engine's own API (command outcomes are [`ResultCode`]s, not errors).
@@ -32,4 +34,6 @@ pub enum EngineError {
     LsnOutOfOrder { expected: u64, found: u64 },
     #[error("record at LSN {lsn} does not fit the state: {what}")]
     ReplayMismatch { lsn: u64, what: String },
+    #[error("saved state is inconsistent: {what}")]
+    BadState { what: String },
 }

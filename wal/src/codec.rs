@@ -218,7 +218,7 @@ fn settle_kind_from(number: u8) -> Option<SettleKind> {
     })
 }
 
-fn state_number(state: ReservationState) -> u8 {
+pub(crate) fn state_number(state: ReservationState) -> u8 {
     match state {
         ReservationState::Open => 1,
         ReservationState::PartiallyCommitted => 2,
@@ -229,7 +229,7 @@ fn state_number(state: ReservationState) -> u8 {
     }
 }
 
-fn state_from(number: u8) -> Option<ReservationState> {
+pub(crate) fn state_from(number: u8) -> Option<ReservationState> {
     Some(match number {
         1 => ReservationState::Open,
         2 => ReservationState::PartiallyCommitted,

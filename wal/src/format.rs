@@ -35,6 +35,20 @@ pub struct SegmentHeader {
     pub epoch: u32,
     /// The segment's size as created (preallocated).
     pub segment_bytes: u64,
+    /// The log's lineage: chosen at random when a data directory's first segment is made,
+    /// carried by every later segment and snapshot, so that pieces of two histories are
+    /// never mixed.
+    pub history: u64,
+}
+
+/// A fresh, random history id (never 0).
+pub fn new_history() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher
+        .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    hasher.write_u32(std::process::id());
+    hasher.finish().max(1)
 }
 
 impl SegmentHeader {
@@ -48,6 +62,7 @@ impl SegmentHeader {
         out[24..32].copy_from_slice(&self.first_lsn.0.to_le_bytes());
         out[32..36].copy_from_slice(&self.epoch.to_le_bytes());
         out[40..48].copy_from_slice(&self.segment_bytes.to_le_bytes());
+        out[48..56].copy_from_slice(&self.history.to_le_bytes());
         let crc = crc32c::crc32c(&out);
         out[12..16].copy_from_slice(&crc.to_le_bytes());
         debug_assert_eq!(SegmentHeader::decode(&out), Ok(*self), "segment header encode/decode disagree");
@@ -78,8 +93,12 @@ impl SegmentHeader {
             first_lsn: Lsn(u64::from_le_bytes(bytes[24..32].try_into().expect("8 bytes"))),
             epoch: u32::from_le_bytes(bytes[32..36].try_into().expect("4 bytes")),
             segment_bytes: u64::from_le_bytes(bytes[40..48].try_into().expect("8 bytes")),
+            history: u64::from_le_bytes(bytes[48..56].try_into().expect("8 bytes")),
         };
-        if header.first_lsn.0 == 0 || !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&header.segment_bytes) {
+        if header.first_lsn.0 == 0
+            || header.history == 0
+            || !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&header.segment_bytes)
+        {
             return Err("segment header values out of range");
         }
         Ok(header)

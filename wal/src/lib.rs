@@ -7,6 +7,7 @@
 pub mod codec;
 pub mod format;
 mod scan;
+pub mod snapshot;
 pub mod storage;
 mod writer;
 
@@ -61,6 +62,13 @@ pub enum WalError {
     Failed(String),
     #[error("invalid WAL configuration: {0}")]
     Config(String),
+    #[error("snapshot {path}: {why}")]
+    Snapshot { path: String, why: String },
+    #[error(
+        "the newest snapshot belongs to history {snapshot:016x} but the log to {log:016x}: they come from \
+         different data directories. Remove the foreign snapshot, or restore the directory"
+    )]
+    HistoryMismatch { snapshot: u64, log: u64 },
 }
 
 impl WalError {
@@ -137,6 +145,117 @@ pub fn cut_torn_tail(storage: &dyn Storage, torn: &TornTail) -> Result<(), WalEr
     }
     storage.sync(torn.sequence).map_err(|source| WalError::io(storage.describe(torn.sequence), source))?;
     Ok(())
+}
+
+/// The parts of a data directory: `wal/` (segments) and `snapshots/`.
+pub fn wal_directory(data_directory: &Path) -> std::path::PathBuf {
+    data_directory.join("wal")
+}
+
+pub fn snapshot_directory(data_directory: &Path) -> std::path::PathBuf {
+    data_directory.join("snapshots")
+}
+
+/// A data directory, recovered and open for writing.
+pub struct Opened {
+    pub engine: Engine,
+    pub wal: Wal,
+    pub recovery: Recovery,
+    /// The snapshot recovery started from, if any.
+    pub snapshot: Option<Lsn>,
+    /// Newer snapshots that did not load, and why (recovery fell back past them).
+    pub snapshots_skipped: Vec<(Lsn, String)>,
+}
+
+/// Loads the newest snapshot that is valid (falling back to older ones), replays the WAL after
+/// it, cuts a torn tail, and starts the writer. A new directory starts empty with `config`.
+pub fn open_data_directory(
+    data_directory: &Path,
+    config: reservoir_engine::Config,
+    options: WalOptions,
+    progress: impl FnMut(Lsn),
+) -> Result<Opened, WalError> {
+    let (engine, snapshot, snapshots_skipped) = load_base(data_directory, config)?;
+    let directory = wal_directory(data_directory);
+    let storage =
+        Arc::new(FsStorage::new(&directory).map_err(|source| WalError::io(directory.display().to_string(), source))?);
+    let log_history = log_history(storage.as_ref())?;
+    if let (Some((_, snapshot_history)), Some(log_history)) = (snapshot, log_history) {
+        if snapshot_history != log_history {
+            return Err(WalError::HistoryMismatch { snapshot: snapshot_history, log: log_history });
+        }
+    }
+    let mut recovery = recover(storage.as_ref(), &engine, progress)?;
+    if recovery.scan.position.history.is_none() {
+        // An empty log continues the snapshot's history.
+        recovery.scan.position.history = snapshot.map(|(_, history)| history);
+    }
+    let wal = Wal::start(storage, options, recovery.scan.position)?;
+    Ok(Opened { engine, wal, recovery, snapshot: snapshot.map(|(lsn, _)| lsn), snapshots_skipped })
+}
+
+/// The history id of the log in `storage` (its first segment's), if it has a segment.
+pub fn log_history(storage: &dyn Storage) -> Result<Option<u64>, WalError> {
+    let sequences = storage.list().map_err(|source| WalError::io("list the WAL directory", source))?;
+    let Some(&first) = sequences.first() else { return Ok(None) };
+    let bytes = storage.read(first).map_err(|source| WalError::io(storage.describe(first), source))?;
+    let header = format::SegmentHeader::decode(&bytes)
+        .map_err(|why| WalError::BadSegmentHeader { segment: storage.describe(first), why: why.into() })?;
+    Ok(Some(header.history))
+}
+
+/// The newest loadable snapshot's engine (with what it covers and its history), or an empty
+/// engine.
+#[allow(clippy::type_complexity)]
+fn load_base(
+    data_directory: &Path,
+    config: reservoir_engine::Config,
+) -> Result<(Engine, Option<(Lsn, u64)>, Vec<(Lsn, String)>), WalError> {
+    let (newest, skipped) = snapshot::load_newest(&snapshot_directory(data_directory))?;
+    match newest {
+        Some(loaded) => {
+            if *loaded.engine.config() != config {
+                return Err(WalError::Config(format!(
+                    "the data directory was made with {:?}, not {config:?}",
+                    loaded.engine.config()
+                )));
+            }
+            Ok((loaded.engine, Some((loaded.covers_lsn, loaded.history)), skipped))
+        }
+        None => Ok((Engine::new(config), None, skipped)),
+    }
+}
+
+/// Builds a snapshot of a data directory from its newest snapshot and its log, without
+/// touching a running writer: records up to `up_to` (a running server passes its durable
+/// LSN; offline, everything on disk). Writers never wait for it: the snapshot is made from a
+/// private engine, at the cost of that engine's memory while it runs.
+pub fn build_snapshot(
+    data_directory: &Path,
+    config: reservoir_engine::Config,
+    up_to: Option<Lsn>,
+    created_ms: u64,
+) -> Result<snapshot::SnapshotWritten, WalError> {
+    let (engine, base, _) = load_base(data_directory, config)?;
+    let directory = wal_directory(data_directory);
+    let storage = FsStorage::new(&directory).map_err(|source| WalError::io(directory.display().to_string(), source))?;
+    let history = match (log_history(&storage)?, base) {
+        (Some(log), Some((_, snapshot))) if log != snapshot => {
+            return Err(WalError::HistoryMismatch { snapshot, log });
+        }
+        (Some(log), _) => log,
+        (None, Some((_, snapshot))) => snapshot,
+        (None, None) => return Err(WalError::Config("nothing to snapshot: no log and no snapshot".into())),
+    };
+    let limit = up_to.unwrap_or(Lsn(u64::MAX));
+    let from = engine.next_lsn();
+    scan::scan(&storage, from, from, |record| {
+        if record.lsn <= limit {
+            engine.apply(record).map_err(|source| WalError::Replay { lsn: record.lsn, source })?;
+        }
+        Ok(())
+    })?;
+    snapshot::write(&snapshot_directory(data_directory), &engine, history, created_ms)
 }
 
 /// Opens the WAL in `directory` for `engine`: recovers, then starts a writer.

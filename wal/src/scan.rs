@@ -19,6 +19,8 @@ pub struct AppendPosition {
     pub segment_exists: bool,
     /// The LSN the next record must have.
     pub next_lsn: Lsn,
+    /// The log's history id (`None` for a log with no segment yet).
+    pub history: Option<u64>,
 }
 
 /// A torn tail: where the valid log ends, and what follows it.
@@ -71,7 +73,9 @@ pub fn scan(
         offset: SEGMENT_HEADER_BYTES as u64,
         segment_exists: false,
         next_lsn: Lsn(start_lsn.0.max(1)),
+        history: None,
     };
+    let mut history: Option<u64> = None;
     for (place, &sequence) in sequences.iter().enumerate() {
         let bytes = storage.read(sequence).map_err(|source| WalError::io(storage.describe(sequence), source))?;
         let header = SegmentHeader::decode(&bytes)
@@ -81,6 +85,16 @@ pub fn scan(
                 segment: storage.describe(sequence),
                 why: "header does not match the file's name or size".into(),
             });
+        }
+        match history {
+            None => history = Some(header.history),
+            Some(known) if known != header.history => {
+                return Err(WalError::BadSegmentHeader {
+                    segment: storage.describe(sequence),
+                    why: format!("from another history ({:016x}, the log before it is {known:016x})", header.history),
+                });
+            }
+            Some(_) => {}
         }
         match expected {
             None => {
@@ -120,7 +134,13 @@ pub fn scan(
                 }
                 Frame::Zeros if !is_last => break,
                 Frame::Zeros if bytes[offset..].iter().all(|&byte| byte == 0) => {
-                    position = AppendPosition { sequence, offset: offset as u64, segment_exists: true, next_lsn: next };
+                    position = AppendPosition {
+                        sequence,
+                        offset: offset as u64,
+                        segment_exists: true,
+                        next_lsn: next,
+                        history,
+                    };
                     break;
                 }
                 other => {
@@ -154,8 +174,13 @@ pub fn scan(
                         later_segments: sequences[place + 1..].to_vec(),
                         why,
                     };
-                    let position =
-                        AppendPosition { sequence, offset: offset as u64, segment_exists: true, next_lsn: next };
+                    let position = AppendPosition {
+                        sequence,
+                        offset: offset as u64,
+                        segment_exists: true,
+                        next_lsn: next,
+                        history,
+                    };
                     let last_lsn = Lsn(next.0 - 1);
                     return Ok(ScanEnd {
                         last_lsn,
@@ -168,7 +193,13 @@ pub fn scan(
             }
             if offset + FRAME_HEADER_BYTES > bytes.len() {
                 if is_last {
-                    position = AppendPosition { sequence, offset: offset as u64, segment_exists: true, next_lsn: next };
+                    position = AppendPosition {
+                        sequence,
+                        offset: offset as u64,
+                        segment_exists: true,
+                        next_lsn: next,
+                        history,
+                    };
                 }
                 break;
             }
@@ -184,6 +215,7 @@ pub fn scan(
                 offset: SEGMENT_HEADER_BYTES as u64,
                 segment_exists: false,
                 next_lsn: next,
+                history,
             };
         }
     }

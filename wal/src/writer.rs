@@ -214,6 +214,7 @@ pub struct Writer {
     next_lsn: Lsn,
     reorder: BTreeMap<u64, Record>,
     buffer: Vec<u8>,
+    history: u64,
 }
 
 /// What one group's write did.
@@ -285,7 +286,13 @@ impl Writer {
             next_lsn: position.next_lsn,
             reorder: BTreeMap::new(),
             buffer: Vec::with_capacity(1 << 20),
+            history: position.history.unwrap_or_else(crate::format::new_history),
         }
+    }
+
+    /// The history id this writer writes into new segments.
+    pub fn history(&self) -> u64 {
+        self.history
     }
 
     /// The LSN the next written record will have.
@@ -377,6 +384,7 @@ impl Writer {
             first_lsn,
             epoch: self.options.epoch,
             segment_bytes: self.options.segment_bytes,
+            history: self.history,
         };
         self.storage
             .create(self.sequence, self.options.segment_bytes, &header.encode())

@@ -1,0 +1,257 @@
+//! The whole engine state as plain data, for snapshots: [`Engine::export`] and
+//! [`Engine::restore`]. Restoring puts every item back at its `ItemId` (so later records still
+//! name the right items), every reservation and remembered operation back in its retention
+//! order, and checks every invariant on the way in: a snapshot that does not hold is refused,
+//! never served.
+
+use std::sync::Arc;
+
+use crate::catalog::sku_hash;
+use crate::engine::{Config, Engine};
+use crate::item::Counters;
+use crate::memory::{OperationEntry, Reservation};
+use crate::sync::Ordering;
+use crate::types::{ItemId, Lsn, TenantId, NAME_BYTES_MAX};
+use crate::EngineError;
+
+/// Everything an engine holds, as of `next_lsn - 1`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct State {
+    pub config: Config,
+    /// The LSN the next record will get: the snapshot covers everything before it.
+    pub next_lsn: Lsn,
+    /// Tenant names by id.
+    pub tenants: Vec<String>,
+    /// Item shards, by shard number.
+    pub shards: Vec<SavedShard>,
+    /// Every remembered reservation. Per reservation shard, closed ones appear in the order
+    /// they closed (their retention order).
+    pub reservations: Vec<SavedReservation>,
+    /// Every remembered operation, per shard in the order remembered.
+    pub operations: Vec<SavedOperation>,
+}
+
+/// One item shard: items in index order; their names back to back in `names`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SavedShard {
+    pub items: Vec<SavedItem>,
+    pub names: Vec<u8>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SavedItem {
+    pub tenant: TenantId,
+    /// The SKU's bytes come first in the shard's `names`, then the location's.
+    pub sku_bytes: u8,
+    pub location_bytes: u8,
+    pub counters: Counters,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedReservation {
+    pub tenant: TenantId,
+    pub id: String,
+    pub reservation: Reservation,
+    /// For a closed reservation: the LSN of the record that closed it (retention forgets by
+    /// time and LSN).
+    pub closed_lsn: Option<Lsn>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedOperation {
+    pub tenant: TenantId,
+    pub id: String,
+    pub entry: OperationEntry,
+}
+
+fn refuse(what: String) -> EngineError {
+    EngineError::BadState { what }
+}
+
+impl Engine {
+    /// A copy of the whole state. Consistent only while nothing else changes the engine
+    /// (snapshots are taken from an engine that only the snapshotter touches).
+    pub fn export(&self) -> State {
+        let tenants = self.catalog.tenants.read().iter().map(|(_, name)| name.to_owned()).collect();
+        let shards = self
+            .catalog
+            .shards
+            .iter()
+            .map(|shard| {
+                let shard = shard.items.read();
+                let mut saved = SavedShard { items: Vec::with_capacity(shard.len()), names: Vec::new() };
+                for index in 0..shard.len() as u32 {
+                    let (sku, location) = (shard.sku(index), shard.location(index));
+                    saved.names.extend_from_slice(sku.as_bytes());
+                    saved.names.extend_from_slice(location.as_bytes());
+                    saved.items.push(SavedItem {
+                        tenant: shard.key(index).tenant,
+                        sku_bytes: sku.len() as u8,
+                        location_bytes: location.len() as u8,
+                        counters: shard.cell(index).read(),
+                    });
+                }
+                saved
+            })
+            .collect();
+        let mut reservations = Vec::new();
+        for shard in self.reservations.all() {
+            let shard = shard.lock();
+            // Closed ones in retention order, then the open ones (by deadline).
+            for (_, lsn, tenant, id) in &shard.closed {
+                let reservation = shard.map.get(&(*tenant, id.clone())).expect("closed entry has a reservation");
+                reservations.push(SavedReservation {
+                    tenant: *tenant,
+                    id: id.to_string(),
+                    reservation: reservation.clone(),
+                    closed_lsn: Some(*lsn),
+                });
+            }
+            for (_, tenant, id) in &shard.deadlines {
+                let reservation = shard.map.get(&(*tenant, id.clone())).expect("deadline entry has a reservation");
+                reservations.push(SavedReservation {
+                    tenant: *tenant,
+                    id: id.to_string(),
+                    reservation: reservation.clone(),
+                    closed_lsn: None,
+                });
+            }
+            assert_eq!(
+                shard.closed.len() + shard.deadlines.len(),
+                shard.map.len(),
+                "every reservation is indexed once"
+            );
+        }
+        let mut operations = Vec::new();
+        for shard in self.operations.all() {
+            let shard = shard.lock();
+            for (_, _, tenant, id) in &shard.order {
+                let entry = shard.map.get(&(*tenant, id.clone())).expect("ordered entry exists");
+                operations.push(SavedOperation { tenant: *tenant, id: id.to_string(), entry: entry.clone() });
+            }
+        }
+        State { config: self.config.clone(), next_lsn: self.next_lsn(), tenants, shards, reservations, operations }
+    }
+
+    /// Rebuilds an engine from `state`, checking it as it goes: names, item placement, the
+    /// ledger invariant of every item, reservations against the items' reserved counts
+    /// (`verify`). Any inconsistency is an error, not a panic.
+    pub fn restore(state: &State) -> Result<Engine, EngineError> {
+        let config = &state.config;
+        if !config.shards.is_power_of_two() || state.shards.len() != config.shards {
+            return Err(refuse(format!("{} item shards for a config of {}", state.shards.len(), config.shards)));
+        }
+        if !config.id_shards.is_power_of_two() || config.id_shards > crate::types::SHARDS_MAX {
+            return Err(refuse(format!("bad id shard count {}", config.id_shards)));
+        }
+        if state.next_lsn.0 == 0 {
+            return Err(refuse("next LSN 0".into()));
+        }
+        let engine = Engine::new(config.clone());
+        engine.next_lsn.store(state.next_lsn.0, Ordering::Release);
+        {
+            let mut tenants = engine.catalog.tenants.write();
+            for name in &state.tenants {
+                if crate::types::validate_name(name).is_err() || tenants.get(name).is_some() {
+                    return Err(refuse(format!("bad or repeated tenant name {name:?}")));
+                }
+                tenants.insert(name).ok_or_else(|| refuse("too many tenants".into()))?;
+            }
+        }
+        let tenant_count = state.tenants.len() as u32;
+        for (shard_number, saved) in state.shards.iter().enumerate() {
+            let mut shard = engine.catalog.shards[shard_number].items.write();
+            let mut at = 0usize;
+            for (index, item) in saved.items.iter().enumerate() {
+                let location_end = at + item.sku_bytes as usize + item.location_bytes as usize;
+                let names = saved.names.get(at..location_end).ok_or_else(|| refuse("item names run out".into()))?;
+                let (sku, location) = names.split_at(item.sku_bytes as usize);
+                let (sku, location) = match (std::str::from_utf8(sku), std::str::from_utf8(location)) {
+                    (Ok(sku), Ok(location)) => (sku, location),
+                    _ => return Err(refuse(format!("item {shard_number}/{index}: names are not UTF-8"))),
+                };
+                if item.tenant.0 >= tenant_count
+                    || sku.is_empty()
+                    || location.is_empty()
+                    || sku.len() > NAME_BYTES_MAX
+                    || location.len() > NAME_BYTES_MAX
+                {
+                    return Err(refuse(format!("item {shard_number}/{index}: bad tenant or names")));
+                }
+                let hash = sku_hash(item.tenant, sku);
+                if engine.catalog.shard_of(hash) as usize != shard_number
+                    || shard.find(item.tenant, sku, location, hash).is_some()
+                {
+                    return Err(refuse(format!("item {sku}@{location} is misplaced or repeated")));
+                }
+                if !item.counters.holds() {
+                    return Err(refuse(format!("item {sku}@{location} breaks the ledger: {:?}", item.counters)));
+                }
+                let placed =
+                    shard.insert(item.tenant, sku, location, hash).ok_or_else(|| refuse("shard full".into()))?;
+                assert_eq!(placed as usize, index, "items are appended in index order");
+                shard.cell(placed).latch().counters = item.counters;
+                at = location_end;
+            }
+            if at != saved.names.len() {
+                return Err(refuse(format!("shard {shard_number}: {} unused name bytes", saved.names.len() - at)));
+            }
+        }
+        let item_exists = |item: ItemId| {
+            (item.shard as usize) < state.shards.len()
+                && (item.index as usize) < state.shards[item.shard as usize].items.len()
+        };
+        for saved in &state.reservations {
+            let reservation = &saved.reservation;
+            if saved.tenant.0 >= tenant_count || crate::types::validate_name(&saved.id).is_err() {
+                return Err(refuse(format!("reservation {:?}: bad tenant or id", saved.id)));
+            }
+            if reservation
+                .lines
+                .iter()
+                .any(|line| !item_exists(line.item) || line.committed + line.released > line.reserved)
+            {
+                return Err(refuse(format!("reservation {}: bad line", saved.id)));
+            }
+            if reservation.state.is_open() == saved.closed_lsn.is_some()
+                || reservation.state.is_open() == reservation.closed_ms.is_some()
+            {
+                return Err(refuse(format!("reservation {}: open/closed fields disagree", saved.id)));
+            }
+            let mut shard = engine.reservations.shard(saved.tenant, &saved.id).lock();
+            let id: Arc<str> = saved.id.as_str().into();
+            if shard.map.insert((saved.tenant, id.clone()), reservation.clone()).is_some() {
+                return Err(refuse(format!("reservation {} appears twice", saved.id)));
+            }
+            match (saved.closed_lsn, reservation.closed_ms) {
+                (Some(lsn), Some(closed_ms)) => {
+                    if shard.closed.back().is_some_and(|last| last.1 >= lsn) {
+                        return Err(refuse(format!("reservation {}: out of retention order", saved.id)));
+                    }
+                    shard.closed.push_back((closed_ms, lsn, saved.tenant, id));
+                }
+                _ => {
+                    shard.deadlines.insert((reservation.deadline_ms, saved.tenant, id));
+                }
+            }
+        }
+        for saved in &state.operations {
+            if saved.tenant.0 >= tenant_count || crate::types::validate_name(&saved.id).is_err() {
+                return Err(refuse(format!("operation {:?}: bad tenant or id", saved.id)));
+            }
+            let mut shard = engine.operations.shard(saved.tenant, &saved.id).lock();
+            if shard.map.get(&crate::memory::KeyRef(saved.tenant, &saved.id)).is_some()
+                || shard.order.back().is_some_and(|last| last.1 >= saved.entry.lsn)
+            {
+                return Err(refuse(format!("operation {} repeated or out of order", saved.id)));
+            }
+            let entry = &saved.entry;
+            shard.remember(saved.tenant, &saved.id, entry.fingerprint, entry.reply.clone(), entry.at_ms, entry.lsn);
+        }
+        let report = engine.verify();
+        if !report.violations.is_empty() {
+            return Err(refuse(format!("the restored state does not verify: {}", report.violations.join("; "))));
+        }
+        Ok(engine)
+    }
+}

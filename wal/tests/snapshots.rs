@@ -1,0 +1,155 @@
+//! Snapshots: what a snapshot plus the log after it recovers equals the engine that wrote
+//! them; a corrupt newest snapshot falls back to the one before; corrupt bytes never panic;
+//! a snapshot taken while a writer appends stops writers for nothing and recovers exactly.
+
+mod common;
+
+use std::path::Path;
+
+use reservoir_engine::workload::{SplitMix64, Workload};
+use reservoir_engine::{Engine, Lsn};
+use reservoir_wal::snapshot::{self, snapshot_file_name};
+use reservoir_wal::{build_snapshot, open_data_directory, snapshot_directory, WalOptions};
+
+fn open(directory: &Path) -> reservoir_wal::Opened {
+    open_data_directory(directory, common::config(), WalOptions::default(), |_| {}).unwrap()
+}
+
+/// Runs `commands` workload commands on an opened data directory, each acknowledged.
+fn drive(opened: &reservoir_wal::Opened, workload: &mut Workload, commands: usize, start_ms: u64) {
+    for step in 0..commands as u64 {
+        let command = workload.next_command();
+        let mut records = Vec::new();
+        let reply = opened.engine.execute(&command, start_ms + step * 50, &mut records);
+        workload.observe(&command, &reply);
+        opened.wal.append(records).unwrap();
+    }
+}
+
+#[test]
+fn snapshot_then_log_recovers_exactly_and_replays_only_the_tail() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut workload = Workload::new(5, "a", 15);
+    let opened = open(directory.path());
+    drive(&opened, &mut workload, 3_000, 1_000_000);
+    let covered = opened.wal.durable_lsn();
+    let written = build_snapshot(directory.path(), common::config(), Some(covered), 7).unwrap();
+    assert_eq!(written.covers_lsn, covered);
+    drive(&opened, &mut workload, 1_000, 2_000_000);
+    let expected = opened.engine.dump();
+    opened.wal.close().unwrap();
+
+    let recovered = open(directory.path());
+    assert_eq!(recovered.snapshot, Some(covered));
+    assert!(recovered.snapshots_skipped.is_empty());
+    assert_eq!(recovered.recovery.records_replayed, recovered.engine.next_lsn().0 - 1 - covered.0);
+    assert_eq!(recovered.engine.dump(), expected);
+    common::assert_verified(&recovered.engine);
+}
+
+#[test]
+fn a_corrupt_newest_snapshot_falls_back_to_the_previous_one() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut workload = Workload::new(6, "b", 15);
+    let opened = open(directory.path());
+    drive(&opened, &mut workload, 1_000, 1_000_000);
+    let first = build_snapshot(directory.path(), common::config(), Some(opened.wal.durable_lsn()), 1).unwrap();
+    drive(&opened, &mut workload, 1_000, 2_000_000);
+    let second = build_snapshot(directory.path(), common::config(), Some(opened.wal.durable_lsn()), 2).unwrap();
+    drive(&opened, &mut workload, 200, 3_000_000);
+    let expected = opened.engine.dump();
+    opened.wal.close().unwrap();
+
+    let mut bytes = std::fs::read(&second.path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&second.path, bytes).unwrap();
+
+    let recovered = open(directory.path());
+    assert_eq!(recovered.snapshot, Some(first.covers_lsn), "fell back to the older snapshot");
+    assert_eq!(recovered.snapshots_skipped.len(), 1);
+    assert!(recovered.snapshots_skipped[0].1.contains("checksum"), "{:?}", recovered.snapshots_skipped);
+    assert_eq!(recovered.engine.dump(), expected, "the longer replay reaches the same state");
+}
+
+#[test]
+fn corrupt_snapshot_bytes_never_panic_even_past_the_checksum() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut workload = Workload::new(7, "c", 10);
+    let opened = open(directory.path());
+    drive(&opened, &mut workload, 400, 1_000_000);
+    let written = build_snapshot(directory.path(), common::config(), Some(opened.wal.durable_lsn()), 1).unwrap();
+    opened.wal.close().unwrap();
+    let original = std::fs::read(&written.path).unwrap();
+    let mut random = SplitMix64::new(99);
+    let mut refused = 0;
+    for round in 0..300 {
+        let mut bytes = original.clone();
+        let at = random.below(bytes.len() as u64) as usize;
+        bytes[at] ^= 1 << random.below(8);
+        if round % 2 == 1 && at >= snapshot::SNAPSHOT_HEADER_BYTES {
+            // Fix the checksums up so that rkyv validation and Engine::restore's checks are
+            // what stands between the bytes and the engine.
+            let archive_crc = crc32c::crc32c(&bytes[snapshot::SNAPSHOT_HEADER_BYTES..]);
+            bytes[32..36].copy_from_slice(&archive_crc.to_le_bytes());
+            bytes[12..16].fill(0);
+            let header_crc = crc32c::crc32c(&bytes[..snapshot::SNAPSHOT_HEADER_BYTES]);
+            bytes[12..16].copy_from_slice(&header_crc.to_le_bytes());
+        }
+        let path = directory.path().join("probe.snap");
+        std::fs::write(&path, &bytes).unwrap();
+        if snapshot::load(&path).is_err() {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 150, "every checksum-guarded flip is refused: {refused}");
+}
+
+#[test]
+fn a_snapshot_taken_while_a_writer_appends_recovers_exactly() {
+    let directory = tempfile::tempdir().unwrap();
+    let opened = open(directory.path());
+    let mut workload = Workload::new(8, "d", 15);
+    drive(&opened, &mut workload, 500, 1_000_000);
+    let written = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| drive(&opened, &mut workload, 3_000, 2_000_000));
+        let snapshot = scope.spawn(|| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            build_snapshot(directory.path(), common::config(), Some(opened.wal.durable_lsn()), 3).unwrap()
+        });
+        writer.join().unwrap();
+        snapshot.join().unwrap()
+    });
+    let expected = opened.engine.dump();
+    let last = opened.wal.close().unwrap();
+    assert!(written.covers_lsn < last, "the snapshot was taken mid-run");
+    let recovered = open(directory.path());
+    assert_eq!(recovered.snapshot, Some(written.covers_lsn));
+    assert_eq!(recovered.engine.dump(), expected);
+    assert_eq!(snapshot::list(&snapshot_directory(directory.path())).unwrap(), vec![written.covers_lsn]);
+    assert!(directory.path().join("snapshots").join(snapshot_file_name(written.covers_lsn)).exists());
+}
+
+#[test]
+fn snapshots_from_another_history_are_refused_by_replay() {
+    // A snapshot from directory A copied into directory B: B's log does not continue it, and
+    // the first record after the snapshot does not fit (the pair assertions catch it).
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for (directory, seed) in [(&a, 21u64), (&b, 22u64)] {
+        let opened = open(directory.path());
+        let mut workload = Workload::new(seed, "h", 15);
+        drive(&opened, &mut workload, 800, 1_000_000);
+        if seed == 21 {
+            build_snapshot(directory.path(), common::config(), Some(Lsn(400)), 1).unwrap();
+        }
+        opened.wal.close().unwrap();
+    }
+    std::fs::create_dir_all(snapshot_directory(b.path())).unwrap();
+    let name = snapshot_file_name(Lsn(400));
+    std::fs::copy(snapshot_directory(a.path()).join(&name), snapshot_directory(b.path()).join(&name)).unwrap();
+    match open_data_directory(b.path(), common::config(), WalOptions::default(), |_| {}) {
+        Err(error) => assert!(matches!(error, reservoir_wal::WalError::HistoryMismatch { .. }), "{error}"),
+        Ok(_) => panic!("a snapshot from another history was accepted"),
+    }
+    let _ = Engine::new(common::config());
+}
