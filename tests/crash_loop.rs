@@ -12,7 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use reservoir_engine::workload::SplitMix64;
-use reservoir_engine::{Config, Engine, TenantId};
+use reservoir_engine::{Config, TenantId};
+use reservoir_wal::WalOptions;
 
 struct Ack {
     lsn: u64,
@@ -54,12 +55,14 @@ fn run_child(directory: &Path, run: u64, alive_ms: u64) -> Vec<Ack> {
     reader.join().expect("reader")
 }
 
-fn check(directory: &Path, acks: &[Ack]) -> u64 {
-    let engine = Engine::new(Config::default());
-    let storage = reservoir_wal::FsStorage::new(directory).unwrap();
-    let recovery = reservoir_wal::recover(&storage, &engine, |_| {})
+/// Recovers the directory the way the child does (newest snapshot, then the log) and checks it.
+/// Returns the last LSN and whether a snapshot was used.
+fn check(directory: &Path, acks: &[Ack]) -> (u64, bool) {
+    let opened = reservoir_wal::open_data_directory(directory, Config::default(), WalOptions::default(), |_| {})
         .unwrap_or_else(|error| panic!("recovery after SIGKILL failed: {error}"));
-    let last = recovery.scan.last_lsn.0;
+    assert!(opened.snapshots_skipped.is_empty(), "a snapshot did not load: {:?}", opened.snapshots_skipped);
+    let last = opened.engine.next_lsn().0 - 1;
+    let engine = &opened.engine;
     let report = engine.verify();
     assert!(report.violations.is_empty(), "verify after recovery: {:?}", report.violations);
     for ack in acks {
@@ -75,7 +78,9 @@ fn check(directory: &Path, acks: &[Ack]) -> u64 {
         };
         assert!(present, "acknowledged {} {} is not in the recovered state", ack.kind, ack.id);
     }
-    last
+    let used_snapshot = opened.snapshot.is_some();
+    opened.wal.close().unwrap();
+    (last, used_snapshot)
 }
 
 fn crash_loop(kills: u64, seed: u64) {
@@ -83,16 +88,22 @@ fn crash_loop(kills: u64, seed: u64) {
     let mut random = SplitMix64::new(seed);
     let mut acknowledged = 0usize;
     let mut last = 0;
+    let mut from_snapshots = 0;
     for run in 0..kills {
         let alive_ms = 150 + random.below(350);
         let acks = run_child(directory.path(), run, alive_ms);
         acknowledged += acks.len();
-        let recovered = check(directory.path(), &acks);
+        let (recovered, used_snapshot) = check(directory.path(), &acks);
         assert!(recovered >= last, "the log went backwards: {recovered} < {last}");
         last = recovered;
+        from_snapshots += u64::from(used_snapshot);
     }
     assert!(acknowledged > 0, "the children acknowledged nothing: the loop tested nothing");
-    eprintln!("crash loop: {kills} SIGKILLs, {acknowledged} acknowledged commands, log at LSN {last}");
+    assert!(from_snapshots > 0, "no recovery started from a snapshot");
+    eprintln!(
+        "crash loop: {kills} SIGKILLs, {acknowledged} acknowledged commands, log at LSN {last}, \
+         {from_snapshots} recoveries from a snapshot"
+    );
 }
 
 #[test]

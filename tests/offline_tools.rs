@@ -90,3 +90,18 @@ fn verify_of_a_directory_without_a_log_is_a_clear_error() {
     assert!(!verify.status.success());
     assert!(String::from_utf8_lossy(&verify.stderr).contains("is not a data directory"));
 }
+
+#[test]
+fn snapshot_then_verify_starts_from_the_snapshot() {
+    let directory = tempfile::tempdir().unwrap();
+    bench_into(directory.path());
+    let data = directory.path().to_str().unwrap();
+    let snapshot = run(binary(), &["snapshot", "--data-dir", data]);
+    assert!(snapshot.status.success(), "{}", String::from_utf8_lossy(&snapshot.stderr));
+    let verify = run(binary(), &["verify", "--data-dir", data]);
+    let text = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success(), "{text}");
+    assert!(text.contains("snapshot   covers LSN 1..="), "{text}");
+    assert!(text.contains("(0 records in"), "everything was in the snapshot: {text}");
+    assert!(text.contains("verify     ok"), "{text}");
+}

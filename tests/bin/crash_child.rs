@@ -4,6 +4,9 @@
 //! moments and checks that everything printed survived. Replaced by `reservoir serve` once
 //! the server exists.
 //!
+//! A third thread takes a snapshot every [`SNAPSHOT_INTERVAL_MS`] while the writers run, so
+//! kills also land during snapshot writes and recovery starts from snapshots.
+//!
 //! Usage: reservoir-crash-child DATA_DIR RUN
 
 use std::io::Write as _;
@@ -11,23 +14,44 @@ use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use reservoir_engine::workload::Workload;
-use reservoir_engine::{Command, Config, Engine};
+use reservoir_engine::{Command, Config};
 use reservoir_wal::WalOptions;
 
 /// Commands per thread before the child exits on its own (the parent normally kills it first).
 const COMMANDS_PER_THREAD_MAX: u64 = 1_000_000;
+/// How often the child snapshots while it runs.
+const SNAPSHOT_INTERVAL_MS: u64 = 60;
 
 fn main() {
     let mut arguments = std::env::args().skip(1);
     let directory = PathBuf::from(arguments.next().expect("DATA_DIR"));
     let run: u64 = arguments.next().expect("RUN").parse().expect("RUN is a number");
-    let engine = Engine::new(Config::default());
-    let (wal, recovery) = reservoir_wal::open(&directory, &engine, WalOptions::default()).expect("recover");
-    println!("recovered {} torn={}", recovery.scan.last_lsn.0, recovery.scan.torn.is_some());
+    let opened = reservoir_wal::open_data_directory(&directory, Config::default(), WalOptions::default(), |_| {})
+        .expect("recover");
+    let (engine, wal) = (&opened.engine, &opened.wal);
+    println!(
+        "recovered {} from snapshot {:?} torn={}",
+        opened.recovery.scan.last_lsn.0,
+        opened.snapshot,
+        opened.recovery.scan.torn.is_some()
+    );
+    let stop = std::sync::atomic::AtomicBool::new(false);
     let tenants: Vec<_> = (0..3).filter_map(|index| engine.tenant_id(&format!("tenant{}", index + 1))).collect();
     std::thread::scope(|scope| {
+        let (directory, stop) = (&directory, &stop);
+        scope.spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(SNAPSHOT_INTERVAL_MS));
+                let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_millis() as u64;
+                // Only what is durable goes into a snapshot.
+                let up_to = wal.durable_lsn();
+                if up_to.0 > 0 {
+                    reservoir_wal::build_snapshot(directory, Config::default(), Some(up_to), now_ms).expect("snapshot");
+                }
+            }
+        });
         for thread in 0..2u64 {
-            let (engine, wal, tenants) = (&engine, &wal, tenants.clone());
+            let (engine, wal, tenants) = (engine, wal, tenants.clone());
             scope.spawn(move || {
                 let mut workload =
                     Workload::new(run * 2 + thread, &format!("c{run}t{thread}"), 50).with_tenants(tenants);

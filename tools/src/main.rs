@@ -27,6 +27,8 @@ enum Commands {
     /// Recover a data directory offline (read-only), check every invariant, print totals;
     /// exit code 0 only if all holds
     Verify(offline::VerifyArgs),
+    /// Take a snapshot of an offline data directory now (newest snapshot + the log after it)
+    Snapshot(offline::SnapshotArgs),
 }
 
 #[derive(Debug, Args)]
@@ -146,6 +148,7 @@ fn main() -> ExitCode {
         Commands::Bench(args) => run_bench(args),
         Commands::Wal(WalArgs { command: WalCommand::Dump(args) }) => offline::run_wal_dump(args),
         Commands::Verify(args) => offline::run_verify(args),
+        Commands::Snapshot(args) => offline::run_snapshot(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -205,9 +205,9 @@ pub fn log_history(storage: &dyn Storage) -> Result<Option<u64>, WalError> {
 }
 
 /// The newest loadable snapshot's engine (with what it covers and its history), or an empty
-/// engine.
+/// engine; and the newer snapshots that did not load, with why.
 #[allow(clippy::type_complexity)]
-fn load_base(
+pub fn load_base(
     data_directory: &Path,
     config: reservoir_engine::Config,
 ) -> Result<(Engine, Option<(Lsn, u64)>, Vec<(Lsn, String)>), WalError> {

@@ -317,6 +317,7 @@ pub fn write(directory: &Path, engine: &Engine, history: u64, created_ms: u64) -
     assert!(history != 0, "a snapshot belongs to a history");
     let started = std::time::Instant::now();
     std::fs::create_dir_all(directory).map_err(|source| WalError::io(directory.display().to_string(), source))?;
+    remove_leftovers(directory)?;
     let state = engine.export();
     let covers_lsn = Lsn(state.next_lsn.0 - 1);
     let archive = rkyv::to_bytes::<rancor::Error>(&to_snap(&state))
@@ -353,6 +354,18 @@ pub fn write(directory: &Path, engine: &Engine, history: u64, created_ms: u64) -
         std::fs::remove_file(&old).map_err(|source| WalError::io(old.display().to_string(), source))?;
     }
     Ok(SnapshotWritten { path, covers_lsn, bytes, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// Removes temporary files of snapshot writes that a crash interrupted.
+fn remove_leftovers(directory: &Path) -> Result<(), WalError> {
+    let entries =
+        std::fs::read_dir(directory).map_err(|source| WalError::io(directory.display().to_string(), source))?;
+    for entry in entries.flatten() {
+        if entry.file_name().to_str().is_some_and(|name| name.ends_with(".snap.tmp")) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
 }
 
 /// The LSNs of the snapshots in `directory`, ascending.
