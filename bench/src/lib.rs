@@ -7,6 +7,9 @@
 //! The bench reads the clock (`std::time::Instant`); the engine never does: every command gets
 //! `now_ms` = [`NOW_MS_BASE`] + milliseconds since the run started.
 
+mod recovery;
+pub use recovery::{recovery, RecoveryReport, RecoverySettings};
+
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};

@@ -55,6 +55,26 @@ enum BenchCommand {
     Engine(EngineArgs),
     /// Resident memory per stock item and per open reservation
     Memory(MemoryArgs),
+    /// W2 recovery: durable load, snapshot, operations after it, cold start, replay, recovery
+    Recovery(RecoveryArgs),
+}
+
+#[derive(Debug, Args)]
+struct RecoveryArgs {
+    /// A new or empty data directory to build (left behind for inspection)
+    #[arg(long, value_name = "DIR")]
+    data_dir: std::path::PathBuf,
+    /// Stock items to load (10,000 SKUs per tenant)
+    #[arg(long, default_value_t = 1_000_000)]
+    items: usize,
+    /// Order operations after the snapshot (replayed at recovery)
+    #[arg(long, default_value_t = 1_000_000)]
+    operations: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print only a JSON object
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -163,6 +183,21 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Engine(args) => run_bench_engine(args),
         BenchCommand::Memory(args) => run_bench_memory(args),
+        BenchCommand::Recovery(args) => {
+            let settings = reservoir_bench::RecoverySettings {
+                directory: args.data_dir,
+                items: args.items,
+                operations: args.operations,
+                seed: args.seed,
+            };
+            let report = reservoir_bench::recovery(&settings).context("bench recovery")?;
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.render_table());
+            }
+            Ok(())
+        }
     }
 }
 
