@@ -103,7 +103,8 @@ pub fn recovery(settings: &RecoverySettings) -> Result<RecoveryReport, BenchErro
         wal.append(std::mem::take(&mut records))?;
         tenants.push(TenantId(reply.count as u32));
     }
-    let skus: Vec<Sku> = (0..RECOVERY_SKUS_PER_TENANT).map(|index| Sku::new(&sku_name(index)).expect("valid")).collect();
+    let skus: Vec<Sku> =
+        (0..RECOVERY_SKUS_PER_TENANT).map(|index| Sku::new(&sku_name(index)).expect("valid")).collect();
     let mut left = settings.items;
     for (index, &tenant) in tenants.iter().enumerate() {
         let count = left.min(RECOVERY_SKUS_PER_TENANT);
@@ -148,7 +149,13 @@ pub fn recovery(settings: &RecoverySettings) -> Result<RecoveryReport, BenchErro
                 .collect();
             let reservation = ReservationId::new(&format!("r{step}")).expect("valid");
             open.push_back((tenants[tenant_index], reservation.clone()));
-            Command::Reserve { tenant: tenants[tenant_index], reservation, lines, ttl_ms: RESERVE_TTL_MS, allow_partial: false }
+            Command::Reserve {
+                tenant: tenants[tenant_index],
+                reservation,
+                lines,
+                ttl_ms: RESERVE_TTL_MS,
+                allow_partial: false,
+            }
         } else {
             let (tenant, reservation) = open.pop_front().expect("not empty");
             let operation = OperationId::new(&format!("o{step}")).expect("valid");
@@ -170,7 +177,9 @@ pub fn recovery(settings: &RecoverySettings) -> Result<RecoveryReport, BenchErro
     opened.wal.close()?;
 
     let cold = Instant::now();
-    let loaded = snapshot::load(&snapshot_directory(&settings.directory).join(snapshot::snapshot_file_name(written.covers_lsn)))?;
+    let loaded = snapshot::load(
+        &snapshot_directory(&settings.directory).join(snapshot::snapshot_file_name(written.covers_lsn)),
+    )?;
     let cold_start_s = cold.elapsed().as_secs_f64();
     drop(loaded);
 
