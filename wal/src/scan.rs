@@ -44,17 +44,42 @@ pub struct ScanEnd {
     pub torn: Option<TornTail>,
     /// The LSN of the first record on disk (None if empty).
     pub first_lsn: Option<Lsn>,
+    /// The visitor stopped the scan ([`Flow::Stop`]) before the end of the log.
+    pub stopped: bool,
+}
+
+/// What a visitor of [`scan_until`] wants after a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// Stop after this record: nothing later is read, so damage later in the log does not
+    /// matter (point-in-time restore to a point before a corrupt record).
+    Stop,
 }
 
 /// Reads every record with LSN >= `from_lsn` in order and passes it to `visit`.
 /// `start_lsn` is the LSN an empty log starts at (1 for a new data directory); the log must
 /// reach back to `from_lsn` (else [`WalError::MissingRecords`]) unless `start_lsn` is 0, which
 /// means "wherever the log on disk starts" (for tools that print what is there).
+///
+/// Segments whose every record is before `from_lsn` (the next segment starts at or before it)
+/// are not read beyond their header: recovery after a snapshot reads only the log after it.
 pub fn scan(
     storage: &dyn Storage,
     from_lsn: Lsn,
     start_lsn: Lsn,
     mut visit: impl FnMut(&Record) -> Result<(), WalError>,
+) -> Result<ScanEnd, WalError> {
+    scan_until(storage, from_lsn, start_lsn, |record| visit(record).map(|()| Flow::Continue))
+}
+
+/// [`scan`], with a visitor that may stop early. A stopped scan's `position` is where the next
+/// record would have been read and `stopped` is true; a writer must never continue from it.
+pub fn scan_until(
+    storage: &dyn Storage,
+    from_lsn: Lsn,
+    start_lsn: Lsn,
+    mut visit: impl FnMut(&Record) -> Result<Flow, WalError>,
 ) -> Result<ScanEnd, WalError> {
     let sequences = storage.list().map_err(|source| WalError::io("list the WAL directory", source))?;
     for pair in sequences.windows(2) {
@@ -77,6 +102,33 @@ pub fn scan(
     };
     let mut history: Option<u64> = None;
     for (place, &sequence) in sequences.iter().enumerate() {
+        let is_last = place + 1 == sequences.len();
+        let read_segment_header = |sequence: u64| -> Result<SegmentHeader, WalError> {
+            let bytes = storage
+                .read_prefix(sequence, SEGMENT_HEADER_BYTES)
+                .map_err(|source| WalError::io(storage.describe(sequence), source))?;
+            SegmentHeader::decode(&bytes)
+                .map_err(|why| WalError::BadSegmentHeader { segment: storage.describe(sequence), why: why.into() })
+        };
+        if !is_last && from_lsn.0 > 1 {
+            let next = read_segment_header(sequences[place + 1])?;
+            if next.first_lsn <= from_lsn {
+                // Every record here is before `from_lsn`: check the header, skip the body.
+                let header = read_segment_header(sequence)?;
+                if header.sequence != sequence || history.is_some_and(|known| known != header.history) {
+                    return Err(WalError::BadSegmentHeader {
+                        segment: storage.describe(sequence),
+                        why: "header does not match the file's name or the log's history".into(),
+                    });
+                }
+                history = Some(header.history);
+                if expected.is_none() {
+                    first_lsn = Some(header.first_lsn);
+                }
+                expected = Some(next.first_lsn);
+                continue;
+            }
+        }
         let bytes = storage.read(sequence).map_err(|source| WalError::io(storage.describe(sequence), source))?;
         let header = SegmentHeader::decode(&bytes)
             .map_err(|why| WalError::BadSegmentHeader { segment: storage.describe(sequence), why: why.into() })?;
@@ -119,18 +171,33 @@ pub fn scan(
         }
         let mut next = header.first_lsn;
         let mut offset = SEGMENT_HEADER_BYTES;
-        let is_last = place + 1 == sequences.len();
         loop {
             let (frame, length) = decode_frame(&bytes[offset..]);
             match frame {
                 Frame::Record { record, .. } if record.lsn == next => {
-                    if record.lsn >= from_lsn {
-                        visit(&record)?;
-                        visited += 1;
-                    }
                     next = Lsn(next.0 + 1);
                     offset += length;
                     debug_assert_eq!(offset % FRAME_ALIGNMENT_BYTES, 0);
+                    if record.lsn >= from_lsn {
+                        visited += 1;
+                        if visit(&record)? == Flow::Stop {
+                            let position = AppendPosition {
+                                sequence,
+                                offset: offset as u64,
+                                segment_exists: true,
+                                next_lsn: next,
+                                history,
+                            };
+                            return Ok(ScanEnd {
+                                last_lsn: record.lsn,
+                                records_visited: visited,
+                                position,
+                                torn: None,
+                                first_lsn,
+                                stopped: true,
+                            });
+                        }
+                    }
                 }
                 Frame::Zeros if !is_last => break,
                 Frame::Zeros if bytes[offset..].iter().all(|&byte| byte == 0) => {
@@ -188,6 +255,7 @@ pub fn scan(
                         position,
                         torn: Some(torn),
                         first_lsn: first_lsn.filter(|first| first.0 <= last_lsn.0),
+                        stopped: false,
                     });
                 }
             }
@@ -226,6 +294,7 @@ pub fn scan(
         position,
         torn: None,
         first_lsn: first_lsn.filter(|first| first.0 <= last_lsn.0),
+        stopped: false,
     })
 }
 

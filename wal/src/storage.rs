@@ -19,6 +19,13 @@ pub trait Storage: Send + Sync + 'static {
     fn list(&self) -> io::Result<Vec<u64>>;
     /// A whole segment's bytes.
     fn read(&self, sequence: u64) -> io::Result<Vec<u8>>;
+    /// The first `bytes` bytes of a segment (fewer if it is shorter): its header, without
+    /// reading the whole segment.
+    fn read_prefix(&self, sequence: u64, bytes: usize) -> io::Result<Vec<u8>> {
+        let mut whole = self.read(sequence)?;
+        whole.truncate(bytes);
+        Ok(whole)
+    }
     /// Creates a segment of `bytes` zero bytes starting with `header`, durably (file and
     /// directory entry synced) before returning.
     fn create(&self, sequence: u64, bytes: u64, header: &[u8]) -> io::Result<()>;
@@ -102,6 +109,15 @@ impl Storage for FsStorage {
         std::fs::read(path)
     }
 
+    fn read_prefix(&self, sequence: u64, bytes: usize) -> io::Result<Vec<u8>> {
+        use std::io::Read as _;
+        let file = File::open(self.path(sequence))?;
+        let mut prefix = Vec::with_capacity(bytes.min(1 << 20));
+        file.take(bytes as u64).read_to_end(&mut prefix)?;
+        debug_assert!(prefix.len() <= bytes);
+        Ok(prefix)
+    }
+
     fn create(&self, sequence: u64, bytes: u64, header: &[u8]) -> io::Result<()> {
         assert!(header.len() as u64 <= bytes);
         let path = self.path(sequence);
@@ -134,6 +150,77 @@ impl Storage for FsStorage {
 
     fn describe(&self, sequence: u64) -> String {
         self.path(sequence).display().to_string()
+    }
+}
+
+impl FsStorage {
+    /// Whether the segment's file is in this directory.
+    pub fn contains(&self, sequence: u64) -> bool {
+        self.path(sequence).is_file()
+    }
+}
+
+/// The whole log of a data directory as one [`Storage`]: the segments moved to the archive
+/// (`archive/wal/`) and the live ones (`wal/`), in one sequence. A segment is in one place or
+/// the other (archiving renames); if a crash ever left it in both, the live copy wins. Writes
+/// go to the place that holds the segment, new segments to the live directory: recovery cuts
+/// a torn tail through it (the tail is always live: only segments with a live successor are
+/// archived).
+pub struct LayeredStorage {
+    archive: FsStorage,
+    live: FsStorage,
+}
+
+impl LayeredStorage {
+    pub fn new(archive_directory: &Path, live_directory: &Path) -> io::Result<LayeredStorage> {
+        assert_ne!(archive_directory, live_directory, "two distinct directories");
+        Ok(LayeredStorage { archive: FsStorage::new(archive_directory)?, live: FsStorage::new(live_directory)? })
+    }
+
+    fn holder(&self, sequence: u64) -> &FsStorage {
+        if self.live.contains(sequence) || !self.archive.contains(sequence) {
+            &self.live
+        } else {
+            &self.archive
+        }
+    }
+}
+
+impl Storage for LayeredStorage {
+    fn list(&self) -> io::Result<Vec<u64>> {
+        let mut sequences = self.archive.list()?;
+        sequences.extend(self.live.list()?);
+        sequences.sort_unstable();
+        sequences.dedup();
+        Ok(sequences)
+    }
+
+    fn read(&self, sequence: u64) -> io::Result<Vec<u8>> {
+        self.holder(sequence).read(sequence)
+    }
+
+    fn read_prefix(&self, sequence: u64, bytes: usize) -> io::Result<Vec<u8>> {
+        self.holder(sequence).read_prefix(sequence, bytes)
+    }
+
+    fn create(&self, sequence: u64, bytes: u64, header: &[u8]) -> io::Result<()> {
+        self.live.create(sequence, bytes, header)
+    }
+
+    fn write(&self, sequence: u64, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        self.holder(sequence).write(sequence, offset, bytes)
+    }
+
+    fn sync(&self, sequence: u64) -> io::Result<()> {
+        self.holder(sequence).sync(sequence)
+    }
+
+    fn remove(&self, sequence: u64) -> io::Result<()> {
+        self.holder(sequence).remove(sequence)
+    }
+
+    fn describe(&self, sequence: u64) -> String {
+        self.holder(sequence).describe(sequence)
     }
 }
 

@@ -167,6 +167,11 @@ impl Wal {
         self.shared.state.lock().durable_lsn
     }
 
+    /// A handle that reads the durable LSN from another thread (the snapshotter's).
+    pub fn durable_lsn_reader(&self) -> DurableLsnReader {
+        DurableLsnReader { shared: self.shared.clone() }
+    }
+
     pub fn stats(&self) -> WalStats {
         self.shared.state.lock().stats
     }
@@ -200,6 +205,18 @@ impl Wal {
 impl Drop for Wal {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Reads a [`Wal`]'s durable LSN; outlives nothing but the counters it shares.
+#[derive(Clone)]
+pub struct DurableLsnReader {
+    shared: Arc<Shared>,
+}
+
+impl DurableLsnReader {
+    pub fn durable_lsn(&self) -> Lsn {
+        self.shared.state.lock().durable_lsn
     }
 }
 
