@@ -11,7 +11,7 @@ use reservoir_engine::{
     Command, Config, ImportRow, Line, Location, Name, OperationId, Quantity, Record, ReservationId, Sku, TenantId,
     IMPORT_ROWS_MAX,
 };
-use reservoir_wal::{build_snapshot, open_data_directory, snapshot, snapshot_directory, WalOptions};
+use reservoir_wal::{build_snapshot, open_data_directory, snapshot, snapshot_directory, RetentionPolicy, WalOptions};
 use serde::Serialize;
 
 use crate::{sku_name, tenant_name, BenchError, LOCATION_NAME, NOW_MS_BASE, RESERVE_TTL_MS};
@@ -126,7 +126,13 @@ pub fn recovery(settings: &RecoverySettings) -> Result<RecoveryReport, BenchErro
         }
     }
     let load_s = started.elapsed().as_secs_f64();
-    let written = build_snapshot(&settings.directory, config.clone(), Some(wal.durable_lsn()), NOW_MS_BASE)?;
+    let (written, _) = build_snapshot(
+        &settings.directory,
+        config.clone(),
+        Some(wal.durable_lsn()),
+        NOW_MS_BASE,
+        &RetentionPolicy::default(),
+    )?;
 
     // Order operations after the snapshot: reserve one to three lines, commit or release the
     // oldest open reservation, pipelined through the WAL like a busy connection.

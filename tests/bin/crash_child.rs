@@ -4,8 +4,9 @@
 //! moments and checks that everything printed survived. Replaced by `reservoir serve` once
 //! the server exists.
 //!
-//! A third thread takes a snapshot every [`SNAPSHOT_INTERVAL_MS`] while the writers run, so
-//! kills also land during snapshot writes and recovery starts from snapshots.
+//! The server's snapshotter takes a snapshot every [`SNAPSHOT_INTERVAL_MS`] while the writers
+//! run (and moves what it covers to the archive), so kills also land during snapshot writes
+//! and archive moves, and recovery starts from snapshots.
 //!
 //! Usage: reservoir-crash-child DATA_DIR RUN
 
@@ -15,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use reservoir_engine::workload::Workload;
 use reservoir_engine::{Command, Config};
-use reservoir_wal::WalOptions;
+use reservoir_wal::{SnapshotPolicy, Snapshotter, WalOptions};
 
 /// Commands per thread before the child exits on its own (the parent normally kills it first).
 const COMMANDS_PER_THREAD_MAX: u64 = 1_000_000;
@@ -26,8 +27,9 @@ fn main() {
     let mut arguments = std::env::args().skip(1);
     let directory = PathBuf::from(arguments.next().expect("DATA_DIR"));
     let run: u64 = arguments.next().expect("RUN").parse().expect("RUN is a number");
-    let opened = reservoir_wal::open_data_directory(&directory, Config::default(), WalOptions::default(), |_| {})
-        .expect("recover");
+    // The smallest segments, so that the snapshotter archives some during the loop.
+    let options = WalOptions { segment_bytes: reservoir_wal::SEGMENT_BYTES_MIN, ..WalOptions::default() };
+    let opened = reservoir_wal::open_data_directory(&directory, Config::default(), options, |_| {}).expect("recover");
     let (engine, wal) = (&opened.engine, &opened.wal);
     println!(
         "recovered {} from snapshot {:?} torn={}",
@@ -35,21 +37,20 @@ fn main() {
         opened.snapshot,
         opened.recovery.scan.torn.is_some()
     );
-    let stop = std::sync::atomic::AtomicBool::new(false);
+    // The server's snapshot policy, on a short timer so that kills land during snapshot
+    // builds and archive moves too.
+    let policy = SnapshotPolicy { every_records: 0, every_ms: SNAPSHOT_INTERVAL_MS, ..SnapshotPolicy::default() };
+    let durable = opened.wal.durable_lsn_reader();
+    let snapshotter = Snapshotter::start(
+        directory.clone(),
+        Config::default(),
+        policy,
+        opened.snapshot.unwrap_or(reservoir_engine::Lsn(0)),
+        move || durable.durable_lsn(),
+    )
+    .expect("start the snapshotter");
     let tenants: Vec<_> = (0..3).filter_map(|index| engine.tenant_id(&format!("tenant{}", index + 1))).collect();
     std::thread::scope(|scope| {
-        let (directory, stop) = (&directory, &stop);
-        scope.spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(std::time::Duration::from_millis(SNAPSHOT_INTERVAL_MS));
-                let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_millis() as u64;
-                // Only what is durable goes into a snapshot.
-                let up_to = wal.durable_lsn();
-                if up_to.0 > 0 {
-                    reservoir_wal::build_snapshot(directory, Config::default(), Some(up_to), now_ms).expect("snapshot");
-                }
-            }
-        });
         for thread in 0..2u64 {
             let (engine, wal, tenants) = (engine, wal, tenants.clone());
             scope.spawn(move || {
@@ -85,4 +86,6 @@ fn main() {
             });
         }
     });
+    let stats = snapshotter.stop();
+    println!("snapshots {} last error {:?}", stats.snapshots, stats.last_error);
 }

@@ -4,10 +4,13 @@
 //! The engine decides; this crate only persists and replays its effect records. It depends on
 //! `reservoir-engine`, never the reverse.
 
+pub mod archive;
 pub mod codec;
 pub mod format;
+pub mod restore;
 mod scan;
 pub mod snapshot;
+mod snapshotter;
 pub mod storage;
 mod writer;
 
@@ -17,12 +20,14 @@ use std::time::Instant;
 
 use reservoir_engine::{Engine, EngineError, Lsn};
 
+pub use archive::{DiskUsage, RetentionPolicy, RetentionReport};
 pub use format::{RECORD_PAYLOAD_BYTES_MAX, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
-pub use scan::{scan, AppendPosition, ScanEnd, TornTail};
-pub use storage::{CrashStorage, FsStorage, Storage};
+pub use scan::{scan, scan_until, AppendPosition, Flow, ScanEnd, TornTail};
+pub use snapshotter::{SnapshotPolicy, Snapshotter, SnapshotterStats, SNAPSHOT_POLL_MS};
+pub use storage::{CrashStorage, FsStorage, LayeredStorage, Storage};
 pub use writer::{
-    Durability, GroupWrite, Wal, WalOptions, WalStats, Writer, BATCH_BYTES_MAX, BATCH_RECORDS_MAX, REORDER_RECORDS_MAX,
-    SUBMISSIONS_QUEUED_MAX,
+    Durability, DurableLsnReader, GroupWrite, Wal, WalOptions, WalStats, Writer, BATCH_BYTES_MAX, BATCH_RECORDS_MAX,
+    REORDER_RECORDS_MAX, SUBMISSIONS_QUEUED_MAX,
 };
 
 /// Everything that can go wrong persisting or reading the log.
@@ -69,6 +74,8 @@ pub enum WalError {
          different data directories. Remove the foreign snapshot, or restore the directory"
     )]
     HistoryMismatch { snapshot: u64, log: u64 },
+    #[error("cannot restore: {0}")]
+    Restore(String),
 }
 
 impl WalError {
@@ -156,6 +163,14 @@ pub fn snapshot_directory(data_directory: &Path) -> std::path::PathBuf {
     data_directory.join("snapshots")
 }
 
+/// The whole log of a data directory, archived and live segments as one (read by recovery,
+/// restore and the offline tools).
+pub fn layered_storage(data_directory: &Path) -> Result<LayeredStorage, WalError> {
+    let live = wal_directory(data_directory);
+    LayeredStorage::new(&archive::archive_wal_directory(data_directory), &live)
+        .map_err(|source| WalError::io(live.display().to_string(), source))
+}
+
 /// A data directory, recovered and open for writing.
 pub struct Opened {
     pub engine: Engine,
@@ -185,7 +200,10 @@ pub fn open_data_directory(
             return Err(WalError::HistoryMismatch { snapshot: snapshot_history, log: log_history });
         }
     }
-    let mut recovery = recover(storage.as_ref(), &engine, progress)?;
+    // Recovery reads the archive and the live log as one: a fallback to an older snapshot
+    // may need archived segments. The writer appends to the live directory only.
+    let layered = layered_storage(data_directory)?;
+    let mut recovery = recover(&layered, &engine, progress)?;
     if recovery.scan.position.history.is_none() {
         // An empty log continues the snapshot's history.
         recovery.scan.position.history = snapshot.map(|(_, history)| history);
@@ -229,16 +247,28 @@ pub fn load_base(
 /// Builds a snapshot of a data directory from its newest snapshot and its log, without
 /// touching a running writer: records up to `up_to` (a running server passes its durable
 /// LSN; offline, everything on disk). Writers never wait for it: the snapshot is made from a
-/// private engine, at the cost of that engine's memory while it runs.
+/// private engine, at the cost of that engine's memory while it runs. Then applies the
+/// retention `policy` ([`archive::retain`]): what the new snapshot covers moves to the archive.
 pub fn build_snapshot(
+    data_directory: &Path,
+    config: reservoir_engine::Config,
+    up_to: Option<Lsn>,
+    created_ms: u64,
+    policy: &RetentionPolicy,
+) -> Result<(snapshot::SnapshotWritten, RetentionReport), WalError> {
+    let written = write_snapshot(data_directory, config, up_to, created_ms)?;
+    let retention = archive::retain(data_directory, policy, created_ms)?;
+    Ok((written, retention))
+}
+
+fn write_snapshot(
     data_directory: &Path,
     config: reservoir_engine::Config,
     up_to: Option<Lsn>,
     created_ms: u64,
 ) -> Result<snapshot::SnapshotWritten, WalError> {
     let (engine, base, _) = load_base(data_directory, config)?;
-    let directory = wal_directory(data_directory);
-    let storage = FsStorage::new(&directory).map_err(|source| WalError::io(directory.display().to_string(), source))?;
+    let storage = layered_storage(data_directory)?;
     let history = match (log_history(&storage)?, base) {
         (Some(log), Some((_, snapshot))) if log != snapshot => {
             return Err(WalError::HistoryMismatch { snapshot, log });
@@ -249,11 +279,13 @@ pub fn build_snapshot(
     };
     let limit = up_to.unwrap_or(Lsn(u64::MAX));
     let from = engine.next_lsn();
-    scan::scan(&storage, from, from, |record| {
-        if record.lsn <= limit {
-            engine.apply(record).map_err(|source| WalError::Replay { lsn: record.lsn, source })?;
+    // Stop at `limit`: past the durable LSN a running writer may be half-way through a frame.
+    scan::scan_until(&storage, from, from, |record| {
+        if record.lsn > limit {
+            return Ok(Flow::Stop);
         }
-        Ok(())
+        engine.apply(record).map_err(|source| WalError::Replay { lsn: record.lsn, source })?;
+        Ok(if record.lsn == limit { Flow::Stop } else { Flow::Continue })
     })?;
     snapshot::write(&snapshot_directory(data_directory), &engine, history, created_ms)
 }

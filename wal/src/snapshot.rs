@@ -27,8 +27,8 @@ pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
 /// bit 2 64-bit relative pointers.
 pub const RKYV_FORMAT: u32 = 0b111;
 pub const SNAPSHOT_HEADER_BYTES: usize = 64;
-/// Snapshots kept in the snapshot directory (older ones are deleted after a new one is
-/// durable; the newest falls back to the one before it if it turns out corrupt).
+/// Snapshots kept in the snapshot directory (older ones move to the archive after a new one is
+/// durable; recovery falls back from a corrupt newest one to the one before it).
 pub const SNAPSHOTS_KEPT_MAX: usize = 3;
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -312,7 +312,8 @@ pub struct SnapshotWritten {
 }
 
 /// Writes `engine`'s state (which must not change meanwhile) as a snapshot in `directory`,
-/// durably, and deletes snapshots beyond [`SNAPSHOTS_KEPT_MAX`].
+/// durably. Older snapshots stay: [`crate::archive::retain`] moves those beyond
+/// [`SNAPSHOTS_KEPT_MAX`] to the archive.
 pub fn write(directory: &Path, engine: &Engine, history: u64, created_ms: u64) -> Result<SnapshotWritten, WalError> {
     assert!(history != 0, "a snapshot belongs to a history");
     let started = std::time::Instant::now();
@@ -346,13 +347,6 @@ pub fn write(directory: &Path, engine: &Engine, history: u64, created_ms: u64) -
     std::fs::rename(&temporary, &path).map_err(io)?;
     File::open(directory).and_then(|directory| directory.sync_all()).map_err(io)?;
     let bytes = (SNAPSHOT_HEADER_BYTES + archive.len()) as u64;
-
-    let mut existing = list(directory)?;
-    while existing.len() > SNAPSHOTS_KEPT_MAX {
-        let oldest = existing.remove(0);
-        let old = directory.join(snapshot_file_name(oldest));
-        std::fs::remove_file(&old).map_err(|source| WalError::io(old.display().to_string(), source))?;
-    }
     Ok(SnapshotWritten { path, covers_lsn, bytes, seconds: started.elapsed().as_secs_f64() })
 }
 
@@ -398,13 +392,20 @@ pub struct Loaded {
 
 /// Loads and checks one snapshot file into an engine.
 pub fn load(path: &Path) -> Result<Loaded, WalError> {
-    let bad = |why: String| WalError::Snapshot { path: path.display().to_string(), why };
     let file = File::open(path).map_err(|source| WalError::io(path.display().to_string(), source))?;
     // SAFETY: the file is opened read-only and snapshots are never modified after the rename
     // that publishes them; a concurrent truncation by another process would be outside the
     // documented use of a data directory.
     let map =
         unsafe { memmap2::Mmap::map(&file) }.map_err(|source| WalError::io(path.display().to_string(), source))?;
+    decode(&map, &path.display().to_string())
+}
+
+/// Checks and loads a snapshot's bytes (a whole file; `name` for messages). Never panics on
+/// any input; the archive must start 16-byte aligned (a mapped file is page aligned), else
+/// rkyv validation refuses it.
+pub fn decode(map: &[u8], name: &str) -> Result<Loaded, WalError> {
+    let bad = |why: String| WalError::Snapshot { path: name.to_owned(), why };
     if map.len() < SNAPSHOT_HEADER_BYTES {
         return Err(bad("shorter than a snapshot header".into()));
     }

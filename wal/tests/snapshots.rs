@@ -9,10 +9,15 @@ use std::path::Path;
 use reservoir_engine::workload::{SplitMix64, Workload};
 use reservoir_engine::{Engine, Lsn};
 use reservoir_wal::snapshot::{self, snapshot_file_name};
-use reservoir_wal::{build_snapshot, open_data_directory, snapshot_directory, WalOptions};
+use reservoir_wal::{build_snapshot, open_data_directory, snapshot_directory, RetentionPolicy, WalOptions};
 
 fn open(directory: &Path) -> reservoir_wal::Opened {
     open_data_directory(directory, common::config(), WalOptions::default(), |_| {}).unwrap()
+}
+
+/// Takes a snapshot of `directory` covering `up_to`, with the default retention.
+fn snapshot_of(directory: &Path, up_to: Option<Lsn>, created_ms: u64) -> snapshot::SnapshotWritten {
+    build_snapshot(directory, common::config(), up_to, created_ms, &RetentionPolicy::default()).unwrap().0
 }
 
 /// Runs `commands` workload commands on an opened data directory, each acknowledged.
@@ -33,7 +38,7 @@ fn snapshot_then_log_recovers_exactly_and_replays_only_the_tail() {
     let opened = open(directory.path());
     drive(&opened, &mut workload, 3_000, 1_000_000);
     let covered = opened.wal.durable_lsn();
-    let written = build_snapshot(directory.path(), common::config(), Some(covered), 7).unwrap();
+    let written = snapshot_of(directory.path(), Some(covered), 7);
     assert_eq!(written.covers_lsn, covered);
     drive(&opened, &mut workload, 1_000, 2_000_000);
     let expected = opened.engine.dump();
@@ -53,9 +58,9 @@ fn a_corrupt_newest_snapshot_falls_back_to_the_previous_one() {
     let mut workload = Workload::new(6, "b", 15);
     let opened = open(directory.path());
     drive(&opened, &mut workload, 1_000, 1_000_000);
-    let first = build_snapshot(directory.path(), common::config(), Some(opened.wal.durable_lsn()), 1).unwrap();
+    let first = snapshot_of(directory.path(), Some(opened.wal.durable_lsn()), 1);
     drive(&opened, &mut workload, 1_000, 2_000_000);
-    let second = build_snapshot(directory.path(), common::config(), Some(opened.wal.durable_lsn()), 2).unwrap();
+    let second = snapshot_of(directory.path(), Some(opened.wal.durable_lsn()), 2);
     drive(&opened, &mut workload, 200, 3_000_000);
     let expected = opened.engine.dump();
     opened.wal.close().unwrap();
@@ -78,7 +83,7 @@ fn corrupt_snapshot_bytes_never_panic_even_past_the_checksum() {
     let mut workload = Workload::new(7, "c", 10);
     let opened = open(directory.path());
     drive(&opened, &mut workload, 400, 1_000_000);
-    let written = build_snapshot(directory.path(), common::config(), Some(opened.wal.durable_lsn()), 1).unwrap();
+    let written = snapshot_of(directory.path(), Some(opened.wal.durable_lsn()), 1);
     opened.wal.close().unwrap();
     let original = std::fs::read(&written.path).unwrap();
     let mut random = SplitMix64::new(99);
@@ -115,7 +120,7 @@ fn a_snapshot_taken_while_a_writer_appends_recovers_exactly() {
         let writer = scope.spawn(|| drive(&opened, &mut workload, 3_000, 2_000_000));
         let snapshot = scope.spawn(|| {
             std::thread::sleep(std::time::Duration::from_millis(20));
-            build_snapshot(directory.path(), common::config(), Some(opened.wal.durable_lsn()), 3).unwrap()
+            snapshot_of(directory.path(), Some(opened.wal.durable_lsn()), 3)
         });
         writer.join().unwrap();
         snapshot.join().unwrap()
@@ -140,7 +145,7 @@ fn snapshots_from_another_history_are_refused_by_replay() {
         let mut workload = Workload::new(seed, "h", 15);
         drive(&opened, &mut workload, 800, 1_000_000);
         if seed == 21 {
-            build_snapshot(directory.path(), common::config(), Some(Lsn(400)), 1).unwrap();
+            snapshot_of(directory.path(), Some(Lsn(400)), 1);
         }
         opened.wal.close().unwrap();
     }

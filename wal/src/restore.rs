@@ -1,0 +1,189 @@
+//! Point-in-time restore: the state of a data directory as of an LSN or a moment, rebuilt from
+//! the newest snapshot (live or archived) at or before that point plus the log (archived and
+//! live segments) up to it. The source is only read. docs/wal.md, "Point-in-time restore".
+//!
+//! A target time is resolved like PostgreSQL's `recovery_target_time`: the restore stops
+//! before the first record stamped after the target (inclusive, the default) or at or after it
+//! (`inclusive = false`), so it ends with the last record at or before the target. Timestamps
+//! are the primary's clock at each record: if that clock stepped back, "the first record past
+//! the target" is still well defined and is where the restore stops.
+
+use std::path::Path;
+use std::time::Instant;
+
+use reservoir_engine::{Config, Engine, Lsn};
+
+use crate::archive::all_snapshots;
+use crate::format::new_history;
+use crate::scan::{scan_until, Flow};
+use crate::snapshot::{self, SnapshotWritten};
+use crate::{layered_storage, log_history, WalError, PROGRESS_RECORDS_INTERVAL};
+
+/// Where to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestoreTarget {
+    /// The state right after this LSN (inclusive) or right before it (exclusive).
+    Lsn(Lsn),
+    /// The state after the last record stamped at or before (inclusive) or before (exclusive)
+    /// this Unix time in milliseconds.
+    Time { unix_ms: u64 },
+}
+
+/// A target made concrete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResolvedTarget {
+    /// The last LSN the restored state includes (0: the empty ledger).
+    pub lsn: Lsn,
+    /// The first record left out, with its timestamp (None: the target is the log's end).
+    pub first_excluded: Option<(Lsn, u64)>,
+}
+
+/// A restored engine and how it was built.
+pub struct Restored {
+    pub engine: Engine,
+    pub target: ResolvedTarget,
+    /// The snapshot it started from (None: the log from LSN 1).
+    pub base_snapshot: Option<Lsn>,
+    /// Newer snapshots at or before the target that did not load, and why.
+    pub snapshots_skipped: Vec<(Lsn, String)>,
+    pub records_replayed: u64,
+    /// The timestamp of the last record replayed, if any was.
+    pub last_timestamp_ms: Option<u64>,
+    /// The source directory's history.
+    pub source_history: Option<u64>,
+    pub seconds: f64,
+}
+
+fn refuse(why: String) -> WalError {
+    WalError::Restore(why)
+}
+
+/// Resolves `target` against the log of `data_directory` (archive and live).
+pub fn resolve(data_directory: &Path, target: RestoreTarget, inclusive: bool) -> Result<ResolvedTarget, WalError> {
+    match target {
+        RestoreTarget::Lsn(lsn) => {
+            if !inclusive && lsn.0 == 0 {
+                return Err(refuse("there is no state before LSN 0".into()));
+            }
+            let lsn = if inclusive { lsn } else { Lsn(lsn.0 - 1) };
+            Ok(ResolvedTarget { lsn, first_excluded: None })
+        }
+        RestoreTarget::Time { unix_ms } => {
+            let storage = layered_storage(data_directory)?;
+            let mut first_excluded = None;
+            let end = scan_until(&storage, Lsn(1), Lsn(0), |record| {
+                let past = if inclusive { record.timestamp_ms > unix_ms } else { record.timestamp_ms >= unix_ms };
+                if past {
+                    first_excluded = Some((record.lsn, record.timestamp_ms));
+                    return Ok(Flow::Stop);
+                }
+                Ok(Flow::Continue)
+            })?;
+            let lsn = match first_excluded {
+                Some((lsn, _)) => Lsn(lsn.0 - 1),
+                None => end.last_lsn,
+            };
+            assert!(first_excluded.is_none_or(|(excluded, _)| excluded.0 == lsn.0 + 1));
+            Ok(ResolvedTarget { lsn, first_excluded })
+        }
+    }
+}
+
+/// Rebuilds the state of `data_directory` at `target`. `config` is used only if no snapshot
+/// is at or before the target (the log is then replayed from LSN 1). `progress` is called
+/// every [`PROGRESS_RECORDS_INTERVAL`] records with the LSN reached and the records so far.
+pub fn restore(
+    data_directory: &Path,
+    config: Config,
+    target: RestoreTarget,
+    inclusive: bool,
+    mut progress: impl FnMut(Lsn, u64),
+) -> Result<Restored, WalError> {
+    let started = Instant::now();
+    let storage = layered_storage(data_directory)?;
+    let source_history = log_history(&storage)?;
+    let resolved = resolve(data_directory, target, inclusive)?;
+
+    // The newest snapshot at or before the target that loads.
+    let mut snapshots_skipped = Vec::new();
+    let mut base = None;
+    for (lsn, path) in all_snapshots(data_directory)? {
+        if lsn > resolved.lsn {
+            continue;
+        }
+        match snapshot::load(&path) {
+            Ok(loaded) if loaded.covers_lsn == lsn => {
+                if let Some(log) = source_history.filter(|&log| log != loaded.history) {
+                    return Err(WalError::HistoryMismatch { snapshot: loaded.history, log });
+                }
+                base = Some(loaded);
+                break;
+            }
+            Ok(_) => snapshots_skipped.push((lsn, "file name and contents disagree on the LSN".into())),
+            Err(error) => snapshots_skipped.push((lsn, error.to_string())),
+        }
+    }
+    let base_snapshot = base.as_ref().map(|loaded| loaded.covers_lsn);
+    let engine = base.map_or_else(|| Engine::new(config), |loaded| loaded.engine);
+
+    let from = engine.next_lsn();
+    let mut records_replayed = 0u64;
+    let mut last_timestamp_ms = None;
+    if resolved.lsn >= from {
+        scan_until(&storage, from, from, |record| {
+            assert!(record.lsn <= resolved.lsn, "the scan stops at the target");
+            engine.apply(record).map_err(|source| WalError::Replay { lsn: record.lsn, source })?;
+            records_replayed += 1;
+            last_timestamp_ms = Some(record.timestamp_ms);
+            if records_replayed % PROGRESS_RECORDS_INTERVAL == 0 {
+                progress(record.lsn, records_replayed);
+            }
+            Ok(if record.lsn == resolved.lsn { Flow::Stop } else { Flow::Continue })
+        })?;
+    }
+    let reached = Lsn(engine.next_lsn().0 - 1);
+    if reached != resolved.lsn {
+        return Err(refuse(format!(
+            "the log ends at LSN {}, before the target LSN {} (nothing was written)",
+            reached.0, resolved.lsn.0
+        )));
+    }
+    let report = engine.verify();
+    if !report.violations.is_empty() {
+        return Err(refuse(format!("the restored state does not verify: {}", report.violations.join("; "))));
+    }
+    Ok(Restored {
+        engine,
+        target: resolved,
+        base_snapshot,
+        snapshots_skipped,
+        records_replayed,
+        last_timestamp_ms,
+        source_history,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Writes a restored state as a new data directory `into` (which must not exist, or be
+/// empty): one snapshot at the target LSN under a new history id, so that its future log can
+/// never be mixed with the source's, and an empty log that continues after the target.
+/// `provenance` is written beside them as `RESTORED.txt`, for the operator.
+pub fn write_data_directory(
+    restored: &Restored,
+    into: &Path,
+    created_ms: u64,
+    provenance: &str,
+) -> Result<SnapshotWritten, WalError> {
+    let io = |source| WalError::io(into.display().to_string(), source);
+    if into.exists() && std::fs::read_dir(into).map_err(io)?.next().is_some() {
+        return Err(refuse(format!("{} exists and is not empty: restore into a new directory", into.display())));
+    }
+    std::fs::create_dir_all(crate::wal_directory(into)).map_err(io)?;
+    let history = new_history();
+    assert_ne!(Some(history), restored.source_history, "a restore starts a new history");
+    let written = snapshot::write(&crate::snapshot_directory(into), &restored.engine, history, created_ms)?;
+    assert_eq!(written.covers_lsn, restored.target.lsn, "the snapshot covers exactly the target");
+    std::fs::write(into.join("RESTORED.txt"), provenance).map_err(io)?;
+    std::fs::File::open(into).and_then(|directory| directory.sync_all()).map_err(io)?;
+    Ok(written)
+}
