@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use reservoir_bench::{MemorySettings, Variant, W1Settings};
 
 mod offline;
+mod progress;
 mod time;
 
 #[derive(Debug, Parser)]
@@ -27,8 +28,14 @@ enum Commands {
     /// Recover a data directory offline (read-only), check every invariant, print totals;
     /// exit code 0 only if all holds
     Verify(offline::VerifyArgs),
-    /// Take a snapshot of an offline data directory now (newest snapshot + the log after it)
+    /// Take a snapshot of an offline data directory now (newest snapshot + the log after it),
+    /// then archive what it covers and prune the archive
     Snapshot(offline::SnapshotArgs),
+    /// Point-in-time restore: build a new data directory (or one tenant's export file) as of
+    /// a time or an LSN, from a data directory's snapshots, archive and log
+    Restore(offline::RestoreArgs),
+    /// Print a tenant export written by `reservoir restore --tenant`
+    PrintExport(offline::PrintExportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -169,6 +176,8 @@ fn main() -> ExitCode {
         Commands::Wal(WalArgs { command: WalCommand::Dump(args) }) => offline::run_wal_dump(args),
         Commands::Verify(args) => offline::run_verify(args),
         Commands::Snapshot(args) => offline::run_snapshot(args),
+        Commands::Restore(args) => offline::run_restore(args),
+        Commands::PrintExport(args) => offline::run_print_export(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,16 +7,20 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::Args;
 use reservoir_engine::{Body, Config, Lsn, Record};
-use reservoir_wal::{FsStorage, ScanEnd};
+use reservoir_wal::restore::{RestoreTarget, Restored};
+use reservoir_wal::{DiskUsage, LayeredStorage, RetentionPolicy, ScanEnd};
 
-use crate::time::format_ms;
+use crate::progress::Progress;
+
+use crate::time::{format_ms, parse_rfc3339_ms};
 
 /// Where a data directory keeps its log.
 pub fn wal_directory(data_directory: &Path) -> PathBuf {
     reservoir_wal::wal_directory(data_directory)
 }
 
-fn open_storage(data_directory: &Path) -> anyhow::Result<FsStorage> {
+/// The whole log of a data directory: archived segments, then live ones.
+fn open_storage(data_directory: &Path) -> anyhow::Result<LayeredStorage> {
     let directory = wal_directory(data_directory);
     anyhow::ensure!(
         directory.is_dir(),
@@ -24,7 +28,54 @@ fn open_storage(data_directory: &Path) -> anyhow::Result<FsStorage> {
         data_directory.display(),
         directory.display()
     );
-    FsStorage::new(&directory).with_context(|| format!("open {}", directory.display()))
+    reservoir_wal::layered_storage(data_directory).with_context(|| format!("open {}", directory.display()))
+}
+
+fn now_ms() -> anyhow::Result<u64> {
+    Ok(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64)
+}
+
+/// The archive's bounds (docs/wal.md, "Retention and the archive").
+#[derive(Debug, Args)]
+pub struct RetentionArgs {
+    /// Archived segments and snapshots older than this are deleted
+    #[arg(long, value_name = "HOURS", default_value_t = RetentionPolicy::default().archive_age_max_ms / 3_600_000)]
+    archive_age_max_hours: u64,
+    /// The archive is pruned, oldest first, down to this size
+    #[arg(long, value_name = "GIB", default_value_t = RetentionPolicy::default().archive_bytes_max >> 30)]
+    archive_bytes_max_gib: u64,
+}
+
+impl RetentionArgs {
+    pub fn policy(&self) -> RetentionPolicy {
+        RetentionPolicy {
+            archive_age_max_ms: self.archive_age_max_hours.saturating_mul(3_600_000),
+            archive_bytes_max: self.archive_bytes_max_gib.saturating_mul(1 << 30),
+        }
+    }
+}
+
+/// Prints what a data directory holds on disk and how far back a restore can reach.
+fn print_disk_usage(usage: &DiskUsage) {
+    let mb = |bytes: u64| bytes as f64 / 1e6;
+    println!(
+        "disk       {:.1} MB: wal {} segments {:.1} MB, snapshots {} {:.1} MB, archive {} segments + {} snapshots {:.1} MB",
+        mb(usage.total_bytes()),
+        usage.wal_segments,
+        mb(usage.wal_bytes),
+        usage.snapshots,
+        mb(usage.snapshot_bytes),
+        usage.archive_segments,
+        usage.archive_snapshots,
+        mb(usage.archive_bytes)
+    );
+    let reach = match (usage.log_first_lsn, usage.oldest_snapshot) {
+        (Some(Lsn(1)), _) => "LSN 0 (the log reaches back to its start)".to_owned(),
+        (_, Some(lsn)) => format!("LSN {} (the oldest snapshot)", lsn.0),
+        (Some(first), None) => format!("nowhere: the log starts at LSN {} and no snapshot is kept", first.0),
+        (None, None) => "LSN 0 (empty)".to_owned(),
+    };
+    println!("restore    can reach back to {reach}");
 }
 
 #[derive(Debug, Args)]
@@ -151,13 +202,17 @@ pub struct SnapshotArgs {
     /// The data directory (offline: no server may be writing to it)
     #[arg(long, value_name = "DIR")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    retention: RetentionArgs,
 }
 
-/// Takes a snapshot of an offline data directory: newest snapshot + the log after it.
+/// Takes a snapshot of an offline data directory (newest snapshot + the log after it), then
+/// archives what it covers and prunes the archive.
 pub fn run_snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     open_storage(&args.data_dir)?;
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
-    let written = reservoir_wal::build_snapshot(&args.data_dir, Config::default(), None, now_ms).context("snapshot")?;
+    let (written, retention) =
+        reservoir_wal::build_snapshot(&args.data_dir, Config::default(), None, now_ms()?, &args.retention.policy())
+            .context("snapshot")?;
     println!(
         "snapshot   {} covers LSN 1..={}: {:.1} MB in {:.2} s",
         written.path.display(),
@@ -165,6 +220,14 @@ pub fn run_snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         written.bytes as f64 / 1e6,
         written.seconds
     );
+    println!(
+        "archive    moved {} segments and {} snapshots; pruned {} segments and {} snapshots",
+        retention.segments_archived,
+        retention.snapshots_archived,
+        retention.segments_pruned,
+        retention.snapshots_pruned
+    );
+    print_disk_usage(&retention.usage);
     Ok(())
 }
 
@@ -188,10 +251,18 @@ pub fn run_verify(args: VerifyArgs) -> anyhow::Result<()> {
         None => println!("snapshot   none: replaying the whole log"),
     }
     let from = engine.next_lsn();
+    let progress = Progress::new("recovery");
+    let mut replayed = 0u64;
     let end = reservoir_wal::scan(&storage, from, from, |record| {
-        engine.apply(record).map_err(|source| reservoir_wal::WalError::Replay { lsn: record.lsn, source })
+        engine.apply(record).map_err(|source| reservoir_wal::WalError::Replay { lsn: record.lsn, source })?;
+        replayed += 1;
+        if replayed % reservoir_wal::PROGRESS_RECORDS_INTERVAL == 0 {
+            progress.update(record.lsn, replayed);
+        }
+        Ok(())
     })
     .context("recover")?;
+    progress.finish();
     let seconds = started.elapsed().as_secs_f64();
     println!(
         "recovered  {} ({} records in {seconds:.2} s, {:.0} records/s)",
@@ -199,6 +270,7 @@ pub fn run_verify(args: VerifyArgs) -> anyhow::Result<()> {
         end.records_visited,
         end.records_visited as f64 / seconds.max(1e-9)
     );
+    print_disk_usage(&reservoir_wal::archive::disk_usage(&args.data_dir).context("disk usage")?);
     let report = engine.verify();
     println!("items      {}", report.items);
     println!("open       {} reservations", report.open_reservations);
@@ -215,4 +287,197 @@ pub fn run_verify(args: VerifyArgs) -> anyhow::Result<()> {
         }
         anyhow::bail!("{} invariants broken", report.violations.len())
     }
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["to_time", "to_lsn"])))]
+pub struct RestoreArgs {
+    /// The data directory to restore from (only read; its archive is used too)
+    #[arg(long, value_name = "DIR")]
+    from: PathBuf,
+    /// Restore to the state at this moment (RFC 3339, e.g. 2026-11-22T10:14:59Z)
+    #[arg(long, value_name = "TIME")]
+    to_time: Option<String>,
+    /// Restore to the state right after this LSN
+    #[arg(long, value_name = "N")]
+    to_lsn: Option<u64>,
+    /// Stop just before the target instead of just after it (PostgreSQL's
+    /// recovery_target_inclusive = off)
+    #[arg(long)]
+    exclusive: bool,
+    /// The new data directory to create; with --tenant, the export file to write
+    #[arg(long, value_name = "PATH")]
+    into: PathBuf,
+    /// Restore only this tenant's stock, as a JSON-lines export file (`reservoir print-export`
+    /// shows it; its rows are import rows)
+    #[arg(long, value_name = "NAME")]
+    tenant: Option<String>,
+}
+
+pub fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
+    open_storage(&args.from)?;
+    let target = match (&args.to_time, args.to_lsn) {
+        (Some(time), None) => RestoreTarget::Time { unix_ms: parse_rfc3339_ms(time).map_err(anyhow::Error::msg)? },
+        (None, Some(lsn)) => RestoreTarget::Lsn(Lsn(lsn)),
+        _ => unreachable!("clap requires exactly one target"),
+    };
+    let progress = Progress::new("restore");
+    let restored = reservoir_wal::restore::restore(&args.from, Config::default(), target, !args.exclusive, |lsn, n| {
+        progress.update(lsn, n)
+    })
+    .context("restore")?;
+    progress.finish();
+    for (lsn, why) in &restored.snapshots_skipped {
+        println!("snapshot   {} skipped: {why}", lsn.0);
+    }
+    let provenance = describe_restore(&args, &restored);
+    print!("{provenance}");
+    match &args.tenant {
+        None => {
+            let written = reservoir_wal::restore::write_data_directory(&restored, &args.into, now_ms()?, &provenance)
+                .context("write the restored data directory")?;
+            println!("written    {} (snapshot {}, a new history)", args.into.display(), written.path.display());
+            println!("next       reservoir verify --data-dir {}", args.into.display());
+        }
+        Some(tenant) => {
+            let rows = write_tenant_export(&restored, tenant, &args.into)?;
+            println!("written    {} ({rows} items of tenant {tenant})", args.into.display());
+            println!("next       reservoir print-export {}", args.into.display());
+        }
+    }
+    Ok(())
+}
+
+fn describe_restore(args: &RestoreArgs, restored: &Restored) -> String {
+    let mut text = String::new();
+    let target = match (&args.to_time, args.to_lsn) {
+        (Some(time), _) => format!("time {time}"),
+        (_, Some(lsn)) => format!("LSN {lsn}"),
+        _ => String::new(),
+    };
+    let inclusive = if args.exclusive { "exclusive" } else { "inclusive" };
+    text.push_str(&format!(
+        "source     {} (history {:016x})\n",
+        args.from.display(),
+        restored.source_history.unwrap_or(0)
+    ));
+    text.push_str(&format!("target     {target} ({inclusive}): the state after LSN {}\n", restored.target.lsn.0));
+    match restored.base_snapshot {
+        Some(lsn) => text.push_str(&format!("base       snapshot covering LSN 1..={}\n", lsn.0)),
+        None => text.push_str("base       none: replayed the log from LSN 1\n"),
+    }
+    text.push_str(&format!(
+        "replayed   {} records in {:.2} s{}\n",
+        restored.records_replayed,
+        restored.seconds,
+        restored.last_timestamp_ms.map(|ms| format!(", the last stamped {}", format_ms(ms))).unwrap_or_default()
+    ));
+    if let Some((lsn, ms)) = restored.target.first_excluded {
+        text.push_str(&format!(
+            "excluded   from LSN {} (stamped {}) on: `reservoir wal dump --data-dir {} --from-lsn {}` shows it\n",
+            lsn.0,
+            format_ms(ms),
+            args.from.display(),
+            lsn.0
+        ));
+    }
+    let report = restored.engine.verify();
+    text.push_str(&format!("verify     ok: {} items, {} open reservations\n", report.items, report.open_reservations));
+    text
+}
+
+/// The first line of a tenant export.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ExportHeader {
+    export: String,
+    version: u32,
+    tenant: String,
+    lsn: u64,
+}
+
+/// One item of a tenant export: the fields of an import row, plus what was reserved.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ExportRow {
+    sku: String,
+    location: String,
+    on_hand: i64,
+    safety_stock: i64,
+    backorder_limit: i64,
+    /// Informational: reservations are not re-imported (their orders re-reserve).
+    reserved: i64,
+}
+
+/// Items per page when reading a tenant's items out of an engine.
+const EXPORT_PAGE_ITEMS_MAX: usize = 10_000;
+
+fn write_tenant_export(restored: &Restored, tenant: &str, path: &Path) -> anyhow::Result<u64> {
+    use std::io::Write as _;
+    let engine = &restored.engine;
+    let id = engine.tenant_id(tenant).with_context(|| format!("no tenant {tenant:?} at that point"))?;
+    anyhow::ensure!(!path.exists(), "{} exists: export into a new file", path.display());
+    let file = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    let header = ExportHeader {
+        export: "reservoir-tenant".into(),
+        version: 1,
+        tenant: tenant.into(),
+        lsn: restored.target.lsn.0,
+    };
+    writeln!(out, "{}", serde_json::to_string(&header)?)?;
+    let mut rows = 0u64;
+    let mut cursor = 0u64;
+    loop {
+        let page = engine.tenant_items(id, cursor, EXPORT_PAGE_ITEMS_MAX);
+        for item in &page.items {
+            let row = ExportRow {
+                sku: item.sku.clone(),
+                location: item.location.clone(),
+                on_hand: item.counters.on_hand,
+                safety_stock: item.counters.safety_stock,
+                backorder_limit: item.counters.backorder_limit,
+                reserved: item.counters.reserved,
+            };
+            writeln!(out, "{}", serde_json::to_string(&row)?)?;
+            rows += 1;
+        }
+        match page.next_cursor {
+            Some(next) => cursor = next,
+            None => break,
+        }
+    }
+    out.into_inner().map_err(|error| error.into_error())?.sync_all()?;
+    Ok(rows)
+}
+
+#[derive(Debug, Args)]
+pub struct PrintExportArgs {
+    /// A tenant export written by `reservoir restore --tenant`
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+}
+
+pub fn run_print_export(args: PrintExportArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.file).with_context(|| format!("read {}", args.file.display()))?;
+    let mut lines = text.lines();
+    let header: ExportHeader = serde_json::from_str(lines.next().unwrap_or_default())
+        .with_context(|| format!("{} is not a tenant export (bad first line)", args.file.display()))?;
+    anyhow::ensure!(header.export == "reservoir-tenant" && header.version == 1, "unsupported export {header:?}");
+    println!("tenant {} as of LSN {}", header.tenant, header.lsn);
+    println!(
+        "{:<24} {:<16} {:>12} {:>12} {:>8} {:>10}",
+        "sku", "location", "on_hand", "reserved", "safety", "backorder"
+    );
+    let (mut on_hand, mut reserved, mut items) = (0i64, 0i64, 0u64);
+    for (number, line) in lines.enumerate() {
+        let row: ExportRow = serde_json::from_str(line).with_context(|| format!("line {}", number + 2))?;
+        println!(
+            "{:<24} {:<16} {:>12} {:>12} {:>8} {:>10}",
+            row.sku, row.location, row.on_hand, row.reserved, row.safety_stock, row.backorder_limit
+        );
+        on_hand += row.on_hand;
+        reserved += row.reserved;
+        items += 1;
+    }
+    println!("total      {items} items, on_hand {on_hand}, reserved {reserved}");
+    Ok(())
 }

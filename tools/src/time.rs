@@ -17,7 +17,6 @@ pub fn format_ms(unix_ms: u64) -> String {
 }
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.fff][Z|+HH:MM|-HH:MM]` to Unix milliseconds.
-#[allow(dead_code)] // used by `reservoir restore --to-time` (next)
 pub fn parse_rfc3339_ms(text: &str) -> Result<u64, String> {
     let bad = || format!("{text:?} is not an RFC 3339 time like 2026-11-22T10:14:59Z");
     let bytes = text.as_bytes();
