@@ -1,0 +1,872 @@
+//! Operations (what a request asks) and their results (what a reply answers), with their
+//! byte layouts (docs/protocol.md, "Operations" and "Results").
+//!
+//! Decoding is in two steps. The wire step ([`Operation`]) checks only structure: lengths,
+//! counts, UTF-8, flag bytes. Names stay raw `String`s and quantities raw `i64`s, so a name
+//! of 65 bytes or a quantity of 0 is a well-formed operation. The engine step
+//! ([`Operation::to_action`]) builds the engine's validated types and answers a bad value
+//! with the engine's own [`ResultCode`] (`name_too_long`, `quantity_not_positive`, ...) for
+//! that operation alone: one bad name never makes a whole frame malformed.
+
+use reservoir_engine::{
+    Command, Counters, Engine, ImportRow, ItemView, Line, LineResult, Location, Name, OperationId, Quantity, Reply,
+    ReservationId, ReservationLineView, ReservationState, ReservationView, ResultCode, Sku, TenantId, IMPORT_ROWS_MAX,
+    LINES_PER_RESERVATION_MAX, PAGE_ITEMS_MAX,
+};
+
+use crate::wire::{Reader, WireError, Writer};
+
+/// The kind byte of an operation and of its result. Stable: part of the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+#[non_exhaustive]
+pub enum OperationKind {
+    Reserve = 1,
+    Extend = 2,
+    Commit = 3,
+    Release = 4,
+    Receive = 5,
+    Adjust = 6,
+    SetOnHand = 7,
+    Move = 8,
+    SetPolicy = 9,
+    Import = 10,
+    GetItem = 32,
+    GetSku = 33,
+    ListItems = 34,
+    GetReservation = 35,
+    CreateTenant = 64,
+}
+
+impl OperationKind {
+    pub const ALL: &'static [OperationKind] = &[
+        OperationKind::Reserve,
+        OperationKind::Extend,
+        OperationKind::Commit,
+        OperationKind::Release,
+        OperationKind::Receive,
+        OperationKind::Adjust,
+        OperationKind::SetOnHand,
+        OperationKind::Move,
+        OperationKind::SetPolicy,
+        OperationKind::Import,
+        OperationKind::GetItem,
+        OperationKind::GetSku,
+        OperationKind::ListItems,
+        OperationKind::GetReservation,
+        OperationKind::CreateTenant,
+    ];
+
+    pub fn number(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_number(number: u8) -> Option<OperationKind> {
+        OperationKind::ALL.iter().copied().find(|kind| kind.number() == number)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OperationKind::Reserve => "reserve",
+            OperationKind::Extend => "extend",
+            OperationKind::Commit => "commit",
+            OperationKind::Release => "release",
+            OperationKind::Receive => "receive",
+            OperationKind::Adjust => "adjust",
+            OperationKind::SetOnHand => "set_on_hand",
+            OperationKind::Move => "move",
+            OperationKind::SetPolicy => "set_policy",
+            OperationKind::Import => "import",
+            OperationKind::GetItem => "get_item",
+            OperationKind::GetSku => "get_sku",
+            OperationKind::ListItems => "list_items",
+            OperationKind::GetReservation => "get_reservation",
+            OperationKind::CreateTenant => "create_tenant",
+        }
+    }
+
+    /// Queries: they change nothing, write no record, and a standby may answer them.
+    pub fn is_read_only(self) -> bool {
+        matches!(
+            self,
+            OperationKind::GetItem | OperationKind::GetSku | OperationKind::ListItems | OperationKind::GetReservation
+        )
+    }
+
+    /// Operations only an admin credential may send; a tenant credential gets `forbidden`.
+    /// Every other operation needs a tenant credential (an admin one gets `forbidden`).
+    pub fn is_admin(self) -> bool {
+        matches!(self, OperationKind::CreateTenant)
+    }
+}
+
+/// One line of a reserve, commit or release, as it came off the wire (not yet validated).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireLine {
+    pub sku: String,
+    pub location: String,
+    pub quantity: i64,
+}
+
+/// One row of an import, as it came off the wire (not yet validated).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireImportRow {
+    pub sku: String,
+    pub location: String,
+    pub on_hand: i64,
+    pub safety_stock: Option<i64>,
+    pub backorder_limit: Option<i64>,
+}
+
+/// One operation of a request. The tenant is not in it: tenant operations act on the
+/// connection's tenant (its credential); admin operations name their tenant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Reserve { reservation: String, ttl_ms: u64, allow_partial: bool, lines: Vec<WireLine> },
+    Extend { operation: String, reservation: String, ttl_ms: u64 },
+    Commit { operation: String, reservation: String, lines: Option<Vec<WireLine>> },
+    Release { operation: String, reservation: String, lines: Option<Vec<WireLine>> },
+    Receive { operation: String, sku: String, location: String, quantity: i64 },
+    Adjust { operation: String, sku: String, location: String, delta: i64, reason: String },
+    SetOnHand { operation: String, sku: String, location: String, expected: Option<i64>, on_hand: i64 },
+    Move { operation: String, sku: String, from: String, to: String, quantity: i64 },
+    SetPolicy { operation: String, sku: String, location: String, safety_stock: i64, backorder_limit: i64 },
+    Import { operation: String, rows: Vec<WireImportRow> },
+    GetItem { sku: String, location: String },
+    GetSku { sku: String },
+    ListItems { cursor: u64, limit: u32 },
+    GetReservation { reservation: String },
+    CreateTenant { name: String },
+}
+
+/// A read-only operation, validated, for [`run_query`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Query {
+    Item { tenant: TenantId, sku: Sku, location: Location },
+    Sku { tenant: TenantId, sku: Sku },
+    TenantItems { tenant: TenantId, cursor: u64, limit: usize },
+    Reservation { tenant: TenantId, reservation: ReservationId },
+}
+
+/// What an operation becomes once validated: an engine command or a query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Command(Command),
+    Query(Query),
+}
+
+/// Bytes of the smallest encoded line (two empty strings and a quantity) and row.
+const LINE_BYTES_MIN: usize = 1 + 1 + 8;
+const ROW_BYTES_MIN: usize = 1 + 1 + 8 + 1 + 1;
+/// Bytes of the smallest encoded operation (a kind byte and an empty string).
+pub(crate) const OPERATION_BYTES_MIN: usize = 2;
+/// Bytes of the smallest encoded result (a kind byte and a code).
+pub(crate) const RESULT_BYTES_MIN: usize = 3;
+const LINE_RESULT_BYTES: usize = 2 + 3 * 8;
+const ITEM_STATE_BYTES_MIN: usize = 1 + 1 + COUNTERS_BYTES;
+const COUNTERS_BYTES: usize = 6 * 8;
+const RESERVATION_LINE_BYTES_MIN: usize = 1 + 1 + 4 * 8;
+/// Lines of a reply (a per-row result per import row at most) and of a reservation view.
+const REPLY_LINES_MAX: usize = IMPORT_ROWS_MAX;
+
+fn name<T>(text: &str, make: impl FnOnce(&str) -> Result<T, reservoir_engine::NameError>) -> Result<T, ResultCode> {
+    make(text).map_err(ResultCode::from)
+}
+
+fn engine_lines(lines: &[WireLine]) -> Result<Vec<Line>, ResultCode> {
+    if lines.len() > LINES_PER_RESERVATION_MAX {
+        return Err(ResultCode::TooManyLines);
+    }
+    lines
+        .iter()
+        .map(|line| {
+            Ok(Line {
+                sku: name(&line.sku, Sku::new)?,
+                location: name(&line.location, Location::new)?,
+                quantity: Quantity::new(line.quantity)?,
+            })
+        })
+        .collect()
+}
+
+impl Operation {
+    pub fn kind(&self) -> OperationKind {
+        match self {
+            Operation::Reserve { .. } => OperationKind::Reserve,
+            Operation::Extend { .. } => OperationKind::Extend,
+            Operation::Commit { .. } => OperationKind::Commit,
+            Operation::Release { .. } => OperationKind::Release,
+            Operation::Receive { .. } => OperationKind::Receive,
+            Operation::Adjust { .. } => OperationKind::Adjust,
+            Operation::SetOnHand { .. } => OperationKind::SetOnHand,
+            Operation::Move { .. } => OperationKind::Move,
+            Operation::SetPolicy { .. } => OperationKind::SetPolicy,
+            Operation::Import { .. } => OperationKind::Import,
+            Operation::GetItem { .. } => OperationKind::GetItem,
+            Operation::GetSku { .. } => OperationKind::GetSku,
+            Operation::ListItems { .. } => OperationKind::ListItems,
+            Operation::GetReservation { .. } => OperationKind::GetReservation,
+            Operation::CreateTenant { .. } => OperationKind::CreateTenant,
+        }
+    }
+
+    /// Validates the operation into an engine command or a query on `tenant` (the
+    /// connection's tenant; ignored by admin operations, which the server must check with
+    /// [`OperationKind::is_admin`] first). A bad name or quantity is the engine's own code,
+    /// for this operation only; the server answers it with [`OperationResult::refused`].
+    pub fn to_action(&self, tenant: TenantId) -> Result<Action, ResultCode> {
+        let operation_id = |text: &str| name(text, OperationId::new);
+        let command = match self {
+            Operation::Reserve { reservation, ttl_ms, allow_partial, lines } => Command::Reserve {
+                tenant,
+                reservation: name(reservation, ReservationId::new)?,
+                lines: engine_lines(lines)?,
+                ttl_ms: *ttl_ms,
+                allow_partial: *allow_partial,
+            },
+            Operation::Extend { operation, reservation, ttl_ms } => Command::Extend {
+                tenant,
+                operation: operation_id(operation)?,
+                reservation: name(reservation, ReservationId::new)?,
+                ttl_ms: *ttl_ms,
+            },
+            Operation::Commit { operation, reservation, lines } => Command::Commit {
+                tenant,
+                operation: operation_id(operation)?,
+                reservation: name(reservation, ReservationId::new)?,
+                lines: lines.as_deref().map(engine_lines).transpose()?,
+            },
+            Operation::Release { operation, reservation, lines } => Command::Release {
+                tenant,
+                operation: operation_id(operation)?,
+                reservation: name(reservation, ReservationId::new)?,
+                lines: lines.as_deref().map(engine_lines).transpose()?,
+            },
+            Operation::Receive { operation, sku, location, quantity } => Command::Receive {
+                tenant,
+                operation: operation_id(operation)?,
+                sku: name(sku, Sku::new)?,
+                location: name(location, Location::new)?,
+                quantity: Quantity::new(*quantity)?,
+            },
+            Operation::Adjust { operation, sku, location, delta, reason } => Command::Adjust {
+                tenant,
+                operation: operation_id(operation)?,
+                sku: name(sku, Sku::new)?,
+                location: name(location, Location::new)?,
+                delta: *delta,
+                reason: name(reason, Name::new)?,
+            },
+            Operation::SetOnHand { operation, sku, location, expected, on_hand } => Command::SetOnHand {
+                tenant,
+                operation: operation_id(operation)?,
+                sku: name(sku, Sku::new)?,
+                location: name(location, Location::new)?,
+                expected: *expected,
+                on_hand: *on_hand,
+            },
+            Operation::Move { operation, sku, from, to, quantity } => Command::Move {
+                tenant,
+                operation: operation_id(operation)?,
+                sku: name(sku, Sku::new)?,
+                from: name(from, Location::new)?,
+                to: name(to, Location::new)?,
+                quantity: Quantity::new(*quantity)?,
+            },
+            Operation::SetPolicy { operation, sku, location, safety_stock, backorder_limit } => Command::SetPolicy {
+                tenant,
+                operation: operation_id(operation)?,
+                sku: name(sku, Sku::new)?,
+                location: name(location, Location::new)?,
+                safety_stock: *safety_stock,
+                backorder_limit: *backorder_limit,
+            },
+            Operation::Import { operation, rows } => {
+                if rows.len() > IMPORT_ROWS_MAX {
+                    return Err(ResultCode::TooManyRows);
+                }
+                let operation = operation_id(operation)?;
+                let rows = rows
+                    .iter()
+                    .map(|row| {
+                        Ok(ImportRow {
+                            sku: name(&row.sku, Sku::new)?,
+                            location: name(&row.location, Location::new)?,
+                            on_hand: row.on_hand,
+                            safety_stock: row.safety_stock,
+                            backorder_limit: row.backorder_limit,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, ResultCode>>()?;
+                Command::Import { tenant, operation, rows }
+            }
+            Operation::CreateTenant { name: tenant_name } => {
+                Command::CreateTenant { name: name(tenant_name, Name::new)? }
+            }
+            Operation::GetItem { sku, location } => {
+                return Ok(Action::Query(Query::Item {
+                    tenant,
+                    sku: name(sku, Sku::new)?,
+                    location: name(location, Location::new)?,
+                }))
+            }
+            Operation::GetSku { sku } => return Ok(Action::Query(Query::Sku { tenant, sku: name(sku, Sku::new)? })),
+            Operation::ListItems { cursor, limit } => {
+                let limit = (*limit as usize).clamp(1, PAGE_ITEMS_MAX);
+                return Ok(Action::Query(Query::TenantItems { tenant, cursor: *cursor, limit }));
+            }
+            Operation::GetReservation { reservation } => {
+                return Ok(Action::Query(Query::Reservation {
+                    tenant,
+                    reservation: name(reservation, ReservationId::new)?,
+                }))
+            }
+        };
+        debug_assert!(!self.kind().is_read_only(), "queries returned above");
+        debug_assert_eq!(command.kind(), self.kind().name(), "operation and command kinds agree");
+        Ok(Action::Command(command))
+    }
+
+    pub(crate) fn encode(&self, writer: &mut Writer<'_>) {
+        writer.u8(self.kind().number());
+        match self {
+            Operation::Reserve { reservation, ttl_ms, allow_partial, lines } => {
+                writer.string("reservation", reservation);
+                writer.u64(*ttl_ms);
+                writer.flag(*allow_partial);
+                encode_lines(writer, lines);
+            }
+            Operation::Extend { operation, reservation, ttl_ms } => {
+                writer.string("operation", operation);
+                writer.string("reservation", reservation);
+                writer.u64(*ttl_ms);
+            }
+            Operation::Commit { operation, reservation, lines }
+            | Operation::Release { operation, reservation, lines } => {
+                writer.string("operation", operation);
+                writer.string("reservation", reservation);
+                writer.flag(lines.is_some());
+                if let Some(lines) = lines {
+                    encode_lines(writer, lines);
+                }
+            }
+            Operation::Receive { operation, sku, location, quantity } => {
+                writer.string("operation", operation);
+                writer.string("sku", sku);
+                writer.string("location", location);
+                writer.i64(*quantity);
+            }
+            Operation::Adjust { operation, sku, location, delta, reason } => {
+                writer.string("operation", operation);
+                writer.string("sku", sku);
+                writer.string("location", location);
+                writer.i64(*delta);
+                writer.string("reason", reason);
+            }
+            Operation::SetOnHand { operation, sku, location, expected, on_hand } => {
+                writer.string("operation", operation);
+                writer.string("sku", sku);
+                writer.string("location", location);
+                writer.option_i64(*expected);
+                writer.i64(*on_hand);
+            }
+            Operation::Move { operation, sku, from, to, quantity } => {
+                writer.string("operation", operation);
+                writer.string("sku", sku);
+                writer.string("from", from);
+                writer.string("to", to);
+                writer.i64(*quantity);
+            }
+            Operation::SetPolicy { operation, sku, location, safety_stock, backorder_limit } => {
+                writer.string("operation", operation);
+                writer.string("sku", sku);
+                writer.string("location", location);
+                writer.i64(*safety_stock);
+                writer.i64(*backorder_limit);
+            }
+            Operation::Import { operation, rows } => {
+                writer.string("operation", operation);
+                writer.count_u32("import rows", rows.len(), u32::MAX as usize);
+                for row in rows {
+                    writer.string("sku", &row.sku);
+                    writer.string("location", &row.location);
+                    writer.i64(row.on_hand);
+                    writer.option_i64(row.safety_stock);
+                    writer.option_i64(row.backorder_limit);
+                }
+            }
+            Operation::GetItem { sku, location } => {
+                writer.string("sku", sku);
+                writer.string("location", location);
+            }
+            Operation::GetSku { sku } => writer.string("sku", sku),
+            Operation::ListItems { cursor, limit } => {
+                writer.u64(*cursor);
+                writer.u32(*limit);
+            }
+            Operation::GetReservation { reservation } => writer.string("reservation", reservation),
+            Operation::CreateTenant { name } => writer.string("tenant name", name),
+        }
+    }
+
+    /// Decodes one operation of request `request_id` (named in an unknown-operation error).
+    pub(crate) fn decode(reader: &mut Reader<'_>, request_id: u64) -> Result<Operation, WireError> {
+        let at = reader.at();
+        let number = reader.u8()?;
+        let kind =
+            OperationKind::from_number(number).ok_or(WireError::UnknownOperation { request_id, kind: number, at })?;
+        let operation = match kind {
+            OperationKind::Reserve => Operation::Reserve {
+                reservation: reader.string("reservation")?,
+                ttl_ms: reader.u64()?,
+                allow_partial: reader.flag("allow_partial")?,
+                lines: decode_lines(reader)?,
+            },
+            OperationKind::Extend => Operation::Extend {
+                operation: reader.string("operation")?,
+                reservation: reader.string("reservation")?,
+                ttl_ms: reader.u64()?,
+            },
+            OperationKind::Commit | OperationKind::Release => {
+                let operation = reader.string("operation")?;
+                let reservation = reader.string("reservation")?;
+                let lines = if reader.flag("lines presence")? { Some(decode_lines(reader)?) } else { None };
+                if kind == OperationKind::Commit {
+                    Operation::Commit { operation, reservation, lines }
+                } else {
+                    Operation::Release { operation, reservation, lines }
+                }
+            }
+            OperationKind::Receive => Operation::Receive {
+                operation: reader.string("operation")?,
+                sku: reader.string("sku")?,
+                location: reader.string("location")?,
+                quantity: reader.i64()?,
+            },
+            OperationKind::Adjust => Operation::Adjust {
+                operation: reader.string("operation")?,
+                sku: reader.string("sku")?,
+                location: reader.string("location")?,
+                delta: reader.i64()?,
+                reason: reader.string("reason")?,
+            },
+            OperationKind::SetOnHand => Operation::SetOnHand {
+                operation: reader.string("operation")?,
+                sku: reader.string("sku")?,
+                location: reader.string("location")?,
+                expected: reader.option_i64("expected presence")?,
+                on_hand: reader.i64()?,
+            },
+            OperationKind::Move => Operation::Move {
+                operation: reader.string("operation")?,
+                sku: reader.string("sku")?,
+                from: reader.string("from")?,
+                to: reader.string("to")?,
+                quantity: reader.i64()?,
+            },
+            OperationKind::SetPolicy => Operation::SetPolicy {
+                operation: reader.string("operation")?,
+                sku: reader.string("sku")?,
+                location: reader.string("location")?,
+                safety_stock: reader.i64()?,
+                backorder_limit: reader.i64()?,
+            },
+            OperationKind::Import => {
+                let operation = reader.string("operation")?;
+                let count = reader.count_u32("import rows", u32::MAX as usize, ROW_BYTES_MIN)?;
+                let mut rows = Vec::with_capacity(count);
+                for _ in 0..count {
+                    rows.push(WireImportRow {
+                        sku: reader.string("sku")?,
+                        location: reader.string("location")?,
+                        on_hand: reader.i64()?,
+                        safety_stock: reader.option_i64("safety_stock presence")?,
+                        backorder_limit: reader.option_i64("backorder_limit presence")?,
+                    });
+                }
+                Operation::Import { operation, rows }
+            }
+            OperationKind::GetItem => {
+                Operation::GetItem { sku: reader.string("sku")?, location: reader.string("location")? }
+            }
+            OperationKind::GetSku => Operation::GetSku { sku: reader.string("sku")? },
+            OperationKind::ListItems => Operation::ListItems { cursor: reader.u64()?, limit: reader.u32()? },
+            OperationKind::GetReservation => Operation::GetReservation { reservation: reader.string("reservation")? },
+            OperationKind::CreateTenant => Operation::CreateTenant { name: reader.string("tenant name")? },
+        };
+        debug_assert_eq!(operation.kind(), kind);
+        Ok(operation)
+    }
+}
+
+fn encode_lines(writer: &mut Writer<'_>, lines: &[WireLine]) {
+    writer.count_u16("lines", lines.len(), usize::from(u16::MAX));
+    for line in lines {
+        writer.string("sku", &line.sku);
+        writer.string("location", &line.location);
+        writer.i64(line.quantity);
+    }
+}
+
+fn decode_lines(reader: &mut Reader<'_>) -> Result<Vec<WireLine>, WireError> {
+    // The wire bound is the field's width (and the bytes left), not LINES_PER_RESERVATION_MAX:
+    // more lines than that is the engine's `too_many_lines`, for this operation only.
+    let count = reader.count_u16("lines", usize::from(u16::MAX), LINE_BYTES_MIN)?;
+    let mut lines = Vec::with_capacity(count);
+    for _ in 0..count {
+        lines.push(WireLine {
+            sku: reader.string("sku")?,
+            location: reader.string("location")?,
+            quantity: reader.i64()?,
+        });
+    }
+    Ok(lines)
+}
+
+/// One item as a query reply carries it (the engine's `ItemView` without its internal id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ItemState {
+    pub sku: String,
+    pub location: String,
+    pub counters: Counters,
+}
+
+impl From<&ItemView> for ItemState {
+    fn from(view: &ItemView) -> ItemState {
+        ItemState { sku: view.sku.clone(), location: view.location.clone(), counters: view.counters }
+    }
+}
+
+/// The reply to `get_sku`: the SKU's total over every location, and its locations (at most
+/// `PAGE_ITEMS_MAX` of them; `location_count` says how many there are).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkuSummary {
+    pub location_count: u32,
+    pub total: Counters,
+    pub locations: Vec<ItemState>,
+}
+
+/// The reply to `list_items`: a page, and the cursor of the next one (`None` at the end).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ItemPage {
+    pub items: Vec<ItemState>,
+    pub next_cursor: Option<u64>,
+}
+
+/// The result of one operation, in a reply. A query's `Err` is never an ok code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OperationResult {
+    /// Every mutation (reserve .. import, create_tenant): the engine's reply, whose `lines`
+    /// are per line (reserve, commit, release) or per row (import).
+    Reply {
+        kind: OperationKind,
+        reply: Reply,
+    },
+    Item(Result<ItemState, ResultCode>),
+    Sku(Result<SkuSummary, ResultCode>),
+    Items(Result<ItemPage, ResultCode>),
+    Reservation(Result<ReservationView, ResultCode>),
+}
+
+impl OperationResult {
+    /// The result of an operation of `kind` that was not run because it did not validate.
+    pub fn refused(kind: OperationKind, code: ResultCode) -> OperationResult {
+        debug_assert!(!code.is_ok(), "a refusal has a refusal's code");
+        match kind {
+            OperationKind::GetItem => OperationResult::Item(Err(code)),
+            OperationKind::GetSku => OperationResult::Sku(Err(code)),
+            OperationKind::ListItems => OperationResult::Items(Err(code)),
+            OperationKind::GetReservation => OperationResult::Reservation(Err(code)),
+            kind => OperationResult::Reply { kind, reply: Reply::code(code) },
+        }
+    }
+
+    pub fn kind(&self) -> OperationKind {
+        match self {
+            OperationResult::Reply { kind, .. } => *kind,
+            OperationResult::Item(_) => OperationKind::GetItem,
+            OperationResult::Sku(_) => OperationKind::GetSku,
+            OperationResult::Items(_) => OperationKind::ListItems,
+            OperationResult::Reservation(_) => OperationKind::GetReservation,
+        }
+    }
+
+    /// The operation's result code.
+    pub fn code(&self) -> ResultCode {
+        fn of<T>(result: &Result<T, ResultCode>) -> ResultCode {
+            result.as_ref().err().copied().unwrap_or(ResultCode::Ok)
+        }
+        match self {
+            OperationResult::Reply { reply, .. } => reply.code,
+            OperationResult::Item(result) => of(result),
+            OperationResult::Sku(result) => of(result),
+            OperationResult::Items(result) => of(result),
+            OperationResult::Reservation(result) => of(result),
+        }
+    }
+
+    pub(crate) fn encode(&self, writer: &mut Writer<'_>) {
+        writer.u8(self.kind().number());
+        // A query result's body follows only an `ok` code.
+        fn query<T>(writer: &mut Writer<'_>, result: &Result<T, ResultCode>, body: impl FnOnce(&mut Writer<'_>, &T)) {
+            match result {
+                Ok(value) => {
+                    writer.u16(ResultCode::Ok.number());
+                    body(writer, value);
+                }
+                Err(code) => {
+                    if code.is_ok() {
+                        writer.fail("query result", "an Err with an ok code");
+                    }
+                    writer.u16(code.number());
+                }
+            }
+        }
+        match self {
+            OperationResult::Reply { kind, reply } => {
+                if kind.is_read_only() {
+                    writer.fail("operation result", "a query kind with a mutation's reply");
+                }
+                encode_reply(writer, reply);
+            }
+            OperationResult::Item(result) => query(writer, result, encode_item),
+            OperationResult::Sku(result) => query(writer, result, |writer, summary| {
+                writer.u32(summary.location_count);
+                encode_counters(writer, &summary.total);
+                encode_items(writer, &summary.locations);
+            }),
+            OperationResult::Items(result) => query(writer, result, |writer, page| {
+                writer.flag(page.next_cursor.is_some());
+                if let Some(cursor) = page.next_cursor {
+                    writer.u64(cursor);
+                }
+                encode_items(writer, &page.items);
+            }),
+            OperationResult::Reservation(result) => query(writer, result, |writer, view| {
+                writer.string("reservation", &view.reservation);
+                writer.u8(state_number(view.state));
+                writer.u64(view.deadline_ms);
+                writer.count_u16("reservation lines", view.lines.len(), usize::from(u16::MAX));
+                for line in &view.lines {
+                    writer.string("sku", &line.sku);
+                    writer.string("location", &line.location);
+                    writer.i64(line.requested);
+                    writer.i64(line.reserved);
+                    writer.i64(line.committed);
+                    writer.i64(line.released);
+                }
+                encode_reply(writer, &view.reply);
+            }),
+        }
+    }
+
+    pub(crate) fn decode(reader: &mut Reader<'_>) -> Result<OperationResult, WireError> {
+        let at = reader.at();
+        let number = reader.u8()?;
+        let kind = OperationKind::from_number(number).ok_or(WireError::BadValue {
+            what: "result kind",
+            value: u64::from(number),
+            at,
+        })?;
+        if !kind.is_read_only() {
+            return Ok(OperationResult::Reply { kind, reply: decode_reply(reader)? });
+        }
+        let at = reader.at();
+        let code = decode_code(reader)?;
+        if code == ResultCode::OkPartial {
+            return Err(WireError::BadValue { what: "query result code", value: u64::from(code.number()), at });
+        }
+        if code != ResultCode::Ok {
+            return Ok(OperationResult::refused(kind, code));
+        }
+        let result = match kind {
+            OperationKind::GetItem => OperationResult::Item(Ok(decode_item(reader)?)),
+            OperationKind::GetSku => OperationResult::Sku(Ok(SkuSummary {
+                location_count: reader.u32()?,
+                total: decode_counters(reader)?,
+                locations: decode_items(reader)?,
+            })),
+            OperationKind::ListItems => {
+                let next_cursor = if reader.flag("next cursor presence")? { Some(reader.u64()?) } else { None };
+                OperationResult::Items(Ok(ItemPage { next_cursor, items: decode_items(reader)? }))
+            }
+            _ => {
+                debug_assert_eq!(kind, OperationKind::GetReservation);
+                let reservation = reader.string("reservation")?;
+                let at = reader.at();
+                let state_byte = reader.u8()?;
+                let state = state_from(state_byte).ok_or(WireError::BadValue {
+                    what: "reservation state",
+                    value: u64::from(state_byte),
+                    at,
+                })?;
+                let deadline_ms = reader.u64()?;
+                let count = reader.count_u16("reservation lines", usize::from(u16::MAX), RESERVATION_LINE_BYTES_MIN)?;
+                let mut lines = Vec::with_capacity(count);
+                for _ in 0..count {
+                    lines.push(ReservationLineView {
+                        sku: reader.string("sku")?,
+                        location: reader.string("location")?,
+                        requested: reader.i64()?,
+                        reserved: reader.i64()?,
+                        committed: reader.i64()?,
+                        released: reader.i64()?,
+                    });
+                }
+                let reply = decode_reply(reader)?;
+                OperationResult::Reservation(Ok(ReservationView { reservation, state, deadline_ms, lines, reply }))
+            }
+        };
+        Ok(result)
+    }
+}
+
+/// Runs a validated query on `engine` and shapes its answer for the wire: an unknown item,
+/// SKU or reservation is `unknown_item` / `unknown_reservation`; a SKU summary lists at most
+/// `PAGE_ITEMS_MAX` locations.
+pub fn run_query(engine: &Engine, query: &Query) -> OperationResult {
+    match query {
+        Query::Item { tenant, sku, location } => OperationResult::Item(
+            engine
+                .item(*tenant, sku.as_str(), location.as_str())
+                .map(|view| ItemState::from(&view))
+                .ok_or(ResultCode::UnknownItem),
+        ),
+        Query::Sku { tenant, sku } => {
+            let (views, total) = engine.sku(*tenant, sku.as_str());
+            if views.is_empty() {
+                return OperationResult::Sku(Err(ResultCode::UnknownItem));
+            }
+            let location_count = u32::try_from(views.len()).unwrap_or(u32::MAX);
+            let locations = views.iter().take(PAGE_ITEMS_MAX).map(ItemState::from).collect();
+            OperationResult::Sku(Ok(SkuSummary { location_count, total, locations }))
+        }
+        Query::TenantItems { tenant, cursor, limit } => {
+            let page = engine.tenant_items(*tenant, *cursor, *limit);
+            debug_assert!(page.items.len() <= PAGE_ITEMS_MAX);
+            OperationResult::Items(Ok(ItemPage {
+                items: page.items.iter().map(ItemState::from).collect(),
+                next_cursor: page.next_cursor,
+            }))
+        }
+        Query::Reservation { tenant, reservation } => OperationResult::Reservation(
+            engine.reservation(*tenant, reservation.as_str()).ok_or(ResultCode::UnknownReservation),
+        ),
+    }
+}
+
+fn decode_code(reader: &mut Reader<'_>) -> Result<ResultCode, WireError> {
+    let at = reader.at();
+    let number = reader.u16()?;
+    ResultCode::from_number(number).ok_or(WireError::BadValue { what: "result code", value: u64::from(number), at })
+}
+
+fn encode_reply(writer: &mut Writer<'_>, reply: &Reply) {
+    writer.u16(reply.code.number());
+    writer.u64(reply.deadline_ms);
+    writer.i64(reply.on_hand);
+    writer.u64(reply.count);
+    writer.count_u32("reply lines", reply.lines.len(), REPLY_LINES_MAX);
+    for line in &reply.lines {
+        writer.u16(line.code.number());
+        writer.i64(line.requested);
+        writer.i64(line.applied);
+        writer.i64(line.available);
+    }
+}
+
+fn decode_reply(reader: &mut Reader<'_>) -> Result<Reply, WireError> {
+    let code = decode_code(reader)?;
+    let deadline_ms = reader.u64()?;
+    let on_hand = reader.i64()?;
+    let count = reader.u64()?;
+    let line_count = reader.count_u32("reply lines", REPLY_LINES_MAX, LINE_RESULT_BYTES)?;
+    let mut lines = Vec::with_capacity(line_count);
+    for _ in 0..line_count {
+        lines.push(LineResult {
+            code: decode_code(reader)?,
+            requested: reader.i64()?,
+            applied: reader.i64()?,
+            available: reader.i64()?,
+        });
+    }
+    Ok(Reply { code, lines, deadline_ms, on_hand, count })
+}
+
+fn encode_counters(writer: &mut Writer<'_>, counters: &Counters) {
+    for value in [
+        counters.on_hand,
+        counters.reserved,
+        counters.safety_stock,
+        counters.backorder_limit,
+        counters.inflow_total,
+        counters.committed_total,
+    ] {
+        writer.i64(value);
+    }
+}
+
+fn decode_counters(reader: &mut Reader<'_>) -> Result<Counters, WireError> {
+    Ok(Counters {
+        on_hand: reader.i64()?,
+        reserved: reader.i64()?,
+        safety_stock: reader.i64()?,
+        backorder_limit: reader.i64()?,
+        inflow_total: reader.i64()?,
+        committed_total: reader.i64()?,
+    })
+}
+
+fn encode_item(writer: &mut Writer<'_>, item: &ItemState) {
+    writer.string("sku", &item.sku);
+    writer.string("location", &item.location);
+    encode_counters(writer, &item.counters);
+}
+
+fn decode_item(reader: &mut Reader<'_>) -> Result<ItemState, WireError> {
+    Ok(ItemState {
+        sku: reader.string("sku")?,
+        location: reader.string("location")?,
+        counters: decode_counters(reader)?,
+    })
+}
+
+fn encode_items(writer: &mut Writer<'_>, items: &[ItemState]) {
+    writer.count_u32("items", items.len(), PAGE_ITEMS_MAX);
+    for item in items {
+        encode_item(writer, item);
+    }
+}
+
+fn decode_items(reader: &mut Reader<'_>) -> Result<Vec<ItemState>, WireError> {
+    let count = reader.count_u32("items", PAGE_ITEMS_MAX, ITEM_STATE_BYTES_MIN)?;
+    let mut items = Vec::with_capacity(count);
+    for _ in 0..count {
+        items.push(decode_item(reader)?);
+    }
+    Ok(items)
+}
+
+/// The wire number of a reservation state (the same numbers as the WAL's).
+pub fn state_number(state: ReservationState) -> u8 {
+    match state {
+        ReservationState::Open => 1,
+        ReservationState::PartiallyCommitted => 2,
+        ReservationState::Committed => 3,
+        ReservationState::Released => 4,
+        ReservationState::Expired => 5,
+        ReservationState::Refused => 6,
+    }
+}
+
+pub fn state_from(number: u8) -> Option<ReservationState> {
+    Some(match number {
+        1 => ReservationState::Open,
+        2 => ReservationState::PartiallyCommitted,
+        3 => ReservationState::Committed,
+        4 => ReservationState::Released,
+        5 => ReservationState::Expired,
+        6 => ReservationState::Refused,
+        _ => return None,
+    })
+}

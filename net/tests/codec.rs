@@ -1,0 +1,665 @@
+//! Round trips of every frame type, truncation, random and mutated bytes, limits, the
+//! stream decoder and the wire-to-engine step.
+
+use proptest::prelude::*;
+use reservoir_engine::{
+    Command, Counters, LineResult, Reply, ReservationLineView, ReservationState, ReservationView, ResultCode, TenantId,
+};
+use reservoir_net::wire::{frame_type, FRAME_HEADER_BYTES};
+use reservoir_net::{
+    decode_client_frame, decode_server_frame, encode_reply, negotiate_version, Action, ClientFrame, ErrorFrame,
+    FrameDecoder, Hello, HelloReply, ItemPage, ItemState, Operation, OperationKind, OperationResult, ProtocolErrorCode,
+    ReplyFrame, Request, Role, ServerFrame, ServerLimits, SkuSummary, WireError, WireImportRow, WireLine,
+    FRAME_BYTES_MAX, OPERATIONS_PER_REQUEST_MAX,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Strategies.
+
+/// Names as clients send them: mostly valid, some empty, too long, with spaces or controls.
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        8 => "[A-Za-z0-9_-]{1,16}",
+        1 => "[a-zÄÖ \u{7}]{0,70}",
+        1 => "x{60,100}",
+    ]
+}
+
+fn number() -> impl Strategy<Value = i64> {
+    prop_oneof![4 => 1i64..1_000, 1 => any::<i64>(), 1 => Just(0)]
+}
+
+fn line() -> impl Strategy<Value = WireLine> {
+    (text(), text(), number()).prop_map(|(sku, location, quantity)| WireLine { sku, location, quantity })
+}
+
+fn lines() -> impl Strategy<Value = Vec<WireLine>> {
+    prop_oneof![8 => prop::collection::vec(line(), 0..4), 1 => prop::collection::vec(line(), 60..70)]
+}
+
+fn row() -> impl Strategy<Value = WireImportRow> {
+    (text(), text(), number(), proptest::option::of(number()), proptest::option::of(number())).prop_map(
+        |(sku, location, on_hand, safety_stock, backorder_limit)| WireImportRow {
+            sku,
+            location,
+            on_hand,
+            safety_stock,
+            backorder_limit,
+        },
+    )
+}
+
+fn operation() -> impl Strategy<Value = Operation> {
+    prop_oneof![
+        (text(), any::<u64>(), any::<bool>(), lines()).prop_map(|(reservation, ttl_ms, allow_partial, lines)| {
+            Operation::Reserve { reservation, ttl_ms, allow_partial, lines }
+        }),
+        (text(), text(), any::<u64>()).prop_map(|(operation, reservation, ttl_ms)| Operation::Extend {
+            operation,
+            reservation,
+            ttl_ms
+        }),
+        (text(), text(), proptest::option::of(lines())).prop_map(|(operation, reservation, lines)| Operation::Commit {
+            operation,
+            reservation,
+            lines
+        }),
+        (text(), text(), proptest::option::of(lines()))
+            .prop_map(|(operation, reservation, lines)| Operation::Release { operation, reservation, lines }),
+        (text(), text(), text(), number()).prop_map(|(operation, sku, location, quantity)| Operation::Receive {
+            operation,
+            sku,
+            location,
+            quantity
+        }),
+        (text(), text(), text(), number(), text()).prop_map(|(operation, sku, location, delta, reason)| {
+            Operation::Adjust { operation, sku, location, delta, reason }
+        }),
+        (text(), text(), text(), proptest::option::of(number()), number()).prop_map(
+            |(operation, sku, location, expected, on_hand)| Operation::SetOnHand {
+                operation,
+                sku,
+                location,
+                expected,
+                on_hand
+            }
+        ),
+        (text(), text(), text(), text(), number()).prop_map(|(operation, sku, from, to, quantity)| Operation::Move {
+            operation,
+            sku,
+            from,
+            to,
+            quantity
+        }),
+        (text(), text(), text(), number(), number()).prop_map(
+            |(operation, sku, location, safety_stock, backorder_limit)| Operation::SetPolicy {
+                operation,
+                sku,
+                location,
+                safety_stock,
+                backorder_limit
+            }
+        ),
+        (text(), prop::collection::vec(row(), 0..6))
+            .prop_map(|(operation, rows)| Operation::Import { operation, rows }),
+        (text(), text()).prop_map(|(sku, location)| Operation::GetItem { sku, location }),
+        text().prop_map(|sku| Operation::GetSku { sku }),
+        (any::<u64>(), any::<u32>()).prop_map(|(cursor, limit)| Operation::ListItems { cursor, limit }),
+        text().prop_map(|reservation| Operation::GetReservation { reservation }),
+        text().prop_map(|name| Operation::CreateTenant { name }),
+    ]
+}
+
+fn client_frame() -> impl Strategy<Value = ClientFrame> {
+    prop_oneof![
+        (any::<u16>(), any::<u16>(), prop::collection::vec(any::<u8>(), 0..300)).prop_map(
+            |(version_min, version_max, token)| ClientFrame::Hello(Hello { version_min, version_max, token })
+        ),
+        (any::<u64>(), prop::collection::vec(operation(), 0..12))
+            .prop_map(|(request_id, operations)| ClientFrame::Request(Request { request_id, operations })),
+        Just(ClientFrame::Goodbye),
+    ]
+}
+
+fn code() -> impl Strategy<Value = ResultCode> {
+    prop::sample::select(ResultCode::ALL)
+}
+
+fn refusal() -> impl Strategy<Value = ResultCode> {
+    prop::sample::select(ResultCode::ALL.iter().copied().filter(|code| !code.is_ok()).collect::<Vec<_>>())
+}
+
+fn reply() -> impl Strategy<Value = Reply> {
+    let line = (code(), any::<i64>(), any::<i64>(), any::<i64>())
+        .prop_map(|(code, requested, applied, available)| LineResult { code, requested, applied, available });
+    (code(), prop::collection::vec(line, 0..5), any::<u64>(), any::<i64>(), any::<u64>())
+        .prop_map(|(code, lines, deadline_ms, on_hand, count)| Reply { code, lines, deadline_ms, on_hand, count })
+}
+
+fn counters() -> impl Strategy<Value = Counters> {
+    prop::array::uniform6(any::<i64>()).prop_map(|[a, b, c, d, e, f]| Counters {
+        on_hand: a,
+        reserved: b,
+        safety_stock: c,
+        backorder_limit: d,
+        inflow_total: e,
+        committed_total: f,
+    })
+}
+
+fn item() -> impl Strategy<Value = ItemState> {
+    (text(), text(), counters()).prop_map(|(sku, location, counters)| ItemState { sku, location, counters })
+}
+
+fn reservation_view() -> impl Strategy<Value = ReservationView> {
+    let state = prop::sample::select(vec![
+        ReservationState::Open,
+        ReservationState::PartiallyCommitted,
+        ReservationState::Committed,
+        ReservationState::Released,
+        ReservationState::Expired,
+        ReservationState::Refused,
+    ]);
+    let line = (text(), text(), prop::array::uniform4(any::<i64>())).prop_map(
+        |(sku, location, [requested, reserved, committed, released])| ReservationLineView {
+            sku,
+            location,
+            requested,
+            reserved,
+            committed,
+            released,
+        },
+    );
+    (text(), state, any::<u64>(), prop::collection::vec(line, 0..4), reply()).prop_map(
+        |(reservation, state, deadline_ms, lines, reply)| ReservationView {
+            reservation,
+            state,
+            deadline_ms,
+            lines,
+            reply,
+        },
+    )
+}
+
+fn operation_result() -> impl Strategy<Value = OperationResult> {
+    let mutation_kinds: Vec<OperationKind> =
+        OperationKind::ALL.iter().copied().filter(|kind| !kind.is_read_only()).collect();
+    prop_oneof![
+        (prop::sample::select(mutation_kinds), reply())
+            .prop_map(|(kind, reply)| OperationResult::Reply { kind, reply }),
+        prop_oneof![item().prop_map(Ok), refusal().prop_map(Err)].prop_map(OperationResult::Item),
+        prop_oneof![
+            (any::<u32>(), counters(), prop::collection::vec(item(), 0..4))
+                .prop_map(|(location_count, total, locations)| Ok(SkuSummary { location_count, total, locations })),
+            refusal().prop_map(Err)
+        ]
+        .prop_map(OperationResult::Sku),
+        prop_oneof![
+            (prop::collection::vec(item(), 0..4), proptest::option::of(any::<u64>()))
+                .prop_map(|(items, next_cursor)| Ok(ItemPage { items, next_cursor })),
+            refusal().prop_map(Err)
+        ]
+        .prop_map(OperationResult::Items),
+        prop_oneof![reservation_view().prop_map(Ok), refusal().prop_map(Err)].prop_map(OperationResult::Reservation),
+    ]
+}
+
+fn server_frame() -> impl Strategy<Value = ServerFrame> {
+    let role = prop_oneof![text().prop_map(|name| Role::Tenant { name }), Just(Role::Admin)];
+    let limits = (any::<u32>(), any::<u16>(), any::<u32>(), any::<u8>(), any::<u16>(), any::<u32>(), any::<u32>())
+        .prop_map(|(a, b, c, d, e, f, g)| ServerLimits {
+            frame_bytes_max: a,
+            operations_per_request_max: b,
+            requests_in_flight_max: c,
+            name_bytes_max: d,
+            lines_per_reservation_max: e,
+            import_rows_max: f,
+            page_items_max: g,
+        });
+    let protocol_code = prop::sample::select(ProtocolErrorCode::ALL);
+    prop_oneof![
+        (any::<u16>(), role, any::<u64>(), limits).prop_map(|(version, role, epoch, limits)| ServerFrame::HelloReply(
+            HelloReply { version, role, epoch, limits }
+        )),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            0u16..1_000,
+            any::<bool>(),
+            prop::collection::vec(operation_result(), 0..10)
+        )
+            .prop_map(|(request_id, epoch, lsn, first_operation, is_final, results)| {
+                ServerFrame::Reply(ReplyFrame { request_id, epoch, lsn, first_operation, is_final, results })
+            }),
+        (
+            proptest::option::of(any::<u64>()),
+            protocol_code,
+            "\\PC{0,40}",
+            proptest::option::of(any::<u32>()),
+            proptest::option::of("[a-z0-9.:]{0,40}")
+        )
+            .prop_map(|(request_id, code, message, retry_after_ms, primary)| {
+                ServerFrame::Error(ErrorFrame { request_id, code, message, retry_after_ms, primary })
+            }),
+        Just(ServerFrame::Goodbye),
+    ]
+}
+
+fn encode_client(frame: &ClientFrame) -> Vec<u8> {
+    let mut out = Vec::new();
+    frame.encode(&mut out).expect("generated frames are encodable");
+    out
+}
+
+fn encode_server(frame: &ServerFrame) -> Vec<u8> {
+    let mut out = Vec::new();
+    frame.encode(&mut out).expect("generated frames are encodable");
+    out
+}
+
+/// Decodes as both directions; must never panic. Returns whether either decoded.
+fn decode_any(bytes: &[u8]) -> bool {
+    let client = decode_client_frame(bytes);
+    let server = decode_server_frame(bytes);
+    for error in [client.as_ref().err(), server.as_ref().err()].into_iter().flatten() {
+        // Every error maps to a protocol code and has a message.
+        assert!(error.code().number() >= 100 && !error.to_string().is_empty());
+    }
+    client.is_ok() || server.is_ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Properties.
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn client_frames_round_trip(frame in client_frame()) {
+        let bytes = encode_client(&frame);
+        prop_assert_eq!(u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize, bytes.len() - FRAME_HEADER_BYTES);
+        prop_assert_eq!(decode_client_frame(&bytes), Ok(frame));
+    }
+
+    #[test]
+    fn server_frames_round_trip(frame in server_frame()) {
+        let bytes = encode_server(&frame);
+        prop_assert_eq!(decode_server_frame(&bytes), Ok(frame));
+    }
+
+    /// Every proper prefix of a valid frame is an error (truncated), never a panic, and a
+    /// frame with one byte too many is an error too.
+    #[test]
+    fn truncated_frames_are_errors(client in client_frame(), server in server_frame()) {
+        for bytes in [encode_client(&client), encode_server(&server)] {
+            for cut in 0..bytes.len() {
+                prop_assert!(!decode_any(&bytes[..cut]), "prefix of {} bytes decoded", cut);
+                let error = decode_client_frame(&bytes[..cut]).unwrap_err();
+                prop_assert!(error.closes_connection(), "{:?}", error);
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            prop_assert!(!decode_any(&longer));
+        }
+    }
+
+}
+
+proptest! {
+    // Thousands of damaged and random inputs: the decoders' no-panic property.
+    #![proptest_config(ProptestConfig { cases: 5_000, ..ProptestConfig::default() })]
+
+    /// Mutated valid frames (flipped bytes, changed lengths) never panic the decoders.
+    #[test]
+    fn mutated_frames_never_panic(
+        client in client_frame(),
+        server in server_frame(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+    ) {
+        for mut bytes in [encode_client(&client), encode_server(&server)] {
+            for (index, value) in &edits {
+                let at = index.index(bytes.len());
+                bytes[at] = *value;
+            }
+            decode_any(&bytes);
+            // Also with the header fixed up, so the body decoders see the damage.
+            let length = (bytes.len() - FRAME_HEADER_BYTES) as u32;
+            bytes[..4].copy_from_slice(&length.to_le_bytes());
+            decode_any(&bytes);
+        }
+    }
+
+    /// Random bytes, framed or not, never panic the decoders or the stream decoder.
+    #[test]
+    fn random_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..400), chunk in 1usize..64) {
+        decode_any(&body);
+        let mut framed = ((body.len() + 1) as u32).to_le_bytes().to_vec();
+        framed.push(body.first().map_or(frame_type::REQUEST, |b| b & 0x83));
+        framed.extend_from_slice(&body);
+        decode_any(&framed);
+        let mut decoder = FrameDecoder::new();
+        for piece in body.chunks(chunk) {
+            let mut input = piece;
+            while !input.is_empty() {
+                match decoder.push(input) {
+                    Ok(taken) => input = &input[taken..],
+                    Err(_) => return Ok(()),
+                }
+                while let Some(frame) = decoder.pop() {
+                    decode_any(frame);
+                }
+            }
+        }
+    }
+
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// A stream of frames cut at arbitrary points comes out of the decoder frame by frame.
+    #[test]
+    fn frame_decoder_reassembles_any_split(
+        frames in prop::collection::vec(client_frame(), 1..6),
+        cuts in prop::collection::vec(1usize..200, 1..20),
+    ) {
+        let mut stream = Vec::new();
+        for frame in &frames {
+            frame.encode(&mut stream).unwrap();
+        }
+        let mut decoder = FrameDecoder::new();
+        let mut decoded = Vec::new();
+        let mut rest = &stream[..];
+        let mut cuts = cuts.iter().cycle();
+        while !rest.is_empty() {
+            let size = (*cuts.next().unwrap()).min(rest.len());
+            let mut input = &rest[..size];
+            rest = &rest[size..];
+            while !input.is_empty() {
+                let taken = decoder.push(input).unwrap();
+                input = &input[taken..];
+                while let Some(frame) = decoder.pop() {
+                    decoded.push(decode_client_frame(frame).unwrap());
+                }
+            }
+        }
+        prop_assert_eq!(decoder.buffered_bytes(), 0);
+        prop_assert_eq!(decoded, frames);
+    }
+
+    /// A reply split by `encode_reply` reads back as the same results, in order, in parts
+    /// that each fit a frame.
+    #[test]
+    fn encode_reply_round_trips(results in prop::collection::vec(operation_result(), 0..20)) {
+        let mut out = Vec::new();
+        let parts = encode_reply(9, 2, 77, &results, &mut out).unwrap();
+        prop_assert_eq!(parts, 1);
+        let ServerFrame::Reply(reply) = decode_server_frame(&out).unwrap() else { panic!("a reply") };
+        prop_assert_eq!((reply.request_id, reply.epoch, reply.lsn, reply.first_operation, reply.is_final), (9, 2, 77, 0, true));
+        prop_assert_eq!(reply.results, results);
+    }
+
+    /// The wire step never decides what the engine decides: validation only turns names and
+    /// quantities into engine types, with the engine's own codes.
+    #[test]
+    fn to_action_agrees_with_the_engine_newtypes(operation in operation()) {
+        match operation.to_action(TenantId(3)) {
+            Ok(Action::Command(command)) => prop_assert_eq!(command.kind(), operation.kind().name()),
+            Ok(Action::Query(_)) => prop_assert!(operation.kind().is_read_only()),
+            Err(code) => prop_assert!((40..60).contains(&code.number()), "{:?} is an input code", code),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Limits and examples.
+
+#[test]
+fn oversize_header_is_refused_before_buffering() {
+    let mut decoder = FrameDecoder::new();
+    let header = ((FRAME_BYTES_MAX + 1) as u32).to_le_bytes();
+    let mut input = header.to_vec();
+    input.extend_from_slice(&[0u8; 1_000]);
+    let error = decoder.push(&input).unwrap_err();
+    assert_eq!(error, WireError::FrameTooLarge { announced: FRAME_BYTES_MAX as u64 + 1 });
+    assert_eq!(error.code(), ProtocolErrorCode::FrameTooLarge);
+    assert!(decoder.buffered_bytes() <= FRAME_HEADER_BYTES, "nothing of the body was taken");
+    assert_eq!(decoder.push(&[1, 2, 3]), Err(error), "the decoder stays failed");
+
+    // Byte by byte: refused on the fourth header byte.
+    let mut decoder = FrameDecoder::new();
+    for byte in &header[..3] {
+        assert_eq!(decoder.push(std::slice::from_ref(byte)), Ok(1));
+    }
+    assert!(decoder.push(&header[3..]).is_err());
+
+    // Exactly FRAME_BYTES_MAX is accepted, and buffered only as it arrives.
+    let mut decoder = FrameDecoder::new();
+    assert_eq!(decoder.push(&(FRAME_BYTES_MAX as u32).to_le_bytes()), Ok(4));
+    assert_eq!(decoder.push(&[frame_type::REQUEST; 10]), Ok(10));
+    assert_eq!(decoder.buffered_bytes(), 14);
+    assert!(decoder.pop().is_none());
+    // And decoding the same announcement as a whole frame is refused too.
+    assert_eq!(decode_client_frame(&input).unwrap_err().code(), ProtocolErrorCode::FrameTooLarge);
+}
+
+#[test]
+fn counts_larger_than_the_frame_are_refused() {
+    // A request announcing 1,000 operations in a 20-byte frame.
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&0u32.to_le_bytes());
+    frame.push(frame_type::REQUEST);
+    frame.extend_from_slice(&5u64.to_le_bytes());
+    frame.extend_from_slice(&1_000u16.to_le_bytes());
+    frame.extend_from_slice(&[1, 0]);
+    let length = (frame.len() - 4) as u32;
+    frame[..4].copy_from_slice(&length.to_le_bytes());
+    let error = decode_client_frame(&frame).unwrap_err();
+    assert!(matches!(error, WireError::CountOverBytes { count: 1_000, .. }), "{error:?}");
+    assert!(error.closes_connection());
+
+    // An import announcing u32::MAX rows: refused without allocating for them.
+    let mut frame = vec![0, 0, 0, 0, frame_type::REQUEST];
+    frame.extend_from_slice(&6u64.to_le_bytes());
+    frame.extend_from_slice(&1u16.to_le_bytes());
+    frame.push(OperationKind::Import.number());
+    frame.extend_from_slice(&[2, b'o', b'p']);
+    frame.extend_from_slice(&u32::MAX.to_le_bytes());
+    let length = (frame.len() - 4) as u32;
+    frame[..4].copy_from_slice(&length.to_le_bytes());
+    let error = decode_client_frame(&frame).unwrap_err();
+    assert!(matches!(error, WireError::CountOverBytes { count, .. } if count == u64::from(u32::MAX)), "{error:?}");
+
+    // A token longer than TOKEN_BYTES_MAX.
+    let mut frame = vec![0, 0, 0, 0, frame_type::HELLO, 1, 0, 1, 0];
+    frame.extend_from_slice(&5_000u16.to_le_bytes());
+    frame.extend_from_slice(&[b'x'; 5_000]);
+    let length = (frame.len() - 4) as u32;
+    frame[..4].copy_from_slice(&length.to_le_bytes());
+    assert!(matches!(decode_client_frame(&frame), Err(WireError::CountOverMax { .. })));
+}
+
+#[test]
+fn request_level_errors_name_the_request_and_keep_the_connection() {
+    // Too many operations: refused from the count, with the request id.
+    let operations = vec![Operation::GetSku { sku: "a".into() }; OPERATIONS_PER_REQUEST_MAX + 1];
+    let mut too_many = Vec::new();
+    assert!(ClientFrame::Request(Request { request_id: 11, operations: operations.clone() })
+        .encode(&mut too_many)
+        .is_err());
+    assert!(too_many.is_empty(), "a failed encode leaves the buffer as it was");
+    let mut frame = vec![0, 0, 0, 0, frame_type::REQUEST];
+    frame.extend_from_slice(&11u64.to_le_bytes());
+    frame.extend_from_slice(&((OPERATIONS_PER_REQUEST_MAX + 1) as u16).to_le_bytes());
+    for _ in 0..=OPERATIONS_PER_REQUEST_MAX {
+        frame.extend_from_slice(&[OperationKind::GetSku.number(), 1, b'a']);
+    }
+    let length = (frame.len() - 4) as u32;
+    frame[..4].copy_from_slice(&length.to_le_bytes());
+    let error = decode_client_frame(&frame).unwrap_err();
+    assert_eq!(error, WireError::TooManyOperations { request_id: 11, count: OPERATIONS_PER_REQUEST_MAX + 1 });
+    assert_eq!((error.request_id(), error.closes_connection()), (Some(11), false));
+
+    // An unknown operation kind: the request is refused, the connection kept.
+    let mut bytes = encode_client(&ClientFrame::Request(Request {
+        request_id: 12,
+        operations: vec![Operation::GetSku { sku: "a".into() }],
+    }));
+    bytes[4 + 1 + 8 + 2] = 99;
+    let error = decode_client_frame(&bytes).unwrap_err();
+    assert_eq!(error.code(), ProtocolErrorCode::UnknownOperation);
+    assert_eq!((error.request_id(), error.closes_connection()), (Some(12), false));
+    let answer = ErrorFrame::from_wire_error(&error);
+    assert_eq!((answer.request_id, answer.code), (Some(12), ProtocolErrorCode::UnknownOperation));
+    encode_server(&ServerFrame::Error(answer));
+
+    // A server frame type sent by a client: unknown frame type, connection kept.
+    let bytes = encode_server(&ServerFrame::Goodbye);
+    let error = decode_client_frame(&bytes).unwrap_err();
+    assert_eq!((error.code(), error.closes_connection()), (ProtocolErrorCode::UnknownFrameType, false));
+}
+
+#[test]
+fn bad_names_are_per_operation_codes_not_malformed_frames() {
+    let request = Request {
+        request_id: 1,
+        operations: vec![
+            Operation::Receive { operation: "op-1".into(), sku: "S".repeat(65), location: "WH1".into(), quantity: 5 },
+            Operation::Receive { operation: "op-2".into(), sku: "SKU".into(), location: "W H".into(), quantity: 5 },
+            Operation::Receive { operation: "op-3".into(), sku: "SKU".into(), location: "WH1".into(), quantity: 0 },
+            Operation::Reserve {
+                reservation: "r".into(),
+                ttl_ms: 60_000,
+                allow_partial: false,
+                lines: vec![WireLine { sku: "a".into(), location: "b".into(), quantity: 1 }; 65],
+            },
+            Operation::Import {
+                operation: "".into(),
+                rows: vec![WireImportRow {
+                    sku: "a".into(),
+                    location: "b".into(),
+                    on_hand: 1,
+                    safety_stock: None,
+                    backorder_limit: None,
+                }],
+            },
+            Operation::GetItem { sku: "".into(), location: "b".into() },
+            Operation::Receive { operation: "op-4".into(), sku: "SKU".into(), location: "WH1".into(), quantity: 5 },
+        ],
+    };
+    let ClientFrame::Request(decoded) = decode_client_frame(&encode_client(&ClientFrame::Request(request))).unwrap()
+    else {
+        panic!("a request")
+    };
+    let codes: Vec<Result<&'static str, ResultCode>> = decoded
+        .operations
+        .iter()
+        .map(|operation| {
+            operation.to_action(TenantId(0)).map(|action| match action {
+                Action::Command(command) => command.kind(),
+                Action::Query(_) => "query",
+            })
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            Err(ResultCode::NameTooLong),
+            Err(ResultCode::NameNotPrintable),
+            Err(ResultCode::QuantityNotPositive),
+            Err(ResultCode::TooManyLines),
+            Err(ResultCode::NameEmpty),
+            Err(ResultCode::NameEmpty),
+            Ok("receive"),
+        ]
+    );
+    let refused = OperationResult::refused(OperationKind::GetItem, ResultCode::NameEmpty);
+    assert_eq!(refused, OperationResult::Item(Err(ResultCode::NameEmpty)));
+    assert_eq!(refused.code(), ResultCode::NameEmpty);
+    let Ok(Action::Command(Command::Receive { quantity, .. })) = decoded.operations[6].to_action(TenantId(0)) else {
+        panic!("a receive")
+    };
+    assert_eq!(quantity.get(), 5);
+}
+
+#[test]
+fn large_replies_are_split_into_parts_that_fit() {
+    let item = ItemState { sku: "S".repeat(64), location: "L".repeat(64), counters: Counters::default() };
+    let page = OperationResult::Items(Ok(ItemPage { items: vec![item; 10_000], next_cursor: Some(1) }));
+    let results = vec![page.clone(), OperationResult::refused(OperationKind::Receive, ResultCode::UnknownItem), page];
+    let mut out = Vec::new();
+    assert_eq!(encode_reply(4, 1, 10, &results, &mut out), Ok(2), "two full pages need two frames");
+    let mut decoder = FrameDecoder::new();
+    let mut input = &out[..];
+    let mut parts = Vec::new();
+    while !input.is_empty() {
+        let taken = decoder.push(input).unwrap();
+        input = &input[taken..];
+        if let Some(frame) = decoder.pop() {
+            assert!(frame.len() <= FRAME_HEADER_BYTES + FRAME_BYTES_MAX);
+            let ServerFrame::Reply(part) = decode_server_frame(frame).unwrap() else { panic!("a reply part") };
+            parts.push(part);
+        }
+    }
+    assert_eq!(
+        parts.iter().map(|part| (part.first_operation, part.is_final)).collect::<Vec<_>>(),
+        [(0, false), (2, true)]
+    );
+    let joined: Vec<OperationResult> = parts.into_iter().flat_map(|part| part.results).collect();
+    assert_eq!(joined, results);
+}
+
+#[test]
+fn the_largest_import_fits_a_frame() {
+    let row = WireImportRow {
+        sku: "S".repeat(64),
+        location: "L".repeat(64),
+        on_hand: 1,
+        safety_stock: Some(1),
+        backorder_limit: Some(1),
+    };
+    let request = ClientFrame::Request(Request {
+        request_id: 1,
+        operations: vec![Operation::Import { operation: "O".repeat(64), rows: vec![row; 10_000] }],
+    });
+    let mut out = Vec::new();
+    request.encode(&mut out).unwrap();
+    assert!(out.len() < FRAME_BYTES_MAX * 8 / 10, "{} bytes leave headroom", out.len());
+}
+
+#[test]
+fn version_negotiation_picks_the_highest_common() {
+    let hello = |version_min, version_max| Hello { version_min, version_max, token: Vec::new() };
+    assert_eq!(negotiate_version(&hello(1, 1)), Some(1));
+    assert_eq!(negotiate_version(&hello(0, 9)), Some(1));
+    assert_eq!(negotiate_version(&hello(2, 9)), None);
+    assert_eq!(negotiate_version(&hello(1, 0)), None);
+}
+
+#[test]
+fn query_results_with_an_ok_partial_code_are_malformed() {
+    let mut bytes = encode_server(&ServerFrame::Reply(ReplyFrame {
+        request_id: 1,
+        epoch: 1,
+        lsn: 1,
+        first_operation: 0,
+        is_final: true,
+        results: vec![OperationResult::Item(Err(ResultCode::UnknownItem))],
+    }));
+    let at = bytes.len() - 2;
+    bytes[at..].copy_from_slice(&ResultCode::OkPartial.number().to_le_bytes());
+    assert_eq!(decode_server_frame(&bytes).unwrap_err().code(), ProtocolErrorCode::MalformedFrame);
+    // And an Err with an ok code cannot be encoded.
+    let mut out = Vec::new();
+    let frame = ServerFrame::Reply(ReplyFrame {
+        request_id: 1,
+        epoch: 1,
+        lsn: 1,
+        first_operation: 0,
+        is_final: true,
+        results: vec![OperationResult::Item(Err(ResultCode::Ok))],
+    });
+    assert_eq!(frame.encode(&mut out).unwrap_err().code(), ProtocolErrorCode::Internal);
+    assert!(out.is_empty());
+}
