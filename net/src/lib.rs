@@ -7,7 +7,8 @@
 //! - `message`: [`ClientFrame`] / [`ServerFrame`], [`decode_client_frame`],
 //!   [`decode_server_frame`], [`encode_reply`] (splits a large reply into parts).
 //! - `operation`: [`Operation`] (raw, structurally checked) and its validation into engine
-//!   types with [`Operation::to_action`]; [`OperationResult`]; [`run_query`].
+//!   types (or an [`AdminAction`]) with [`Operation::to_action`]; [`OperationResult`];
+//!   [`run_query`].
 //! - `decoder`: [`FrameDecoder`].
 
 pub mod decoder;
@@ -21,11 +22,11 @@ pub use message::{
     HelloReply, ReplyFrame, Request, Role, ServerFrame, ServerLimits,
 };
 pub use operation::{
-    run_query, Action, ItemPage, ItemState, Operation, OperationKind, OperationResult, Query, SkuSummary,
-    WireImportRow, WireLine,
+    run_query, Action, AdminAction, ItemPage, ItemState, Operation, OperationKind, OperationResult, Query, SkuSummary,
+    TenantEntry, WireImportRow, WireLine,
 };
 pub use wire::{
     ProtocolErrorCode, WireError, ALPN, ERROR_MESSAGE_BYTES_MAX, FRAME_BYTES_MAX, FRAME_HEADER_BYTES,
     OPERATIONS_PER_REQUEST_MAX, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, REQUESTS_IN_FLIGHT_MAX, STRING_BYTES_MAX,
-    TOKEN_BYTES_MAX,
+    TENANTS_PER_LIST_MAX, TOKEN_BYTES_MAX,
 };

@@ -7,6 +7,9 @@
 //! ([`Operation::to_action`]) builds the engine's validated types and answers a bad value
 //! with the engine's own [`ResultCode`] (`name_too_long`, `quantity_not_positive`, ...) for
 //! that operation alone: one bad name never makes a whole frame malformed.
+//!
+//! Credential operations (`issue_token`, `list_tenants`) are not engine commands: they
+//! validate into an [`AdminAction`] that the server runs against its token store.
 
 use reservoir_engine::{
     Command, Counters, Engine, ImportRow, ItemView, Line, LineResult, Location, Name, OperationId, Quantity, Reply,
@@ -14,7 +17,7 @@ use reservoir_engine::{
     LINES_PER_RESERVATION_MAX, PAGE_ITEMS_MAX,
 };
 
-use crate::wire::{Reader, WireError, Writer};
+use crate::wire::{Reader, WireError, Writer, TENANTS_PER_LIST_MAX};
 
 /// The kind byte of an operation and of its result. Stable: part of the protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -36,6 +39,8 @@ pub enum OperationKind {
     ListItems = 34,
     GetReservation = 35,
     CreateTenant = 64,
+    IssueToken = 65,
+    ListTenants = 66,
 }
 
 impl OperationKind {
@@ -55,6 +60,8 @@ impl OperationKind {
         OperationKind::ListItems,
         OperationKind::GetReservation,
         OperationKind::CreateTenant,
+        OperationKind::IssueToken,
+        OperationKind::ListTenants,
     ];
 
     pub fn number(self) -> u8 {
@@ -82,6 +89,8 @@ impl OperationKind {
             OperationKind::ListItems => "list_items",
             OperationKind::GetReservation => "get_reservation",
             OperationKind::CreateTenant => "create_tenant",
+            OperationKind::IssueToken => "issue_token",
+            OperationKind::ListTenants => "list_tenants",
         }
     }
 
@@ -89,14 +98,44 @@ impl OperationKind {
     pub fn is_read_only(self) -> bool {
         matches!(
             self,
-            OperationKind::GetItem | OperationKind::GetSku | OperationKind::ListItems | OperationKind::GetReservation
+            OperationKind::GetItem
+                | OperationKind::GetSku
+                | OperationKind::ListItems
+                | OperationKind::GetReservation
+                | OperationKind::ListTenants
         )
     }
 
     /// Operations only an admin credential may send; a tenant credential gets `forbidden`.
     /// Every other operation needs a tenant credential (an admin one gets `forbidden`).
     pub fn is_admin(self) -> bool {
-        matches!(self, OperationKind::CreateTenant)
+        matches!(self, OperationKind::CreateTenant | OperationKind::IssueToken | OperationKind::ListTenants)
+    }
+
+    /// Whether this kind's result is the engine's [`Reply`] ([`OperationResult::Reply`]): the
+    /// kinds that are engine commands. Every other kind's result is a code and, only when it
+    /// is `ok`, a body of its own (queries, and the credential operations `issue_token` and
+    /// `list_tenants`, which the server answers itself).
+    pub fn has_engine_reply(self) -> bool {
+        match self {
+            OperationKind::Reserve
+            | OperationKind::Extend
+            | OperationKind::Commit
+            | OperationKind::Release
+            | OperationKind::Receive
+            | OperationKind::Adjust
+            | OperationKind::SetOnHand
+            | OperationKind::Move
+            | OperationKind::SetPolicy
+            | OperationKind::Import
+            | OperationKind::CreateTenant => true,
+            OperationKind::GetItem
+            | OperationKind::GetSku
+            | OperationKind::ListItems
+            | OperationKind::GetReservation
+            | OperationKind::IssueToken
+            | OperationKind::ListTenants => false,
+        }
     }
 }
 
@@ -120,6 +159,10 @@ pub struct WireImportRow {
 
 /// One operation of a request. The tenant is not in it: tenant operations act on the
 /// connection's tenant (its credential); admin operations name their tenant.
+///
+/// `IssueToken` mints a new bearer token for `tenant` and, with `revoke_others`, revokes the
+/// tenant's earlier tokens (a rotation); it is not idempotent (a retry mints another token).
+/// `ListTenants` lists every tenant with its count of live tokens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Operation {
     Reserve { reservation: String, ttl_ms: u64, allow_partial: bool, lines: Vec<WireLine> },
@@ -137,6 +180,8 @@ pub enum Operation {
     ListItems { cursor: u64, limit: u32 },
     GetReservation { reservation: String },
     CreateTenant { name: String },
+    IssueToken { tenant: String, revoke_others: bool },
+    ListTenants,
 }
 
 /// A read-only operation, validated, for [`run_query`].
@@ -148,24 +193,39 @@ pub enum Query {
     Reservation { tenant: TenantId, reservation: ReservationId },
 }
 
-/// What an operation becomes once validated: an engine command or a query.
+/// A credential operation, validated: the server runs it against its token store (tokens
+/// are not the engine's) and answers [`OperationResult::Token`] / [`OperationResult::Tenants`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminAction {
+    /// Mint a token for `tenant` (and, with `revoke_others`, revoke its earlier ones). The
+    /// server answers `unknown_tenant` when no such tenant exists.
+    IssueToken { tenant: Name, revoke_others: bool },
+    /// List every tenant (at most `TENANTS_PER_LIST_MAX`) with its count of live tokens.
+    ListTenants,
+}
+
+/// What an operation becomes once validated: an engine command, a query, or an admin action
+/// the server runs itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     Command(Command),
     Query(Query),
+    Admin(AdminAction),
 }
 
 /// Bytes of the smallest encoded line (two empty strings and a quantity) and row.
 const LINE_BYTES_MIN: usize = 1 + 1 + 8;
 const ROW_BYTES_MIN: usize = 1 + 1 + 8 + 1 + 1;
-/// Bytes of the smallest encoded operation (a kind byte and an empty string).
-pub(crate) const OPERATION_BYTES_MIN: usize = 2;
+/// Bytes of the smallest encoded operation: `list_tenants`, a kind byte alone.
+pub(crate) const OPERATION_BYTES_MIN: usize = 1;
 /// Bytes of the smallest encoded result (a kind byte and a code).
 pub(crate) const RESULT_BYTES_MIN: usize = 3;
 const LINE_RESULT_BYTES: usize = 2 + 3 * 8;
 const ITEM_STATE_BYTES_MIN: usize = 1 + 1 + COUNTERS_BYTES;
 const COUNTERS_BYTES: usize = 6 * 8;
 const RESERVATION_LINE_BYTES_MIN: usize = 1 + 1 + 4 * 8;
+/// Bytes of the smallest tenant entry of `list_tenants` (an empty name and a token count).
+const TENANT_ENTRY_BYTES_MIN: usize = 1 + 4;
 /// Lines of a reply (a per-row result per import row at most) and of a reservation view.
 const REPLY_LINES_MAX: usize = IMPORT_ROWS_MAX;
 
@@ -207,13 +267,16 @@ impl Operation {
             Operation::ListItems { .. } => OperationKind::ListItems,
             Operation::GetReservation { .. } => OperationKind::GetReservation,
             Operation::CreateTenant { .. } => OperationKind::CreateTenant,
+            Operation::IssueToken { .. } => OperationKind::IssueToken,
+            Operation::ListTenants => OperationKind::ListTenants,
         }
     }
 
     /// Validates the operation into an engine command or a query on `tenant` (the
     /// connection's tenant; ignored by admin operations, which the server must check with
-    /// [`OperationKind::is_admin`] first). A bad name or quantity is the engine's own code,
-    /// for this operation only; the server answers it with [`OperationResult::refused`].
+    /// [`OperationKind::is_admin`] first), or into an [`AdminAction`] (`issue_token`,
+    /// `list_tenants`). A bad name or quantity is the engine's own code, for this operation
+    /// only; the server answers it with [`OperationResult::refused`].
     pub fn to_action(&self, tenant: TenantId) -> Result<Action, ResultCode> {
         let operation_id = |text: &str| name(text, OperationId::new);
         let command = match self {
@@ -321,8 +384,15 @@ impl Operation {
                     reservation: name(reservation, ReservationId::new)?,
                 }))
             }
+            Operation::IssueToken { tenant: tenant_name, revoke_others } => {
+                return Ok(Action::Admin(AdminAction::IssueToken {
+                    tenant: name(tenant_name, Name::new)?,
+                    revoke_others: *revoke_others,
+                }))
+            }
+            Operation::ListTenants => return Ok(Action::Admin(AdminAction::ListTenants)),
         };
-        debug_assert!(!self.kind().is_read_only(), "queries returned above");
+        debug_assert!(self.kind().has_engine_reply(), "queries and admin actions returned above");
         debug_assert_eq!(command.kind(), self.kind().name(), "operation and command kinds agree");
         Ok(Action::Command(command))
     }
@@ -406,6 +476,11 @@ impl Operation {
             }
             Operation::GetReservation { reservation } => writer.string("reservation", reservation),
             Operation::CreateTenant { name } => writer.string("tenant name", name),
+            Operation::IssueToken { tenant, revoke_others } => {
+                writer.string("tenant name", tenant);
+                writer.flag(*revoke_others);
+            }
+            Operation::ListTenants => {}
         }
     }
 
@@ -493,6 +568,11 @@ impl Operation {
             OperationKind::ListItems => Operation::ListItems { cursor: reader.u64()?, limit: reader.u32()? },
             OperationKind::GetReservation => Operation::GetReservation { reservation: reader.string("reservation")? },
             OperationKind::CreateTenant => Operation::CreateTenant { name: reader.string("tenant name")? },
+            OperationKind::IssueToken => Operation::IssueToken {
+                tenant: reader.string("tenant name")?,
+                revoke_others: reader.flag("revoke_others")?,
+            },
+            OperationKind::ListTenants => Operation::ListTenants,
         };
         debug_assert_eq!(operation.kind(), kind);
         Ok(operation)
@@ -553,7 +633,16 @@ pub struct ItemPage {
     pub next_cursor: Option<u64>,
 }
 
-/// The result of one operation, in a reply. A query's `Err` is never an ok code.
+/// One tenant of a `list_tenants` result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantEntry {
+    pub name: String,
+    /// How many live (issued, not revoked) tokens the tenant has.
+    pub tokens: u32,
+}
+
+/// The result of one operation, in a reply. Every variant but `Reply` is a code and, only
+/// when it is `ok`, a body: their `Err` is never an ok code.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OperationResult {
     /// Every mutation (reserve .. import, create_tenant): the engine's reply, whose `lines`
@@ -566,6 +655,10 @@ pub enum OperationResult {
     Sku(Result<SkuSummary, ResultCode>),
     Items(Result<ItemPage, ResultCode>),
     Reservation(Result<ReservationView, ResultCode>),
+    /// `issue_token`: the new bearer token (a secret: never log it).
+    Token(Result<String, ResultCode>),
+    /// `list_tenants`: at most `TENANTS_PER_LIST_MAX` entries.
+    Tenants(Result<Vec<TenantEntry>, ResultCode>),
 }
 
 impl OperationResult {
@@ -577,7 +670,12 @@ impl OperationResult {
             OperationKind::GetSku => OperationResult::Sku(Err(code)),
             OperationKind::ListItems => OperationResult::Items(Err(code)),
             OperationKind::GetReservation => OperationResult::Reservation(Err(code)),
-            kind => OperationResult::Reply { kind, reply: Reply::code(code) },
+            OperationKind::IssueToken => OperationResult::Token(Err(code)),
+            OperationKind::ListTenants => OperationResult::Tenants(Err(code)),
+            kind => {
+                debug_assert!(kind.has_engine_reply());
+                OperationResult::Reply { kind, reply: Reply::code(code) }
+            }
         }
     }
 
@@ -588,6 +686,8 @@ impl OperationResult {
             OperationResult::Sku(_) => OperationKind::GetSku,
             OperationResult::Items(_) => OperationKind::ListItems,
             OperationResult::Reservation(_) => OperationKind::GetReservation,
+            OperationResult::Token(_) => OperationKind::IssueToken,
+            OperationResult::Tenants(_) => OperationKind::ListTenants,
         }
     }
 
@@ -602,12 +702,14 @@ impl OperationResult {
             OperationResult::Sku(result) => of(result),
             OperationResult::Items(result) => of(result),
             OperationResult::Reservation(result) => of(result),
+            OperationResult::Token(result) => of(result),
+            OperationResult::Tenants(result) => of(result),
         }
     }
 
     pub(crate) fn encode(&self, writer: &mut Writer<'_>) {
         writer.u8(self.kind().number());
-        // A query result's body follows only an `ok` code.
+        // A query's (or credential operation's) result body follows only an `ok` code.
         fn query<T>(writer: &mut Writer<'_>, result: &Result<T, ResultCode>, body: impl FnOnce(&mut Writer<'_>, &T)) {
             match result {
                 Ok(value) => {
@@ -624,8 +726,8 @@ impl OperationResult {
         }
         match self {
             OperationResult::Reply { kind, reply } => {
-                if kind.is_read_only() {
-                    writer.fail("operation result", "a query kind with a mutation's reply");
+                if !kind.has_engine_reply() {
+                    writer.fail("operation result", "an engine reply for a kind that does not answer one");
                 }
                 encode_reply(writer, reply);
             }
@@ -657,6 +759,14 @@ impl OperationResult {
                 }
                 encode_reply(writer, &view.reply);
             }),
+            OperationResult::Token(result) => query(writer, result, |writer, token| writer.string("token", token)),
+            OperationResult::Tenants(result) => query(writer, result, |writer, tenants| {
+                writer.count_u32("tenants", tenants.len(), TENANTS_PER_LIST_MAX);
+                for tenant in tenants {
+                    writer.string("tenant name", &tenant.name);
+                    writer.u32(tenant.tokens);
+                }
+            }),
         }
     }
 
@@ -668,13 +778,17 @@ impl OperationResult {
             value: u64::from(number),
             at,
         })?;
-        if !kind.is_read_only() {
+        if kind.has_engine_reply() {
             return Ok(OperationResult::Reply { kind, reply: decode_reply(reader)? });
         }
         let at = reader.at();
         let code = decode_code(reader)?;
         if code == ResultCode::OkPartial {
-            return Err(WireError::BadValue { what: "query result code", value: u64::from(code.number()), at });
+            return Err(WireError::BadValue {
+                what: "result code without a reply",
+                value: u64::from(code.number()),
+                at,
+            });
         }
         if code != ResultCode::Ok {
             return Ok(OperationResult::refused(kind, code));
@@ -689,6 +803,15 @@ impl OperationResult {
             OperationKind::ListItems => {
                 let next_cursor = if reader.flag("next cursor presence")? { Some(reader.u64()?) } else { None };
                 OperationResult::Items(Ok(ItemPage { next_cursor, items: decode_items(reader)? }))
+            }
+            OperationKind::IssueToken => OperationResult::Token(Ok(reader.string("token")?)),
+            OperationKind::ListTenants => {
+                let count = reader.count_u32("tenants", TENANTS_PER_LIST_MAX, TENANT_ENTRY_BYTES_MIN)?;
+                let mut tenants = Vec::with_capacity(count);
+                for _ in 0..count {
+                    tenants.push(TenantEntry { name: reader.string("tenant name")?, tokens: reader.u32()? });
+                }
+                OperationResult::Tenants(Ok(tenants))
             }
             _ => {
                 debug_assert_eq!(kind, OperationKind::GetReservation);

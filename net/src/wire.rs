@@ -33,6 +33,9 @@ pub const STRING_BYTES_MAX: usize = u8::MAX as usize;
 pub const TOKEN_BYTES_MAX: usize = 4_096;
 /// Bytes of the human-readable message of an `Error` frame.
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 1_024;
+/// Entries in a `list_tenants` result. With names of at most `NAME_BYTES_MAX` (64) bytes a
+/// full list is 10,000 x 69 = 690 KB, well within [`FRAME_BYTES_MAX`].
+pub const TENANTS_PER_LIST_MAX: usize = 10_000;
 /// Capacity a [`crate::FrameDecoder`] keeps between frames; a larger buffer (after a large
 /// frame) is given back.
 pub const DECODER_RETAINED_BYTES_MAX: usize = 64 << 10;

@@ -7,10 +7,10 @@ use reservoir_engine::{
 };
 use reservoir_net::wire::{frame_type, FRAME_HEADER_BYTES};
 use reservoir_net::{
-    decode_client_frame, decode_server_frame, encode_reply, negotiate_version, Action, ClientFrame, ErrorFrame,
-    FrameDecoder, Hello, HelloReply, ItemPage, ItemState, Operation, OperationKind, OperationResult, ProtocolErrorCode,
-    ReplyFrame, Request, Role, ServerFrame, ServerLimits, SkuSummary, WireError, WireImportRow, WireLine,
-    FRAME_BYTES_MAX, OPERATIONS_PER_REQUEST_MAX,
+    decode_client_frame, decode_server_frame, encode_reply, negotiate_version, Action, AdminAction, ClientFrame,
+    ErrorFrame, FrameDecoder, Hello, HelloReply, ItemPage, ItemState, Operation, OperationKind, OperationResult,
+    ProtocolErrorCode, ReplyFrame, Request, Role, ServerFrame, ServerLimits, SkuSummary, TenantEntry, WireError,
+    WireImportRow, WireLine, FRAME_BYTES_MAX, OPERATIONS_PER_REQUEST_MAX, TENANTS_PER_LIST_MAX,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -107,6 +107,8 @@ fn operation() -> impl Strategy<Value = Operation> {
         (any::<u64>(), any::<u32>()).prop_map(|(cursor, limit)| Operation::ListItems { cursor, limit }),
         text().prop_map(|reservation| Operation::GetReservation { reservation }),
         text().prop_map(|name| Operation::CreateTenant { name }),
+        (text(), any::<bool>()).prop_map(|(tenant, revoke_others)| Operation::IssueToken { tenant, revoke_others }),
+        Just(Operation::ListTenants),
     ]
 }
 
@@ -181,12 +183,20 @@ fn reservation_view() -> impl Strategy<Value = ReservationView> {
     )
 }
 
+/// Tokens as a server mints them (`rsv_` and 64 hex digits), and other strings a `str` holds.
+fn token() -> impl Strategy<Value = String> {
+    prop_oneof![4 => "rsv_[0-9a-f]{64}", 1 => "\\PC{0,60}"]
+}
+
+fn tenant_entry() -> impl Strategy<Value = TenantEntry> {
+    (text(), prop_oneof![3 => 0u32..4, 1 => any::<u32>()]).prop_map(|(name, tokens)| TenantEntry { name, tokens })
+}
+
 fn operation_result() -> impl Strategy<Value = OperationResult> {
-    let mutation_kinds: Vec<OperationKind> =
-        OperationKind::ALL.iter().copied().filter(|kind| !kind.is_read_only()).collect();
+    let reply_kinds: Vec<OperationKind> =
+        OperationKind::ALL.iter().copied().filter(|kind| kind.has_engine_reply()).collect();
     prop_oneof![
-        (prop::sample::select(mutation_kinds), reply())
-            .prop_map(|(kind, reply)| OperationResult::Reply { kind, reply }),
+        (prop::sample::select(reply_kinds), reply()).prop_map(|(kind, reply)| OperationResult::Reply { kind, reply }),
         prop_oneof![item().prop_map(Ok), refusal().prop_map(Err)].prop_map(OperationResult::Item),
         prop_oneof![
             (any::<u32>(), counters(), prop::collection::vec(item(), 0..4))
@@ -201,6 +211,9 @@ fn operation_result() -> impl Strategy<Value = OperationResult> {
         ]
         .prop_map(OperationResult::Items),
         prop_oneof![reservation_view().prop_map(Ok), refusal().prop_map(Err)].prop_map(OperationResult::Reservation),
+        prop_oneof![token().prop_map(Ok), refusal().prop_map(Err)].prop_map(OperationResult::Token),
+        prop_oneof![prop::collection::vec(tenant_entry(), 0..5).prop_map(Ok), refusal().prop_map(Err)]
+            .prop_map(OperationResult::Tenants),
     ]
 }
 
@@ -406,7 +419,15 @@ proptest! {
     fn to_action_agrees_with_the_engine_newtypes(operation in operation()) {
         match operation.to_action(TenantId(3)) {
             Ok(Action::Command(command)) => prop_assert_eq!(command.kind(), operation.kind().name()),
-            Ok(Action::Query(_)) => prop_assert!(operation.kind().is_read_only()),
+            Ok(Action::Query(_)) => prop_assert!(operation.kind().is_read_only() && !operation.kind().is_admin()),
+            Ok(Action::Admin(action)) => {
+                prop_assert!(operation.kind().is_admin() && !operation.kind().has_engine_reply());
+                let kind = match action {
+                    AdminAction::IssueToken { .. } => OperationKind::IssueToken,
+                    AdminAction::ListTenants => OperationKind::ListTenants,
+                };
+                prop_assert_eq!(kind, operation.kind());
+            }
             Err(code) => prop_assert!((40..60).contains(&code.number()), "{:?} is an input code", code),
         }
     }
@@ -559,6 +580,7 @@ fn bad_names_are_per_operation_codes_not_malformed_frames() {
             operation.to_action(TenantId(0)).map(|action| match action {
                 Action::Command(command) => command.kind(),
                 Action::Query(_) => "query",
+                Action::Admin(_) => "admin",
             })
         })
         .collect();
@@ -661,5 +683,118 @@ fn query_results_with_an_ok_partial_code_are_malformed() {
         results: vec![OperationResult::Item(Err(ResultCode::Ok))],
     });
     assert_eq!(frame.encode(&mut out).unwrap_err().code(), ProtocolErrorCode::Internal);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn issue_token_with_a_long_tenant_name_decodes_and_is_refused_by_to_action() {
+    // 65 bytes: a well-formed `str` (the wire allows 255), one byte over NAME_BYTES_MAX.
+    let long = "t".repeat(65);
+    let request = ClientFrame::Request(Request {
+        request_id: 21,
+        operations: vec![
+            Operation::IssueToken { tenant: long.clone(), revoke_others: true },
+            Operation::IssueToken { tenant: "acme".into(), revoke_others: false },
+        ],
+    });
+    let bytes = encode_client(&request);
+    let ClientFrame::Request(decoded) = decode_client_frame(&bytes).expect("a 65-byte name is well-formed") else {
+        panic!("a request")
+    };
+    assert_eq!(decoded.operations[0], Operation::IssueToken { tenant: long, revoke_others: true });
+    assert_eq!(decoded.operations[0].to_action(TenantId(0)), Err(ResultCode::NameTooLong));
+    // The next operation of the same request is unaffected.
+    let Ok(Action::Admin(AdminAction::IssueToken { tenant, revoke_others: false })) =
+        decoded.operations[1].to_action(TenantId(0))
+    else {
+        panic!("an issue_token action")
+    };
+    assert_eq!(tenant.as_str(), "acme");
+    // And the server answers the refusal as that operation's result.
+    let refused = OperationResult::refused(OperationKind::IssueToken, ResultCode::NameTooLong);
+    assert_eq!(refused, OperationResult::Token(Err(ResultCode::NameTooLong)));
+    assert_eq!((refused.kind(), refused.code()), (OperationKind::IssueToken, ResultCode::NameTooLong));
+    let refused = OperationResult::refused(OperationKind::ListTenants, ResultCode::UnknownTenant);
+    assert_eq!(refused, OperationResult::Tenants(Err(ResultCode::UnknownTenant)));
+
+    // Other bad names get their own codes; a revoke_others byte other than 0 or 1 is malformed.
+    for (tenant, code) in [("", ResultCode::NameEmpty), ("a b", ResultCode::NameNotPrintable)] {
+        let operation = Operation::IssueToken { tenant: tenant.into(), revoke_others: false };
+        assert_eq!(operation.to_action(TenantId(0)), Err(code));
+    }
+    let mut bad_flag = encode_client(&ClientFrame::Request(Request {
+        request_id: 22,
+        operations: vec![Operation::IssueToken { tenant: "acme".into(), revoke_others: true }],
+    }));
+    *bad_flag.last_mut().unwrap() = 2;
+    assert!(matches!(decode_client_frame(&bad_flag), Err(WireError::BadValue { what: "revoke_others", .. })));
+}
+
+#[test]
+fn list_tenants_is_one_byte_and_fills_a_request() {
+    // An operation without fields: a full request of them (one byte each) must not be taken
+    // for a count larger than the frame.
+    let request = ClientFrame::Request(Request {
+        request_id: 23,
+        operations: vec![Operation::ListTenants; OPERATIONS_PER_REQUEST_MAX],
+    });
+    let bytes = encode_client(&request);
+    assert_eq!(bytes.len(), FRAME_HEADER_BYTES + 1 + 8 + 2 + OPERATIONS_PER_REQUEST_MAX);
+    assert_eq!(decode_client_frame(&bytes), Ok(request));
+    assert_eq!(Operation::ListTenants.to_action(TenantId(9)), Ok(Action::Admin(AdminAction::ListTenants)));
+    assert!(OperationKind::ListTenants.is_read_only() && OperationKind::ListTenants.is_admin());
+    assert!(!OperationKind::IssueToken.is_read_only() && OperationKind::IssueToken.is_admin());
+}
+
+#[test]
+fn tenant_lists_are_bounded() {
+    let reply = |results| {
+        ServerFrame::Reply(ReplyFrame { request_id: 1, epoch: 1, lsn: 1, first_operation: 0, is_final: true, results })
+    };
+    // A full list of 64-byte names fits one frame.
+    let entry = TenantEntry { name: "T".repeat(64), tokens: 3 };
+    let full = OperationResult::Tenants(Ok(vec![entry.clone(); TENANTS_PER_LIST_MAX]));
+    let bytes = encode_server(&reply(vec![full.clone()]));
+    assert!(bytes.len() < FRAME_BYTES_MAX / 2, "{} bytes", bytes.len());
+    assert_eq!(decode_server_frame(&bytes), Ok(reply(vec![full])));
+
+    // One more entry cannot be encoded.
+    let over = OperationResult::Tenants(Ok(vec![entry; TENANTS_PER_LIST_MAX + 1]));
+    let mut out = Vec::new();
+    assert_eq!(reply(vec![over]).encode(&mut out).unwrap_err().code(), ProtocolErrorCode::Internal);
+    assert!(out.is_empty());
+
+    // A count over the maximum, or over the bytes left, is refused before allocating.
+    let empty = encode_server(&reply(vec![OperationResult::Tenants(Ok(Vec::new()))]));
+    let count_at = empty.len() - 4;
+    for (count, over_max) in [(TENANTS_PER_LIST_MAX as u32 + 1, true), (u32::MAX, true), (2, false)] {
+        let mut bytes = empty.clone();
+        bytes[count_at..].copy_from_slice(&count.to_le_bytes());
+        let error = decode_server_frame(&bytes).unwrap_err();
+        if over_max {
+            assert!(matches!(error, WireError::CountOverMax { what: "tenants", .. }), "{error:?}");
+        } else {
+            assert!(matches!(error, WireError::CountOverBytes { what: "tenants", count: 2, .. }), "{error:?}");
+        }
+    }
+
+    // A token result: an ok code and the token; a refusal is its code alone.
+    let token = format!("rsv_{}", "0123456789abcdef".repeat(4));
+    assert_eq!(token.len(), 68);
+    let results = vec![
+        OperationResult::Token(Ok(token)),
+        OperationResult::Token(Err(ResultCode::UnknownTenant)),
+        OperationResult::Tenants(Err(ResultCode::NameEmpty)),
+    ];
+    let bytes = encode_server(&reply(results.clone()));
+    assert_eq!(decode_server_frame(&bytes), Ok(reply(results)));
+    // A token over STRING_BYTES_MAX cannot be encoded.
+    let mut out = Vec::new();
+    let long = reply(vec![OperationResult::Token(Ok("x".repeat(256)))]);
+    assert_eq!(long.encode(&mut out).unwrap_err().code(), ProtocolErrorCode::Internal);
+    // And an engine reply cannot stand for a credential operation's result.
+    let wrong =
+        reply(vec![OperationResult::Reply { kind: OperationKind::IssueToken, reply: Reply::code(ResultCode::Ok) }]);
+    assert_eq!(wrong.encode(&mut out).unwrap_err().code(), ProtocolErrorCode::Internal);
     assert!(out.is_empty());
 }
