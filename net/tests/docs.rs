@@ -5,7 +5,7 @@
 use reservoir_engine::{LineResult, Reply, ResultCode};
 use reservoir_net::{
     decode_client_frame, decode_server_frame, ClientFrame, Operation, OperationKind, OperationResult,
-    ProtocolErrorCode, ReplyFrame, Request, ServerFrame, WireLine,
+    ProtocolErrorCode, ReplyFrame, Request, ServerFrame, TenantEntry, WireLine,
 };
 
 fn protocol_md() -> String {
@@ -43,6 +43,8 @@ fn docs_examples_decode() {
     assert!(examples.len() >= 3, "at least a hello, a reserve request and its reply");
     let mut reserve_request = None;
     let mut reserve_reply = None;
+    let mut credential_request = None;
+    let mut credential_reply = None;
     for (title, bytes) in &examples {
         let client = decode_client_frame(bytes);
         let server = decode_server_frame(bytes);
@@ -60,6 +62,12 @@ fn docs_examples_decode() {
         }
         if title.starts_with("reserve reply") {
             reserve_reply = Some(decode_server_frame(bytes).unwrap());
+        }
+        if title.starts_with("credential request") {
+            credential_request = Some(decode_client_frame(bytes).unwrap());
+        }
+        if title.starts_with("credential reply") {
+            credential_reply = Some(decode_server_frame(bytes).unwrap());
         }
         if title.starts_with("hello (") {
             assert!(matches!(decode_client_frame(bytes), Ok(ClientFrame::Hello(_))));
@@ -98,6 +106,35 @@ fn docs_examples_decode() {
             }],
         })),
         "the reserve reply example"
+    );
+    assert_eq!(
+        credential_request,
+        Some(ClientFrame::Request(Request {
+            request_id: 9,
+            operations: vec![
+                Operation::IssueToken { tenant: "acme".into(), revoke_others: true },
+                Operation::ListTenants
+            ],
+        })),
+        "the credential request example"
+    );
+    assert_eq!(
+        credential_reply,
+        Some(ServerFrame::Reply(ReplyFrame {
+            request_id: 9,
+            epoch: 3,
+            lsn: 42,
+            first_operation: 0,
+            is_final: true,
+            results: vec![
+                OperationResult::Token(Ok(format!("rsv_{}", "0123456789abcdef".repeat(4)))),
+                OperationResult::Tenants(Ok(vec![
+                    TenantEntry { name: "acme".into(), tokens: 1 },
+                    TenantEntry { name: "globex".into(), tokens: 2 },
+                ])),
+            ],
+        })),
+        "the credential reply example"
     );
 }
 
