@@ -1,7 +1,8 @@
-//! The sans-IO codec of Reservoir's QUIC binary protocol (docs/protocol.md): frames, the
-//! operations a request carries and the results a reply carries, and a [`FrameDecoder`] that
-//! cuts a stream into frames. No sockets, no clock, no async: the QUIC server and client
-//! (issue #4) feed it bytes and send what it encodes.
+//! Reservoir's QUIC service. Two layers, like quinn-proto and quinn:
+//!
+//! The **sans-IO codec** of the binary protocol (docs/protocol.md): frames, the operations a
+//! request carries and the results a reply carries, and a [`FrameDecoder`] that cuts a stream
+//! into frames. No sockets, no clock, no async:
 //!
 //! - `wire`: limits, frame header, protocol error codes, [`WireError`].
 //! - `message`: [`ClientFrame`] / [`ServerFrame`], [`decode_client_frame`],
@@ -10,10 +11,21 @@
 //!   types (or an [`AdminAction`]) with [`Operation::to_action`]; [`OperationResult`];
 //!   [`run_query`].
 //! - `decoder`: [`FrameDecoder`].
+//!
+//! The **I/O layer** on quinn and tokio, which feeds the codec bytes and sends what it encodes:
+//!
+//! - `server`: `reservoir serve`: connections, authentication, limits, the request path
+//!   (decode -> engine -> WAL group commit -> reply).
+//! - `client`: the Rust client library (batching, pipelining, retries with the same ids).
+//! - `credentials`: bearer tokens, stored hashed; `tls`: certificates and TLS configuration.
 
+pub mod client;
+pub mod credentials;
 pub mod decoder;
 pub mod message;
 pub mod operation;
+pub mod server;
+pub mod tls;
 pub mod wire;
 
 pub use decoder::FrameDecoder;
@@ -30,3 +42,40 @@ pub use wire::{
     OPERATIONS_PER_REQUEST_MAX, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, REQUESTS_IN_FLIGHT_MAX, STRING_BYTES_MAX,
     TENANTS_PER_LIST_MAX, TOKEN_BYTES_MAX,
 };
+
+/// Everything the I/O layer can fail with (the codec's own errors are [`WireError`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    #[error("I/O error on {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Wal(#[from] reservoir_wal::WalError),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("credentials: {0}")]
+    Credentials(String),
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("the connection failed: {0}")]
+    Connection(String),
+    /// The server answered with a protocol error (`docs/protocol.md`, "Protocol errors").
+    #[error("the server refused: {} ({}){}", .0.code.name(), .0.message, .0.retry_after_ms.map(|ms| format!(", retry after {ms} ms")).unwrap_or_default())]
+    Refused(ErrorFrame),
+    #[error("the server broke the protocol: {0}")]
+    Protocol(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("shutdown: {0}")]
+    Shutdown(String),
+}
+
+impl NetError {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> NetError {
+        NetError::Io { what: what.into(), source }
+    }
+}

@@ -8,8 +8,10 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use reservoir_bench::{MemorySettings, Variant, W1Settings};
 
+mod client;
 mod offline;
 mod progress;
+mod serve;
 mod time;
 
 #[derive(Debug, Parser)]
@@ -17,10 +19,17 @@ mod time;
 struct Cli {
     #[command(subcommand)]
     command: Commands,
+    /// How client commands reach the server
+    #[command(flatten)]
+    connection: client::Connection,
 }
 
 #[derive(Debug, Subcommand)]
 enum Commands {
+    /// Run the server: QUIC on 127.0.0.1:7878, data in ./reservoir-data (embedded defaults)
+    Serve(serve::ServeArgs),
+    #[command(flatten)]
+    Client(client::ClientCommand),
     /// Run the standard workloads (shared/workload.md) and report their figures
     Bench(BenchArgs),
     /// Inspect a data directory's write-ahead log
@@ -139,7 +148,7 @@ struct EngineArgs {
     in_flight: usize,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum DurabilityArg {
     /// fdatasync before the acknowledgement (the default, and the one that counts)
     Durable,
@@ -172,6 +181,8 @@ struct MemoryArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Commands::Client(command) => return ExitCode::from(client::run(cli.connection, command)),
+        Commands::Serve(args) => serve::run_serve(args),
         Commands::Bench(args) => run_bench(args),
         Commands::Wal(WalArgs { command: WalCommand::Dump(args) }) => offline::run_wal_dump(args),
         Commands::Verify(args) => offline::run_verify(args),

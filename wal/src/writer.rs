@@ -218,6 +218,24 @@ impl DurableLsnReader {
     pub fn durable_lsn(&self) -> Lsn {
         self.shared.state.lock().durable_lsn
     }
+
+    /// Waits until the durable LSN passes `seen`, the writer fails, or `timeout` passes;
+    /// returns the durable LSN then.
+    pub fn wait_beyond(&self, seen: Lsn, timeout: std::time::Duration) -> Lsn {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.shared.state.lock();
+        while state.durable_lsn <= seen && state.failed.is_none() {
+            if self.shared.changed.wait_until(&mut state, deadline).timed_out() {
+                break;
+            }
+        }
+        state.durable_lsn
+    }
+
+    /// Why the writer failed, if it did (it then acknowledges nothing more).
+    pub fn failure(&self) -> Option<String> {
+        self.shared.state.lock().failed.clone()
+    }
 }
 
 /// The writer's state and steps, without a thread: [`Wal`] runs it on its own thread;

@@ -1,0 +1,483 @@
+//! The Rust client library.
+//!
+//! A [`Client`] holds one QUIC connection (to the first of its endpoints that answers) with a
+//! few long-lived streams, and:
+//! - **pipelines**: any number of requests in flight per stream, replies matched by request id;
+//! - **batches**: [`Client::call`] puts concurrent single operations into shared requests
+//!   (up to `batch_operations_max` each), the way group commit shares an fsync;
+//! - **retries** with the same idempotency ids (they are inside the operations, so a resend is
+//!   the same request): after a lost connection, on the next endpoint; after `rate_limited`,
+//!   `too_many_in_flight` or `shutting_down`, once the server's `retry_after_ms` has passed;
+//!   after `not_primary`, on the next endpoint (the standby names its primary).
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), reservoir_net::NetError> {
+//! use reservoir_net::client::{Client, ClientOptions};
+//! use reservoir_net::{Operation, WireLine};
+//!
+//! let ca = std::fs::read("reservoir-data/tls/ca.pem").expect("the server's CA");
+//! let client = Client::connect(ClientOptions::new(vec!["127.0.0.1:7878".into()], ca, "rsv_...".into())).await?;
+//! let result = client
+//!     .call(Operation::Reserve {
+//!         reservation: "order-1001".into(),
+//!         ttl_ms: 15 * 60_000,
+//!         allow_partial: false,
+//!         lines: vec![WireLine { sku: "SKU-1".into(), location: "DC1".into(), quantity: 2 }],
+//!     })
+//!     .await?;
+//! println!("{}", result.code().name());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! `net/examples/client.rs` is the same, runnable against a server it starts itself.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::message::{ClientFrame, ErrorFrame, Hello, HelloReply, Request, ServerFrame};
+use crate::operation::{Operation, OperationResult};
+use crate::wire::{ProtocolErrorCode, OPERATIONS_PER_REQUEST_MAX, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
+use crate::{decode_server_frame, FrameDecoder, NetError};
+
+/// Streams a client opens on its connection at most.
+pub const CLIENT_STREAMS_MAX: usize = 16;
+/// Calls waiting for the batcher at most; `call` waits while it is full.
+pub const CALLS_QUEUED_MAX: usize = 65_536;
+/// Batched requests in flight at once.
+pub const BATCHES_IN_FLIGHT_MAX: usize = 256;
+/// Attempts of one request at most (the first and its retries).
+pub const ATTEMPTS_MAX: u32 = 8;
+/// The longest wait between two attempts.
+pub const RETRY_WAIT_MS_MAX: u64 = 5_000;
+/// Bytes read from a stream at once.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// `host:port` of every node the client may use, tried in order (a primary and its
+    /// standbys: the client ends on the one that takes writes).
+    pub endpoints: Vec<String>,
+    /// PEM of the CA that signed the servers' certificates (`DATA_DIR/tls/ca.pem`).
+    pub ca_pem: Vec<u8>,
+    pub token: String,
+    /// Streams on the connection; requests are spread over them.
+    pub streams: usize,
+    /// Operations `call` puts into one request at most.
+    pub batch_operations_max: usize,
+    /// How long one attempt of a request may take.
+    pub request_timeout_ms: u64,
+    /// The TLS name to check the server's certificate against; default: the endpoint's host.
+    pub server_name: Option<String>,
+}
+
+impl ClientOptions {
+    pub fn new(endpoints: Vec<String>, ca_pem: Vec<u8>, token: String) -> ClientOptions {
+        ClientOptions {
+            endpoints,
+            ca_pem,
+            token,
+            streams: 2,
+            batch_operations_max: 256,
+            request_timeout_ms: 30_000,
+            server_name: None,
+        }
+    }
+}
+
+/// A whole reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub epoch: u64,
+    pub lsn: u64,
+    pub results: Vec<OperationResult>,
+}
+
+type Waiter = oneshot::Sender<Result<Reply, NetError>>;
+
+struct Pending {
+    waiter: Waiter,
+    results: Vec<OperationResult>,
+}
+
+/// One open connection and its streams.
+struct Session {
+    connection: quinn::Connection,
+    hello: HelloReply,
+    senders: Vec<tokio::sync::Mutex<quinn::SendStream>>,
+    pending: Arc<Mutex<HashMap<u64, Pending>>>,
+    next_stream: AtomicUsize,
+    generation: u64,
+}
+
+struct Inner {
+    options: ClientOptions,
+    client_config: quinn::ClientConfig,
+    session: tokio::sync::Mutex<Option<Arc<Session>>>,
+    /// The endpoint to try first (the last one that worked).
+    preferred: AtomicUsize,
+    generations: AtomicU64,
+    next_request_id: AtomicU64,
+}
+
+/// A connection to a Reservoir server (module docs).
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+    calls: mpsc::Sender<(Operation, oneshot::Sender<Result<OperationResult, NetError>>)>,
+}
+
+impl Client {
+    /// Connects to the first endpoint that answers and authenticates.
+    pub async fn connect(options: ClientOptions) -> Result<Client, NetError> {
+        if options.endpoints.is_empty() {
+            return Err(NetError::Connect("no endpoint given".into()));
+        }
+        let client_config = crate::tls::client_config(&options.ca_pem)?;
+        let mut options = options;
+        options.streams = options.streams.clamp(1, CLIENT_STREAMS_MAX);
+        options.batch_operations_max = options.batch_operations_max.clamp(1, OPERATIONS_PER_REQUEST_MAX);
+        let inner = Arc::new(Inner {
+            options,
+            client_config,
+            session: tokio::sync::Mutex::new(None),
+            preferred: AtomicUsize::new(0),
+            generations: AtomicU64::new(0),
+            next_request_id: AtomicU64::new(1),
+        });
+        inner.session().await?;
+        let (calls, receiver) = mpsc::channel(CALLS_QUEUED_MAX);
+        tokio::spawn(batcher(inner.clone(), receiver));
+        Ok(Client { inner, calls })
+    }
+
+    /// What the server said at the handshake (role, epoch, limits).
+    pub async fn hello(&self) -> Result<HelloReply, NetError> {
+        Ok(self.inner.session().await?.hello.clone())
+    }
+
+    /// Sends `operations` as one request (retrying as the module docs say) and returns the
+    /// whole reply.
+    pub async fn request(&self, operations: Vec<Operation>) -> Result<Reply, NetError> {
+        self.inner.request(operations).await
+    }
+
+    /// One operation, batched with other concurrent calls into shared requests.
+    pub async fn call(&self, operation: Operation) -> Result<OperationResult, NetError> {
+        let (sender, receiver) = oneshot::channel();
+        self.calls
+            .send((operation, sender))
+            .await
+            .map_err(|_| NetError::Shutdown("the client's batcher stopped".into()))?;
+        receiver.await.map_err(|_| NetError::Shutdown("the client's batcher dropped the call".into()))?
+    }
+
+    /// Says goodbye and closes the connection.
+    pub async fn close(&self) {
+        if let Some(session) = self.inner.session.lock().await.take() {
+            session.connection.close(quinn::VarInt::from_u32(0), b"goodbye");
+        }
+    }
+}
+
+async fn batcher(
+    inner: Arc<Inner>,
+    mut receiver: mpsc::Receiver<(Operation, oneshot::Sender<Result<OperationResult, NetError>>)>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT_MAX));
+    while let Some(first) = receiver.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < inner.options.batch_operations_max {
+            match receiver.try_recv() {
+                Ok(call) => batch.push(call),
+                Err(_) => break,
+            }
+        }
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let (operations, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            match inner.request(operations).await {
+                Ok(reply) => {
+                    for (waiter, result) in waiters.into_iter().zip(reply.results) {
+                        let _ = waiter.send(Ok(result));
+                    }
+                }
+                Err(error) => {
+                    let text = error.to_string();
+                    for waiter in waiters {
+                        let _ = waiter.send(Err(NetError::Connection(text.clone())));
+                    }
+                }
+            }
+            drop(slot);
+        });
+    }
+}
+
+fn retry_wait(error: &ErrorFrame, attempt: u32) -> Duration {
+    let backoff = 10u64 << attempt.min(8);
+    Duration::from_millis(error.retry_after_ms.map_or(backoff, u64::from).clamp(1, RETRY_WAIT_MS_MAX))
+}
+
+impl Inner {
+    async fn request(&self, operations: Vec<Operation>) -> Result<Reply, NetError> {
+        if operations.len() > OPERATIONS_PER_REQUEST_MAX {
+            return Err(NetError::Protocol(format!(
+                "{} operations: at most {OPERATIONS_PER_REQUEST_MAX}",
+                operations.len()
+            )));
+        }
+        let mut last_error = None;
+        for attempt in 0..ATTEMPTS_MAX {
+            let session = match self.session().await {
+                Ok(session) => session,
+                Err(error) => {
+                    last_error = Some(error);
+                    tokio::time::sleep(Duration::from_millis((10u64 << attempt).min(RETRY_WAIT_MS_MAX))).await;
+                    continue;
+                }
+            };
+            let timeout = Duration::from_millis(self.options.request_timeout_ms);
+            let outcome = match tokio::time::timeout(timeout, self.send(&session, operations.clone())).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(NetError::Timeout(format!("no reply within {} ms", self.options.request_timeout_ms))),
+            };
+            match outcome {
+                Ok(reply) => return Ok(reply),
+                Err(NetError::Refused(error)) => match error.code {
+                    ProtocolErrorCode::RateLimited
+                    | ProtocolErrorCode::TooManyInFlight
+                    | ProtocolErrorCode::ShuttingDown => {
+                        if error.code == ProtocolErrorCode::ShuttingDown {
+                            self.drop_session(&session).await;
+                        }
+                        tokio::time::sleep(retry_wait(&error, attempt)).await;
+                        last_error = Some(NetError::Refused(error));
+                    }
+                    ProtocolErrorCode::NotPrimary | ProtocolErrorCode::Internal => {
+                        self.drop_session(&session).await;
+                        self.preferred.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(retry_wait(&error, attempt)).await;
+                        last_error = Some(NetError::Refused(error));
+                    }
+                    _ => return Err(NetError::Refused(error)),
+                },
+                Err(error) => {
+                    // The reply was lost with the connection: resend, same ids, maybe elsewhere.
+                    self.drop_session(&session).await;
+                    tokio::time::sleep(Duration::from_millis((10u64 << attempt).min(RETRY_WAIT_MS_MAX))).await;
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| NetError::Connect("no attempt made".into())))
+    }
+
+    async fn send(&self, session: &Session, operations: Vec<Operation>) -> Result<Reply, NetError> {
+        let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let mut bytes = Vec::new();
+        ClientFrame::Request(Request { request_id, operations })
+            .encode(&mut bytes)
+            .map_err(|error| NetError::Protocol(error.to_string()))?;
+        let (waiter, receiver) = oneshot::channel();
+        session.pending.lock().insert(request_id, Pending { waiter, results: Vec::new() });
+        let stream = session.next_stream.fetch_add(1, Ordering::Relaxed) % session.senders.len();
+        let written = session.senders[stream].lock().await.write_all(&bytes).await;
+        if let Err(error) = written {
+            session.pending.lock().remove(&request_id);
+            return Err(NetError::Connection(error.to_string()));
+        }
+        match receiver.await {
+            Ok(result) => result,
+            Err(_) => Err(NetError::Connection("the connection closed before the reply".into())),
+        }
+    }
+
+    async fn drop_session(&self, failed: &Session) {
+        let mut current = self.session.lock().await;
+        if current.as_ref().is_some_and(|session| session.generation == failed.generation) {
+            if let Some(session) = current.take() {
+                session.connection.close(quinn::VarInt::from_u32(0), b"reconnecting");
+            }
+        }
+    }
+
+    /// The open session, or a new one on the first endpoint (from the preferred one on) that
+    /// answers.
+    async fn session(&self) -> Result<Arc<Session>, NetError> {
+        let mut current = self.session.lock().await;
+        if let Some(session) = current.as_ref() {
+            if session.connection.close_reason().is_none() {
+                return Ok(session.clone());
+            }
+        }
+        let count = self.options.endpoints.len();
+        let start = self.preferred.load(Ordering::Relaxed);
+        let mut errors = Vec::new();
+        for offset in 0..count {
+            let index = (start + offset) % count;
+            match self.open(&self.options.endpoints[index]).await {
+                Ok(session) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    let session = Arc::new(session);
+                    *current = Some(session.clone());
+                    return Ok(session);
+                }
+                Err(NetError::Refused(error)) if error.code != ProtocolErrorCode::NotPrimary => {
+                    return Err(NetError::Refused(error));
+                }
+                Err(error) => errors.push(format!("{}: {error}", self.options.endpoints[index])),
+            }
+        }
+        Err(NetError::Connect(errors.join("; ")))
+    }
+
+    async fn open(&self, endpoint_text: &str) -> Result<Session, NetError> {
+        let address: SocketAddr = tokio::net::lookup_host(endpoint_text)
+            .await
+            .map_err(|error| NetError::Connect(format!("{endpoint_text}: {error}")))?
+            .next()
+            .ok_or_else(|| NetError::Connect(format!("{endpoint_text}: no address")))?;
+        let host = match &self.options.server_name {
+            Some(name) => name.clone(),
+            None => endpoint_text
+                .rsplit_once(':')
+                .map_or(endpoint_text, |(host, _)| host)
+                .trim_matches(['[', ']'])
+                .to_owned(),
+        };
+        let bind: SocketAddr = if address.is_ipv6() {
+            "[::]:0".parse().expect("an address")
+        } else {
+            "0.0.0.0:0".parse().expect("an address")
+        };
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(|source| NetError::io("bind a UDP socket", source))?;
+        endpoint.set_default_client_config(self.client_config.clone());
+        let connection = endpoint
+            .connect(address, &host)
+            .map_err(|error| NetError::Connect(format!("{endpoint_text}: {error}")))?
+            .await
+            .map_err(|error| NetError::Connect(format!("{endpoint_text}: {error}")))?;
+        let (mut send, mut recv) =
+            connection.open_bi().await.map_err(|error| NetError::Connection(error.to_string()))?;
+        let mut bytes = Vec::new();
+        ClientFrame::Hello(Hello {
+            version_min: PROTOCOL_VERSION_MIN,
+            version_max: PROTOCOL_VERSION_MAX,
+            token: self.options.token.as_bytes().to_vec(),
+        })
+        .encode(&mut bytes)
+        .map_err(|error| NetError::Protocol(error.to_string()))?;
+        send.write_all(&bytes).await.map_err(|error| NetError::Connection(error.to_string()))?;
+        let mut decoder = FrameDecoder::new();
+        let hello = match read_frame(&mut recv, &mut decoder).await? {
+            ServerFrame::HelloReply(hello) => hello,
+            ServerFrame::Error(error) => return Err(NetError::Refused(error)),
+            other => return Err(NetError::Protocol(format!("expected HelloReply, got {other:?}"))),
+        };
+        let pending = Arc::new(Mutex::new(HashMap::new()));
+        let mut senders = vec![tokio::sync::Mutex::new(send)];
+        tokio::spawn(read_replies(recv, decoder, pending.clone()));
+        for _ in 1..self.options.streams {
+            let (send, recv) = connection.open_bi().await.map_err(|error| NetError::Connection(error.to_string()))?;
+            senders.push(tokio::sync::Mutex::new(send));
+            tokio::spawn(read_replies(recv, FrameDecoder::new(), pending.clone()));
+        }
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        Ok(Session { connection, hello, senders, pending, next_stream: AtomicUsize::new(0), generation })
+    }
+}
+
+async fn read_frame(recv: &mut quinn::RecvStream, decoder: &mut FrameDecoder) -> Result<ServerFrame, NetError> {
+    let mut chunk = vec![0u8; 4096];
+    loop {
+        if let Some(frame) = decoder.pop() {
+            return decode_server_frame(frame).map_err(|error| NetError::Protocol(error.to_string()));
+        }
+        // Read only what one frame needs at most, so that nothing after it is taken here.
+        match recv.read(&mut chunk[..1]).await {
+            Ok(Some(count)) => {
+                let taken = decoder.push(&chunk[..count]).map_err(|error| NetError::Protocol(error.to_string()))?;
+                debug_assert_eq!(taken, count);
+            }
+            Ok(None) => return Err(NetError::Connection("the server closed the stream".into())),
+            Err(error) => return Err(NetError::Connection(error.to_string())),
+        }
+    }
+}
+
+/// Reads replies from one stream and hands each whole one to its waiter.
+async fn read_replies(
+    mut recv: quinn::RecvStream,
+    mut decoder: FrameDecoder,
+    pending: Arc<Mutex<HashMap<u64, Pending>>>,
+) {
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    let failure = loop {
+        let count = match recv.read(&mut chunk).await {
+            Ok(Some(count)) => count,
+            Ok(None) => break "the server closed the stream".to_owned(),
+            Err(error) => break error.to_string(),
+        };
+        let mut rest = &chunk[..count];
+        let mut broken = None;
+        while !rest.is_empty() {
+            let taken = match decoder.push(rest) {
+                Ok(taken) => taken,
+                Err(error) => {
+                    broken = Some(error.to_string());
+                    break;
+                }
+            };
+            rest = &rest[taken..];
+            let Some(frame) = decoder.pop() else { continue };
+            match decode_server_frame(frame) {
+                Ok(ServerFrame::Reply(part)) => {
+                    let mut pending = pending.lock();
+                    let Some(entry) = pending.get_mut(&part.request_id) else { continue };
+                    if usize::from(part.first_operation) != entry.results.len() {
+                        broken = Some(format!("reply part of request {} out of order", part.request_id));
+                        break;
+                    }
+                    entry.results.extend(part.results);
+                    if part.is_final {
+                        let entry = pending.remove(&part.request_id).expect("present");
+                        let _ =
+                            entry.waiter.send(Ok(Reply { epoch: part.epoch, lsn: part.lsn, results: entry.results }));
+                    }
+                }
+                Ok(ServerFrame::Error(error)) => match error.request_id {
+                    Some(id) => {
+                        if let Some(entry) = pending.lock().remove(&id) {
+                            let _ = entry.waiter.send(Err(NetError::Refused(error)));
+                        }
+                    }
+                    None => {
+                        broken = Some(format!("{} ({})", error.code.name(), error.message));
+                        break;
+                    }
+                },
+                Ok(ServerFrame::Goodbye) | Ok(ServerFrame::HelloReply(_)) => {}
+                Err(error) => {
+                    broken = Some(error.to_string());
+                    break;
+                }
+            }
+        }
+        if let Some(why) = broken {
+            break why;
+        }
+    };
+    // Everything still waiting on this connection fails; the callers retry with the same ids.
+    let mut pending = pending.lock();
+    for (_, entry) in pending.drain() {
+        let _ = entry.waiter.send(Err(NetError::Connection(failure.clone())));
+    }
+}

@@ -1,0 +1,169 @@
+//! Bearer tokens: which tenant (or the operator) a connection speaks for.
+//!
+//! Tokens are `rsv_` + 64 hex digits (256 random bits from the OS), shown once when issued and
+//! stored only as their SHA-256 digest in `DATA_DIR/credentials.json` (written to a temporary
+//! file, fsynced, renamed, the directory fsynced). With 256 bits of entropy a plain, unsalted
+//! SHA-256 is enough: no dictionary or brute force reaches a token from its digest. A lookup is
+//! by digest, so the time it takes says nothing about the token.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use parking_lot::RwLock;
+use sha2::{Digest as _, Sha256};
+
+use crate::NetError;
+
+/// Bytes of randomness in a token.
+pub const TOKEN_RANDOM_BYTES: usize = 32;
+/// Tokens kept at most (all tenants and the operator together): bounds the file and memory.
+pub const CREDENTIALS_MAX: usize = 100_000;
+/// The prefix every token starts with (so that a leaked one is easy to find in logs and code).
+pub const TOKEN_PREFIX: &str = "rsv_";
+
+/// What a token grants.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "role", rename_all = "snake_case")]
+pub enum Grant {
+    /// The operator: admin operations only.
+    Admin,
+    /// One tenant's stock, and nothing else.
+    Tenant { tenant: String },
+    /// A standby's replication stream (issue #5).
+    Replication,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Entry {
+    sha256: String,
+    #[serde(flatten)]
+    grant: Grant,
+    created_ms: u64,
+}
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct File {
+    version: u32,
+    tokens: Vec<Entry>,
+}
+
+/// The credential store of a data directory.
+pub struct Credentials {
+    path: PathBuf,
+    entries: RwLock<HashMap<[u8; 32], Entry>>,
+}
+
+fn digest(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (index, slot) in out.iter_mut().enumerate() {
+        *slot = u8::from_str_radix(text.get(index * 2..index * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl Credentials {
+    pub fn path(data_directory: &Path) -> PathBuf {
+        data_directory.join("credentials.json")
+    }
+
+    /// Loads the store of `data_directory` (empty if it has none yet).
+    pub fn open(data_directory: &Path) -> Result<Credentials, NetError> {
+        let path = Credentials::path(data_directory);
+        let bad = |why: String| NetError::Credentials(format!("{}: {why}", path.display()));
+        let file: File = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| bad(error.to_string()))?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => File { version: 1, tokens: Vec::new() },
+            Err(error) => return Err(bad(error.to_string())),
+        };
+        if file.version != 1 || file.tokens.len() > CREDENTIALS_MAX {
+            return Err(bad(format!("version {} with {} tokens is not readable", file.version, file.tokens.len())));
+        }
+        let mut entries = HashMap::with_capacity(file.tokens.len());
+        for entry in file.tokens {
+            let key = unhex(&entry.sha256).ok_or_else(|| bad(format!("bad digest {:?}", entry.sha256)))?;
+            entries.insert(key, entry);
+        }
+        Ok(Credentials { path, entries: RwLock::new(entries) })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.read().is_empty()
+    }
+
+    /// What `token` grants, if anything.
+    pub fn authenticate(&self, token: &[u8]) -> Option<Grant> {
+        if !token.starts_with(TOKEN_PREFIX.as_bytes()) {
+            return None;
+        }
+        self.entries.read().get(&digest(token)).map(|entry| entry.grant.clone())
+    }
+
+    /// Mints a token for `grant`; with `revoke_others`, every earlier token of the same grant
+    /// stops working (a rotation). Durable before it returns. The token is shown only here.
+    pub fn issue(&self, grant: Grant, revoke_others: bool, now_ms: u64) -> Result<String, NetError> {
+        use rand::RngCore as _;
+        let mut random = [0u8; TOKEN_RANDOM_BYTES];
+        rand::rngs::OsRng.fill_bytes(&mut random);
+        let token = format!("{TOKEN_PREFIX}{}", hex(&random));
+        let key = digest(token.as_bytes());
+        let mut entries = self.entries.write();
+        let mut next = entries.clone();
+        if revoke_others {
+            next.retain(|_, entry| entry.grant != grant);
+        }
+        if next.len() >= CREDENTIALS_MAX {
+            return Err(NetError::Credentials(format!("{CREDENTIALS_MAX} tokens exist: revoke some first")));
+        }
+        next.insert(key, Entry { sha256: hex(&key), grant, created_ms: now_ms });
+        self.persist(&next)?;
+        *entries = next;
+        assert!(entries.contains_key(&key));
+        Ok(token)
+    }
+
+    /// Tokens per tenant (tenants with none are not listed).
+    pub fn tenant_token_counts(&self) -> HashMap<String, u32> {
+        let mut counts = HashMap::new();
+        for entry in self.entries.read().values() {
+            if let Grant::Tenant { tenant } = &entry.grant {
+                *counts.entry(tenant.clone()).or_insert(0u32) += 1;
+            }
+        }
+        counts
+    }
+
+    fn persist(&self, entries: &HashMap<[u8; 32], Entry>) -> Result<(), NetError> {
+        use std::io::Write as _;
+        let io = |error: std::io::Error| NetError::Credentials(format!("{}: {error}", self.path.display()));
+        let mut tokens: Vec<Entry> = entries.values().cloned().collect();
+        tokens.sort_by(|a, b| (a.created_ms, &a.sha256).cmp(&(b.created_ms, &b.sha256)));
+        let bytes = serde_json::to_vec_pretty(&File { version: 1, tokens }).expect("serializable");
+        let temporary = self.path.with_extension("json.tmp");
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&temporary)
+                .map_err(io)?;
+            file.write_all(&bytes).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&temporary, &self.path).map_err(io)?;
+        let directory = self.path.parent().expect("a file in a directory");
+        std::fs::File::open(directory).and_then(|file| file.sync_all()).map_err(io)
+    }
+}

@@ -1,0 +1,771 @@
+//! The QUIC server: quinn connections in, the engine and the WAL's group commit behind them.
+//!
+//! The request path (docs/ARCHITECTURE.md, "The request path"): a stream task reads frames,
+//! decodes a request, checks the credential and the tenant's rate, runs every operation on the
+//! engine right there (microseconds, no lock held across an await), hands the records to the
+//! WAL writer and queues the encoded reply behind the LSN it needs. One thread turns the WAL's
+//! durable LSN into a `watch` channel; each stream writes its queued replies as that LSN passes
+//! them. Group commit comes from many streams and connections submitting at once: one
+//! fdatasync acknowledges all of them.
+//!
+//! Limits: frames (`FRAME_BYTES_MAX`, checked before buffering), operations per request,
+//! requests in flight per connection (a semaphore), streams per connection (quinn), replies
+//! queued per stream (reading stops while full, so a client that does not read its replies
+//! stops being read, and QUIC flow control pushes back on it), a per-tenant rate with burst.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use governor::clock::Clock as _;
+use parking_lot::RwLock;
+use reservoir_engine::{Command, Config, Engine, Lsn, Name, Record, ResultCode, TenantId, EXPIRE_BATCH_MAX};
+use reservoir_wal::{Durability, DurableLsnReader, SnapshotPolicy, Snapshotter, Wal, WalOptions};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::credentials::{Credentials, Grant};
+use crate::message::{ClientFrame, ErrorFrame, Hello, HelloReply, Request, Role, ServerFrame, ServerLimits};
+use crate::operation::{run_query, Action, AdminAction, OperationResult, TenantEntry};
+use crate::tls::CertificateFiles;
+use crate::wire::{
+    ProtocolErrorCode, WireError, ERROR_MESSAGE_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX, TENANTS_PER_LIST_MAX,
+};
+use crate::{decode_client_frame, encode_reply, negotiate_version, FrameDecoder, NetError};
+
+/// Replies a stream holds, encoded, waiting for the durable LSN they need. While full, the
+/// stream is not read.
+pub const REPLIES_QUEUED_PER_STREAM_MAX: usize = 1_024;
+/// Bytes read from a stream at once.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+/// A connection must send its `Hello` within this long.
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// How often the server expires reservations past their deadline.
+pub const EXPIRE_INTERVAL_MS: u64 = 100;
+/// How often the server forgets idempotency memory past its retention.
+pub const FORGET_INTERVAL_MS: u64 = 60_000;
+/// Expiry commands one timer tick runs at most (each releases up to `EXPIRE_BATCH_MAX`).
+pub const EXPIRE_COMMANDS_PER_TICK_MAX: usize = 16;
+/// How long a graceful shutdown waits for requests in flight to be answered.
+pub const SHUTDOWN_WAIT_MS_MAX: u64 = 10_000;
+/// Connections served at once; more are refused at the QUIC handshake.
+pub const CONNECTIONS_MAX: usize = 10_000;
+/// Tenants with a rate limiter in memory at once (one per tenant that has connected).
+pub const RATE_LIMITERS_MAX: usize = 100_000;
+
+/// A tenant's rate: operations per second, and how many may come at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    pub operations_per_second: u32,
+    pub burst: u32,
+}
+
+impl Default for Rate {
+    /// 500,000 operations/s with bursts of 100,000: above what one tenant reaches on the
+    /// 2-core reference machine, so the limit bites only a flood (docs/benchmarks.md, W3).
+    fn default() -> Rate {
+        Rate { operations_per_second: 500_000, burst: 100_000 }
+    }
+}
+
+/// Everything `reservoir serve` is configured with.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub listen: SocketAddr,
+    pub data_directory: PathBuf,
+    pub durability: Durability,
+    /// The operator's certificate chain and key; `None` generates them in `DATA_DIR/tls/`.
+    pub certificates: Option<CertificateFiles>,
+    pub rate_default: Rate,
+    pub rate_per_tenant: HashMap<String, Rate>,
+    pub snapshot: SnapshotPolicy,
+    pub engine: Config,
+    pub segment_bytes: u64,
+    pub epoch: u32,
+}
+
+impl ServerOptions {
+    /// The embedded defaults: `./reservoir-data`, `127.0.0.1:7878`, durable.
+    pub fn new(data_directory: PathBuf) -> ServerOptions {
+        ServerOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
+            data_directory,
+            durability: Durability::Durable,
+            certificates: None,
+            rate_default: Rate::default(),
+            rate_per_tenant: HashMap::new(),
+            snapshot: SnapshotPolicy::default(),
+            engine: Config::default(),
+            segment_bytes: WalOptions::default().segment_bytes,
+            epoch: 1,
+        }
+    }
+}
+
+/// Tokens made on a data directory's first start, shown once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FirstStart {
+    pub admin_token: String,
+    pub demo_tenant: String,
+    pub demo_token: String,
+}
+
+/// The name of the tenant a new data directory starts with.
+pub const DEMO_TENANT: &str = "demo";
+
+/// Counters of what the server did (a place for metrics to read from).
+#[derive(Debug, Default)]
+pub struct ServerCounters {
+    pub connections: AtomicU64,
+    pub requests: AtomicU64,
+    pub operations: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub in_flight: AtomicU64,
+}
+
+/// What the request path shares.
+struct Core {
+    engine: Engine,
+    wal: Wal,
+    credentials: Credentials,
+    epoch: u64,
+    durable: watch::Receiver<Lsn>,
+    rate_default: Rate,
+    rate_per_tenant: HashMap<String, Rate>,
+    limiters: RwLock<HashMap<String, Arc<governor::DefaultDirectRateLimiter>>>,
+    shutting_down: AtomicBool,
+    counters: ServerCounters,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+/// A running server.
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    first_start: Option<FirstStart>,
+    core: Arc<Core>,
+    endpoint: quinn::Endpoint,
+    snapshotter: Option<Snapshotter>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    notifier: Option<std::thread::JoinHandle<()>>,
+    stop_notifier: Arc<AtomicBool>,
+    recovered_lsn: Lsn,
+}
+
+/// Opens (recovering) the data directory, makes first-start credentials and certificates,
+/// binds the QUIC endpoint and starts serving. Call within a tokio runtime.
+pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
+    let directory = options.data_directory.clone();
+    std::fs::create_dir_all(&directory).map_err(|source| NetError::io(directory.display().to_string(), source))?;
+    let wal_options =
+        WalOptions { durability: options.durability, segment_bytes: options.segment_bytes, epoch: options.epoch };
+    let opened = tokio::task::block_in_place(|| {
+        reservoir_wal::open_data_directory(&directory, options.engine.clone(), wal_options, |lsn| {
+            tracing::info!(lsn = lsn.0, "recovery in progress");
+        })
+    })?;
+    tracing::info!(
+        records = opened.recovery.records_replayed,
+        seconds = opened.recovery.seconds,
+        snapshot = ?opened.snapshot,
+        "recovered {}",
+        directory.display()
+    );
+    let recovered_lsn = Lsn(opened.engine.next_lsn().0 - 1);
+    let credentials = Credentials::open(&directory)?;
+    let first_start =
+        if credentials.is_empty() { Some(bootstrap(&opened.engine, &opened.wal, &credentials)?) } else { None };
+    let certificates = match &options.certificates {
+        Some(files) => files.clone(),
+        None => crate::tls::ensure_generated(&directory, &[options.listen.ip().to_string()])?,
+    };
+    let server_config = crate::tls::server_config(&certificates)?;
+    let endpoint = quinn::Endpoint::server(server_config, options.listen)
+        .map_err(|source| NetError::io(format!("listen on {}", options.listen), source))?;
+    let local_addr = endpoint.local_addr().map_err(|source| NetError::io("the bound address", source))?;
+
+    let (durable_sender, durable) = watch::channel(opened.wal.durable_lsn());
+    let stop_notifier = Arc::new(AtomicBool::new(false));
+    let notifier = {
+        let reader = opened.wal.durable_lsn_reader();
+        let stop = stop_notifier.clone();
+        std::thread::Builder::new()
+            .name("durable-notifier".into())
+            .spawn(move || notify_durable(&reader, &durable_sender, &stop))
+            .map_err(|source| NetError::io("start the durability notifier", source))?
+    };
+    let snapshotter = {
+        let reader = opened.wal.durable_lsn_reader();
+        Snapshotter::start(
+            directory.clone(),
+            options.engine.clone(),
+            options.snapshot.clone(),
+            opened.snapshot.unwrap_or(Lsn(0)),
+            move || reader.durable_lsn(),
+        )?
+    };
+    let core = Arc::new(Core {
+        engine: opened.engine,
+        wal: opened.wal,
+        credentials,
+        epoch: u64::from(options.epoch),
+        durable,
+        rate_default: options.rate_default,
+        rate_per_tenant: options.rate_per_tenant.clone(),
+        limiters: RwLock::new(HashMap::new()),
+        shutting_down: AtomicBool::new(false),
+        counters: ServerCounters::default(),
+    });
+    let tasks = vec![tokio::spawn(accept_loop(core.clone(), endpoint.clone())), tokio::spawn(timers(core.clone()))];
+    tracing::info!(%local_addr, "serving QUIC (ALPN reservoir/1)");
+    Ok(ServerHandle {
+        local_addr,
+        first_start,
+        core,
+        endpoint,
+        snapshotter: Some(snapshotter),
+        tasks,
+        notifier: Some(notifier),
+        stop_notifier,
+        recovered_lsn,
+    })
+}
+
+/// A new data directory's tenant and tokens: the `demo` tenant (created through the WAL
+/// like any command), an admin token and a `demo` token.
+fn bootstrap(engine: &Engine, wal: &Wal, credentials: &Credentials) -> Result<FirstStart, NetError> {
+    if engine.tenant_id(DEMO_TENANT).is_none() {
+        let mut records = Vec::new();
+        let command = Command::CreateTenant { name: Name::new(DEMO_TENANT).expect("a valid name") };
+        let reply = engine.execute(&command, now_ms(), &mut records);
+        assert!(reply.code.is_ok(), "a new engine takes the demo tenant: {reply:?}");
+        wal.append(records)?;
+    }
+    let admin_token = credentials.issue(Grant::Admin, false, now_ms())?;
+    let demo_token = credentials.issue(Grant::Tenant { tenant: DEMO_TENANT.into() }, false, now_ms())?;
+    Ok(FirstStart { admin_token, demo_tenant: DEMO_TENANT.into(), demo_token })
+}
+
+/// Publishes the WAL's durable LSN to the stream tasks as it moves.
+fn notify_durable(reader: &DurableLsnReader, sender: &watch::Sender<Lsn>, stop: &AtomicBool) {
+    /// How long one wait for the durable LSN lasts before the stop flag is looked at again.
+    const NOTIFY_WAIT_MS: u64 = 50;
+    let mut seen = *sender.borrow();
+    while !stop.load(Ordering::Acquire) {
+        let durable = reader.wait_beyond(seen, Duration::from_millis(NOTIFY_WAIT_MS));
+        if durable > seen {
+            seen = durable;
+            sender.send_replace(durable);
+        }
+    }
+}
+
+impl ServerHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The tokens made on this start, if the data directory was new.
+    pub fn first_start(&self) -> Option<&FirstStart> {
+        self.first_start.as_ref()
+    }
+
+    /// The last LSN recovery rebuilt at start.
+    pub fn recovered_lsn(&self) -> Lsn {
+        self.recovered_lsn
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.core.engine
+    }
+
+    pub fn counters(&self) -> &ServerCounters {
+        &self.core.counters
+    }
+
+    /// Takes a snapshot now (in the background).
+    pub fn request_snapshot(&self) {
+        if let Some(snapshotter) = &self.snapshotter {
+            snapshotter.request();
+        }
+    }
+
+    /// Graceful shutdown: new requests get `shutting_down`, requests in flight are answered
+    /// (for at most `SHUTDOWN_WAIT_MS_MAX`), connections close, the WAL writes and syncs
+    /// what it has. Returns the engine, for a final check.
+    pub async fn shutdown(mut self) -> Result<Engine, NetError> {
+        self.core.shutting_down.store(true, Ordering::Release);
+        self.endpoint.set_server_config(None);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(SHUTDOWN_WAIT_MS_MAX);
+        while self.core.counters.in_flight.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.endpoint.close(quinn::VarInt::from_u32(0), b"shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        for task in self.tasks.drain(..) {
+            task.abort();
+            let _ = task.await;
+        }
+        if let Some(snapshotter) = self.snapshotter.take() {
+            tokio::task::block_in_place(|| drop(snapshotter));
+        }
+        self.stop_notifier.store(true, Ordering::Release);
+        if let Some(notifier) = self.notifier.take() {
+            let _ = tokio::task::block_in_place(|| notifier.join());
+        }
+        let core = Arc::try_unwrap(self.core)
+            .map_err(|_| NetError::Shutdown("a connection task still holds the engine".into()))?;
+        let durable = tokio::task::block_in_place(|| core.wal.close())?;
+        tracing::info!(durable_lsn = durable.0, "stopped");
+        Ok(core.engine)
+    }
+}
+
+async fn accept_loop(core: Arc<Core>, endpoint: quinn::Endpoint) {
+    let connections = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            incoming.refuse();
+            continue;
+        };
+        let core = core.clone();
+        tokio::spawn(async move {
+            core.counters.connections.fetch_add(1, Ordering::Relaxed);
+            serve_connection(core, incoming).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Expiry and retention, driven by the server's clock (the engine reads none).
+async fn timers(core: Arc<Core>) {
+    let mut interval = tokio::time::interval(Duration::from_millis(EXPIRE_INTERVAL_MS));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_forget_ms = now_ms();
+    loop {
+        interval.tick().await;
+        let now = now_ms();
+        for _ in 0..EXPIRE_COMMANDS_PER_TICK_MAX {
+            let mut records = Vec::new();
+            core.engine.execute(&Command::Expire { limit: EXPIRE_BATCH_MAX }, now, &mut records);
+            let expired = records.len();
+            if !submit(&core, records) || expired < EXPIRE_BATCH_MAX {
+                break;
+            }
+        }
+        if now.saturating_sub(last_forget_ms) >= FORGET_INTERVAL_MS {
+            last_forget_ms = now;
+            let mut records = Vec::new();
+            core.engine.execute(&Command::Forget, now, &mut records);
+            submit(&core, records);
+        }
+    }
+}
+
+/// Hands records to the WAL writer. A failed writer acknowledges nothing more: the caller
+/// answers `internal` and the process should be restarted (recovery is exact).
+fn submit(core: &Core, records: Vec<Record>) -> bool {
+    if records.is_empty() {
+        return true;
+    }
+    // Blocks only while the writer's queue is full: the back-pressure point.
+    match core.wal.submit(records) {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::error!(%error, "the WAL refused records");
+            false
+        }
+    }
+}
+
+/// Who a connection speaks for.
+#[derive(Clone)]
+enum Principal {
+    Tenant { id: TenantId, name: String, limiter: Arc<governor::DefaultDirectRateLimiter> },
+    Admin,
+}
+
+struct Session {
+    principal: Principal,
+    in_flight: Arc<Semaphore>,
+}
+
+fn error_frame(request_id: Option<u64>, code: ProtocolErrorCode, message: impl Into<String>) -> ErrorFrame {
+    let mut message = message.into();
+    message.truncate(ERROR_MESSAGE_BYTES_MAX.min(message.len()));
+    while !message.is_char_boundary(message.len()) {
+        message.pop();
+    }
+    ErrorFrame { request_id, code, message, retry_after_ms: None, primary: None }
+}
+
+fn encode(frame: &ServerFrame) -> Vec<u8> {
+    let mut out = Vec::new();
+    frame.encode(&mut out).expect("server frames are built within the limits");
+    out
+}
+
+/// Sends `error` on `send` and closes the connection with the error's number.
+async fn refuse(connection: &quinn::Connection, send: &mut quinn::SendStream, error: ErrorFrame) {
+    let code = error.code;
+    let _ = send.write_all(&encode(&ServerFrame::Error(error))).await;
+    let _ = send.finish();
+    // Let the frame leave before the close (a close discards unsent stream data).
+    let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
+    connection.close(quinn::VarInt::from_u32(u32::from(code.number())), code.name().as_bytes());
+}
+
+/// Reads one whole frame (the handshake's `Hello`). The client must wait for `HelloReply`
+/// before it sends more, so bytes after the frame are a protocol error.
+async fn read_frame(recv: &mut quinn::RecvStream, decoder: &mut FrameDecoder) -> Result<Vec<u8>, ErrorFrame> {
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    loop {
+        match recv.read(&mut chunk).await {
+            Ok(Some(read)) => {
+                let taken = decoder.push(&chunk[..read]).map_err(|error| ErrorFrame::from_wire_error(&error))?;
+                if taken < read {
+                    return Err(error_frame(None, ProtocolErrorCode::MalformedFrame, "requests before HelloReply"));
+                }
+                if let Some(frame) = decoder.pop() {
+                    return Ok(frame.to_vec());
+                }
+            }
+            Ok(None) | Err(_) => return Err(error_frame(None, ProtocolErrorCode::Unauthenticated, "no Hello")),
+        }
+    }
+}
+
+async fn serve_connection(core: Arc<Core>, incoming: quinn::Incoming) {
+    let Ok(connection) = incoming.await else { return };
+    let Ok(Ok((mut send, mut recv))) =
+        tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), connection.accept_bi()).await
+    else {
+        connection.close(quinn::VarInt::from_u32(u32::from(ProtocolErrorCode::Unauthenticated.number())), b"no Hello");
+        return;
+    };
+    let mut decoder = FrameDecoder::new();
+    let hello =
+        match tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), read_hello(&mut recv, &mut decoder))
+            .await
+        {
+            Ok(Ok(hello)) => hello,
+            Ok(Err(error)) => return refuse(&connection, &mut send, error).await,
+            Err(_) => {
+                let error = error_frame(None, ProtocolErrorCode::Unauthenticated, "no Hello in time");
+                return refuse(&connection, &mut send, error).await;
+            }
+        };
+    let session = match authenticate(&core, &hello) {
+        Ok(session) => session,
+        Err(error) => return refuse(&connection, &mut send, error).await,
+    };
+    let role = match &session.principal {
+        Principal::Tenant { name, .. } => Role::Tenant { name: name.clone() },
+        Principal::Admin => Role::Admin,
+    };
+    let version = negotiate_version(&hello).expect("checked by authenticate");
+    let reply =
+        ServerFrame::HelloReply(HelloReply { version, role, epoch: core.epoch, limits: ServerLimits::THIS_BUILD });
+    if send.write_all(&encode(&reply)).await.is_err() {
+        return;
+    }
+    let session = Arc::new(session);
+    tokio::spawn(serve_stream(core.clone(), session.clone(), connection.clone(), send, recv, decoder));
+    loop {
+        match connection.accept_bi().await {
+            Ok((send, recv)) => {
+                tokio::spawn(serve_stream(
+                    core.clone(),
+                    session.clone(),
+                    connection.clone(),
+                    send,
+                    recv,
+                    FrameDecoder::new(),
+                ));
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+async fn read_hello(recv: &mut quinn::RecvStream, decoder: &mut FrameDecoder) -> Result<Hello, ErrorFrame> {
+    let frame = read_frame(recv, decoder).await?;
+    match decode_client_frame(&frame) {
+        Ok(ClientFrame::Hello(hello)) => Ok(hello),
+        Ok(_) => Err(error_frame(None, ProtocolErrorCode::Unauthenticated, "the first frame must be Hello")),
+        Err(error) => Err(ErrorFrame::from_wire_error(&error)),
+    }
+}
+
+fn authenticate(core: &Core, hello: &Hello) -> Result<Session, ErrorFrame> {
+    if negotiate_version(hello).is_none() {
+        return Err(error_frame(
+            None,
+            ProtocolErrorCode::UnsupportedVersion,
+            format!("this server speaks versions {}..={}", crate::PROTOCOL_VERSION_MIN, crate::PROTOCOL_VERSION_MAX),
+        ));
+    }
+    let unauthenticated = || error_frame(None, ProtocolErrorCode::Unauthenticated, "unknown or revoked token");
+    let principal = match core.credentials.authenticate(&hello.token).ok_or_else(unauthenticated)? {
+        Grant::Admin => Principal::Admin,
+        Grant::Tenant { tenant } => {
+            let id = core.engine.tenant_id(&tenant).ok_or_else(unauthenticated)?;
+            Principal::Tenant { id, limiter: limiter(core, &tenant), name: tenant }
+        }
+        Grant::Replication => {
+            return Err(error_frame(
+                None,
+                ProtocolErrorCode::Unauthenticated,
+                "a replication token opens no client session",
+            ))
+        }
+    };
+    Ok(Session { principal, in_flight: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)) })
+}
+
+/// The tenant's rate limiter, shared by all its connections.
+fn limiter(core: &Core, tenant: &str) -> Arc<governor::DefaultDirectRateLimiter> {
+    if let Some(limiter) = core.limiters.read().get(tenant) {
+        return limiter.clone();
+    }
+    let rate = core.rate_per_tenant.get(tenant).copied().unwrap_or(core.rate_default);
+    let quota = governor::Quota::per_second(NonZeroU32::new(rate.operations_per_second.max(1)).expect("at least 1"))
+        .allow_burst(NonZeroU32::new(rate.burst.max(1)).expect("at least 1"));
+    let mut limiters = core.limiters.write();
+    if limiters.len() >= RATE_LIMITERS_MAX {
+        limiters.clear();
+    }
+    limiters.entry(tenant.to_owned()).or_insert_with(|| Arc::new(governor::RateLimiter::direct(quota))).clone()
+}
+
+/// A reply waiting for the LSN it needs to be durable.
+struct QueuedReply {
+    lsn: Lsn,
+    bytes: Vec<u8>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+async fn serve_stream(
+    core: Arc<Core>,
+    session: Arc<Session>,
+    connection: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    mut decoder: FrameDecoder,
+) {
+    let mut durable = core.durable.clone();
+    let mut queued: VecDeque<QueuedReply> = VecDeque::new();
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    let mut reading = true;
+    loop {
+        // Write every queued reply whose records are durable (in LSN order: they were queued
+        // in execution order, and LSNs grow with it).
+        let durable_lsn = *durable.borrow_and_update();
+        while queued.front().is_some_and(|reply| reply.lsn <= durable_lsn) {
+            let reply = queued.pop_front().expect("a front");
+            if send.write_all(&reply.bytes).await.is_err() {
+                return;
+            }
+            core.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        if !reading && queued.is_empty() {
+            let _ = send.finish();
+            return;
+        }
+        tokio::select! {
+            read = recv.read(&mut chunk), if reading && queued.len() < REPLIES_QUEUED_PER_STREAM_MAX => {
+                match read {
+                    Ok(Some(count)) => {
+                        let mut rest = &chunk[..count];
+                        while !rest.is_empty() {
+                            let taken = match decoder.push(rest) {
+                                Ok(taken) => taken,
+                                Err(error) => {
+                                    core.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                                    return refuse(&connection, &mut send, ErrorFrame::from_wire_error(&error)).await;
+                                }
+                            };
+                            rest = &rest[taken..];
+                            let Some(frame) = decoder.pop() else { continue };
+                            match handle_frame(&core, &session, frame) {
+                                Outcome::Reply(reply) => {
+                                    let needed = reply.lsn;
+                                    if needed <= *durable.borrow() && queued.is_empty() {
+                                        if send.write_all(&reply.bytes).await.is_err() {
+                                            return;
+                                        }
+                                        core.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
+                                    } else {
+                                        queued.push_back(reply);
+                                    }
+                                }
+                                Outcome::Error(error) => {
+                                    core.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                                    if error.code.closes_connection() {
+                                        return refuse(&connection, &mut send, error).await;
+                                    }
+                                    if send.write_all(&encode(&ServerFrame::Error(error))).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Outcome::Goodbye => reading = false,
+                            }
+                        }
+                    }
+                    Ok(None) | Err(_) => reading = false,
+                }
+            }
+            changed = durable.changed(), if !queued.is_empty() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+enum Outcome {
+    Reply(QueuedReply),
+    Error(ErrorFrame),
+    Goodbye,
+}
+
+fn handle_frame(core: &Core, session: &Session, frame: &[u8]) -> Outcome {
+    match decode_client_frame(frame) {
+        Ok(ClientFrame::Request(request)) => match handle_request(core, session, request) {
+            Ok(reply) => Outcome::Reply(reply),
+            Err(error) => Outcome::Error(error),
+        },
+        Ok(ClientFrame::Goodbye) => Outcome::Goodbye,
+        Ok(ClientFrame::Hello(_)) => {
+            Outcome::Error(error_frame(None, ProtocolErrorCode::MalformedFrame, "a second Hello"))
+        }
+        Err(WireError::UnknownFrameType { frame_type }) => {
+            // Skipped, answered, the connection goes on.
+            let error = WireError::UnknownFrameType { frame_type };
+            Outcome::Error(ErrorFrame::from_wire_error(&error))
+        }
+        Err(error) => Outcome::Error(ErrorFrame::from_wire_error(&error)),
+    }
+}
+
+fn handle_request(core: &Core, session: &Session, request: Request) -> Result<QueuedReply, ErrorFrame> {
+    let id = Some(request.request_id);
+    if core.shutting_down.load(Ordering::Acquire) {
+        let mut error = error_frame(id, ProtocolErrorCode::ShuttingDown, "the server is shutting down");
+        error.retry_after_ms = Some(1_000);
+        return Err(error);
+    }
+    let admin = matches!(session.principal, Principal::Admin);
+    if let Some(operation) = request.operations.iter().find(|operation| operation.kind().is_admin() != admin) {
+        let why = if admin {
+            "an admin token runs admin operations only"
+        } else {
+            "a tenant token cannot run admin operations"
+        };
+        return Err(error_frame(id, ProtocolErrorCode::Forbidden, format!("{}: {why}", operation.kind().name())));
+    }
+    if let Principal::Tenant { limiter, .. } = &session.principal {
+        if let Some(count) = NonZeroU32::new(request.operations.len() as u32) {
+            let refused = match limiter.check_n(count) {
+                Ok(Ok(())) => None,
+                Ok(Err(not_until)) => {
+                    Some(not_until.wait_time_from(governor::clock::DefaultClock::default().now()).as_millis() as u32)
+                }
+                // More operations than the burst: never allowed at once; split the request.
+                Err(_) => Some(u32::MAX),
+            };
+            if let Some(wait_ms) = refused {
+                core.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                let message = if wait_ms == u32::MAX {
+                    "a request larger than the tenant's burst"
+                } else {
+                    "over the tenant's rate"
+                };
+                let mut error = error_frame(id, ProtocolErrorCode::RateLimited, message);
+                error.retry_after_ms = Some(wait_ms.clamp(1, 60_000));
+                return Err(error);
+            }
+        }
+    }
+    let Ok(permit) = session.in_flight.clone().try_acquire_owned() else {
+        let mut error = error_frame(id, ProtocolErrorCode::TooManyInFlight, "wait for replies before sending more");
+        error.retry_after_ms = Some(10);
+        return Err(error);
+    };
+    let tenant = match &session.principal {
+        Principal::Tenant { id, .. } => *id,
+        // Admin operations name their tenant themselves.
+        Principal::Admin => TenantId(u32::MAX),
+    };
+    let now = now_ms();
+    let mut records = Vec::new();
+    let mut results = Vec::with_capacity(request.operations.len());
+    for operation in &request.operations {
+        let kind = operation.kind();
+        let result = match operation.to_action(tenant) {
+            Err(code) => OperationResult::refused(kind, code),
+            Ok(Action::Command(command)) => {
+                let reply = core.engine.execute(&command, now, &mut records);
+                OperationResult::Reply { kind, reply }
+            }
+            Ok(Action::Query(query)) => run_query(&core.engine, &query),
+            Ok(Action::Admin(action)) => run_admin(core, &action, now),
+        };
+        debug_assert_eq!(result.kind(), kind, "a result answers its operation");
+        results.push(result);
+    }
+    core.counters.requests.fetch_add(1, Ordering::Relaxed);
+    core.counters.operations.fetch_add(results.len() as u64, Ordering::Relaxed);
+    // A reply waits until what it reflects is durable: its own records, or for a read-only
+    // request everything it may have seen (no client ever sees a state a crash could undo).
+    let reflects = records.iter().map(|record| record.lsn).max().unwrap_or(Lsn(core.engine.next_lsn().0 - 1));
+    if !submit(core, records) {
+        return Err(error_frame(
+            id,
+            ProtocolErrorCode::Internal,
+            "the write-ahead log failed: retry with the same ids",
+        ));
+    }
+    let mut bytes = Vec::new();
+    encode_reply(request.request_id, core.epoch, reflects.0, &results, &mut bytes)
+        .expect("replies built from the engine fit the frame limits");
+    core.counters.in_flight.fetch_add(1, Ordering::AcqRel);
+    Ok(QueuedReply { lsn: reflects, bytes, _permit: Some(permit) })
+}
+
+/// Credential operations (not engine commands: tokens are the server's, not the ledger's).
+fn run_admin(core: &Core, action: &AdminAction, now: u64) -> OperationResult {
+    match action {
+        AdminAction::IssueToken { tenant, revoke_others } => {
+            if core.engine.tenant_id(tenant.as_str()).is_none() {
+                return OperationResult::Token(Err(ResultCode::UnknownTenant));
+            }
+            let grant = Grant::Tenant { tenant: tenant.as_str().to_owned() };
+            match core.credentials.issue(grant, *revoke_others, now) {
+                Ok(token) => {
+                    tracing::info!(tenant = tenant.as_str(), revoke_others, "token issued");
+                    OperationResult::Token(Ok(token))
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot issue a token");
+                    OperationResult::Token(Err(ResultCode::CapacityExceeded))
+                }
+            }
+        }
+        AdminAction::ListTenants => {
+            let counts = core.credentials.tenant_token_counts();
+            let tenants = (0..TENANTS_PER_LIST_MAX as u32)
+                .map_while(|id| core.engine.tenant_name(TenantId(id)))
+                .map(|name| TenantEntry { tokens: counts.get(&name).copied().unwrap_or(0), name })
+                .collect();
+            OperationResult::Tenants(Ok(tenants))
+        }
+    }
+}

@@ -1,0 +1,581 @@
+//! The command-line client (what redis-cli is to Redis): one operation per invocation against
+//! a running server, human output or `--json`, and exit codes scripts can rely on:
+//!
+//! | exit | meaning |
+//! | ---: | --- |
+//! | 0 | done (`ok` or `ok_partial`) |
+//! | 1 | the server refused the operation (its result code is printed) |
+//! | 2 | bad usage (clap) |
+//! | 3 | no answer: cannot connect, not authenticated, protocol or file error |
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use reservoir_engine::ReservationState;
+use reservoir_net::client::{Client, ClientOptions};
+use reservoir_net::{Operation, OperationResult, Role, WireImportRow, WireLine};
+use serde_json::json;
+
+/// Where a SKU is when a line or item names no location (`SKU` instead of `SKU@LOCATION`).
+pub const LOCATION_DEFAULT: &str = "main";
+/// Rows per import request (the protocol's `IMPORT_ROWS_MAX`); a larger file is sent in parts.
+pub const IMPORT_ROWS_PER_REQUEST_MAX: usize = reservoir_engine::IMPORT_ROWS_MAX;
+/// Bytes of an import file read at most (the whole file is parsed before anything is sent).
+pub const IMPORT_FILE_BYTES_MAX: u64 = 1 << 30;
+
+#[derive(Debug, Args, Clone)]
+pub struct Connection {
+    /// The server(s): host:port, comma-separated (a primary and its standbys)
+    #[arg(long, global = true, value_name = "ADDR", env = "RESERVOIR_SERVER", default_value = "127.0.0.1:7878")]
+    server: String,
+    /// The bearer token (a tenant's, or the admin token for `tenant`)
+    #[arg(long, global = true, value_name = "TOKEN", env = "RESERVOIR_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The CA certificate that signed the server's [default: ./reservoir-data/tls/ca.pem]
+    #[arg(long, global = true, value_name = "FILE", env = "RESERVOIR_CA")]
+    ca: Option<PathBuf>,
+    /// Print one JSON object instead of text
+    #[arg(long, global = true)]
+    json: bool,
+    /// Check that the token is this tenant's (tenant operations act on the token's tenant)
+    #[arg(long, global = true, value_name = "NAME")]
+    tenant: Option<String>,
+}
+
+/// `SKU[@LOCATION]:QTY`.
+fn parse_line(text: &str) -> Result<WireLine, String> {
+    let (item, quantity) = text.rsplit_once(':').ok_or_else(|| format!("{text:?}: expected SKU[@LOCATION]:QTY"))?;
+    let quantity = quantity.parse::<i64>().map_err(|_| format!("{text:?}: the quantity is not a number"))?;
+    let (sku, location) = parse_item(item);
+    Ok(WireLine { sku, location, quantity })
+}
+
+/// `SKU[@LOCATION]`.
+fn parse_item(text: &str) -> (String, String) {
+    match text.split_once('@') {
+        Some((sku, location)) => (sku.to_owned(), location.to_owned()),
+        None => (text.to_owned(), LOCATION_DEFAULT.to_owned()),
+    }
+}
+
+/// `90s`, `15m`, `2h`, `1d`, or plain seconds.
+fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let (number, unit_ms) = match text.char_indices().last() {
+        Some((at, 's')) => (&text[..at], 1_000),
+        Some((at, 'm')) => (&text[..at], 60_000),
+        Some((at, 'h')) => (&text[..at], 3_600_000),
+        Some((at, 'd')) => (&text[..at], 86_400_000),
+        _ => (text, 1_000),
+    };
+    let number: u64 = number.parse().map_err(|_| format!("{text:?}: expected e.g. 90s, 15m, 2h, 1d"))?;
+    number.checked_mul(unit_ms).ok_or_else(|| format!("{text:?} is too long"))
+}
+
+#[derive(Debug, Args)]
+pub struct ReserveArgs {
+    /// The reservation id (the idempotency key: a retry with it returns the first outcome)
+    #[arg(long)]
+    id: String,
+    /// SKU[@LOCATION]:QTY, once per order line
+    #[arg(long = "line", value_name = "SKU[@LOC]:QTY", required = true, value_parser = parse_line)]
+    lines: Vec<WireLine>,
+    /// Time to live: the engine releases the reservation when it passes
+    #[arg(long, default_value = "15m", value_parser = parse_duration_ms)]
+    ttl: u64,
+    /// Reserve what is available per line instead of all or nothing
+    #[arg(long)]
+    partial: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SettleArgs {
+    /// The reservation id
+    #[arg(long)]
+    id: String,
+    /// Only these lines and quantities (default: everything still reserved)
+    #[arg(long = "line", value_name = "SKU[@LOC]:QTY", value_parser = parse_line)]
+    lines: Vec<WireLine>,
+    /// The operation id (idempotency key; default: a new random one, printed)
+    #[arg(long)]
+    op_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExtendArgs {
+    #[arg(long)]
+    id: String,
+    /// The new time to live, from now
+    #[arg(long, value_parser = parse_duration_ms)]
+    ttl: u64,
+    #[arg(long)]
+    op_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReceiveArgs {
+    /// SKU[@LOCATION]
+    item: String,
+    quantity: i64,
+    #[arg(long)]
+    op_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AdjustArgs {
+    /// SKU[@LOCATION]
+    item: String,
+    /// + or - units
+    #[arg(allow_hyphen_values = true)]
+    delta: i64,
+    /// Why (damage, found, ...)
+    #[arg(long)]
+    reason: String,
+    #[arg(long)]
+    op_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SetStockArgs {
+    /// SKU[@LOCATION]
+    item: String,
+    /// The counted on_hand
+    on_hand: i64,
+    /// Only if on_hand is this now (compare-and-set, for cycle counts)
+    #[arg(long)]
+    expected: Option<i64>,
+    #[arg(long)]
+    op_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MoveArgs {
+    sku: String,
+    from: String,
+    to: String,
+    quantity: i64,
+    #[arg(long)]
+    op_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// CSV with a header (sku,location,on_hand[,safety_stock,backorder_limit]) or JSON lines
+    /// with those fields (a tenant export of `reservoir restore --tenant` works as it is)
+    file: PathBuf,
+    /// The operation id (idempotency key; a file over 10,000 rows uses ID-1, ID-2, ...)
+    #[arg(long)]
+    op_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StockArgs {
+    sku: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ReservationArgs {
+    id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TenantArgs {
+    #[command(subcommand)]
+    command: TenantCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant and print its first token (shown once)
+    Add { name: String },
+    /// List tenants and how many live tokens each has
+    List,
+    /// Issue a new token for a tenant and revoke its earlier ones (shown once)
+    RotateToken { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Reserve stock for an order's lines (all or nothing unless --partial)
+    Reserve(ReserveArgs),
+    /// Commit (pick/ship) a reservation, whole or some lines
+    Commit(SettleArgs),
+    /// Release a reservation, whole or some lines
+    Release(SettleArgs),
+    /// Move a reservation's deadline
+    Extend(ExtendArgs),
+    /// Receive units at a location
+    Receive(ReceiveArgs),
+    /// Correct on_hand by + or - units, with a reason
+    Adjust(AdjustArgs),
+    /// Set on_hand to a counted value (cycle count), optionally compare-and-set
+    SetStock(SetStockArgs),
+    /// Move units between two locations of a SKU
+    Move(MoveArgs),
+    /// Import many items from a CSV or JSON-lines file, a result per row
+    Import(ImportArgs),
+    /// A SKU's stock per location and in total
+    Stock(StockArgs),
+    /// One reservation with its lines and state
+    Reservation(ReservationArgs),
+    /// Manage tenants and their tokens (admin token)
+    Tenant(TenantArgs),
+}
+
+/// Exit code of a refusal by the server's engine.
+pub const EXIT_REFUSED: u8 = 1;
+/// Exit code when no answer was had.
+pub const EXIT_NO_ANSWER: u8 = 3;
+
+fn operation_id(given: &Option<String>, out: &mut Vec<(String, serde_json::Value)>) -> String {
+    if let Some(id) = given {
+        return id.clone();
+    }
+    use rand::Rng as _;
+    let id = format!("cli-{:016x}", rand::thread_rng().gen::<u64>());
+    out.push(("operation_id".into(), json!(id)));
+    id
+}
+
+/// Runs one client command; returns the process exit code.
+pub fn run(connection: Connection, command: ClientCommand) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("reservoir: {error}");
+            return EXIT_NO_ANSWER;
+        }
+    };
+    match runtime.block_on(run_async(connection, command)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("reservoir: {error:#}");
+            EXIT_NO_ANSWER
+        }
+    }
+}
+
+async fn connect(connection: &Connection) -> anyhow::Result<Client> {
+    let token = connection.token.clone().context("no token: pass --token or set RESERVOIR_TOKEN")?;
+    let ca = connection
+        .ca
+        .clone()
+        .unwrap_or_else(|| reservoir_net::tls::ca_path(std::path::Path::new(crate::serve::DATA_DIRECTORY_DEFAULT)));
+    let ca_pem = std::fs::read(&ca).with_context(|| format!("read the CA certificate {} (--ca)", ca.display()))?;
+    let endpoints =
+        connection.server.split(',').map(|text| text.trim().to_owned()).filter(|text| !text.is_empty()).collect();
+    let mut options = ClientOptions::new(endpoints, ca_pem, token);
+    options.streams = 1;
+    let client = Client::connect(options).await.context("connect")?;
+    if let Some(expected) = &connection.tenant {
+        match client.hello().await?.role {
+            Role::Tenant { name } if &name == expected => {}
+            Role::Tenant { name } => anyhow::bail!("the token is tenant {name:?}'s, not {expected:?}'s"),
+            Role::Admin => anyhow::bail!("the token is the admin token: tenant operations need a tenant's"),
+        }
+    }
+    Ok(client)
+}
+
+async fn run_async(connection: Connection, command: ClientCommand) -> anyhow::Result<u8> {
+    let client = connect(&connection).await?;
+    let mut extra = Vec::new();
+    let operations: Vec<Operation> = match &command {
+        ClientCommand::Reserve(args) => vec![Operation::Reserve {
+            reservation: args.id.clone(),
+            ttl_ms: args.ttl,
+            allow_partial: args.partial,
+            lines: args.lines.clone(),
+        }],
+        ClientCommand::Commit(args) | ClientCommand::Release(args) => {
+            let operation = operation_id(&args.op_id, &mut extra);
+            let lines = (!args.lines.is_empty()).then(|| args.lines.clone());
+            let reservation = args.id.clone();
+            vec![if matches!(command, ClientCommand::Commit(_)) {
+                Operation::Commit { operation, reservation, lines }
+            } else {
+                Operation::Release { operation, reservation, lines }
+            }]
+        }
+        ClientCommand::Extend(args) => vec![Operation::Extend {
+            operation: operation_id(&args.op_id, &mut extra),
+            reservation: args.id.clone(),
+            ttl_ms: args.ttl,
+        }],
+        ClientCommand::Receive(args) => {
+            let (sku, location) = parse_item(&args.item);
+            vec![Operation::Receive {
+                operation: operation_id(&args.op_id, &mut extra),
+                sku,
+                location,
+                quantity: args.quantity,
+            }]
+        }
+        ClientCommand::Adjust(args) => {
+            let (sku, location) = parse_item(&args.item);
+            vec![Operation::Adjust {
+                operation: operation_id(&args.op_id, &mut extra),
+                sku,
+                location,
+                delta: args.delta,
+                reason: args.reason.clone(),
+            }]
+        }
+        ClientCommand::SetStock(args) => {
+            let (sku, location) = parse_item(&args.item);
+            vec![Operation::SetOnHand {
+                operation: operation_id(&args.op_id, &mut extra),
+                sku,
+                location,
+                expected: args.expected,
+                on_hand: args.on_hand,
+            }]
+        }
+        ClientCommand::Move(args) => vec![Operation::Move {
+            operation: operation_id(&args.op_id, &mut extra),
+            sku: args.sku.clone(),
+            from: args.from.clone(),
+            to: args.to.clone(),
+            quantity: args.quantity,
+        }],
+        ClientCommand::Import(args) => {
+            let rows = read_import(&args.file)?;
+            let base = operation_id(&args.op_id, &mut extra);
+            let chunks: Vec<_> = rows.chunks(IMPORT_ROWS_PER_REQUEST_MAX).collect();
+            let single = chunks.len() == 1;
+            chunks
+                .into_iter()
+                .enumerate()
+                .map(|(index, chunk)| Operation::Import {
+                    operation: if single { base.clone() } else { format!("{base}-{}", index + 1) },
+                    rows: chunk.to_vec(),
+                })
+                .collect()
+        }
+        ClientCommand::Stock(args) => vec![Operation::GetSku { sku: args.sku.clone() }],
+        ClientCommand::Reservation(args) => vec![Operation::GetReservation { reservation: args.id.clone() }],
+        ClientCommand::Tenant(args) => match &args.command {
+            TenantCommand::Add { name } => vec![
+                Operation::CreateTenant { name: name.clone() },
+                Operation::IssueToken { tenant: name.clone(), revoke_others: false },
+            ],
+            TenantCommand::List => vec![Operation::ListTenants],
+            TenantCommand::RotateToken { name } => {
+                vec![Operation::IssueToken { tenant: name.clone(), revoke_others: true }]
+            }
+        },
+    };
+    // One import request per 10,000 rows; everything else is one request.
+    let mut results = Vec::new();
+    let mut lsn = 0;
+    if matches!(command, ClientCommand::Import(_)) {
+        for operation in operations {
+            let reply = client.request(vec![operation]).await.context("request")?;
+            lsn = reply.lsn;
+            results.extend(reply.results);
+        }
+    } else {
+        let reply = client.request(operations).await.context("request")?;
+        lsn = reply.lsn;
+        results = reply.results;
+    }
+    client.close().await;
+    let ok = results.iter().all(|result| result.code().is_ok());
+    let mut object = serde_json::Map::new();
+    for (key, value) in extra {
+        object.insert(key, value);
+    }
+    object.insert("lsn".into(), json!(lsn));
+    object.insert("results".into(), json!(results.iter().map(describe_json).collect::<Vec<_>>()));
+    if connection.json {
+        println!("{}", serde_json::Value::Object(object));
+    } else {
+        if let Some(id) = object.get("operation_id") {
+            println!("operation id {} (retry with --op-id to get this outcome again)", id.as_str().unwrap_or_default());
+        }
+        for result in &results {
+            print!("{}", describe_text(result));
+        }
+    }
+    Ok(if ok { 0 } else { EXIT_REFUSED })
+}
+
+fn read_import(path: &std::path::Path) -> anyhow::Result<Vec<WireImportRow>> {
+    let bytes = std::fs::metadata(path).with_context(|| format!("read {}", path.display()))?.len();
+    anyhow::ensure!(bytes <= IMPORT_FILE_BYTES_MAX, "{} is over {} bytes", path.display(), IMPORT_FILE_BYTES_MAX);
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let first = text.lines().find(|line| !line.trim().is_empty()).unwrap_or_default();
+    let mut rows = Vec::new();
+    if first.trim_start().starts_with('{') {
+        #[derive(serde::Deserialize)]
+        struct Row {
+            sku: String,
+            location: Option<String>,
+            on_hand: i64,
+            safety_stock: Option<i64>,
+            backorder_limit: Option<i64>,
+        }
+        for (number, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let value: serde_json::Value =
+                serde_json::from_str(line).with_context(|| format!("line {}", number + 1))?;
+            if value.get("export").is_some() {
+                continue; // the header line of a tenant export
+            }
+            let row: Row = serde_json::from_value(value).with_context(|| format!("line {}", number + 1))?;
+            rows.push(WireImportRow {
+                sku: row.sku,
+                location: row.location.unwrap_or_else(|| LOCATION_DEFAULT.to_owned()),
+                on_hand: row.on_hand,
+                safety_stock: row.safety_stock,
+                backorder_limit: row.backorder_limit,
+            });
+        }
+    } else {
+        let mut lines = text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty());
+        let (_, header) = lines.next().context("an empty file")?;
+        let columns: Vec<&str> = header.split(',').map(str::trim).collect();
+        let column = |name: &str| columns.iter().position(|column| *column == name);
+        let sku = column("sku").context("the CSV header has no sku column")?;
+        let on_hand = column("on_hand").context("the CSV header has no on_hand column")?;
+        let (location, safety, backorder) = (column("location"), column("safety_stock"), column("backorder_limit"));
+        for (number, line) in lines {
+            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+            let field = |index: usize| fields.get(index).copied().unwrap_or_default();
+            let number_at = |index: usize| -> anyhow::Result<i64> {
+                field(index).parse().with_context(|| format!("line {}: {:?} is not a number", number + 1, field(index)))
+            };
+            let optional = |index: Option<usize>| -> anyhow::Result<Option<i64>> {
+                match index.map(field) {
+                    None | Some("") => Ok(None),
+                    Some(_) => number_at(index.expect("some")).map(Some),
+                }
+            };
+            rows.push(WireImportRow {
+                sku: field(sku).to_owned(),
+                location: location.map(field).filter(|text| !text.is_empty()).unwrap_or(LOCATION_DEFAULT).to_owned(),
+                on_hand: number_at(on_hand)?,
+                safety_stock: optional(safety)?,
+                backorder_limit: optional(backorder)?,
+            });
+        }
+    }
+    anyhow::ensure!(!rows.is_empty(), "{} has no rows", path.display());
+    Ok(rows)
+}
+
+fn state_name(state: ReservationState) -> &'static str {
+    state.name()
+}
+
+fn counters_json(counters: &reservoir_engine::Counters) -> serde_json::Value {
+    json!({
+        "on_hand": counters.on_hand, "reserved": counters.reserved, "available": counters.available(),
+        "safety_stock": counters.safety_stock, "backorder_limit": counters.backorder_limit,
+    })
+}
+
+fn describe_json(result: &OperationResult) -> serde_json::Value {
+    let code = result.code().name();
+    match result {
+        OperationResult::Reply { kind, reply } => json!({
+            "operation": kind.name(), "code": code, "deadline_ms": reply.deadline_ms, "on_hand": reply.on_hand,
+            "lines": reply.lines.iter().map(|line| json!({
+                "code": line.code.name(), "requested": line.requested, "applied": line.applied, "available": line.available,
+            })).collect::<Vec<_>>(),
+        }),
+        OperationResult::Sku(Ok(summary)) => json!({
+            "operation": "get_sku", "code": code, "total": counters_json(&summary.total),
+            "locations": summary.locations.iter().map(|item| json!({
+                "sku": item.sku, "location": item.location, "counters": counters_json(&item.counters),
+            })).collect::<Vec<_>>(),
+        }),
+        OperationResult::Reservation(Ok(view)) => json!({
+            "operation": "get_reservation", "code": code, "reservation": view.reservation,
+            "state": state_name(view.state), "deadline_ms": view.deadline_ms,
+            "lines": view.lines.iter().map(|line| json!({
+                "sku": line.sku, "location": line.location, "requested": line.requested, "reserved": line.reserved,
+                "committed": line.committed, "released": line.released,
+            })).collect::<Vec<_>>(),
+        }),
+        OperationResult::Token(Ok(token)) => json!({"operation": "issue_token", "code": code, "token": token}),
+        OperationResult::Tenants(Ok(tenants)) => json!({
+            "operation": "list_tenants", "code": code,
+            "tenants": tenants.iter().map(|entry| json!({"name": entry.name, "tokens": entry.tokens})).collect::<Vec<_>>(),
+        }),
+        other => json!({"operation": other.kind().name(), "code": code}),
+    }
+}
+
+fn describe_text(result: &OperationResult) -> String {
+    let code = result.code().name();
+    match result {
+        OperationResult::Reply { kind, reply } => {
+            let mut text = format!("{} {code}", kind.name());
+            if reply.deadline_ms > 0 {
+                text.push_str(&format!(" deadline {}", crate::time::format_ms(reply.deadline_ms)));
+            }
+            if matches!(kind.name(), "receive" | "adjust" | "set_on_hand") && reply.code.is_ok() {
+                text.push_str(&format!(" on_hand {}", reply.on_hand));
+            }
+            text.push('\n');
+            for (index, line) in reply.lines.iter().enumerate() {
+                text.push_str(&format!(
+                    "  line {} {} requested {} applied {} available {}\n",
+                    index + 1,
+                    line.code.name(),
+                    line.requested,
+                    line.applied,
+                    line.available
+                ));
+            }
+            text
+        }
+        OperationResult::Sku(Ok(summary)) => {
+            let mut text = format!("{:<16} {:>12} {:>12} {:>12}\n", "location", "on_hand", "reserved", "available");
+            for item in &summary.locations {
+                text.push_str(&format!(
+                    "{:<16} {:>12} {:>12} {:>12}\n",
+                    item.location,
+                    item.counters.on_hand,
+                    item.counters.reserved,
+                    item.counters.available()
+                ));
+            }
+            text.push_str(&format!(
+                "{:<16} {:>12} {:>12} {:>12}\n",
+                "total",
+                summary.total.on_hand,
+                summary.total.reserved,
+                summary.total.available()
+            ));
+            text
+        }
+        OperationResult::Reservation(Ok(view)) => {
+            let mut text = format!(
+                "reservation {} {} deadline {}\n",
+                view.reservation,
+                state_name(view.state),
+                crate::time::format_ms(view.deadline_ms)
+            );
+            for line in &view.lines {
+                text.push_str(&format!(
+                    "  {}@{} requested {} reserved {} committed {} released {}\n",
+                    line.sku, line.location, line.requested, line.reserved, line.committed, line.released
+                ));
+            }
+            text
+        }
+        OperationResult::Token(Ok(token)) => format!("token (shown once, keep it): {token}\n"),
+        OperationResult::Tenants(Ok(tenants)) => {
+            let mut text = format!("{:<32} {:>6}\n", "tenant", "tokens");
+            for entry in tenants {
+                text.push_str(&format!("{:<32} {:>6}\n", entry.name, entry.tokens));
+            }
+            text
+        }
+        other => format!("{} {code}\n", other.kind().name()),
+    }
+}

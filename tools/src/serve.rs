@@ -1,0 +1,200 @@
+//! `reservoir serve`: the QUIC server with embedded defaults. Settings come from, in order of
+//! precedence: flags, environment variables (`RESERVOIR_*`), a TOML file (`--config`), the
+//! embedded defaults (README, "Configuration").
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Args;
+use reservoir_net::server::{Rate, ServerOptions};
+use reservoir_net::tls::CertificateFiles;
+use reservoir_wal::{Durability, RetentionPolicy, SnapshotPolicy};
+
+use crate::DurabilityArg;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A TOML configuration file (README, "Configuration")
+    #[arg(long, value_name = "FILE", env = "RESERVOIR_CONFIG")]
+    config: Option<PathBuf>,
+    /// The data directory [default: ./reservoir-data]
+    #[arg(long, value_name = "DIR", env = "RESERVOIR_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Where to listen for QUIC [default: 127.0.0.1:7878]
+    #[arg(long, value_name = "ADDR", env = "RESERVOIR_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// fsync before acknowledging (durable, the default) or not (none: tests and benchmarks only)
+    #[arg(long, value_enum, env = "RESERVOIR_DURABILITY")]
+    durability: Option<DurabilityArg>,
+    /// The operator's certificate chain (PEM); default: generated in DATA_DIR/tls/
+    #[arg(long, value_name = "FILE", env = "RESERVOIR_TLS_CERTIFICATE", requires = "tls_key")]
+    tls_certificate: Option<PathBuf>,
+    /// The private key of --tls-certificate (PEM)
+    #[arg(long, value_name = "FILE", env = "RESERVOIR_TLS_KEY", requires = "tls_certificate")]
+    tls_key: Option<PathBuf>,
+}
+
+/// The configuration file. Every field is optional; what is missing keeps its default.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    durability: Option<String>,
+    tls: Option<TlsConfig>,
+    rate: Option<RateConfig>,
+    snapshot: Option<SnapshotConfig>,
+    archive: Option<ArchiveConfig>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsConfig {
+    certificate: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateConfig {
+    operations_per_second: Option<u32>,
+    burst: Option<u32>,
+    #[serde(default)]
+    tenants: HashMap<String, TenantRate>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantRate {
+    operations_per_second: u32,
+    burst: u32,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotConfig {
+    every_records: Option<u64>,
+    every_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArchiveConfig {
+    age_max_hours: Option<u64>,
+    bytes_max_gib: Option<u64>,
+}
+
+/// The data directory `serve` uses when nothing says otherwise.
+pub const DATA_DIRECTORY_DEFAULT: &str = "reservoir-data";
+
+/// Merges flags, environment, file and defaults.
+pub fn options(args: &ServeArgs) -> anyhow::Result<ServerOptions> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+            toml::from_str::<FileConfig>(&text).with_context(|| format!("parse {}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let data_directory =
+        args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(DATA_DIRECTORY_DEFAULT));
+    let mut options = ServerOptions::new(data_directory);
+    if let Some(listen) = args.listen.or(file.listen) {
+        options.listen = listen;
+    }
+    options.durability = match (args.durability, file.durability.as_deref()) {
+        (Some(durability), _) => durability.into(),
+        (None, Some("durable") | None) => Durability::Durable,
+        (None, Some("none")) => Durability::None,
+        (None, Some(other)) => anyhow::bail!("durability {other:?}: durable or none"),
+    };
+    options.certificates = match (&args.tls_certificate, &args.tls_key, file.tls) {
+        (Some(certificate), Some(key), _) => {
+            Some(CertificateFiles { certificate: certificate.clone(), key: key.clone() })
+        }
+        (None, None, Some(tls)) => Some(CertificateFiles { certificate: tls.certificate, key: tls.key }),
+        _ => None,
+    };
+    if let Some(rate) = file.rate {
+        let default = Rate::default();
+        options.rate_default = Rate {
+            operations_per_second: rate.operations_per_second.unwrap_or(default.operations_per_second),
+            burst: rate.burst.unwrap_or(default.burst),
+        };
+        options.rate_per_tenant = rate
+            .tenants
+            .into_iter()
+            .map(|(tenant, rate)| {
+                (tenant, Rate { operations_per_second: rate.operations_per_second, burst: rate.burst })
+            })
+            .collect();
+    }
+    let defaults = SnapshotPolicy::default();
+    let snapshot = file.snapshot.unwrap_or_default();
+    let archive = file.archive.unwrap_or_default();
+    let retention = RetentionPolicy::default();
+    options.snapshot = SnapshotPolicy {
+        every_records: snapshot.every_records.unwrap_or(defaults.every_records),
+        every_ms: snapshot.every_seconds.map_or(defaults.every_ms, |seconds| seconds.saturating_mul(1_000)),
+        retention: RetentionPolicy {
+            archive_age_max_ms: archive
+                .age_max_hours
+                .map_or(retention.archive_age_max_ms, |hours| hours.saturating_mul(3_600_000)),
+            archive_bytes_max: archive
+                .bytes_max_gib
+                .map_or(retention.archive_bytes_max, |gib| gib.saturating_mul(1 << 30)),
+        },
+    };
+    Ok(options)
+}
+
+pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let options = options(&args)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("reservoir").build()?;
+    runtime.block_on(serve(options))
+}
+
+async fn serve(options: ServerOptions) -> anyhow::Result<()> {
+    let data_directory = options.data_directory.clone();
+    let durability = options.durability;
+    let server = reservoir_net::server::start(options).await.context("start the server")?;
+    if let Some(first) = server.first_start() {
+        println!("reservoir: a new data directory at {}", data_directory.display());
+        println!("admin token (shown once, keep it): {}", first.admin_token);
+        println!("tenant {:?} token (shown once, keep it): {}", first.demo_tenant, first.demo_token);
+        println!("clients trust: {}", reservoir_net::tls::ca_path(&data_directory).display());
+        println!("try: RESERVOIR_TOKEN={} reservoir receive SKU-1@DC1 100", first.demo_token);
+    }
+    println!(
+        "reservoir: serving {} on {} ({}, recovered up to LSN {})",
+        data_directory.display(),
+        server.local_addr(),
+        durability.name(),
+        server.recovered_lsn().0
+    );
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
+        _ = terminate.recv() => tracing::info!("terminated: shutting down"),
+    }
+    let engine = server.shutdown().await.context("shut down")?;
+    let report = engine.verify();
+    anyhow::ensure!(report.violations.is_empty(), "the ledger does not verify: {:?}", report.violations);
+    println!(
+        "reservoir: stopped; {} items, {} open reservations, every invariant holds",
+        report.items, report.open_reservations
+    );
+    Ok(())
+}
