@@ -12,8 +12,14 @@ pub const COMMAND_DURATION_MAX: Duration = Duration::from_secs(120);
 /// Runs `binary` with `arguments`, waits (bounded) and returns what it printed. Output is read
 /// while the child runs, so a chatty child never blocks on a full pipe.
 pub fn run(binary: &Path, arguments: &[&str]) -> Output {
+    run_in(binary, arguments, Path::new("."))
+}
+
+/// [`run`] in the working directory `directory`.
+pub fn run_in(binary: &Path, arguments: &[&str], directory: &Path) -> Output {
     let child = Command::new(binary)
         .args(arguments)
+        .current_dir(directory)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -252,6 +252,10 @@ impl Inner {
             match outcome {
                 Ok(reply) => return Ok(reply),
                 Err(NetError::Refused(error)) => match error.code {
+                    // Without retry_after the request can never pass (larger than the burst).
+                    ProtocolErrorCode::RateLimited if error.retry_after_ms.is_none() => {
+                        return Err(NetError::Refused(error));
+                    }
                     ProtocolErrorCode::RateLimited
                     | ProtocolErrorCode::TooManyInFlight
                     | ProtocolErrorCode::ShuttingDown => {

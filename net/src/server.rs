@@ -53,6 +53,8 @@ pub const EXPIRE_COMMANDS_PER_TICK_MAX: usize = 16;
 pub const SHUTDOWN_WAIT_MS_MAX: u64 = 10_000;
 /// Connections served at once; more are refused at the QUIC handshake.
 pub const CONNECTIONS_MAX: usize = 10_000;
+/// The longest `retry_after_ms` the server asks for.
+pub const RETRY_AFTER_MS_MAX: u32 = 60_000;
 /// Tenants with a rate limiter in memory at once (one per tenant that has connected).
 pub const RATE_LIMITERS_MAX: usize = 100_000;
 
@@ -186,7 +188,11 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
         None => crate::tls::ensure_generated(&directory, &[options.listen.ip().to_string()])?,
     };
     let server_config = crate::tls::server_config(&certificates)?;
-    let endpoint = quinn::Endpoint::server(server_config, options.listen)
+    let socket = std::net::UdpSocket::bind(options.listen)
+        .map_err(|source| NetError::io(format!("listen on {}", options.listen), source))?;
+    let runtime = quinn::default_runtime().ok_or_else(|| NetError::Shutdown("no async runtime".into()))?;
+    let endpoint_config = crate::tls::endpoint_config(&directory)?;
+    let endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)
         .map_err(|source| NetError::io(format!("listen on {}", options.listen), source))?;
     let local_addr = endpoint.local_addr().map_err(|source| NetError::io("the bound address", source))?;
 
@@ -318,6 +324,11 @@ impl ServerHandle {
         self.stop_notifier.store(true, Ordering::Release);
         if let Some(notifier) = self.notifier.take() {
             let _ = tokio::task::block_in_place(|| notifier.join());
+        }
+        // Connection tasks end once their connections are closed; wait (bounded) for them.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(SHUTDOWN_WAIT_MS_MAX);
+        while Arc::strong_count(&self.core) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let core = Arc::try_unwrap(self.core)
             .map_err(|_| NetError::Shutdown("a connection task still holds the engine".into()))?;
@@ -544,11 +555,31 @@ fn limiter(core: &Core, tenant: &str) -> Arc<governor::DefaultDirectRateLimiter>
     limiters.entry(tenant.to_owned()).or_insert_with(|| Arc::new(governor::RateLimiter::direct(quota))).clone()
 }
 
-/// A reply waiting for the LSN it needs to be durable.
+/// A reply waiting for the LSN it needs to be durable. It counts as in flight (for the
+/// connection's cap and for a graceful shutdown) until it is dropped: written, or abandoned
+/// with its connection.
 struct QueuedReply {
     lsn: Lsn,
     bytes: Vec<u8>,
-    _permit: Option<OwnedSemaphorePermit>,
+    _permit: OwnedSemaphorePermit,
+    _counted: InFlight,
+}
+
+/// One request in the server's in-flight count, from decoding to its reply.
+struct InFlight(Arc<Core>);
+
+impl InFlight {
+    fn new(core: &Arc<Core>) -> InFlight {
+        core.counters.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(core.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let before = self.0.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
+        assert!(before > 0, "in-flight count underflow");
+    }
 }
 
 async fn serve_stream(
@@ -572,7 +603,6 @@ async fn serve_stream(
             if send.write_all(&reply.bytes).await.is_err() {
                 return;
             }
-            core.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
         }
         if !reading && queued.is_empty() {
             let _ = send.finish();
@@ -600,7 +630,6 @@ async fn serve_stream(
                                         if send.write_all(&reply.bytes).await.is_err() {
                                             return;
                                         }
-                                        core.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
                                     } else {
                                         queued.push_back(reply);
                                     }
@@ -636,7 +665,7 @@ enum Outcome {
     Goodbye,
 }
 
-fn handle_frame(core: &Core, session: &Session, frame: &[u8]) -> Outcome {
+fn handle_frame(core: &Arc<Core>, session: &Session, frame: &[u8]) -> Outcome {
     match decode_client_frame(frame) {
         Ok(ClientFrame::Request(request)) => match handle_request(core, session, request) {
             Ok(reply) => Outcome::Reply(reply),
@@ -655,7 +684,7 @@ fn handle_frame(core: &Core, session: &Session, frame: &[u8]) -> Outcome {
     }
 }
 
-fn handle_request(core: &Core, session: &Session, request: Request) -> Result<QueuedReply, ErrorFrame> {
+fn handle_request(core: &Arc<Core>, session: &Session, request: Request) -> Result<QueuedReply, ErrorFrame> {
     let id = Some(request.request_id);
     if core.shutting_down.load(Ordering::Acquire) {
         let mut error = error_frame(id, ProtocolErrorCode::ShuttingDown, "the server is shutting down");
@@ -683,13 +712,14 @@ fn handle_request(core: &Core, session: &Session, request: Request) -> Result<Qu
             };
             if let Some(wait_ms) = refused {
                 core.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
-                let message = if wait_ms == u32::MAX {
-                    "a request larger than the tenant's burst"
+                // Larger than the burst: waiting cannot help, so no retry_after (split it).
+                let (message, retry_after_ms) = if wait_ms == u32::MAX {
+                    ("a request with more operations than the tenant's burst: split it", None)
                 } else {
-                    "over the tenant's rate"
+                    ("over the tenant's rate", Some(wait_ms.clamp(1, RETRY_AFTER_MS_MAX)))
                 };
                 let mut error = error_frame(id, ProtocolErrorCode::RateLimited, message);
-                error.retry_after_ms = Some(wait_ms.clamp(1, 60_000));
+                error.retry_after_ms = retry_after_ms;
                 return Err(error);
             }
         }
@@ -736,8 +766,7 @@ fn handle_request(core: &Core, session: &Session, request: Request) -> Result<Qu
     let mut bytes = Vec::new();
     encode_reply(request.request_id, core.epoch, reflects.0, &results, &mut bytes)
         .expect("replies built from the engine fit the frame limits");
-    core.counters.in_flight.fetch_add(1, Ordering::AcqRel);
-    Ok(QueuedReply { lsn: reflects, bytes, _permit: Some(permit) })
+    Ok(QueuedReply { lsn: reflects, bytes, _permit: permit, _counted: InFlight::new(core) })
 }
 
 /// Credential operations (not engine commands: tokens are the server's, not the ledger's).

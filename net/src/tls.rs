@@ -30,8 +30,10 @@ pub struct CertificateFiles {
 
 /// Streams a connection may have open at once (quinn's transport limit; a client needs few).
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 64;
-/// A connection with no traffic (keep-alives included) for this long is closed.
-pub const IDLE_TIMEOUT_MS: u32 = 30_000;
+/// A connection with no traffic (keep-alives included) for this long is closed: how long a
+/// peer that vanished without a word (SIGKILL, a lost host) takes to be noticed, unless a
+/// stateless reset says so sooner.
+pub const IDLE_TIMEOUT_MS: u32 = 10_000;
 /// Bytes a stream may have unread in the receiver: bounds what a client can push ahead.
 pub const STREAM_RECEIVE_WINDOW_BYTES: u32 = 8 << 20;
 
@@ -168,4 +170,40 @@ pub fn client_config(ca_pem: &[u8]) -> Result<quinn::ClientConfig, NetError> {
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport()));
     Ok(config)
+}
+
+/// Bytes of the stateless-reset secret.
+const RESET_KEY_BYTES: usize = 32;
+
+/// The endpoint configuration of a server whose stateless-reset key lives in the data
+/// directory (`tls/reset.key`, made on first use): after a crash and restart the server can
+/// tell clients of the old process at once that their connection is gone (a QUIC stateless
+/// reset), instead of letting them wait out the idle timeout.
+pub fn endpoint_config(data_directory: &Path) -> Result<quinn::EndpointConfig, NetError> {
+    let directory = tls_directory(data_directory);
+    let path = directory.join("reset.key");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            use rand::RngCore as _;
+            std::fs::create_dir_all(&directory).map_err(|error| tls_error("create the tls directory", error))?;
+            let mut secret = [0u8; RESET_KEY_BYTES];
+            rand::rngs::OsRng.fill_bytes(&mut secret);
+            let text: String = secret.iter().map(|byte| format!("{byte:02x}")).collect();
+            write_private(&path, &text)?;
+            text
+        }
+        Err(error) => return Err(tls_error(&path.display().to_string(), error)),
+    };
+    let text = text.trim();
+    let mut key = [0u8; RESET_KEY_BYTES];
+    if text.len() != RESET_KEY_BYTES * 2 {
+        return Err(NetError::Tls(format!("{}: not a {RESET_KEY_BYTES}-byte hex key", path.display())));
+    }
+    for (index, slot) in key.iter_mut().enumerate() {
+        *slot = u8::from_str_radix(&text[index * 2..index * 2 + 2], 16)
+            .map_err(|_| NetError::Tls(format!("{}: not a hex key", path.display())))?;
+    }
+    let hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
+    Ok(quinn::EndpointConfig::new(Arc::new(hmac)))
 }

@@ -1,0 +1,408 @@
+//! The server over real QUIC on loopback (quinn both ends, real files, fsync on): no oversell
+//! under many clients on hot SKUs, tenant walls and credentials, every limit answered with its
+//! code, malformed and truncated frames, a retry after a lost reply.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reservoir_engine::ResultCode;
+use reservoir_net::client::{Client, ClientOptions};
+use reservoir_net::server::{self, Rate, ServerHandle, ServerOptions};
+use reservoir_net::{
+    decode_server_frame, ClientFrame, FrameDecoder, Hello, Operation, OperationResult, ProtocolErrorCode, Request,
+    ServerFrame, WireLine,
+};
+
+struct Running {
+    server: ServerHandle,
+    directory: tempfile::TempDir,
+    ca: Vec<u8>,
+    admin: String,
+    demo: String,
+}
+
+async fn start_with(configure: impl FnOnce(&mut ServerOptions)) -> Running {
+    let directory = tempfile::tempdir().unwrap();
+    let mut options = ServerOptions::new(directory.path().to_owned());
+    options.listen = "127.0.0.1:0".parse().unwrap();
+    configure(&mut options);
+    let server = server::start(options).await.unwrap();
+    let first = server.first_start().cloned().expect("a new data directory");
+    let ca = std::fs::read(reservoir_net::tls::ca_path(directory.path())).unwrap();
+    Running { server, directory, ca, admin: first.admin_token, demo: first.demo_token }
+}
+
+async fn start() -> Running {
+    start_with(|_| {}).await
+}
+
+impl Running {
+    fn address(&self) -> String {
+        self.server.local_addr().to_string()
+    }
+
+    async fn client(&self, token: &str) -> Result<Client, reservoir_net::NetError> {
+        Client::connect(ClientOptions::new(vec![self.address()], self.ca.clone(), token.to_owned())).await
+    }
+}
+
+fn line(sku: &str, quantity: i64) -> WireLine {
+    WireLine { sku: sku.into(), location: "DC1".into(), quantity }
+}
+
+fn receive(id: &str, sku: &str, quantity: i64) -> Operation {
+    Operation::Receive { operation: id.into(), sku: sku.into(), location: "DC1".into(), quantity }
+}
+
+fn reserve(id: &str, lines: Vec<WireLine>) -> Operation {
+    Operation::Reserve { reservation: id.into(), ttl_ms: 600_000, allow_partial: false, lines }
+}
+
+fn reply_of(result: &OperationResult) -> &reservoir_engine::Reply {
+    match result {
+        OperationResult::Reply { reply, .. } => reply,
+        other => panic!("not an engine reply: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_on_hot_skus_never_oversell() {
+    let running = start().await;
+    let setup = running.client(&running.demo).await.unwrap();
+    const SKUS: usize = 4;
+    const STOCK: i64 = 500;
+    let receipts = (0..SKUS).map(|sku| receive(&format!("r{sku}"), &format!("HOT-{sku}"), STOCK)).collect();
+    assert!(setup.request(receipts).await.unwrap().results.iter().all(|result| result.code() == ResultCode::Ok));
+
+    let granted = Arc::new(AtomicI64::new(0));
+    let mut tasks = Vec::new();
+    for client_index in 0..6 {
+        let client = running.client(&running.demo).await.unwrap();
+        let granted = granted.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut calls = Vec::new();
+            for order in 0..150 {
+                let lines =
+                    vec![line(&format!("HOT-{}", order % SKUS), 3), line(&format!("HOT-{}", (order + 1) % SKUS), 2)];
+                let operation = reserve(&format!("c{client_index}-o{order}"), lines);
+                let client = client.clone();
+                calls.push(async move { client.call(operation).await });
+            }
+            for result in futures_join(calls).await {
+                let result = result.unwrap();
+                let reply = reply_of(&result);
+                match reply.code {
+                    ResultCode::Ok => {
+                        granted.fetch_add(reply.lines.iter().map(|line| line.applied).sum::<i64>(), Ordering::Relaxed)
+                    }
+                    ResultCode::InsufficientStock => {
+                        assert!(reply.lines.iter().all(|line| line.applied == 0), "all or nothing: {reply:?}");
+                        0
+                    }
+                    other => panic!("unexpected {other:?}"),
+                };
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // 6 x 150 orders of 5 units want 4,500 of the 2,000 there are: many are refused.
+    let granted = granted.load(Ordering::Relaxed);
+    assert!(granted > 0 && granted <= SKUS as i64 * STOCK, "granted {granted}");
+    let stock: i64 = {
+        let mut reserved = 0;
+        for sku in 0..SKUS {
+            let result = setup.call(Operation::GetSku { sku: format!("HOT-{sku}") }).await.unwrap();
+            let OperationResult::Sku(Ok(summary)) = result else { panic!("{result:?}") };
+            assert!(summary.total.available() >= 0, "oversold: {summary:?}");
+            reserved += summary.total.reserved;
+        }
+        reserved
+    };
+    assert_eq!(stock, granted, "what the server reserved is what it acknowledged");
+    let engine = running.server.shutdown().await.unwrap();
+    assert!(engine.verify().violations.is_empty(), "{:?}", engine.verify().violations);
+    drop(running.directory);
+}
+
+/// Awaits every future (a tiny join_all, so the test needs no futures crate).
+async fn futures_join<T: Send + 'static>(
+    futures: Vec<impl std::future::Future<Output = T> + Send + 'static>,
+) -> Vec<T> {
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_reaches_only_its_tenant_and_rotation_revokes() {
+    let running = start().await;
+    let admin = running.client(&running.admin).await.unwrap();
+    let reply = admin
+        .request(vec![
+            Operation::CreateTenant { name: "acme".into() },
+            Operation::IssueToken { tenant: "acme".into(), revoke_others: false },
+        ])
+        .await
+        .unwrap();
+    let OperationResult::Token(Ok(acme_token)) = &reply.results[1] else { panic!("{reply:?}") };
+
+    let acme = running.client(acme_token).await.unwrap();
+    assert_eq!(acme.call(receive("a1", "SECRET", 50)).await.unwrap().code(), ResultCode::Ok);
+    // The demo tenant sees no such item and cannot reserve it: tenant ops act on the token's tenant.
+    let demo = running.client(&running.demo).await.unwrap();
+    let result = demo.call(Operation::GetSku { sku: "SECRET".into() }).await.unwrap();
+    assert_eq!(result.code(), ResultCode::UnknownItem);
+    let result = demo.call(reserve("steal", vec![line("SECRET", 1)])).await.unwrap();
+    assert_eq!(result.code(), ResultCode::UnknownItem);
+    let OperationResult::Sku(Ok(summary)) = acme.call(Operation::GetSku { sku: "SECRET".into() }).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(summary.total.reserved, 0);
+
+    // Tenant tokens cannot run admin operations; the admin token runs nothing else.
+    match demo.request(vec![Operation::ListTenants]).await {
+        Err(reservoir_net::NetError::Refused(error)) => assert_eq!(error.code, ProtocolErrorCode::Forbidden),
+        other => panic!("{other:?}"),
+    }
+    match admin.request(vec![Operation::GetSku { sku: "SECRET".into() }]).await {
+        Err(reservoir_net::NetError::Refused(error)) => assert_eq!(error.code, ProtocolErrorCode::Forbidden),
+        other => panic!("{other:?}"),
+    }
+    // A wrong token is refused at the handshake.
+    match running.client("rsv_0000").await {
+        Err(reservoir_net::NetError::Refused(error)) => assert_eq!(error.code, ProtocolErrorCode::Unauthenticated),
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("a wrong token was accepted"),
+    }
+    // Rotation: the new token works, the old one no longer opens a connection.
+    let result = admin.call(Operation::IssueToken { tenant: "acme".into(), revoke_others: true }).await.unwrap();
+    let OperationResult::Token(Ok(rotated)) = result else { panic!() };
+    assert!(running.client(&rotated).await.is_ok());
+    assert!(matches!(running.client(acme_token).await, Err(reservoir_net::NetError::Refused(_))));
+    let OperationResult::Tenants(Ok(tenants)) = admin.call(Operation::ListTenants).await.unwrap() else { panic!() };
+    let acme_entry = tenants.iter().find(|entry| entry.name == "acme").unwrap();
+    assert_eq!(acme_entry.tokens, 1, "{tenants:?}");
+    let result = admin.call(Operation::IssueToken { tenant: "nobody".into(), revoke_others: false }).await.unwrap();
+    assert_eq!(result.code(), ResultCode::UnknownTenant);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_over_its_rate_gets_rate_limited_with_a_retry_after() {
+    let running = start_with(|options| {
+        options.rate_per_tenant.insert("demo".into(), Rate { operations_per_second: 5, burst: 5 });
+    })
+    .await;
+    let demo = running.client(&running.demo).await.unwrap();
+    let queries = |count: usize| (0..count).map(|_| Operation::GetSku { sku: "X".into() }).collect::<Vec<_>>();
+    // More than the burst in one request can never pass.
+    match demo.request(queries(6)).await {
+        Err(reservoir_net::NetError::Refused(error)) => {
+            assert_eq!(error.code, ProtocolErrorCode::RateLimited);
+            assert_eq!(error.retry_after_ms, None, "waiting cannot help a request larger than the burst");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The burst passes; the client library waits out retry_after and gets through again.
+    assert_eq!(demo.request(queries(5)).await.unwrap().results.len(), 5);
+    let started = std::time::Instant::now();
+    assert_eq!(demo.request(queries(5)).await.unwrap().results.len(), 5);
+    assert!(started.elapsed() >= Duration::from_millis(200), "the retry waited for the rate");
+    // The admin connection has no tenant rate.
+    let admin = running.client(&running.admin).await.unwrap();
+    assert!(admin.request(vec![Operation::ListTenants; 20]).await.is_ok());
+}
+
+/// A raw connection: the handshake done by hand, then frames as bytes.
+struct Raw {
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder,
+}
+
+async fn raw(running: &Running, token: &str) -> Raw {
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse::<SocketAddr>().unwrap()).unwrap();
+    endpoint.set_default_client_config(reservoir_net::tls::client_config(&running.ca).unwrap());
+    let connection = endpoint.connect(running.server.local_addr(), "localhost").unwrap().await.unwrap();
+    let (mut send, recv) = connection.open_bi().await.unwrap();
+    let mut bytes = Vec::new();
+    ClientFrame::Hello(Hello { version_min: 1, version_max: 1, token: token.as_bytes().to_vec() })
+        .encode(&mut bytes)
+        .unwrap();
+    send.write_all(&bytes).await.unwrap();
+    let mut raw = Raw { connection, send, recv, decoder: FrameDecoder::new() };
+    assert!(matches!(raw.frame().await, Some(ServerFrame::HelloReply(_))));
+    raw
+}
+
+impl Raw {
+    /// The next frame, or None when the stream or connection ends.
+    async fn frame(&mut self) -> Option<ServerFrame> {
+        let mut byte = [0u8; 1];
+        loop {
+            if let Some(frame) = self.decoder.pop() {
+                return Some(decode_server_frame(frame).unwrap());
+            }
+            match tokio::time::timeout(Duration::from_secs(10), self.recv.read(&mut byte)).await.ok()? {
+                Ok(Some(count)) => {
+                    self.decoder.push(&byte[..count]).unwrap();
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    async fn request(&mut self, request_id: u64, operations: Vec<Operation>) -> Option<ServerFrame> {
+        let mut bytes = Vec::new();
+        ClientFrame::Request(Request { request_id, operations }).encode(&mut bytes).unwrap();
+        self.send.write_all(&bytes).await.unwrap();
+        self.frame().await
+    }
+}
+
+fn error_code(frame: Option<ServerFrame>) -> ProtocolErrorCode {
+    match frame {
+        Some(ServerFrame::Error(error)) => error.code,
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_truncated_and_oversized_frames_close_only_their_connection() {
+    let running = start().await;
+    let bystander = running.client(&running.demo).await.unwrap();
+    assert_eq!(bystander.call(receive("b1", "SKU", 10)).await.unwrap().code(), ResultCode::Ok);
+
+    // A malformed frame: a request whose body has a bad bool byte. Error, then the close.
+    let mut bad = raw(&running, &running.demo).await;
+    let mut bytes = Vec::new();
+    ClientFrame::Request(Request { request_id: 7, operations: vec![reserve("m", vec![line("SKU", 1)])] })
+        .encode(&mut bytes)
+        .unwrap();
+    // request_id (8) + count (2) + kind (1) + str "m" (2) + ttl (8) = the allow_partial byte.
+    bytes[4 + 1 + 8 + 2 + 1 + 2 + 8] = 7;
+    bad.send.write_all(&bytes).await.unwrap();
+    assert_eq!(error_code(bad.frame().await), ProtocolErrorCode::MalformedFrame);
+    assert!(bad.frame().await.is_none(), "the connection is closed");
+
+    // A frame announcing more than FRAME_BYTES_MAX: refused from its header alone.
+    let mut big = raw(&running, &running.demo).await;
+    let announced = (reservoir_net::FRAME_BYTES_MAX as u32 + 1).to_le_bytes();
+    big.send.write_all(&announced).await.unwrap();
+    assert_eq!(error_code(big.frame().await), ProtocolErrorCode::FrameTooLarge);
+
+    // A truncated frame: half a request, then the stream ends. Nothing is run.
+    let mut cut = raw(&running, &running.demo).await;
+    let mut bytes = Vec::new();
+    ClientFrame::Request(Request { request_id: 9, operations: vec![receive("t1", "SKU", 1_000)] })
+        .encode(&mut bytes)
+        .unwrap();
+    cut.send.write_all(&bytes[..bytes.len() / 2]).await.unwrap();
+    cut.send.finish().unwrap();
+    assert!(cut.frame().await.is_none());
+
+    // More operations than a request may hold, and an unknown operation kind: answered, and
+    // the connection goes on.
+    let mut many = raw(&running, &running.demo).await;
+    let operations = vec![Operation::GetSku { sku: "SKU".into() }; reservoir_net::OPERATIONS_PER_REQUEST_MAX + 1];
+    let mut bytes = Vec::new();
+    let encoded = ClientFrame::Request(Request { request_id: 11, operations }).encode(&mut bytes);
+    if encoded.is_ok() {
+        many.send.write_all(&bytes).await.unwrap();
+        assert_eq!(error_code(many.frame().await), ProtocolErrorCode::TooManyOperations);
+    }
+    let mut bytes = Vec::new();
+    ClientFrame::Request(Request { request_id: 12, operations: vec![Operation::GetSku { sku: "SKU".into() }] })
+        .encode(&mut bytes)
+        .unwrap();
+    let kind_at = 4 + 1 + 8 + 2;
+    bytes[kind_at] = 200;
+    many.send.write_all(&bytes).await.unwrap();
+    assert_eq!(error_code(many.frame().await), ProtocolErrorCode::UnknownOperation);
+    match many.request(13, vec![Operation::GetSku { sku: "SKU".into() }]).await {
+        Some(ServerFrame::Reply(reply)) => assert_eq!(reply.results[0].code(), ResultCode::Ok),
+        other => panic!("{other:?}"),
+    }
+    // A second Hello is malformed.
+    let mut bytes = Vec::new();
+    ClientFrame::Hello(Hello { version_min: 1, version_max: 1, token: running.demo.as_bytes().to_vec() })
+        .encode(&mut bytes)
+        .unwrap();
+    many.send.write_all(&bytes).await.unwrap();
+    assert_eq!(error_code(many.frame().await), ProtocolErrorCode::MalformedFrame);
+    many.connection.close(0u32.into(), b"done");
+
+    // The bystander was served throughout, and the truncated receive never ran.
+    let OperationResult::Sku(Ok(summary)) = bystander.call(Operation::GetSku { sku: "SKU".into() }).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(summary.total.on_hand, 10);
+    running.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_the_server_does_not_speak_is_refused() {
+    let running = start().await;
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse::<SocketAddr>().unwrap()).unwrap();
+    endpoint.set_default_client_config(reservoir_net::tls::client_config(&running.ca).unwrap());
+    let connection = endpoint.connect(running.server.local_addr(), "localhost").unwrap().await.unwrap();
+    let (mut send, recv) = connection.open_bi().await.unwrap();
+    let mut bytes = Vec::new();
+    ClientFrame::Hello(Hello { version_min: 2, version_max: 9, token: running.demo.as_bytes().to_vec() })
+        .encode(&mut bytes)
+        .unwrap();
+    send.write_all(&bytes).await.unwrap();
+    let mut raw = Raw { connection, send, recv, decoder: FrameDecoder::new() };
+    assert_eq!(error_code(raw.frame().await), ProtocolErrorCode::UnsupportedVersion);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_lost_reply_returns_the_original_outcome() {
+    let running = start().await;
+    let demo = running.client(&running.demo).await.unwrap();
+    assert_eq!(demo.call(receive("in", "SKU", 10)).await.unwrap().code(), ResultCode::Ok);
+
+    // The reserve is sent, and the connection dies before its reply is read.
+    let mut lost = raw(&running, &running.demo).await;
+    let mut bytes = Vec::new();
+    ClientFrame::Request(Request { request_id: 1, operations: vec![reserve("order-1", vec![line("SKU", 10)])] })
+        .encode(&mut bytes)
+        .unwrap();
+    lost.send.write_all(&bytes).await.unwrap();
+    lost.send.finish().unwrap();
+    // Wait until it ran (the stock is taken), then drop the connection unread.
+    for _ in 0..200 {
+        let OperationResult::Sku(Ok(summary)) = demo.call(Operation::GetSku { sku: "SKU".into() }).await.unwrap()
+        else {
+            panic!()
+        };
+        if summary.total.reserved == 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    lost.connection.close(0u32.into(), b"lost");
+
+    // The retry (a new connection, the same id) gets the original outcome: ok, 10 applied,
+    // and reserves nothing twice, even though no stock is available now.
+    let retry = running.client(&running.demo).await.unwrap();
+    let result = retry.call(reserve("order-1", vec![line("SKU", 10)])).await.unwrap();
+    let reply = reply_of(&result);
+    assert_eq!(reply.code, ResultCode::Ok);
+    assert_eq!(reply.lines[0].applied, 10);
+    let OperationResult::Sku(Ok(summary)) = retry.call(Operation::GetSku { sku: "SKU".into() }).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!((summary.total.on_hand, summary.total.reserved), (10, 10));
+    // The same id with another request is refused as such.
+    let result = retry.call(reserve("order-1", vec![line("SKU", 3)])).await.unwrap();
+    assert_eq!(result.code(), ResultCode::IdReusedWithDifferentRequest);
+}

@@ -1,0 +1,249 @@
+//! End-to-end with the real binary: the README's quickstart (`reservoir serve` with embedded
+//! defaults, then the CLI), a graceful stop and restart, and SIGKILL of the server under load
+//! with every acknowledged reservation still there after the restart.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use reservoir_engine::ResultCode;
+use reservoir_net::client::{Client, ClientOptions};
+use reservoir_net::{Operation, OperationResult, WireLine};
+use reservoir_tests::run_in;
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_reservoir"))
+}
+
+/// How long a server may take to print that it serves.
+const START_DURATION_MAX: Duration = Duration::from_secs(60);
+
+/// A `reservoir serve` child and the lines it printed up to "serving".
+struct Server {
+    child: Child,
+    lines: Vec<String>,
+    address: String,
+}
+
+impl Server {
+    fn start(directory: &Path, arguments: &[&str]) -> Server {
+        let mut child = Command::new(binary())
+            .arg("serve")
+            .args(arguments)
+            .current_dir(directory)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start reservoir serve");
+        let stdout = child.stdout.take().expect("piped");
+        let (sender, receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = Instant::now() + START_DURATION_MAX;
+        let mut lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = receiver.recv_timeout(left).unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("the server did not start: {lines:?}")
+            });
+            let serving = line.starts_with("reservoir: serving");
+            lines.push(line);
+            if serving {
+                break;
+            }
+        }
+        // Keep draining stdout so that the server never blocks on a full pipe.
+        std::thread::spawn(move || while receiver.recv().is_ok() {});
+        let last = lines.last().expect("a line");
+        let address = last.split(" on ").nth(1).and_then(|rest| rest.split(' ').next()).expect("an address").to_owned();
+        Server { child, lines, address }
+    }
+
+    fn token(&self, prefix: &str) -> String {
+        self.lines
+            .iter()
+            .find(|line| line.starts_with(prefix))
+            .and_then(|line| line.split_whitespace().last())
+            .unwrap_or_else(|| panic!("no {prefix:?} in {:?}", self.lines))
+            .to_owned()
+    }
+
+    fn signal(&mut self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success());
+    }
+
+    fn wait(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + START_DURATION_MAX;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the server did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_readme_quickstart_works_with_embedded_defaults() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut server = Server::start(directory.path(), &[]);
+    assert_eq!(server.address, "127.0.0.1:7878", "the embedded default");
+    assert!(directory.path().join("reservoir-data/tls/ca.pem").exists());
+    let token = server.token("tenant \"demo\" token");
+    let admin = server.token("admin token");
+
+    let cli = |arguments: &[&str], token: &str| {
+        let mut all = vec!["--token", token];
+        all.extend_from_slice(arguments);
+        run_in(binary(), &all, directory.path())
+    };
+    let output = cli(&["receive", "SKU-1@DC1", "100"], &token);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("receive ok on_hand 100"));
+
+    let output = cli(&["reserve", "--id", "order-1001", "--line", "SKU-1@DC1:30", "--ttl", "15m"], &token);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    // More than is available: refused, exit code 1, nothing reserved.
+    let output = cli(&["reserve", "--id", "order-1002", "--line", "SKU-1@DC1:80"], &token);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("insufficient_stock requested 80 applied 0 available 70"));
+
+    let output = cli(&["stock", "SKU-1", "--json"], &token);
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(value["results"][0]["total"]["available"], 70, "{value}");
+    assert_eq!(value["results"][0]["total"]["reserved"], 30, "{value}");
+
+    let output = cli(&["commit", "--id", "order-1001", "--op-id", "pick-1"], &token);
+    assert!(output.status.success());
+    let output = cli(&["reservation", "order-1001"], &token);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("reservation order-1001 committed"));
+
+    // Tenants: the admin token adds one; its token sees none of demo's stock.
+    let output = cli(&["tenant", "add", "acme"], &admin);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let acme = String::from_utf8_lossy(&output.stdout).split_whitespace().last().unwrap().to_owned();
+    let output = cli(&["stock", "SKU-1"], &acme);
+    assert_eq!(output.status.code(), Some(1), "acme has no SKU-1");
+    let output = cli(&["stock", "SKU-1"], "rsv_wrong");
+    assert_eq!(output.status.code(), Some(3), "a wrong token gets no answer");
+
+    // A graceful stop (SIGTERM) and a restart: the ledger is as it was.
+    server.signal("TERM");
+    assert!(server.wait().success());
+    drop(server);
+    let server = Server::start(directory.path(), &[]);
+    assert!(server.lines.iter().all(|line| !line.contains("admin token")), "tokens are made once");
+    let output = cli(&["stock", "SKU-1", "--json"], &token);
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(value["results"][0]["total"]["on_hand"], 70, "{value}");
+    assert_eq!(value["results"][0]["total"]["reserved"], 0, "{value}");
+}
+
+/// SIGKILLs of the server under load: what was acknowledged is there after each restart.
+const KILLS: usize = 3;
+
+#[test]
+fn a_server_killed_under_load_loses_no_acknowledged_reservation() {
+    let directory = tempfile::tempdir().unwrap();
+    let data = directory.path().join("data");
+    let data_text = data.to_str().unwrap().to_owned();
+    // A fixed port, so that the client finds the restarted server where it was.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let arguments = ["--data-dir", data_text.as_str(), "--listen", listen.as_str()];
+    let mut server = Server::start(directory.path(), &arguments);
+    let token = server.token("tenant \"demo\" token");
+    let ca = std::fs::read(data.join("tls/ca.pem")).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut options = ClientOptions::new(vec![listen.clone()], ca, token);
+    options.request_timeout_ms = 2_000;
+    let client = runtime.block_on(Client::connect(options)).unwrap();
+    let receipt = Operation::Receive {
+        operation: "stock".into(),
+        sku: "SKU".into(),
+        location: "DC1".into(),
+        quantity: 1_000_000,
+    };
+    assert_eq!(runtime.block_on(client.call(receipt)).unwrap().code(), ResultCode::Ok);
+
+    let mut acknowledged: Vec<String> = Vec::new();
+    for kill in 0..KILLS {
+        // Many reserves in flight; kill the server once some are acknowledged.
+        let (sender, receiver) = mpsc::channel::<String>();
+        let load = {
+            let client = client.clone();
+            runtime.spawn(async move {
+                // A JoinSet: aborting the load aborts every call in it.
+                let mut tasks = tokio::task::JoinSet::new();
+                for index in 0..2_000 {
+                    let client = client.clone();
+                    let sender = sender.clone();
+                    tasks.spawn(async move {
+                        let id = format!("k{kill}-r{index}");
+                        let lines = vec![WireLine { sku: "SKU".into(), location: "DC1".into(), quantity: 1 }];
+                        let operation = Operation::Reserve {
+                            reservation: id.clone(),
+                            ttl_ms: 3_600_000,
+                            allow_partial: false,
+                            lines,
+                        };
+                        if let Ok(result) = client.call(operation).await {
+                            if result.code() == ResultCode::Ok {
+                                let _ = sender.send(id);
+                            }
+                        }
+                    });
+                }
+                while tasks.join_next().await.is_some() {}
+            })
+        };
+        let mut this_round = Vec::new();
+        while this_round.len() < 200 {
+            match receiver.recv_timeout(Duration::from_secs(30)) {
+                Ok(id) => this_round.push(id),
+                Err(_) => break,
+            }
+        }
+        server.signal("KILL");
+        server.wait();
+        load.abort();
+        // Everything acknowledged before the kill was acknowledged after its durable write.
+        this_round.extend(receiver.try_iter());
+        assert!(this_round.len() >= 200, "the load ran: {}", this_round.len());
+        acknowledged.extend(this_round);
+        drop(server);
+
+        server = Server::start(directory.path(), &arguments);
+        // The same client reconnects by itself (its requests retry with the same ids).
+        for id in &acknowledged {
+            let result = runtime.block_on(client.call(Operation::GetReservation { reservation: id.clone() })).unwrap();
+            match result {
+                OperationResult::Reservation(Ok(view)) => assert!(view.state.is_open(), "{id}: {view:?}"),
+                other => panic!("acknowledged reservation {id} lost after SIGKILL {kill}: {other:?}"),
+            }
+        }
+    }
+    server.signal("TERM");
+    assert!(server.wait().success());
+    let verify = run_in(binary(), &["verify", "--data-dir", &data_text], directory.path());
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+}
