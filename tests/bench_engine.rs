@@ -62,3 +62,50 @@ fn bench_memory_reports_bytes_per_item() {
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
     assert!(report.is_object(), "{report}");
 }
+
+#[test]
+fn bench_server_runs_w1_over_quic_checks_the_ledger_and_writes_the_histogram() {
+    let directory = tempfile::tempdir().unwrap();
+    let hist = directory.path().join("w1.hgrm");
+    for variant in ["uniform", "hot"] {
+        let output = run(
+            binary(),
+            &[
+                "bench",
+                "server",
+                "--variant",
+                variant,
+                "--conns",
+                "2",
+                "--in-flight",
+                "4",
+                "--batch",
+                "16",
+                "--seconds",
+                "0.5",
+                "--warmup",
+                "0.1",
+                "--tenants",
+                "2",
+                "--skus",
+                "50",
+                "--json",
+                "--hist",
+                hist.to_str().unwrap(),
+            ],
+        );
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(report["durability"], "durable", "{report}");
+        assert_eq!(
+            (report["conns"].as_u64(), report["in_flight"].as_u64(), report["batch"].as_u64()),
+            (Some(2), Some(4), Some(16))
+        );
+        assert_eq!(report["check_ok"], true, "{report}");
+        assert!(report["ops_per_s"].as_f64().unwrap() > 0.0, "{report}");
+    }
+    let text = std::fs::read_to_string(&hist).unwrap();
+    assert!(text.contains("Percentile") && text.contains("Total count"), "{text}");
+    let svg = std::fs::read_to_string(hist.with_extension("svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
+}

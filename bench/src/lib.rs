@@ -2,12 +2,16 @@
 //!
 //! * [`run_w1`]: W1 (order flow) against an in-process [`Engine`]: no network, no WAL
 //!   (durability "none"), one thread per connection, one request in flight, batch 1.
+//! * [`run_w1_quic`]: W1 over QUIC on loopback against a server it starts (engine + durable
+//!   WAL), with connections, requests in flight and batch size as settings.
 //! * [`memory`]: resident bytes per stock item and per open reservation (the memory part of W2).
 //!
 //! The bench reads the clock (`std::time::Instant`); the engine never does: every command gets
 //! `now_ms` = [`NOW_MS_BASE`] + milliseconds since the run started.
 
+pub mod quic;
 mod recovery;
+pub use quic::{run_w1_quic, QuicRun, QuicSettings};
 pub use recovery::{recovery, RecoveryReport, RecoverySettings};
 
 use std::collections::{BTreeMap, VecDeque};

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use reservoir_bench::{MemorySettings, Variant, W1Settings};
+use reservoir_bench::{MemorySettings, QuicSettings, Variant, W1Settings};
 
 mod client;
 mod offline;
@@ -69,6 +69,8 @@ struct BenchArgs {
 enum BenchCommand {
     /// W1 order flow against an in-process engine (no network, no WAL: durability "none")
     Engine(EngineArgs),
+    /// W1 order flow over QUIC on loopback, against a server it starts (durable by default)
+    Server(ServerBenchArgs),
     /// Resident memory per stock item and per open reservation
     Memory(MemoryArgs),
     /// W2 recovery: durable load, snapshot, operations after it, cold start, replay, recovery
@@ -166,6 +168,47 @@ impl From<DurabilityArg> for reservoir_wal::Durability {
 }
 
 #[derive(Debug, Args)]
+struct ServerBenchArgs {
+    /// Which W1 variant
+    #[arg(long, value_enum, default_value = "uniform")]
+    variant: VariantArg,
+    /// Client connections (each one QUIC connection per tenant)
+    #[arg(long, default_value_t = QuicSettings::default().conns)]
+    conns: usize,
+    /// Requests each connection keeps in flight
+    #[arg(long, default_value_t = QuicSettings::default().in_flight)]
+    in_flight: usize,
+    /// Operations per request
+    #[arg(long, default_value_t = QuicSettings::default().batch)]
+    batch: usize,
+    /// Measured window, seconds
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Warm-up before the window, seconds (not measured)
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    #[arg(long, default_value_t = QuicSettings::default().tenants)]
+    tenants: usize,
+    #[arg(long, default_value_t = QuicSettings::default().skus_per_tenant)]
+    skus: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// fsync before acknowledging (durable, the default) or not (none)
+    #[arg(long, value_enum, default_value = "durable")]
+    durability: DurabilityArg,
+    /// Keep the server's data here (a new or empty directory) instead of a temporary one
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<std::path::PathBuf>,
+    /// Write the latency percentile distribution (HdrHistogram text) here, and a plot beside
+    /// it (FILE.svg)
+    #[arg(long, value_name = "FILE")]
+    hist: Option<std::path::PathBuf>,
+    /// Print only the JSON object of workload.md
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 struct MemoryArgs {
     /// Stock items to create (10,000 SKUs per tenant, 1 location)
     #[arg(long, default_value_t = MemorySettings::default().items)]
@@ -202,6 +245,7 @@ fn main() -> ExitCode {
 fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Engine(args) => run_bench_engine(args),
+        BenchCommand::Server(args) => run_bench_server(args),
         BenchCommand::Memory(args) => run_bench_memory(args),
         BenchCommand::Recovery(args) => {
             let settings = reservoir_bench::RecoverySettings {
@@ -250,6 +294,60 @@ fn run_bench_engine(args: EngineArgs) -> anyhow::Result<()> {
         print!("{}", report.render_table());
     }
     anyhow::ensure!(report.check_ok, "the ledger check failed ({} problems)", report.check_failure_count);
+    Ok(())
+}
+
+fn run_bench_server(args: ServerBenchArgs) -> anyhow::Result<()> {
+    let settings = QuicSettings {
+        variant: args.variant.into(),
+        conns: args.conns,
+        in_flight: args.in_flight,
+        batch: args.batch,
+        warmup_s: args.warmup,
+        window_s: args.seconds,
+        seed: args.seed,
+        tenants: args.tenants,
+        skus_per_tenant: args.skus,
+        durability: args.durability.into(),
+        data_directory: args.data_dir,
+        ..QuicSettings::default()
+    };
+    let progress = (!args.json).then(|| {
+        eprintln!(
+            "W1 {} over QUIC: {} conns x {} in flight x {} ops per request, {} ...",
+            settings.variant,
+            settings.conns,
+            settings.in_flight,
+            settings.batch,
+            settings.durability.name()
+        );
+        progress::Countdown::start("W1 over QUIC", settings.warmup_s + settings.window_s)
+    });
+    let run = reservoir_bench::run_w1_quic(&settings).context("bench server")?;
+    if let Some(progress) = progress {
+        progress.finish();
+    }
+    if let Some(path) = &args.hist {
+        std::fs::write(path, reservoir_bench::quic::percentile_distribution(&run.histogram))
+            .with_context(|| format!("write {}", path.display()))?;
+        let title = format!(
+            "W1 {} over QUIC, {}: {} conns x {} in flight x batch {}",
+            settings.variant,
+            settings.durability.name(),
+            settings.conns,
+            settings.in_flight,
+            settings.batch
+        );
+        let svg = path.with_extension("svg");
+        std::fs::write(&svg, reservoir_bench::quic::latency_svg(&run.histogram, &title))
+            .with_context(|| format!("write {}", svg.display()))?;
+    }
+    if args.json {
+        println!("{}", run.report.to_json());
+    } else {
+        print!("{}", run.report.render_table());
+    }
+    anyhow::ensure!(run.report.check_ok, "the ledger check failed: {:?}", run.report.check_failures);
     Ok(())
 }
 

@@ -49,3 +49,42 @@ impl Progress {
         }
     }
 }
+
+/// A bar that fills over a run of known length (a benchmark), on a terminal only.
+pub struct Countdown {
+    bar: Option<indicatif::ProgressBar>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ticker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Countdown {
+    pub fn start(what: &'static str, seconds: f64) -> Countdown {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if !std::io::stderr().is_terminal() {
+            return Countdown { bar: None, stop, ticker: None };
+        }
+        let bar = indicatif::ProgressBar::new((seconds * 10.0) as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {elapsed}/{duration}").expect("a valid template"),
+        );
+        bar.set_message(what);
+        let (ticking, flag) = (bar.clone(), stop.clone());
+        let ticker = std::thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                ticking.inc(1);
+            }
+        });
+        Countdown { bar: Some(bar), stop, ticker: Some(ticker) }
+    }
+
+    pub fn finish(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(ticker) = self.ticker.take() {
+            let _ = ticker.join();
+        }
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}

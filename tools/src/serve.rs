@@ -198,3 +198,76 @@ async fn serve(options: ServerOptions) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(config: Option<PathBuf>) -> ServeArgs {
+        ServeArgs { config, data_dir: None, listen: None, durability: None, tls_certificate: None, tls_key: None }
+    }
+
+    #[test]
+    fn embedded_defaults_need_no_configuration() {
+        let defaults = options(&args(None)).unwrap();
+        assert_eq!(defaults.data_directory, PathBuf::from("reservoir-data"));
+        assert_eq!(defaults.listen.to_string(), "127.0.0.1:7878");
+        assert_eq!(defaults.durability, Durability::Durable);
+        assert!(defaults.certificates.is_none());
+    }
+
+    #[test]
+    fn a_configuration_file_sets_what_it_names_and_flags_win_over_it() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("reservoir.toml");
+        std::fs::write(
+            &path,
+            r#"
+data_dir = "/var/lib/reservoir"
+listen = "0.0.0.0:7878"
+durability = "durable"
+[tls]
+certificate = "/etc/reservoir/server.pem"
+key = "/etc/reservoir/server.key"
+[rate]
+operations_per_second = 20000
+burst = 5000
+[rate.tenants.acme]
+operations_per_second = 100
+burst = 10
+[snapshot]
+every_records = 500000
+every_seconds = 300
+[archive]
+age_max_hours = 24
+bytes_max_gib = 8
+"#,
+        )
+        .unwrap();
+        let read = options(&args(Some(path.clone()))).unwrap();
+        assert_eq!(read.data_directory, PathBuf::from("/var/lib/reservoir"));
+        assert_eq!(read.listen.to_string(), "0.0.0.0:7878");
+        assert_eq!(read.certificates.unwrap().key, PathBuf::from("/etc/reservoir/server.key"));
+        assert_eq!(read.rate_default, Rate { operations_per_second: 20_000, burst: 5_000 });
+        assert_eq!(read.rate_per_tenant["acme"], Rate { operations_per_second: 100, burst: 10 });
+        assert_eq!(read.snapshot.every_records, 500_000);
+        assert_eq!(read.snapshot.every_ms, 300_000);
+        assert_eq!(read.snapshot.retention.archive_bytes_max, 8 << 30);
+
+        let mut flags = args(Some(path));
+        flags.listen = Some("127.0.0.1:9000".parse().unwrap());
+        flags.durability = Some(DurabilityArg::None);
+        let merged = options(&flags).unwrap();
+        assert_eq!(merged.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(merged.durability, Durability::None);
+    }
+
+    #[test]
+    fn an_unknown_setting_is_an_error_not_ignored() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("reservoir.toml");
+        std::fs::write(&path, "listne = \"0.0.0.0:7878\"\n").unwrap();
+        let error = options(&args(Some(path))).unwrap_err();
+        assert!(format!("{error:#}").contains("listne"), "{error:#}");
+    }
+}
