@@ -50,6 +50,10 @@ pub struct QuicSettings {
     pub durability: Durability,
     /// A new or empty directory for the server's data (default: a temporary one).
     pub data_directory: Option<PathBuf>,
+    /// Run the server's default snapshot policy during the run. Off by default: on 2 cores a
+    /// snapshot build (a private engine replaying the log) takes one core for seconds, which
+    /// would make figures depend on whether a run crossed the policy's threshold.
+    pub snapshots: bool,
 }
 
 impl Default for QuicSettings {
@@ -69,6 +73,7 @@ impl Default for QuicSettings {
             initial_on_hand: 1_000_000,
             durability: Durability::Durable,
             data_directory: None,
+            snapshots: false,
         }
     }
 }
@@ -152,6 +157,10 @@ async fn run(settings: &QuicSettings) -> Result<QuicRun, BenchError> {
     options.durability = settings.durability;
     // The bench measures capacity: no tenant rate applies.
     options.rate_default = Rate { operations_per_second: u32::MAX, burst: u32::MAX };
+    if !settings.snapshots {
+        options.snapshot.every_records = 0;
+        options.snapshot.every_ms = 0;
+    }
     let server = reservoir_net::server::start(options).await.map_err(|error| load_error("start the server", error))?;
     let first =
         server.first_start().cloned().ok_or_else(|| BenchError::Load("the data directory is not new".into()))?;
@@ -478,7 +487,7 @@ async fn worker(
 /// HdrHistogram's percentile distribution (the text `--hist FILE` writes), in microseconds.
 pub fn percentile_distribution(histogram: &Histogram<u64>) -> String {
     let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
-    for step in histogram.iter_quantiles(1) {
+    for step in histogram.iter_quantiles(5) {
         let percentile = step.percentile() / 100.0;
         let inverse = if percentile < 1.0 { 1.0 / (1.0 - percentile) } else { f64::INFINITY };
         out.push_str(&format!(

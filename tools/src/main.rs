@@ -203,6 +203,10 @@ struct ServerBenchArgs {
     /// it (FILE.svg)
     #[arg(long, value_name = "FILE")]
     hist: Option<std::path::PathBuf>,
+    /// Let the server take snapshots by its default policy during the run (off: figures
+    /// then do not depend on whether a run crossed the policy's threshold)
+    #[arg(long)]
+    snapshots: bool,
     /// Print only the JSON object of workload.md
     #[arg(long)]
     json: bool,
@@ -310,6 +314,7 @@ fn run_bench_server(args: ServerBenchArgs) -> anyhow::Result<()> {
         skus_per_tenant: args.skus,
         durability: args.durability.into(),
         data_directory: args.data_dir,
+        snapshots: args.snapshots,
         ..QuicSettings::default()
     };
     let progress = (!args.json).then(|| {
