@@ -146,6 +146,14 @@ fn the_readme_quickstart_works_with_embedded_defaults() {
     let output = cli(&["stock", "SKU-1"], "rsv_wrong");
     assert_eq!(output.status.code(), Some(3), "a wrong token gets no answer");
 
+    // One server per data directory; an offline snapshot refuses a directory being served.
+    let second = run_in(binary(), &["serve", "--listen", "127.0.0.1:0"], directory.path());
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("is in use by another process"));
+    let snapshot = run_in(binary(), &["snapshot", "--data-dir", "reservoir-data"], directory.path());
+    assert!(!snapshot.status.success());
+    assert!(String::from_utf8_lossy(&snapshot.stderr).contains("is in use by another process"));
+
     // A graceful stop (SIGTERM) and a restart: the ledger is as it was.
     server.signal("TERM");
     assert!(server.wait().success());

@@ -406,3 +406,41 @@ async fn a_retry_after_a_lost_reply_returns_the_original_outcome() {
     let result = retry.call(reserve("order-1", vec![line("SKU", 3)])).await.unwrap();
     assert_eq!(result.code(), ResultCode::IdReusedWithDifferentRequest);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_stopped_by_flow_control_and_others_are_served() {
+    let running = start().await;
+    let bystander = running.client(&running.demo).await.unwrap();
+    assert_eq!(bystander.call(receive("b1", "SKU", 10)).await.unwrap().code(), ResultCode::Ok);
+
+    // Pipelined queries, never reading a reply: 64 MB of requests would be ~640 MB of replies.
+    let mut greedy = raw(&running, &running.demo).await;
+    let mut frame = Vec::new();
+    ClientFrame::Request(Request { request_id: 1, operations: vec![Operation::GetSku { sku: "SKU".into() }] })
+        .encode(&mut frame)
+        .unwrap();
+    let batch: Vec<u8> = frame.iter().copied().cycle().take(frame.len() * 10_000).collect();
+    let written = Arc::new(AtomicI64::new(0));
+    let counter = written.clone();
+    let writer = tokio::spawn(async move {
+        for _ in 0..320 {
+            if greedy.send.write_all(&batch).await.is_err() {
+                return;
+            }
+            counter.fetch_add(batch.len() as i64, Ordering::Relaxed);
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let accepted = written.load(Ordering::Relaxed);
+    // The server stopped reading once its replies backed up, and QUIC flow control stopped the
+    // client: far less than the 64 MB was taken (the windows are 8 MiB each way).
+    assert!(!writer.is_finished(), "the server took everything: {accepted} bytes");
+    assert!(accepted < 40 << 20, "the server kept reading a client that does not read: {accepted} bytes");
+    // Everyone else is served meanwhile.
+    let OperationResult::Sku(Ok(summary)) = bystander.call(Operation::GetSku { sku: "SKU".into() }).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(summary.total.on_hand, 10);
+    writer.abort();
+}

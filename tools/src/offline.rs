@@ -210,6 +210,8 @@ pub struct SnapshotArgs {
 /// archives what it covers and prunes the archive.
 pub fn run_snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     open_storage(&args.data_dir)?;
+    // Offline only: a running server holds the lock (and snapshots by its own policy).
+    let _lock = reservoir_wal::lock_data_directory(&args.data_dir).context("snapshot")?;
     let (written, retention) =
         reservoir_wal::build_snapshot(&args.data_dir, Config::default(), None, now_ms()?, &args.retention.policy())
             .context("snapshot")?;

@@ -76,6 +76,11 @@ pub enum WalError {
     HistoryMismatch { snapshot: u64, log: u64 },
     #[error("cannot restore: {0}")]
     Restore(String),
+    #[error(
+        "{path} is in use by another process ({holder}): one server per data directory, and \
+         offline tools that write (snapshot) only while no server runs"
+    )]
+    Locked { path: String, holder: String },
 }
 
 impl WalError {
@@ -171,6 +176,42 @@ pub fn layered_storage(data_directory: &Path) -> Result<LayeredStorage, WalError
         .map_err(|source| WalError::io(live.display().to_string(), source))
 }
 
+/// An exclusive lock on a data directory (`DATA_DIR/LOCK`, flock), so that two servers never
+/// append to one log, and an offline tool that writes never races a server. Released when
+/// dropped (and by the kernel when the process dies, SIGKILL included).
+#[derive(Debug)]
+pub struct DirectoryLock {
+    _file: std::fs::File,
+}
+
+/// Takes the data directory's lock, or says who holds it.
+pub fn lock_data_directory(data_directory: &Path) -> Result<DirectoryLock, WalError> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    use std::os::fd::AsRawFd as _;
+    let path = data_directory.join("LOCK");
+    let io = |source| WalError::io(path.display().to_string(), source);
+    std::fs::create_dir_all(data_directory).map_err(io)?;
+    let mut file =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+    // SAFETY: flock only reads its arguments; the descriptor is open for the call.
+    let result = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if result != 0 {
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder =
+                if holder.trim().is_empty() { "pid unknown".to_owned() } else { format!("pid {}", holder.trim()) };
+            return Err(WalError::Locked { path: data_directory.display().to_string(), holder });
+        }
+        return Err(io(error));
+    }
+    file.set_len(0).map_err(io)?;
+    file.rewind().map_err(io)?;
+    write!(file, "{}", std::process::id()).map_err(io)?;
+    Ok(DirectoryLock { _file: file })
+}
+
 /// A data directory, recovered and open for writing.
 pub struct Opened {
     pub engine: Engine,
@@ -190,6 +231,7 @@ pub fn open_data_directory(
     options: WalOptions,
     progress: impl FnMut(Lsn),
 ) -> Result<Opened, WalError> {
+    let lock = lock_data_directory(data_directory)?;
     let (engine, snapshot, snapshots_skipped) = load_base(data_directory, config)?;
     let directory = wal_directory(data_directory);
     let storage =
@@ -208,7 +250,8 @@ pub fn open_data_directory(
         // An empty log continues the snapshot's history.
         recovery.scan.position.history = snapshot.map(|(_, history)| history);
     }
-    let wal = Wal::start(storage, options, recovery.scan.position)?;
+    let mut wal = Wal::start(storage, options, recovery.scan.position)?;
+    wal.hold(lock);
     Ok(Opened { engine, wal, recovery, snapshot: snapshot.map(|(lsn, _)| lsn), snapshots_skipped })
 }
 

@@ -91,6 +91,9 @@ pub struct Wal {
     sender: Option<Sender<Vec<Record>>>,
     thread: Option<JoinHandle<()>>,
     durability: Durability,
+    /// The data directory's lock, held while this writer may append (released after the
+    /// writer's last write, at close or drop).
+    lock: Option<crate::DirectoryLock>,
 }
 
 impl Wal {
@@ -121,11 +124,17 @@ impl Wal {
             .name("wal-writer".into())
             .spawn(move || run(writer, receiver, thread_shared))
             .map_err(|source| WalError::io("start the WAL writer thread", source))?;
-        Ok(Wal { shared, sender: Some(sender), thread: Some(thread), durability })
+        Ok(Wal { shared, sender: Some(sender), thread: Some(thread), durability, lock: None })
     }
 
     pub fn durability(&self) -> Durability {
         self.durability
+    }
+
+    /// Keeps `lock` until this writer is closed or dropped.
+    pub(crate) fn hold(&mut self, lock: crate::DirectoryLock) {
+        assert!(self.lock.is_none(), "one lock per writer");
+        self.lock = Some(lock);
     }
 
     /// Hands one command's records to the writer. Blocks while `SUBMISSIONS_QUEUED_MAX`

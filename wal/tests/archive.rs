@@ -339,3 +339,18 @@ fn the_snapshotter_follows_its_record_policy_and_takes_one_on_demand() {
     assert_eq!(recovered.snapshot, Some(stats.last_covers_lsn));
     assert_eq!(recovered.engine.dump(), expected);
 }
+
+#[test]
+fn a_data_directory_has_one_writer_at_a_time() {
+    let directory = tempfile::tempdir().unwrap();
+    let first = open(directory.path());
+    match open_data_directory(directory.path(), common::config(), options(), |_| {}) {
+        Err(WalError::Locked { holder, .. }) => assert_eq!(holder, format!("pid {}", std::process::id())),
+        Err(other) => panic!("expected the lock to refuse, got {other}"),
+        Ok(_) => panic!("two writers opened one data directory"),
+    }
+    // The lock goes with the writer.
+    first.wal.close().unwrap();
+    let again = open(directory.path());
+    drop(again);
+}
