@@ -146,6 +146,11 @@ fn the_readme_quickstart_works_with_embedded_defaults() {
     let output = cli(&["stock", "SKU-1"], "rsv_wrong");
     assert_eq!(output.status.code(), Some(3), "a wrong token gets no answer");
 
+    // A snapshot of the running server, asked for with the admin token.
+    let output = cli(&["snapshot"], &admin);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("take_snapshot ok"));
+
     // One server per data directory; an offline snapshot refuses a directory being served.
     let second = run_in(binary(), &["serve", "--listen", "127.0.0.1:0"], directory.path());
     assert!(!second.status.success());

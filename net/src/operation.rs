@@ -41,6 +41,7 @@ pub enum OperationKind {
     CreateTenant = 64,
     IssueToken = 65,
     ListTenants = 66,
+    TakeSnapshot = 67,
 }
 
 impl OperationKind {
@@ -62,6 +63,7 @@ impl OperationKind {
         OperationKind::CreateTenant,
         OperationKind::IssueToken,
         OperationKind::ListTenants,
+        OperationKind::TakeSnapshot,
     ];
 
     pub fn number(self) -> u8 {
@@ -91,6 +93,7 @@ impl OperationKind {
             OperationKind::CreateTenant => "create_tenant",
             OperationKind::IssueToken => "issue_token",
             OperationKind::ListTenants => "list_tenants",
+            OperationKind::TakeSnapshot => "take_snapshot",
         }
     }
 
@@ -109,7 +112,13 @@ impl OperationKind {
     /// Operations only an admin credential may send; a tenant credential gets `forbidden`.
     /// Every other operation needs a tenant credential (an admin one gets `forbidden`).
     pub fn is_admin(self) -> bool {
-        matches!(self, OperationKind::CreateTenant | OperationKind::IssueToken | OperationKind::ListTenants)
+        matches!(
+            self,
+            OperationKind::CreateTenant
+                | OperationKind::IssueToken
+                | OperationKind::ListTenants
+                | OperationKind::TakeSnapshot
+        )
     }
 
     /// Whether this kind's result is the engine's [`Reply`] ([`OperationResult::Reply`]): the
@@ -128,7 +137,8 @@ impl OperationKind {
             | OperationKind::Move
             | OperationKind::SetPolicy
             | OperationKind::Import
-            | OperationKind::CreateTenant => true,
+            | OperationKind::CreateTenant
+            | OperationKind::TakeSnapshot => true,
             OperationKind::GetItem
             | OperationKind::GetSku
             | OperationKind::ListItems
@@ -165,23 +175,90 @@ pub struct WireImportRow {
 /// `ListTenants` lists every tenant with its count of live tokens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Operation {
-    Reserve { reservation: String, ttl_ms: u64, allow_partial: bool, lines: Vec<WireLine> },
-    Extend { operation: String, reservation: String, ttl_ms: u64 },
-    Commit { operation: String, reservation: String, lines: Option<Vec<WireLine>> },
-    Release { operation: String, reservation: String, lines: Option<Vec<WireLine>> },
-    Receive { operation: String, sku: String, location: String, quantity: i64 },
-    Adjust { operation: String, sku: String, location: String, delta: i64, reason: String },
-    SetOnHand { operation: String, sku: String, location: String, expected: Option<i64>, on_hand: i64 },
-    Move { operation: String, sku: String, from: String, to: String, quantity: i64 },
-    SetPolicy { operation: String, sku: String, location: String, safety_stock: i64, backorder_limit: i64 },
-    Import { operation: String, rows: Vec<WireImportRow> },
-    GetItem { sku: String, location: String },
-    GetSku { sku: String },
-    ListItems { cursor: u64, limit: u32 },
-    GetReservation { reservation: String },
-    CreateTenant { name: String },
-    IssueToken { tenant: String, revoke_others: bool },
+    Reserve {
+        reservation: String,
+        ttl_ms: u64,
+        allow_partial: bool,
+        lines: Vec<WireLine>,
+    },
+    Extend {
+        operation: String,
+        reservation: String,
+        ttl_ms: u64,
+    },
+    Commit {
+        operation: String,
+        reservation: String,
+        lines: Option<Vec<WireLine>>,
+    },
+    Release {
+        operation: String,
+        reservation: String,
+        lines: Option<Vec<WireLine>>,
+    },
+    Receive {
+        operation: String,
+        sku: String,
+        location: String,
+        quantity: i64,
+    },
+    Adjust {
+        operation: String,
+        sku: String,
+        location: String,
+        delta: i64,
+        reason: String,
+    },
+    SetOnHand {
+        operation: String,
+        sku: String,
+        location: String,
+        expected: Option<i64>,
+        on_hand: i64,
+    },
+    Move {
+        operation: String,
+        sku: String,
+        from: String,
+        to: String,
+        quantity: i64,
+    },
+    SetPolicy {
+        operation: String,
+        sku: String,
+        location: String,
+        safety_stock: i64,
+        backorder_limit: i64,
+    },
+    Import {
+        operation: String,
+        rows: Vec<WireImportRow>,
+    },
+    GetItem {
+        sku: String,
+        location: String,
+    },
+    GetSku {
+        sku: String,
+    },
+    ListItems {
+        cursor: u64,
+        limit: u32,
+    },
+    GetReservation {
+        reservation: String,
+    },
+    CreateTenant {
+        name: String,
+    },
+    IssueToken {
+        tenant: String,
+        revoke_others: bool,
+    },
     ListTenants,
+    /// Asks the server to take a snapshot now (admin). The reply is the engine-reply shape:
+    /// `ok` with `count` = the durable LSN the snapshot will cover at least.
+    TakeSnapshot,
 }
 
 /// A read-only operation, validated, for [`run_query`].
@@ -202,6 +279,8 @@ pub enum AdminAction {
     IssueToken { tenant: Name, revoke_others: bool },
     /// List every tenant (at most `TENANTS_PER_LIST_MAX`) with its count of live tokens.
     ListTenants,
+    /// Take a snapshot now, in the background (the server's snapshotter).
+    TakeSnapshot,
 }
 
 /// What an operation becomes once validated: an engine command, a query, or an admin action
@@ -269,6 +348,7 @@ impl Operation {
             Operation::CreateTenant { .. } => OperationKind::CreateTenant,
             Operation::IssueToken { .. } => OperationKind::IssueToken,
             Operation::ListTenants => OperationKind::ListTenants,
+            Operation::TakeSnapshot => OperationKind::TakeSnapshot,
         }
     }
 
@@ -391,6 +471,7 @@ impl Operation {
                 }))
             }
             Operation::ListTenants => return Ok(Action::Admin(AdminAction::ListTenants)),
+            Operation::TakeSnapshot => return Ok(Action::Admin(AdminAction::TakeSnapshot)),
         };
         debug_assert!(self.kind().has_engine_reply(), "queries and admin actions returned above");
         debug_assert_eq!(command.kind(), self.kind().name(), "operation and command kinds agree");
@@ -480,7 +561,7 @@ impl Operation {
                 writer.string("tenant name", tenant);
                 writer.flag(*revoke_others);
             }
-            Operation::ListTenants => {}
+            Operation::ListTenants | Operation::TakeSnapshot => {}
         }
     }
 
@@ -573,6 +654,7 @@ impl Operation {
                 revoke_others: reader.flag("revoke_others")?,
             },
             OperationKind::ListTenants => Operation::ListTenants,
+            OperationKind::TakeSnapshot => Operation::TakeSnapshot,
         };
         debug_assert_eq!(operation.kind(), kind);
         Ok(operation)

@@ -29,7 +29,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::credentials::{Credentials, Grant};
 use crate::message::{ClientFrame, ErrorFrame, Hello, HelloReply, Request, Role, ServerFrame, ServerLimits};
-use crate::operation::{run_query, Action, AdminAction, OperationResult, TenantEntry};
+use crate::operation::{run_query, Action, AdminAction, OperationKind, OperationResult, TenantEntry};
 use crate::tls::CertificateFiles;
 use crate::wire::{
     ProtocolErrorCode, WireError, ERROR_MESSAGE_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX, TENANTS_PER_LIST_MAX,
@@ -133,6 +133,7 @@ pub struct ServerCounters {
 struct Core {
     engine: Engine,
     wal: Wal,
+    snapshotter: Snapshotter,
     credentials: Credentials,
     epoch: u64,
     durable: watch::Receiver<Lsn>,
@@ -153,7 +154,6 @@ pub struct ServerHandle {
     first_start: Option<FirstStart>,
     core: Arc<Core>,
     endpoint: quinn::Endpoint,
-    snapshotter: Option<Snapshotter>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     notifier: Option<std::thread::JoinHandle<()>>,
     stop_notifier: Arc<AtomicBool>,
@@ -219,6 +219,7 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
     let core = Arc::new(Core {
         engine: opened.engine,
         wal: opened.wal,
+        snapshotter,
         credentials,
         epoch: u64::from(options.epoch),
         durable,
@@ -235,7 +236,6 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
         first_start,
         core,
         endpoint,
-        snapshotter: Some(snapshotter),
         tasks,
         notifier: Some(notifier),
         stop_notifier,
@@ -297,9 +297,7 @@ impl ServerHandle {
 
     /// Takes a snapshot now (in the background).
     pub fn request_snapshot(&self) {
-        if let Some(snapshotter) = &self.snapshotter {
-            snapshotter.request();
-        }
+        self.core.snapshotter.request();
     }
 
     /// Graceful shutdown: new requests get `shutting_down`, requests in flight are answered
@@ -318,9 +316,6 @@ impl ServerHandle {
             task.abort();
             let _ = task.await;
         }
-        if let Some(snapshotter) = self.snapshotter.take() {
-            tokio::task::block_in_place(|| drop(snapshotter));
-        }
         self.stop_notifier.store(true, Ordering::Release);
         if let Some(notifier) = self.notifier.take() {
             let _ = tokio::task::block_in_place(|| notifier.join());
@@ -332,9 +327,11 @@ impl ServerHandle {
         }
         let core = Arc::try_unwrap(self.core)
             .map_err(|_| NetError::Shutdown("a connection task still holds the engine".into()))?;
-        let durable = tokio::task::block_in_place(|| core.wal.close())?;
+        let Core { engine, wal, snapshotter, .. } = core;
+        tokio::task::block_in_place(|| drop(snapshotter));
+        let durable = tokio::task::block_in_place(|| wal.close())?;
         tracing::info!(durable_lsn = durable.0, "stopped");
-        Ok(core.engine)
+        Ok(engine)
     }
 }
 
@@ -787,6 +784,13 @@ fn run_admin(core: &Core, action: &AdminAction, now: u64) -> OperationResult {
                     OperationResult::Token(Err(ResultCode::CapacityExceeded))
                 }
             }
+        }
+        AdminAction::TakeSnapshot => {
+            core.snapshotter.request();
+            let mut reply = reservoir_engine::Reply::code(ResultCode::Ok);
+            reply.count = core.wal.durable_lsn().0;
+            tracing::info!(at_least = reply.count, "snapshot requested");
+            OperationResult::Reply { kind: OperationKind::TakeSnapshot, reply }
         }
         AdminAction::ListTenants => {
             let counts = core.credentials.tenant_token_counts();

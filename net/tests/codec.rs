@@ -109,6 +109,7 @@ fn operation() -> impl Strategy<Value = Operation> {
         text().prop_map(|name| Operation::CreateTenant { name }),
         (text(), any::<bool>()).prop_map(|(tenant, revoke_others)| Operation::IssueToken { tenant, revoke_others }),
         Just(Operation::ListTenants),
+        Just(Operation::TakeSnapshot),
     ]
 }
 
@@ -421,11 +422,14 @@ proptest! {
             Ok(Action::Command(command)) => prop_assert_eq!(command.kind(), operation.kind().name()),
             Ok(Action::Query(_)) => prop_assert!(operation.kind().is_read_only() && !operation.kind().is_admin()),
             Ok(Action::Admin(action)) => {
-                prop_assert!(operation.kind().is_admin() && !operation.kind().has_engine_reply());
+                prop_assert!(operation.kind().is_admin());
                 let kind = match action {
                     AdminAction::IssueToken { .. } => OperationKind::IssueToken,
                     AdminAction::ListTenants => OperationKind::ListTenants,
+                    AdminAction::TakeSnapshot => OperationKind::TakeSnapshot,
                 };
+                // take_snapshot answers in the engine-reply shape; the credential ops do not.
+                prop_assert_eq!(operation.kind().has_engine_reply(), kind == OperationKind::TakeSnapshot);
                 prop_assert_eq!(kind, operation.kind());
             }
             Err(code) => prop_assert!((40..60).contains(&code.number()), "{:?} is an input code", code),

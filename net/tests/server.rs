@@ -444,3 +444,27 @@ async fn a_client_that_never_reads_is_stopped_by_flow_control_and_others_are_ser
     assert_eq!(summary.total.on_hand, 10);
     writer.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_asks_a_running_server_for_a_snapshot() {
+    let running = start().await;
+    let demo = running.client(&running.demo).await.unwrap();
+    assert_eq!(demo.call(receive("s1", "SKU", 5)).await.unwrap().code(), ResultCode::Ok);
+    let admin = running.client(&running.admin).await.unwrap();
+    let result = admin.call(Operation::TakeSnapshot).await.unwrap();
+    let covers = reply_of(&result).count;
+    assert_eq!(result.code(), ResultCode::Ok);
+    assert!(covers >= 3, "the tenant, the item and the receipt are durable: {covers}");
+    // The snapshot appears in the background.
+    let directory = reservoir_wal::snapshot_directory(running.directory.path());
+    for _ in 0..500 {
+        if reservoir_wal::snapshot::list(&directory).unwrap().last().is_some_and(|lsn| lsn.0 >= covers) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let newest = reservoir_wal::snapshot::list(&directory).unwrap();
+    assert!(newest.last().is_some_and(|lsn| lsn.0 >= covers), "{newest:?}");
+    // A tenant may not ask for one.
+    assert!(matches!(demo.request(vec![Operation::TakeSnapshot]).await, Err(reservoir_net::NetError::Refused(_))));
+}

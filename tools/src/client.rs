@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use reservoir_engine::ReservationState;
 use reservoir_net::client::{Client, ClientOptions};
-use reservoir_net::{Operation, OperationResult, Role, WireImportRow, WireLine};
+use reservoir_net::{Operation, OperationKind, OperationResult, Role, WireImportRow, WireLine};
 use serde_json::json;
 
 /// Where a SKU is when a line or item names no location (`SKU` instead of `SKU@LOCATION`).
@@ -220,6 +220,9 @@ pub enum ClientCommand {
     Reservation(ReservationArgs),
     /// Manage tenants and their tokens (admin token)
     Tenant(TenantArgs),
+    /// (`reservoir snapshot` without --data-dir) ask the running server for a snapshot now
+    #[command(skip)]
+    TakeSnapshot,
 }
 
 /// Exit code of a refusal by the server's engine.
@@ -353,6 +356,7 @@ async fn run_async(connection: Connection, command: ClientCommand) -> anyhow::Re
                 .collect()
         }
         ClientCommand::Stock(args) => vec![Operation::GetSku { sku: args.sku.clone() }],
+        ClientCommand::TakeSnapshot => vec![Operation::TakeSnapshot],
         ClientCommand::Reservation(args) => vec![Operation::GetReservation { reservation: args.id.clone() }],
         ClientCommand::Tenant(args) => match &args.command {
             TenantCommand::Add { name } => vec![
@@ -512,6 +516,9 @@ fn describe_json(result: &OperationResult) -> serde_json::Value {
 fn describe_text(result: &OperationResult) -> String {
     let code = result.code().name();
     match result {
+        OperationResult::Reply { kind: OperationKind::TakeSnapshot, reply } => {
+            format!("take_snapshot {code}: the server is taking a snapshot covering at least LSN {}\n", reply.count)
+        }
         OperationResult::Reply { kind, reply } => {
             let mut text = format!("{} {code}", kind.name());
             if reply.deadline_ms > 0 {

@@ -37,8 +37,9 @@ enum Commands {
     /// Recover a data directory offline (read-only), check every invariant, print totals;
     /// exit code 0 only if all holds
     Verify(offline::VerifyArgs),
-    /// Take a snapshot of an offline data directory now (newest snapshot + the log after it),
-    /// then archive what it covers and prune the archive
+    /// Take a snapshot now: of an offline data directory (newest snapshot + the log after it,
+    /// then archive what it covers and prune the archive), or, without --data-dir, ask the
+    /// running server to (admin token)
     Snapshot(offline::SnapshotArgs),
     /// Point-in-time restore: build a new data directory (or one tenant's export file) as of
     /// a time or an LSN, from a data directory's snapshots, archive and log
@@ -233,6 +234,9 @@ fn main() -> ExitCode {
         Commands::Bench(args) => run_bench(args),
         Commands::Wal(WalArgs { command: WalCommand::Dump(args) }) => offline::run_wal_dump(args),
         Commands::Verify(args) => offline::run_verify(args),
+        Commands::Snapshot(args) if args.data_dir.is_none() => {
+            return ExitCode::from(client::run(cli.connection, client::ClientCommand::TakeSnapshot))
+        }
         Commands::Snapshot(args) => offline::run_snapshot(args),
         Commands::Restore(args) => offline::run_restore(args),
         Commands::PrintExport(args) => offline::run_print_export(args),

@@ -199,9 +199,10 @@ fn describe(record: &Record, names: &BTreeMap<u32, String>) -> String {
 
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
-    /// The data directory (offline: no server may be writing to it)
+    /// An offline data directory (no server may be running on it). Without it, asks the
+    /// running server (`--server`, with the admin `--token`) to take one now
     #[arg(long, value_name = "DIR")]
-    data_dir: PathBuf,
+    pub data_dir: Option<PathBuf>,
     #[command(flatten)]
     retention: RetentionArgs,
 }
@@ -209,11 +210,12 @@ pub struct SnapshotArgs {
 /// Takes a snapshot of an offline data directory (newest snapshot + the log after it), then
 /// archives what it covers and prunes the archive.
 pub fn run_snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
-    open_storage(&args.data_dir)?;
+    let data_directory = args.data_dir.context("--data-dir is needed offline")?;
+    open_storage(&data_directory)?;
     // Offline only: a running server holds the lock (and snapshots by its own policy).
-    let _lock = reservoir_wal::lock_data_directory(&args.data_dir).context("snapshot")?;
+    let _lock = reservoir_wal::lock_data_directory(&data_directory).context("snapshot")?;
     let (written, retention) =
-        reservoir_wal::build_snapshot(&args.data_dir, Config::default(), None, now_ms()?, &args.retention.policy())
+        reservoir_wal::build_snapshot(&data_directory, Config::default(), None, now_ms()?, &args.retention.policy())
             .context("snapshot")?;
     println!(
         "snapshot   {} covers LSN 1..={}: {:.1} MB in {:.2} s",
