@@ -146,6 +146,28 @@ fn the_readme_quickstart_works_with_embedded_defaults() {
     let output = cli(&["stock", "SKU-1"], "rsv_wrong");
     assert_eq!(output.status.code(), Some(3), "a wrong token gets no answer");
 
+    // Imports: CSV with a header, and JSON lines (a tenant export's header line is skipped).
+    std::fs::write(
+        directory.path().join("stock.csv"),
+        "sku,location,on_hand,safety_stock\nSKU-7,DC1,40,5\nSKU-8,,12,\n",
+    )
+    .unwrap();
+    let output = cli(&["import", "stock.csv", "--op-id", "import-1"], &token);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("import ok") && text.contains("line 2 ok"), "{text}");
+    std::fs::write(
+        directory.path().join("stock.jsonl"),
+        "{\"export\":\"reservoir-tenant\",\"version\":1,\"tenant\":\"demo\",\"lsn\":9}\n{\"sku\":\"SKU-9\",\"location\":\"DC1\",\"on_hand\":3}\n",
+    )
+    .unwrap();
+    assert!(cli(&["import", "stock.jsonl"], &token).status.success());
+    let output = cli(&["stock", "SKU-7", "--json"], &token);
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(value["results"][0]["total"]["available"], 35, "40 on hand less 5 safety stock: {value}");
+    let output = cli(&["stock", "SKU-8"], &token);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("main"), "no location: the default one");
+
     // A snapshot of the running server, asked for with the admin token.
     let output = cli(&["snapshot"], &admin);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
