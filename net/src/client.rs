@@ -210,9 +210,16 @@ async fn batcher(
                     }
                 }
                 Err(error) => {
+                    // Every call of the batch gets the request's error; a refusal keeps its
+                    // frame (code, retry_after_ms) so callers can tell `forbidden` from a
+                    // lost connection.
                     let text = error.to_string();
                     for waiter in waiters {
-                        let _ = waiter.send(Err(NetError::Connection(text.clone())));
+                        let copy = match &error {
+                            NetError::Refused(frame) => NetError::Refused(frame.clone()),
+                            _ => NetError::Connection(text.clone()),
+                        };
+                        let _ = waiter.send(Err(copy));
                     }
                 }
             }

@@ -171,6 +171,12 @@ async fn a_token_reaches_only_its_tenant_and_rotation_revokes() {
         Err(reservoir_net::NetError::Refused(error)) => assert_eq!(error.code, ProtocolErrorCode::Forbidden),
         other => panic!("{other:?}"),
     }
+    // A batched call keeps the refusal's code (regression: the batcher once turned every
+    // error of a batch into a connection error).
+    match demo.call(Operation::ListTenants).await {
+        Err(reservoir_net::NetError::Refused(error)) => assert_eq!(error.code, ProtocolErrorCode::Forbidden),
+        other => panic!("{other:?}"),
+    }
     match admin.request(vec![Operation::GetSku { sku: "SECRET".into() }]).await {
         Err(reservoir_net::NetError::Refused(error)) => assert_eq!(error.code, ProtocolErrorCode::Forbidden),
         other => panic!("{other:?}"),
@@ -228,18 +234,23 @@ struct Raw {
 }
 
 async fn raw(running: &Running, token: &str) -> Raw {
+    let mut raw = raw_hello(running, token, 1, 1).await;
+    assert!(matches!(raw.frame().await, Some(ServerFrame::HelloReply(_))));
+    raw
+}
+
+/// A raw connection that has sent its `Hello` (with these versions) and read nothing yet.
+async fn raw_hello(running: &Running, token: &str, version_min: u16, version_max: u16) -> Raw {
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse::<SocketAddr>().unwrap()).unwrap();
     endpoint.set_default_client_config(reservoir_net::tls::client_config(&running.ca).unwrap());
     let connection = endpoint.connect(running.server.local_addr(), "localhost").unwrap().await.unwrap();
     let (mut send, recv) = connection.open_bi().await.unwrap();
     let mut bytes = Vec::new();
-    ClientFrame::Hello(Hello { version_min: 1, version_max: 1, token: token.as_bytes().to_vec() })
+    ClientFrame::Hello(Hello { version_min, version_max, token: token.as_bytes().to_vec() })
         .encode(&mut bytes)
         .unwrap();
     send.write_all(&bytes).await.unwrap();
-    let mut raw = Raw { connection, send, recv, decoder: FrameDecoder::new() };
-    assert!(matches!(raw.frame().await, Some(ServerFrame::HelloReply(_))));
-    raw
+    Raw { connection, send, recv, decoder: FrameDecoder::new() }
 }
 
 impl Raw {
@@ -311,12 +322,24 @@ async fn malformed_truncated_and_oversized_frames_close_only_their_connection() 
     // More operations than a request may hold, and an unknown operation kind: answered, and
     // the connection goes on.
     let mut many = raw(&running, &running.demo).await;
-    let operations = vec![Operation::GetSku { sku: "SKU".into() }; reservoir_net::OPERATIONS_PER_REQUEST_MAX + 1];
+    // The encoder refuses more than OPERATIONS_PER_REQUEST_MAX, so the frame is made by hand:
+    // the largest request, its count raised by one and one more operation appended.
+    let operations = vec![Operation::GetSku { sku: "SKU".into() }; reservoir_net::OPERATIONS_PER_REQUEST_MAX];
     let mut bytes = Vec::new();
-    let encoded = ClientFrame::Request(Request { request_id: 11, operations }).encode(&mut bytes);
-    if encoded.is_ok() {
-        many.send.write_all(&bytes).await.unwrap();
-        assert_eq!(error_code(many.frame().await), ProtocolErrorCode::TooManyOperations);
+    ClientFrame::Request(Request { request_id: 11, operations }).encode(&mut bytes).unwrap();
+    let count_at = 4 + 1 + 8;
+    let count = reservoir_net::OPERATIONS_PER_REQUEST_MAX as u16 + 1;
+    bytes[count_at..count_at + 2].copy_from_slice(&count.to_le_bytes());
+    bytes.extend_from_slice(&[33, 3, b'S', b'K', b'U']);
+    let length = (bytes.len() - 4) as u32;
+    bytes[..4].copy_from_slice(&length.to_le_bytes());
+    many.send.write_all(&bytes).await.unwrap();
+    match many.frame().await {
+        Some(ServerFrame::Error(error)) => {
+            assert_eq!(error.code, ProtocolErrorCode::TooManyOperations);
+            assert_eq!(error.request_id, Some(11), "the error names the request");
+        }
+        other => panic!("expected too_many_operations, got {other:?}"),
     }
     let mut bytes = Vec::new();
     ClientFrame::Request(Request { request_id: 12, operations: vec![Operation::GetSku { sku: "SKU".into() }] })
@@ -351,17 +374,9 @@ async fn malformed_truncated_and_oversized_frames_close_only_their_connection() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_the_server_does_not_speak_is_refused() {
     let running = start().await;
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse::<SocketAddr>().unwrap()).unwrap();
-    endpoint.set_default_client_config(reservoir_net::tls::client_config(&running.ca).unwrap());
-    let connection = endpoint.connect(running.server.local_addr(), "localhost").unwrap().await.unwrap();
-    let (mut send, recv) = connection.open_bi().await.unwrap();
-    let mut bytes = Vec::new();
-    ClientFrame::Hello(Hello { version_min: 2, version_max: 9, token: running.demo.as_bytes().to_vec() })
-        .encode(&mut bytes)
-        .unwrap();
-    send.write_all(&bytes).await.unwrap();
-    let mut raw = Raw { connection, send, recv, decoder: FrameDecoder::new() };
+    let mut raw = raw_hello(&running, &running.demo, 2, 9).await;
     assert_eq!(error_code(raw.frame().await), ProtocolErrorCode::UnsupportedVersion);
+    assert!(raw.frame().await.is_none(), "the connection is closed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
