@@ -109,6 +109,11 @@ pub enum Command {
     },
     /// Drops idempotency memory older than the retention (`Config::idempotency_retention_ms`).
     Forget,
+    /// Starts epoch `epoch` (a promotion): every record after this one belongs to it. The
+    /// node that runs it is the primary of that epoch (docs/operations.md, "Promotion").
+    BeginEpoch {
+        epoch: u64,
+    },
 }
 
 impl Command {
@@ -127,6 +132,7 @@ impl Command {
             Command::Import { .. } => "import",
             Command::Expire { .. } => "expire",
             Command::Forget => "forget",
+            Command::BeginEpoch { .. } => "begin_epoch",
         }
     }
 
@@ -193,6 +199,7 @@ impl Command {
             }
             Command::Expire { limit } => hash.u64(*limit as u64),
             Command::Forget => hash,
+            Command::BeginEpoch { epoch } => hash.u64(*epoch),
         };
         hash.finish()
     }

@@ -49,7 +49,14 @@ pub struct Engine {
     /// The next LSN to hand out. Taken while every item the record touches is latched, so
     /// LSN order agrees with each item's update order.
     pub(crate) next_lsn: AtomicU64,
+    /// Every epoch after the first (1), with the LSN of the record that began it, ascending.
+    pub(crate) epochs: parking_lot::RwLock<Vec<(u64, Lsn)>>,
 }
+
+/// Epochs a log goes through at most (one per promotion).
+pub const EPOCHS_MAX: usize = 65_536;
+/// The epoch of a new log, before any promotion.
+pub const EPOCH_FIRST: u64 = 1;
 
 /// One item as a query sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,6 +118,7 @@ pub struct Dump {
     pub items: BTreeMap<ItemId, (TenantId, String, String, Counters)>,
     pub reservations: BTreeMap<(TenantId, String), Reservation>,
     pub operations: BTreeMap<(TenantId, String), OperationEntry>,
+    pub epochs: Vec<(u64, Lsn)>,
 }
 
 /// An item a command needs, resolved.
@@ -127,8 +135,26 @@ impl Engine {
             reservations: Sharded::new(config.id_shards),
             operations: Sharded::new(config.id_shards),
             next_lsn: AtomicU64::new(1),
+            epochs: parking_lot::RwLock::new(Vec::new()),
             config,
         }
+    }
+
+    /// The epoch the last applied or executed record belongs to.
+    pub fn epoch(&self) -> u64 {
+        self.epochs.read().last().map_or(EPOCH_FIRST, |&(epoch, _)| epoch)
+    }
+
+    /// Every epoch after the first with the LSN of the record that began it, ascending: the
+    /// log's timeline history (where a former primary's log forks from this one).
+    pub fn epoch_history(&self) -> Vec<(u64, Lsn)> {
+        self.epochs.read().clone()
+    }
+
+    /// The first LSN of the first epoch later than `epoch`, if this log has one: a log that
+    /// stayed in `epoch` and holds records at or past it has diverged there.
+    pub fn fork_after(&self, epoch: u64) -> Option<Lsn> {
+        self.epochs.read().iter().find(|&&(later, _)| later > epoch).map(|&(_, lsn)| lsn)
     }
 
     pub fn config(&self) -> &Config {
@@ -220,6 +246,7 @@ impl Engine {
             | Command::Import { tenant, operation, .. } => self.stock(*tenant, operation, command, now_ms, records),
             Command::Expire { limit } => self.expire(*limit, now_ms, records),
             Command::Forget => self.forget(now_ms, records),
+            Command::BeginEpoch { epoch } => self.begin_epoch(*epoch, now_ms, records),
         };
         debug_assert!(records[records_before..].windows(2).all(|w| w[0].lsn < w[1].lsn));
         debug_assert!(records[records_before..].iter().all(|r| r.timestamp_ms == now_ms));
@@ -934,6 +961,23 @@ impl Engine {
         Reply { count: forgotten as u64, ..Reply::code(ResultCode::Ok) }
     }
 
+    fn begin_epoch(&self, epoch: u64, now_ms: u64, records: &mut Vec<Record>) -> Reply {
+        let mut epochs = self.epochs.write();
+        let current = epochs.last().map_or(EPOCH_FIRST, |&(epoch, _)| epoch);
+        if epoch <= current {
+            // An epoch only grows: a promotion to an epoch already seen is refused.
+            return Reply { count: current, ..Reply::code(ResultCode::ExpectedMismatch) };
+        }
+        if epochs.len() >= EPOCHS_MAX {
+            return Reply::code(ResultCode::CapacityExceeded);
+        }
+        let lsn = self.take_lsn();
+        epochs.push((epoch, lsn));
+        debug_assert!(epochs.windows(2).all(|pair| pair[0].0 < pair[1].0 && pair[0].1 < pair[1].1));
+        records.push(Record { lsn, timestamp_ms: now_ms, body: Body::EpochChanged { epoch } });
+        Reply { count: epoch, ..Reply::code(ResultCode::Ok) }
+    }
+
     fn forget_before(&self, before_ms: u64, lsn: Lsn) -> usize {
         let mut forgotten = 0;
         for shard in self.reservations.all() {
@@ -1047,6 +1091,14 @@ impl Engine {
             Body::Refused { tenant, memo } => self.remember_replayed(*tenant, memo, record.timestamp_ms, lsn)?,
             Body::Forgotten { before_ms } => {
                 self.forget_before(*before_ms, lsn);
+            }
+            Body::EpochChanged { epoch } => {
+                let mut epochs = self.epochs.write();
+                let current = epochs.last().map_or(EPOCH_FIRST, |&(epoch, _)| epoch);
+                if *epoch <= current || epochs.len() >= EPOCHS_MAX {
+                    return Err(mismatch(format!("epoch {epoch} cannot follow epoch {current}")));
+                }
+                epochs.push((*epoch, lsn));
             }
         }
         self.next_lsn.store(expected + 1, Ordering::Release);
@@ -1291,6 +1343,7 @@ impl Engine {
             items,
             reservations,
             operations,
+            epochs: self.epoch_history(),
         }
     }
 

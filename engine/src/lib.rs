@@ -19,7 +19,9 @@ pub mod workload;
 
 pub use code::{LineResult, Reply, ResultCode};
 pub use command::{Command, ImportRow, Line};
-pub use engine::{Config, Dump, Engine, ItemView, Page, ReservationLineView, ReservationView, VerifyReport};
+pub use engine::{
+    Config, Dump, Engine, ItemView, Page, ReservationLineView, ReservationView, VerifyReport, EPOCHS_MAX, EPOCH_FIRST,
+};
 pub use item::Counters;
 pub use memory::{OperationEntry, Reservation, ReservationLineState};
 pub use record::{Body, ItemChange, LineChange, OperationMemo, Record, ReservationState, ReservedLine, SettleKind};

@@ -69,6 +69,11 @@ pub enum Body {
     Forgotten {
         before_ms: u64,
     },
+    /// Epoch `epoch` starts with this record (a standby was promoted). Every record after
+    /// it, up to the next such record, was made by that epoch's primary.
+    EpochChanged {
+        epoch: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,7 +165,7 @@ impl Record {
             | Body::Reserved { tenant, .. }
             | Body::Settled { tenant, .. }
             | Body::Refused { tenant, .. } => Some(*tenant),
-            Body::Forgotten { .. } => None,
+            Body::Forgotten { .. } | Body::EpochChanged { .. } => None,
         }
     }
 }

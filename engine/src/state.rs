@@ -29,6 +29,8 @@ pub struct State {
     pub reservations: Vec<SavedReservation>,
     /// Every remembered operation, per shard in the order remembered.
     pub operations: Vec<SavedOperation>,
+    /// The epochs after the first with the LSN that began each ([`Engine::epoch_history`]).
+    pub epochs: Vec<(u64, Lsn)>,
 }
 
 /// One item shard: items in index order; their names back to back in `names`.
@@ -130,7 +132,15 @@ impl Engine {
                 operations.push(SavedOperation { tenant: *tenant, id: id.to_string(), entry: entry.clone() });
             }
         }
-        State { config: self.config.clone(), next_lsn: self.next_lsn(), tenants, shards, reservations, operations }
+        State {
+            config: self.config.clone(),
+            next_lsn: self.next_lsn(),
+            tenants,
+            shards,
+            reservations,
+            operations,
+            epochs: self.epoch_history(),
+        }
     }
 
     /// Rebuilds an engine from `state`, checking it as it goes: names, item placement, the
@@ -149,6 +159,14 @@ impl Engine {
         }
         let engine = Engine::new(config.clone());
         engine.next_lsn.store(state.next_lsn.0, Ordering::Release);
+        let ascending = state.epochs.windows(2).all(|pair| pair[0].0 < pair[1].0 && pair[0].1 < pair[1].1);
+        if !ascending
+            || state.epochs.len() > crate::engine::EPOCHS_MAX
+            || state.epochs.iter().any(|&(epoch, lsn)| epoch <= crate::engine::EPOCH_FIRST || lsn >= state.next_lsn)
+        {
+            return Err(refuse("epoch history out of order or past the state's LSN".into()));
+        }
+        *engine.epochs.write() = state.epochs.clone();
         {
             let mut tenants = engine.catalog.tenants.write();
             for name in &state.tenants {

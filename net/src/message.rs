@@ -27,6 +27,34 @@ pub enum Role {
     Tenant { name: String },
     /// An admin token: admin operations only.
     Admin,
+    /// A standby's replication token: the connection carries a replication stream
+    /// (docs/protocol.md, "Replication").
+    Replication,
+}
+
+/// What a node is doing, told in [`HelloReply`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeRole {
+    /// Takes writes for its epoch.
+    Primary = 1,
+    /// Follows a primary; answers queries, refuses writes with `not_primary`.
+    Standby = 2,
+    /// A former primary that saw a higher epoch: refuses writes until it rejoins as a standby.
+    Fenced = 3,
+}
+
+impl NodeRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeRole::Primary => "primary",
+            NodeRole::Standby => "standby",
+            NodeRole::Fenced => "fenced",
+        }
+    }
+
+    fn from_number(number: u8) -> Option<NodeRole> {
+        [NodeRole::Primary, NodeRole::Standby, NodeRole::Fenced].into_iter().find(|role| *role as u8 == number)
+    }
 }
 
 /// The limits a server enforces, told to the client in [`HelloReply`].
@@ -63,6 +91,9 @@ pub struct HelloReply {
     /// The server's epoch (bumped at every promotion of a standby).
     pub epoch: u64,
     pub limits: ServerLimits,
+    /// Whether the node takes writes (a client given several endpoints picks the primary
+    /// with the highest epoch).
+    pub node: NodeRole,
 }
 
 /// A batch of operations, run in order, answered by one reply (in one or more parts).
@@ -257,6 +288,7 @@ impl ServerFrame {
                         writer.string("tenant name", name);
                     }
                     Role::Admin => writer.u8(2),
+                    Role::Replication => writer.u8(3),
                 }
                 writer.u64(hello.epoch);
                 let limits = &hello.limits;
@@ -267,6 +299,7 @@ impl ServerFrame {
                 writer.u16(limits.lines_per_reservation_max);
                 writer.u32(limits.import_rows_max);
                 writer.u32(limits.page_items_max);
+                writer.u8(hello.node as u8);
             })?,
             ServerFrame::Reply(reply) => encode_frame(out, frame_type::REPLY, |writer| {
                 writer.u64(reply.request_id);
@@ -317,6 +350,7 @@ pub fn decode_server_frame(frame: &[u8]) -> Result<ServerFrame, WireError> {
             let role = match reader.u8()? {
                 1 => Role::Tenant { name: reader.string("tenant name")? },
                 2 => Role::Admin,
+                3 => Role::Replication,
                 other => return Err(WireError::BadValue { what: "role", value: u64::from(other), at }),
             };
             let epoch = reader.u64()?;
@@ -329,7 +363,14 @@ pub fn decode_server_frame(frame: &[u8]) -> Result<ServerFrame, WireError> {
                 import_rows_max: reader.u32()?,
                 page_items_max: reader.u32()?,
             };
-            ServerFrame::HelloReply(HelloReply { version, role, epoch, limits })
+            let at = reader.at();
+            let number = reader.u8()?;
+            let node = NodeRole::from_number(number).ok_or(WireError::BadValue {
+                what: "node role",
+                value: u64::from(number),
+                at,
+            })?;
+            ServerFrame::HelloReply(HelloReply { version, role, epoch, limits, node })
         }
         frame_type::REPLY => {
             let request_id = reader.u64()?;

@@ -42,6 +42,8 @@ pub enum OperationKind {
     IssueToken = 65,
     ListTenants = 66,
     TakeSnapshot = 67,
+    Status = 68,
+    Promote = 69,
 }
 
 impl OperationKind {
@@ -64,6 +66,8 @@ impl OperationKind {
         OperationKind::IssueToken,
         OperationKind::ListTenants,
         OperationKind::TakeSnapshot,
+        OperationKind::Status,
+        OperationKind::Promote,
     ];
 
     pub fn number(self) -> u8 {
@@ -94,6 +98,8 @@ impl OperationKind {
             OperationKind::IssueToken => "issue_token",
             OperationKind::ListTenants => "list_tenants",
             OperationKind::TakeSnapshot => "take_snapshot",
+            OperationKind::Status => "status",
+            OperationKind::Promote => "promote",
         }
     }
 
@@ -106,7 +112,14 @@ impl OperationKind {
                 | OperationKind::ListItems
                 | OperationKind::GetReservation
                 | OperationKind::ListTenants
+                | OperationKind::Status
         )
+    }
+
+    /// Whether a standby runs this operation (queries, and the admin operations about the
+    /// node itself); every other one it answers `not_primary`.
+    pub fn runs_on_standby(self) -> bool {
+        self.is_read_only() || matches!(self, OperationKind::Promote | OperationKind::TakeSnapshot)
     }
 
     /// Operations only an admin credential may send; a tenant credential gets `forbidden`.
@@ -118,6 +131,8 @@ impl OperationKind {
                 | OperationKind::IssueToken
                 | OperationKind::ListTenants
                 | OperationKind::TakeSnapshot
+                | OperationKind::Status
+                | OperationKind::Promote
         )
     }
 
@@ -138,13 +153,15 @@ impl OperationKind {
             | OperationKind::SetPolicy
             | OperationKind::Import
             | OperationKind::CreateTenant
-            | OperationKind::TakeSnapshot => true,
+            | OperationKind::TakeSnapshot
+            | OperationKind::Promote => true,
             OperationKind::GetItem
             | OperationKind::GetSku
             | OperationKind::ListItems
             | OperationKind::GetReservation
             | OperationKind::IssueToken
-            | OperationKind::ListTenants => false,
+            | OperationKind::ListTenants
+            | OperationKind::Status => false,
         }
     }
 }
@@ -259,6 +276,12 @@ pub enum Operation {
     /// Asks the server to take a snapshot now (admin). The reply is the engine-reply shape:
     /// `ok` with `count` = the durable LSN the snapshot will cover at least.
     TakeSnapshot,
+    /// The node's replication status (admin; a standby answers it): a JSON document,
+    /// docs/protocol.md, "status".
+    Status,
+    /// Promotes a standby to primary (admin, sent to the standby). The reply is the
+    /// engine-reply shape: `ok` with `count` = the new epoch.
+    Promote,
 }
 
 /// A read-only operation, validated, for [`run_query`].
@@ -281,6 +304,10 @@ pub enum AdminAction {
     ListTenants,
     /// Take a snapshot now, in the background (the server's snapshotter).
     TakeSnapshot,
+    /// Report the node's role, epoch, LSNs and replication lag.
+    Status,
+    /// Promote this standby to primary of the next epoch.
+    Promote,
 }
 
 /// What an operation becomes once validated: an engine command, a query, or an admin action
@@ -349,6 +376,8 @@ impl Operation {
             Operation::IssueToken { .. } => OperationKind::IssueToken,
             Operation::ListTenants => OperationKind::ListTenants,
             Operation::TakeSnapshot => OperationKind::TakeSnapshot,
+            Operation::Status => OperationKind::Status,
+            Operation::Promote => OperationKind::Promote,
         }
     }
 
@@ -472,6 +501,8 @@ impl Operation {
             }
             Operation::ListTenants => return Ok(Action::Admin(AdminAction::ListTenants)),
             Operation::TakeSnapshot => return Ok(Action::Admin(AdminAction::TakeSnapshot)),
+            Operation::Status => return Ok(Action::Admin(AdminAction::Status)),
+            Operation::Promote => return Ok(Action::Admin(AdminAction::Promote)),
         };
         debug_assert!(self.kind().has_engine_reply(), "queries and admin actions returned above");
         debug_assert_eq!(command.kind(), self.kind().name(), "operation and command kinds agree");
@@ -561,7 +592,7 @@ impl Operation {
                 writer.string("tenant name", tenant);
                 writer.flag(*revoke_others);
             }
-            Operation::ListTenants | Operation::TakeSnapshot => {}
+            Operation::ListTenants | Operation::TakeSnapshot | Operation::Status | Operation::Promote => {}
         }
     }
 
@@ -655,6 +686,8 @@ impl Operation {
             },
             OperationKind::ListTenants => Operation::ListTenants,
             OperationKind::TakeSnapshot => Operation::TakeSnapshot,
+            OperationKind::Status => Operation::Status,
+            OperationKind::Promote => Operation::Promote,
         };
         debug_assert_eq!(operation.kind(), kind);
         Ok(operation)
@@ -741,7 +774,12 @@ pub enum OperationResult {
     Token(Result<String, ResultCode>),
     /// `list_tenants`: at most `TENANTS_PER_LIST_MAX` entries.
     Tenants(Result<Vec<TenantEntry>, ResultCode>),
+    /// `status`: a JSON document of at most `STATUS_BYTES_MAX` bytes.
+    Status(Result<String, ResultCode>),
 }
+
+/// Bytes of a `status` document at most.
+pub const STATUS_BYTES_MAX: usize = 60_000;
 
 impl OperationResult {
     /// The result of an operation of `kind` that was not run because it did not validate.
@@ -754,6 +792,7 @@ impl OperationResult {
             OperationKind::GetReservation => OperationResult::Reservation(Err(code)),
             OperationKind::IssueToken => OperationResult::Token(Err(code)),
             OperationKind::ListTenants => OperationResult::Tenants(Err(code)),
+            OperationKind::Status => OperationResult::Status(Err(code)),
             kind => {
                 debug_assert!(kind.has_engine_reply());
                 OperationResult::Reply { kind, reply: Reply::code(code) }
@@ -770,6 +809,7 @@ impl OperationResult {
             OperationResult::Reservation(_) => OperationKind::GetReservation,
             OperationResult::Token(_) => OperationKind::IssueToken,
             OperationResult::Tenants(_) => OperationKind::ListTenants,
+            OperationResult::Status(_) => OperationKind::Status,
         }
     }
 
@@ -786,6 +826,7 @@ impl OperationResult {
             OperationResult::Reservation(result) => of(result),
             OperationResult::Token(result) => of(result),
             OperationResult::Tenants(result) => of(result),
+            OperationResult::Status(result) => of(result),
         }
     }
 
@@ -842,6 +883,9 @@ impl OperationResult {
                 encode_reply(writer, &view.reply);
             }),
             OperationResult::Token(result) => query(writer, result, |writer, token| writer.string("token", token)),
+            OperationResult::Status(result) => query(writer, result, |writer, document| {
+                writer.bytes_u16("status document", document.as_bytes(), STATUS_BYTES_MAX)
+            }),
             OperationResult::Tenants(result) => query(writer, result, |writer, tenants| {
                 writer.count_u32("tenants", tenants.len(), TENANTS_PER_LIST_MAX);
                 for tenant in tenants {
@@ -887,6 +931,9 @@ impl OperationResult {
                 OperationResult::Items(Ok(ItemPage { next_cursor, items: decode_items(reader)? }))
             }
             OperationKind::IssueToken => OperationResult::Token(Ok(reader.string("token")?)),
+            OperationKind::Status => {
+                OperationResult::Status(Ok(reader.string_u16("status document", STATUS_BYTES_MAX)?))
+            }
             OperationKind::ListTenants => {
                 let count = reader.count_u32("tenants", TENANTS_PER_LIST_MAX, TENANT_ENTRY_BYTES_MIN)?;
                 let mut tenants = Vec::with_capacity(count);

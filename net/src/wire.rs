@@ -224,7 +224,7 @@ impl<'a> Reader<'a> {
     pub(crate) fn left(&self) -> usize {
         self.bytes.len() - self.at
     }
-    fn take(&mut self, count: usize) -> Result<&'a [u8], WireError> {
+    pub(crate) fn take(&mut self, count: usize) -> Result<&'a [u8], WireError> {
         let left = self.left();
         if left < count {
             return Err(WireError::Truncated { at: self.at, needed: count - left });

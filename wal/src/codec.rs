@@ -20,6 +20,7 @@ pub mod kind {
     pub const SETTLED: u8 = 5;
     pub const REFUSED: u8 = 6;
     pub const FORGOTTEN: u8 = 7;
+    pub const EPOCH_CHANGED: u8 = 8;
 }
 
 /// Why a payload does not decode. Carried inside [`crate::WalError`] with its position.
@@ -48,6 +49,7 @@ pub fn kind_of(body: &Body) -> u8 {
         Body::Settled { .. } => kind::SETTLED,
         Body::Refused { .. } => kind::REFUSED,
         Body::Forgotten { .. } => kind::FORGOTTEN,
+        Body::EpochChanged { .. } => kind::EPOCH_CHANGED,
     }
 }
 
@@ -111,6 +113,7 @@ pub fn encode(body: &Body, out: &mut Vec<u8>) {
             writer.memo(memo);
         }
         Body::Forgotten { before_ms } => writer.u64(*before_ms),
+        Body::EpochChanged { epoch } => writer.u64(*epoch),
     }
     assert!(out.len() > start, "every body has a payload");
     // Pair assertion: what was written reads back as what was meant (debug builds; the
@@ -184,6 +187,14 @@ pub fn decode(kind: u8, payload: &[u8]) -> Result<Body, DecodeError> {
         }
         kind::REFUSED => Body::Refused { tenant: TenantId(reader.u32()?), memo: reader.memo()? },
         kind::FORGOTTEN => Body::Forgotten { before_ms: reader.u64()? },
+        kind::EPOCH_CHANGED => {
+            let at = reader.at;
+            let epoch = reader.u64()?;
+            if epoch <= reservoir_engine::EPOCH_FIRST {
+                return Err(DecodeError::BadValue { what: "epoch", value: epoch, at });
+            }
+            Body::EpochChanged { epoch }
+        }
         other => return Err(DecodeError::UnknownKind(other)),
     };
     if reader.at != payload.len() {

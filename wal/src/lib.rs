@@ -6,7 +6,9 @@
 
 pub mod archive;
 pub mod codec;
+pub mod feed;
 pub mod format;
+pub mod rejoin;
 pub mod restore;
 mod scan;
 pub mod snapshot;
@@ -250,6 +252,9 @@ pub fn open_data_directory(
         // An empty log continues the snapshot's history.
         recovery.scan.position.history = snapshot.map(|(_, history)| history);
     }
+    // Frames carry the epoch of the log's last epoch record (or the first epoch).
+    let mut options = options;
+    options.epoch = u32::try_from(engine.epoch()).expect("epochs fit in 32 bits");
     let mut wal = Wal::start(storage, options, recovery.scan.position)?;
     wal.hold(lock);
     Ok(Opened { engine, wal, recovery, snapshot: snapshot.map(|(lsn, _)| lsn), snapshots_skipped })

@@ -22,7 +22,8 @@ use crate::codec::{state_from, state_number};
 use crate::WalError;
 
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"RSVRSNAP";
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// 2: the state carries the epoch history.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 /// The rkyv format flags this build writes and reads: bit 0 little-endian, bit 1 aligned,
 /// bit 2 64-bit relative pointers.
 pub const RKYV_FORMAT: u32 = 0b111;
@@ -41,6 +42,8 @@ struct SnapState {
     item_shards: Vec<SnapShard>,
     reservations: Vec<SnapReservation>,
     operations: Vec<SnapOperation>,
+    /// (epoch, LSN of the record that began it), ascending.
+    epochs: Vec<[u64; 2]>,
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -220,6 +223,7 @@ fn to_snap(state: &State) -> SnapState {
                 lsn: saved.entry.lsn.0,
             })
             .collect(),
+        epochs: state.epochs.iter().map(|&(epoch, lsn)| [epoch, lsn.0]).collect(),
     }
 }
 
@@ -294,7 +298,8 @@ fn from_snap(snap: SnapState) -> Result<State, String> {
             id: saved.id,
         });
     }
-    Ok(State { config, next_lsn: Lsn(snap.next_lsn), tenants: snap.tenants, shards, reservations, operations })
+    let epochs = snap.epochs.iter().map(|&[epoch, lsn]| (epoch, Lsn(lsn))).collect();
+    Ok(State { config, next_lsn: Lsn(snap.next_lsn), tenants: snap.tenants, shards, reservations, operations, epochs })
 }
 
 /// The file of the snapshot that covers every record up to `lsn`.

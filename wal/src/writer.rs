@@ -75,6 +75,8 @@ pub struct WalStats {
 struct Shared {
     state: Mutex<State>,
     changed: Condvar,
+    /// Recent durable groups, for replication (docs/operations.md).
+    feed: crate::feed::Feed,
 }
 
 struct State {
@@ -94,6 +96,7 @@ pub struct Wal {
     /// The data directory's lock, held while this writer may append (released after the
     /// writer's last write, at close or drop).
     lock: Option<crate::DirectoryLock>,
+    history: u64,
 }
 
 impl Wal {
@@ -115,16 +118,24 @@ impl Wal {
                 stats: WalStats::default(),
             }),
             changed: Condvar::new(),
+            feed: crate::feed::Feed::new(),
         });
         let (sender, receiver) = crossbeam_channel::bounded(SUBMISSIONS_QUEUED_MAX);
         let durability = options.durability;
-        let writer = Writer::new(storage, options, position);
+        let mut writer = Writer::new(storage, options, position);
+        writer.publishing = true;
+        let history = writer.history();
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("wal-writer".into())
             .spawn(move || run(writer, receiver, thread_shared))
             .map_err(|source| WalError::io("start the WAL writer thread", source))?;
-        Ok(Wal { shared, sender: Some(sender), thread: Some(thread), durability, lock: None })
+        Ok(Wal { shared, sender: Some(sender), thread: Some(thread), durability, lock: None, history })
+    }
+
+    /// The log's history id (the one this writer writes into new segments).
+    pub fn history(&self) -> u64 {
+        self.history
     }
 
     pub fn durability(&self) -> Durability {
@@ -245,6 +256,12 @@ impl DurableLsnReader {
     pub fn failure(&self) -> Option<String> {
         self.shared.state.lock().failed.clone()
     }
+
+    /// The frames of durable records from `lsn` on, as written (at most about `bytes_max`),
+    /// if the in-memory feed still holds `lsn` ([`crate::feed::Feed::read_from`]).
+    pub fn feed_read(&self, lsn: Lsn, bytes_max: usize) -> crate::feed::FeedRead {
+        self.shared.feed.read_from(lsn, bytes_max)
+    }
 }
 
 /// The writer's state and steps, without a thread: [`Wal`] runs it on its own thread;
@@ -259,6 +276,10 @@ pub struct Writer {
     reorder: BTreeMap<u64, Record>,
     buffer: Vec<u8>,
     history: u64,
+    /// Whether written frames are also kept for the replication feed, and those of the
+    /// current group.
+    publishing: bool,
+    published: Vec<u8>,
 }
 
 /// What one group's write did.
@@ -304,6 +325,9 @@ fn run_until_closed(writer: &mut Writer, receiver: &Receiver<Vec<Record>>, share
         let sync_started = Instant::now();
         let syncs = writer.sync(&group)?;
         let sync_ns = sync_started.elapsed().as_nanos() as u64;
+        // Published before the durable LSN moves: whoever sees the new LSN finds its frames.
+        let (first_lsn, frames) = writer.take_published();
+        shared.feed.publish(first_lsn, group.last_lsn, frames);
         let mut state = shared.state.lock();
         assert!(state.durable_lsn < group.last_lsn, "durable LSN only grows");
         state.durable_lsn = group.last_lsn;
@@ -331,7 +355,20 @@ impl Writer {
             reorder: BTreeMap::new(),
             buffer: Vec::with_capacity(1 << 20),
             history: position.history.unwrap_or_else(crate::format::new_history),
+            publishing: false,
+            published: Vec::new(),
         }
+    }
+
+    /// The first LSN and the frames of the group written since the last call.
+    fn take_published(&mut self) -> (Lsn, Vec<u8>) {
+        let frames = std::mem::take(&mut self.published);
+        let first_lsn = if frames.is_empty() {
+            self.next_lsn
+        } else {
+            Lsn(u64::from_le_bytes(frames[8..16].try_into().expect("a frame header")))
+        };
+        (first_lsn, frames)
     }
 
     /// The history id this writer writes into new segments.
@@ -364,8 +401,14 @@ impl Writer {
                 break;
             }
             let record = entry.remove();
+            if let reservoir_engine::Body::EpochChanged { epoch } = record.body {
+                // Frames carry the epoch of the primary that made them: this one's on.
+                assert!(u64::from(self.options.epoch) < epoch, "an epoch only grows");
+                self.options.epoch = u32::try_from(epoch).expect("epochs fit in 32 bits");
+            }
             let before = self.buffer.len();
             encode_frame(&record, batch_lsn, self.options.epoch, &mut self.buffer);
+            let frame_bytes = self.buffer.len() - before;
             if !self.segment_exists || self.offset + (self.buffer.len() as u64) > self.options.segment_bytes {
                 // The frame does not fit: write what is buffered to this segment, start the next.
                 let carried = self.buffer.split_off(before);
@@ -374,6 +417,9 @@ impl Writer {
                 }
                 self.roll_over(record.lsn)?;
                 self.buffer = carried;
+            }
+            if self.publishing {
+                self.published.extend_from_slice(&self.buffer[self.buffer.len() - frame_bytes..]);
             }
             group.last_lsn = record.lsn;
             self.next_lsn = Lsn(self.next_lsn.0 + 1);

@@ -1,0 +1,270 @@
+//! The replication stream's messages (docs/protocol.md, "Replication"). A standby opens a
+//! connection with a replication token; after `HelloReply` the first stream carries these
+//! messages instead of requests. Each is `u32` length (little-endian, of what follows), a type
+//! byte and its fields, at most [`REPLICATION_MESSAGE_BYTES_MAX`] bytes: larger than a request
+//! frame, because one WAL record's frame may be up to 4 MiB.
+
+use reservoir_wal::RECORD_PAYLOAD_BYTES_MAX;
+
+use crate::wire::{ProtocolErrorCode, Reader, WireError, Writer, ERROR_MESSAGE_BYTES_MAX};
+use crate::NetError;
+
+/// Bytes of one replication message at most (after its length).
+pub const REPLICATION_MESSAGE_BYTES_MAX: usize = RECORD_PAYLOAD_BYTES_MAX + (1 << 20);
+/// Bytes of WAL frames one `Wal` message carries at most (a single larger record goes alone).
+pub const WAL_CHUNK_BYTES_MAX: usize = 1 << 20;
+/// Bytes of snapshot one `SnapshotChunk` carries at most.
+pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1 << 20;
+/// Bytes of the credential store a primary ships at most.
+pub const CREDENTIALS_BYTES_MAX: usize = 32 << 20;
+/// Bytes of a node name or address.
+pub const NAME_BYTES_MAX: usize = 255;
+
+mod message_type {
+    pub const START: u8 = 0x21;
+    pub const FEEDBACK: u8 = 0x22;
+    pub const FENCE: u8 = 0x23;
+    pub const ACCEPT: u8 = 0xA1;
+    pub const REWIND: u8 = 0xA2;
+    pub const BASE_BACKUP: u8 = 0xA3;
+    pub const SNAPSHOT_CHUNK: u8 = 0xA4;
+    pub const WAL: u8 = 0xA5;
+    pub const HEARTBEAT: u8 = 0xA6;
+    pub const CREDENTIALS: u8 = 0xA7;
+    pub const REFUSED: u8 = 0xA8;
+    pub const FENCED: u8 = 0xA9;
+}
+
+/// What a standby (or a promoted node fencing its former primary) sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StandbyMessage {
+    /// Start streaming: the standby holds every record before `next_lsn`, in `history`
+    /// (0: an empty standby), and its last record belongs to `epoch`.
+    Start { next_lsn: u64, history: u64, epoch: u64, name: String },
+    /// Records up to `written_lsn` are durable on the standby, up to `applied_lsn` applied.
+    Feedback { written_lsn: u64, applied_lsn: u64 },
+    /// Sent by the primary of `epoch` (reachable at `primary`) to a node of a lower epoch:
+    /// stop taking writes.
+    Fence { epoch: u64, primary: String },
+}
+
+/// What a primary sends on a replication stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PrimaryMessage {
+    /// `Start` accepted: `Wal` messages from the standby's `next_lsn` follow.
+    Accept { epoch: u64, history: u64, durable_lsn: u64 },
+    /// The standby's log forks from the primary's after `keep_through`: cut it there
+    /// (its records after it were never in the primary's history), then start again.
+    Rewind { keep_through: u64, epoch: u64 },
+    /// The standby needs a base backup: a snapshot covering `covers_lsn`, `bytes` long, follows
+    /// in `SnapshotChunk`s; then the primary closes the stream.
+    BaseBackup { covers_lsn: u64, bytes: u64 },
+    SnapshotChunk { bytes: Vec<u8> },
+    /// WAL frames (docs/wal.md's frame layout), whole and consecutive. `durable_lsn` and
+    /// `now_ms` are the primary's, for lag.
+    Wal { durable_lsn: u64, now_ms: u64, frames: Vec<u8> },
+    Heartbeat { durable_lsn: u64, now_ms: u64 },
+    /// The primary's credential store (`credentials.json`), whole.
+    Credentials { json: Vec<u8> },
+    /// The stream cannot go on (not a primary, standby ahead of the primary ...).
+    Refused { code: ProtocolErrorCode, message: String, primary: Option<String> },
+    /// Answer to `Fence`: this node now refuses writes.
+    Fenced { epoch: u64 },
+}
+
+fn finish(out: &mut Vec<u8>, start: usize, writer_error: Option<WireError>) -> Result<(), WireError> {
+    if let Some(error) = writer_error {
+        out.truncate(start);
+        return Err(error);
+    }
+    let length = out.len() - start - 4;
+    if length > REPLICATION_MESSAGE_BYTES_MAX {
+        out.truncate(start);
+        return Err(WireError::FrameTooLarge { announced: length as u64 });
+    }
+    out[start..start + 4].copy_from_slice(&(length as u32).to_le_bytes());
+    Ok(())
+}
+
+fn encode_with(out: &mut Vec<u8>, message_type: u8, body: impl FnOnce(&mut Writer<'_>)) -> Result<(), WireError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let mut writer = Writer::new(out);
+    writer.u8(message_type);
+    body(&mut writer);
+    let error = writer.error.take();
+    finish(out, start, error)
+}
+
+fn bytes_u32(writer: &mut Writer<'_>, bytes: &[u8]) {
+    writer.u32(bytes.len() as u32);
+    writer.bytes(bytes);
+}
+
+fn read_bytes_u32(reader: &mut Reader<'_>, what: &'static str, max: usize) -> Result<Vec<u8>, WireError> {
+    let at = reader.at();
+    let length = reader.u32()? as usize;
+    if length > max || length > reader.left() {
+        return Err(WireError::BadValue { what, value: length as u64, at });
+    }
+    Ok(reader.take(length)?.to_vec())
+}
+
+impl StandbyMessage {
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), WireError> {
+        let start = out.len();
+        match self {
+            StandbyMessage::Start { next_lsn, history, epoch, name } => encode_with(out, message_type::START, |w| {
+                w.u64(*next_lsn);
+                w.u64(*history);
+                w.u64(*epoch);
+                w.string("node name", name);
+            })?,
+            StandbyMessage::Feedback { written_lsn, applied_lsn } => encode_with(out, message_type::FEEDBACK, |w| {
+                w.u64(*written_lsn);
+                w.u64(*applied_lsn);
+            })?,
+            StandbyMessage::Fence { epoch, primary } => encode_with(out, message_type::FENCE, |w| {
+                w.u64(*epoch);
+                w.string("primary address", primary);
+            })?,
+        }
+        debug_assert_eq!(StandbyMessage::decode(&out[start + 4..]).as_ref(), Ok(self), "encode/decode disagree");
+        Ok(())
+    }
+
+    /// Decodes one message's body (after its length).
+    pub fn decode(body: &[u8]) -> Result<StandbyMessage, WireError> {
+        let mut reader = Reader::new(body);
+        let at = reader.at();
+        let message = match reader.u8()? {
+            message_type::START => StandbyMessage::Start {
+                next_lsn: reader.u64()?,
+                history: reader.u64()?,
+                epoch: reader.u64()?,
+                name: reader.string("node name")?,
+            },
+            message_type::FEEDBACK => {
+                StandbyMessage::Feedback { written_lsn: reader.u64()?, applied_lsn: reader.u64()? }
+            }
+            message_type::FENCE => {
+                StandbyMessage::Fence { epoch: reader.u64()?, primary: reader.string("primary address")? }
+            }
+            other => return Err(WireError::BadValue { what: "replication message type", value: u64::from(other), at }),
+        };
+        reader.finish()?;
+        Ok(message)
+    }
+}
+
+impl PrimaryMessage {
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), WireError> {
+        let start = out.len();
+        match self {
+            PrimaryMessage::Accept { epoch, history, durable_lsn } => encode_with(out, message_type::ACCEPT, |w| {
+                w.u64(*epoch);
+                w.u64(*history);
+                w.u64(*durable_lsn);
+            })?,
+            PrimaryMessage::Rewind { keep_through, epoch } => encode_with(out, message_type::REWIND, |w| {
+                w.u64(*keep_through);
+                w.u64(*epoch);
+            })?,
+            PrimaryMessage::BaseBackup { covers_lsn, bytes } => encode_with(out, message_type::BASE_BACKUP, |w| {
+                w.u64(*covers_lsn);
+                w.u64(*bytes);
+            })?,
+            PrimaryMessage::SnapshotChunk { bytes } => {
+                encode_with(out, message_type::SNAPSHOT_CHUNK, |w| bytes_u32(w, bytes))?
+            }
+            PrimaryMessage::Wal { durable_lsn, now_ms, frames } => encode_with(out, message_type::WAL, |w| {
+                w.u64(*durable_lsn);
+                w.u64(*now_ms);
+                bytes_u32(w, frames);
+            })?,
+            PrimaryMessage::Heartbeat { durable_lsn, now_ms } => encode_with(out, message_type::HEARTBEAT, |w| {
+                w.u64(*durable_lsn);
+                w.u64(*now_ms);
+            })?,
+            PrimaryMessage::Credentials { json } => encode_with(out, message_type::CREDENTIALS, |w| bytes_u32(w, json))?,
+            PrimaryMessage::Refused { code, message, primary } => encode_with(out, message_type::REFUSED, |w| {
+                w.u16(code.number());
+                w.bytes_u16("message", message.as_bytes(), ERROR_MESSAGE_BYTES_MAX);
+                w.flag(primary.is_some());
+                if let Some(primary) = primary {
+                    w.string("primary address", primary);
+                }
+            })?,
+            PrimaryMessage::Fenced { epoch } => encode_with(out, message_type::FENCED, |w| w.u64(*epoch))?,
+        }
+        debug_assert_eq!(PrimaryMessage::decode(&out[start + 4..]).as_ref(), Ok(self), "encode/decode disagree");
+        Ok(())
+    }
+
+    /// Decodes one message's body (after its length).
+    pub fn decode(body: &[u8]) -> Result<PrimaryMessage, WireError> {
+        let mut reader = Reader::new(body);
+        let at = reader.at();
+        let message = match reader.u8()? {
+            message_type::ACCEPT => {
+                PrimaryMessage::Accept { epoch: reader.u64()?, history: reader.u64()?, durable_lsn: reader.u64()? }
+            }
+            message_type::REWIND => PrimaryMessage::Rewind { keep_through: reader.u64()?, epoch: reader.u64()? },
+            message_type::BASE_BACKUP => PrimaryMessage::BaseBackup { covers_lsn: reader.u64()?, bytes: reader.u64()? },
+            message_type::SNAPSHOT_CHUNK => {
+                PrimaryMessage::SnapshotChunk { bytes: read_bytes_u32(&mut reader, "chunk", SNAPSHOT_CHUNK_BYTES_MAX)? }
+            }
+            message_type::WAL => PrimaryMessage::Wal {
+                durable_lsn: reader.u64()?,
+                now_ms: reader.u64()?,
+                frames: read_bytes_u32(&mut reader, "frames", REPLICATION_MESSAGE_BYTES_MAX)?,
+            },
+            message_type::HEARTBEAT => PrimaryMessage::Heartbeat { durable_lsn: reader.u64()?, now_ms: reader.u64()? },
+            message_type::CREDENTIALS => {
+                PrimaryMessage::Credentials { json: read_bytes_u32(&mut reader, "credentials", CREDENTIALS_BYTES_MAX)? }
+            }
+            message_type::REFUSED => {
+                let at = reader.at();
+                let number = reader.u16()?;
+                let code = ProtocolErrorCode::from_number(number).ok_or(WireError::BadValue {
+                    what: "protocol error code",
+                    value: u64::from(number),
+                    at,
+                })?;
+                let message = reader.string_u16("message", ERROR_MESSAGE_BYTES_MAX)?;
+                let primary =
+                    if reader.flag("primary presence")? { Some(reader.string("primary address")?) } else { None };
+                PrimaryMessage::Refused { code, message, primary }
+            }
+            message_type::FENCED => PrimaryMessage::Fenced { epoch: reader.u64()? },
+            other => return Err(WireError::BadValue { what: "replication message type", value: u64::from(other), at }),
+        };
+        reader.finish()?;
+        Ok(message)
+    }
+}
+
+/// Reads one message's body from `recv` (`None` at a clean end of the stream). The length is
+/// checked before anything is allocated.
+pub async fn read_message(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, NetError> {
+    let mut header = [0u8; 4];
+    match recv.read_exact(&mut header).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(error) => return Err(NetError::Connection(error.to_string())),
+    }
+    let length = u32::from_le_bytes(header) as usize;
+    if length == 0 || length > REPLICATION_MESSAGE_BYTES_MAX {
+        return Err(NetError::Protocol(format!("replication message of {length} bytes")));
+    }
+    let mut body = vec![0u8; length];
+    recv.read_exact(&mut body).await.map_err(|error| NetError::Connection(error.to_string()))?;
+    Ok(Some(body))
+}
+
+/// Encodes and writes one message.
+pub async fn write_message(send: &mut quinn::SendStream, encode: impl FnOnce(&mut Vec<u8>) -> Result<(), WireError>) -> Result<(), NetError> {
+    let mut bytes = Vec::new();
+    encode(&mut bytes).map_err(|error| NetError::Protocol(error.to_string()))?;
+    send.write_all(&bytes).await.map_err(|error| NetError::Connection(error.to_string()))
+}

@@ -1,0 +1,133 @@
+//! The replication feed: the frames of the most recent durable group commits, kept in memory
+//! so that a primary ships WAL to caught-up standbys without reading its segment files. A
+//! standby further behind than the feed reaches is served from disk (`reservoir_net`'s
+//! sender falls back to a scan).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use reservoir_engine::Lsn;
+
+use crate::format::{FRAME_ALIGNMENT_BYTES, FRAME_HEADER_BYTES};
+
+/// Bytes of frames the feed holds at most; the oldest groups go first.
+pub const FEED_BYTES_MAX: usize = 32 << 20;
+/// Groups the feed holds at most.
+pub const FEED_GROUPS_MAX: usize = 65_536;
+
+/// One durable group commit: its frames back to back, as written to the segment.
+#[derive(Debug)]
+struct Group {
+    first_lsn: Lsn,
+    last_lsn: Lsn,
+    frames: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Held {
+    groups: VecDeque<Arc<Group>>,
+    bytes: usize,
+}
+
+/// Recent durable groups (module docs).
+pub struct Feed {
+    held: Mutex<Held>,
+}
+
+/// What [`Feed::read_from`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FeedRead {
+    /// Frames of records `lsn ..= last_lsn`, whole and in order.
+    Frames { last_lsn: Lsn, frames: Vec<u8> },
+    /// `lsn` is older than everything held: read it from the segments.
+    NotHeld,
+    /// Nothing at or after `lsn` is durable yet.
+    Nothing,
+}
+
+/// The LSN of the frame at the start of `bytes`, and its length on disk.
+fn frame_at(bytes: &[u8]) -> (Lsn, usize) {
+    assert!(bytes.len() >= FRAME_HEADER_BYTES, "a whole frame");
+    let payload = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize;
+    let lsn = Lsn(u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")));
+    (lsn, (FRAME_HEADER_BYTES + payload).next_multiple_of(FRAME_ALIGNMENT_BYTES))
+}
+
+impl Default for Feed {
+    fn default() -> Feed {
+        Feed::new()
+    }
+}
+
+impl Feed {
+    pub fn new() -> Feed {
+        Feed { held: Mutex::new(Held::default()) }
+    }
+
+    /// Adds a durable group (called by the writer, in LSN order, before the durable LSN moves).
+    pub fn publish(&self, first_lsn: Lsn, last_lsn: Lsn, frames: Vec<u8>) {
+        if frames.is_empty() {
+            return;
+        }
+        assert!(first_lsn <= last_lsn);
+        debug_assert_eq!(frame_at(&frames).0, first_lsn, "a group starts with its first record");
+        let mut held = self.held.lock();
+        if let Some(newest) = held.groups.back() {
+            assert_eq!(newest.last_lsn.0 + 1, first_lsn.0, "groups are published in LSN order, no gap");
+        }
+        held.bytes += frames.len();
+        held.groups.push_back(Arc::new(Group { first_lsn, last_lsn, frames }));
+        while held.groups.len() > 1 && (held.bytes > FEED_BYTES_MAX || held.groups.len() > FEED_GROUPS_MAX) {
+            let oldest = held.groups.pop_front().expect("more than one");
+            held.bytes -= oldest.frames.len();
+        }
+    }
+
+    /// Frames from `lsn` on: whole groups' frames, the first one cut to start at `lsn`, until
+    /// about `bytes_max` (at least one record is returned when there is one).
+    pub fn read_from(&self, lsn: Lsn, bytes_max: usize) -> FeedRead {
+        let groups: Vec<Arc<Group>> = {
+            let held = self.held.lock();
+            let Some(oldest) = held.groups.front() else { return FeedRead::NotHeld };
+            if lsn < oldest.first_lsn {
+                return FeedRead::NotHeld;
+            }
+            if lsn > held.groups.back().expect("non-empty").last_lsn {
+                return FeedRead::Nothing;
+            }
+            let start = held.groups.partition_point(|group| group.last_lsn < lsn);
+            let mut taken = Vec::new();
+            let mut bytes = 0;
+            for group in held.groups.iter().skip(start) {
+                if !taken.is_empty() && bytes + group.frames.len() > bytes_max {
+                    break;
+                }
+                bytes += group.frames.len();
+                taken.push(group.clone());
+            }
+            taken
+        };
+        let mut frames = Vec::new();
+        let mut last_lsn = Lsn(0);
+        for group in &groups {
+            let mut offset = 0;
+            while offset < group.frames.len() {
+                let (frame_lsn, length) = frame_at(&group.frames[offset..]);
+                if frame_lsn >= lsn {
+                    if frames.is_empty() {
+                        assert_eq!(frame_lsn, lsn, "the feed holds every LSN of its groups");
+                    }
+                    if !frames.is_empty() && frames.len() + length > bytes_max {
+                        return FeedRead::Frames { last_lsn, frames };
+                    }
+                    frames.extend_from_slice(&group.frames[offset..offset + length]);
+                    last_lsn = frame_lsn;
+                }
+                offset += length;
+            }
+        }
+        assert!(!frames.is_empty(), "lsn is within the groups held");
+        FeedRead::Frames { last_lsn, frames }
+    }
+}

@@ -1,0 +1,202 @@
+//! What a standby does to its data directory, offline, before it can follow a primary:
+//! - [`rewind`]: a former primary's log went on past the point where the new primary's epoch
+//!   began (the fork); cut it there, keeping a copy of what was cut (PostgreSQL's pg_rewind
+//!   with timelines is the model; docs/operations.md, "Rejoin the old primary");
+//! - [`install_base_backup`]: the standby is new, from another history, or further behind
+//!   than the primary's log reaches; replace its log and snapshots with the primary's
+//!   snapshot (the old ones are moved aside, never deleted).
+//!
+//! Both take the data directory's lock: they run while no server has it open.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use reservoir_engine::{Body, Lsn};
+
+use crate::scan::{scan_until, Flow, TornTail};
+use crate::storage::{FsStorage, Storage};
+use crate::{lock_data_directory, snapshot, snapshot_directory, wal_directory, WalError};
+
+/// Records described one per line in a rewind's report at most (the cut segments are copied
+/// whole beside it, so nothing is lost past this).
+pub const REWIND_REPORT_RECORDS_MAX: usize = 100_000;
+
+/// What [`rewind`] cut.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RewindReport {
+    /// The last LSN kept.
+    pub kept_through: Lsn,
+    /// Records removed from the log (`kept_through + 1 ..= last_lsn_cut`).
+    pub records_cut: u64,
+    pub last_lsn_cut: Lsn,
+    /// Snapshots that covered cut records, moved aside.
+    pub snapshots_moved: Vec<Lsn>,
+    /// Where the copies and `REWIND.txt` are.
+    pub saved_in: PathBuf,
+}
+
+fn io(what: &Path) -> impl Fn(std::io::Error) -> WalError + '_ {
+    move |source| WalError::io(what.display().to_string(), source)
+}
+
+fn sync_directory(directory: &Path) -> Result<(), WalError> {
+    std::fs::File::open(directory).and_then(|file| file.sync_all()).map_err(io(directory))
+}
+
+/// Cuts the log of `data_directory` after `keep_through`: the records after it are copied to
+/// `DATA_DIR/rewound/<now_ms>/` (the segment files as they were, and a one-line-per-record
+/// `REWIND.txt`), snapshots covering any of them move there too, and the log is cut the way a
+/// torn tail is (zeroed, later segments removed, synced). Refused (the caller then takes a
+/// base backup instead) when what remains could not be recovered: no snapshot at or before
+/// `keep_through` and a live log that does not start early enough.
+pub fn rewind(data_directory: &Path, keep_through: Lsn, now_ms: u64) -> Result<RewindReport, WalError> {
+    let _lock = lock_data_directory(data_directory)?;
+    let directory = wal_directory(data_directory);
+    let storage = FsStorage::new(&directory).map_err(io(&directory))?;
+    let snapshots_directory = snapshot_directory(data_directory);
+    let snapshots = snapshot::list(&snapshots_directory)?;
+    let base = snapshots.iter().copied().filter(|&lsn| lsn <= keep_through).max().unwrap_or(Lsn(0));
+
+    // Find where record `keep_through + 1` starts, and what follows it.
+    let mut records_cut = 0u64;
+    let mut last_lsn_cut = keep_through;
+    let mut described = String::new();
+    let from = Lsn(base.0.max(1));
+    let scanned = scan_until(&storage, from, Lsn(0), |record| {
+        if record.lsn <= keep_through {
+            return Ok(Flow::Continue);
+        }
+        records_cut += 1;
+        last_lsn_cut = record.lsn;
+        if (records_cut as usize) <= REWIND_REPORT_RECORDS_MAX {
+            let _ = writeln!(described, "{} {}", record.lsn.0, describe(&record.body));
+        }
+        Ok(Flow::Continue)
+    })?;
+    let first_lsn = scanned.first_lsn.unwrap_or(Lsn(1));
+    if first_lsn.0 > base.0 + 1 {
+        return Err(WalError::Restore(format!(
+            "cannot rewind to LSN {}: the live log starts at LSN {} and no snapshot at or before the \
+             fork covers the records before it; take a base backup instead",
+            keep_through.0, first_lsn.0
+        )));
+    }
+    if records_cut == 0 {
+        return Ok(RewindReport {
+            kept_through: keep_through,
+            records_cut: 0,
+            last_lsn_cut: keep_through,
+            snapshots_moved: Vec::new(),
+            saved_in: PathBuf::new(),
+        });
+    }
+    // The position right after `keep_through` (or the first frame, if nothing is kept).
+    let position = if keep_through.0 >= first_lsn.0 {
+        let stopped = scan_until(&storage, keep_through, Lsn(0), |record| {
+            Ok(if record.lsn == keep_through { Flow::Stop } else { Flow::Continue })
+        })?;
+        assert!(stopped.stopped && stopped.last_lsn == keep_through, "the kept record is in the log");
+        stopped.position
+    } else {
+        let sequences = storage.list().map_err(io(&directory))?;
+        crate::scan::AppendPosition {
+            sequence: sequences[0],
+            offset: crate::format::SEGMENT_HEADER_BYTES as u64,
+            segment_exists: true,
+            next_lsn: first_lsn,
+            history: scanned.position.history,
+        }
+    };
+    let sequences = storage.list().map_err(io(&directory))?;
+    let later: Vec<u64> = sequences.iter().copied().filter(|&sequence| sequence > position.sequence).collect();
+    let cut_at = TornTail {
+        sequence: position.sequence,
+        offset: position.offset,
+        later_segments: later.clone(),
+        why: format!("rewound after LSN {}", keep_through.0),
+    };
+
+    // Save before changing anything.
+    let saved_in = data_directory.join("rewound").join(format!("{now_ms}-after-{}", keep_through.0));
+    std::fs::create_dir_all(&saved_in).map_err(io(&saved_in))?;
+    for sequence in std::iter::once(position.sequence).chain(later.iter().copied()) {
+        let name = crate::storage::segment_file_name(sequence);
+        std::fs::copy(directory.join(&name), saved_in.join(&name)).map_err(io(&saved_in))?;
+    }
+    let mut snapshots_moved = Vec::new();
+    for &lsn in snapshots.iter().filter(|&&lsn| lsn > keep_through) {
+        let name = snapshot::snapshot_file_name(lsn);
+        std::fs::rename(snapshots_directory.join(&name), saved_in.join(&name)).map_err(io(&saved_in))?;
+        snapshots_moved.push(lsn);
+    }
+    let mut report = format!(
+        "Rewound at {now_ms} (ms since the epoch): the log kept LSN 1..={kept}; {records_cut} records \
+         after it (LSN {first}..={last}) were cut because the new primary's log forks there. They \
+         were never part of the new primary's history. The segment files as they were and the \
+         snapshots that covered cut records are beside this file.\n\n",
+        kept = keep_through.0,
+        first = keep_through.0 + 1,
+        last = last_lsn_cut.0,
+    );
+    report.push_str(&described);
+    if records_cut as usize > REWIND_REPORT_RECORDS_MAX {
+        let _ = writeln!(report, "... and {} more (see the segment copies)", records_cut as usize - REWIND_REPORT_RECORDS_MAX);
+    }
+    let report_path = saved_in.join("REWIND.txt");
+    std::fs::write(&report_path, report).map_err(io(&report_path))?;
+    std::fs::File::open(&report_path).and_then(|file| file.sync_all()).map_err(io(&report_path))?;
+    sync_directory(&saved_in)?;
+    sync_directory(&snapshots_directory)?;
+
+    crate::cut_torn_tail(&storage, &cut_at)?;
+    sync_directory(&directory)?;
+    assert!(last_lsn_cut > keep_through);
+    Ok(RewindReport { kept_through: keep_through, records_cut, last_lsn_cut, snapshots_moved, saved_in })
+}
+
+fn describe(body: &Body) -> String {
+    match body {
+        Body::TenantCreated { name, .. } => format!("tenant_created {name}"),
+        Body::ItemCreated { tenant, sku, location, .. } => format!("item_created tenant={} {sku}@{location}", tenant.0),
+        Body::Stock { tenant, memo, changes } => {
+            format!("stock tenant={} op={} code={} items={}", tenant.0, memo.operation, memo.reply.code.name(), changes.len())
+        }
+        Body::Reserved { tenant, reservation, reply, .. } => {
+            format!("reserved tenant={} reservation={reservation} code={}", tenant.0, reply.code.name())
+        }
+        Body::Settled { tenant, reservation, kind, .. } => {
+            format!("settled tenant={} reservation={reservation} kind={kind:?}", tenant.0)
+        }
+        Body::Refused { tenant, memo } => format!("refused tenant={} op={}", tenant.0, memo.operation),
+        Body::Forgotten { before_ms } => format!("forgotten before_ms={before_ms}"),
+        Body::EpochChanged { epoch } => format!("epoch_changed epoch={epoch}"),
+    }
+}
+
+/// Replaces the log and snapshots of `data_directory` with the snapshot in `snapshot_file`
+/// (checked first): `wal/`, `snapshots/` and `archive/` move to `DATA_DIR/replaced/<now_ms>/`,
+/// the snapshot becomes the only one. Recovery then starts from it with an empty log in its
+/// history. Returns where the old files went.
+pub fn install_base_backup(data_directory: &Path, snapshot_file: &Path, now_ms: u64) -> Result<PathBuf, WalError> {
+    let _lock = lock_data_directory(data_directory)?;
+    let loaded = snapshot::load(snapshot_file)?;
+    let covers = loaded.covers_lsn;
+    drop(loaded);
+    let replaced = data_directory.join("replaced").join(now_ms.to_string());
+    std::fs::create_dir_all(&replaced).map_err(io(&replaced))?;
+    for part in ["wal", "snapshots", "archive"] {
+        let from = data_directory.join(part);
+        if from.exists() {
+            std::fs::rename(&from, replaced.join(part)).map_err(io(&from))?;
+        }
+    }
+    sync_directory(&replaced)?;
+    let snapshots_directory = snapshot_directory(data_directory);
+    std::fs::create_dir_all(&snapshots_directory).map_err(io(&snapshots_directory))?;
+    let target = snapshots_directory.join(snapshot::snapshot_file_name(covers));
+    std::fs::rename(snapshot_file, &target).map_err(io(&target))?;
+    sync_directory(&snapshots_directory)?;
+    sync_directory(data_directory)?;
+    assert!(target.exists());
+    Ok(replaced)
+}
