@@ -41,7 +41,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::message::{ClientFrame, ErrorFrame, Hello, HelloReply, Request, ServerFrame};
+use crate::message::{ClientFrame, ErrorFrame, Hello, HelloReply, NodeRole, Request, ServerFrame};
 use crate::operation::{Operation, OperationResult};
 use crate::wire::{ProtocolErrorCode, OPERATIONS_PER_REQUEST_MAX, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
 use crate::{decode_server_frame, FrameDecoder, NetError};
@@ -56,6 +56,9 @@ pub const BATCHES_IN_FLIGHT_MAX: usize = 256;
 pub const ATTEMPTS_MAX: u32 = 8;
 /// The longest wait between two attempts.
 pub const RETRY_WAIT_MS_MAX: u64 = 5_000;
+/// How long the client waits for each of several endpoints to answer when it looks for the
+/// primary.
+pub const PROBE_TIMEOUT_MS: u64 = 1_500;
 /// Bytes read from a stream at once.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
@@ -320,8 +323,10 @@ impl Inner {
         }
     }
 
-    /// The open session, or a new one on the first endpoint (from the preferred one on) that
-    /// answers.
+    /// The open session, or a new one. With one endpoint, that one. With several, every
+    /// endpoint is asked at once (each within `PROBE_TIMEOUT_MS`) and the client keeps the
+    /// primary with the highest epoch; with no primary answering, the standby with the
+    /// highest epoch (queries work there; writes get `not_primary` and are retried).
     async fn session(&self) -> Result<Arc<Session>, NetError> {
         let mut current = self.session.lock().await;
         if let Some(session) = current.as_ref() {
@@ -330,26 +335,77 @@ impl Inner {
             }
         }
         let count = self.options.endpoints.len();
-        let start = self.preferred.load(Ordering::Relaxed);
+        if count == 1 {
+            let session = Arc::new(self.open(&self.options.endpoints[0]).await?);
+            *current = Some(session.clone());
+            return Ok(session);
+        }
+        let mut probes = tokio::task::JoinSet::new();
+        for (index, endpoint) in self.options.endpoints.iter().enumerate() {
+            let probe = Probe { options: self.options.clone(), client_config: self.client_config.clone() };
+            let endpoint = endpoint.clone();
+            probes.spawn(async move {
+                let timeout = Duration::from_millis(PROBE_TIMEOUT_MS);
+                let outcome = match tokio::time::timeout(timeout, probe.open(&endpoint)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(NetError::Timeout(format!("{endpoint}: no handshake within {PROBE_TIMEOUT_MS} ms"))),
+                };
+                (index, outcome)
+            });
+        }
+        let mut best: Option<(usize, Session)> = None;
         let mut errors = Vec::new();
-        for offset in 0..count {
-            let index = (start + offset) % count;
-            match self.open(&self.options.endpoints[index]).await {
+        let mut refusal = None;
+        while let Some(joined) = probes.join_next().await {
+            let Ok((index, outcome)) = joined else { continue };
+            match outcome {
                 Ok(session) => {
-                    self.preferred.store(index, Ordering::Relaxed);
-                    let session = Arc::new(session);
-                    *current = Some(session.clone());
-                    return Ok(session);
+                    let rank = |session: &Session| (session.hello.node == NodeRole::Primary, session.hello.epoch);
+                    if best.as_ref().is_none_or(|(_, held)| rank(&session) > rank(held)) {
+                        if let Some((_, dropped)) = best.replace((index, session)) {
+                            dropped.connection.close(quinn::VarInt::from_u32(0), b"another node");
+                        }
+                    } else {
+                        session.connection.close(quinn::VarInt::from_u32(0), b"another node");
+                    }
                 }
                 Err(NetError::Refused(error)) if error.code != ProtocolErrorCode::NotPrimary => {
-                    return Err(NetError::Refused(error));
+                    refusal = Some(error);
                 }
                 Err(error) => errors.push(format!("{}: {error}", self.options.endpoints[index])),
             }
         }
-        Err(NetError::Connect(errors.join("; ")))
+        match best {
+            Some((index, session)) => {
+                self.preferred.store(index, Ordering::Relaxed);
+                let mut session = session;
+                session.generation = self.generations.fetch_add(1, Ordering::Relaxed);
+                let session = Arc::new(session);
+                *current = Some(session.clone());
+                Ok(session)
+            }
+            None => match refusal {
+                Some(error) => Err(NetError::Refused(error)),
+                None => Err(NetError::Connect(errors.join("; "))),
+            },
+        }
     }
 
+    async fn open(&self, endpoint_text: &str) -> Result<Session, NetError> {
+        let probe = Probe { options: self.options.clone(), client_config: self.client_config.clone() };
+        let mut session = probe.open(endpoint_text).await?;
+        session.generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        Ok(session)
+    }
+}
+
+/// What opening a session needs, owned (so that several endpoints are tried at once).
+struct Probe {
+    options: ClientOptions,
+    client_config: quinn::ClientConfig,
+}
+
+impl Probe {
     async fn open(&self, endpoint_text: &str) -> Result<Session, NetError> {
         let address: SocketAddr = tokio::net::lookup_host(endpoint_text)
             .await
@@ -401,8 +457,7 @@ impl Inner {
             senders.push(tokio::sync::Mutex::new(send));
             tokio::spawn(read_replies(recv, FrameDecoder::new(), pending.clone()));
         }
-        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
-        Ok(Session { connection, hello, senders, pending, next_stream: AtomicUsize::new(0), generation })
+        Ok(Session { connection, hello, senders, pending, next_stream: AtomicUsize::new(0), generation: 0 })
     }
 }
 

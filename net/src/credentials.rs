@@ -51,6 +51,14 @@ struct File {
 pub struct Credentials {
     path: PathBuf,
     entries: RwLock<HashMap<[u8; 32], Entry>>,
+    /// Bumped at every change (a primary ships the store to its standbys when it moves).
+    generation: std::sync::atomic::AtomicU64,
+}
+
+fn sorted(entries: &HashMap<[u8; 32], Entry>) -> Vec<Entry> {
+    let mut tokens: Vec<Entry> = entries.values().cloned().collect();
+    tokens.sort_by(|a, b| (a.created_ms, &a.sha256).cmp(&(b.created_ms, &b.sha256)));
+    tokens
 }
 
 fn digest(token: &[u8]) -> [u8; 32] {
@@ -94,7 +102,37 @@ impl Credentials {
             let key = unhex(&entry.sha256).ok_or_else(|| bad(format!("bad digest {:?}", entry.sha256)))?;
             entries.insert(key, entry);
         }
-        Ok(Credentials { path, entries: RwLock::new(entries) })
+        Ok(Credentials { path, entries: RwLock::new(entries), generation: std::sync::atomic::AtomicU64::new(0) })
+    }
+
+    /// Changes with every change to the store.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The whole store as its file holds it (digests only, never a token).
+    pub fn export(&self) -> Vec<u8> {
+        serde_json::to_vec(&File { version: 1, tokens: sorted(&self.entries.read()) }).expect("serializable")
+    }
+
+    /// Replaces the store with `json` (a primary's [`Credentials::export`]), durably. A
+    /// standby runs this: the same tokens then work on it, before and after a promotion.
+    pub fn replace(&self, json: &[u8]) -> Result<(), NetError> {
+        let bad = |why: String| NetError::Credentials(format!("replicated credentials: {why}"));
+        let file: File = serde_json::from_slice(json).map_err(|error| bad(error.to_string()))?;
+        if file.version != 1 || file.tokens.len() > CREDENTIALS_MAX {
+            return Err(bad(format!("version {} with {} tokens", file.version, file.tokens.len())));
+        }
+        let mut next = HashMap::with_capacity(file.tokens.len());
+        for entry in file.tokens {
+            let key = unhex(&entry.sha256).ok_or_else(|| bad(format!("bad digest {:?}", entry.sha256)))?;
+            next.insert(key, entry);
+        }
+        let mut entries = self.entries.write();
+        self.persist(&next)?;
+        *entries = next;
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -128,6 +166,7 @@ impl Credentials {
         next.insert(key, Entry { sha256: hex(&key), grant, created_ms: now_ms });
         self.persist(&next)?;
         *entries = next;
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         assert!(entries.contains_key(&key));
         Ok(token)
     }
@@ -146,8 +185,7 @@ impl Credentials {
     fn persist(&self, entries: &HashMap<[u8; 32], Entry>) -> Result<(), NetError> {
         use std::io::Write as _;
         let io = |error: std::io::Error| NetError::Credentials(format!("{}: {error}", self.path.display()));
-        let mut tokens: Vec<Entry> = entries.values().cloned().collect();
-        tokens.sort_by(|a, b| (a.created_ms, &a.sha256).cmp(&(b.created_ms, &b.sha256)));
+        let tokens = sorted(entries);
         let bytes = serde_json::to_vec_pretty(&File { version: 1, tokens }).expect("serializable");
         let temporary = self.path.with_extension("json.tmp");
         {

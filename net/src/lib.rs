@@ -24,6 +24,7 @@ pub mod credentials;
 pub mod decoder;
 pub mod message;
 pub mod operation;
+pub mod replication;
 pub mod server;
 pub mod tls;
 pub mod wire;
@@ -72,6 +73,10 @@ pub enum NetError {
     Timeout(String),
     #[error("shutdown: {0}")]
     Shutdown(String),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("replication: {0}")]
+    Replication(String),
 }
 
 impl NetError {

@@ -28,7 +28,11 @@ use reservoir_wal::{Durability, DurableLsnReader, SnapshotPolicy, Snapshotter, W
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::credentials::{Credentials, Grant};
-use crate::message::{ClientFrame, ErrorFrame, Hello, HelloReply, Request, Role, ServerFrame, ServerLimits};
+use crate::message::{ClientFrame, ErrorFrame, Hello, HelloReply, NodeRole, Request, Role, ServerFrame, ServerLimits};
+use crate::replication::{
+    FencedFile, Following, Hub, NodeState, ReplicationMode, ReplicationOptions, Restart, StartRole,
+    DEGRADED_WARNING_INTERVAL_MS, LAG_CHECK_INTERVAL_MS, LAG_WARNING_INTERVAL_MS,
+};
 use crate::operation::{run_query, Action, AdminAction, OperationKind, OperationResult, TenantEntry};
 use crate::tls::CertificateFiles;
 use crate::wire::{
@@ -86,7 +90,9 @@ pub struct ServerOptions {
     pub snapshot: SnapshotPolicy,
     pub engine: Config,
     pub segment_bytes: u64,
-    pub epoch: u32,
+    /// Primary (the default) or a standby of a given primary.
+    pub role: StartRole,
+    pub replication: ReplicationOptions,
 }
 
 impl ServerOptions {
@@ -102,7 +108,8 @@ impl ServerOptions {
             snapshot: SnapshotPolicy::default(),
             engine: Config::default(),
             segment_bytes: WalOptions::default().segment_bytes,
-            epoch: 1,
+            role: StartRole::Primary,
+            replication: ReplicationOptions::default(),
         }
     }
 }
@@ -113,6 +120,8 @@ pub struct FirstStart {
     pub admin_token: String,
     pub demo_tenant: String,
     pub demo_token: String,
+    /// For standbys (`reservoir serve --role standby --replication-token ...`).
+    pub replication_token: String,
 }
 
 /// The name of the tenant a new data directory starts with.
@@ -130,13 +139,37 @@ pub struct ServerCounters {
 }
 
 /// What the request path shares.
-struct Core {
-    engine: Engine,
-    wal: Wal,
-    snapshotter: Snapshotter,
-    credentials: Credentials,
-    epoch: u64,
-    durable: watch::Receiver<Lsn>,
+pub(crate) struct Core {
+    pub(crate) engine: Engine,
+    pub(crate) wal: Wal,
+    pub(crate) snapshotter: Snapshotter,
+    pub(crate) credentials: Credentials,
+    pub(crate) data_directory: PathBuf,
+    /// Mirrors the engine's epoch (the last `EpochChanged` record applied or written).
+    pub(crate) epoch: AtomicU64,
+    pub(crate) node: RwLock<NodeState>,
+    /// Changed whenever `node` changes.
+    pub(crate) node_changed: tokio::sync::Notify,
+    /// What may be acknowledged: the local durable LSN, or in `sync` mode the lower of it and
+    /// a standby's.
+    pub(crate) durable: watch::Receiver<Lsn>,
+    /// The local WAL's durable LSN (what a primary ships).
+    pub(crate) local_durable: watch::Receiver<Lsn>,
+    pub(crate) hub: Hub,
+    pub(crate) following: parking_lot::Mutex<Following>,
+    /// Held while a standby applies a message's records and while a promotion switches roles,
+    /// so that no LSN is both applied and handed out.
+    pub(crate) apply_lock: parking_lot::Mutex<()>,
+    pub(crate) replication: ReplicationOptions,
+    pub(crate) start_role: StartRole,
+    /// This node's address as others reach it.
+    pub(crate) advertise: String,
+    /// Whether the data directory had a log or snapshot when opened (else a standby needs a
+    /// base backup).
+    pub(crate) history_known: bool,
+    pub(crate) sync_degraded: AtomicBool,
+    pub(crate) restart: parking_lot::Mutex<Option<Restart>>,
+    pub(crate) restart_notify: tokio::sync::Notify,
     rate_default: Rate,
     rate_per_tenant: HashMap<String, Rate>,
     limiters: RwLock<HashMap<String, Arc<governor::DefaultDirectRateLimiter>>>,
@@ -144,7 +177,65 @@ struct Core {
     counters: ServerCounters,
 }
 
-fn now_ms() -> u64 {
+impl Core {
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn role(&self) -> NodeRole {
+        self.node.read().role
+    }
+
+    pub(crate) fn primary_address(&self) -> Option<String> {
+        self.node.read().primary.clone()
+    }
+
+    pub(crate) fn set_node(&self, role: NodeRole, primary: Option<String>) {
+        *self.node.write() = NodeState { role, primary };
+        self.node_changed.notify_waiters();
+    }
+
+    /// A node of a higher epoch exists: stop taking writes, for good (until this node rejoins
+    /// as a standby), and say who the primary is.
+    pub(crate) fn fence(&self, epoch: u64, primary: Option<String>) {
+        if self.role() == NodeRole::Standby {
+            return;
+        }
+        tracing::warn!(
+            epoch,
+            own_epoch = self.epoch(),
+            primary = primary.as_deref().unwrap_or("unknown"),
+            "a higher epoch exists: this node is fenced and refuses writes; rejoin it with \
+             `reservoir serve --role standby --primary NEW_PRIMARY`"
+        );
+        let file = FencedFile { epoch, primary: primary.clone().unwrap_or_default(), fenced_ms: now_ms() };
+        let path = crate::replication::fenced_path(&self.data_directory);
+        if let Err(error) = write_synced(&path, &serde_json::to_vec_pretty(&file).expect("serializable")) {
+            tracing::error!(%error, "cannot record the fence in {}", path.display());
+        }
+        self.set_node(NodeRole::Fenced, primary);
+    }
+
+    pub(crate) fn request_restart(&self, restart: Restart) {
+        *self.restart.lock() = Some(restart);
+        self.restart_notify.notify_waiters();
+        self.restart_notify.notify_one();
+    }
+}
+
+/// Writes `bytes` to `path` durably (temporary file, fsync, rename, directory fsync).
+pub(crate) fn write_synced(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temporary, path)?;
+    std::fs::File::open(path.parent().expect("a file in a directory"))?.sync_all()
+}
+
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
@@ -165,8 +256,7 @@ pub struct ServerHandle {
 pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
     let directory = options.data_directory.clone();
     std::fs::create_dir_all(&directory).map_err(|source| NetError::io(directory.display().to_string(), source))?;
-    let wal_options =
-        WalOptions { durability: options.durability, segment_bytes: options.segment_bytes, epoch: options.epoch };
+    let wal_options = WalOptions { durability: options.durability, segment_bytes: options.segment_bytes, epoch: 1 };
     let opened = tokio::task::block_in_place(|| {
         reservoir_wal::open_data_directory(&directory, options.engine.clone(), wal_options, |lsn| {
             tracing::info!(lsn = lsn.0, "recovery in progress");
@@ -180,9 +270,38 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
         directory.display()
     );
     let recovered_lsn = Lsn(opened.engine.next_lsn().0 - 1);
+    let history_known = opened.recovery.scan.position.history.is_some();
     let credentials = Credentials::open(&directory)?;
-    let first_start =
-        if credentials.is_empty() { Some(bootstrap(&opened.engine, &opened.wal, &credentials)?) } else { None };
+    let is_standby = matches!(options.role, StartRole::Standby(_));
+    // A standby's credentials come from its primary; it writes nothing of its own.
+    let first_start = if credentials.is_empty() && !is_standby {
+        Some(bootstrap(&opened.engine, &opened.wal, &credentials)?)
+    } else {
+        None
+    };
+    let fenced_path = crate::replication::fenced_path(&directory);
+    let node = match &options.role {
+        StartRole::Standby(follow) => {
+            // The operator rejoins this node as a standby: a fence no longer applies.
+            let _ = std::fs::remove_file(&fenced_path);
+            NodeState { role: NodeRole::Standby, primary: Some(follow.primary.clone()) }
+        }
+        StartRole::Primary => match std::fs::read(&fenced_path) {
+            Ok(bytes) => {
+                let fenced: FencedFile = serde_json::from_slice(&bytes)
+                    .map_err(|error| NetError::Config(format!("{}: {error}", fenced_path.display())))?;
+                tracing::warn!(
+                    epoch = fenced.epoch,
+                    primary = %fenced.primary,
+                    "this node was fenced by a promotion and refuses writes; rejoin it with \
+                     `reservoir serve --role standby --primary {}`",
+                    fenced.primary
+                );
+                NodeState { role: NodeRole::Fenced, primary: Some(fenced.primary).filter(|p| !p.is_empty()) }
+            }
+            Err(_) => NodeState { role: NodeRole::Primary, primary: None },
+        },
+    };
     let certificates = match &options.certificates {
         Some(files) => files.clone(),
         None => crate::tls::ensure_generated(&directory, &[options.listen.ip().to_string()])?,
@@ -197,13 +316,14 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
     let local_addr = endpoint.local_addr().map_err(|source| NetError::io("the bound address", source))?;
 
     let (durable_sender, durable) = watch::channel(opened.wal.durable_lsn());
+    let (local_sender, local_durable) = watch::channel(opened.wal.durable_lsn());
     let stop_notifier = Arc::new(AtomicBool::new(false));
     let notifier = {
         let reader = opened.wal.durable_lsn_reader();
         let stop = stop_notifier.clone();
         std::thread::Builder::new()
             .name("durable-notifier".into())
-            .spawn(move || notify_durable(&reader, &durable_sender, &stop))
+            .spawn(move || notify_durable(&reader, &local_sender, &stop))
             .map_err(|source| NetError::io("start the durability notifier", source))?
     };
     let snapshotter = {
@@ -216,20 +336,47 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
             move || reader.durable_lsn(),
         )?
     };
+    let advertise = options.replication.advertise.clone().unwrap_or_else(|| local_addr.to_string());
+    let following = match &options.role {
+        StartRole::Standby(follow) => Following { primary: follow.primary.clone(), state: "connecting", ..Following::default() },
+        StartRole::Primary => Following::default(),
+    };
     let core = Arc::new(Core {
+        epoch: AtomicU64::new(opened.engine.epoch()),
         engine: opened.engine,
         wal: opened.wal,
         snapshotter,
         credentials,
-        epoch: u64::from(options.epoch),
+        data_directory: directory.clone(),
+        node: RwLock::new(node),
+        node_changed: tokio::sync::Notify::new(),
         durable,
+        local_durable,
+        hub: Hub::default(),
+        following: parking_lot::Mutex::new(following),
+        apply_lock: parking_lot::Mutex::new(()),
+        replication: options.replication.clone(),
+        start_role: options.role.clone(),
+        advertise,
+        history_known,
+        sync_degraded: AtomicBool::new(false),
+        restart: parking_lot::Mutex::new(None),
+        restart_notify: tokio::sync::Notify::new(),
         rate_default: options.rate_default,
         rate_per_tenant: options.rate_per_tenant.clone(),
         limiters: RwLock::new(HashMap::new()),
         shutting_down: AtomicBool::new(false),
         counters: ServerCounters::default(),
     });
-    let tasks = vec![tokio::spawn(accept_loop(core.clone(), endpoint.clone())), tokio::spawn(timers(core.clone()))];
+    let mut tasks = vec![
+        tokio::spawn(accept_loop(core.clone(), endpoint.clone())),
+        tokio::spawn(timers(core.clone())),
+        tokio::spawn(acknowledge(core.clone(), durable_sender)),
+        tokio::spawn(watch_lag(core.clone())),
+    ];
+    if let StartRole::Standby(follow) = &options.role {
+        tasks.push(tokio::spawn(crate::replication::standby::follow(core.clone(), follow.clone())));
+    }
     tracing::info!(%local_addr, "serving QUIC (ALPN reservoir/1)");
     Ok(ServerHandle {
         local_addr,
@@ -255,7 +402,8 @@ fn bootstrap(engine: &Engine, wal: &Wal, credentials: &Credentials) -> Result<Fi
     }
     let admin_token = credentials.issue(Grant::Admin, false, now_ms())?;
     let demo_token = credentials.issue(Grant::Tenant { tenant: DEMO_TENANT.into() }, false, now_ms())?;
-    Ok(FirstStart { admin_token, demo_tenant: DEMO_TENANT.into(), demo_token })
+    let replication_token = credentials.issue(Grant::Replication, false, now_ms())?;
+    Ok(FirstStart { admin_token, demo_tenant: DEMO_TENANT.into(), demo_token, replication_token })
 }
 
 /// Publishes the WAL's durable LSN to the stream tasks as it moves.
@@ -298,6 +446,33 @@ impl ServerHandle {
     /// Takes a snapshot now (in the background).
     pub fn request_snapshot(&self) {
         self.core.snapshotter.request();
+    }
+
+    /// The node's role now (a standby becomes primary when promoted; a primary is fenced when
+    /// it learns of a higher epoch).
+    pub fn role(&self) -> NodeRole {
+        self.core.role()
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.core.epoch()
+    }
+
+    /// The node's status document (the admin `status` operation's answer).
+    pub fn status(&self) -> serde_json::Value {
+        crate::replication::primary::status(&self.core)
+    }
+
+    /// Waits until this standby must be restarted to change its data directory (a rewind or a
+    /// base backup); [`run`] does it.
+    pub async fn restart_requested(&self) -> Restart {
+        loop {
+            let notified = self.core.restart_notify.notified();
+            if let Some(restart) = self.core.restart.lock().clone() {
+                return restart;
+            }
+            notified.await;
+        }
     }
 
     /// Graceful shutdown: new requests get `shutting_down`, requests in flight are answered
@@ -358,6 +533,10 @@ async fn timers(core: Arc<Core>) {
     let mut last_forget_ms = now_ms();
     loop {
         interval.tick().await;
+        if core.role() != NodeRole::Primary {
+            // Only a primary decides: a standby applies its primary's expiries.
+            continue;
+        }
         let now = now_ms();
         for _ in 0..EXPIRE_COMMANDS_PER_TICK_MAX {
             let mut records = Vec::new();
@@ -372,6 +551,89 @@ async fn timers(core: Arc<Core>) {
             let mut records = Vec::new();
             core.engine.execute(&Command::Forget, now, &mut records);
             submit(&core, records);
+        }
+    }
+}
+
+/// Publishes what may be acknowledged: the local durable LSN, or in `sync` mode on a primary
+/// the lower of it and the best standby's written LSN (with the configured fallback when no
+/// standby streams).
+async fn acknowledge(core: Arc<Core>, sender: watch::Sender<Lsn>) {
+    let mut local = core.local_durable.clone();
+    let mut alone_since: Option<std::time::Instant> = None;
+    let mut warned: Option<std::time::Instant> = None;
+    loop {
+        let changed = core.hub.changed.notified();
+        let local_lsn = *local.borrow_and_update();
+        let current = *sender.borrow();
+        let sync = core.replication.mode == ReplicationMode::Sync && core.role() == NodeRole::Primary;
+        let target = if !sync {
+            local_lsn
+        } else {
+            match core.hub.best_written() {
+                Some(written) => {
+                    alone_since = None;
+                    if core.sync_degraded.swap(false, Ordering::AcqRel) {
+                        tracing::warn!("a standby streams again: acknowledgements are synchronous again");
+                    }
+                    local_lsn.min(Lsn(written))
+                }
+                None => {
+                    let since = *alone_since.get_or_insert_with(std::time::Instant::now);
+                    match core.replication.sync_fallback_ms {
+                        Some(after_ms) if since.elapsed() >= Duration::from_millis(after_ms) => {
+                            core.sync_degraded.store(true, Ordering::Release);
+                            if warned.is_none_or(|at| at.elapsed() >= Duration::from_millis(DEGRADED_WARNING_INTERVAL_MS)) {
+                                warned = Some(std::time::Instant::now());
+                                tracing::warn!(
+                                    after_ms,
+                                    "SYNC REPLICATION DEGRADED: no standby for {after_ms} ms, acknowledging \
+                                     after the local fsync only; a failover now may lose acknowledged writes"
+                                );
+                            }
+                            local_lsn
+                        }
+                        _ => current,
+                    }
+                }
+            }
+        };
+        if target > current {
+            sender.send_replace(target);
+        }
+        tokio::select! {
+            result = local.changed() => if result.is_err() { return },
+            _ = changed => {}
+            _ = core.node_changed.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
+/// Warns when a standby's lag (on a primary) or this standby's lag passes the RPO.
+async fn watch_lag(core: Arc<Core>) {
+    let mut interval = tokio::time::interval(Duration::from_millis(LAG_CHECK_INTERVAL_MS));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let rpo_ms = core.replication.rpo_ms;
+    loop {
+        interval.tick().await;
+        let now = now_ms();
+        let durable = core.wal.durable_lsn().0;
+        for entry in core.hub.standbys.lock().iter_mut() {
+            let lag = entry.lag(durable, now);
+            if lag.ms > rpo_ms && now.saturating_sub(entry.warned_ms) >= LAG_WARNING_INTERVAL_MS {
+                entry.warned_ms = now;
+                tracing::warn!(standby = %entry.name, lag_ms = lag.ms, lag_records = lag.records, rpo_ms, "standby lag above the RPO");
+            }
+        }
+        if core.role() == NodeRole::Standby {
+            let applied = core.engine.next_lsn().0 - 1;
+            let mut following = core.following.lock();
+            let lag = following.lag(applied);
+            if lag.ms > rpo_ms && now.saturating_sub(following.warned_ms) >= LAG_WARNING_INTERVAL_MS {
+                following.warned_ms = now;
+                tracing::warn!(lag_ms = lag.ms, lag_records = lag.records, rpo_ms, "this standby's lag is above the RPO");
+            }
         }
     }
 }
@@ -397,6 +659,8 @@ fn submit(core: &Core, records: Vec<Record>) -> bool {
 enum Principal {
     Tenant { id: TenantId, name: String, limiter: Arc<governor::DefaultDirectRateLimiter> },
     Admin,
+    /// A standby (or a promoted node fencing this one): the stream carries replication.
+    Replication,
 }
 
 struct Session {
@@ -476,11 +740,21 @@ async fn serve_connection(core: Arc<Core>, incoming: quinn::Incoming) {
     let role = match &session.principal {
         Principal::Tenant { name, .. } => Role::Tenant { name: name.clone() },
         Principal::Admin => Role::Admin,
+        Principal::Replication => Role::Replication,
     };
     let version = negotiate_version(&hello).expect("checked by authenticate");
-    let reply =
-        ServerFrame::HelloReply(HelloReply { version, role, epoch: core.epoch, limits: ServerLimits::THIS_BUILD });
+    let reply = ServerFrame::HelloReply(HelloReply {
+        version,
+        role,
+        epoch: core.epoch(),
+        limits: ServerLimits::THIS_BUILD,
+        node: core.role(),
+    });
     if send.write_all(&encode(&reply)).await.is_err() {
+        return;
+    }
+    if matches!(session.principal, Principal::Replication) {
+        crate::replication::primary::serve(core, connection, send, recv).await;
         return;
     }
     let session = Arc::new(session);
@@ -526,13 +800,7 @@ fn authenticate(core: &Core, hello: &Hello) -> Result<Session, ErrorFrame> {
             let id = core.engine.tenant_id(&tenant).ok_or_else(unauthenticated)?;
             Principal::Tenant { id, limiter: limiter(core, &tenant), name: tenant }
         }
-        Grant::Replication => {
-            return Err(error_frame(
-                None,
-                ProtocolErrorCode::Unauthenticated,
-                "a replication token opens no client session",
-            ))
-        }
+        Grant::Replication => Principal::Replication,
     };
     Ok(Session { principal, in_flight: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)) })
 }
@@ -689,6 +957,19 @@ fn handle_request(core: &Arc<Core>, session: &Session, request: Request) -> Resu
         return Err(error);
     }
     let admin = matches!(session.principal, Principal::Admin);
+    let role = core.role();
+    if role != NodeRole::Primary {
+        if let Some(operation) = request.operations.iter().find(|operation| !operation.kind().runs_on_standby()) {
+            let mut error = error_frame(
+                id,
+                ProtocolErrorCode::NotPrimary,
+                format!("{}: this node is a {} and takes no writes", operation.kind().name(), role.name()),
+            );
+            error.primary = core.primary_address();
+            error.retry_after_ms = Some(100);
+            return Err(error);
+        }
+    }
     if let Some(operation) = request.operations.iter().find(|operation| operation.kind().is_admin() != admin) {
         let why = if admin {
             "an admin token runs admin operations only"
@@ -729,7 +1010,7 @@ fn handle_request(core: &Arc<Core>, session: &Session, request: Request) -> Resu
     let tenant = match &session.principal {
         Principal::Tenant { id, .. } => *id,
         // Admin operations name their tenant themselves.
-        Principal::Admin => TenantId(u32::MAX),
+        Principal::Admin | Principal::Replication => TenantId(u32::MAX),
     };
     let now = now_ms();
     let mut records = Vec::new();
@@ -743,7 +1024,7 @@ fn handle_request(core: &Arc<Core>, session: &Session, request: Request) -> Resu
                 OperationResult::Reply { kind, reply }
             }
             Ok(Action::Query(query)) => run_query(&core.engine, &query),
-            Ok(Action::Admin(action)) => run_admin(core, &action, now),
+            Ok(Action::Admin(action)) => run_admin(core, &action, now, &mut records),
         };
         debug_assert_eq!(result.kind(), kind, "a result answers its operation");
         results.push(result);
@@ -761,14 +1042,25 @@ fn handle_request(core: &Arc<Core>, session: &Session, request: Request) -> Resu
         ));
     }
     let mut bytes = Vec::new();
-    encode_reply(request.request_id, core.epoch, reflects.0, &results, &mut bytes)
+    encode_reply(request.request_id, core.epoch(), reflects.0, &results, &mut bytes)
         .expect("replies built from the engine fit the frame limits");
     Ok(QueuedReply { lsn: reflects, bytes, _permit: permit, _counted: InFlight::new(core) })
 }
 
 /// Credential operations (not engine commands: tokens are the server's, not the ledger's).
-fn run_admin(core: &Core, action: &AdminAction, now: u64) -> OperationResult {
+fn run_admin(core: &Arc<Core>, action: &AdminAction, now: u64, records: &mut Vec<Record>) -> OperationResult {
     match action {
+        AdminAction::Status => {
+            let mut document = crate::replication::primary::status(core).to_string();
+            if document.len() > crate::operation::STATUS_BYTES_MAX {
+                document = serde_json::json!({ "error": "status document over its size limit" }).to_string();
+            }
+            OperationResult::Status(Ok(document))
+        }
+        AdminAction::Promote => {
+            let reply = crate::replication::standby::promote(core, now, records);
+            OperationResult::Reply { kind: OperationKind::Promote, reply }
+        }
         AdminAction::IssueToken { tenant, revoke_others } => {
             if core.engine.tenant_id(tenant.as_str()).is_none() {
                 return OperationResult::Token(Err(ResultCode::UnknownTenant));
@@ -799,6 +1091,63 @@ fn run_admin(core: &Core, action: &AdminAction, now: u64) -> OperationResult {
                 .map(|name| TenantEntry { tokens: counts.get(&name).copied().unwrap_or(0), name })
                 .collect();
             OperationResult::Tenants(Ok(tenants))
+        }
+    }
+}
+
+/// Runs a node until `stop` resolves: starts it, and whenever a standby must change its data
+/// directory offline (a rewind after a fork, a base backup), stops it, does that and starts it
+/// again (clients see one reconnection). `on_start` sees every start: first-start tokens are
+/// shown from it. Returns the engine of the last start, after a graceful shutdown.
+pub async fn run(
+    options: ServerOptions,
+    stop: impl std::future::Future<Output = ()>,
+    mut on_start: impl FnMut(&ServerHandle),
+) -> Result<Engine, NetError> {
+    /// Restarts in a row without a stop; a loop past it is a bug, not a state to serve from.
+    const RESTARTS_MAX: usize = 1_000;
+    tokio::pin!(stop);
+    for _ in 0..RESTARTS_MAX {
+        let handle = start(options.clone()).await?;
+        on_start(&handle);
+        let restart = tokio::select! {
+            restart = handle.restart_requested() => restart,
+            () = &mut stop => return handle.shutdown().await,
+        };
+        handle.shutdown().await?;
+        let directory = options.data_directory.clone();
+        tokio::task::spawn_blocking(move || apply_restart(&directory, &restart))
+            .await
+            .map_err(|error| NetError::Shutdown(error.to_string()))??;
+    }
+    Err(NetError::Replication(format!("{RESTARTS_MAX} restarts in a row")))
+}
+
+/// Changes a standby's data directory as `restart` says (offline).
+pub fn apply_restart(data_directory: &std::path::Path, restart: &Restart) -> Result<(), NetError> {
+    use reservoir_wal::rejoin;
+    match restart {
+        Restart::Rewind { keep_through } => match rejoin::rewind(data_directory, Lsn(*keep_through), now_ms()) {
+            Ok(report) => {
+                tracing::warn!(
+                    kept_through = report.kept_through.0,
+                    records_cut = report.records_cut,
+                    saved_in = %report.saved_in.display(),
+                    "rewound the log to where the new primary's history forks from it; the cut records are saved"
+                );
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot rewind: setting the log aside to take a base backup instead");
+                let aside = rejoin::set_aside(data_directory, now_ms())?;
+                tracing::warn!(saved_in = %aside.display(), "log and snapshots set aside");
+                Ok(())
+            }
+        },
+        Restart::BaseBackup { snapshot } => {
+            let replaced = rejoin::install_base_backup(data_directory, snapshot, now_ms())?;
+            tracing::warn!(replaced = %replaced.display(), "installed a base backup from the primary; the old log and snapshots were moved aside");
+            Ok(())
         }
     }
 }

@@ -59,18 +59,7 @@ fn parse_item(text: &str) -> (String, String) {
     }
 }
 
-/// `90s`, `15m`, `2h`, `1d`, or plain seconds.
-fn parse_duration_ms(text: &str) -> Result<u64, String> {
-    let (number, unit_ms) = match text.char_indices().last() {
-        Some((at, 's')) => (&text[..at], 1_000),
-        Some((at, 'm')) => (&text[..at], 60_000),
-        Some((at, 'h')) => (&text[..at], 3_600_000),
-        Some((at, 'd')) => (&text[..at], 86_400_000),
-        _ => (text, 1_000),
-    };
-    let number: u64 = number.parse().map_err(|_| format!("{text:?}: expected e.g. 90s, 15m, 2h, 1d"))?;
-    number.checked_mul(unit_ms).ok_or_else(|| format!("{text:?} is too long"))
-}
+use crate::time::parse_duration_ms;
 
 #[derive(Debug, Args)]
 pub struct ReserveArgs {
@@ -220,6 +209,10 @@ pub enum ClientCommand {
     Reservation(ReservationArgs),
     /// Manage tenants and their tokens (admin token)
     Tenant(TenantArgs),
+    /// A node's role, epoch, LSNs, replication lag and standbys (admin token; --json for all)
+    Status,
+    /// Promote the standby given by --server to primary of the next epoch (admin token)
+    Promote,
     /// (`reservoir snapshot` without --data-dir) ask the running server for a snapshot now
     #[command(skip)]
     TakeSnapshot,
@@ -275,6 +268,7 @@ async fn connect(connection: &Connection) -> anyhow::Result<Client> {
             Role::Tenant { name } if &name == expected => {}
             Role::Tenant { name } => anyhow::bail!("the token is tenant {name:?}'s, not {expected:?}'s"),
             Role::Admin => anyhow::bail!("the token is the admin token: tenant operations need a tenant's"),
+            Role::Replication => anyhow::bail!("the token is a replication token: tenant operations need a tenant's"),
         }
     }
     Ok(client)
@@ -357,6 +351,8 @@ async fn run_async(connection: Connection, command: ClientCommand) -> anyhow::Re
         }
         ClientCommand::Stock(args) => vec![Operation::GetSku { sku: args.sku.clone() }],
         ClientCommand::TakeSnapshot => vec![Operation::TakeSnapshot],
+        ClientCommand::Status => vec![Operation::Status],
+        ClientCommand::Promote => vec![Operation::Promote],
         ClientCommand::Reservation(args) => vec![Operation::GetReservation { reservation: args.id.clone() }],
         ClientCommand::Tenant(args) => match &args.command {
             TenantCommand::Add { name } => vec![
@@ -505,6 +501,10 @@ fn describe_json(result: &OperationResult) -> serde_json::Value {
             })).collect::<Vec<_>>(),
         }),
         OperationResult::Token(Ok(token)) => json!({"operation": "issue_token", "code": code, "token": token}),
+        OperationResult::Status(Ok(document)) => json!({
+            "operation": "status", "code": code,
+            "status": serde_json::from_str::<serde_json::Value>(document).unwrap_or_else(|_| json!(document)),
+        }),
         OperationResult::Tenants(Ok(tenants)) => json!({
             "operation": "list_tenants", "code": code,
             "tenants": tenants.iter().map(|entry| json!({"name": entry.name, "tokens": entry.tokens})).collect::<Vec<_>>(),
@@ -516,6 +516,9 @@ fn describe_json(result: &OperationResult) -> serde_json::Value {
 fn describe_text(result: &OperationResult) -> String {
     let code = result.code().name();
     match result {
+        OperationResult::Reply { kind: OperationKind::Promote, reply } if reply.code.is_ok() => {
+            format!("promote {code}: this node is the primary of epoch {}\n", reply.count)
+        }
         OperationResult::Reply { kind: OperationKind::TakeSnapshot, reply } => {
             format!("take_snapshot {code}: the server is taking a snapshot covering at least LSN {}\n", reply.count)
         }
@@ -576,6 +579,7 @@ fn describe_text(result: &OperationResult) -> String {
             text
         }
         OperationResult::Token(Ok(token)) => format!("token (shown once, keep it): {token}\n"),
+        OperationResult::Status(Ok(document)) => status_text(document),
         OperationResult::Tenants(Ok(tenants)) => {
             let mut text = format!("{:<32} {:>6}\n", "tenant", "tokens");
             for entry in tenants {
@@ -585,4 +589,56 @@ fn describe_text(result: &OperationResult) -> String {
         }
         other => format!("{} {code}\n", other.kind().name()),
     }
+}
+
+/// `reservoir status` for people: role, epoch, LSNs, lag, standbys.
+fn status_text(document: &str) -> String {
+    let Ok(status) = serde_json::from_str::<serde_json::Value>(document) else { return format!("{document}\n") };
+    let field = |value: &serde_json::Value| match value {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    let mut text = format!(
+        "role {} epoch {} (primary {})\napplied LSN {} durable LSN {} acknowledged LSN {}\nreplication {} ({}), RPO {} ms\n",
+        field(&status["role"]),
+        field(&status["epoch"]),
+        field(&status["primary"]),
+        field(&status["applied_lsn"]),
+        field(&status["durable_lsn"]),
+        field(&status["acknowledged_lsn"]),
+        field(&status["replication"]["mode"]),
+        field(&status["replication"]["sync_state"]),
+        field(&status["replication"]["rpo_ms"]),
+    );
+    if let Some(standbys) = status["standbys"].as_array() {
+        text.push_str(&format!("standbys: {}\n", standbys.len()));
+        for standby in standbys {
+            text.push_str(&format!(
+                "  {} {} sent {} written {} applied {} lag {} records {} bytes {} ms\n",
+                field(&standby["name"]),
+                field(&standby["state"]),
+                field(&standby["sent_lsn"]),
+                field(&standby["written_lsn"]),
+                field(&standby["applied_lsn"]),
+                field(&standby["lag"]["records"]),
+                field(&standby["lag"]["bytes"]),
+                field(&standby["lag"]["ms"]),
+            ));
+        }
+    }
+    let following = &status["following"];
+    if following.is_object() {
+        text.push_str(&format!(
+            "following {} ({}, connected {}): primary durable LSN {}, lag {} records {} ms{}\n",
+            field(&following["primary"]),
+            field(&following["state"]),
+            field(&following["connected"]),
+            field(&following["primary_durable_lsn"]),
+            field(&following["lag"]["records"]),
+            field(&following["lag"]["ms"]),
+            following["last_error"].as_str().map(|error| format!(", last error: {error}")).unwrap_or_default(),
+        ));
+    }
+    text
 }

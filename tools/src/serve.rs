@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Args;
+use reservoir_net::replication::{FollowOptions, ReplicationMode, StartRole};
 use reservoir_net::server::{Rate, ServerOptions};
 use reservoir_net::tls::CertificateFiles;
 use reservoir_wal::{Durability, RetentionPolicy, SnapshotPolicy};
@@ -34,6 +35,42 @@ pub struct ServeArgs {
     /// The private key of --tls-certificate (PEM)
     #[arg(long, value_name = "FILE", env = "RESERVOIR_TLS_KEY", requires = "tls_certificate")]
     tls_key: Option<PathBuf>,
+    /// primary (the default) or standby (follows --primary; docs/operations.md)
+    #[arg(long, value_enum, env = "RESERVOIR_ROLE")]
+    role: Option<RoleArg>,
+    /// A standby's primary, host:port
+    #[arg(long, value_name = "ADDR", env = "RESERVOIR_PRIMARY")]
+    primary: Option<String>,
+    /// A standby's replication token (printed at the primary's first start)
+    #[arg(long, value_name = "TOKEN", env = "RESERVOIR_REPLICATION_TOKEN", hide_env_values = true)]
+    replication_token: Option<String>,
+    /// The CA that signed the primary's certificate [default: DATA_DIR/tls/ca.pem]
+    #[arg(long, value_name = "FILE", env = "RESERVOIR_PRIMARY_CA")]
+    primary_ca: Option<PathBuf>,
+    /// When a primary acknowledges: async (after its fsync) or sync (after a standby's too)
+    #[arg(long, value_enum, env = "RESERVOIR_REPLICATION")]
+    replication: Option<ReplicationArg>,
+    /// In sync mode with no standby: fall back to async after this long (e.g. 5s); default: wait
+    #[arg(long, value_name = "DURATION", env = "RESERVOIR_SYNC_FALLBACK")]
+    sync_fallback: Option<String>,
+    /// Warn when replication lag passes this (e.g. 1s) [default: 1s]
+    #[arg(long, value_name = "DURATION", env = "RESERVOIR_RPO")]
+    rpo: Option<String>,
+    /// This node's address as clients and other nodes reach it [default: the listen address]
+    #[arg(long, value_name = "ADDR", env = "RESERVOIR_ADVERTISE")]
+    advertise: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoleArg {
+    Primary,
+    Standby,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReplicationArg {
+    Async,
+    Sync,
 }
 
 /// The configuration file. Every field is optional; what is missing keeps its default.
@@ -47,6 +84,22 @@ struct FileConfig {
     rate: Option<RateConfig>,
     snapshot: Option<SnapshotConfig>,
     archive: Option<ArchiveConfig>,
+    replication: Option<ReplicationConfig>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplicationConfig {
+    /// "primary" or "standby".
+    role: Option<String>,
+    primary: Option<String>,
+    token: Option<String>,
+    primary_ca: Option<PathBuf>,
+    /// "async" or "sync".
+    mode: Option<String>,
+    sync_fallback: Option<String>,
+    rpo: Option<String>,
+    advertise: Option<String>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -147,6 +200,46 @@ pub fn options(args: &ServeArgs) -> anyhow::Result<ServerOptions> {
                 .map_or(retention.archive_bytes_max, |gib| gib.saturating_mul(1 << 30)),
         },
     };
+    let replication = file.replication.unwrap_or_default();
+    let role = match (args.role, replication.role.as_deref()) {
+        (Some(role), _) => role,
+        (None, Some("standby")) => RoleArg::Standby,
+        (None, Some("primary") | None) => RoleArg::Primary,
+        (None, Some(other)) => anyhow::bail!("role {other:?}: primary or standby"),
+    };
+    options.replication.mode = match (args.replication, replication.mode.as_deref()) {
+        (Some(ReplicationArg::Sync), _) | (None, Some("sync")) => ReplicationMode::Sync,
+        (Some(ReplicationArg::Async), _) | (None, Some("async") | None) => ReplicationMode::Async,
+        (None, Some(other)) => anyhow::bail!("replication mode {other:?}: async or sync"),
+    };
+    if let Some(text) = args.sync_fallback.clone().or(replication.sync_fallback) {
+        options.replication.sync_fallback_ms = Some(crate::time::parse_duration_ms(&text).map_err(anyhow::Error::msg)?);
+    }
+    if let Some(text) = args.rpo.clone().or(replication.rpo) {
+        options.replication.rpo_ms = crate::time::parse_duration_ms(&text).map_err(anyhow::Error::msg)?;
+    }
+    options.replication.advertise = args.advertise.clone().or(replication.advertise);
+    if role == RoleArg::Standby {
+        let primary = args
+            .primary
+            .clone()
+            .or(replication.primary)
+            .context("a standby needs --primary ADDR (the primary's host:port)")?;
+        let token = args
+            .replication_token
+            .clone()
+            .or(replication.token)
+            .context("a standby needs --replication-token (printed at the primary's first start)")?;
+        let ca = args
+            .primary_ca
+            .clone()
+            .or(replication.primary_ca)
+            .unwrap_or_else(|| reservoir_net::tls::ca_path(&options.data_directory));
+        let ca_pem = std::fs::read(&ca).with_context(|| {
+            format!("read the primary's CA {} (copy the primary's tls/ directory, docs/operations.md)", ca.display())
+        })?;
+        options.role = StartRole::Standby(FollowOptions { primary, token, ca_pem, server_name: None });
+    }
     Ok(options)
 }
 
@@ -167,29 +260,35 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
 async fn serve(options: ServerOptions) -> anyhow::Result<()> {
     let data_directory = options.data_directory.clone();
     let durability = options.durability;
-    let server = reservoir_net::server::start(options).await.context("start the server")?;
-    if let Some(first) = server.first_start() {
-        println!("reservoir: a new data directory at {}", data_directory.display());
-        println!("admin token (shown once, keep it): {}", first.admin_token);
-        println!("tenant {:?} token (shown once, keep it): {}", first.demo_tenant, first.demo_token);
-        println!("clients trust: {}", reservoir_net::tls::ca_path(&data_directory).display());
-        println!("try: RESERVOIR_TOKEN={} reservoir receive SKU-1@DC1 100", first.demo_token);
-    }
-    println!(
-        "reservoir: serving {} on {} ({}, recovered up to LSN {})",
-        data_directory.display(),
-        server.local_addr(),
-        durability.name(),
-        server.recovered_lsn().0
-    );
-    use std::io::Write as _;
-    std::io::stdout().flush()?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
-        _ = terminate.recv() => tracing::info!("terminated: shutting down"),
-    }
-    let engine = server.shutdown().await.context("shut down")?;
+    let stop = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
+            _ = terminate.recv() => tracing::info!("terminated: shutting down"),
+        }
+    };
+    let on_start = |server: &reservoir_net::server::ServerHandle| {
+        if let Some(first) = server.first_start() {
+            println!("reservoir: a new data directory at {}", data_directory.display());
+            println!("admin token (shown once, keep it): {}", first.admin_token);
+            println!("tenant {:?} token (shown once, keep it): {}", first.demo_tenant, first.demo_token);
+            println!("replication token for standbys (shown once, keep it): {}", first.replication_token);
+            println!("clients trust: {}", reservoir_net::tls::ca_path(&data_directory).display());
+            println!("try: RESERVOIR_TOKEN={} reservoir receive SKU-1@DC1 100", first.demo_token);
+        }
+        println!(
+            "reservoir: serving {} on {} as {} of epoch {} ({}, recovered up to LSN {})",
+            data_directory.display(),
+            server.local_addr(),
+            server.role().name(),
+            server.epoch(),
+            durability.name(),
+            server.recovered_lsn().0
+        );
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+    };
+    let engine = reservoir_net::server::run(options, stop, on_start).await.context("serve")?;
     let report = engine.verify();
     anyhow::ensure!(report.violations.is_empty(), "the ledger does not verify: {:?}", report.violations);
     println!(
@@ -204,7 +303,22 @@ mod tests {
     use super::*;
 
     fn args(config: Option<PathBuf>) -> ServeArgs {
-        ServeArgs { config, data_dir: None, listen: None, durability: None, tls_certificate: None, tls_key: None }
+        ServeArgs {
+            config,
+            data_dir: None,
+            listen: None,
+            durability: None,
+            tls_certificate: None,
+            tls_key: None,
+            role: None,
+            primary: None,
+            replication_token: None,
+            primary_ca: None,
+            replication: None,
+            sync_fallback: None,
+            rpo: None,
+            advertise: None,
+        }
     }
 
     #[test]

@@ -173,15 +173,14 @@ fn describe(body: &Body) -> String {
     }
 }
 
-/// Replaces the log and snapshots of `data_directory` with the snapshot in `snapshot_file`
-/// (checked first): `wal/`, `snapshots/` and `archive/` move to `DATA_DIR/replaced/<now_ms>/`,
-/// the snapshot becomes the only one. Recovery then starts from it with an empty log in its
-/// history. Returns where the old files went.
-pub fn install_base_backup(data_directory: &Path, snapshot_file: &Path, now_ms: u64) -> Result<PathBuf, WalError> {
+/// Moves the log, snapshots and archive of `data_directory` to `DATA_DIR/replaced/<now_ms>/`
+/// (the directory then holds no history: a standby takes a base backup). Returns where.
+pub fn set_aside(data_directory: &Path, now_ms: u64) -> Result<PathBuf, WalError> {
     let _lock = lock_data_directory(data_directory)?;
-    let loaded = snapshot::load(snapshot_file)?;
-    let covers = loaded.covers_lsn;
-    drop(loaded);
+    move_aside(data_directory, now_ms)
+}
+
+fn move_aside(data_directory: &Path, now_ms: u64) -> Result<PathBuf, WalError> {
     let replaced = data_directory.join("replaced").join(now_ms.to_string());
     std::fs::create_dir_all(&replaced).map_err(io(&replaced))?;
     for part in ["wal", "snapshots", "archive"] {
@@ -191,6 +190,20 @@ pub fn install_base_backup(data_directory: &Path, snapshot_file: &Path, now_ms: 
         }
     }
     sync_directory(&replaced)?;
+    sync_directory(data_directory)?;
+    Ok(replaced)
+}
+
+/// Replaces the log and snapshots of `data_directory` with the snapshot in `snapshot_file`
+/// (checked first): `wal/`, `snapshots/` and `archive/` move to `DATA_DIR/replaced/<now_ms>/`,
+/// the snapshot becomes the only one. Recovery then starts from it with an empty log in its
+/// history. Returns where the old files went.
+pub fn install_base_backup(data_directory: &Path, snapshot_file: &Path, now_ms: u64) -> Result<PathBuf, WalError> {
+    let _lock = lock_data_directory(data_directory)?;
+    let loaded = snapshot::load(snapshot_file)?;
+    let covers = loaded.covers_lsn;
+    drop(loaded);
+    let replaced = move_aside(data_directory, now_ms)?;
     let snapshots_directory = snapshot_directory(data_directory);
     std::fs::create_dir_all(&snapshots_directory).map_err(io(&snapshots_directory))?;
     let target = snapshots_directory.join(snapshot::snapshot_file_name(covers));

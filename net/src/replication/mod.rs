@@ -1,0 +1,291 @@
+//! WAL shipping to standbys, hot standby, promotion and epoch fencing (docs/operations.md;
+//! the messages: docs/protocol.md, "Replication").
+//!
+//! - A **primary** serves each standby's stream ([`primary`]): it ships the frames of durable
+//!   records, from its in-memory feed when the standby is close behind, from its segments when
+//!   it is further behind, or a snapshot first (a base backup) when its log no longer reaches
+//!   back far enough; it tells a standby whose log forked (a former primary) where to cut.
+//! - A **standby** follows its primary ([`standby`]): it applies each record to its engine
+//!   (queries see it at once), writes it to its own WAL, and reports what is written and
+//!   applied, which the primary turns into lag, and, in `sync` mode, into acknowledgements.
+//! - **Promotion** (admin `promote`, sent to a standby) stops following, writes an
+//!   `EpochChanged` record (epoch + 1) and takes writes; the promoted node then keeps telling
+//!   its former primary (`Fence`) until that one answers, after which the former primary
+//!   refuses writes, also after a restart, until it rejoins as a standby.
+
+pub(crate) mod primary;
+pub(crate) mod standby;
+pub mod wire;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::message::NodeRole;
+
+/// When a primary acknowledges a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicationMode {
+    /// After its own fsync (a standby may be behind: the lag is the RPO).
+    Async,
+    /// After its own fsync and a standby's (PostgreSQL's `synchronous_commit = on`).
+    Sync,
+}
+
+impl ReplicationMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReplicationMode::Async => "async",
+            ReplicationMode::Sync => "sync",
+        }
+    }
+}
+
+/// How a node replicates.
+#[derive(Clone, Debug)]
+pub struct ReplicationOptions {
+    /// On a primary (and on a standby once promoted).
+    pub mode: ReplicationMode,
+    /// In `sync` mode with no standby connected: `None` keeps waiting (writes are not
+    /// acknowledged); `Some(ms)` falls back to async acknowledgements after that long, with a
+    /// warning in the log every `DEGRADED_WARNING_INTERVAL_MS` and `sync_state` =
+    /// `degraded_to_async` in status, until a standby catches up again.
+    pub sync_fallback_ms: Option<u64>,
+    /// Lag above this is logged as a warning (the recovery point objective).
+    pub rpo_ms: u64,
+    /// How often a primary sends a heartbeat and a standby its feedback when idle.
+    pub heartbeat_ms: u64,
+    /// This node's address as others should reach it (`host:port`): named in `not_primary`
+    /// errors of its standbys and in the `Fence` it sends once promoted. Default: the
+    /// listening address.
+    pub advertise: Option<String>,
+    /// A name for this node in a primary's status (default: the advertised address).
+    pub name: Option<String>,
+}
+
+impl Default for ReplicationOptions {
+    fn default() -> ReplicationOptions {
+        ReplicationOptions {
+            mode: ReplicationMode::Async,
+            sync_fallback_ms: None,
+            rpo_ms: 1_000,
+            heartbeat_ms: 100,
+            advertise: None,
+            name: None,
+        }
+    }
+}
+
+/// Where a standby's primary is and how to reach it.
+#[derive(Clone, Debug)]
+pub struct FollowOptions {
+    /// `host:port` of the primary.
+    pub primary: String,
+    /// A replication token issued by the primary.
+    pub token: String,
+    /// PEM of the CA that signed the primary's certificate.
+    pub ca_pem: Vec<u8>,
+    /// TLS name to check the primary's certificate against (default: the host of `primary`).
+    pub server_name: Option<String>,
+}
+
+/// The role a server starts in.
+#[derive(Clone, Debug)]
+pub enum StartRole {
+    Primary,
+    Standby(FollowOptions),
+}
+
+/// Why a standby's server must stop, change its data directory offline and start again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Restart {
+    /// Cut the log after this LSN ([`reservoir_wal::rejoin::rewind`]).
+    Rewind { keep_through: u64 },
+    /// Install this snapshot file as the only state ([`reservoir_wal::rejoin::install_base_backup`]).
+    BaseBackup { snapshot: PathBuf },
+}
+
+/// Standbys one primary serves at once.
+pub const STANDBYS_MAX: usize = 16;
+/// Sent chunks remembered per standby for lag (older ones are summarised).
+pub const SENT_CHUNKS_TRACKED_MAX: usize = 4_096;
+/// How often the lag against the RPO is checked.
+pub const LAG_CHECK_INTERVAL_MS: u64 = 1_000;
+/// A lag warning about one standby is repeated at most this often.
+pub const LAG_WARNING_INTERVAL_MS: u64 = 10_000;
+/// The degraded-sync warning is repeated this often while it lasts.
+pub const DEGRADED_WARNING_INTERVAL_MS: u64 = 10_000;
+
+/// A connected standby, as its primary sees it.
+#[derive(Clone, Debug)]
+pub(crate) struct StandbyEntry {
+    pub id: u64,
+    pub name: String,
+    pub address: String,
+    pub state: &'static str,
+    pub connected_ms: u64,
+    pub sent_lsn: u64,
+    pub written_lsn: u64,
+    pub applied_lsn: u64,
+    pub bytes_sent: u64,
+    pub records_sent: u64,
+    /// Chunks sent and not yet applied: (last LSN, bytes, timestamp of the first record).
+    pub chunks: VecDeque<(u64, u64, u64)>,
+    pub warned_ms: u64,
+}
+
+/// The lag of one standby.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Lag {
+    pub records: u64,
+    pub bytes: u64,
+    pub ms: u64,
+}
+
+impl StandbyEntry {
+    /// A chunk went out.
+    pub fn sent(&mut self, last_lsn: u64, bytes: u64, first_timestamp_ms: u64) {
+        assert!(last_lsn > self.sent_lsn, "chunks go out in LSN order");
+        self.records_sent += last_lsn - self.sent_lsn;
+        self.sent_lsn = last_lsn;
+        self.bytes_sent += bytes;
+        if self.chunks.len() >= SENT_CHUNKS_TRACKED_MAX {
+            self.chunks.pop_front();
+        }
+        self.chunks.push_back((last_lsn, bytes, first_timestamp_ms));
+    }
+
+    /// The standby reported what it wrote and applied.
+    pub fn acknowledged(&mut self, written_lsn: u64, applied_lsn: u64) {
+        self.written_lsn = self.written_lsn.max(written_lsn.min(self.sent_lsn));
+        self.applied_lsn = self.applied_lsn.max(applied_lsn.min(self.sent_lsn));
+        while self.chunks.front().is_some_and(|&(last, _, _)| last <= self.applied_lsn) {
+            self.chunks.pop_front();
+        }
+    }
+
+    /// The lag behind `durable_lsn` (the primary's), at `now_ms`: records and bytes durable on
+    /// the primary and not applied on the standby, and the age of the oldest of them.
+    pub fn lag(&self, durable_lsn: u64, now_ms: u64) -> Lag {
+        let records = durable_lsn.saturating_sub(self.applied_lsn);
+        if records == 0 {
+            return Lag::default();
+        }
+        let unsent = durable_lsn.saturating_sub(self.sent_lsn);
+        let mean = self.bytes_sent.checked_div(self.records_sent).unwrap_or(128).max(1);
+        let bytes = self.chunks.iter().map(|chunk| chunk.1).sum::<u64>() + unsent * mean;
+        let ms = self.chunks.front().map_or(0, |chunk| now_ms.saturating_sub(chunk.2));
+        Lag { records, bytes, ms }
+    }
+}
+
+/// The standbys a primary serves.
+#[derive(Default)]
+pub(crate) struct Hub {
+    pub standbys: Mutex<Vec<StandbyEntry>>,
+    pub changed: tokio::sync::Notify,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl Hub {
+    pub fn register(&self, name: String, address: String, next_lsn: u64, now_ms: u64) -> Option<u64> {
+        let mut standbys = self.standbys.lock();
+        if standbys.len() >= STANDBYS_MAX {
+            return None;
+        }
+        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let held = next_lsn.saturating_sub(1);
+        standbys.push(StandbyEntry {
+            id,
+            name,
+            address,
+            state: "starting",
+            connected_ms: now_ms,
+            sent_lsn: held,
+            written_lsn: held,
+            applied_lsn: held,
+            bytes_sent: 0,
+            records_sent: 0,
+            chunks: VecDeque::new(),
+            warned_ms: 0,
+        });
+        Some(id)
+    }
+
+    pub fn unregister(&self, id: u64) {
+        self.standbys.lock().retain(|entry| entry.id != id);
+        self.changed.notify_waiters();
+    }
+
+    pub fn update(&self, id: u64, change: impl FnOnce(&mut StandbyEntry)) {
+        if let Some(entry) = self.standbys.lock().iter_mut().find(|entry| entry.id == id) {
+            change(entry);
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// The highest LSN durable on a connected standby (`None`: no standby streaming).
+    pub fn best_written(&self) -> Option<u64> {
+        self.standbys.lock().iter().filter(|entry| entry.state == "streaming").map(|entry| entry.written_lsn).max()
+    }
+}
+
+/// What a standby knows of its primary and itself.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Following {
+    pub primary: String,
+    pub connected: bool,
+    pub state: &'static str,
+    pub primary_durable_lsn: u64,
+    pub primary_now_ms: u64,
+    pub last_applied_timestamp_ms: u64,
+    pub bytes_received: u64,
+    pub records_received: u64,
+    pub last_error: Option<String>,
+    pub warned_ms: u64,
+}
+
+impl Following {
+    /// The standby's lag, given its applied LSN.
+    pub fn lag(&self, applied_lsn: u64) -> Lag {
+        let records = self.primary_durable_lsn.saturating_sub(applied_lsn);
+        if records == 0 {
+            return Lag::default();
+        }
+        let mean = self.bytes_received / self.records_received.max(1);
+        Lag {
+            records,
+            bytes: records * mean.max(1),
+            ms: self.primary_now_ms.saturating_sub(self.last_applied_timestamp_ms),
+        }
+    }
+}
+
+/// A node's role and whom it points clients to.
+#[derive(Clone, Debug)]
+pub(crate) struct NodeState {
+    pub role: NodeRole,
+    /// The primary's address, for `not_primary` (a standby's primary, or who fenced us).
+    pub primary: Option<String>,
+}
+
+/// The file that keeps a fenced former primary fenced across restarts.
+pub(crate) fn fenced_path(data_directory: &std::path::Path) -> PathBuf {
+    data_directory.join("FENCED.json")
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct FencedFile {
+    pub epoch: u64,
+    pub primary: String,
+    pub fenced_ms: u64,
+}
+
+/// How long to wait between two reconnection attempts of a standby, at most.
+pub const RECONNECT_WAIT_MS_MAX: u64 = 2_000;
+
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((20u64 << attempt.min(7)).min(RECONNECT_WAIT_MS_MAX))
+}

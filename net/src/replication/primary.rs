@@ -1,0 +1,369 @@
+//! The primary's side of a replication stream, the answer to a `Fence`, and the status
+//! document.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reservoir_engine::{Lsn, Record};
+use reservoir_wal::feed::FeedRead;
+use reservoir_wal::{Flow, WalError};
+
+use super::wire::{
+    read_message, write_message, PrimaryMessage, StandbyMessage, SNAPSHOT_CHUNK_BYTES_MAX, WAL_CHUNK_BYTES_MAX,
+};
+use crate::message::NodeRole;
+use crate::server::{now_ms, Core};
+use crate::wire::ProtocolErrorCode;
+use crate::NetError;
+
+/// How long a base backup waits for the snapshotter to write a first snapshot.
+pub const BASE_BACKUP_WAIT_MS_MAX: u64 = 120_000;
+
+/// Serves a replication stream (after `HelloReply` with the replication role).
+pub(crate) async fn serve(core: Arc<Core>, connection: quinn::Connection, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let first = match read_message(&mut recv).await {
+        Ok(Some(body)) => StandbyMessage::decode(&body),
+        _ => return,
+    };
+    let outcome = match first {
+        Ok(StandbyMessage::Start { next_lsn, history, epoch, name }) => {
+            let address = connection.remote_address().to_string();
+            let name = if name.is_empty() { address.clone() } else { name };
+            stream(&core, &mut send, recv, next_lsn, history, epoch, name, address).await
+        }
+        Ok(StandbyMessage::Fence { epoch, primary }) => {
+            if epoch > core.epoch() {
+                core.fence(epoch, Some(primary).filter(|primary| !primary.is_empty()));
+            }
+            let answer = PrimaryMessage::Fenced { epoch: core.epoch() };
+            write_message(&mut send, |out| answer.encode(out)).await
+        }
+        Ok(StandbyMessage::Feedback { .. }) => Err(NetError::Protocol("feedback before start".into())),
+        Err(error) => Err(NetError::Protocol(error.to_string())),
+    };
+    if let Err(error) = outcome {
+        tracing::info!(%error, "replication stream ended");
+    }
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
+}
+
+async fn refuse(send: &mut quinn::SendStream, code: ProtocolErrorCode, message: String, primary: Option<String>) -> Result<(), NetError> {
+    let refusal = PrimaryMessage::Refused { code, message: message.clone(), primary };
+    write_message(send, |out| refusal.encode(out)).await?;
+    Err(NetError::Replication(message))
+}
+
+/// The first LSN this primary can still read from its segments (archive included).
+fn first_lsn_on_disk(core: &Core) -> Result<Option<Lsn>, WalError> {
+    let storage = reservoir_wal::layered_storage(&core.data_directory)?;
+    let sequences = reservoir_wal::Storage::list(&storage).map_err(|source| WalError::io("list the WAL", source))?;
+    let Some(&first) = sequences.first() else { return Ok(None) };
+    let bytes = reservoir_wal::Storage::read_prefix(&storage, first, reservoir_wal::format::SEGMENT_HEADER_BYTES)
+        .map_err(|source| WalError::io("read a segment header", source))?;
+    let header = reservoir_wal::format::SegmentHeader::decode(&bytes)
+        .map_err(|why| WalError::BadSegmentHeader { segment: first.to_string(), why: why.into() })?;
+    Ok(Some(header.first_lsn))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream(
+    core: &Arc<Core>,
+    send: &mut quinn::SendStream,
+    recv: quinn::RecvStream,
+    next_lsn: u64,
+    history: u64,
+    epoch: u64,
+    name: String,
+    address: String,
+) -> Result<(), NetError> {
+    let own_epoch = core.epoch();
+    if core.role() != NodeRole::Primary {
+        let why = format!("this node is a {}, not a primary", core.role().name());
+        return refuse(send, ProtocolErrorCode::NotPrimary, why, core.primary_address()).await;
+    }
+    if epoch > own_epoch {
+        core.fence(epoch, None);
+        let why = format!("the standby has seen epoch {epoch}, this primary is at {own_epoch}: fenced");
+        return refuse(send, ProtocolErrorCode::NotPrimary, why, None).await;
+    }
+    let durable = core.wal.durable_lsn().0;
+    let needs_base = history == 0 || history != core.wal.history() || next_lsn == 0;
+    if !needs_base {
+        if let Some(fork) = core.engine.fork_after(epoch) {
+            if next_lsn > fork.0 {
+                // The standby's log went on in `epoch` past where a later epoch began here.
+                let rewind = PrimaryMessage::Rewind { keep_through: fork.0 - 1, epoch: own_epoch };
+                tracing::warn!(standby = %name, keep_through = fork.0 - 1, "standby's log forks from this one: it must rewind");
+                return write_message(send, |out| rewind.encode(out)).await;
+            }
+        }
+        if next_lsn > durable + 1 {
+            let why = format!(
+                "the standby holds records up to LSN {} but this primary only up to {durable}: it is not a \
+                 standby of this log (restore it from this primary with a fresh data directory)",
+                next_lsn - 1
+            );
+            return refuse(send, ProtocolErrorCode::Internal, why, None).await;
+        }
+    }
+    let reachable = next_lsn > durable
+        || matches!(core.wal.durable_lsn_reader().feed_read(Lsn(next_lsn), 1), FeedRead::Frames { .. })
+        || first_lsn_on_disk(core)?.is_some_and(|first| first.0 <= next_lsn);
+    if needs_base || !reachable {
+        return base_backup(core, send, &name).await;
+    }
+    let accept = PrimaryMessage::Accept { epoch: own_epoch, history: core.wal.history(), durable_lsn: durable };
+    write_message(send, |out| accept.encode(out)).await?;
+    let Some(id) = core.hub.register(name.clone(), address, next_lsn, now_ms()) else {
+        return refuse(send, ProtocolErrorCode::TooManyInFlight, format!("{} standbys already", super::STANDBYS_MAX), None).await;
+    };
+    tracing::info!(standby = %name, from_lsn = next_lsn, "standby connected");
+    let result = ship(core, send, recv, id, Lsn(next_lsn)).await;
+    core.hub.unregister(id);
+    tracing::info!(standby = %name, "standby disconnected");
+    result
+}
+
+/// Ships WAL from `cursor` on, forever: durable records as they become durable, heartbeats
+/// when idle, the credential store when it changes; and reads the standby's feedback.
+async fn ship(
+    core: &Arc<Core>,
+    send: &mut quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    id: u64,
+    mut cursor: Lsn,
+) -> Result<(), NetError> {
+    let mut local = core.local_durable.clone();
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(core.replication.heartbeat_ms.max(1)));
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut credentials_generation = u64::MAX;
+    let reader = core.wal.durable_lsn_reader();
+    let epoch_u32 = u32::try_from(core.epoch()).unwrap_or(u32::MAX);
+    // Feedback arrives on the same stream; a separate task reads it so writes never wait on it.
+    let (feedback_sender, mut feedback) = tokio::sync::mpsc::channel::<Result<(u64, u64), NetError>>(64);
+    let reader_task = tokio::spawn(async move {
+        loop {
+            let message = match read_message(&mut recv).await {
+                Ok(Some(body)) => StandbyMessage::decode(&body).map_err(|error| NetError::Protocol(error.to_string())),
+                Ok(None) => Err(NetError::Connection("the standby closed the stream".into())),
+                Err(error) => Err(error),
+            };
+            let item = match message {
+                Ok(StandbyMessage::Feedback { written_lsn, applied_lsn }) => Ok((written_lsn, applied_lsn)),
+                Ok(other) => Err(NetError::Protocol(format!("unexpected {other:?}"))),
+                Err(error) => Err(error),
+            };
+            let stop = item.is_err();
+            if feedback_sender.send(item).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    let outcome = loop {
+        if core.role() != NodeRole::Primary {
+            let why = format!("this node is now a {}", core.role().name());
+            break refuse(send, ProtocolErrorCode::NotPrimary, why, core.primary_address()).await;
+        }
+        let generation = core.credentials.generation();
+        if generation != credentials_generation {
+            credentials_generation = generation;
+            let message = PrimaryMessage::Credentials { json: core.credentials.export() };
+            if let Err(error) = write_message(send, |out| message.encode(out)).await {
+                break Err(error);
+            }
+        }
+        let durable = *local.borrow_and_update();
+        let mut failed = None;
+        while cursor <= durable {
+            let (last_lsn, frames) = match reader.feed_read(cursor, WAL_CHUNK_BYTES_MAX) {
+                FeedRead::Frames { last_lsn, frames } => (last_lsn, frames),
+                FeedRead::Nothing => break,
+                FeedRead::NotHeld => {
+                    let directory = core.data_directory.clone();
+                    let from = cursor;
+                    match tokio::task::spawn_blocking(move || read_from_disk(&directory, from, durable, epoch_u32)).await {
+                        Ok(Ok(read)) => read,
+                        Ok(Err(error)) => {
+                            failed = Some(NetError::Wal(error));
+                            break;
+                        }
+                        Err(error) => {
+                            failed = Some(NetError::Replication(error.to_string()));
+                            break;
+                        }
+                    }
+                }
+            };
+            assert!(last_lsn >= cursor && !frames.is_empty(), "a chunk holds the cursor's record");
+            let first_timestamp_ms = u64::from_le_bytes(frames[24..32].try_into().expect("a frame header"));
+            let bytes = frames.len() as u64;
+            let message = PrimaryMessage::Wal { durable_lsn: durable.0, now_ms: now_ms(), frames };
+            if let Err(error) = write_message(send, |out| message.encode(out)).await {
+                failed = Some(error);
+                break;
+            }
+            core.hub.update(id, |entry| {
+                entry.state = "streaming";
+                entry.sent(last_lsn.0, bytes, first_timestamp_ms);
+            });
+            cursor = Lsn(last_lsn.0 + 1);
+        }
+        if let Some(error) = failed {
+            break Err(error);
+        }
+        tokio::select! {
+            changed = local.changed() => if changed.is_err() { break Ok(()) },
+            _ = heartbeat.tick() => {
+                let message = PrimaryMessage::Heartbeat { durable_lsn: core.wal.durable_lsn().0, now_ms: now_ms() };
+                if let Err(error) = write_message(send, |out| message.encode(out)).await {
+                    break Err(error);
+                }
+                core.hub.update(id, |entry| if entry.sent_lsn >= durable.0 { entry.state = "streaming" });
+            }
+            item = feedback.recv() => match item {
+                Some(Ok((written, applied))) => core.hub.update(id, |entry| entry.acknowledged(written, applied)),
+                Some(Err(error)) => break Err(error),
+                None => break Err(NetError::Connection("the feedback reader stopped".into())),
+            },
+            _ = core.node_changed.notified() => {}
+        }
+    };
+    reader_task.abort();
+    outcome
+}
+
+/// Records `from ..= through` (at most about `WAL_CHUNK_BYTES_MAX` of them) read from the
+/// segments, as frames.
+fn read_from_disk(
+    data_directory: &std::path::Path,
+    from: Lsn,
+    through: Lsn,
+    epoch: u32,
+) -> Result<(Lsn, Vec<u8>), WalError> {
+    let storage = reservoir_wal::layered_storage(data_directory)?;
+    let mut frames = Vec::new();
+    let mut last = Lsn(0);
+    reservoir_wal::scan_until(&storage, from, from, |record: &Record| {
+        if record.lsn > through {
+            return Ok(Flow::Stop);
+        }
+        reservoir_wal::format::encode_frame(record, record.lsn, epoch, &mut frames);
+        last = record.lsn;
+        Ok(if frames.len() >= WAL_CHUNK_BYTES_MAX || record.lsn == through { Flow::Stop } else { Flow::Continue })
+    })?;
+    if last < from {
+        return Err(WalError::MissingRecords { needed: from, first: Lsn(last.0 + 1) });
+    }
+    Ok((last, frames))
+}
+
+/// Sends the newest snapshot (asking the snapshotter for one if there is none yet).
+async fn base_backup(core: &Arc<Core>, send: &mut quinn::SendStream, name: &str) -> Result<(), NetError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(BASE_BACKUP_WAIT_MS_MAX);
+    let mut requested = false;
+    let (covers, path) = loop {
+        let snapshots = reservoir_wal::archive::all_snapshots(&core.data_directory)?;
+        if let Some((lsn, path)) = snapshots.into_iter().max_by_key(|(lsn, _)| *lsn) {
+            break (lsn, path);
+        }
+        if !requested {
+            core.snapshotter.request();
+            requested = true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return refuse(send, ProtocolErrorCode::Internal, "no snapshot for a base backup".into(), None).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let file = std::fs::File::open(&path).map_err(|source| NetError::io(path.display().to_string(), source))?;
+    let bytes = file.metadata().map_err(|source| NetError::io(path.display().to_string(), source))?.len();
+    tracing::info!(standby = %name, covers_lsn = covers.0, bytes, "sending a base backup");
+    let header = PrimaryMessage::BaseBackup { covers_lsn: covers.0, bytes };
+    write_message(send, |out| header.encode(out)).await?;
+    let mut file = tokio::fs::File::from_std(file);
+    let mut left = bytes;
+    while left > 0 {
+        use tokio::io::AsyncReadExt as _;
+        let mut chunk = vec![0u8; (left as usize).min(SNAPSHOT_CHUNK_BYTES_MAX)];
+        file.read_exact(&mut chunk).await.map_err(|source| NetError::io(path.display().to_string(), source))?;
+        left -= chunk.len() as u64;
+        let message = PrimaryMessage::SnapshotChunk { bytes: chunk };
+        write_message(send, |out| message.encode(out)).await?;
+    }
+    Ok(())
+}
+
+/// The node's status document (docs/protocol.md, "status"; `reservoir status`).
+pub(crate) fn status(core: &Core) -> serde_json::Value {
+    let now = now_ms();
+    let durable = core.wal.durable_lsn().0;
+    let applied = core.engine.next_lsn().0 - 1;
+    let acknowledged = core.durable.borrow().0;
+    let standbys: Vec<serde_json::Value> = core
+        .hub
+        .standbys
+        .lock()
+        .iter()
+        .map(|entry| {
+            let lag = entry.lag(durable, now);
+            serde_json::json!({
+                "name": entry.name,
+                "address": entry.address,
+                "state": entry.state,
+                "connected_ms": entry.connected_ms,
+                "sent_lsn": entry.sent_lsn,
+                "written_lsn": entry.written_lsn,
+                "applied_lsn": entry.applied_lsn,
+                "lag": lag,
+            })
+        })
+        .collect();
+    let role = core.role();
+    let sync_state = match (role, core.replication.mode) {
+        (NodeRole::Primary, super::ReplicationMode::Sync) => {
+            if core.sync_degraded.load(Ordering::Acquire) {
+                "degraded_to_async"
+            } else if core.hub.best_written().is_some() {
+                "sync"
+            } else {
+                "waiting_for_standby"
+            }
+        }
+        _ => "async",
+    };
+    let following = (role == NodeRole::Standby).then(|| {
+        let following = core.following.lock();
+        serde_json::json!({
+            "primary": following.primary,
+            "connected": following.connected,
+            "state": following.state,
+            "primary_durable_lsn": following.primary_durable_lsn,
+            "written_lsn": durable,
+            "applied_lsn": applied,
+            "lag": following.lag(applied),
+            "last_error": following.last_error,
+        })
+    });
+    serde_json::json!({
+        "role": role.name(),
+        "epoch": core.epoch(),
+        "epochs": core.engine.epoch_history().iter().map(|&(epoch, lsn)| serde_json::json!({"epoch": epoch, "first_lsn": lsn.0})).collect::<Vec<_>>(),
+        "primary": core.primary_address(),
+        "advertise": core.advertise,
+        "history": format!("{:016x}", core.wal.history()),
+        "applied_lsn": applied,
+        "durable_lsn": durable,
+        "acknowledged_lsn": acknowledged,
+        "replication": {
+            "mode": core.replication.mode.name(),
+            "sync_state": sync_state,
+            "sync_fallback_ms": core.replication.sync_fallback_ms,
+            "rpo_ms": core.replication.rpo_ms,
+        },
+        "standbys": standbys,
+        "following": following,
+        "now_ms": now,
+    })
+}

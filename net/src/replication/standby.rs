@@ -1,0 +1,384 @@
+//! The standby's side: follow the primary, apply and persist what it ships; promotion; and,
+//! once promoted, fencing the former primary.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reservoir_engine::{Body, Command, Record, Reply, ResultCode};
+use reservoir_wal::format::{decode_frame, Frame};
+
+use super::wire::{read_message, write_message, PrimaryMessage, StandbyMessage};
+use super::{backoff, FollowOptions, Restart};
+use crate::message::{ClientFrame, Hello, NodeRole, Role, ServerFrame};
+use crate::server::Core;
+use crate::wire::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
+use crate::{decode_server_frame, FrameDecoder, NetError};
+
+/// Bytes of a base backup at most (a snapshot of the largest engine this build holds).
+pub const BASE_BACKUP_BYTES_MAX: u64 = 256 << 30;
+/// How long a promoted node keeps trying to fence its former primary.
+pub const FENCE_ATTEMPTS_MAX: u32 = 3_600;
+/// How long one connection attempt to a primary may take.
+pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
+
+/// An open replication connection: the QUIC connection and its first stream, after the
+/// handshake.
+pub(crate) struct Link {
+    pub connection: quinn::Connection,
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+    pub epoch: u64,
+    pub node: NodeRole,
+}
+
+/// Connects to `address` with a replication token and completes the handshake.
+pub(crate) async fn connect(address: &str, options: &FollowOptions) -> Result<Link, NetError> {
+    let attempt = async {
+        let resolved: SocketAddr = tokio::net::lookup_host(address)
+            .await
+            .map_err(|error| NetError::Connect(format!("{address}: {error}")))?
+            .next()
+            .ok_or_else(|| NetError::Connect(format!("{address}: no address")))?;
+        let host = options.server_name.clone().unwrap_or_else(|| {
+            address.rsplit_once(':').map_or(address, |(host, _)| host).trim_matches(['[', ']']).to_owned()
+        });
+        let bind: SocketAddr =
+            if resolved.is_ipv6() { "[::]:0".parse().expect("an address") } else { "0.0.0.0:0".parse().expect("an address") };
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(|source| NetError::io("bind a UDP socket", source))?;
+        endpoint.set_default_client_config(crate::tls::client_config(&options.ca_pem)?);
+        let connection = endpoint
+            .connect(resolved, &host)
+            .map_err(|error| NetError::Connect(format!("{address}: {error}")))?
+            .await
+            .map_err(|error| NetError::Connect(format!("{address}: {error}")))?;
+        let (mut send, mut recv) = connection.open_bi().await.map_err(|error| NetError::Connection(error.to_string()))?;
+        let mut bytes = Vec::new();
+        ClientFrame::Hello(Hello {
+            version_min: PROTOCOL_VERSION_MIN,
+            version_max: PROTOCOL_VERSION_MAX,
+            token: options.token.as_bytes().to_vec(),
+        })
+        .encode(&mut bytes)
+        .map_err(|error| NetError::Protocol(error.to_string()))?;
+        send.write_all(&bytes).await.map_err(|error| NetError::Connection(error.to_string()))?;
+        let mut decoder = FrameDecoder::new();
+        let mut byte = [0u8; 1];
+        let frame = loop {
+            if let Some(frame) = decoder.pop() {
+                break decode_server_frame(frame).map_err(|error| NetError::Protocol(error.to_string()))?;
+            }
+            // One byte at a time: nothing after the HelloReply may be taken here.
+            recv.read_exact(&mut byte).await.map_err(|error| NetError::Connection(error.to_string()))?;
+            decoder.push(&byte).map_err(|error| NetError::Protocol(error.to_string()))?;
+        };
+        match frame {
+            ServerFrame::HelloReply(hello) if hello.role == Role::Replication => {
+                Ok(Link { connection, send, recv, epoch: hello.epoch, node: hello.node })
+            }
+            ServerFrame::HelloReply(hello) => {
+                Err(NetError::Replication(format!("the token is not a replication token (role {:?})", hello.role)))
+            }
+            ServerFrame::Error(error) => Err(NetError::Refused(error)),
+            other => Err(NetError::Protocol(format!("expected HelloReply, got {other:?}"))),
+        }
+    };
+    tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), attempt)
+        .await
+        .map_err(|_| NetError::Timeout(format!("{address}: no handshake within {CONNECT_TIMEOUT_MS} ms")))?
+}
+
+/// What one session with the primary ended with.
+enum Ended {
+    /// This node is no longer a standby (promoted).
+    Promoted,
+    Restart(Restart),
+}
+
+/// Follows the primary until promoted or until the data directory must change offline.
+pub(crate) async fn follow(core: Arc<Core>, options: FollowOptions) {
+    let mut attempt = 0u32;
+    loop {
+        if core.role() != NodeRole::Standby {
+            return;
+        }
+        match follow_once(&core, &options, &mut attempt).await {
+            Ok(Ended::Promoted) => return,
+            Ok(Ended::Restart(restart)) => {
+                tracing::warn!(?restart, "the standby restarts to change its data directory");
+                core.request_restart(restart);
+                return;
+            }
+            Err(error) => {
+                {
+                    let mut following = core.following.lock();
+                    following.connected = false;
+                    following.state = "disconnected";
+                    following.last_error = Some(error.to_string());
+                }
+                if attempt == 0 || attempt % 50 == 0 {
+                    tracing::warn!(primary = %options.primary, %error, "replication: not following (retrying)");
+                }
+                attempt = attempt.saturating_add(1);
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+        }
+    }
+}
+
+async fn follow_once(core: &Arc<Core>, options: &FollowOptions, attempt: &mut u32) -> Result<Ended, NetError> {
+    let mut link = connect(&options.primary, options).await?;
+    if link.node != NodeRole::Primary {
+        return Err(NetError::Replication(format!("{} is a {}, not a primary", options.primary, link.node.name())));
+    }
+    if link.epoch < core.epoch() {
+        return Err(NetError::Replication(format!(
+            "{} is at epoch {}, older than this node's {}: not following a stale primary",
+            options.primary,
+            link.epoch,
+            core.epoch()
+        )));
+    }
+    let next_lsn = core.engine.next_lsn().0;
+    let history = if core.history_known { core.wal.history() } else { 0 };
+    let name = core.replication.name.clone().unwrap_or_else(|| core.advertise.clone());
+    let start = StandbyMessage::Start { next_lsn, history, epoch: core.engine.epoch(), name };
+    write_message(&mut link.send, |out| start.encode(out)).await?;
+    let first = read_message(&mut link.recv)
+        .await?
+        .ok_or_else(|| NetError::Connection("the primary closed the stream".into()))?;
+    match PrimaryMessage::decode(&first).map_err(|error| NetError::Protocol(error.to_string()))? {
+        PrimaryMessage::Accept { epoch, history, durable_lsn } => {
+            tracing::info!(primary = %options.primary, epoch, from_lsn = next_lsn, primary_durable_lsn = durable_lsn, "following");
+            if core.history_known && history != core.wal.history() {
+                return Err(NetError::Replication("the primary accepted a log of another history".into()));
+            }
+            *attempt = 0;
+            let mut following = core.following.lock();
+            following.connected = true;
+            following.state = "streaming";
+            following.last_error = None;
+            following.primary_durable_lsn = durable_lsn;
+        }
+        PrimaryMessage::Rewind { keep_through, epoch } => {
+            tracing::warn!(keep_through, epoch, "this node's log forks from the primary's: rewinding");
+            return Ok(Ended::Restart(Restart::Rewind { keep_through }));
+        }
+        PrimaryMessage::BaseBackup { covers_lsn, bytes } => {
+            core.following.lock().state = "base_backup";
+            let snapshot = receive_base_backup(core, &mut link.recv, covers_lsn, bytes).await?;
+            return Ok(Ended::Restart(Restart::BaseBackup { snapshot }));
+        }
+        PrimaryMessage::Refused { code, message, primary } => {
+            return Err(NetError::Replication(format!("{} ({message}){}", code.name(), primary.map(|p| format!(", primary {p}")).unwrap_or_default())));
+        }
+        other => return Err(NetError::Protocol(format!("unexpected first message {other:?}"))),
+    }
+    stream(core, &mut link).await
+}
+
+async fn receive_base_backup(
+    core: &Core,
+    recv: &mut quinn::RecvStream,
+    covers_lsn: u64,
+    bytes: u64,
+) -> Result<std::path::PathBuf, NetError> {
+    use tokio::io::AsyncWriteExt as _;
+    if bytes > BASE_BACKUP_BYTES_MAX {
+        return Err(NetError::Replication(format!("a base backup of {bytes} bytes is over the limit")));
+    }
+    tracing::info!(covers_lsn, bytes, "receiving a base backup");
+    let directory = core.data_directory.join("incoming");
+    std::fs::create_dir_all(&directory).map_err(|source| NetError::io(directory.display().to_string(), source))?;
+    let temporary = directory.join(format!("base-{covers_lsn}.snap.tmp"));
+    let path = directory.join(format!("base-{covers_lsn}.snap"));
+    let io = |source| NetError::io(temporary.display().to_string(), source);
+    let mut file = tokio::fs::File::create(&temporary).await.map_err(io)?;
+    let mut received = 0u64;
+    while received < bytes {
+        let body = read_message(recv).await?.ok_or_else(|| NetError::Connection("base backup cut short".into()))?;
+        match PrimaryMessage::decode(&body).map_err(|error| NetError::Protocol(error.to_string()))? {
+            PrimaryMessage::SnapshotChunk { bytes: chunk } => {
+                if received + chunk.len() as u64 > bytes {
+                    return Err(NetError::Protocol("base backup longer than announced".into()));
+                }
+                file.write_all(&chunk).await.map_err(io)?;
+                received += chunk.len() as u64;
+            }
+            other => return Err(NetError::Protocol(format!("expected a snapshot chunk, got {other:?}"))),
+        }
+    }
+    file.sync_all().await.map_err(io)?;
+    drop(file);
+    std::fs::rename(&temporary, &path).map_err(io)?;
+    // Checked before anything is replaced: a bad transfer never costs the standby its state.
+    reservoir_wal::snapshot::load(&path).map_err(NetError::Wal)?;
+    assert_eq!(received, bytes);
+    Ok(path)
+}
+
+/// Applies and persists shipped WAL; reports progress; ends when promoted.
+async fn stream(core: &Arc<Core>, link: &mut Link) -> Result<Ended, NetError> {
+    let mut local = core.local_durable.clone();
+    let mut tick = tokio::time::interval(Duration::from_millis(core.replication.heartbeat_ms.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported = (0u64, 0u64);
+    loop {
+        tokio::select! {
+            body = read_message(&mut link.recv) => {
+                let body = body?.ok_or_else(|| NetError::Connection("the primary closed the stream".into()))?;
+                match PrimaryMessage::decode(&body).map_err(|error| NetError::Protocol(error.to_string()))? {
+                    PrimaryMessage::Wal { durable_lsn, now_ms, frames } => {
+                        if !apply(core, &frames)? {
+                            return Ok(Ended::Promoted);
+                        }
+                        let mut following = core.following.lock();
+                        following.primary_durable_lsn = durable_lsn;
+                        following.primary_now_ms = now_ms;
+                        following.bytes_received += frames.len() as u64;
+                    }
+                    PrimaryMessage::Heartbeat { durable_lsn, now_ms } => {
+                        let mut following = core.following.lock();
+                        following.primary_durable_lsn = durable_lsn;
+                        following.primary_now_ms = now_ms;
+                    }
+                    PrimaryMessage::Credentials { json } => core.credentials.replace(&json)?,
+                    PrimaryMessage::Refused { code, message, primary } => {
+                        return Err(NetError::Replication(format!("{} ({message}){}", code.name(), primary.map(|p| format!(", primary {p}")).unwrap_or_default())));
+                    }
+                    other => return Err(NetError::Protocol(format!("unexpected {other:?}"))),
+                }
+            }
+            changed = local.changed() => {
+                if changed.is_err() {
+                    return Err(NetError::Shutdown("the WAL notifier stopped".into()));
+                }
+            }
+            _ = tick.tick() => {}
+            _ = core.node_changed.notified() => {}
+        }
+        if core.role() != NodeRole::Standby {
+            return Ok(Ended::Promoted);
+        }
+        let written = local.borrow().0;
+        let applied = core.engine.next_lsn().0 - 1;
+        if (written, applied) != reported {
+            reported = (written, applied);
+            let feedback = StandbyMessage::Feedback { written_lsn: written, applied_lsn: applied };
+            write_message(&mut link.send, |out| feedback.encode(out)).await?;
+        }
+    }
+}
+
+/// Decodes `frames` and applies and persists their records, all under the apply lock (never
+/// half a message). Returns false if the node stopped being a standby first.
+fn apply(core: &Core, frames: &[u8]) -> Result<bool, NetError> {
+    let mut records: Vec<Record> = Vec::new();
+    let mut offset = 0;
+    while offset < frames.len() {
+        match decode_frame(&frames[offset..]) {
+            (Frame::Record { record, .. }, length) => {
+                records.push(record);
+                offset += length;
+            }
+            (Frame::Zeros, _) => return Err(NetError::Protocol("zeros inside shipped WAL".into())),
+            (Frame::Invalid(why), _) => return Err(NetError::Protocol(format!("shipped WAL frame: {why}"))),
+        }
+    }
+    let _guard = core.apply_lock.lock();
+    if core.role() != NodeRole::Standby {
+        return Ok(false);
+    }
+    let mut last_timestamp_ms = None;
+    let mut epoch = None;
+    for record in &records {
+        let expected = core.engine.next_lsn();
+        if record.lsn != expected {
+            return Err(NetError::Protocol(format!("shipped LSN {} where {} was next", record.lsn.0, expected.0)));
+        }
+        // A record that does not fit this engine means the two logs differ: a broken
+        // invariant, never a state to serve from.
+        core.engine
+            .apply(record)
+            .unwrap_or_else(|error| panic!("replicated record {} does not apply: {error}", record.lsn.0));
+        if let Body::EpochChanged { epoch: new } = record.body {
+            epoch = Some(new);
+        }
+        last_timestamp_ms = Some(record.timestamp_ms);
+    }
+    let count = records.len() as u64;
+    if !records.is_empty() {
+        core.wal.submit(records)?;
+    }
+    if let Some(epoch) = epoch {
+        core.epoch.store(epoch, std::sync::atomic::Ordering::Release);
+    }
+    let mut following = core.following.lock();
+    following.records_received += count;
+    if let Some(timestamp) = last_timestamp_ms {
+        following.last_applied_timestamp_ms = timestamp;
+    }
+    Ok(true)
+}
+
+/// Promotes this standby: no more following; an `EpochChanged` record (epoch + 1) is the
+/// first of its own; then it takes writes, and fences its former primary in the background.
+/// The reply is `ok` with `count` = the new epoch once the record is durable (the caller's
+/// reply waits for it like any write's).
+pub(crate) fn promote(core: &Arc<Core>, now_ms: u64, records: &mut Vec<Record>) -> Reply {
+    let guard = core.apply_lock.lock();
+    match core.role() {
+        NodeRole::Standby => {}
+        NodeRole::Primary => return Reply { count: core.epoch(), ..Reply::code(ResultCode::Ok) },
+        NodeRole::Fenced => return Reply::code(ResultCode::ExpectedMismatch),
+    }
+    let epoch = core.epoch() + 1;
+    let reply = core.engine.execute(&Command::BeginEpoch { epoch }, now_ms, records);
+    assert!(reply.code.is_ok(), "a standby's next epoch is new: {reply:?}");
+    core.epoch.store(epoch, std::sync::atomic::Ordering::Release);
+    core.set_node(NodeRole::Primary, None);
+    drop(guard);
+    {
+        let mut following = core.following.lock();
+        following.connected = false;
+        following.state = "promoted";
+    }
+    tracing::warn!(epoch, "promoted: this node is the primary of epoch {epoch}");
+    if let super::StartRole::Standby(follow) = &core.start_role {
+        tokio::spawn(fence_former_primary(core.clone(), follow.clone(), epoch));
+    }
+    reply
+}
+
+/// Tells the former primary that epoch `epoch` began, until it answers (it may be down now and
+/// come back later: it is fenced as soon as it is reachable).
+async fn fence_former_primary(core: Arc<Core>, options: FollowOptions, epoch: u64) {
+    for attempt in 0..FENCE_ATTEMPTS_MAX {
+        if core.epoch() != epoch || core.role() != NodeRole::Primary {
+            return;
+        }
+        let outcome = async {
+            let mut link = connect(&options.primary, &options).await?;
+            let fence = StandbyMessage::Fence { epoch, primary: core.advertise.clone() };
+            write_message(&mut link.send, |out| fence.encode(out)).await?;
+            let body = read_message(&mut link.recv).await?.ok_or_else(|| NetError::Connection("closed".into()))?;
+            let answer = PrimaryMessage::decode(&body).map_err(|error| NetError::Protocol(error.to_string()))?;
+            link.connection.close(quinn::VarInt::from_u32(0), b"fenced");
+            Ok::<_, NetError>(answer)
+        }
+        .await;
+        match outcome {
+            Ok(PrimaryMessage::Fenced { epoch: theirs }) => {
+                tracing::info!(former_primary = %options.primary, their_epoch = theirs, "the former primary is fenced");
+                return;
+            }
+            Ok(other) => tracing::warn!(?other, "unexpected answer to a fence"),
+            Err(error) => {
+                if attempt == 0 {
+                    tracing::warn!(former_primary = %options.primary, %error, "cannot fence the former primary yet (retrying)");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+    }
+}
