@@ -32,7 +32,7 @@ pub mod wire;
 pub use decoder::FrameDecoder;
 pub use message::{
     decode_client_frame, decode_server_frame, encode_reply, negotiate_version, ClientFrame, ErrorFrame, Hello,
-    HelloReply, ReplyFrame, Request, Role, ServerFrame, ServerLimits,
+    HelloReply, NodeRole, ReplyFrame, Request, Role, ServerFrame, ServerLimits,
 };
 pub use operation::{
     run_query, Action, AdminAction, ItemPage, ItemState, Operation, OperationKind, OperationResult, Query, SkuSummary,

@@ -1034,6 +1034,11 @@ fn handle_request(core: &Arc<Core>, session: &Session, request: Request) -> Resu
     // A reply waits until what it reflects is durable: its own records, or for a read-only
     // request everything it may have seen (no client ever sees a state a crash could undo).
     let reflects = records.iter().map(|record| record.lsn).max().unwrap_or(Lsn(core.engine.next_lsn().0 - 1));
+    // Admin requests are about the node, not the ledger: they wait for nothing but their own
+    // records' local durability (a promotion's reply must not wait for a standby that a new
+    // primary may not have yet).
+    let admin_only = admin && request.operations.iter().all(|operation| operation.kind().is_admin());
+    let highest = records.iter().map(|record| record.lsn).max();
     if !submit(core, records) {
         return Err(error_frame(
             id,
@@ -1044,7 +1049,18 @@ fn handle_request(core: &Arc<Core>, session: &Session, request: Request) -> Resu
     let mut bytes = Vec::new();
     encode_reply(request.request_id, core.epoch(), reflects.0, &results, &mut bytes)
         .expect("replies built from the engine fit the frame limits");
-    Ok(QueuedReply { lsn: reflects, bytes, _permit: permit, _counted: InFlight::new(core) })
+    let wait = if admin_only {
+        if let Some(highest) = highest {
+            if let Err(error) = tokio::task::block_in_place(|| core.wal.wait_durable(highest)) {
+                tracing::error!(%error, "the WAL failed under an admin request");
+                return Err(error_frame(id, ProtocolErrorCode::Internal, "the write-ahead log failed"));
+            }
+        }
+        Lsn(0)
+    } else {
+        reflects
+    };
+    Ok(QueuedReply { lsn: wait, bytes, _permit: permit, _counted: InFlight::new(core) })
 }
 
 /// Credential operations (not engine commands: tokens are the server's, not the ledger's).

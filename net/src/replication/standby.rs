@@ -345,21 +345,25 @@ pub(crate) fn promote(core: &Arc<Core>, now_ms: u64, records: &mut Vec<Record>) 
     }
     tracing::warn!(epoch, "promoted: this node is the primary of epoch {epoch}");
     if let super::StartRole::Standby(follow) = &core.start_role {
-        tokio::spawn(fence_former_primary(core.clone(), follow.clone(), epoch));
+        tokio::spawn(fence_former_primary(Arc::downgrade(core), follow.clone(), epoch));
     }
     reply
 }
 
 /// Tells the former primary that epoch `epoch` began, until it answers (it may be down now and
 /// come back later: it is fenced as soon as it is reachable).
-async fn fence_former_primary(core: Arc<Core>, options: FollowOptions, epoch: u64) {
+/// Holds the node weakly: a shutdown is never kept waiting by it.
+async fn fence_former_primary(core: std::sync::Weak<Core>, options: FollowOptions, epoch: u64) {
     for attempt in 0..FENCE_ATTEMPTS_MAX {
+        let Some(core) = core.upgrade() else { return };
         if core.epoch() != epoch || core.role() != NodeRole::Primary {
             return;
         }
+        let advertise = core.advertise.clone();
+        drop(core);
         let outcome = async {
             let mut link = connect(&options.primary, &options).await?;
-            let fence = StandbyMessage::Fence { epoch, primary: core.advertise.clone() };
+            let fence = StandbyMessage::Fence { epoch, primary: advertise.clone() };
             write_message(&mut link.send, |out| fence.encode(out)).await?;
             let body = read_message(&mut link.recv).await?.ok_or_else(|| NetError::Connection("closed".into()))?;
             let answer = PrimaryMessage::decode(&body).map_err(|error| NetError::Protocol(error.to_string()))?;

@@ -1,0 +1,383 @@
+//! Replication in one process, over real QUIC on loopback with real files and fsync: a fresh
+//! standby's base backup, hot-standby reads and `not_primary` writes, promotion and fencing,
+//! the former primary's rewind and rejoin, sync mode's waiting and its fallback. The same
+//! with real processes and SIGKILL: tests/failover.rs.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reservoir_engine::{Dump, Engine, ResultCode};
+use reservoir_net::client::{Client, ClientOptions};
+use reservoir_net::replication::{FollowOptions, ReplicationMode, StartRole};
+use reservoir_net::server::{self, ServerOptions};
+use reservoir_net::{NetError, NodeRole, Operation, OperationResult, ProtocolErrorCode};
+
+/// A node running `server::run` in a task.
+struct Node {
+    directory: PathBuf,
+    address: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<Engine, NetError>>>,
+}
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Tokens {
+    admin: String,
+    demo: String,
+    replication: String,
+}
+
+fn options(directory: &Path, port: u16, role: StartRole, mode: ReplicationMode) -> ServerOptions {
+    let mut options = ServerOptions::new(directory.to_owned());
+    options.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    options.role = role;
+    options.replication.mode = mode;
+    options.replication.heartbeat_ms = 20;
+    options
+}
+
+impl Node {
+    async fn start(options: ServerOptions) -> (Node, Option<Tokens>) {
+        let directory = options.data_directory.clone();
+        let address = options.listen.to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (tokens_sender, tokens) = tokio::sync::oneshot::channel();
+        let mut tokens_sender = Some(tokens_sender);
+        let task = tokio::spawn(server::run(
+            options,
+            async move {
+                let _ = stopped.await;
+            },
+            move |handle| {
+                if let Some(sender) = tokens_sender.take() {
+                    let _ = sender.send(handle.first_start().map(|first| Tokens {
+                        admin: first.admin_token.clone(),
+                        demo: first.demo_token.clone(),
+                        replication: first.replication_token.clone(),
+                    }));
+                }
+            },
+        ));
+        let tokens = tokens.await.expect("the node started");
+        (Node { directory, address, stop: Some(stop), task: Some(task) }, tokens)
+    }
+
+    async fn stop(mut self) -> Engine {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap()
+    }
+
+    fn ca(&self) -> Vec<u8> {
+        std::fs::read(reservoir_net::tls::ca_path(&self.directory)).unwrap()
+    }
+
+    async fn client(&self, token: &str) -> Client {
+        Client::connect(ClientOptions::new(vec![self.address.clone()], self.ca(), token.to_owned())).await.unwrap()
+    }
+
+    async fn status(&self, admin: &str) -> serde_json::Value {
+        self.try_status(admin).await.unwrap()
+    }
+
+    async fn try_status(&self, admin: &str) -> Result<serde_json::Value, NetError> {
+        let client =
+            Client::connect(ClientOptions::new(vec![self.address.clone()], self.ca(), admin.to_owned())).await?;
+        let reply = client.request(vec![Operation::Status]).await;
+        client.close().await;
+        match &reply?.results[0] {
+            OperationResult::Status(Ok(document)) => Ok(serde_json::from_str(document).unwrap()),
+            other => panic!("not a status: {other:?}"),
+        }
+    }
+
+    /// Waits until `check` holds of the status document (or panics after `WAIT_MS_MAX`).
+    async fn wait_status(&self, admin: &str, what: &str, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        const WAIT_MS_MAX: u64 = 30_000;
+        let deadline = std::time::Instant::now() + Duration::from_millis(WAIT_MS_MAX);
+        loop {
+            // A standby knows the admin token once its primary shipped the credentials.
+            let status = self.try_status(admin).await.unwrap_or_else(|error| serde_json::json!({ "error": error.to_string() }));
+            if check(&status) {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}: never happened; last status {status:#}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A data directory for a standby, with the primary's TLS files (one CA for the pair).
+fn standby_directory(primary: &Path) -> tempfile::TempDir {
+    let directory = tempfile::tempdir().unwrap();
+    let tls = directory.path().join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    for entry in std::fs::read_dir(primary.join("tls")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), tls.join(entry.file_name())).unwrap();
+    }
+    directory
+}
+
+fn follow(primary: &Node, token: &str) -> StartRole {
+    StartRole::Standby(FollowOptions {
+        primary: primary.address.clone(),
+        token: token.to_owned(),
+        ca_pem: primary.ca(),
+        server_name: None,
+    })
+}
+
+fn receive(id: &str, sku: &str, quantity: i64) -> Operation {
+    Operation::Receive { operation: id.into(), sku: sku.into(), location: "DC1".into(), quantity }
+}
+
+fn on_hand(result: &OperationResult) -> i64 {
+    match result {
+        OperationResult::Sku(Ok(summary)) => summary.total.on_hand,
+        other => panic!("not a SKU summary: {other:?}"),
+    }
+}
+
+/// Two dumps agree on everything but the idempotency memory's timestamps (none differ: the
+/// records carry them).
+fn assert_same(left: &Dump, right: &Dump) {
+    assert_eq!(left.next_lsn, right.next_lsn, "next LSN");
+    assert_eq!(left.tenants, right.tenants);
+    assert_eq!(left.items, right.items);
+    assert_eq!(left.reservations, right.reservations);
+    assert_eq!(left.operations, right.operations);
+    assert_eq!(left.epochs, right.epochs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_follows_serves_reads_promotes_and_the_old_primary_rewinds_and_rejoins() {
+    let primary_directory = tempfile::tempdir().unwrap();
+    let primary_port = free_port();
+    let (primary, tokens) =
+        Node::start(options(primary_directory.path(), primary_port, StartRole::Primary, ReplicationMode::Async)).await;
+    let tokens = tokens.expect("first start");
+    let writer = primary.client(&tokens.demo).await;
+    for index in 0..50 {
+        let reply = writer.request(vec![receive(&format!("r{index}"), "SKU-1", 2)]).await.unwrap();
+        assert_eq!(reply.results[0].code(), ResultCode::Ok);
+    }
+
+    // A fresh standby: a base backup first (its directory has no history), then WAL.
+    let standby_directory = standby_directory(primary_directory.path());
+    let standby_port = free_port();
+    let (standby, none) = Node::start(options(
+        standby_directory.path(),
+        standby_port,
+        follow(&primary, &tokens.replication),
+        ReplicationMode::Async,
+    ))
+    .await;
+    assert!(none.is_none(), "a standby makes no tokens of its own");
+    let primary_status = primary.status(&tokens.admin).await;
+    let durable = primary_status["durable_lsn"].as_u64().unwrap();
+    standby
+        .wait_status(&tokens.admin, "the standby catches up", |status| {
+            status["role"] == "standby" && status["applied_lsn"].as_u64() >= Some(durable)
+        })
+        .await;
+    assert!(
+        std::fs::read_dir(standby_directory.path().join("replaced")).is_ok(),
+        "the fresh standby installed a base backup"
+    );
+
+    // Hot standby: reads answer (with the LSN they reflect), writes get not_primary.
+    let reader = standby.client(&tokens.demo).await;
+    let reply = reader.request(vec![Operation::GetSku { sku: "SKU-1".into() }]).await.unwrap();
+    assert_eq!(on_hand(&reply.results[0]), 100);
+    assert!(reply.lsn >= durable);
+    assert_eq!(reader.hello().await.unwrap().node, NodeRole::Standby);
+    match reader.request(vec![receive("on-standby", "SKU-1", 1)]).await {
+        Err(NetError::Refused(error)) => {
+            assert_eq!(error.code, ProtocolErrorCode::NotPrimary);
+            assert_eq!(error.primary.as_deref(), Some(primary.address.as_str()));
+        }
+        other => panic!("a write on a standby: {other:?}"),
+    }
+    // The primary sees its standby streaming.
+    let primary_status = primary
+        .wait_status(&tokens.admin, "the primary lists its standby", |status| {
+            status["standbys"].as_array().is_some_and(|standbys| standbys.len() == 1 && standbys[0]["state"] == "streaming")
+        })
+        .await;
+    assert!(primary_status["standbys"][0]["lag"]["records"].is_u64());
+
+    // Promotion: epoch 2; the former primary is fenced (it is alive and reachable).
+    let admin = standby.client(&tokens.admin).await;
+    let reply = admin.request(vec![Operation::Promote]).await.unwrap();
+    assert_eq!(reply.results[0].code(), ResultCode::Ok);
+    assert_eq!(reply.epoch, 2);
+    primary.wait_status(&tokens.admin, "the former primary is fenced", |status| status["role"] == "fenced").await;
+    match writer.request(vec![receive("after-fence", "SKU-1", 1)]).await {
+        Err(NetError::Refused(error)) => {
+            assert_eq!(error.code, ProtocolErrorCode::NotPrimary);
+            assert_eq!(error.primary.as_deref(), Some(standby.address.as_str()));
+        }
+        other => panic!("a write on a fenced primary: {other:?}"),
+    }
+    // A client given both endpoints ends on the new primary (highest epoch) and writes there.
+    let both = Client::connect(ClientOptions::new(
+        vec![primary.address.clone(), standby.address.clone()],
+        primary.ca(),
+        tokens.demo.clone(),
+    ))
+    .await
+    .unwrap();
+    let reply = both.request(vec![receive("on-new-primary", "SKU-1", 5)]).await.unwrap();
+    assert_eq!(reply.results[0].code(), ResultCode::Ok);
+    assert_eq!(reply.epoch, 2);
+    both.close().await;
+    writer.close().await;
+    reader.close().await;
+    admin.close().await;
+
+    // The former primary, restarted as a primary, stays fenced.
+    let old = primary.stop().await;
+    assert!(old.verify().violations.is_empty());
+    let (primary, _) =
+        Node::start(options(primary_directory.path(), primary_port, StartRole::Primary, ReplicationMode::Async)).await;
+    let status = primary.status(&tokens.admin).await;
+    assert_eq!(status["role"], "fenced");
+    let primary_engine = primary.stop().await;
+    drop(primary_engine);
+
+    // It rejoins as a standby of the new primary and converges.
+    let (rejoined, _) = Node::start(options(
+        primary_directory.path(),
+        primary_port,
+        follow(&standby, &tokens.replication),
+        ReplicationMode::Async,
+    ))
+    .await;
+    let new_durable = standby.status(&tokens.admin).await["durable_lsn"].as_u64().unwrap();
+    rejoined
+        .wait_status(&tokens.admin, "the former primary converges", |status| {
+            status["role"] == "standby" && status["epoch"] == 2 && status["applied_lsn"].as_u64() >= Some(new_durable)
+        })
+        .await;
+    let rejoined_engine = rejoined.stop().await;
+    let new_primary_engine = standby.stop().await;
+    assert_same(&rejoined_engine.dump(), &new_primary_engine.dump());
+    assert!(new_primary_engine.verify().violations.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_former_primary_with_a_divergent_tail_cuts_it_and_keeps_a_copy() {
+    let primary_directory = tempfile::tempdir().unwrap();
+    let primary_port = free_port();
+    let (primary, tokens) =
+        Node::start(options(primary_directory.path(), primary_port, StartRole::Primary, ReplicationMode::Async)).await;
+    let tokens = tokens.unwrap();
+    let writer = primary.client(&tokens.demo).await;
+    writer.request(vec![receive("shared", "SKU-1", 10)]).await.unwrap();
+    let standby_directory = standby_directory(primary_directory.path());
+    let standby_port = free_port();
+    let standby_options =
+        options(standby_directory.path(), standby_port, follow(&primary, &tokens.replication), ReplicationMode::Async);
+    let (standby, _) = Node::start(standby_options.clone()).await;
+    let durable = primary.status(&tokens.admin).await["durable_lsn"].as_u64().unwrap();
+    standby.wait_status(&tokens.admin, "caught up", |status| status["applied_lsn"].as_u64() >= Some(durable)).await;
+    let _ = standby.stop().await;
+
+    // The primary goes on alone (these records never reach the standby) ...
+    for index in 0..20 {
+        writer.request(vec![receive(&format!("lost-{index}"), "SKU-LOST", 1)]).await.unwrap();
+    }
+    writer.close().await;
+    let _ = primary.stop().await;
+    // ... while the standby, cut off from it, is promoted and takes writes of its own.
+    let mut cut_off = standby_options.clone();
+    if let StartRole::Standby(follow) = &mut cut_off.role {
+        follow.primary = format!("127.0.0.1:{}", free_port());
+    }
+    let (standby, _) = Node::start(cut_off).await;
+    let admin = standby.client(&tokens.admin).await;
+    assert_eq!(admin.request(vec![Operation::Promote]).await.unwrap().results[0].code(), ResultCode::Ok);
+    let writer = standby.client(&tokens.demo).await;
+    writer.request(vec![receive("after-promotion", "SKU-2", 3)]).await.unwrap();
+
+    // The former primary rejoins: it rewinds past its 20 divergent records and converges.
+    let (rejoined, _) = Node::start(options(
+        primary_directory.path(),
+        primary_port,
+        follow(&standby, &tokens.replication),
+        ReplicationMode::Async,
+    ))
+    .await;
+    let durable = standby.status(&tokens.admin).await["durable_lsn"].as_u64().unwrap();
+    rejoined
+        .wait_status(&tokens.admin, "rejoined", |status| {
+            status["role"] == "standby" && status["applied_lsn"].as_u64() >= Some(durable)
+        })
+        .await;
+    let reader = rejoined.client(&tokens.demo).await;
+    let lost = reader.request(vec![Operation::GetSku { sku: "SKU-LOST".into() }]).await.unwrap();
+    assert_eq!(lost.results[0].code(), ResultCode::UnknownItem, "the divergent records are gone");
+    reader.close().await;
+    writer.close().await;
+    admin.close().await;
+    let rewound: Vec<_> = std::fs::read_dir(primary_directory.path().join("rewound")).unwrap().collect();
+    assert_eq!(rewound.len(), 1);
+    let report = std::fs::read_to_string(rewound[0].as_ref().unwrap().path().join("REWIND.txt")).unwrap();
+    assert!(report.contains("records after it"), "{report}");
+    assert!(report.contains("lost-19"), "every cut record is listed: {report}");
+    let rejoined_engine = rejoined.stop().await;
+    let new_primary_engine = standby.stop().await;
+    assert_same(&rejoined_engine.dump(), &new_primary_engine.dump());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_mode_waits_for_a_standby_and_falls_back_only_when_configured() {
+    // Waiting (the default): with no standby, a write is not acknowledged.
+    let directory = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (primary, tokens) =
+        Node::start(options(directory.path(), port, StartRole::Primary, ReplicationMode::Sync)).await;
+    let tokens = tokens.unwrap();
+    let writer = primary.client(&tokens.demo).await;
+    let pending = tokio::spawn({
+        let writer = writer.clone();
+        async move { writer.request(vec![receive("waits", "SKU-1", 1)]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!pending.is_finished(), "acknowledged with no standby in sync mode");
+    let status = primary.status(&tokens.admin).await;
+    assert_eq!(status["replication"]["sync_state"], "waiting_for_standby");
+    // A standby arrives: the write is acknowledged once the standby has it durable.
+    let standby_directory = standby_directory(directory.path());
+    let (standby, _) = Node::start(options(
+        standby_directory.path(),
+        free_port(),
+        follow(&primary, &tokens.replication),
+        ReplicationMode::Sync,
+    ))
+    .await;
+    let reply = pending.await.unwrap().unwrap();
+    assert_eq!(reply.results[0].code(), ResultCode::Ok);
+    let status = standby.status(&tokens.admin).await;
+    assert!(status["durable_lsn"].as_u64().unwrap() >= reply.lsn, "acknowledged before the standby had it");
+    writer.close().await;
+    let _ = standby.stop().await;
+    let _ = primary.stop().await;
+
+    // With a fallback: acknowledged after the fallback time, and status says so.
+    let directory = tempfile::tempdir().unwrap();
+    let mut fallback = options(directory.path(), free_port(), StartRole::Primary, ReplicationMode::Sync);
+    fallback.replication.sync_fallback_ms = Some(200);
+    let (primary, tokens) = Node::start(fallback).await;
+    let tokens = tokens.unwrap();
+    let writer = primary.client(&tokens.demo).await;
+    let reply = writer.request(vec![receive("falls-back", "SKU-1", 1)]).await.unwrap();
+    assert_eq!(reply.results[0].code(), ResultCode::Ok);
+    let status = primary.status(&tokens.admin).await;
+    assert_eq!(status["replication"]["sync_state"], "degraded_to_async");
+    writer.close().await;
+    let _ = primary.stop().await;
+}
