@@ -8,7 +8,7 @@ use reservoir_engine::{
 use reservoir_net::wire::{frame_type, FRAME_HEADER_BYTES};
 use reservoir_net::{
     decode_client_frame, decode_server_frame, encode_reply, negotiate_version, Action, AdminAction, ClientFrame,
-    ErrorFrame, FrameDecoder, Hello, HelloReply, ItemPage, ItemState, Operation, OperationKind, OperationResult,
+    ErrorFrame, FrameDecoder, Hello, HelloReply, ItemPage, NodeRole, ItemState, Operation, OperationKind, OperationResult,
     ProtocolErrorCode, ReplyFrame, Request, Role, ServerFrame, ServerLimits, SkuSummary, TenantEntry, WireError,
     WireImportRow, WireLine, FRAME_BYTES_MAX, OPERATIONS_PER_REQUEST_MAX, TENANTS_PER_LIST_MAX,
 };
@@ -110,6 +110,8 @@ fn operation() -> impl Strategy<Value = Operation> {
         (text(), any::<bool>()).prop_map(|(tenant, revoke_others)| Operation::IssueToken { tenant, revoke_others }),
         Just(Operation::ListTenants),
         Just(Operation::TakeSnapshot),
+        Just(Operation::Status),
+        Just(Operation::Promote),
     ]
 }
 
@@ -215,11 +217,13 @@ fn operation_result() -> impl Strategy<Value = OperationResult> {
         prop_oneof![token().prop_map(Ok), refusal().prop_map(Err)].prop_map(OperationResult::Token),
         prop_oneof![prop::collection::vec(tenant_entry(), 0..5).prop_map(Ok), refusal().prop_map(Err)]
             .prop_map(OperationResult::Tenants),
+        prop_oneof![text().prop_map(Ok), refusal().prop_map(Err)].prop_map(OperationResult::Status),
     ]
 }
 
 fn server_frame() -> impl Strategy<Value = ServerFrame> {
-    let role = prop_oneof![text().prop_map(|name| Role::Tenant { name }), Just(Role::Admin)];
+    let role = prop_oneof![text().prop_map(|name| Role::Tenant { name }), Just(Role::Admin), Just(Role::Replication)];
+    let node = prop::sample::select(vec![NodeRole::Primary, NodeRole::Standby, NodeRole::Fenced]);
     let limits = (any::<u32>(), any::<u16>(), any::<u32>(), any::<u8>(), any::<u16>(), any::<u32>(), any::<u32>())
         .prop_map(|(a, b, c, d, e, f, g)| ServerLimits {
             frame_bytes_max: a,
@@ -232,9 +236,9 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
         });
     let protocol_code = prop::sample::select(ProtocolErrorCode::ALL);
     prop_oneof![
-        (any::<u16>(), role, any::<u64>(), limits).prop_map(|(version, role, epoch, limits)| ServerFrame::HelloReply(
-            HelloReply { version, role, epoch, limits }
-        )),
+        (any::<u16>(), role, any::<u64>(), limits, node).prop_map(|(version, role, epoch, limits, node)| {
+            ServerFrame::HelloReply(HelloReply { version, role, epoch, limits, node })
+        }),
         (
             any::<u64>(),
             any::<u64>(),
@@ -427,9 +431,14 @@ proptest! {
                     AdminAction::IssueToken { .. } => OperationKind::IssueToken,
                     AdminAction::ListTenants => OperationKind::ListTenants,
                     AdminAction::TakeSnapshot => OperationKind::TakeSnapshot,
+                    AdminAction::Status => OperationKind::Status,
+                    AdminAction::Promote => OperationKind::Promote,
                 };
-                // take_snapshot answers in the engine-reply shape; the credential ops do not.
-                prop_assert_eq!(operation.kind().has_engine_reply(), kind == OperationKind::TakeSnapshot);
+                // take_snapshot and promote answer in the engine-reply shape; the others do not.
+                prop_assert_eq!(
+                    operation.kind().has_engine_reply(),
+                    matches!(kind, OperationKind::TakeSnapshot | OperationKind::Promote)
+                );
                 prop_assert_eq!(kind, operation.kind());
             }
             Err(code) => prop_assert!((40..60).contains(&code.number()), "{:?} is an input code", code),
@@ -801,4 +810,70 @@ fn tenant_lists_are_bounded() {
         reply(vec![OperationResult::Reply { kind: OperationKind::IssueToken, reply: Reply::code(ResultCode::Ok) }]);
     assert_eq!(wrong.encode(&mut out).unwrap_err().code(), ProtocolErrorCode::Internal);
     assert!(out.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replication messages (docs/protocol.md, "Replication").
+
+mod replication_messages {
+    use proptest::prelude::*;
+    use reservoir_net::replication::wire::{PrimaryMessage, StandbyMessage};
+    use reservoir_net::ProtocolErrorCode;
+
+    fn name() -> impl Strategy<Value = String> {
+        "[a-z0-9.:]{0,40}"
+    }
+
+    fn standby_message() -> impl Strategy<Value = StandbyMessage> {
+        prop_oneof![
+            (any::<u64>(), any::<u64>(), any::<u64>(), name())
+                .prop_map(|(next_lsn, history, epoch, name)| StandbyMessage::Start { next_lsn, history, epoch, name }),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(written_lsn, applied_lsn)| StandbyMessage::Feedback { written_lsn, applied_lsn }),
+            (any::<u64>(), name()).prop_map(|(epoch, primary)| StandbyMessage::Fence { epoch, primary }),
+        ]
+    }
+
+    fn primary_message() -> impl Strategy<Value = PrimaryMessage> {
+        let bytes = prop::collection::vec(any::<u8>(), 0..64);
+        prop_oneof![
+            (any::<u64>(), any::<u64>(), any::<u64>())
+                .prop_map(|(epoch, history, durable_lsn)| PrimaryMessage::Accept { epoch, history, durable_lsn }),
+            (any::<u64>(), any::<u64>()).prop_map(|(keep_through, epoch)| PrimaryMessage::Rewind { keep_through, epoch }),
+            (any::<u64>(), any::<u64>()).prop_map(|(covers_lsn, bytes)| PrimaryMessage::BaseBackup { covers_lsn, bytes }),
+            bytes.clone().prop_map(|bytes| PrimaryMessage::SnapshotChunk { bytes }),
+            (any::<u64>(), any::<u64>(), bytes.clone())
+                .prop_map(|(durable_lsn, now_ms, frames)| PrimaryMessage::Wal { durable_lsn, now_ms, frames }),
+            (any::<u64>(), any::<u64>()).prop_map(|(durable_lsn, now_ms)| PrimaryMessage::Heartbeat { durable_lsn, now_ms }),
+            bytes.prop_map(|json| PrimaryMessage::Credentials { json }),
+            (prop::sample::select(ProtocolErrorCode::ALL), "[ -~]{0,40}", proptest::option::of(name()))
+                .prop_map(|(code, message, primary)| PrimaryMessage::Refused { code, message, primary }),
+            any::<u64>().prop_map(|epoch| PrimaryMessage::Fenced { epoch }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn standby_messages_round_trip(message in standby_message()) {
+            let mut bytes = Vec::new();
+            message.encode(&mut bytes).unwrap();
+            prop_assert_eq!(u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize, bytes.len() - 4);
+            prop_assert_eq!(StandbyMessage::decode(&bytes[4..]).unwrap(), message);
+        }
+
+        #[test]
+        fn primary_messages_round_trip(message in primary_message()) {
+            let mut bytes = Vec::new();
+            message.encode(&mut bytes).unwrap();
+            prop_assert_eq!(u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize, bytes.len() - 4);
+            prop_assert_eq!(PrimaryMessage::decode(&bytes[4..]).unwrap(), message);
+        }
+
+        /// Any bytes: an error or a message, never a panic, never a huge allocation.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..128)) {
+            let _ = StandbyMessage::decode(&bytes);
+            let _ = PrimaryMessage::decode(&bytes);
+        }
+    }
 }

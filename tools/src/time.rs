@@ -88,6 +88,23 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (year, month, day)
 }
 
+/// `500ms`, `90s`, `15m`, `2h`, `1d`, or plain seconds.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let (number, unit_ms) = if let Some(number) = text.strip_suffix("ms") {
+        (number, 1)
+    } else {
+        match text.char_indices().last() {
+            Some((at, 's')) => (&text[..at], 1_000),
+            Some((at, 'm')) => (&text[..at], 60_000),
+            Some((at, 'h')) => (&text[..at], 3_600_000),
+            Some((at, 'd')) => (&text[..at], 86_400_000),
+            _ => (text, 1_000),
+        }
+    };
+    let number: u64 = number.parse().map_err(|_| format!("{text:?}: expected e.g. 500ms, 90s, 15m, 2h, 1d"))?;
+    number.checked_mul(unit_ms).ok_or_else(|| format!("{text:?} is too long"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,21 +123,4 @@ mod tests {
             assert!(parse_rfc3339_ms(bad).is_err(), "{bad}");
         }
     }
-}
-
-/// `500ms`, `90s`, `15m`, `2h`, `1d`, or plain seconds.
-pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
-    let (number, unit_ms) = if let Some(number) = text.strip_suffix("ms") {
-        (number, 1)
-    } else {
-        match text.char_indices().last() {
-            Some((at, 's')) => (&text[..at], 1_000),
-            Some((at, 'm')) => (&text[..at], 60_000),
-            Some((at, 'h')) => (&text[..at], 3_600_000),
-            Some((at, 'd')) => (&text[..at], 86_400_000),
-            _ => (text, 1_000),
-        }
-    };
-    let number: u64 = number.parse().map_err(|_| format!("{text:?}: expected e.g. 500ms, 90s, 15m, 2h, 1d"))?;
-    number.checked_mul(unit_ms).ok_or_else(|| format!("{text:?} is too long"))
 }
