@@ -204,6 +204,10 @@ async fn failover_cycle(mode: &str, seed: u64) -> Cycle {
             &replication,
             "--replication",
             mode,
+            // Once promoted it is alone: in sync mode it would wait for a standby forever
+            // (the default); the operator's choice here is to go on after a second, loudly.
+            "--sync-fallback",
+            "1s",
         ],
     );
     wait_for(&primary_address, &ca, &admin, "the standby streams", |status| {
