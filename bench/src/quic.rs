@@ -21,6 +21,7 @@ use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use reservoir_engine::{ResultCode, IMPORT_ROWS_MAX};
 use reservoir_net::client::{Client, ClientOptions};
+use reservoir_net::replication::{FollowOptions, ReplicationMode, StartRole};
 use reservoir_net::server::{Rate, ServerOptions};
 use reservoir_net::{Operation, OperationResult, WireImportRow, WireLine, OPERATIONS_PER_REQUEST_MAX};
 use reservoir_wal::Durability;
@@ -54,7 +55,33 @@ pub struct QuicSettings {
     /// snapshot build (a private engine replaying the log) takes one core for seconds, which
     /// would make figures depend on whether a run crossed the policy's threshold.
     pub snapshots: bool,
+    /// W4: run a standby beside the primary, the primary in this mode; sample the standby's
+    /// lag through the window; then stop the primary and time the promotion.
+    pub replication: Option<ReplicationMode>,
+    /// Offered rate (operations/s over all connections); `None`: as fast as replies come.
+    pub rate_ops_per_s: Option<f64>,
 }
+
+/// What W4 measured (`replication` runs).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReplicationFigures {
+    pub mode: &'static str,
+    pub lag_samples: u64,
+    /// Lag behind the primary's durable LSN, sampled every `LAG_SAMPLE_INTERVAL_MS`.
+    pub lag_records_p50: u64,
+    pub lag_records_p99: u64,
+    pub lag_records_max: u64,
+    pub lag_ms_p50: u64,
+    pub lag_ms_p99: u64,
+    pub lag_ms_max: u64,
+    /// The standby had applied everything the primary had durable when the load stopped.
+    pub standby_caught_up: bool,
+    /// From sending `promote` to the standby until the first write on it is acknowledged.
+    pub promote_to_first_write_ms: f64,
+}
+
+/// How often a W4 run samples the standby's lag.
+pub const LAG_SAMPLE_INTERVAL_MS: u64 = 5;
 
 impl Default for QuicSettings {
     /// The defaults that gave the best durable throughput on the 2-core reference machine
@@ -74,6 +101,8 @@ impl Default for QuicSettings {
             durability: Durability::Durable,
             data_directory: None,
             snapshots: false,
+            replication: None,
+            rate_ops_per_s: None,
         }
     }
 }
@@ -120,6 +149,7 @@ pub struct QuicRun {
     pub data_directory: PathBuf,
     /// The whole-run latency histogram (every operation in the window), for `--hist`.
     pub histogram: Histogram<u64>,
+    pub replication: Option<ReplicationFigures>,
 }
 
 pub fn run_w1_quic(settings: &QuicSettings) -> Result<QuicRun, BenchError> {
@@ -155,6 +185,9 @@ async fn run(settings: &QuicSettings) -> Result<QuicRun, BenchError> {
     let mut options = ServerOptions::new(directory.clone());
     options.listen = "127.0.0.1:0".parse().expect("an address");
     options.durability = settings.durability;
+    if let Some(mode) = settings.replication {
+        options.replication.mode = mode;
+    }
     // The bench measures capacity: no tenant rate applies.
     options.rate_default = Rate { operations_per_second: u32::MAX, burst: u32::MAX };
     if !settings.snapshots {
@@ -216,6 +249,15 @@ async fn run(settings: &QuicSettings) -> Result<QuicRun, BenchError> {
     }
     let load_s = load_started.elapsed().as_secs_f64();
 
+    // W4: a standby, caught up before the window.
+    let standby = match settings.replication {
+        Some(mode) => Some(
+            start_standby(&directory, &address, &first.replication_token, &first.admin_token, &ca, mode, &server)
+                .await?,
+        ),
+        None => None,
+    };
+
     // The connections: one client per tenant each.
     let mut connections = Vec::with_capacity(settings.conns);
     for conn in 0..settings.conns {
@@ -248,8 +290,26 @@ async fn run(settings: &QuicSettings) -> Result<QuicRun, BenchError> {
                 .spawn(async move { worker(conn, &clients, &state, &committed, &settings, window_start, end).await });
         }
     }
-    while let Some(outcome) = workers.join_next().await {
-        outcome.map_err(|error| load_error("a worker", error))??;
+    // Wait for the workers; meanwhile (W4) sample the standby's lag as the primary sees it.
+    let mut lag_records = Histogram::<u64>::new(3).expect("valid");
+    let mut lag_ms = Histogram::<u64>::new(3).expect("valid");
+    let mut tick = tokio::time::interval(Duration::from_millis(LAG_SAMPLE_INTERVAL_MS));
+    loop {
+        tokio::select! {
+            outcome = workers.join_next() => match outcome {
+                Some(outcome) => outcome.map_err(|error| load_error("a worker", error))??,
+                None => break,
+            },
+            _ = tick.tick(), if standby.is_some() => {
+                let now = Instant::now();
+                if now >= window_start && now < end {
+                    let status = server.status();
+                    let lag = &status["standbys"][0]["lag"];
+                    lag_records.record(lag["records"].as_u64().unwrap_or(0)).expect("in range");
+                    lag_ms.record(lag["ms"].as_u64().unwrap_or(0)).expect("in range");
+                }
+            }
+        }
     }
     for (clients, _) in &connections {
         for client in clients.iter() {
@@ -257,6 +317,10 @@ async fn run(settings: &QuicSettings) -> Result<QuicRun, BenchError> {
         }
     }
     admin.close().await;
+    let replication = match standby {
+        Some(standby) => Some(promote(standby, &server, &tokens[0], lag_records, lag_ms, settings).await?),
+        None => None,
+    };
     let engine = server.shutdown().await.map_err(|error| load_error("shut the server down", error))?;
 
     // Merge, then check the ledger against what the clients were told.
@@ -364,7 +428,174 @@ async fn run(settings: &QuicSettings) -> Result<QuicRun, BenchError> {
         rss_end_bytes: crate::resident_bytes(),
         wal: None,
     };
-    Ok(QuicRun { report, data_directory: directory, histogram: overall })
+    Ok(QuicRun { report, data_directory: directory, histogram: overall, replication })
+}
+
+/// A W4 standby: its directory, address, admin token, and its `run` task.
+struct Standby {
+    _directory: tempfile::TempDir,
+    address: String,
+    ca: Vec<u8>,
+    admin_token: String,
+    mode: ReplicationMode,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<reservoir_engine::Engine, reservoir_net::NetError>>,
+}
+
+/// Starts a standby of the primary at `primary_address` (with the primary's TLS files) and
+/// waits until it has applied everything the primary holds.
+async fn start_standby(
+    primary_directory: &std::path::Path,
+    primary_address: &str,
+    replication_token: &str,
+    admin_token: &str,
+    ca: &[u8],
+    mode: ReplicationMode,
+    primary: &reservoir_net::server::ServerHandle,
+) -> Result<Standby, BenchError> {
+    let directory = tempfile::tempdir().map_err(|error| load_error("a standby directory", error))?;
+    let tls = directory.path().join("tls");
+    std::fs::create_dir_all(&tls).map_err(|error| load_error("a standby directory", error))?;
+    for entry in std::fs::read_dir(primary_directory.join("tls")).map_err(|error| load_error("tls", error))? {
+        let entry = entry.map_err(|error| load_error("tls", error))?;
+        std::fs::copy(entry.path(), tls.join(entry.file_name())).map_err(|error| load_error("tls", error))?;
+    }
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|socket| socket.local_addr())
+        .map_err(|error| load_error("a port", error))?
+        .port();
+    let mut options = ServerOptions::new(directory.path().to_owned());
+    options.listen = format!("127.0.0.1:{port}").parse().expect("an address");
+    options.rate_default = Rate { operations_per_second: u32::MAX, burst: u32::MAX };
+    options.snapshot.every_records = 0;
+    options.snapshot.every_ms = 0;
+    options.replication.mode = mode;
+    // Alone once promoted: acknowledge after its own fsync rather than wait for a standby.
+    options.replication.sync_fallback_ms = Some(0);
+    options.role = StartRole::Standby(FollowOptions {
+        primary: primary_address.to_owned(),
+        token: replication_token.to_owned(),
+        ca_pem: ca.to_vec(),
+        server_name: None,
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(reservoir_net::server::run(
+        options,
+        async move {
+            let _ = stopped.await;
+        },
+        |_| {},
+    ));
+    let standby = Standby {
+        _directory: directory,
+        address: format!("127.0.0.1:{port}"),
+        ca: ca.to_vec(),
+        admin_token: admin_token.to_owned(),
+        mode,
+        stop,
+        task,
+    };
+    let target = primary.status()["durable_lsn"].as_u64().unwrap_or(0);
+    wait_caught_up(&standby, target).await?;
+    Ok(standby)
+}
+
+async fn standby_status(standby: &Standby) -> Option<serde_json::Value> {
+    let mut options = ClientOptions::new(vec![standby.address.clone()], standby.ca.clone(), standby.admin_token.clone());
+    options.request_timeout_ms = 2_000;
+    let client = Client::connect(options).await.ok()?;
+    let reply = client.request(vec![Operation::Status]).await.ok();
+    client.close().await;
+    match &reply?.results[0] {
+        OperationResult::Status(Ok(document)) => serde_json::from_str(document).ok(),
+        _ => None,
+    }
+}
+
+/// How long a standby may take to catch up before the figures are called off.
+const CATCH_UP_WAIT_MS_MAX: u64 = 120_000;
+
+async fn wait_caught_up(standby: &Standby, target: u64) -> Result<(), BenchError> {
+    let deadline = Instant::now() + Duration::from_millis(CATCH_UP_WAIT_MS_MAX);
+    loop {
+        if let Some(status) = standby_status(standby).await {
+            if status["applied_lsn"].as_u64().unwrap_or(0) >= target {
+                return Ok(());
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(BenchError::Load(format!("the standby did not reach LSN {target}")));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn percentile(histogram: &Histogram<u64>, quantile: f64) -> u64 {
+    if histogram.is_empty() {
+        0
+    } else {
+        histogram.value_at_quantile(quantile)
+    }
+}
+
+/// After the window: the standby catches up, the primary stops taking writes (as if lost),
+/// and the standby is promoted; times the promotion to the first acknowledged write.
+async fn promote(
+    standby: Standby,
+    primary: &reservoir_net::server::ServerHandle,
+    tenant_token: &str,
+    lag_records: Histogram<u64>,
+    lag_ms: Histogram<u64>,
+    _settings: &QuicSettings,
+) -> Result<ReplicationFigures, BenchError> {
+    let target = primary.status()["durable_lsn"].as_u64().unwrap_or(0);
+    let caught_up = wait_caught_up(&standby, target).await.is_ok();
+    let connect = |token: &str| {
+        let mut options = ClientOptions::new(vec![standby.address.clone()], standby.ca.clone(), token.to_owned());
+        options.streams = 1;
+        Client::connect(options)
+    };
+    let admin = connect(&standby.admin_token).await.map_err(|error| load_error("connect to the standby", error))?;
+    let writer = connect(tenant_token).await.map_err(|error| load_error("connect to the standby", error))?;
+    let started = Instant::now();
+    let reply = admin.request(vec![Operation::Promote]).await.map_err(|error| load_error("promote", error))?;
+    if reply.results[0].code() != ResultCode::Ok {
+        return Err(BenchError::Load(format!("promote: {}", reply.results[0].code().name())));
+    }
+    let write = Operation::Receive {
+        operation: "w4-first-write".into(),
+        sku: sku_name(0),
+        location: LOCATION_NAME.into(),
+        quantity: 1,
+    };
+    let reply = writer.request(vec![write]).await.map_err(|error| load_error("first write", error))?;
+    let promote_ms = started.elapsed().as_secs_f64() * 1_000.0;
+    if reply.results[0].code() != ResultCode::Ok {
+        return Err(BenchError::Load(format!("first write: {}", reply.results[0].code().name())));
+    }
+    admin.close().await;
+    writer.close().await;
+    let _ = standby.stop.send(());
+    let engine = standby
+        .task
+        .await
+        .map_err(|error| load_error("the standby", error))?
+        .map_err(|error| load_error("the standby", error))?;
+    if !engine.verify().violations.is_empty() {
+        return Err(BenchError::Load("the promoted standby's ledger does not verify".into()));
+    }
+    Ok(ReplicationFigures {
+        mode: standby.mode.name(),
+        lag_samples: lag_records.len(),
+        lag_records_p50: percentile(&lag_records, 0.5),
+        lag_records_p99: percentile(&lag_records, 0.99),
+        lag_records_max: lag_records.max(),
+        lag_ms_p50: percentile(&lag_ms, 0.5),
+        lag_ms_p99: percentile(&lag_ms, 0.99),
+        lag_ms_max: lag_ms.max(),
+        standby_caught_up: caught_up,
+        promote_to_first_write_ms: promote_ms,
+    })
 }
 
 /// One request slot of a connection: build a request, send it, account for its reply; until
@@ -378,7 +609,15 @@ async fn worker(
     window_start: Instant,
     end: Instant,
 ) -> Result<(), BenchError> {
+    // Open-loop pacing: with an offered rate, each request slot sends on its own schedule.
+    let slots = (settings.conns * settings.in_flight) as f64;
+    let interval = settings.rate_ops_per_s.map(|rate| Duration::from_secs_f64(settings.batch as f64 * slots / rate.max(1.0)));
+    let mut next_send = Instant::now();
     while Instant::now() < end {
+        if let Some(interval) = interval {
+            tokio::time::sleep_until(next_send.into()).await;
+            next_send += interval;
+        }
         let (tenant, operations, asked) = {
             let mut state = state.lock();
             let state = &mut *state;

@@ -208,6 +208,13 @@ struct ServerBenchArgs {
     /// then do not depend on whether a run crossed the policy's threshold)
     #[arg(long)]
     snapshots: bool,
+    /// W4: run a standby beside the server, replicating in this mode; report its lag, then
+    /// promote it and time the first write
+    #[arg(long, value_enum, value_name = "MODE")]
+    standby: Option<crate::serve::ReplicationArg>,
+    /// Offered rate, operations per second over all connections (default: closed loop)
+    #[arg(long, value_name = "OPS")]
+    rate: Option<f64>,
     /// Print only the JSON object of workload.md
     #[arg(long)]
     json: bool,
@@ -319,6 +326,11 @@ fn run_bench_server(args: ServerBenchArgs) -> anyhow::Result<()> {
         durability: args.durability.into(),
         data_directory: args.data_dir,
         snapshots: args.snapshots,
+        replication: args.standby.map(|mode| match mode {
+            crate::serve::ReplicationArg::Async => reservoir_net::replication::ReplicationMode::Async,
+            crate::serve::ReplicationArg::Sync => reservoir_net::replication::ReplicationMode::Sync,
+        }),
+        rate_ops_per_s: args.rate,
         ..QuicSettings::default()
     };
     let progress = (!args.json).then(|| {
@@ -352,9 +364,29 @@ fn run_bench_server(args: ServerBenchArgs) -> anyhow::Result<()> {
             .with_context(|| format!("write {}", svg.display()))?;
     }
     if args.json {
-        println!("{}", run.report.to_json());
+        let mut object: serde_json::Value = serde_json::from_str(&run.report.to_json())?;
+        if let Some(replication) = &run.replication {
+            object["replication"] = serde_json::to_value(replication)?;
+        }
+        println!("{object}");
     } else {
         print!("{}", run.report.render_table());
+        if let Some(figures) = &run.replication {
+            println!(
+                "W4 standby ({}): lag records p50 {} p99 {} max {}; lag ms p50 {} p99 {} max {} ({} samples); \
+                 caught up at the end: {}; promote to first acknowledged write: {:.1} ms",
+                figures.mode,
+                figures.lag_records_p50,
+                figures.lag_records_p99,
+                figures.lag_records_max,
+                figures.lag_ms_p50,
+                figures.lag_ms_p99,
+                figures.lag_ms_max,
+                figures.lag_samples,
+                figures.standby_caught_up,
+                figures.promote_to_first_write_ms
+            );
+        }
     }
     anyhow::ensure!(run.report.check_ok, "the ledger check failed: {:?}", run.report.check_failures);
     Ok(())
