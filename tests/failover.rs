@@ -164,7 +164,10 @@ fn reserve(id: &str, lines: Vec<(usize, i64)>) -> Operation {
         reservation: id.into(),
         ttl_ms: 3_600_000,
         allow_partial: false,
-        lines: lines.into_iter().map(|(index, quantity)| WireLine { sku: sku(index), location: "DC1".into(), quantity }).collect(),
+        lines: lines
+            .into_iter()
+            .map(|(index, quantity)| WireLine { sku: sku(index), location: "DC1".into(), quantity })
+            .collect(),
     }
 }
 
@@ -184,11 +187,8 @@ async fn failover_cycle(mode: &str, seed: u64) -> Cycle {
     let primary_address = format!("127.0.0.1:{primary_port}");
     let standby_address = format!("127.0.0.1:{standby_port}");
     let mut primary = Server::start(&primary_directory, &["--listen", &primary_address, "--replication", mode]);
-    let (admin, demo, replication) = (
-        primary.token("admin token"),
-        primary.token("tenant \"demo\" token"),
-        primary.token("replication token"),
-    );
+    let (admin, demo, replication) =
+        (primary.token("admin token"), primary.token("tenant \"demo\" token"), primary.token("replication token"));
     let ca = std::fs::read(primary_directory.join("tls/ca.pem")).unwrap();
     copy_tls(&primary_directory, &standby_directory);
     let mut standby = Server::start(
@@ -211,7 +211,9 @@ async fn failover_cycle(mode: &str, seed: u64) -> Cycle {
         ],
     );
     wait_for(&primary_address, &ca, &admin, "the standby streams", |status| {
-        status["standbys"].as_array().is_some_and(|standbys| standbys.iter().any(|standby| standby["state"] == "streaming"))
+        status["standbys"]
+            .as_array()
+            .is_some_and(|standbys| standbys.iter().any(|standby| standby["state"] == "streaming"))
     })
     .await;
 
@@ -357,11 +359,8 @@ async fn the_old_primary_refuses_writes_after_a_promotion_and_rejoins_as_a_stand
     let primary_address = format!("127.0.0.1:{primary_port}");
     let standby_address = format!("127.0.0.1:{standby_port}");
     let mut primary = Server::start(&primary_directory, &["--listen", &primary_address]);
-    let (admin, demo, replication) = (
-        primary.token("admin token"),
-        primary.token("tenant \"demo\" token"),
-        primary.token("replication token"),
-    );
+    let (admin, demo, replication) =
+        (primary.token("admin token"), primary.token("tenant \"demo\" token"), primary.token("replication token"));
     let ca = std::fs::read(primary_directory.join("tls/ca.pem")).unwrap();
     copy_tls(&primary_directory, &standby_directory);
     let standby_arguments = |primary: &str| {
@@ -383,14 +382,25 @@ async fn the_old_primary_refuses_writes_after_a_promotion_and_rejoins_as_a_stand
         .request(vec![Operation::Receive { operation: "r1".into(), sku: sku(1), location: "DC1".into(), quantity: 10 }])
         .await
         .unwrap();
-    wait_for(&standby_address, &ca, &admin, "the standby catches up", |status| status["applied_lsn"].as_u64() >= Some(3))
-        .await;
+    wait_for(&standby_address, &ca, &admin, "the standby catches up", |status| {
+        status["applied_lsn"].as_u64() >= Some(3)
+    })
+    .await;
     client.close().await;
 
     // The primary is alive during the promotion: it is fenced at once.
     let promoted = connect(&[&standby_address], &ca, &admin).await;
     assert_eq!(promoted.request(vec![Operation::Promote]).await.unwrap().results[0].code(), ResultCode::Ok);
     wait_for(&primary_address, &ca, &admin, "the old primary is fenced", |status| status["role"] == "fenced").await;
+    // The runbook's status command, as typed.
+    let output = Command::new(binary())
+        .args(["--server", &standby_address, "--token", &admin, "--ca"])
+        .arg(primary_directory.join("tls/ca.pem"))
+        .arg("status")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success() && text.contains("role primary epoch 2"), "{text}");
     // Restarted (SIGKILL, then a plain `serve`), it still takes no writes.
     primary.kill();
     let primary = Server::start(&primary_directory, &["--listen", &primary_address]);

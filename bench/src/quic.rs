@@ -206,6 +206,15 @@ async fn run(settings: &QuicSettings) -> Result<QuicRun, BenchError> {
         Client::connect(options)
     };
 
+    // W4: a standby from the start (a sync primary acknowledges nothing without one).
+    let standby = match settings.replication {
+        Some(mode) => Some(
+            start_standby(&directory, &address, &first.replication_token, &first.admin_token, &ca, mode, &server)
+                .await?,
+        ),
+        None => None,
+    };
+
     // Tenants, tokens and the catalog, through the server.
     let load_started = Instant::now();
     let admin = connect(first.admin_token.clone()).await.map_err(|error| load_error("connect as admin", error))?;
@@ -248,15 +257,6 @@ async fn run(settings: &QuicSettings) -> Result<QuicRun, BenchError> {
         client.close().await;
     }
     let load_s = load_started.elapsed().as_secs_f64();
-
-    // W4: a standby, caught up before the window.
-    let standby = match settings.replication {
-        Some(mode) => Some(
-            start_standby(&directory, &address, &first.replication_token, &first.admin_token, &ca, mode, &server)
-                .await?,
-        ),
-        None => None,
-    };
 
     // The connections: one client per tenant each.
     let mut connections = Vec::with_capacity(settings.conns);
@@ -501,7 +501,8 @@ async fn start_standby(
 }
 
 async fn standby_status(standby: &Standby) -> Option<serde_json::Value> {
-    let mut options = ClientOptions::new(vec![standby.address.clone()], standby.ca.clone(), standby.admin_token.clone());
+    let mut options =
+        ClientOptions::new(vec![standby.address.clone()], standby.ca.clone(), standby.admin_token.clone());
     options.request_timeout_ms = 2_000;
     let client = Client::connect(options).await.ok()?;
     let reply = client.request(vec![Operation::Status]).await.ok();
@@ -611,7 +612,8 @@ async fn worker(
 ) -> Result<(), BenchError> {
     // Open-loop pacing: with an offered rate, each request slot sends on its own schedule.
     let slots = (settings.conns * settings.in_flight) as f64;
-    let interval = settings.rate_ops_per_s.map(|rate| Duration::from_secs_f64(settings.batch as f64 * slots / rate.max(1.0)));
+    let interval =
+        settings.rate_ops_per_s.map(|rate| Duration::from_secs_f64(settings.batch as f64 * slots / rate.max(1.0)));
     let mut next_send = Instant::now();
     while Instant::now() < end {
         if let Some(interval) = interval {

@@ -29,11 +29,11 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::credentials::{Credentials, Grant};
 use crate::message::{ClientFrame, ErrorFrame, Hello, HelloReply, NodeRole, Request, Role, ServerFrame, ServerLimits};
+use crate::operation::{run_query, Action, AdminAction, OperationKind, OperationResult, TenantEntry};
 use crate::replication::{
     FencedFile, Following, Hub, NodeState, ReplicationMode, ReplicationOptions, Restart, StartRole,
     DEGRADED_WARNING_INTERVAL_MS, LAG_CHECK_INTERVAL_MS, LAG_WARNING_INTERVAL_MS,
 };
-use crate::operation::{run_query, Action, AdminAction, OperationKind, OperationResult, TenantEntry};
 use crate::tls::CertificateFiles;
 use crate::wire::{
     ProtocolErrorCode, WireError, ERROR_MESSAGE_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX, TENANTS_PER_LIST_MAX,
@@ -338,7 +338,9 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
     };
     let advertise = options.replication.advertise.clone().unwrap_or_else(|| local_addr.to_string());
     let following = match &options.role {
-        StartRole::Standby(follow) => Following { primary: follow.primary.clone(), state: "connecting", ..Following::default() },
+        StartRole::Standby(follow) => {
+            Following { primary: follow.primary.clone(), state: "connecting", ..Following::default() }
+        }
         StartRole::Primary => Following::default(),
     };
     let core = Arc::new(Core {
@@ -583,7 +585,9 @@ async fn acknowledge(core: Arc<Core>, sender: watch::Sender<Lsn>) {
                     match core.replication.sync_fallback_ms {
                         Some(after_ms) if since.elapsed() >= Duration::from_millis(after_ms) => {
                             core.sync_degraded.store(true, Ordering::Release);
-                            if warned.is_none_or(|at| at.elapsed() >= Duration::from_millis(DEGRADED_WARNING_INTERVAL_MS)) {
+                            if warned
+                                .is_none_or(|at| at.elapsed() >= Duration::from_millis(DEGRADED_WARNING_INTERVAL_MS))
+                            {
                                 warned = Some(std::time::Instant::now());
                                 tracing::warn!(
                                     after_ms,
@@ -632,7 +636,12 @@ async fn watch_lag(core: Arc<Core>) {
             let lag = following.lag(applied);
             if lag.ms > rpo_ms && now.saturating_sub(following.warned_ms) >= LAG_WARNING_INTERVAL_MS {
                 following.warned_ms = now;
-                tracing::warn!(lag_ms = lag.ms, lag_records = lag.records, rpo_ms, "this standby's lag is above the RPO");
+                tracing::warn!(
+                    lag_ms = lag.ms,
+                    lag_records = lag.records,
+                    rpo_ms,
+                    "this standby's lag is above the RPO"
+                );
             }
         }
     }
@@ -657,7 +666,11 @@ fn submit(core: &Core, records: Vec<Record>) -> bool {
 /// Who a connection speaks for.
 #[derive(Clone)]
 enum Principal {
-    Tenant { id: TenantId, name: String, limiter: Arc<governor::DefaultDirectRateLimiter> },
+    Tenant {
+        id: TenantId,
+        name: String,
+        limiter: Arc<governor::DefaultDirectRateLimiter>,
+    },
     Admin,
     /// A standby (or a promoted node fencing this one): the stream carries replication.
     Replication,

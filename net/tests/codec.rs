@@ -8,9 +8,9 @@ use reservoir_engine::{
 use reservoir_net::wire::{frame_type, FRAME_HEADER_BYTES};
 use reservoir_net::{
     decode_client_frame, decode_server_frame, encode_reply, negotiate_version, Action, AdminAction, ClientFrame,
-    ErrorFrame, FrameDecoder, Hello, HelloReply, ItemPage, NodeRole, ItemState, Operation, OperationKind, OperationResult,
-    ProtocolErrorCode, ReplyFrame, Request, Role, ServerFrame, ServerLimits, SkuSummary, TenantEntry, WireError,
-    WireImportRow, WireLine, FRAME_BYTES_MAX, OPERATIONS_PER_REQUEST_MAX, TENANTS_PER_LIST_MAX,
+    ErrorFrame, FrameDecoder, Hello, HelloReply, ItemPage, ItemState, NodeRole, Operation, OperationKind,
+    OperationResult, ProtocolErrorCode, ReplyFrame, Request, Role, ServerFrame, ServerLimits, SkuSummary, TenantEntry,
+    WireError, WireImportRow, WireLine, FRAME_BYTES_MAX, OPERATIONS_PER_REQUEST_MAX, TENANTS_PER_LIST_MAX,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -839,12 +839,18 @@ mod replication_messages {
         prop_oneof![
             (any::<u64>(), any::<u64>(), any::<u64>())
                 .prop_map(|(epoch, history, durable_lsn)| PrimaryMessage::Accept { epoch, history, durable_lsn }),
-            (any::<u64>(), any::<u64>()).prop_map(|(keep_through, epoch)| PrimaryMessage::Rewind { keep_through, epoch }),
-            (any::<u64>(), any::<u64>()).prop_map(|(covers_lsn, bytes)| PrimaryMessage::BaseBackup { covers_lsn, bytes }),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(keep_through, epoch)| PrimaryMessage::Rewind { keep_through, epoch }),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(covers_lsn, bytes)| PrimaryMessage::BaseBackup { covers_lsn, bytes }),
             bytes.clone().prop_map(|bytes| PrimaryMessage::SnapshotChunk { bytes }),
-            (any::<u64>(), any::<u64>(), bytes.clone())
-                .prop_map(|(durable_lsn, now_ms, frames)| PrimaryMessage::Wal { durable_lsn, now_ms, frames }),
-            (any::<u64>(), any::<u64>()).prop_map(|(durable_lsn, now_ms)| PrimaryMessage::Heartbeat { durable_lsn, now_ms }),
+            (any::<u64>(), any::<u64>(), bytes.clone()).prop_map(|(durable_lsn, now_ms, frames)| PrimaryMessage::Wal {
+                durable_lsn,
+                now_ms,
+                frames
+            }),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(durable_lsn, now_ms)| PrimaryMessage::Heartbeat { durable_lsn, now_ms }),
             bytes.prop_map(|json| PrimaryMessage::Credentials { json }),
             (prop::sample::select(ProtocolErrorCode::ALL), "[ -~]{0,40}", proptest::option::of(name()))
                 .prop_map(|(code, message, primary)| PrimaryMessage::Refused { code, message, primary }),

@@ -94,12 +94,18 @@ impl Node {
     }
 
     /// Waits until `check` holds of the status document (or panics after `WAIT_MS_MAX`).
-    async fn wait_status(&self, admin: &str, what: &str, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    async fn wait_status(
+        &self,
+        admin: &str,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         const WAIT_MS_MAX: u64 = 30_000;
         let deadline = std::time::Instant::now() + Duration::from_millis(WAIT_MS_MAX);
         loop {
             // A standby knows the admin token once its primary shipped the credentials.
-            let status = self.try_status(admin).await.unwrap_or_else(|error| serde_json::json!({ "error": error.to_string() }));
+            let status =
+                self.try_status(admin).await.unwrap_or_else(|error| serde_json::json!({ "error": error.to_string() }));
             if check(&status) {
                 return status;
             }
@@ -204,7 +210,9 @@ async fn a_standby_follows_serves_reads_promotes_and_the_old_primary_rewinds_and
     // The primary sees its standby streaming.
     let primary_status = primary
         .wait_status(&tokens.admin, "the primary lists its standby", |status| {
-            status["standbys"].as_array().is_some_and(|standbys| standbys.len() == 1 && standbys[0]["state"] == "streaming")
+            status["standbys"]
+                .as_array()
+                .is_some_and(|standbys| standbys.len() == 1 && standbys[0]["state"] == "streaming")
         })
         .await;
     assert!(primary_status["standbys"][0]["lag"]["records"].is_u64());
@@ -380,4 +388,55 @@ async fn sync_mode_waits_for_a_standby_and_falls_back_only_when_configured() {
     assert_eq!(status["replication"]["sync_state"], "degraded_to_async");
     writer.close().await;
     let _ = primary.stop().await;
+}
+
+/// Regression: the standby read replication messages inside a `select!` beside its timers, and
+/// a timer firing mid-message dropped the bytes read so far; the stream was misread from there
+/// on (a reconnection each time, and in sync mode seconds of stalled acknowledgements). With a
+/// 1 ms heartbeat and a steady load, the standby must keep its first session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_reads_whole_messages_while_its_timers_fire() {
+    let primary_directory = tempfile::tempdir().unwrap();
+    let mut primary_options = options(primary_directory.path(), free_port(), StartRole::Primary, ReplicationMode::Sync);
+    primary_options.replication.heartbeat_ms = 1;
+    let (primary, tokens) = Node::start(primary_options).await;
+    let tokens = tokens.unwrap();
+    let standby_directory = standby_directory(primary_directory.path());
+    let mut standby_options =
+        options(standby_directory.path(), free_port(), follow(&primary, &tokens.replication), ReplicationMode::Sync);
+    standby_options.replication.heartbeat_ms = 1;
+    let (standby, _) = Node::start(standby_options).await;
+    standby.wait_status(&tokens.admin, "streaming", |status| status["following"]["connected"] == true).await;
+    let writer = primary.client(&tokens.demo).await;
+    let mut tasks = Vec::new();
+    // Imports make records of ~200 KB: messages span many QUIC packets and arrive in pieces.
+    for task in 0..4 {
+        let writer = writer.clone();
+        tasks.push(tokio::spawn(async move {
+            for index in 0..10 {
+                let rows = (0..2_000)
+                    .map(|row| reservoir_net::WireImportRow {
+                        sku: format!("SKU-{task}-{row}"),
+                        location: "DC1".into(),
+                        on_hand: index,
+                        safety_stock: None,
+                        backorder_limit: None,
+                    })
+                    .collect();
+                let import = Operation::Import { operation: format!("import-{task}-{index}"), rows };
+                let reply = writer.request(vec![import]).await.unwrap();
+                assert_eq!(reply.results[0].code(), ResultCode::Ok);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let status = standby.status(&tokens.admin).await;
+    assert_eq!(status["following"]["sessions"], 1, "the standby reconnected: {status:#}");
+    assert_eq!(status["following"]["last_error"], serde_json::Value::Null, "{status:#}");
+    writer.close().await;
+    let standby_engine = standby.stop().await;
+    let primary_engine = primary.stop().await;
+    assert_same(&standby_engine.dump(), &primary_engine.dump());
 }

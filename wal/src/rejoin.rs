@@ -140,7 +140,11 @@ pub fn rewind(data_directory: &Path, keep_through: Lsn, now_ms: u64) -> Result<R
     );
     report.push_str(&described);
     if records_cut as usize > REWIND_REPORT_RECORDS_MAX {
-        let _ = writeln!(report, "... and {} more (see the segment copies)", records_cut as usize - REWIND_REPORT_RECORDS_MAX);
+        let _ = writeln!(
+            report,
+            "... and {} more (see the segment copies)",
+            records_cut as usize - REWIND_REPORT_RECORDS_MAX
+        );
     }
     let report_path = saved_in.join("REWIND.txt");
     std::fs::write(&report_path, report).map_err(io(&report_path))?;
@@ -159,7 +163,13 @@ fn describe(body: &Body) -> String {
         Body::TenantCreated { name, .. } => format!("tenant_created {name}"),
         Body::ItemCreated { tenant, sku, location, .. } => format!("item_created tenant={} {sku}@{location}", tenant.0),
         Body::Stock { tenant, memo, changes } => {
-            format!("stock tenant={} op={} code={} items={}", tenant.0, memo.operation, memo.reply.code.name(), changes.len())
+            format!(
+                "stock tenant={} op={} code={} items={}",
+                tenant.0,
+                memo.operation,
+                memo.reply.code.name(),
+                changes.len()
+            )
         }
         Body::Reserved { tenant, reservation, reply, .. } => {
             format!("reserved tenant={} reservation={reservation} code={}", tenant.0, reply.code.name())

@@ -245,6 +245,8 @@ pub(crate) struct Following {
     pub records_received: u64,
     pub last_error: Option<String>,
     pub warned_ms: u64,
+    /// Streaming sessions accepted by the primary since start (a steady stream stays at 1).
+    pub sessions: u64,
 }
 
 impl Following {

@@ -21,7 +21,12 @@ use crate::NetError;
 pub const BASE_BACKUP_WAIT_MS_MAX: u64 = 120_000;
 
 /// Serves a replication stream (after `HelloReply` with the replication role).
-pub(crate) async fn serve(core: Arc<Core>, connection: quinn::Connection, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+pub(crate) async fn serve(
+    core: Arc<Core>,
+    connection: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
     let first = match read_message(&mut recv).await {
         Ok(Some(body)) => StandbyMessage::decode(&body),
         _ => return,
@@ -49,7 +54,12 @@ pub(crate) async fn serve(core: Arc<Core>, connection: quinn::Connection, mut se
     let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
 }
 
-async fn refuse(send: &mut quinn::SendStream, code: ProtocolErrorCode, message: String, primary: Option<String>) -> Result<(), NetError> {
+async fn refuse(
+    send: &mut quinn::SendStream,
+    code: ProtocolErrorCode,
+    message: String,
+    primary: Option<String>,
+) -> Result<(), NetError> {
     let refusal = PrimaryMessage::Refused { code, message: message.clone(), primary };
     write_message(send, |out| refusal.encode(out)).await?;
     Err(NetError::Replication(message))
@@ -117,7 +127,13 @@ async fn stream(
     let accept = PrimaryMessage::Accept { epoch: own_epoch, history: core.wal.history(), durable_lsn: durable };
     write_message(send, |out| accept.encode(out)).await?;
     let Some(id) = core.hub.register(name.clone(), address, next_lsn, now_ms()) else {
-        return refuse(send, ProtocolErrorCode::TooManyInFlight, format!("{} standbys already", super::STANDBYS_MAX), None).await;
+        return refuse(
+            send,
+            ProtocolErrorCode::TooManyInFlight,
+            format!("{} standbys already", super::STANDBYS_MAX),
+            None,
+        )
+        .await;
     };
     tracing::info!(standby = %name, from_lsn = next_lsn, "standby connected");
     let result = ship(core, send, recv, id, Lsn(next_lsn)).await;
@@ -183,7 +199,9 @@ async fn ship(
                 FeedRead::NotHeld => {
                     let directory = core.data_directory.clone();
                     let from = cursor;
-                    match tokio::task::spawn_blocking(move || read_from_disk(&directory, from, durable, epoch_u32)).await {
+                    match tokio::task::spawn_blocking(move || read_from_disk(&directory, from, durable, epoch_u32))
+                        .await
+                    {
                         Ok(Ok(read)) => read,
                         Ok(Err(error)) => {
                             failed = Some(NetError::Wal(error));
@@ -344,6 +362,7 @@ pub(crate) fn status(core: &Core) -> serde_json::Value {
             "applied_lsn": applied,
             "lag": following.lag(applied),
             "last_error": following.last_error,
+            "sessions": following.sessions,
         })
     });
     serde_json::json!({

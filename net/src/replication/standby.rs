@@ -43,8 +43,11 @@ pub(crate) async fn connect(address: &str, options: &FollowOptions) -> Result<Li
         let host = options.server_name.clone().unwrap_or_else(|| {
             address.rsplit_once(':').map_or(address, |(host, _)| host).trim_matches(['[', ']']).to_owned()
         });
-        let bind: SocketAddr =
-            if resolved.is_ipv6() { "[::]:0".parse().expect("an address") } else { "0.0.0.0:0".parse().expect("an address") };
+        let bind: SocketAddr = if resolved.is_ipv6() {
+            "[::]:0".parse().expect("an address")
+        } else {
+            "0.0.0.0:0".parse().expect("an address")
+        };
         let mut endpoint = quinn::Endpoint::client(bind).map_err(|source| NetError::io("bind a UDP socket", source))?;
         endpoint.set_default_client_config(crate::tls::client_config(&options.ca_pem)?);
         let connection = endpoint
@@ -52,7 +55,8 @@ pub(crate) async fn connect(address: &str, options: &FollowOptions) -> Result<Li
             .map_err(|error| NetError::Connect(format!("{address}: {error}")))?
             .await
             .map_err(|error| NetError::Connect(format!("{address}: {error}")))?;
-        let (mut send, mut recv) = connection.open_bi().await.map_err(|error| NetError::Connection(error.to_string()))?;
+        let (mut send, mut recv) =
+            connection.open_bi().await.map_err(|error| NetError::Connection(error.to_string()))?;
         let mut bytes = Vec::new();
         ClientFrame::Hello(Hello {
             version_min: PROTOCOL_VERSION_MIN,
@@ -159,6 +163,7 @@ async fn follow_once(core: &Arc<Core>, options: &FollowOptions, attempt: &mut u3
             following.state = "streaming";
             following.last_error = None;
             following.primary_durable_lsn = durable_lsn;
+            following.sessions += 1;
         }
         PrimaryMessage::Rewind { keep_through, epoch } => {
             tracing::warn!(keep_through, epoch, "this node's log forks from the primary's: rewinding");
@@ -170,11 +175,15 @@ async fn follow_once(core: &Arc<Core>, options: &FollowOptions, attempt: &mut u3
             return Ok(Ended::Restart(Restart::BaseBackup { snapshot }));
         }
         PrimaryMessage::Refused { code, message, primary } => {
-            return Err(NetError::Replication(format!("{} ({message}){}", code.name(), primary.map(|p| format!(", primary {p}")).unwrap_or_default())));
+            return Err(NetError::Replication(format!(
+                "{} ({message}){}",
+                code.name(),
+                primary.map(|p| format!(", primary {p}")).unwrap_or_default()
+            )));
         }
         other => return Err(NetError::Protocol(format!("unexpected first message {other:?}"))),
     }
-    stream(core, &mut link).await
+    stream(core, link).await
 }
 
 async fn receive_base_backup(
@@ -218,15 +227,46 @@ async fn receive_base_backup(
 }
 
 /// Applies and persists shipped WAL; reports progress; ends when promoted.
-async fn stream(core: &Arc<Core>, link: &mut Link) -> Result<Ended, NetError> {
+/// Messages read ahead of the apply loop at most (each up to 5 MiB).
+pub const MESSAGES_READ_AHEAD_MAX: usize = 4;
+
+async fn stream(core: &Arc<Core>, link: Link) -> Result<Ended, NetError> {
+    let Link { connection: _connection, mut send, mut recv, .. } = link;
+    // Reading a message is not cancel-safe (a partly read message would be lost and the
+    // stream misread from there), so one task reads whole messages and hands them over a
+    // channel, which the loop below can wait on beside its timers.
+    let (sender, mut messages) = tokio::sync::mpsc::channel::<Result<Vec<u8>, NetError>>(MESSAGES_READ_AHEAD_MAX);
+    let reader = tokio::spawn(async move {
+        loop {
+            let item = match read_message(&mut recv).await {
+                Ok(Some(body)) => Ok(body),
+                Ok(None) => Err(NetError::Connection("the primary closed the stream".into())),
+                Err(error) => Err(error),
+            };
+            let stop = item.is_err();
+            if sender.send(item).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    let outcome = follow_stream(core, &mut send, &mut messages).await;
+    reader.abort();
+    outcome
+}
+
+async fn follow_stream(
+    core: &Arc<Core>,
+    send: &mut quinn::SendStream,
+    messages: &mut tokio::sync::mpsc::Receiver<Result<Vec<u8>, NetError>>,
+) -> Result<Ended, NetError> {
     let mut local = core.local_durable.clone();
     let mut tick = tokio::time::interval(Duration::from_millis(core.replication.heartbeat_ms.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reported = (0u64, 0u64);
     loop {
         tokio::select! {
-            body = read_message(&mut link.recv) => {
-                let body = body?.ok_or_else(|| NetError::Connection("the primary closed the stream".into()))?;
+            body = messages.recv() => {
+                let body = body.ok_or_else(|| NetError::Connection("the stream reader stopped".into()))??;
                 match PrimaryMessage::decode(&body).map_err(|error| NetError::Protocol(error.to_string()))? {
                     PrimaryMessage::Wal { durable_lsn, now_ms, frames } => {
                         if !apply(core, &frames)? {
@@ -265,7 +305,7 @@ async fn stream(core: &Arc<Core>, link: &mut Link) -> Result<Ended, NetError> {
         if (written, applied) != reported {
             reported = (written, applied);
             let feedback = StandbyMessage::Feedback { written_lsn: written, applied_lsn: applied };
-            write_message(&mut link.send, |out| feedback.encode(out)).await?;
+            write_message(send, |out| feedback.encode(out)).await?;
         }
     }
 }

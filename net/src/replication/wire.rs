@@ -52,24 +52,51 @@ pub enum StandbyMessage {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PrimaryMessage {
     /// `Start` accepted: `Wal` messages from the standby's `next_lsn` follow.
-    Accept { epoch: u64, history: u64, durable_lsn: u64 },
+    Accept {
+        epoch: u64,
+        history: u64,
+        durable_lsn: u64,
+    },
     /// The standby's log forks from the primary's after `keep_through`: cut it there
     /// (its records after it were never in the primary's history), then start again.
-    Rewind { keep_through: u64, epoch: u64 },
+    Rewind {
+        keep_through: u64,
+        epoch: u64,
+    },
     /// The standby needs a base backup: a snapshot covering `covers_lsn`, `bytes` long, follows
     /// in `SnapshotChunk`s; then the primary closes the stream.
-    BaseBackup { covers_lsn: u64, bytes: u64 },
-    SnapshotChunk { bytes: Vec<u8> },
+    BaseBackup {
+        covers_lsn: u64,
+        bytes: u64,
+    },
+    SnapshotChunk {
+        bytes: Vec<u8>,
+    },
     /// WAL frames (docs/wal.md's frame layout), whole and consecutive. `durable_lsn` and
     /// `now_ms` are the primary's, for lag.
-    Wal { durable_lsn: u64, now_ms: u64, frames: Vec<u8> },
-    Heartbeat { durable_lsn: u64, now_ms: u64 },
+    Wal {
+        durable_lsn: u64,
+        now_ms: u64,
+        frames: Vec<u8>,
+    },
+    Heartbeat {
+        durable_lsn: u64,
+        now_ms: u64,
+    },
     /// The primary's credential store (`credentials.json`), whole.
-    Credentials { json: Vec<u8> },
+    Credentials {
+        json: Vec<u8>,
+    },
     /// The stream cannot go on (not a primary, standby ahead of the primary ...).
-    Refused { code: ProtocolErrorCode, message: String, primary: Option<String> },
+    Refused {
+        code: ProtocolErrorCode,
+        message: String,
+        primary: Option<String>,
+    },
     /// Answer to `Fence`: this node now refuses writes.
-    Fenced { epoch: u64 },
+    Fenced {
+        epoch: u64,
+    },
 }
 
 fn finish(out: &mut Vec<u8>, start: usize, writer_error: Option<WireError>) -> Result<(), WireError> {
@@ -186,7 +213,9 @@ impl PrimaryMessage {
                 w.u64(*durable_lsn);
                 w.u64(*now_ms);
             })?,
-            PrimaryMessage::Credentials { json } => encode_with(out, message_type::CREDENTIALS, |w| bytes_u32(w, json))?,
+            PrimaryMessage::Credentials { json } => {
+                encode_with(out, message_type::CREDENTIALS, |w| bytes_u32(w, json))?
+            }
             PrimaryMessage::Refused { code, message, primary } => encode_with(out, message_type::REFUSED, |w| {
                 w.u16(code.number());
                 w.bytes_u16("message", message.as_bytes(), ERROR_MESSAGE_BYTES_MAX);
@@ -263,7 +292,10 @@ pub async fn read_message(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>
 }
 
 /// Encodes and writes one message.
-pub async fn write_message(send: &mut quinn::SendStream, encode: impl FnOnce(&mut Vec<u8>) -> Result<(), WireError>) -> Result<(), NetError> {
+pub async fn write_message(
+    send: &mut quinn::SendStream,
+    encode: impl FnOnce(&mut Vec<u8>) -> Result<(), WireError>,
+) -> Result<(), NetError> {
     let mut bytes = Vec::new();
     encode(&mut bytes).map_err(|error| NetError::Protocol(error.to_string()))?;
     send.write_all(&bytes).await.map_err(|error| NetError::Connection(error.to_string()))
