@@ -18,10 +18,12 @@
 //!   (decode -> engine -> WAL group commit -> reply).
 //! - `client`: the Rust client library (batching, pipelining, retries with the same ids).
 //! - `credentials`: bearer tokens, stored hashed; `tls`: certificates and TLS configuration.
+//! - `import`: CSV and JSON-lines stock import files, parsed a line at a time.
 
 pub mod client;
 pub mod credentials;
 pub mod decoder;
+pub mod import;
 pub mod message;
 pub mod operation;
 pub mod server;
