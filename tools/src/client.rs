@@ -44,6 +44,15 @@ pub struct Connection {
     tenant: Option<String>,
 }
 
+impl Connection {
+    /// `--ca`, or the CA of `./reservoir-data` (what a local `reservoir serve` made).
+    pub fn ca_path(&self) -> PathBuf {
+        self.ca
+            .clone()
+            .unwrap_or_else(|| reservoir_net::tls::ca_path(std::path::Path::new(crate::serve::DATA_DIRECTORY_DEFAULT)))
+    }
+}
+
 /// `SKU[@LOCATION]:QTY`.
 fn parse_line(text: &str) -> Result<WireLine, String> {
     let (item, quantity) = text.rsplit_once(':').ok_or_else(|| format!("{text:?}: expected SKU[@LOCATION]:QTY"))?;
@@ -261,10 +270,7 @@ pub fn run(connection: Connection, command: ClientCommand) -> u8 {
 
 async fn connect(connection: &Connection) -> anyhow::Result<Client> {
     let token = connection.token.clone().context("no token: pass --token or set RESERVOIR_TOKEN")?;
-    let ca = connection
-        .ca
-        .clone()
-        .unwrap_or_else(|| reservoir_net::tls::ca_path(std::path::Path::new(crate::serve::DATA_DIRECTORY_DEFAULT)));
+    let ca = connection.ca_path();
     let ca_pem = std::fs::read(&ca).with_context(|| format!("read the CA certificate {} (--ca)", ca.display()))?;
     let endpoints =
         connection.server.split(',').map(|text| text.trim().to_owned()).filter(|text| !text.is_empty()).collect();

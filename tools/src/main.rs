@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use reservoir_bench::{MemorySettings, QuicSettings, Variant, W1Settings};
 
 mod client;
+mod gateway;
 mod offline;
 mod progress;
 mod serve;
@@ -28,6 +29,9 @@ struct Cli {
 enum Commands {
     /// Run the server: QUIC on 127.0.0.1:7878, data in ./reservoir-data (embedded defaults)
     Serve(serve::ServeArgs),
+    /// Run the HTTP/JSON gateway: HTTP on 127.0.0.1:8080 in front of 127.0.0.1:7878
+    /// (docs/gateway.md; --ca as for client commands)
+    Gateway(gateway::GatewayArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
     /// Run the standard workloads (shared/workload.md) and report their figures
@@ -231,6 +235,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Commands::Client(command) => return ExitCode::from(client::run(cli.connection, command)),
         Commands::Serve(args) => serve::run_serve(args),
+        Commands::Gateway(args) => gateway::run_gateway(args, &cli.connection.ca_path()),
         Commands::Bench(args) => run_bench(args),
         Commands::Wal(WalArgs { command: WalCommand::Dump(args) }) => offline::run_wal_dump(args),
         Commands::Verify(args) => offline::run_verify(args),
