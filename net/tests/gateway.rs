@@ -449,8 +449,16 @@ async fn raw_http(address: std::net::SocketAddr, request: &[u8]) -> String {
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
     // The gateway may answer 413 and close before taking the whole body: a write error is fine.
     let _ = stream.write_all(request).await;
+    // Until the answer's head is complete (and then what else came with it).
     let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !answer.windows(4).any(|window| window == b"\r\n\r\n") {
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(count)) if count > 0 => answer.extend_from_slice(&chunk[..count]),
+            _ => break,
+        }
+    }
     String::from_utf8_lossy(&answer).into_owned()
 }
 
@@ -591,6 +599,15 @@ async fn without_a_reachable_server_the_gateway_answers_503_with_retry_after_in_
     let scan = json!({"sku": "A", "location": "DC1", "quantity": 1});
     setup.post(&format!("{DEMO}/receipts"), &token, "before", scan.clone()).await.assert_ok();
     assert_eq!(setup.get("/readyz", &token).await.status, 200);
+    // A body that never arrives: 408 by the deadline, not a hang.
+    let started = Instant::now();
+    let request = format!(
+        "POST {DEMO}/receipts HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {token}\r\nidempotency-key: slow\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"sku\":"
+    );
+    let head = raw_http(setup.gateway.local_addr(), request.as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(started.elapsed() < Duration::from_millis(1_500 + 1_000), "{:?}", started.elapsed());
     setup.server.take().unwrap().shutdown().await.unwrap();
 
     // A pooled connection whose server went away, and a new token's first handshake.
