@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use reservoir_bench::{MemorySettings, QuicSettings, Variant, W1Settings};
+use reservoir_bench::{GatewaySettings, MemorySettings, QuicSettings, Variant, W1Settings};
 
 mod client;
 mod gateway;
@@ -76,6 +76,9 @@ enum BenchCommand {
     Engine(EngineArgs),
     /// W1 order flow over QUIC on loopback, against a server it starts (durable by default)
     Server(ServerBenchArgs),
+    /// W1 order flow as HTTP scans through the gateway, against a server and a gateway it
+    /// starts: scans/s (closed loop), then p50/p99 at half that rate (open loop)
+    Gateway(GatewayBenchArgs),
     /// Resident memory per stock item and per open reservation
     Memory(MemoryArgs),
     /// W2 recovery: durable load, snapshot, operations after it, cold start, replay, recovery
@@ -218,6 +221,31 @@ struct ServerBenchArgs {
 }
 
 #[derive(Debug, Args)]
+struct GatewayBenchArgs {
+    /// HTTP keep-alive connections of the capacity phase (the half-rate phase uses twice as many)
+    #[arg(long, default_value_t = GatewaySettings::default().conns)]
+    conns: usize,
+    /// Measured window of each phase, seconds
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Warm-up before each window, seconds (not measured; at most 1 s before the half-rate one)
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    #[arg(long, default_value_t = GatewaySettings::default().tenants)]
+    tenants: usize,
+    #[arg(long, default_value_t = GatewaySettings::default().skus_per_tenant)]
+    skus: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// fsync before acknowledging (durable, the default) or not (none)
+    #[arg(long, value_enum, default_value = "durable")]
+    durability: DurabilityArg,
+    /// Print only a JSON object
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 struct MemoryArgs {
     /// Stock items to create (10,000 SKUs per tenant, 1 location)
     #[arg(long, default_value_t = MemorySettings::default().items)]
@@ -259,6 +287,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Engine(args) => run_bench_engine(args),
         BenchCommand::Server(args) => run_bench_server(args),
+        BenchCommand::Gateway(args) => run_bench_gateway(args),
         BenchCommand::Memory(args) => run_bench_memory(args),
         BenchCommand::Recovery(args) => {
             let settings = reservoir_bench::RecoverySettings {
@@ -362,6 +391,40 @@ fn run_bench_server(args: ServerBenchArgs) -> anyhow::Result<()> {
         print!("{}", run.report.render_table());
     }
     anyhow::ensure!(run.report.check_ok, "the ledger check failed: {:?}", run.report.check_failures);
+    Ok(())
+}
+
+fn run_bench_gateway(args: GatewayBenchArgs) -> anyhow::Result<()> {
+    let settings = GatewaySettings {
+        conns: args.conns,
+        warmup_s: args.warmup,
+        window_s: args.seconds,
+        seed: args.seed,
+        tenants: args.tenants,
+        skus_per_tenant: args.skus,
+        durability: args.durability.into(),
+        ..GatewaySettings::default()
+    };
+    let progress = (!args.json).then(|| {
+        eprintln!(
+            "W1 through the HTTP gateway ({}): {} conns at capacity, then {} at half of it ...",
+            settings.durability.name(),
+            settings.conns,
+            settings.conns * 2
+        );
+        let total_s = settings.warmup_s + settings.warmup_s.min(1.0) + 2.0 * settings.window_s;
+        progress::Countdown::start("W1 via gateway", total_s)
+    });
+    let report = reservoir_bench::run_w1_gateway(&settings).context("bench gateway")?;
+    if let Some(progress) = progress {
+        progress.finish();
+    }
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.render_table());
+    }
+    anyhow::ensure!(report.check_ok, "the ledger check failed: {:?}", report.check_failures);
     Ok(())
 }
 
