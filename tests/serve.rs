@@ -2,16 +2,14 @@
 //! defaults, then the CLI), a graceful stop and restart, and SIGKILL of the server under load
 //! with every acknowledged reservation still there after the restart.
 
-use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reservoir_engine::ResultCode;
 use reservoir_net::client::{Client, ClientOptions};
 use reservoir_net::{Operation, OperationResult, WireLine};
-use reservoir_tests::run_in;
+use reservoir_tests::{run_in, spawn_until, Spawned};
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_reservoir"))
@@ -20,53 +18,23 @@ fn binary() -> &'static Path {
 /// How long a server may take to print that it serves.
 const START_DURATION_MAX: Duration = Duration::from_secs(60);
 
-/// A `reservoir serve` child and the lines it printed up to "serving".
+/// A `reservoir serve` child and the lines it printed up to "serving" (killed when dropped).
 struct Server {
-    child: Child,
+    spawned: Spawned,
     lines: Vec<String>,
     address: String,
 }
 
 impl Server {
     fn start(directory: &Path, arguments: &[&str]) -> Server {
-        let mut child = Command::new(binary())
-            .arg("serve")
-            .args(arguments)
-            .current_dir(directory)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start reservoir serve");
-        let stdout = child.stdout.take().expect("piped");
-        let (sender, receiver) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if sender.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let deadline = Instant::now() + START_DURATION_MAX;
-        let mut lines = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = receiver.recv_timeout(left).unwrap_or_else(|_| {
-                let _ = child.kill();
-                panic!("the server did not start: {lines:?}")
-            });
-            let serving = line.starts_with("reservoir: serving");
-            lines.push(line);
-            if serving {
-                break;
-            }
-        }
-        // Keep draining stdout so that the server never blocks on a full pipe.
-        std::thread::spawn(move || while receiver.recv().is_ok() {});
+        let mut all = vec!["serve"];
+        all.extend_from_slice(arguments);
+        let spawned = spawn_until(binary(), &all, directory, "reservoir: serving")
+            .unwrap_or_else(|lines| panic!("the server did not start: {lines:?}"));
+        let lines = spawned.lines.clone();
         let last = lines.last().expect("a line");
         let address = last.split(" on ").nth(1).and_then(|rest| rest.split(' ').next()).expect("an address").to_owned();
-        Server { child, lines, address }
+        Server { spawned, lines, address }
     }
 
     fn token(&self, prefix: &str) -> String {
@@ -79,26 +47,20 @@ impl Server {
     }
 
     fn signal(&mut self, signal: &str) {
-        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().unwrap();
+        let id = self.spawned.child.id().to_string();
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(id).status().unwrap();
         assert!(status.success());
     }
 
     fn wait(&mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + START_DURATION_MAX;
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.spawned.child.try_wait().unwrap() {
                 return status;
             }
             assert!(Instant::now() < deadline, "the server did not stop");
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -226,7 +188,7 @@ fn a_server_killed_under_load_loses_no_acknowledged_reservation() {
     let mut acknowledged: Vec<String> = Vec::new();
     for kill in 0..kills {
         // Many reserves in flight; kill the server once some are acknowledged.
-        let (sender, receiver) = mpsc::channel::<String>();
+        let (sender, receiver) = std::sync::mpsc::channel::<String>();
         let load = {
             let client = client.clone();
             runtime.spawn(async move {

@@ -9,8 +9,10 @@
 //! The bench reads the clock (`std::time::Instant`); the engine never does: every command gets
 //! `now_ms` = [`NOW_MS_BASE`] + milliseconds since the run started.
 
+pub mod gateway;
 pub mod quic;
 mod recovery;
+pub use gateway::{run_w1_gateway, GatewayReport, GatewaySettings};
 pub use quic::{run_w1_quic, QuicRun, QuicSettings};
 pub use recovery::{recovery, RecoveryReport, RecoverySettings};
 
@@ -220,7 +222,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(histogram: &Histogram<u64>) -> Latency {
+    pub(crate) fn of(histogram: &Histogram<u64>) -> Latency {
         if histogram.is_empty() {
             return Latency::default();
         }

@@ -22,7 +22,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use reservoir_engine::{ResultCode, IMPORT_ROWS_MAX};
 use reservoir_net::client::{Client, ClientOptions};
 use reservoir_net::replication::{FollowOptions, ReplicationMode, StartRole};
-use reservoir_net::server::{Rate, ServerOptions};
+use reservoir_net::server::{Rate, ServerHandle, ServerOptions};
 use reservoir_net::{Operation, OperationResult, WireImportRow, WireLine, OPERATIONS_PER_REQUEST_MAX};
 use reservoir_wal::Durability;
 
@@ -182,81 +182,22 @@ async fn run(settings: &QuicSettings) -> Result<QuicRun, BenchError> {
             temporary.path().to_owned()
         }
     };
-    let mut options = ServerOptions::new(directory.clone());
-    options.listen = "127.0.0.1:0".parse().expect("an address");
-    options.durability = settings.durability;
-    if let Some(mode) = settings.replication {
-        options.replication.mode = mode;
-    }
-    // The bench measures capacity: no tenant rate applies.
-    options.rate_default = Rate { operations_per_second: u32::MAX, burst: u32::MAX };
-    if !settings.snapshots {
-        options.snapshot.every_records = 0;
-        options.snapshot.every_ms = 0;
-    }
-    let server = reservoir_net::server::start(options).await.map_err(|error| load_error("start the server", error))?;
-    let first =
-        server.first_start().cloned().ok_or_else(|| BenchError::Load("the data directory is not new".into()))?;
-    let ca =
-        std::fs::read(reservoir_net::tls::ca_path(&directory)).map_err(|error| load_error("read the CA", error))?;
-    let address = server.local_addr().to_string();
+    let loaded = start_loaded(
+        &directory,
+        settings.durability,
+        settings.snapshots,
+        settings.tenants,
+        settings.skus_per_tenant,
+        settings.initial_on_hand,
+        settings.replication,
+    )
+    .await?;
+    let Loaded { server, ca, address, admin, tokens, load_s, standby } = loaded;
     let connect = |token: String| {
         let mut options = ClientOptions::new(vec![address.clone()], ca.clone(), token);
         options.streams = 1;
         Client::connect(options)
     };
-
-    // W4: a standby from the start (a sync primary acknowledges nothing without one).
-    let standby = match settings.replication {
-        Some(mode) => Some(
-            start_standby(&directory, &address, &first.replication_token, &first.admin_token, &ca, mode, &server)
-                .await?,
-        ),
-        None => None,
-    };
-
-    // Tenants, tokens and the catalog, through the server.
-    let load_started = Instant::now();
-    let admin = connect(first.admin_token.clone()).await.map_err(|error| load_error("connect as admin", error))?;
-    let mut tokens = Vec::with_capacity(settings.tenants);
-    for index in 0..settings.tenants {
-        let name = tenant_name(index);
-        let reply = admin
-            .request(vec![
-                Operation::CreateTenant { name: name.clone() },
-                Operation::IssueToken { tenant: name.clone(), revoke_others: false },
-            ])
-            .await
-            .map_err(|error| load_error("create a tenant", error))?;
-        match &reply.results[1] {
-            OperationResult::Token(Ok(token)) => tokens.push(token.clone()),
-            other => return Err(BenchError::Load(format!("issue a token for {name}: {other:?}"))),
-        }
-    }
-    for (index, token) in tokens.iter().enumerate() {
-        let client = connect(token.clone()).await.map_err(|error| load_error("connect", error))?;
-        for (chunk_index, chunk) in
-            (0..settings.skus_per_tenant).collect::<Vec<_>>().chunks(IMPORT_ROWS_MAX).enumerate()
-        {
-            let rows = chunk
-                .iter()
-                .map(|&sku| WireImportRow {
-                    sku: sku_name(sku),
-                    location: LOCATION_NAME.into(),
-                    on_hand: settings.initial_on_hand,
-                    safety_stock: None,
-                    backorder_limit: None,
-                })
-                .collect();
-            let operation = Operation::Import { operation: format!("load-{index}-{chunk_index}"), rows };
-            let reply = client.request(vec![operation]).await.map_err(|error| load_error("import", error))?;
-            if reply.results[0].code() != ResultCode::Ok {
-                return Err(BenchError::Load(format!("import: {}", reply.results[0].code().name())));
-            }
-        }
-        client.close().await;
-    }
-    let load_s = load_started.elapsed().as_secs_f64();
 
     // The connections: one client per tenant each.
     let mut connections = Vec::with_capacity(settings.conns);
@@ -432,7 +373,7 @@ async fn run(settings: &QuicSettings) -> Result<QuicRun, BenchError> {
 }
 
 /// A W4 standby: its directory, address, admin token, and its `run` task.
-struct Standby {
+pub(crate) struct Standby {
     _directory: tempfile::TempDir,
     address: String,
     ca: Vec<u8>,
@@ -597,6 +538,108 @@ async fn promote(
         standby_caught_up: caught_up,
         promote_to_first_write_ms: promote_ms,
     })
+}
+
+/// A server with W1's catalog loaded through it, for the benchmarks that drive it.
+pub(crate) struct Loaded {
+    pub server: ServerHandle,
+    pub ca: Vec<u8>,
+    pub address: String,
+    /// An admin connection.
+    pub admin: Client,
+    /// One token per tenant (`tenant_name(index)`).
+    pub tokens: Vec<String>,
+    pub load_s: f64,
+    /// W4: a standby that followed the load.
+    pub(crate) standby: Option<Standby>,
+}
+
+/// Starts a server in `directory` (no tenant rate; the snapshot policy only with `snapshots`)
+/// and loads W1's catalog through it: `tenants` tenants with a token each, `skus_per_tenant`
+/// items each at `LOCATION_NAME` with `initial_on_hand`.
+pub(crate) async fn start_loaded(
+    directory: &std::path::Path,
+    durability: Durability,
+    snapshots: bool,
+    tenants: usize,
+    skus_per_tenant: usize,
+    initial_on_hand: i64,
+    replication: Option<ReplicationMode>,
+) -> Result<Loaded, BenchError> {
+    let mut options = ServerOptions::new(directory.to_owned());
+    options.listen = "127.0.0.1:0".parse().expect("an address");
+    options.durability = durability;
+    if let Some(mode) = replication {
+        options.replication.mode = mode;
+    }
+    // The bench measures capacity: no tenant rate applies.
+    options.rate_default = Rate { operations_per_second: u32::MAX, burst: u32::MAX };
+    if !snapshots {
+        options.snapshot.every_records = 0;
+        options.snapshot.every_ms = 0;
+    }
+    let server = reservoir_net::server::start(options).await.map_err(|error| load_error("start the server", error))?;
+    let first =
+        server.first_start().cloned().ok_or_else(|| BenchError::Load("the data directory is not new".into()))?;
+    let ca = std::fs::read(reservoir_net::tls::ca_path(directory)).map_err(|error| load_error("read the CA", error))?;
+    let address = server.local_addr().to_string();
+    let connect = |token: String| {
+        let mut options = ClientOptions::new(vec![address.clone()], ca.clone(), token);
+        options.streams = 1;
+        Client::connect(options)
+    };
+
+    // W4: a standby from the start (a sync primary acknowledges nothing without one).
+    let standby = match replication {
+        Some(mode) => Some(
+            start_standby(directory, &address, &first.replication_token, &first.admin_token, &ca, mode, &server)
+                .await?,
+        ),
+        None => None,
+    };
+
+    // Tenants, tokens and the catalog, through the server.
+    let load_started = Instant::now();
+    let admin = connect(first.admin_token.clone()).await.map_err(|error| load_error("connect as admin", error))?;
+    let mut tokens = Vec::with_capacity(tenants);
+    for index in 0..tenants {
+        let name = tenant_name(index);
+        let reply = admin
+            .request(vec![
+                Operation::CreateTenant { name: name.clone() },
+                Operation::IssueToken { tenant: name.clone(), revoke_others: false },
+            ])
+            .await
+            .map_err(|error| load_error("create a tenant", error))?;
+        match &reply.results[1] {
+            OperationResult::Token(Ok(token)) => tokens.push(token.clone()),
+            other => return Err(BenchError::Load(format!("issue a token for {name}: {other:?}"))),
+        }
+    }
+    for (index, token) in tokens.iter().enumerate() {
+        let client = connect(token.clone()).await.map_err(|error| load_error("connect", error))?;
+        for (chunk_index, chunk) in (0..skus_per_tenant).collect::<Vec<_>>().chunks(IMPORT_ROWS_MAX).enumerate() {
+            let rows = chunk
+                .iter()
+                .map(|&sku| WireImportRow {
+                    sku: sku_name(sku),
+                    location: LOCATION_NAME.into(),
+                    on_hand: initial_on_hand,
+                    safety_stock: None,
+                    backorder_limit: None,
+                })
+                .collect();
+            let operation = Operation::Import { operation: format!("load-{index}-{chunk_index}"), rows };
+            let reply = client.request(vec![operation]).await.map_err(|error| load_error("import", error))?;
+            if reply.results[0].code() != ResultCode::Ok {
+                return Err(BenchError::Load(format!("import: {}", reply.results[0].code().name())));
+            }
+        }
+        client.close().await;
+    }
+    let load_s = load_started.elapsed().as_secs_f64();
+    debug_assert_eq!(tokens.len(), tenants);
+    Ok(Loaded { server, ca, address, admin, tokens, load_s, standby })
 }
 
 /// One request slot of a connection: build a request, send it, account for its reply; until

@@ -14,11 +14,12 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use reservoir_engine::ReservationState;
 use reservoir_net::client::{Client, ClientOptions};
+use reservoir_net::import::ImportFormat;
 use reservoir_net::{Operation, OperationKind, OperationResult, Role, WireImportRow, WireLine};
 use serde_json::json;
 
 /// Where a SKU is when a line or item names no location (`SKU` instead of `SKU@LOCATION`).
-pub const LOCATION_DEFAULT: &str = "main";
+use reservoir_net::import::LOCATION_DEFAULT;
 /// Rows per import request (the protocol's `IMPORT_ROWS_MAX`); a larger file is sent in parts.
 pub const IMPORT_ROWS_PER_REQUEST_MAX: usize = reservoir_engine::IMPORT_ROWS_MAX;
 /// Bytes of an import file read at most (the whole file is parsed before anything is sent).
@@ -41,6 +42,15 @@ pub struct Connection {
     /// Check that the token is this tenant's (tenant operations act on the token's tenant)
     #[arg(long, global = true, value_name = "NAME")]
     tenant: Option<String>,
+}
+
+impl Connection {
+    /// `--ca`, or the CA of `./reservoir-data` (what a local `reservoir serve` made).
+    pub fn ca_path(&self) -> PathBuf {
+        self.ca
+            .clone()
+            .unwrap_or_else(|| reservoir_net::tls::ca_path(std::path::Path::new(crate::serve::DATA_DIRECTORY_DEFAULT)))
+    }
 }
 
 /// `SKU[@LOCATION]:QTY`.
@@ -253,10 +263,7 @@ pub fn run(connection: Connection, command: ClientCommand) -> u8 {
 
 async fn connect(connection: &Connection) -> anyhow::Result<Client> {
     let token = connection.token.clone().context("no token: pass --token or set RESERVOIR_TOKEN")?;
-    let ca = connection
-        .ca
-        .clone()
-        .unwrap_or_else(|| reservoir_net::tls::ca_path(std::path::Path::new(crate::serve::DATA_DIRECTORY_DEFAULT)));
+    let ca = connection.ca_path();
     let ca_pem = std::fs::read(&ca).with_context(|| format!("read the CA certificate {} (--ca)", ca.display()))?;
     let endpoints =
         connection.server.split(',').map(|text| text.trim().to_owned()).filter(|text| !text.is_empty()).collect();
@@ -404,64 +411,7 @@ fn read_import(path: &std::path::Path) -> anyhow::Result<Vec<WireImportRow>> {
     let bytes = std::fs::metadata(path).with_context(|| format!("read {}", path.display()))?.len();
     anyhow::ensure!(bytes <= IMPORT_FILE_BYTES_MAX, "{} is over {} bytes", path.display(), IMPORT_FILE_BYTES_MAX);
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-    let first = text.lines().find(|line| !line.trim().is_empty()).unwrap_or_default();
-    let mut rows = Vec::new();
-    if first.trim_start().starts_with('{') {
-        #[derive(serde::Deserialize)]
-        struct Row {
-            sku: String,
-            location: Option<String>,
-            on_hand: i64,
-            safety_stock: Option<i64>,
-            backorder_limit: Option<i64>,
-        }
-        for (number, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let value: serde_json::Value =
-                serde_json::from_str(line).with_context(|| format!("line {}", number + 1))?;
-            if value.get("export").is_some() {
-                continue; // the header line of a tenant export
-            }
-            let row: Row = serde_json::from_value(value).with_context(|| format!("line {}", number + 1))?;
-            rows.push(WireImportRow {
-                sku: row.sku,
-                location: row.location.unwrap_or_else(|| LOCATION_DEFAULT.to_owned()),
-                on_hand: row.on_hand,
-                safety_stock: row.safety_stock,
-                backorder_limit: row.backorder_limit,
-            });
-        }
-    } else {
-        let mut lines = text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty());
-        let (_, header) = lines.next().context("an empty file")?;
-        let columns: Vec<&str> = header.split(',').map(str::trim).collect();
-        let column = |name: &str| columns.iter().position(|column| *column == name);
-        let sku = column("sku").context("the CSV header has no sku column")?;
-        let on_hand = column("on_hand").context("the CSV header has no on_hand column")?;
-        let (location, safety, backorder) = (column("location"), column("safety_stock"), column("backorder_limit"));
-        for (number, line) in lines {
-            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-            let field = |index: usize| fields.get(index).copied().unwrap_or_default();
-            let number_at = |index: usize| -> anyhow::Result<i64> {
-                field(index).parse().with_context(|| format!("line {}: {:?} is not a number", number + 1, field(index)))
-            };
-            let optional = |index: Option<usize>| -> anyhow::Result<Option<i64>> {
-                match index.map(field) {
-                    None | Some("") => Ok(None),
-                    Some(_) => number_at(index.expect("some")).map(Some),
-                }
-            };
-            rows.push(WireImportRow {
-                sku: field(sku).to_owned(),
-                location: location.map(field).filter(|text| !text.is_empty()).unwrap_or(LOCATION_DEFAULT).to_owned(),
-                on_hand: number_at(on_hand)?,
-                safety_stock: optional(safety)?,
-                backorder_limit: optional(backorder)?,
-            });
-        }
-    }
+    let rows = reservoir_net::import::parse_import(&text, ImportFormat::Detect)?;
     anyhow::ensure!(!rows.is_empty(), "{} has no rows", path.display());
     Ok(rows)
 }

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use reservoir_bench::{MemorySettings, QuicSettings, Variant, W1Settings};
+use reservoir_bench::{GatewaySettings, MemorySettings, QuicSettings, Variant, W1Settings};
 
 mod client;
+mod gateway;
 mod offline;
 mod progress;
 mod serve;
@@ -28,6 +29,9 @@ struct Cli {
 enum Commands {
     /// Run the server: QUIC on 127.0.0.1:7878, data in ./reservoir-data (embedded defaults)
     Serve(serve::ServeArgs),
+    /// Run the HTTP/JSON gateway: HTTP on 127.0.0.1:8080 in front of 127.0.0.1:7878
+    /// (docs/gateway.md; --ca as for client commands)
+    Gateway(gateway::GatewayArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
     /// Run the standard workloads (shared/workload.md) and report their figures
@@ -72,6 +76,9 @@ enum BenchCommand {
     Engine(EngineArgs),
     /// W1 order flow over QUIC on loopback, against a server it starts (durable by default)
     Server(ServerBenchArgs),
+    /// W1 order flow as HTTP scans through the gateway, against a server and a gateway it
+    /// starts: scans/s (closed loop), then p50/p99 at half that rate (open loop)
+    Gateway(GatewayBenchArgs),
     /// Resident memory per stock item and per open reservation
     Memory(MemoryArgs),
     /// W2 recovery: durable load, snapshot, operations after it, cold start, replay, recovery
@@ -221,6 +228,31 @@ struct ServerBenchArgs {
 }
 
 #[derive(Debug, Args)]
+struct GatewayBenchArgs {
+    /// HTTP keep-alive connections of the capacity phase (the half-rate phase uses twice as many)
+    #[arg(long, default_value_t = GatewaySettings::default().conns)]
+    conns: usize,
+    /// Measured window of each phase, seconds
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Warm-up before each window, seconds (not measured; at most 1 s before the half-rate one)
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    #[arg(long, default_value_t = GatewaySettings::default().tenants)]
+    tenants: usize,
+    #[arg(long, default_value_t = GatewaySettings::default().skus_per_tenant)]
+    skus: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// fsync before acknowledging (durable, the default) or not (none)
+    #[arg(long, value_enum, default_value = "durable")]
+    durability: DurabilityArg,
+    /// Print only a JSON object
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 struct MemoryArgs {
     /// Stock items to create (10,000 SKUs per tenant, 1 location)
     #[arg(long, default_value_t = MemorySettings::default().items)]
@@ -238,6 +270,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Commands::Client(command) => return ExitCode::from(client::run(cli.connection, command)),
         Commands::Serve(args) => serve::run_serve(args),
+        Commands::Gateway(args) => gateway::run_gateway(args, &cli.connection.ca_path()),
         Commands::Bench(args) => run_bench(args),
         Commands::Wal(WalArgs { command: WalCommand::Dump(args) }) => offline::run_wal_dump(args),
         Commands::Verify(args) => offline::run_verify(args),
@@ -261,6 +294,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Engine(args) => run_bench_engine(args),
         BenchCommand::Server(args) => run_bench_server(args),
+        BenchCommand::Gateway(args) => run_bench_gateway(args),
         BenchCommand::Memory(args) => run_bench_memory(args),
         BenchCommand::Recovery(args) => {
             let settings = reservoir_bench::RecoverySettings {
@@ -389,6 +423,40 @@ fn run_bench_server(args: ServerBenchArgs) -> anyhow::Result<()> {
         }
     }
     anyhow::ensure!(run.report.check_ok, "the ledger check failed: {:?}", run.report.check_failures);
+    Ok(())
+}
+
+fn run_bench_gateway(args: GatewayBenchArgs) -> anyhow::Result<()> {
+    let settings = GatewaySettings {
+        conns: args.conns,
+        warmup_s: args.warmup,
+        window_s: args.seconds,
+        seed: args.seed,
+        tenants: args.tenants,
+        skus_per_tenant: args.skus,
+        durability: args.durability.into(),
+        ..GatewaySettings::default()
+    };
+    let progress = (!args.json).then(|| {
+        eprintln!(
+            "W1 through the HTTP gateway ({}): {} conns at capacity, then {} at half of it ...",
+            settings.durability.name(),
+            settings.conns,
+            settings.conns * 2
+        );
+        let total_s = settings.warmup_s + settings.warmup_s.min(1.0) + 2.0 * settings.window_s;
+        progress::Countdown::start("W1 via gateway", total_s)
+    });
+    let report = reservoir_bench::run_w1_gateway(&settings).context("bench gateway")?;
+    if let Some(progress) = progress {
+        progress.finish();
+    }
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.render_table());
+    }
+    anyhow::ensure!(report.check_ok, "the ledger check failed: {:?}", report.check_failures);
     Ok(())
 }
 

@@ -243,8 +243,8 @@ pub fn options(args: &ServeArgs) -> anyhow::Result<ServerOptions> {
     Ok(options)
 }
 
-pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
-    let options = options(&args)?;
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -253,6 +253,11 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let options = options(&args)?;
+    init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("reservoir").build()?;
     runtime.block_on(serve(options))
 }

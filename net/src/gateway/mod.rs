@@ -1,0 +1,221 @@
+//! The HTTP/JSON gateway (issue #6, docs/gateway.md): handheld scanners and services without a
+//! QUIC client reach Reservoir over HTTP. It translates each request into one operation of the
+//! QUIC protocol, sent with the Rust client library, and the reply into JSON. It keeps no state
+//! of its own (tenants, idempotency and stock are the server's), so any number of gateways can
+//! run side by side.
+//!
+//! - `api`: the endpoints under `/v1`, their request and response types (which the OpenAPI
+//!   document at `/openapi.json` is generated from), `/healthz` and `/readyz`.
+//! - `problem`: RFC 9457 problem details and the status mapping table.
+//! - `pool`: upstream connections, one per bearer token, bounded and swept.
+//!
+//! Every request has a deadline (`request_timeout_ms`, 10 s by default): past it the answer is
+//! a problem (503 `upstream_timeout` or 408 `request_timeout`), never a hang.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::NetError;
+
+pub mod api;
+pub mod pool;
+pub mod problem;
+
+pub use problem::{GatewayCode, Problem};
+
+/// How long one HTTP request may take, by default (upstream retries included).
+pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Requests the gateway serves at once; more are answered 503 `too_many_in_flight` at once.
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 4_096;
+/// Bytes of a JSON request body.
+pub const JSON_BODY_BYTES_MAX: usize = 64 << 10;
+/// Bytes of an import body (CSV or JSON lines).
+pub const IMPORT_BODY_BYTES_MAX: usize = 32 << 20;
+/// Rows of one import body: 10 import operations of `IMPORT_ROWS_MAX` rows.
+pub const IMPORT_BODY_ROWS_MAX: usize = 10 * reservoir_engine::IMPORT_ROWS_MAX;
+/// Bytes of one line of an import body.
+pub const IMPORT_LINE_BYTES_MAX: usize = 4_096;
+/// How long `/readyz` waits for an upstream's handshake.
+pub const READY_PROBE_TIMEOUT_MS: u64 = 2_000;
+/// Headers of every answer the server gave: the LSN and epoch the reply reflects.
+pub const LSN_HEADER: &str = "reservoir-lsn";
+pub const EPOCH_HEADER: &str = "reservoir-epoch";
+/// Reserved for the standby work (docs/gateway.md, "Failover"): set when the answering node is
+/// a standby (the answer is read-only and may lag the primary).
+pub const READ_ONLY_HEADER: &str = "reservoir-read-only";
+
+/// What `reservoir gateway` is configured with.
+#[derive(Clone, Debug)]
+pub struct GatewayOptions {
+    /// Where to listen for HTTP (default `127.0.0.1:8080`).
+    pub listen: SocketAddr,
+    /// `host:port` of every upstream node (a primary and its standbys), in order.
+    pub upstreams: Vec<String>,
+    /// PEM of the CA that signed the servers' certificates.
+    pub ca_pem: Vec<u8>,
+    /// The TLS name to check the servers' certificates against; default: each host.
+    pub server_name: Option<String>,
+    pub request_timeout_ms: u64,
+    /// Upstream connections (tokens) kept at once.
+    pub pool_connections_max: usize,
+}
+
+impl GatewayOptions {
+    /// The embedded defaults: listen on `127.0.0.1:8080`, upstream `127.0.0.1:7878`.
+    pub fn new(ca_pem: Vec<u8>) -> GatewayOptions {
+        GatewayOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            upstreams: vec!["127.0.0.1:7878".into()],
+            ca_pem,
+            server_name: None,
+            request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
+            pool_connections_max: pool::POOL_CONNECTIONS_MAX,
+        }
+    }
+}
+
+/// What every handler shares.
+pub struct Gateway {
+    pool: pool::Pool,
+    request_timeout: Duration,
+    in_flight: Arc<Semaphore>,
+    openapi_json: String,
+}
+
+/// When the request must be answered by (set by the outermost layer).
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline(pub Instant);
+
+/// A running gateway.
+pub struct GatewayHandle {
+    local_addr: SocketAddr,
+    gateway: Arc<Gateway>,
+    stop: Option<oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
+    sweeper: tokio::task::JoinHandle<()>,
+}
+
+impl GatewayHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Upstream connections held now.
+    pub fn pooled_connections(&self) -> usize {
+        self.gateway.pool.len()
+    }
+
+    /// Stops accepting, lets the requests in flight finish (each within its deadline), closes
+    /// the upstream connections.
+    pub async fn shutdown(mut self) -> Result<(), NetError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let wait = self.gateway.request_timeout + Duration::from_secs(1);
+        let served = tokio::time::timeout(wait, &mut self.served).await;
+        self.sweeper.abort();
+        self.gateway.pool.clear();
+        match served {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(error))) => Err(NetError::io("serve HTTP", error)),
+            Ok(Err(error)) => Err(NetError::Shutdown(format!("the HTTP server task failed: {error}"))),
+            Err(_) => {
+                self.served.abort();
+                Err(NetError::Shutdown("requests were still in flight past their deadline".into()))
+            }
+        }
+    }
+}
+
+/// The router with its state, and the OpenAPI document of its routes.
+pub fn router(options: &GatewayOptions) -> (Router, Arc<Gateway>) {
+    let (routes, openapi) = api::routes();
+    let gateway = Arc::new(Gateway {
+        pool: pool::Pool::new(
+            options.upstreams.clone(),
+            options.ca_pem.clone(),
+            options.server_name.clone(),
+            options.request_timeout_ms,
+            options.pool_connections_max,
+        ),
+        request_timeout: Duration::from_millis(options.request_timeout_ms.max(1)),
+        in_flight: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
+        openapi_json: openapi.to_json().unwrap_or_else(|_| "{}".into()),
+    });
+    let router = routes
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(gateway.clone(), admit))
+        .with_state(gateway.clone());
+    (router, gateway)
+}
+
+/// Binds `options.listen` and serves until [`GatewayHandle::shutdown`].
+pub async fn start(options: GatewayOptions) -> Result<GatewayHandle, NetError> {
+    if options.upstreams.is_empty() {
+        return Err(NetError::Connect("no upstream given".into()));
+    }
+    crate::tls::client_config(&options.ca_pem)?;
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|error| NetError::io(format!("bind {}", options.listen), error))?;
+    let local_addr = listener.local_addr().map_err(|error| NetError::io("the bound address", error))?;
+    let (router, gateway) = router(&options);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let served = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let sweeping = gateway.clone();
+    let sweeper = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_millis(pool::POOL_SWEEP_INTERVAL_MS));
+        loop {
+            interval.tick().await;
+            sweeping.pool.sweep();
+        }
+    });
+    tracing::info!(%local_addr, upstreams = ?options.upstreams, "gateway serving");
+    Ok(GatewayHandle { local_addr, gateway, stop: Some(stop), served, sweeper })
+}
+
+/// The outermost layer: bounds the requests in flight (shedding, not queueing) and gives each
+/// its deadline; past it, a problem instead of a hang.
+async fn admit(State(gateway): State<Arc<Gateway>>, mut request: Request, next: Next) -> Response {
+    let Ok(_permit) = gateway.in_flight.clone().try_acquire_owned() else {
+        return Problem::protocol(
+            crate::ProtocolErrorCode::TooManyInFlight,
+            format!("the gateway serves {REQUESTS_IN_FLIGHT_MAX} requests at once"),
+        )
+        .into_response();
+    };
+    let deadline = Instant::now() + gateway.request_timeout;
+    request.extensions_mut().insert(Deadline(deadline));
+    // The handlers answer by the deadline themselves (an upstream timeout is a 503); this
+    // backstop catches a client that sends its body too slowly.
+    let backstop = tokio::time::Instant::from_std(deadline) + Duration::from_millis(250);
+    match tokio::time::timeout_at(backstop, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Problem::gateway(
+            GatewayCode::RequestTimeout,
+            format!("the request was not complete within {} ms", gateway.request_timeout.as_millis()),
+        )
+        .into_response(),
+    }
+}
+
+/// Sets the `Reservoir-Lsn` and `Reservoir-Epoch` headers.
+pub(crate) fn insert_position(headers: &mut HeaderMap, lsn: u64, epoch: u64) {
+    headers.insert(LSN_HEADER, HeaderValue::from(lsn));
+    headers.insert(EPOCH_HEADER, HeaderValue::from(epoch));
+}

@@ -1,0 +1,178 @@
+//! Stock import files: CSV with a header (`sku,location,on_hand[,safety_stock,backorder_limit]`)
+//! or JSON lines with those fields (a tenant export of `reservoir restore --tenant` works as it
+//! is), parsed a line at a time into [`WireImportRow`]s. The CLI (`reservoir import FILE`)
+//! feeds it a file's lines; the HTTP gateway feeds it a request body's lines as they arrive.
+
+use crate::operation::WireImportRow;
+
+/// Where a SKU is when a row names no location.
+pub const LOCATION_DEFAULT: &str = "main";
+
+/// How the lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImportFormat {
+    Csv,
+    JsonLines,
+    /// JSON lines if the first non-blank line starts with `{`, else CSV.
+    Detect,
+}
+
+/// A line that does not parse (1-based line number of the file or body).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct ImportError {
+    pub line: usize,
+    pub message: String,
+}
+
+/// Where the columns of a CSV file are (from its header).
+#[derive(Clone, Debug)]
+struct Columns {
+    sku: usize,
+    on_hand: usize,
+    location: Option<usize>,
+    safety_stock: Option<usize>,
+    backorder_limit: Option<usize>,
+}
+
+/// Parses an import a line at a time.
+#[derive(Clone, Debug)]
+pub struct ImportParser {
+    format: ImportFormat,
+    columns: Option<Columns>,
+    line: usize,
+}
+
+#[derive(serde::Deserialize)]
+struct JsonRow {
+    sku: String,
+    location: Option<String>,
+    on_hand: i64,
+    safety_stock: Option<i64>,
+    backorder_limit: Option<i64>,
+}
+
+impl ImportParser {
+    pub fn new(format: ImportFormat) -> ImportParser {
+        ImportParser { format, columns: None, line: 0 }
+    }
+
+    /// Lines given so far (blank ones and headers included).
+    pub fn lines_read(&self) -> usize {
+        self.line
+    }
+
+    /// The next line (without its line end). `Ok(None)` for a blank line, the CSV header and
+    /// a tenant export's header line.
+    pub fn line(&mut self, text: &str) -> Result<Option<WireImportRow>, ImportError> {
+        self.line += 1;
+        let text = text.strip_suffix('\r').unwrap_or(text);
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        if self.format == ImportFormat::Detect {
+            self.format = if text.trim_start().starts_with('{') { ImportFormat::JsonLines } else { ImportFormat::Csv };
+        }
+        debug_assert_ne!(self.format, ImportFormat::Detect, "decided by the first non-blank line");
+        match self.format {
+            ImportFormat::JsonLines => self.json_line(text),
+            _ => self.csv_line(text),
+        }
+    }
+
+    fn error(&self, message: impl Into<String>) -> ImportError {
+        ImportError { line: self.line, message: message.into() }
+    }
+
+    fn json_line(&self, text: &str) -> Result<Option<WireImportRow>, ImportError> {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|error| self.error(error.to_string()))?;
+        if value.get("export").is_some() {
+            return Ok(None); // the header line of a tenant export
+        }
+        let row: JsonRow = serde_json::from_value(value).map_err(|error| self.error(error.to_string()))?;
+        Ok(Some(WireImportRow {
+            sku: row.sku,
+            location: row.location.unwrap_or_else(|| LOCATION_DEFAULT.to_owned()),
+            on_hand: row.on_hand,
+            safety_stock: row.safety_stock,
+            backorder_limit: row.backorder_limit,
+        }))
+    }
+
+    fn csv_line(&mut self, text: &str) -> Result<Option<WireImportRow>, ImportError> {
+        let fields: Vec<&str> = text.split(',').map(str::trim).collect();
+        let Some(columns) = &self.columns else {
+            let column = |name: &str| fields.iter().position(|column| *column == name);
+            let sku = column("sku").ok_or_else(|| self.error("the CSV header has no sku column"))?;
+            let on_hand = column("on_hand").ok_or_else(|| self.error("the CSV header has no on_hand column"))?;
+            self.columns = Some(Columns {
+                sku,
+                on_hand,
+                location: column("location"),
+                safety_stock: column("safety_stock"),
+                backorder_limit: column("backorder_limit"),
+            });
+            return Ok(None);
+        };
+        let field = |index: usize| fields.get(index).copied().unwrap_or_default();
+        let number_at = |index: usize| -> Result<i64, ImportError> {
+            field(index).parse().map_err(|_| self.error(format!("{:?} is not a number", field(index))))
+        };
+        let optional = |index: Option<usize>| -> Result<Option<i64>, ImportError> {
+            match index {
+                Some(index) if !field(index).is_empty() => number_at(index).map(Some),
+                _ => Ok(None),
+            }
+        };
+        Ok(Some(WireImportRow {
+            sku: field(columns.sku).to_owned(),
+            location: columns
+                .location
+                .map(field)
+                .filter(|text| !text.is_empty())
+                .unwrap_or(LOCATION_DEFAULT)
+                .to_owned(),
+            on_hand: number_at(columns.on_hand)?,
+            safety_stock: optional(columns.safety_stock)?,
+            backorder_limit: optional(columns.backorder_limit)?,
+        }))
+    }
+}
+
+/// Every row of a whole file's text.
+pub fn parse_import(text: &str, format: ImportFormat) -> Result<Vec<WireImportRow>, ImportError> {
+    let mut parser = ImportParser::new(format);
+    let mut rows = Vec::new();
+    for line in text.lines() {
+        if let Some(row) = parser.line(line)? {
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_and_json_lines_give_the_same_rows() {
+        let csv = "sku, location,on_hand,safety_stock\nA,DC1,5,\r\nB,,7,2\n\n";
+        let json = "{\"export\":\"demo\"}\n{\"sku\":\"A\",\"location\":\"DC1\",\"on_hand\":5}\n{\"sku\":\"B\",\"on_hand\":7,\"safety_stock\":2}\n";
+        let rows = parse_import(csv, ImportFormat::Detect).unwrap();
+        assert_eq!(rows, parse_import(json, ImportFormat::Detect).unwrap());
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[1].location.as_str(), rows[1].safety_stock), (LOCATION_DEFAULT, Some(2)));
+    }
+
+    #[test]
+    fn a_bad_line_names_its_number() {
+        let error = parse_import("sku,on_hand\nA,5\nB,five\n", ImportFormat::Csv).unwrap_err();
+        assert_eq!(error.line, 3);
+        assert!(error.to_string().contains("not a number"), "{error}");
+        let error = parse_import("location,on_hand\n", ImportFormat::Csv).unwrap_err();
+        assert_eq!((error.line, error.message.as_str()), (1, "the CSV header has no sku column"));
+        let error = parse_import("{\"sku\":\"A\"}\n", ImportFormat::JsonLines).unwrap_err();
+        assert!(error.message.contains("on_hand"), "{error}");
+    }
+}
