@@ -733,3 +733,124 @@ fn the_status_mapping_matches_docs_gateway_md() {
     }
     assert!(rows.is_empty(), "docs/gateway.md lists codes the code does not: {rows:?}");
 }
+
+/// Point 6 of issue #6: a primary and a standby behind one gateway. The primary goes away:
+/// lookups are answered by the standby and marked read-only, writes are 503 with Retry-After.
+/// The standby is promoted: writes go through again, and a scan retried with the
+/// Idempotency-Key of one that failed during the outage is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_with_the_gateway_in_front() {
+    use reservoir_net::replication::{FollowOptions, StartRole};
+    let free_port = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let primary_directory = tempfile::tempdir().unwrap();
+    let mut options = ServerOptions::new(primary_directory.path().to_owned());
+    options.listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let primary = server::start(options).await.unwrap();
+    let first = primary.first_start().cloned().unwrap();
+    let primary_address = primary.local_addr().to_string();
+    let ca = std::fs::read(reservoir_net::tls::ca_path(primary_directory.path())).unwrap();
+
+    let standby_directory = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(standby_directory.path().join("tls")).unwrap();
+    for entry in std::fs::read_dir(primary_directory.path().join("tls")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), standby_directory.path().join("tls").join(entry.file_name())).unwrap();
+    }
+    let standby_address = format!("127.0.0.1:{}", free_port());
+    let mut options = ServerOptions::new(standby_directory.path().to_owned());
+    options.listen = standby_address.parse().unwrap();
+    options.role = StartRole::Standby(FollowOptions {
+        primary: primary_address.clone(),
+        token: first.replication_token.clone(),
+        ca_pem: ca.clone(),
+        server_name: None,
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let standby = tokio::spawn(server::run(
+        options,
+        async move {
+            let _ = stopped.await;
+        },
+        |_| {},
+    ));
+
+    let mut options = GatewayOptions::new(ca.clone());
+    options.listen = "127.0.0.1:0".parse().unwrap();
+    options.upstreams = vec![primary_address.clone(), standby_address.clone()];
+    let gateway = gateway::start(options).await.unwrap();
+    let setup = Setup {
+        server: None,
+        gateway,
+        _directory: tempfile::tempdir().unwrap(),
+        ca: ca.clone(),
+        admin: first.admin_token.clone(),
+        demo: first.demo_token.clone(),
+        http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
+    };
+    let token = first.demo_token.clone();
+    let scan = |quantity: i64| json!({"sku": "SKU-F", "location": "DC1", "quantity": quantity});
+    let answer = setup.post(&format!("{DEMO}/receipts"), &token, "scan-1", scan(10)).await;
+    assert_eq!(answer.assert_ok()["epoch"], 1);
+    let answer = setup.get(&format!("{DEMO}/stock/SKU-F"), &token).await;
+    answer.assert_ok();
+    assert_eq!(answer.header("reservoir-read-only"), None, "the primary answered");
+
+    // The standby has the scan (its status, over QUIC with the admin token).
+    let lsn = answer.body["lsn"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let caught_up = async {
+            let admin = Client::connect(ClientOptions::new(
+                vec![standby_address.clone()],
+                ca.clone(),
+                first.admin_token.clone(),
+            ))
+            .await
+            .ok()?;
+            let reply = admin.request(vec![Operation::Status]).await.ok()?;
+            admin.close().await;
+            match &reply.results[0] {
+                OperationResult::Status(Ok(document)) => {
+                    let status: Value = serde_json::from_str(document).ok()?;
+                    Some(status["applied_lsn"].as_u64()? >= lsn)
+                }
+                _ => None,
+            }
+        }
+        .await;
+        if caught_up == Some(true) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the standby never caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The primary is gone: lookups through the standby, marked read-only; writes 503.
+    primary.shutdown().await.unwrap();
+    let answer = setup.get(&format!("{DEMO}/stock/SKU-F"), &token).await;
+    let body = answer.assert_ok();
+    assert_eq!(body["total"]["on_hand"], 10, "{answer:?}");
+    assert_eq!(answer.header("reservoir-read-only"), Some("true"), "{answer:?}");
+    let answer = setup.post(&format!("{DEMO}/receipts"), &token, "scan-2", scan(5)).await;
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert!(answer.header("retry-after").is_some(), "{answer:?}");
+
+    // Promotion: the same scan, retried with its key, goes through once on epoch 2.
+    let admin =
+        Client::connect(ClientOptions::new(vec![standby_address.clone()], ca.clone(), first.admin_token.clone()))
+            .await
+            .unwrap();
+    assert_eq!(admin.request(vec![Operation::Promote]).await.unwrap().results[0].code(), ResultCode::Ok);
+    admin.close().await;
+    let answer = setup.post(&format!("{DEMO}/receipts"), &token, "scan-2", scan(5)).await;
+    assert_eq!(answer.assert_ok()["epoch"], 2, "{answer:?}");
+    let again = setup.post(&format!("{DEMO}/receipts"), &token, "scan-2", scan(5)).await;
+    assert_eq!(again.assert_ok()["on_hand"], answer.body["on_hand"], "a retry answers the original");
+    let answer = setup.get(&format!("{DEMO}/stock/SKU-F"), &token).await;
+    assert_eq!(answer.assert_ok()["total"]["on_hand"], 15, "applied once: {answer:?}");
+    assert_eq!(answer.header("reservoir-read-only"), None, "the new primary answered");
+    setup.gateway.shutdown().await.unwrap();
+    let _ = stop.send(());
+    let engine = standby.await.unwrap().unwrap();
+    assert!(engine.verify().violations.is_empty());
+}

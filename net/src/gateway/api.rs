@@ -434,6 +434,17 @@ struct Answer {
     result: OperationResult,
     lsn: u64,
     epoch: u64,
+    /// The node that answered is not a primary (a standby, or a fenced former primary): the
+    /// answer is read-only and may lag the primary.
+    read_only: bool,
+}
+
+/// Adds `Reservoir-Read-Only: true` to a lookup answered by a node that is not the primary.
+fn mark_read_only(mut response: Response, read_only: bool) -> Response {
+    if read_only {
+        response.headers_mut().insert(super::READ_ONLY_HEADER, axum::http::HeaderValue::from_static("true"));
+    }
+    response
 }
 
 impl Scope {
@@ -466,7 +477,13 @@ impl Scope {
             ));
         }
         let result = results.pop().expect("one");
-        Ok(Answer { result, lsn, epoch })
+        // The session that answered is the client's current one (it reconnects only on a
+        // failure, which this request did not have).
+        let read_only = match self.upstream.client.hello().await {
+            Ok(hello) => hello.node != crate::NodeRole::Primary,
+            Err(_) => false,
+        };
+        Ok(Answer { result, lsn, epoch, read_only })
     }
 }
 
@@ -732,7 +749,8 @@ async fn stock(
                 },
                 answer.lsn,
                 answer.epoch,
-            )),
+            ))
+            .map(|response| mark_read_only(response, answer.read_only)),
             other => Err(query_refusal(other, &answer)),
         }
     };
@@ -791,7 +809,8 @@ async fn reservation(
                 },
                 answer.lsn,
                 answer.epoch,
-            )),
+            ))
+            .map(|response| mark_read_only(response, answer.read_only)),
             other => Err(query_refusal(other, &answer)),
         }
     };

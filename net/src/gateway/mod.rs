@@ -48,8 +48,8 @@ pub const READY_PROBE_TIMEOUT_MS: u64 = 2_000;
 /// Headers of every answer the server gave: the LSN and epoch the reply reflects.
 pub const LSN_HEADER: &str = "reservoir-lsn";
 pub const EPOCH_HEADER: &str = "reservoir-epoch";
-/// Reserved for the standby work (docs/gateway.md, "Failover"): set when the answering node is
-/// a standby (the answer is read-only and may lag the primary).
+/// `true` on a lookup answered by a node that is not the primary (a hot standby while no
+/// primary is reachable): the answer is read-only and may lag (docs/gateway.md, "Failover").
 pub const READ_ONLY_HEADER: &str = "reservoir-read-only";
 
 /// What `reservoir gateway` is configured with.
