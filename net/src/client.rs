@@ -59,6 +59,8 @@ pub const RETRY_WAIT_MS_MAX: u64 = 5_000;
 /// How long the client waits for each of several endpoints to answer when it looks for the
 /// primary.
 pub const PROBE_TIMEOUT_MS: u64 = 1_500;
+/// How long the client waits for its one endpoint's handshake.
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 /// Bytes read from a stream at once.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
@@ -78,6 +80,9 @@ pub struct ClientOptions {
     pub request_timeout_ms: u64,
     /// The TLS name to check the server's certificate against; default: the endpoint's host.
     pub server_name: Option<String>,
+    /// Wait out `rate_limited` refusals and retry (the default); off, the refusal is returned at
+    /// once (a gateway answers its own caller 429 with Retry-After instead).
+    pub retry_rate_limited: bool,
 }
 
 impl ClientOptions {
@@ -90,6 +95,7 @@ impl ClientOptions {
             batch_operations_max: 256,
             request_timeout_ms: 30_000,
             server_name: None,
+            retry_rate_limited: true,
         }
     }
 }
@@ -263,7 +269,9 @@ impl Inner {
                 Ok(reply) => return Ok(reply),
                 Err(NetError::Refused(error)) => match error.code {
                     // Without retry_after the request can never pass (larger than the burst).
-                    ProtocolErrorCode::RateLimited if error.retry_after_ms.is_none() => {
+                    ProtocolErrorCode::RateLimited
+                        if error.retry_after_ms.is_none() || !self.options.retry_rate_limited =>
+                    {
                         return Err(NetError::Refused(error));
                     }
                     ProtocolErrorCode::RateLimited
@@ -393,7 +401,11 @@ impl Inner {
 
     async fn open(&self, endpoint_text: &str) -> Result<Session, NetError> {
         let probe = Probe { options: self.options.clone(), client_config: self.client_config.clone() };
-        let mut session = probe.open(endpoint_text).await?;
+        // A dead host never answers a QUIC handshake: bound the wait (else QUIC's idle timeout).
+        let timeout = Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
+        let mut session = tokio::time::timeout(timeout, probe.open(endpoint_text)).await.map_err(|_| {
+            NetError::Timeout(format!("{endpoint_text}: no handshake within {HANDSHAKE_TIMEOUT_MS} ms"))
+        })??;
         session.generation = self.generations.fetch_add(1, Ordering::Relaxed);
         Ok(session)
     }
@@ -405,33 +417,41 @@ struct Probe {
     client_config: quinn::ClientConfig,
 }
 
+/// Opens a QUIC connection to `endpoint_text` (`host:port`), checking the server's certificate
+/// against `server_name` or the endpoint's host. Shared by clients and standbys.
+pub(crate) async fn dial(
+    endpoint_text: &str,
+    server_name: Option<&str>,
+    client_config: &quinn::ClientConfig,
+) -> Result<quinn::Connection, NetError> {
+    let address: SocketAddr = tokio::net::lookup_host(endpoint_text)
+        .await
+        .map_err(|error| NetError::Connect(format!("{endpoint_text}: {error}")))?
+        .next()
+        .ok_or_else(|| NetError::Connect(format!("{endpoint_text}: no address")))?;
+    let host = match server_name {
+        Some(name) => name.to_owned(),
+        None => {
+            endpoint_text.rsplit_once(':').map_or(endpoint_text, |(host, _)| host).trim_matches(['[', ']']).to_owned()
+        }
+    };
+    let bind: SocketAddr = if address.is_ipv6() {
+        "[::]:0".parse().expect("an address")
+    } else {
+        "0.0.0.0:0".parse().expect("an address")
+    };
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(|source| NetError::io("bind a UDP socket", source))?;
+    endpoint.set_default_client_config(client_config.clone());
+    endpoint
+        .connect(address, &host)
+        .map_err(|error| NetError::Connect(format!("{endpoint_text}: {error}")))?
+        .await
+        .map_err(|error| NetError::Connect(format!("{endpoint_text}: {error}")))
+}
+
 impl Probe {
     async fn open(&self, endpoint_text: &str) -> Result<Session, NetError> {
-        let address: SocketAddr = tokio::net::lookup_host(endpoint_text)
-            .await
-            .map_err(|error| NetError::Connect(format!("{endpoint_text}: {error}")))?
-            .next()
-            .ok_or_else(|| NetError::Connect(format!("{endpoint_text}: no address")))?;
-        let host = match &self.options.server_name {
-            Some(name) => name.clone(),
-            None => endpoint_text
-                .rsplit_once(':')
-                .map_or(endpoint_text, |(host, _)| host)
-                .trim_matches(['[', ']'])
-                .to_owned(),
-        };
-        let bind: SocketAddr = if address.is_ipv6() {
-            "[::]:0".parse().expect("an address")
-        } else {
-            "0.0.0.0:0".parse().expect("an address")
-        };
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|source| NetError::io("bind a UDP socket", source))?;
-        endpoint.set_default_client_config(self.client_config.clone());
-        let connection = endpoint
-            .connect(address, &host)
-            .map_err(|error| NetError::Connect(format!("{endpoint_text}: {error}")))?
-            .await
-            .map_err(|error| NetError::Connect(format!("{endpoint_text}: {error}")))?;
+        let connection = dial(endpoint_text, self.options.server_name.as_deref(), &self.client_config).await?;
         let (mut send, mut recv) =
             connection.open_bi().await.map_err(|error| NetError::Connection(error.to_string()))?;
         let mut bytes = Vec::new();

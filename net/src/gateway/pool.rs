@@ -147,6 +147,8 @@ impl Pool {
         let mut options = ClientOptions::new(self.endpoints.clone(), self.ca_pem.clone(), token.to_owned());
         options.server_name = self.server_name.clone();
         options.request_timeout_ms = self.request_timeout_ms;
+        // The gateway answers 429 with Retry-After itself; the scanner decides when to retry.
+        options.retry_rate_limited = false;
         let client = Client::connect(options).await?;
         let tenant = match client.hello().await?.role {
             Role::Tenant { name } => Some(name),

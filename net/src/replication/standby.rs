@@ -1,7 +1,6 @@
 //! The standby's side: follow the primary, apply and persist what it ships; promotion; and,
 //! once promoted, fencing the former primary.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,26 +34,8 @@ pub(crate) struct Link {
 /// Connects to `address` with a replication token and completes the handshake.
 pub(crate) async fn connect(address: &str, options: &FollowOptions) -> Result<Link, NetError> {
     let attempt = async {
-        let resolved: SocketAddr = tokio::net::lookup_host(address)
-            .await
-            .map_err(|error| NetError::Connect(format!("{address}: {error}")))?
-            .next()
-            .ok_or_else(|| NetError::Connect(format!("{address}: no address")))?;
-        let host = options.server_name.clone().unwrap_or_else(|| {
-            address.rsplit_once(':').map_or(address, |(host, _)| host).trim_matches(['[', ']']).to_owned()
-        });
-        let bind: SocketAddr = if resolved.is_ipv6() {
-            "[::]:0".parse().expect("an address")
-        } else {
-            "0.0.0.0:0".parse().expect("an address")
-        };
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|source| NetError::io("bind a UDP socket", source))?;
-        endpoint.set_default_client_config(crate::tls::client_config(&options.ca_pem)?);
-        let connection = endpoint
-            .connect(resolved, &host)
-            .map_err(|error| NetError::Connect(format!("{address}: {error}")))?
-            .await
-            .map_err(|error| NetError::Connect(format!("{address}: {error}")))?;
+        let client_config = crate::tls::client_config(&options.ca_pem)?;
+        let connection = crate::client::dial(address, options.server_name.as_deref(), &client_config).await?;
         let (mut send, mut recv) =
             connection.open_bi().await.map_err(|error| NetError::Connection(error.to_string()))?;
         let mut bytes = Vec::new();
