@@ -440,3 +440,61 @@ async fn the_old_primary_refuses_writes_after_a_promotion_and_rejoins_as_a_stand
     reader.close().await;
     writer.close().await;
 }
+
+/// The standby is cut off (SIGSTOP) while the primary takes writes, then let go (SIGCONT): the
+/// primary reports it behind meanwhile, and it catches up with no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_cut_off_by_sigstop_catches_up() {
+    let root = tempfile::tempdir().unwrap();
+    let (primary_directory, standby_directory) = (root.path().join("primary"), root.path().join("standby"));
+    let primary_address = format!("127.0.0.1:{}", free_port());
+    let standby_address = format!("127.0.0.1:{}", free_port());
+    let primary = Server::start(&primary_directory, &["--listen", &primary_address]);
+    let (admin, demo, replication) =
+        (primary.token("admin token"), primary.token("tenant \"demo\" token"), primary.token("replication token"));
+    let ca = std::fs::read(primary_directory.join("tls/ca.pem")).unwrap();
+    copy_tls(&primary_directory, &standby_directory);
+    let standby = Server::start(
+        &standby_directory,
+        &[
+            "--listen",
+            &standby_address,
+            "--role",
+            "standby",
+            "--primary",
+            &primary_address,
+            "--replication-token",
+            &replication,
+        ],
+    );
+    wait_for(&primary_address, &ca, &admin, "the standby streams", |status| {
+        status["standbys"]
+            .as_array()
+            .is_some_and(|standbys| standbys.iter().any(|standby| standby["state"] == "streaming"))
+    })
+    .await;
+    let client = connect(&[&primary_address], &ca, &demo).await;
+    let receive = |id: String| Operation::Receive { operation: id, sku: sku(3), location: "DC1".into(), quantity: 1 };
+    let pid = standby.child.id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    for batch in 0..20 {
+        let operations = (0..100).map(|index| receive(format!("cut-{batch}-{index}"))).collect();
+        client.request(operations).await.unwrap();
+    }
+    let status = status(&primary_address, &ca, &admin).await.unwrap();
+    assert!(status["standbys"][0]["lag"]["records"].as_u64() >= Some(1_000), "the primary sees the lag: {status:#}");
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    let target = status["durable_lsn"].as_u64().unwrap();
+    wait_for(&standby_address, &ca, &admin, "the standby catches up", |status| {
+        status["applied_lsn"].as_u64() >= Some(target)
+    })
+    .await;
+    let reader = connect(&[&standby_address], &ca, &demo).await;
+    let reply = reader.request(vec![Operation::GetSku { sku: sku(3) }]).await.unwrap();
+    match &reply.results[0] {
+        OperationResult::Sku(Ok(summary)) => assert_eq!(summary.total.on_hand, 2_000),
+        other => panic!("{other:?}"),
+    }
+    reader.close().await;
+    client.close().await;
+}

@@ -1135,9 +1135,33 @@ pub async fn run(
 ) -> Result<Engine, NetError> {
     /// Restarts in a row without a stop; a loop past it is a bug, not a state to serve from.
     const RESTARTS_MAX: usize = 1_000;
+    /// After a restart the old endpoint's socket may linger a moment (quinn's driver task
+    /// lets go of it once it sees the endpoint closed): retry the bind this long.
+    const REBIND_WAIT_MS_MAX: u64 = 10_000;
     tokio::pin!(stop);
-    for _ in 0..RESTARTS_MAX {
-        let handle = start(options.clone()).await?;
+    for restart in 0..RESTARTS_MAX {
+        let handle = if restart == 0 {
+            start(options.clone()).await?
+        } else {
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(REBIND_WAIT_MS_MAX);
+            loop {
+                match start(options.clone()).await {
+                    Ok(handle) => break handle,
+                    Err(NetError::Io { what, source })
+                        if source.kind() == std::io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline =>
+                    {
+                        tracing::info!(%what, "the address is still held by the stopped server: retrying");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(NetError::Wal(reservoir_wal::WalError::Locked { .. }))
+                        if tokio::time::Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+        };
         on_start(&handle);
         let restart = tokio::select! {
             restart = handle.restart_requested() => restart,
