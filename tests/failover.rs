@@ -498,3 +498,53 @@ async fn a_standby_cut_off_by_sigstop_catches_up() {
     reader.close().await;
     client.close().await;
 }
+
+/// A primary killed before the failover (it never saw the fence) and restarted as a primary
+/// with `--peers` asks the other node first, and starts fenced: it takes no write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_restarted_after_a_failover_it_missed_starts_fenced_when_given_its_peers() {
+    let root = tempfile::tempdir().unwrap();
+    let (primary_directory, standby_directory) = (root.path().join("primary"), root.path().join("standby"));
+    let primary_address = format!("127.0.0.1:{}", free_port());
+    let standby_address = format!("127.0.0.1:{}", free_port());
+    let mut primary = Server::start(&primary_directory, &["--listen", &primary_address]);
+    let (admin, demo, replication) =
+        (primary.token("admin token"), primary.token("tenant \"demo\" token"), primary.token("replication token"));
+    let ca = std::fs::read(primary_directory.join("tls/ca.pem")).unwrap();
+    copy_tls(&primary_directory, &standby_directory);
+    let _standby = Server::start(
+        &standby_directory,
+        &[
+            "--listen",
+            &standby_address,
+            "--role",
+            "standby",
+            "--primary",
+            &primary_address,
+            "--replication-token",
+            &replication,
+        ],
+    );
+    wait_for(&standby_address, &ca, &admin, "the standby streams", |status| status["following"]["connected"] == true)
+        .await;
+    // The primary is lost first; then the standby is promoted (it cannot fence anyone).
+    primary.kill();
+    let promoted = connect(&[&standby_address], &ca, &admin).await;
+    assert_eq!(promoted.request(vec![Operation::Promote]).await.unwrap().results[0].code(), ResultCode::Ok);
+    promoted.close().await;
+    let primary = Server::start(
+        &primary_directory,
+        &["--listen", &primary_address, "--peers", &standby_address, "--replication-token", &replication],
+    );
+    assert!(primary.lines.iter().any(|line| line.contains("as fenced")), "{:?}", primary.lines);
+    let old = connect(&[&primary_address], &ca, &demo).await;
+    let refused = old
+        .request(vec![Operation::Receive { operation: "r".into(), sku: sku(1), location: "DC1".into(), quantity: 1 }])
+        .await;
+    assert!(
+        matches!(&refused, Err(reservoir_net::NetError::Refused(error))
+            if error.code == reservoir_net::ProtocolErrorCode::NotPrimary && error.primary.as_deref() == Some(standby_address.as_str())),
+        "{refused:?}"
+    );
+    old.close().await;
+}

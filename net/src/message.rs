@@ -39,7 +39,8 @@ pub enum NodeRole {
     Primary = 1,
     /// Follows a primary; answers queries, refuses writes with `not_primary`.
     Standby = 2,
-    /// A former primary that saw a higher epoch: refuses writes until it rejoins as a standby.
+    /// A former primary that saw a higher epoch: refuses writes and queries (`status` only), and
+    /// acknowledges nothing more, until it rejoins as a standby.
     Fenced = 3,
 }
 

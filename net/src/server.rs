@@ -302,6 +302,30 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
             Err(_) => NodeState { role: NodeRole::Primary, primary: None },
         },
     };
+    // A primary that did not see a failover (down while a standby was promoted) asks its
+    // peers before it takes a write.
+    let node = match (&node.role, &options.replication.peer_check) {
+        (NodeRole::Primary, Some(check)) if !options.replication.peers.is_empty() => {
+            let own_epoch = opened.engine.epoch();
+            match crate::replication::find_newer_primary(&options.replication.peers, check, own_epoch).await {
+                Some((primary, epoch)) => {
+                    tracing::warn!(
+                        %primary,
+                        epoch,
+                        own_epoch,
+                        "a peer is the primary of a newer epoch: starting fenced; rejoin with \
+                         `reservoir serve --role standby --primary {primary}`"
+                    );
+                    let file = FencedFile { epoch, primary: primary.clone(), fenced_ms: now_ms() };
+                    write_synced(&fenced_path, &serde_json::to_vec_pretty(&file).expect("serializable"))
+                        .map_err(|source| NetError::io(fenced_path.display().to_string(), source))?;
+                    NodeState { role: NodeRole::Fenced, primary: Some(primary) }
+                }
+                None => node,
+            }
+        }
+        _ => node,
+    };
     let certificates = match &options.certificates {
         Some(files) => files.clone(),
         None => crate::tls::ensure_generated(&directory, &[options.listen.ip().to_string()])?,
@@ -568,8 +592,14 @@ async fn acknowledge(core: Arc<Core>, sender: watch::Sender<Lsn>) {
         let changed = core.hub.changed.notified();
         let local_lsn = *local.borrow_and_update();
         let current = *sender.borrow();
-        let sync = core.replication.mode == ReplicationMode::Sync && core.role() == NodeRole::Primary;
-        let target = if !sync {
+        let role = core.role();
+        let sync = core.replication.mode == ReplicationMode::Sync && role == NodeRole::Primary;
+        let target = if role == NodeRole::Fenced {
+            // A fenced node acknowledges nothing more: what it has not acknowledged yet was
+            // never confirmed by the new primary (regression: it acknowledged, after the fence,
+            // writes that a sync standby never had).
+            current
+        } else if !sync {
             local_lsn
         } else {
             match core.hub.best_written() {
@@ -972,7 +1002,13 @@ fn handle_request(core: &Arc<Core>, session: &Session, request: Request) -> Resu
     let admin = matches!(session.principal, Principal::Admin);
     let role = core.role();
     if role != NodeRole::Primary {
-        if let Some(operation) = request.operations.iter().find(|operation| !operation.kind().runs_on_standby()) {
+        // A standby runs queries; a fenced former primary only `status` (its state may hold
+        // writes the new primary's history does not have).
+        let runs = |kind: OperationKind| match role {
+            NodeRole::Fenced => kind == OperationKind::Status,
+            _ => kind.runs_on_standby(),
+        };
+        if let Some(operation) = request.operations.iter().find(|operation| !runs(operation.kind())) {
             let mut error = error_frame(
                 id,
                 ProtocolErrorCode::NotPrimary,

@@ -567,3 +567,76 @@ async fn a_standby_far_behind_catches_up_by_snapshot() {
     let primary_engine = primary.stop().await;
     assert_same(&standby_engine.dump(), &primary_engine.dump());
 }
+
+/// Promotion while the old primary is alive and under load, in sync mode: writers given both
+/// addresses keep writing; every write acknowledged by either node is on the new primary
+/// (retrying all of them there changes nothing), epoch-1 acknowledgements come only from the
+/// old primary and epoch-2 ones only from the new, and the writers end on the new primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promotion_under_load_with_the_old_primary_alive_loses_no_acknowledged_write() {
+    let primary_directory = tempfile::tempdir().unwrap();
+    let (primary, tokens) =
+        Node::start(options(primary_directory.path(), free_port(), StartRole::Primary, ReplicationMode::Sync)).await;
+    let tokens = tokens.unwrap();
+    let standby_directory = standby_directory(primary_directory.path());
+    let mut standby_options =
+        options(standby_directory.path(), free_port(), follow(&primary, &tokens.replication), ReplicationMode::Sync);
+    standby_options.replication.sync_fallback_ms = Some(0);
+    let (standby, _) = Node::start(standby_options).await;
+    standby.wait_status(&tokens.admin, "streaming", |status| status["following"]["connected"] == true).await;
+
+    let mut options =
+        ClientOptions::new(vec![primary.address.clone(), standby.address.clone()], primary.ca(), tokens.demo.clone());
+    options.request_timeout_ms = 2_000;
+    let writers = Client::connect(options).await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for task in 0..4 {
+        let (writers, stop, acknowledged) = (writers.clone(), stop.clone(), acknowledged.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut index = 0;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let operation = receive(&format!("w{task}-{index}"), "SKU-W", 1);
+                index += 1;
+                if let Ok(reply) = writers.request(vec![operation.clone()]).await {
+                    assert_eq!(reply.results[0].code(), ResultCode::Ok);
+                    acknowledged.lock().unwrap().push((operation, reply.epoch));
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let admin = standby.client(&tokens.admin).await;
+    assert_eq!(admin.request(vec![Operation::Promote]).await.unwrap().results[0].code(), ResultCode::Ok);
+    admin.close().await;
+    primary.wait_status(&tokens.admin, "fenced", |status| status["role"] == "fenced").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    let epochs: std::collections::BTreeSet<u64> = acknowledged.iter().map(|(_, epoch)| *epoch).collect();
+    assert!(epochs.contains(&1) && epochs.contains(&2), "writes were acknowledged before and after: {epochs:?}");
+    assert!(epochs.iter().all(|epoch| *epoch <= 2));
+
+    // On the new primary: retrying every acknowledged write changes nothing.
+    let reader = standby.client(&tokens.demo).await;
+    let stock = |reply: reservoir_net::client::Reply| on_hand(&reply.results[0]);
+    let before = stock(reader.request(vec![Operation::GetSku { sku: "SKU-W".into() }]).await.unwrap());
+    for chunk in acknowledged.chunks(200) {
+        let reply = reader.request(chunk.iter().map(|(operation, _)| operation.clone()).collect()).await.unwrap();
+        assert!(reply.results.iter().all(|result| result.code() == ResultCode::Ok));
+        assert_eq!(reply.epoch, 2);
+    }
+    let after = stock(reader.request(vec![Operation::GetSku { sku: "SKU-W".into() }]).await.unwrap());
+    assert_eq!(after, before, "an acknowledged write was missing on the new primary");
+    assert!(before >= acknowledged.len() as i64);
+    assert_eq!(writers.hello().await.unwrap().node, NodeRole::Primary);
+    assert_eq!(writers.hello().await.unwrap().epoch, 2, "the writers ended on the new primary");
+    reader.close().await;
+    writers.close().await;
+    let _ = standby.stop().await;
+    let _ = primary.stop().await;
+}

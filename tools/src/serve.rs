@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// This node's address as clients and other nodes reach it [default: the listen address]
     #[arg(long, value_name = "ADDR", env = "RESERVOIR_ADVERTISE")]
     advertise: Option<String>,
+    /// The other nodes (host:port, comma-separated): a primary asks them at start (with
+    /// --replication-token) and starts fenced if one is the primary of a newer epoch
+    #[arg(long, value_name = "ADDR,...", env = "RESERVOIR_PEERS", value_delimiter = ',')]
+    peers: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -100,6 +104,8 @@ struct ReplicationConfig {
     sync_fallback: Option<String>,
     rpo: Option<String>,
     advertise: Option<String>,
+    #[serde(default)]
+    peers: Vec<String>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -219,6 +225,23 @@ pub fn options(args: &ServeArgs) -> anyhow::Result<ServerOptions> {
         options.replication.rpo_ms = crate::time::parse_duration_ms(&text).map_err(anyhow::Error::msg)?;
     }
     options.replication.advertise = args.advertise.clone().or(replication.advertise);
+    options.replication.peers = if args.peers.is_empty() { replication.peers.clone() } else { args.peers.clone() };
+    let primary_ca_path = args
+        .primary_ca
+        .clone()
+        .or(replication.primary_ca.clone())
+        .unwrap_or_else(|| reservoir_net::tls::ca_path(&options.data_directory));
+    if role == RoleArg::Primary && !options.replication.peers.is_empty() {
+        let token = args
+            .replication_token
+            .clone()
+            .or(replication.token.clone())
+            .context("--peers needs --replication-token (to ask the peers who is primary)")?;
+        let ca_pem = std::fs::read(&primary_ca_path)
+            .with_context(|| format!("read the peers' CA {}", primary_ca_path.display()))?;
+        options.replication.peer_check =
+            Some(FollowOptions { primary: String::new(), token, ca_pem, server_name: None });
+    }
     if role == RoleArg::Standby {
         let primary = args
             .primary
@@ -323,6 +346,7 @@ mod tests {
             sync_fallback: None,
             rpo: None,
             advertise: None,
+            peers: Vec::new(),
         }
     }
 

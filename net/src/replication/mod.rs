@@ -63,6 +63,12 @@ pub struct ReplicationOptions {
     pub advertise: Option<String>,
     /// A name for this node in a primary's status (default: the advertised address).
     pub name: Option<String>,
+    /// The other nodes (`host:port`), asked at a primary's start: if one of them is the
+    /// primary of a higher epoch, this node starts fenced instead of taking writes (a former
+    /// primary restarted after a failover it did not see). Needs `peer_check`.
+    pub peers: Vec<String>,
+    /// The replication token and CA to ask `peers` with.
+    pub peer_check: Option<FollowOptions>,
 }
 
 impl Default for ReplicationOptions {
@@ -74,6 +80,8 @@ impl Default for ReplicationOptions {
             heartbeat_ms: 100,
             advertise: None,
             name: None,
+            peers: Vec::new(),
+            peer_check: None,
         }
     }
 }
@@ -283,6 +291,44 @@ pub(crate) struct FencedFile {
     pub epoch: u64,
     pub primary: String,
     pub fenced_ms: u64,
+}
+
+/// Asks each peer for its role and epoch (a replication handshake, at most
+/// `standby::CONNECT_TIMEOUT_MS` each, all at once): the address of a primary of an epoch
+/// higher than `own_epoch`, and its epoch, if one answers.
+pub(crate) async fn find_newer_primary(
+    peers: &[String],
+    check: &FollowOptions,
+    own_epoch: u64,
+) -> Option<(String, u64)> {
+    let mut probes = tokio::task::JoinSet::new();
+    for peer in peers.iter().take(STANDBYS_MAX) {
+        let (peer, check) = (peer.clone(), check.clone());
+        probes.spawn(async move {
+            let link = standby::connect(&peer, &check).await;
+            match link {
+                Ok(link) => {
+                    link.connection.close(quinn::VarInt::from_u32(0), b"peer check");
+                    Ok((peer, link.node, link.epoch))
+                }
+                Err(error) => Err((peer, error)),
+            }
+        });
+    }
+    let mut newest: Option<(String, u64)> = None;
+    while let Some(joined) = probes.join_next().await {
+        match joined {
+            Ok(Ok((peer, NodeRole::Primary, epoch))) if epoch > own_epoch => {
+                if newest.as_ref().is_none_or(|(_, held)| epoch > *held) {
+                    newest = Some((peer, epoch));
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err((peer, error))) => tracing::info!(%peer, %error, "peer check: no answer"),
+            Err(_) => {}
+        }
+    }
+    newest
 }
 
 /// How long to wait between two reconnection attempts of a standby, at most.
