@@ -33,6 +33,8 @@ struct Held {
 /// Recent durable groups (module docs).
 pub struct Feed {
     held: Mutex<Held>,
+    /// Off until a standby asks: a primary with no standby copies no frame.
+    enabled: std::sync::atomic::AtomicBool,
 }
 
 /// What [`Feed::read_from`] found.
@@ -62,7 +64,15 @@ impl Default for Feed {
 
 impl Feed {
     pub fn new() -> Feed {
-        Feed { held: Mutex::new(Held::default()) }
+        Feed { held: Mutex::new(Held::default()), enabled: std::sync::atomic::AtomicBool::new(false) }
+    }
+
+    pub fn enable(&self) {
+        self.enabled.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Adds a durable group (called by the writer, in LSN order, before the durable LSN moves).
@@ -74,7 +84,13 @@ impl Feed {
         debug_assert_eq!(frame_at(&frames).0, first_lsn, "a group starts with its first record");
         let mut held = self.held.lock();
         if let Some(newest) = held.groups.back() {
-            assert_eq!(newest.last_lsn.0 + 1, first_lsn.0, "groups are published in LSN order, no gap");
+            assert!(newest.last_lsn < first_lsn, "groups are published in LSN order");
+            if newest.last_lsn.0 + 1 != first_lsn.0 {
+                // Groups written while the feed was off are missing: what is held no longer
+                // continues, so readers of it go to the segments.
+                held.groups.clear();
+                held.bytes = 0;
+            }
         }
         held.bytes += frames.len();
         held.groups.push_back(Arc::new(Group { first_lsn, last_lsn, frames }));
@@ -129,5 +145,38 @@ impl Feed {
         }
         assert!(!frames.is_empty(), "lsn is within the groups held");
         FeedRead::Frames { last_lsn, frames }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use reservoir_engine::{Body, Record};
+
+    use super::*;
+
+    fn frames(first: u64, last: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        for lsn in first..=last {
+            let record = Record { lsn: Lsn(lsn), timestamp_ms: lsn, body: Body::Forgotten { before_ms: lsn } };
+            crate::format::encode_frame(&record, Lsn(first), 1, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn reads_start_at_the_lsn_asked_and_a_gap_drops_what_no_longer_continues() {
+        let feed = Feed::new();
+        assert!(!feed.is_enabled(), "off until a standby asks");
+        assert_eq!(feed.read_from(Lsn(1), 1 << 20), FeedRead::NotHeld);
+        feed.publish(Lsn(1), Lsn(3), frames(1, 3));
+        feed.publish(Lsn(4), Lsn(5), frames(4, 5));
+        let FeedRead::Frames { last_lsn, frames: read } = feed.read_from(Lsn(2), 1 << 20) else { panic!() };
+        assert_eq!(last_lsn, Lsn(5));
+        assert_eq!(frame_at(&read).0, Lsn(2), "cut to start at the LSN asked");
+        assert_eq!(feed.read_from(Lsn(6), 1 << 20), FeedRead::Nothing);
+        // Groups 6..=9 were written while the feed was off: 10.. does not continue 1..=5.
+        feed.publish(Lsn(10), Lsn(11), frames(10, 11));
+        assert_eq!(feed.read_from(Lsn(5), 1 << 20), FeedRead::NotHeld);
+        assert!(matches!(feed.read_from(Lsn(10), 1 << 20), FeedRead::Frames { last_lsn: Lsn(11), .. }));
     }
 }

@@ -122,8 +122,7 @@ impl Wal {
         });
         let (sender, receiver) = crossbeam_channel::bounded(SUBMISSIONS_QUEUED_MAX);
         let durability = options.durability;
-        let mut writer = Writer::new(storage, options, position);
-        writer.publishing = true;
+        let writer = Writer::new(storage, options, position);
         let history = writer.history();
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -262,6 +261,12 @@ impl DurableLsnReader {
     pub fn feed_read(&self, lsn: Lsn, bytes_max: usize) -> crate::feed::FeedRead {
         self.shared.feed.read_from(lsn, bytes_max)
     }
+
+    /// Starts keeping durable groups in the feed (a primary calls it when a standby first
+    /// connects; until then the writer copies nothing).
+    pub fn enable_feed(&self) {
+        self.shared.feed.enable();
+    }
 }
 
 /// The writer's state and steps, without a thread: [`Wal`] runs it on its own thread;
@@ -311,6 +316,8 @@ fn run_until_closed(writer: &mut Writer, receiver: &Receiver<Vec<Record>>, share
             assert!(writer.reorder.is_empty(), "closed with records waiting for an earlier LSN");
             return Ok(());
         };
+        // Frames are copied for the feed only once a standby has asked for them.
+        writer.publishing = shared.feed.is_enabled();
         writer.take(first);
         while writer.reorder.len() < BATCH_RECORDS_MAX {
             match receiver.try_recv() {

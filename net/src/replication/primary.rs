@@ -124,6 +124,7 @@ async fn stream(
     if needs_base || !reachable {
         return base_backup(core, send, &name).await;
     }
+    core.wal.durable_lsn_reader().enable_feed();
     let accept = PrimaryMessage::Accept { epoch: own_epoch, history: core.wal.history(), durable_lsn: durable };
     write_message(send, |out| accept.encode(out)).await?;
     let Some(id) = core.hub.register(name.clone(), address, next_lsn, now_ms()) else {
