@@ -659,8 +659,12 @@ async fn worker(
         settings.rate_ops_per_s.map(|rate| Duration::from_secs_f64(settings.batch as f64 * slots / rate.max(1.0)));
     let mut next_send = Instant::now();
     while Instant::now() < end {
+        // Open loop: latency counts from when the request was due, not from when it went out,
+        // so a server that falls behind is charged for the wait (no coordinated omission).
+        let mut due = None;
         if let Some(interval) = interval {
             tokio::time::sleep_until(next_send.into()).await;
+            due = Some(next_send);
             next_send += interval;
         }
         let (tenant, operations, asked) = {
@@ -718,7 +722,7 @@ async fn worker(
             }
             (tenant, operations, asked)
         };
-        let sent = Instant::now();
+        let sent = due.unwrap_or_else(Instant::now);
         let reply = clients[tenant].request(operations).await.map_err(|error| load_error("a request", error))?;
         let done = Instant::now();
         let in_window = sent >= window_start && sent < end;
