@@ -168,13 +168,61 @@ pub struct LineResult {
     pub available: i64,
 }
 
+/// The per-line results of a reply, shared: a reply is returned, kept for retries and logged
+/// in its record, and those three hold one allocation, not three. No allocation when empty.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct LineResults(Option<std::sync::Arc<[LineResult]>>);
+
+impl LineResults {
+    pub fn new() -> LineResults {
+        LineResults(None)
+    }
+}
+
+impl std::ops::Deref for LineResults {
+    type Target = [LineResult];
+    fn deref(&self) -> &[LineResult] {
+        self.0.as_deref().unwrap_or(&[])
+    }
+}
+
+impl From<Vec<LineResult>> for LineResults {
+    fn from(lines: Vec<LineResult>) -> LineResults {
+        if lines.is_empty() {
+            LineResults(None)
+        } else {
+            LineResults(Some(lines.into()))
+        }
+    }
+}
+
+impl FromIterator<LineResult> for LineResults {
+    fn from_iter<I: IntoIterator<Item = LineResult>>(lines: I) -> LineResults {
+        LineResults::from(lines.into_iter().collect::<Vec<_>>())
+    }
+}
+
+impl<'a> IntoIterator for &'a LineResults {
+    type Item = &'a LineResult;
+    type IntoIter = std::slice::Iter<'a, LineResult>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl std::fmt::Debug for LineResults {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_list().entries(self.iter()).finish()
+    }
+}
+
 /// What a mutation answered. Stored (in memory and in the WAL) so that a retry with the same
 /// id returns exactly this, also after a restart.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
     pub code: ResultCode,
     /// Per line (reserve, commit, release) or per row (import); empty otherwise.
-    pub lines: Vec<LineResult>,
+    pub lines: LineResults,
     /// The reservation deadline after the command (reserve, extend), else 0.
     pub deadline_ms: u64,
     /// For single-item stock commands: on_hand after the command (or as found, on refusal).
@@ -185,7 +233,7 @@ pub struct Reply {
 
 impl Reply {
     pub fn code(code: ResultCode) -> Reply {
-        Reply { code, lines: Vec::new(), deadline_ms: 0, on_hand: 0, count: 0 }
+        Reply { code, lines: LineResults::new(), deadline_ms: 0, on_hand: 0, count: 0 }
     }
     pub fn is_ok(&self) -> bool {
         self.code.is_ok()

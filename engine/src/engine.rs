@@ -1,7 +1,6 @@
 //! The engine: commands and `now` in, replies and effect records out. No I/O, no clock.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use parking_lot::RwLockReadGuard;
 use smallvec::SmallVec;
@@ -11,7 +10,7 @@ use crate::code::{LineResult, Reply, ResultCode};
 use crate::command::{Command, ImportRow, Line};
 use crate::item::{Counters, ItemGuard};
 use crate::memory::{
-    KeyRef, OperationEntry, OperationShard, Reservation, ReservationLineState, ReservationShard, Sharded,
+    IdText, Key, KeyRef, OperationEntry, OperationShard, Reservation, ReservationLineState, ReservationShard, Sharded,
 };
 use crate::record::{Body, ItemChange, LineChange, OperationMemo, Record, ReservationState, ReservedLine, SettleKind};
 use crate::sync::{AtomicU64, Ordering};
@@ -479,7 +478,7 @@ impl Engine {
                     }
                 }
                 let reply = Reply {
-                    lines: results,
+                    lines: results.into(),
                     deadline_ms: if code.is_ok() { deadline_ms } else { 0 },
                     ..Reply::code(code)
                 };
@@ -555,7 +554,7 @@ impl Engine {
         let key = KeyRef(tenant, id);
         let refuse =
             |code: ResultCode, lines: Vec<LineResult>, records: &mut Vec<Record>, operations: &mut OperationShard| {
-                let reply = Reply { lines, ..Reply::code(code) };
+                let reply = Reply { lines: lines.into(), ..Reply::code(code) };
                 let lsn = self.take_lsn();
                 operations.remember(tenant, operation, fingerprint, reply.clone(), now_ms, lsn);
                 records.push(Record {
@@ -598,15 +597,15 @@ impl Engine {
             SettleKind::Extend => now_ms.saturating_add(ttl_ms),
             _ => current.deadline_ms,
         };
-        let mut items: SmallVec<[ItemId; SMALL]> =
+        // The item of each change, in change order (the reservation stays locked meanwhile).
+        let change_items: SmallVec<[ItemId; SMALL]> =
             line_changes.iter().map(|change| current.lines[change.line as usize].item).collect();
+        let mut items = change_items.clone();
         items.sort_unstable();
         items.dedup();
-        let lines_state = current.lines.clone();
         let outcome = self.with_items(&items, |guards| {
-            for change in &line_changes {
-                let line = &lines_state[change.line as usize];
-                let guard = &mut guards[items.binary_search(&line.item).expect("latched")];
+            for (change, item) in line_changes.iter().zip(&change_items) {
+                let guard = &mut guards[items.binary_search(item).expect("latched")];
                 guard.counters.reserved -= change.committed + change.released;
                 guard.counters.on_hand -= change.committed;
                 guard.counters.committed_total += change.committed;
@@ -660,8 +659,11 @@ impl Engine {
                 })
                 .collect();
         }
-        let reply =
-            Reply { lines: results, deadline_ms: if state.is_open() { deadline_ms } else { 0 }, ..Reply::code(code) };
+        let reply = Reply {
+            lines: results.into(),
+            deadline_ms: if state.is_open() { deadline_ms } else { 0 },
+            ..Reply::code(code)
+        };
         operations.remember(tenant, operation, fingerprint, reply.clone(), now_ms, lsn);
         records.push(Record {
             lsn,
@@ -859,7 +861,7 @@ impl Engine {
                     } else {
                         results[0].code
                     };
-                    Reply { lines: results, ..Reply::code(code) }
+                    Reply { lines: results.into(), ..Reply::code(code) }
                 }
                 _ => {
                     let single = decide_single(command, &targets, guards, &position);
@@ -904,7 +906,7 @@ impl Engine {
                     break;
                 }
                 let (deadline_ms, tenant, id) = first.clone();
-                let key = (tenant, id.clone());
+                let key = Key(tenant, id.clone());
                 let reservation = shard.map.get(&key).expect("deadline entry without reservation");
                 assert!(reservation.state.is_open());
                 let line_changes: Vec<LineChange> = reservation
@@ -914,15 +916,14 @@ impl Engine {
                     .filter(|(_, line)| line.open() > 0)
                     .map(|(position, line)| LineChange { line: position as u16, committed: 0, released: line.open() })
                     .collect();
-                let mut items: Vec<ItemId> =
+                let change_items: SmallVec<[ItemId; SMALL]> =
                     line_changes.iter().map(|c| reservation.lines[c.line as usize].item).collect();
+                let mut items = change_items.clone();
                 items.sort_unstable();
                 items.dedup();
-                let lines_state = reservation.lines.clone();
                 let (changes, lsn) = self.with_items(&items, |guards| {
-                    for change in &line_changes {
-                        let item = lines_state[change.line as usize].item;
-                        guards[items.binary_search(&item).expect("latched")].counters.reserved -= change.released;
+                    for (change, item) in line_changes.iter().zip(&change_items) {
+                        guards[items.binary_search(item).expect("latched")].counters.reserved -= change.released;
                     }
                     (changes_of(&items, guards), self.take_lsn())
                 });
@@ -938,7 +939,7 @@ impl Engine {
                     timestamp_ms: now_ms,
                     body: Body::Settled {
                         tenant,
-                        reservation: id.as_ref().into(),
+                        reservation: id.as_str().into(),
                         kind: SettleKind::Expire,
                         memo: None,
                         deadline_ms,
@@ -1254,7 +1255,7 @@ impl Engine {
         let mut open_by_item: BTreeMap<ItemId, i64> = BTreeMap::new();
         for shard in self.reservations.all() {
             let shard = shard.lock();
-            for ((tenant, id), reservation) in &shard.map {
+            for (Key(tenant, id), reservation) in &shard.map {
                 let open: i64 = reservation.lines.iter().map(ReservationLineState::open).sum();
                 if reservation.state.is_open() {
                     report.open_reservations += 1;
@@ -1327,13 +1328,13 @@ impl Engine {
         }
         let mut reservations = BTreeMap::new();
         for shard in self.reservations.all() {
-            for ((tenant, id), reservation) in &shard.lock().map {
+            for (Key(tenant, id), reservation) in &shard.lock().map {
                 reservations.insert((*tenant, id.to_string()), reservation.clone());
             }
         }
         let mut operations = BTreeMap::new();
         for shard in self.operations.all() {
-            for ((tenant, id), entry) in &shard.lock().map {
+            for (Key(tenant, id), entry) in &shard.lock().map {
                 operations.insert((*tenant, id.to_string()), entry.clone());
             }
         }
@@ -1406,8 +1407,8 @@ fn install_reservation(
             .collect(),
         closed_ms: (!state.is_open()).then_some(now_ms),
     };
-    let id: Arc<str> = id.into();
-    shard.map.insert((tenant, id.clone()), reservation);
+    let id = IdText::new(id);
+    shard.map.insert(Key(tenant, id.clone()), reservation);
     if state.is_open() {
         shard.deadlines.insert((deadline_ms, tenant, id));
     } else {

@@ -17,7 +17,7 @@ pub mod sync;
 mod types;
 pub mod workload;
 
-pub use code::{LineResult, Reply, ResultCode};
+pub use code::{LineResult, LineResults, Reply, ResultCode};
 pub use command::{Command, ImportRow, Line};
 pub use engine::{
     Config, Dump, Engine, ItemView, Page, ReservationLineView, ReservationView, VerifyReport, EPOCHS_MAX, EPOCH_FIRST,

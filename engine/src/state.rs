@@ -4,12 +4,10 @@
 //! order, and checks every invariant on the way in: a snapshot that does not hold is refused,
 //! never served.
 
-use std::sync::Arc;
-
 use crate::catalog::sku_hash;
 use crate::engine::{Config, Engine};
 use crate::item::Counters;
-use crate::memory::{OperationEntry, Reservation};
+use crate::memory::{IdText, Key, OperationEntry, Reservation};
 use crate::sync::Ordering;
 use crate::types::{ItemId, Lsn, TenantId, NAME_BYTES_MAX};
 use crate::EngineError;
@@ -101,7 +99,7 @@ impl Engine {
             let shard = shard.lock();
             // Closed ones in retention order, then the open ones (by deadline).
             for (_, lsn, tenant, id) in &shard.closed {
-                let reservation = shard.map.get(&(*tenant, id.clone())).expect("closed entry has a reservation");
+                let reservation = shard.map.get(&Key(*tenant, id.clone())).expect("closed entry has a reservation");
                 reservations.push(SavedReservation {
                     tenant: *tenant,
                     id: id.to_string(),
@@ -110,7 +108,7 @@ impl Engine {
                 });
             }
             for (_, tenant, id) in &shard.deadlines {
-                let reservation = shard.map.get(&(*tenant, id.clone())).expect("deadline entry has a reservation");
+                let reservation = shard.map.get(&Key(*tenant, id.clone())).expect("deadline entry has a reservation");
                 reservations.push(SavedReservation {
                     tenant: *tenant,
                     id: id.to_string(),
@@ -128,7 +126,7 @@ impl Engine {
         for shard in self.operations.all() {
             let shard = shard.lock();
             for (_, _, tenant, id) in &shard.order {
-                let entry = shard.map.get(&(*tenant, id.clone())).expect("ordered entry exists");
+                let entry = shard.map.get(&Key(*tenant, id.clone())).expect("ordered entry exists");
                 operations.push(SavedOperation { tenant: *tenant, id: id.to_string(), entry: entry.clone() });
             }
         }
@@ -237,8 +235,8 @@ impl Engine {
                 return Err(refuse(format!("reservation {}: open/closed fields disagree", saved.id)));
             }
             let mut shard = engine.reservations.shard(saved.tenant, &saved.id).lock();
-            let id: Arc<str> = saved.id.as_str().into();
-            if shard.map.insert((saved.tenant, id.clone()), reservation.clone()).is_some() {
+            let id = IdText::new(&saved.id);
+            if shard.map.insert(Key(saved.tenant, id.clone()), reservation.clone()).is_some() {
                 return Err(refuse(format!("reservation {} appears twice", saved.id)));
             }
             match (saved.closed_lsn, reservation.closed_ms) {

@@ -1042,7 +1042,7 @@ fn decode_reply(reader: &mut Reader<'_>) -> Result<Reply, WireError> {
             available: reader.i64()?,
         });
     }
-    Ok(Reply { code, lines, deadline_ms, on_hand, count })
+    Ok(Reply { code, lines: lines.into(), deadline_ms, on_hand, count })
 }
 
 fn encode_counters(writer: &mut Writer<'_>, counters: &Counters) {

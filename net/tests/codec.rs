@@ -137,8 +137,9 @@ fn refusal() -> impl Strategy<Value = ResultCode> {
 fn reply() -> impl Strategy<Value = Reply> {
     let line = (code(), any::<i64>(), any::<i64>(), any::<i64>())
         .prop_map(|(code, requested, applied, available)| LineResult { code, requested, applied, available });
-    (code(), prop::collection::vec(line, 0..5), any::<u64>(), any::<i64>(), any::<u64>())
-        .prop_map(|(code, lines, deadline_ms, on_hand, count)| Reply { code, lines, deadline_ms, on_hand, count })
+    (code(), prop::collection::vec(line, 0..5), any::<u64>(), any::<i64>(), any::<u64>()).prop_map(
+        |(code, lines, deadline_ms, on_hand, count)| Reply { code, lines: lines.into(), deadline_ms, on_hand, count },
+    )
 }
 
 fn counters() -> impl Strategy<Value = Counters> {

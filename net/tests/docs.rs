@@ -98,7 +98,7 @@ fn docs_examples_decode() {
                 kind: OperationKind::Reserve,
                 reply: Reply {
                     code: ResultCode::Ok,
-                    lines: vec![LineResult { code: ResultCode::Ok, requested: 5, applied: 5, available: 95 }],
+                    lines: vec![LineResult { code: ResultCode::Ok, requested: 5, applied: 5, available: 95 }].into(),
                     deadline_ms: 1_700_000_060_000,
                     on_hand: 0,
                     count: 0,

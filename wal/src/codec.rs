@@ -414,7 +414,7 @@ impl Reader<'_> {
                 available: self.i64()?,
             });
         }
-        Ok(Reply { code, lines, deadline_ms, on_hand, count })
+        Ok(Reply { code, lines: lines.into(), deadline_ms, on_hand, count })
     }
     fn memo(&mut self) -> Result<OperationMemo, DecodeError> {
         Ok(OperationMemo { operation: self.name()?, fingerprint: self.u64()?, reply: self.reply()? })

@@ -146,7 +146,7 @@ fn reply_from_snap(reply: SnapReply) -> Result<Reply, String> {
     }
     Ok(Reply {
         code: code_from(reply.code)?,
-        lines,
+        lines: lines.into(),
         deadline_ms: reply.deadline_ms,
         on_hand: reply.on_hand,
         count: reply.count,
