@@ -59,6 +59,9 @@ pub enum ResultCode {
 
     // Capacity (60..).
     CapacityExceeded = 60,
+    /// The idempotency memory is full of ids too young to forget. Not remembered: retrying
+    /// later can succeed.
+    MemoryFull = 61,
 }
 
 impl ResultCode {
@@ -93,6 +96,7 @@ impl ResultCode {
         ResultCode::TooManyRows,
         ResultCode::NegativeStock,
         ResultCode::CapacityExceeded,
+        ResultCode::MemoryFull,
     ];
 
     pub fn number(self) -> u16 {
@@ -139,6 +143,7 @@ impl ResultCode {
             ResultCode::TooManyRows => "too_many_rows",
             ResultCode::NegativeStock => "negative_stock",
             ResultCode::CapacityExceeded => "capacity_exceeded",
+            ResultCode::MemoryFull => "memory_full",
         }
     }
 }

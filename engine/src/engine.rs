@@ -13,7 +13,7 @@ use crate::memory::{
     IdText, Key, KeyRef, OperationEntry, OperationShard, Reservation, ReservationLineState, ReservationShard, Sharded,
 };
 use crate::record::{Body, ItemChange, LineChange, OperationMemo, Record, ReservationState, ReservedLine, SettleKind};
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 use crate::types::{
     ItemId, Location, Lsn, Name, OperationId, ReservationId, Sku, TenantId, EXPIRE_BATCH_MAX, IMPORT_ROWS_MAX,
     LINES_PER_RESERVATION_MAX, PAGE_ITEMS_MAX, QUANTITY_MAX, SHARDS_MAX, STOCK_MAX, TTL_MS_MAX, TTL_MS_MIN,
@@ -50,6 +50,44 @@ pub struct Engine {
     pub(crate) next_lsn: AtomicU64,
     /// Every epoch after the first (1), with the LSN of the record that began it, ascending.
     pub(crate) epochs: parking_lot::RwLock<Vec<(u64, Lsn)>>,
+    /// How many reservations, and how many operation ids, the engine remembers at most (an
+    /// operational limit, not data: replay never refuses). See [`Engine::set_idempotency_entries_max`].
+    idempotency_entries_max: AtomicUsize,
+}
+
+/// The default of [`Engine::set_idempotency_entries_max`]: 20 M reservations and 20 M operation
+/// ids, ~4-8 GB at the measured 200-400 bytes an entry.
+pub const IDEMPOTENCY_ENTRIES_MAX_DEFAULT: usize = 20_000_000;
+/// Ids younger than this are never forgotten to make room: when the memory is full of them,
+/// new mutations are refused with `memory_full` instead (a retry within this window always
+/// gets its original outcome, whatever the load).
+pub const IDEMPOTENCY_RETENTION_FLOOR_MS: u64 = 5 * 60_000;
+/// `forget` brings each table down to this share of its limit (per mille), so that the limit
+/// itself is reached only when the floor stops it.
+pub const IDEMPOTENCY_FORGET_TARGET_PER_MILLE: usize = 900;
+
+/// How full the idempotency memory is (for status and the server's retention timer).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdempotencyUsage {
+    /// Reservations remembered (open and closed).
+    pub reservations: usize,
+    /// Operation ids remembered.
+    pub operations: usize,
+    /// The limit of each of the two.
+    pub entries_max: usize,
+}
+
+impl IdempotencyUsage {
+    /// Past the level `forget` brings it back to: time for a `Command::Forget`.
+    pub fn over_target(&self) -> bool {
+        let target = forget_target(self.entries_max);
+        self.reservations > target || self.operations > target
+    }
+}
+
+fn forget_target(entries_max: usize) -> usize {
+    entries_max / 1000 * IDEMPOTENCY_FORGET_TARGET_PER_MILLE
+        + entries_max % 1000 * IDEMPOTENCY_FORGET_TARGET_PER_MILLE / 1000
 }
 
 /// Epochs a log goes through at most (one per promotion).
@@ -135,6 +173,7 @@ impl Engine {
             operations: Sharded::new(config.id_shards),
             next_lsn: AtomicU64::new(1),
             epochs: parking_lot::RwLock::new(Vec::new()),
+            idempotency_entries_max: AtomicUsize::new(IDEMPOTENCY_ENTRIES_MAX_DEFAULT),
             config,
         }
     }
@@ -158,6 +197,32 @@ impl Engine {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Sets how many reservations (open and closed), and how many operation ids, this engine
+    /// remembers at most. Enforced per id shard (`entries_max / id_shards` each): a new
+    /// reservation or operation that would pass it is refused with `memory_full` and not
+    /// remembered. `Command::Forget` forgets the oldest closed ones first, once older than
+    /// [`IDEMPOTENCY_RETENTION_FLOOR_MS`], to stay under 90% of it.
+    pub fn set_idempotency_entries_max(&self, entries_max: usize) {
+        assert!(entries_max >= self.config.id_shards, "idempotency limit {entries_max} below one per shard");
+        self.idempotency_entries_max.store(entries_max, Ordering::Relaxed);
+    }
+
+    /// How full the idempotency memory is. Takes every id shard's lock in turn.
+    pub fn idempotency_usage(&self) -> IdempotencyUsage {
+        IdempotencyUsage {
+            reservations: self.reservations.all().iter().map(|shard| shard.lock().map.len()).sum(),
+            operations: self.operations.all().iter().map(|shard| shard.lock().map.len()).sum(),
+            entries_max: self.idempotency_entries_max.load(Ordering::Relaxed),
+        }
+    }
+
+    /// What one id shard may hold.
+    fn idempotency_shard_max(&self) -> usize {
+        let entries_max = self.idempotency_entries_max.load(Ordering::Relaxed);
+        debug_assert!(entries_max >= self.config.id_shards);
+        entries_max.div_ceil(self.config.id_shards)
     }
 
     /// The LSN the next record will get.
@@ -360,6 +425,10 @@ impl Engine {
                 Reply::code(ResultCode::IdReusedWithDifferentRequest)
             };
         }
+        if shard.map.len() >= self.idempotency_shard_max() {
+            // Not remembered: a retry once memory is free is decided afresh.
+            return Reply::code(ResultCode::MemoryFull);
+        }
         let deadline_ms = now_ms.saturating_add(ttl_ms);
 
         // Resolve every line; an unknown item refuses the whole reserve.
@@ -548,6 +617,10 @@ impl Engine {
         let mut operations = self.operations.shard(tenant, operation).lock();
         if let Some(reply) = recall(&operations, tenant, operation, fingerprint) {
             return reply;
+        }
+        if operations.map.len() >= self.idempotency_shard_max() {
+            // Not remembered: a retry once memory is free is decided afresh.
+            return Reply::code(ResultCode::MemoryFull);
         }
         let id = reservation.as_str();
         let mut shard = self.reservations.shard(tenant, id).lock();
@@ -782,6 +855,10 @@ impl Engine {
         if let Some(reply) = recall(&operations, tenant, operation, fingerprint) {
             return reply;
         }
+        if operations.map.len() >= self.idempotency_shard_max() {
+            // Not remembered: a retry once memory is free is decided afresh.
+            return Reply::code(ResultCode::MemoryFull);
+        }
 
         // Resolve (and where the command may, create) the items it touches.
         let mut targets: Vec<Result<ItemId, ResultCode>> = Vec::new();
@@ -955,7 +1032,9 @@ impl Engine {
     }
 
     fn forget(&self, now_ms: u64, records: &mut Vec<Record>) -> Reply {
-        let before_ms = now_ms.saturating_sub(self.config.idempotency_retention_ms);
+        let by_age_ms = now_ms.saturating_sub(self.config.idempotency_retention_ms);
+        let before_ms = by_age_ms.max(self.forget_cutoff_by_count(by_age_ms, now_ms));
+        debug_assert!(before_ms <= by_age_ms.max(now_ms.saturating_sub(IDEMPOTENCY_RETENTION_FLOOR_MS)));
         let lsn = self.take_lsn();
         let forgotten = self.forget_before(before_ms, lsn);
         records.push(Record { lsn, timestamp_ms: now_ms, body: Body::Forgotten { before_ms } });
@@ -977,6 +1056,61 @@ impl Engine {
         debug_assert!(epochs.windows(2).all(|pair| pair[0].0 < pair[1].0 && pair[0].1 < pair[1].1));
         records.push(Record { lsn, timestamp_ms: now_ms, body: Body::EpochChanged { epoch } });
         Reply { count: epoch, ..Reply::code(ResultCode::Ok) }
+    }
+
+    /// The earliest time such that forgetting what closed (or was remembered) before it brings
+    /// both tables to their target, but never later than the retention floor allows; `floor_ms`
+    /// when neither is over its target.
+    fn forget_cutoff_by_count(&self, floor_ms: u64, now_ms: u64) -> u64 {
+        let usage = self.idempotency_usage();
+        if !usage.over_target() {
+            return floor_ms;
+        }
+        let target = forget_target(usage.entries_max);
+        let latest_ms = now_ms.saturating_sub(IDEMPOTENCY_RETENTION_FLOOR_MS);
+        if latest_ms <= floor_ms {
+            return floor_ms;
+        }
+        // How many entries closed (or were remembered) before `before_ms`, per table. The
+        // queues are in LSN order, which is time order up to clock skew between threads, so
+        // this is an estimate; `forget` itself stops at the first entry not old enough.
+        let older = |before_ms: u64| -> (usize, usize) {
+            let reservations = self
+                .reservations
+                .all()
+                .iter()
+                .map(|shard| shard.lock().closed.partition_point(|entry| entry.0 < before_ms))
+                .sum();
+            let operations = self
+                .operations
+                .all()
+                .iter()
+                .map(|shard| shard.lock().order.partition_point(|entry| entry.0 < before_ms))
+                .sum();
+            (reservations, operations)
+        };
+        let enough = |before_ms: u64| {
+            let (reservations, operations) = older(before_ms);
+            usage.reservations.saturating_sub(reservations) <= target
+                && usage.operations.saturating_sub(operations) <= target
+        };
+        if !enough(latest_ms) {
+            // Even the floor does not make room: forget all that may go; new ids meet
+            // `memory_full` until older ones can go.
+            return latest_ms;
+        }
+        // The smallest cutoff that is enough (binary search over milliseconds: at most 64 steps).
+        let (mut low_ms, mut high_ms) = (floor_ms, latest_ms);
+        while low_ms + 1 < high_ms {
+            let middle_ms = low_ms + (high_ms - low_ms) / 2;
+            if enough(middle_ms) {
+                high_ms = middle_ms;
+            } else {
+                low_ms = middle_ms;
+            }
+        }
+        debug_assert!(high_ms <= latest_ms && high_ms > floor_ms);
+        high_ms
     }
 
     fn forget_before(&self, before_ms: u64, lsn: Lsn) -> usize {

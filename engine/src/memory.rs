@@ -139,7 +139,6 @@ impl Ord for IdText {
     }
 }
 
-
 impl std::fmt::Debug for IdText {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(self.as_str(), formatter)

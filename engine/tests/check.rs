@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! at 5000                                   now_ms for the following steps
+//! limit 3                                   set_idempotency_entries_max (reservations, operations)
 //! tenant acme => ok
 //! receive acme op1 SKU1@A 10 => ok
 //! adjust acme op2 SKU1@A -2 damaged => ok
@@ -187,6 +188,7 @@ fn check_with(config: Config, script: &str) -> Engine {
         let words: Vec<&str> = step.split_whitespace().collect();
         match words[0] {
             "at" => now_ms = words[1].parse().unwrap(),
+            "limit" => engine.set_idempotency_entries_max(words[1].parse().unwrap()),
             "stock" => {
                 let (sku, location) = words[2].split_once('@').unwrap();
                 let view = engine
@@ -502,6 +504,47 @@ fn ids_are_remembered_for_the_retention_and_then_forgotten() {
          receive acme op1 SKU1@A 10 => ok on_hand=16",
     );
     assert_eq!(engine.dump().operations.len(), 1);
+}
+
+#[test]
+fn the_idempotency_memory_is_bounded_and_forgets_the_oldest_past_the_floor() {
+    // One id shard holding 3 of each: forget brings each table back to 90% of 3 = 2.
+    let config = Config { shards: 2, id_shards: 1, idempotency_retention_ms: 24 * 3_600_000 };
+    let engine = check_with(
+        config,
+        "limit 3
+         at 1000000
+         tenant acme => ok
+         receive acme op1 SKU1@A 10 => ok
+         reserve acme r1 SKU1@A:1 => ok
+         reserve acme r2 SKU1@A:1 => ok
+         reserve acme r3 SKU1@A:1 => ok
+         # Full: a new reservation is refused and not remembered (check retries it: same code).
+         reserve acme r4 SKU1@A:1 => memory_full
+         reservation acme r4 state=none
+         stock acme SKU1@A on_hand=10 reserved=3
+         at 1000100
+         commit acme c1 r1 => ok
+         at 1000200
+         release acme c2 r2 => ok
+         receive acme op3 SKU1@A 1 => memory_full
+         # Everything is younger than the 5-minute floor: nothing may go, however full.
+         at 1200000
+         forget => count=0
+         reserve acme r4 SKU1@A:1 => memory_full
+         # Past the floor: the oldest go first, just enough to get back under the target:
+         # r1 (closed at 1000100), op1 and c1; r2 and c2 (1000200) stay, and so does the open r3.
+         at 1300201
+         forget => count=3
+         reservation acme r1 state=none
+         reservation acme r2 state=released
+         reservation acme r3 state=open
+         reserve acme r4 SKU1@A:1 => ok
+         receive acme op3 SKU1@A 1 => ok on_hand=10",
+    );
+    assert_eq!(engine.dump().operations.len(), 2, "c2 and op3");
+    let usage = engine.idempotency_usage();
+    assert_eq!((usage.reservations, usage.operations, usage.entries_max), (3, 2, 3));
 }
 
 #[test]

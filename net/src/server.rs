@@ -51,6 +51,11 @@ pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 pub const EXPIRE_INTERVAL_MS: u64 = 100;
 /// How often the server forgets idempotency memory past its retention.
 pub const FORGET_INTERVAL_MS: u64 = 60_000;
+/// How often the server checks whether the idempotency memory is past 90% of its limit (and
+/// then forgets the oldest, see `Engine::set_idempotency_entries_max`).
+pub const FORGET_CHECK_INTERVAL_MS: u64 = 1_000;
+/// How often, at most, the server logs that the idempotency memory is full.
+pub const MEMORY_FULL_WARNING_INTERVAL_MS: u64 = 10_000;
 /// Expiry commands one timer tick runs at most (each releases up to `EXPIRE_BATCH_MAX`).
 pub const EXPIRE_COMMANDS_PER_TICK_MAX: usize = 16;
 /// How long a graceful shutdown waits for requests in flight to be answered.
@@ -93,6 +98,8 @@ pub struct ServerOptions {
     /// Primary (the default) or a standby of a given primary.
     pub role: StartRole,
     pub replication: ReplicationOptions,
+    /// Reservations, and operation ids, remembered at most (`Engine::set_idempotency_entries_max`).
+    pub idempotency_entries_max: usize,
 }
 
 impl ServerOptions {
@@ -110,6 +117,7 @@ impl ServerOptions {
             segment_bytes: WalOptions::default().segment_bytes,
             role: StartRole::Primary,
             replication: ReplicationOptions::default(),
+            idempotency_entries_max: reservoir_engine::IDEMPOTENCY_ENTRIES_MAX_DEFAULT,
         }
     }
 }
@@ -367,6 +375,7 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
         }
         StartRole::Primary => Following::default(),
     };
+    opened.engine.set_idempotency_entries_max(options.idempotency_entries_max.max(options.engine.id_shards));
     let core = Arc::new(Core {
         epoch: AtomicU64::new(opened.engine.epoch()),
         engine: opened.engine,
@@ -557,6 +566,8 @@ async fn timers(core: Arc<Core>) {
     let mut interval = tokio::time::interval(Duration::from_millis(EXPIRE_INTERVAL_MS));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_forget_ms = now_ms();
+    let mut last_check_ms = now_ms();
+    let mut warned_ms: Option<u64> = None;
     loop {
         interval.tick().await;
         if core.role() != NodeRole::Primary {
@@ -572,11 +583,33 @@ async fn timers(core: Arc<Core>) {
                 break;
             }
         }
-        if now.saturating_sub(last_forget_ms) >= FORGET_INTERVAL_MS {
+        let mut forget = now.saturating_sub(last_forget_ms) >= FORGET_INTERVAL_MS;
+        if now.saturating_sub(last_check_ms) >= FORGET_CHECK_INTERVAL_MS {
+            last_check_ms = now;
+            // Past 90% of the limit: forget the oldest now rather than at the next interval.
+            forget |= core.engine.idempotency_usage().over_target();
+        }
+        if forget {
             last_forget_ms = now;
             let mut records = Vec::new();
-            core.engine.execute(&Command::Forget, now, &mut records);
+            let reply = core.engine.execute(&Command::Forget, now, &mut records);
             submit(&core, records);
+            let usage = core.engine.idempotency_usage();
+            if usage.over_target()
+                && warned_ms.is_none_or(|at| now.saturating_sub(at) >= MEMORY_FULL_WARNING_INTERVAL_MS)
+            {
+                warned_ms = Some(now);
+                tracing::warn!(
+                    reservations = usage.reservations,
+                    operations = usage.operations,
+                    entries_max = usage.entries_max,
+                    forgotten = reply.count,
+                    "IDEMPOTENCY MEMORY NEAR FULL: over 90% of its limit after forgetting every id older \
+                     than the {} s floor; new mutations get memory_full once their shard is at the \
+                     limit (raise --idempotency-entries-max, or lower the offered rate)",
+                    reservoir_engine::IDEMPOTENCY_RETENTION_FLOOR_MS / 1_000
+                );
+            }
         }
     }
 }

@@ -225,6 +225,40 @@ async fn a_tenant_over_its_rate_gets_rate_limited_with_a_retry_after() {
     assert!(admin.request(vec![Operation::ListTenants; 20]).await.is_ok());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_idempotency_memory_answers_memory_full_and_applies_nothing() {
+    // 4 id shards holding 2 reservations each at most.
+    let running = start_with(|options| {
+        options.engine = reservoir_engine::Config { shards: 4, id_shards: 4, ..Default::default() };
+        options.idempotency_entries_max = 8;
+    })
+    .await;
+    let demo = running.client(&running.demo).await.unwrap();
+    assert_eq!(reply_of(&demo.request(vec![receive("in", "SKU", 100)]).await.unwrap().results[0]).code, ResultCode::Ok);
+    let reserves: Vec<Operation> = (0..40).map(|i| reserve(&format!("r{i}"), vec![line("SKU", 1)])).collect();
+    let first = demo.request(reserves.clone()).await.unwrap();
+    let codes: Vec<ResultCode> = first.results.iter().map(|result| reply_of(result).code).collect();
+    let granted = codes.iter().filter(|&&code| code == ResultCode::Ok).count();
+    assert!(codes.iter().all(|&code| code == ResultCode::Ok || code == ResultCode::MemoryFull), "{codes:?}");
+    assert!((1..=8).contains(&granted), "at most 2 per shard: {codes:?}");
+    // Refused ones reserved nothing and were not remembered: asking again gives the same
+    // answers (the remembered ones their original reply), and stock moved only for the granted.
+    let again = demo.request(reserves).await.unwrap();
+    assert_eq!(again.results.iter().map(|result| reply_of(result).code).collect::<Vec<_>>(), codes);
+    match &demo.request(vec![Operation::GetSku { sku: "SKU".into() }]).await.unwrap().results[0] {
+        OperationResult::Sku(Ok(view)) => assert_eq!(view.total.reserved, granted as i64, "{view:?}"),
+        other => panic!("{other:?}"),
+    }
+    // The operator sees how full it is.
+    let admin = running.client(&running.admin).await.unwrap();
+    let status = match &admin.request(vec![Operation::Status]).await.unwrap().results[0] {
+        OperationResult::Status(Ok(document)) => serde_json::from_str::<serde_json::Value>(document).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(status["idempotency"]["reservations"], granted as u64, "{status}");
+    assert_eq!(status["idempotency"]["entries_max"], 8, "{status}");
+}
+
 /// A raw connection: the handshake done by hand, then frames as bytes.
 struct Raw {
     connection: quinn::Connection,

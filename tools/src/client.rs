@@ -590,5 +590,14 @@ fn status_text(document: &str) -> String {
             following["last_error"].as_str().map(|error| format!(", last error: {error}")).unwrap_or_default(),
         ));
     }
+    let idempotency = &status["idempotency"];
+    if idempotency.is_object() {
+        text.push_str(&format!(
+            "idempotency memory: {} reservations, {} operation ids (each at most {})\n",
+            field(&idempotency["reservations"]),
+            field(&idempotency["operations"]),
+            field(&idempotency["entries_max"]),
+        ));
+    }
     text
 }

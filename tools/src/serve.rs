@@ -63,6 +63,10 @@ pub struct ServeArgs {
     /// --replication-token) and starts fenced if one is the primary of a newer epoch
     #[arg(long, value_name = "ADDR,...", env = "RESERVOIR_PEERS", value_delimiter = ',')]
     peers: Vec<String>,
+    /// Reservations, and operation ids, remembered for retries at most; past it, ids older
+    /// than 5 min are forgotten early, and new mutations get memory_full [default: 20000000]
+    #[arg(long, value_name = "N", env = "RESERVOIR_IDEMPOTENCY_ENTRIES_MAX")]
+    idempotency_entries_max: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -89,6 +93,13 @@ struct FileConfig {
     snapshot: Option<SnapshotConfig>,
     archive: Option<ArchiveConfig>,
     replication: Option<ReplicationConfig>,
+    idempotency: Option<IdempotencyConfig>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdempotencyConfig {
+    entries_max: Option<usize>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -189,6 +200,16 @@ pub fn options(args: &ServeArgs) -> anyhow::Result<ServerOptions> {
                 (tenant, Rate { operations_per_second: rate.operations_per_second, burst: rate.burst })
             })
             .collect();
+    }
+    if let Some(entries_max) =
+        args.idempotency_entries_max.or(file.idempotency.as_ref().and_then(|idempotency| idempotency.entries_max))
+    {
+        anyhow::ensure!(
+            entries_max >= options.engine.id_shards,
+            "idempotency entries_max {entries_max}: at least {} (one per id shard)",
+            options.engine.id_shards
+        );
+        options.idempotency_entries_max = entries_max;
     }
     let defaults = SnapshotPolicy::default();
     let snapshot = file.snapshot.unwrap_or_default();
@@ -347,6 +368,7 @@ mod tests {
             rpo: None,
             advertise: None,
             peers: Vec::new(),
+            idempotency_entries_max: None,
         }
     }
 
@@ -384,6 +406,8 @@ every_seconds = 300
 [archive]
 age_max_hours = 24
 bytes_max_gib = 8
+[idempotency]
+entries_max = 1000000
 "#,
         )
         .unwrap();
@@ -396,11 +420,14 @@ bytes_max_gib = 8
         assert_eq!(read.snapshot.every_records, 500_000);
         assert_eq!(read.snapshot.every_ms, 300_000);
         assert_eq!(read.snapshot.retention.archive_bytes_max, 8 << 30);
+        assert_eq!(read.idempotency_entries_max, 1_000_000);
 
         let mut flags = args(Some(path));
         flags.listen = Some("127.0.0.1:9000".parse().unwrap());
         flags.durability = Some(DurabilityArg::None);
+        flags.idempotency_entries_max = Some(2_000_000);
         let merged = options(&flags).unwrap();
+        assert_eq!(merged.idempotency_entries_max, 2_000_000);
         assert_eq!(merged.listen.to_string(), "127.0.0.1:9000");
         assert_eq!(merged.durability, Durability::None);
     }

@@ -105,6 +105,8 @@ impl GatewayCode {
 pub fn result_status(code: ResultCode) -> StatusCode {
     match code {
         ResultCode::UnknownTenant | ResultCode::UnknownItem | ResultCode::UnknownReservation => StatusCode::NOT_FOUND,
+        // Not remembered: the same request, retried later, can pass.
+        ResultCode::MemoryFull => StatusCode::SERVICE_UNAVAILABLE,
         code => match code.number() {
             0..=9 => StatusCode::OK,
             10..=29 => StatusCode::CONFLICT,
@@ -227,6 +229,9 @@ impl Problem {
         debug_assert!(!code.is_ok(), "only a refusal is a problem");
         let mut problem = Problem::new(result_status(code), code.name(), code.number(), refusal_detail(code));
         problem.result = result;
+        if problem.status == StatusCode::SERVICE_UNAVAILABLE.as_u16() {
+            problem.retry_after_ms = Some(RETRY_AFTER_MS_DEFAULT);
+        }
         problem.lsn = Some(lsn);
         problem.epoch = Some(epoch);
         problem
@@ -276,6 +281,9 @@ fn refusal_detail(code: ResultCode) -> String {
         ResultCode::IdReusedWithDifferentRequest => "the Idempotency-Key was used before with a different request",
         ResultCode::UnknownItem => "no such SKU at that location in this tenant",
         ResultCode::UnknownReservation => "no such reservation in this tenant",
+        ResultCode::MemoryFull => {
+            "the server's idempotency memory is full of recent ids: retry later with the same Idempotency-Key"
+        }
         _ => "the engine refused the operation (docs/protocol.md, \"Result codes\")",
     };
     format!("{}: {what}", code.name())

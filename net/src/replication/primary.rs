@@ -366,6 +366,7 @@ pub(crate) fn status(core: &Core) -> serde_json::Value {
             "sessions": following.sessions,
         })
     });
+    let usage = core.engine.idempotency_usage();
     serde_json::json!({
         "role": role.name(),
         "epoch": core.epoch(),
@@ -384,6 +385,13 @@ pub(crate) fn status(core: &Core) -> serde_json::Value {
         },
         "standbys": standbys,
         "following": following,
+        "idempotency": {
+            "reservations": usage.reservations,
+            "operations": usage.operations,
+            "entries_max": usage.entries_max,
+            "retention_ms": core.engine.config().idempotency_retention_ms,
+            "retention_floor_ms": reservoir_engine::IDEMPOTENCY_RETENTION_FLOOR_MS,
+        },
         "now_ms": now,
     })
 }
