@@ -640,3 +640,58 @@ async fn promotion_under_load_with_the_old_primary_alive_loses_no_acknowledged_w
     let _ = standby.stop().await;
     let _ = primary.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_rotated_on_the_primary_stops_its_open_connections_to_a_standby() {
+    let primary_directory = tempfile::tempdir().unwrap();
+    let (primary, tokens) =
+        Node::start(options(primary_directory.path(), free_port(), StartRole::Primary, ReplicationMode::Async)).await;
+    let tokens = tokens.unwrap();
+    let writer = primary.client(&tokens.demo).await;
+    assert_eq!(writer.request(vec![receive("r1", "SKU-1", 3)]).await.unwrap().results[0].code(), ResultCode::Ok);
+    let standby_directory = standby_directory(primary_directory.path());
+    let (standby, _) = Node::start(options(
+        standby_directory.path(),
+        free_port(),
+        follow(&primary, &tokens.replication),
+        ReplicationMode::Async,
+    ))
+    .await;
+    let durable = primary.status(&tokens.admin).await["durable_lsn"].as_u64().unwrap();
+    standby
+        .wait_status(&tokens.admin, "the standby catches up", |status| status["applied_lsn"].as_u64() >= Some(durable))
+        .await;
+    // A connection to the standby with the demo token, reading.
+    let query = || vec![Operation::GetSku { sku: "SKU-1".into() }];
+    let reader = standby.client(&tokens.demo).await;
+    assert_eq!(on_hand(&reader.request(query()).await.unwrap().results[0]), 3);
+
+    // The token is rotated on the primary; the standby gets the new credentials shipped.
+    let admin = primary.client(&tokens.admin).await;
+    let result = admin.call(Operation::IssueToken { tenant: "demo".into(), revoke_others: true }).await.unwrap();
+    let OperationResult::Token(Ok(rotated)) = result else { panic!("{result:?}") };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let fresh = loop {
+        let options = ClientOptions::new(vec![standby.address.clone()], standby.ca(), rotated.clone());
+        match Client::connect(options).await {
+            Ok(client) => break client,
+            Err(NetError::Refused(error)) if error.code == ProtocolErrorCode::Unauthenticated => {
+                assert!(std::time::Instant::now() < deadline, "the standby never learned the new token");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => panic!("{error}"),
+        }
+    };
+    // The old token's open connection to the standby is refused at its next request (and
+    // closed); the new token reads there.
+    match reader.request(query()).await {
+        Err(NetError::Refused(error)) => assert_eq!(error.code, ProtocolErrorCode::Unauthenticated, "{error:?}"),
+        other => panic!("the revoked token still reads on the standby: {other:?}"),
+    }
+    assert_eq!(on_hand(&fresh.request(query()).await.unwrap().results[0]), 3);
+    fresh.close().await;
+    admin.close().await;
+    writer.close().await;
+    let _ = standby.stop().await;
+    let _ = primary.stop().await;
+}
