@@ -8,7 +8,9 @@
 //! - **retries** with the same idempotency ids (they are inside the operations, so a resend is
 //!   the same request): after a lost connection, on the next endpoint; after `rate_limited`,
 //!   `too_many_in_flight` or `shutting_down`, once the server's `retry_after_ms` has passed;
-//!   after `not_primary`, on the next endpoint (the standby names its primary).
+//!   after `not_primary`, on the next endpoint (the standby names its primary). Never after
+//!   `unauthenticated` (an unknown token, or one revoked while its connection was open): that
+//!   refusal is returned at once.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), reservoir_net::NetError> {
@@ -254,6 +256,11 @@ impl Inner {
         for attempt in 0..ATTEMPTS_MAX {
             let session = match self.session().await {
                 Ok(session) => session,
+                // The token is unknown or was revoked (the server closed the connection it had
+                // for it): another handshake with the same token cannot pass.
+                Err(NetError::Refused(error)) if error.code == ProtocolErrorCode::Unauthenticated => {
+                    return Err(NetError::Refused(error));
+                }
                 Err(error) => {
                     last_error = Some(error);
                     tokio::time::sleep(Duration::from_millis((10u64 << attempt).min(RETRY_WAIT_MS_MAX))).await;

@@ -21,6 +21,10 @@ pub const CREDENTIALS_MAX: usize = 100_000;
 /// The prefix every token starts with (so that a leaked one is easy to find in logs and code).
 pub const TOKEN_PREFIX: &str = "rsv_";
 
+/// A token's SHA-256 digest: what the store is keyed by, and what a connection keeps (never
+/// the token) to check again, after the store changed, that its token is still live.
+pub type TokenDigest = [u8; 32];
+
 /// What a token grants.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "role", rename_all = "snake_case")]
@@ -50,18 +54,19 @@ struct File {
 /// The credential store of a data directory.
 pub struct Credentials {
     path: PathBuf,
-    entries: RwLock<HashMap<[u8; 32], Entry>>,
-    /// Bumped at every change (a primary ships the store to its standbys when it moves).
+    entries: RwLock<HashMap<TokenDigest, Entry>>,
+    /// Bumped at every change, after the change is visible: a primary ships the store to its
+    /// standbys when it moves, and a connection checks its token again when it moved.
     generation: std::sync::atomic::AtomicU64,
 }
 
-fn sorted(entries: &HashMap<[u8; 32], Entry>) -> Vec<Entry> {
+fn sorted(entries: &HashMap<TokenDigest, Entry>) -> Vec<Entry> {
     let mut tokens: Vec<Entry> = entries.values().cloned().collect();
     tokens.sort_by(|a, b| (a.created_ms, &a.sha256).cmp(&(b.created_ms, &b.sha256)));
     tokens
 }
 
-fn digest(token: &[u8]) -> [u8; 32] {
+fn digest(token: &[u8]) -> TokenDigest {
     Sha256::digest(token).into()
 }
 
@@ -139,12 +144,19 @@ impl Credentials {
         self.entries.read().is_empty()
     }
 
-    /// What `token` grants, if anything.
-    pub fn authenticate(&self, token: &[u8]) -> Option<Grant> {
+    /// What `token` grants, if anything, and its digest (for [`Credentials::still_grants`]).
+    pub fn authenticate(&self, token: &[u8]) -> Option<(Grant, TokenDigest)> {
         if !token.starts_with(TOKEN_PREFIX.as_bytes()) {
             return None;
         }
-        self.entries.read().get(&digest(token)).map(|entry| entry.grant.clone())
+        let key = digest(token);
+        self.entries.read().get(&key).map(|entry| (entry.grant.clone(), key))
+    }
+
+    /// Whether the token of `digest` is still live and still grants `grant` (it was not
+    /// revoked, rotated away, or dropped by a standby's replacement of the store).
+    pub fn still_grants(&self, digest: &TokenDigest, grant: &Grant) -> bool {
+        self.entries.read().get(digest).is_some_and(|entry| entry.grant == *grant)
     }
 
     /// Mints a token for `grant`; with `revoke_others`, every earlier token of the same grant
@@ -182,7 +194,7 @@ impl Credentials {
         counts
     }
 
-    fn persist(&self, entries: &HashMap<[u8; 32], Entry>) -> Result<(), NetError> {
+    fn persist(&self, entries: &HashMap<TokenDigest, Entry>) -> Result<(), NetError> {
         use std::io::Write as _;
         let io = |error: std::io::Error| NetError::Credentials(format!("{}: {error}", self.path.display()));
         let tokens = sorted(entries);

@@ -27,7 +27,7 @@ use reservoir_engine::{Command, Config, Engine, Lsn, Name, Record, ResultCode, T
 use reservoir_wal::{Durability, DurableLsnReader, SnapshotPolicy, Snapshotter, Wal, WalOptions};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::credentials::{Credentials, Grant};
+use crate::credentials::{Credentials, Grant, TokenDigest};
 use crate::message::{ClientFrame, ErrorFrame, Hello, HelloReply, NodeRole, Request, Role, ServerFrame, ServerLimits};
 use crate::operation::{run_query, Action, AdminAction, OperationKind, OperationResult, TenantEntry};
 use crate::replication::{
@@ -741,6 +741,12 @@ enum Principal {
 
 struct Session {
     principal: Principal,
+    /// The token's digest and what it granted at the handshake: checked again whenever the
+    /// credential store changes (a rotation revokes the connections of the old token too).
+    token: TokenDigest,
+    grant: Grant,
+    /// The store's generation read before the token was looked up at the handshake.
+    credentials_generation: u64,
     in_flight: Arc<Semaphore>,
 }
 
@@ -870,15 +876,25 @@ fn authenticate(core: &Core, hello: &Hello) -> Result<Session, ErrorFrame> {
         ));
     }
     let unauthenticated = || error_frame(None, ProtocolErrorCode::Unauthenticated, "unknown or revoked token");
-    let principal = match core.credentials.authenticate(&hello.token).ok_or_else(unauthenticated)? {
+    // Read before the lookup: a change after it moves the generation past this one, so the
+    // connection's next request checks the token again.
+    let credentials_generation = core.credentials.generation();
+    let (grant, token) = core.credentials.authenticate(&hello.token).ok_or_else(unauthenticated)?;
+    let principal = match &grant {
         Grant::Admin => Principal::Admin,
         Grant::Tenant { tenant } => {
-            let id = core.engine.tenant_id(&tenant).ok_or_else(unauthenticated)?;
-            Principal::Tenant { id, limiter: limiter(core, &tenant), name: tenant }
+            let id = core.engine.tenant_id(tenant).ok_or_else(unauthenticated)?;
+            Principal::Tenant { id, limiter: limiter(core, tenant), name: tenant.clone() }
         }
         Grant::Replication => Principal::Replication,
     };
-    Ok(Session { principal, in_flight: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)) })
+    Ok(Session {
+        principal,
+        token,
+        grant,
+        credentials_generation,
+        in_flight: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
+    })
 }
 
 /// The tenant's rate limiter, shared by all its connections.
@@ -935,6 +951,8 @@ async fn serve_stream(
     let mut queued: VecDeque<QueuedReply> = VecDeque::new();
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     let mut reading = true;
+    // The credential store's generation this stream last saw the token valid at.
+    let mut credentials_checked = session.credentials_generation;
     loop {
         // Write every queued reply whose records are durable (in LSN order: they were queued
         // in execution order, and LSNs grow with it).
@@ -964,7 +982,7 @@ async fn serve_stream(
                             };
                             rest = &rest[taken..];
                             let Some(frame) = decoder.pop() else { continue };
-                            match handle_frame(&core, &session, frame) {
+                            match handle_frame(&core, &session, &mut credentials_checked, frame) {
                                 Outcome::Reply(reply) => {
                                     let needed = reply.lsn;
                                     if needed <= *durable.borrow() && queued.is_empty() {
@@ -1006,9 +1024,9 @@ enum Outcome {
     Goodbye,
 }
 
-fn handle_frame(core: &Arc<Core>, session: &Session, frame: &[u8]) -> Outcome {
+fn handle_frame(core: &Arc<Core>, session: &Session, credentials_checked: &mut u64, frame: &[u8]) -> Outcome {
     match decode_client_frame(frame) {
-        Ok(ClientFrame::Request(request)) => match handle_request(core, session, request) {
+        Ok(ClientFrame::Request(request)) => match handle_request(core, session, credentials_checked, request) {
             Ok(reply) => Outcome::Reply(reply),
             Err(error) => Outcome::Error(error),
         },
@@ -1025,8 +1043,40 @@ fn handle_frame(core: &Arc<Core>, session: &Session, frame: &[u8]) -> Outcome {
     }
 }
 
-fn handle_request(core: &Arc<Core>, session: &Session, request: Request) -> Result<QueuedReply, ErrorFrame> {
+/// Whether the connection's token still grants what it did at the handshake. While the
+/// credential store is unchanged this is one atomic load; after a change (an issue, a
+/// rotation, a standby's copy of its primary's store) one lookup of the token's digest.
+fn still_authenticated(core: &Core, session: &Session, credentials_checked: &mut u64) -> bool {
+    let generation = core.credentials.generation();
+    if generation == *credentials_checked {
+        return true;
+    }
+    // The store is updated before its generation moves, so this lookup sees at least the
+    // change that moved it; a later change moves the generation again.
+    if !core.credentials.still_grants(&session.token, &session.grant) {
+        return false;
+    }
+    *credentials_checked = generation;
+    true
+}
+
+fn handle_request(
+    core: &Arc<Core>,
+    session: &Session,
+    credentials_checked: &mut u64,
+    request: Request,
+) -> Result<QueuedReply, ErrorFrame> {
     let id = Some(request.request_id);
+    if !still_authenticated(core, session, credentials_checked) {
+        // `unauthenticated` closes the connection (with its number as the QUIC application
+        // error code) once this error is sent: no request of a revoked token runs.
+        tracing::info!(grant = ?session.grant, "a request with a revoked token: closing its connection");
+        return Err(error_frame(
+            id,
+            ProtocolErrorCode::Unauthenticated,
+            "the connection's token was revoked (or rotated) since its handshake: connect with a current token",
+        ));
+    }
     if core.shutting_down.load(Ordering::Acquire) {
         let mut error = error_frame(id, ProtocolErrorCode::ShuttingDown, "the server is shutting down");
         error.retry_after_ms = Some(1_000);

@@ -120,8 +120,9 @@ impl ProtocolErrorCode {
     }
 
     /// Whether the server closes the connection after sending this error. Frames the server
-    /// could not delimit or trust (malformed, oversized) and failed handshakes close it; the
-    /// others concern one request or frame and leave the connection open.
+    /// could not delimit or trust (malformed, oversized), failed handshakes and a token revoked
+    /// since the handshake (`unauthenticated` for the next request) close it; the others
+    /// concern one request or frame and leave the connection open.
     pub fn closes_connection(self) -> bool {
         matches!(
             self,

@@ -498,6 +498,40 @@ async fn a_token_reaches_only_its_tenant_through_the_gateway() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_is_refused_through_the_gateway_at_its_next_request() {
+    let setup = start().await;
+    let acme = setup.tenant("acme").await;
+    let scan = json!({"sku": "A", "location": "DC1", "quantity": 1});
+    setup.post(&format!("{DEMO}/receipts"), &setup.demo, "r1", scan.clone()).await.assert_ok();
+    setup.post("/v1/tenants/acme/receipts", &acme, "r1", scan.clone()).await.assert_ok();
+    assert_eq!(setup.gateway.pooled_connections(), 2, "one pooled connection per token");
+
+    // Rotate demo's token while the gateway holds a connection opened with the old one.
+    let admin = setup.client(&setup.admin).await;
+    let result = admin.call(Operation::IssueToken { tenant: "demo".into(), revoke_others: true }).await.unwrap();
+    let OperationResult::Token(Ok(rotated)) = result else { panic!("{result:?}") };
+
+    // The old token's next request is 401 at once, and its pooled connection is dropped.
+    let started = Instant::now();
+    let revoked = setup.get(&format!("{DEMO}/stock/A"), &setup.demo).await;
+    revoked.assert_problem(401, "unauthenticated");
+    assert_eq!(revoked.body["number"], 105, "the protocol's code");
+    assert_eq!(revoked.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(setup.gateway.pooled_connections(), 1, "the revoked token's connection is dropped");
+    // Again (a new handshake, refused): 401, and nothing is kept for it.
+    let again = setup.post(&format!("{DEMO}/receipts"), &setup.demo, "r2", scan.clone()).await;
+    again.assert_problem(401, "unauthenticated");
+    assert_eq!(setup.gateway.pooled_connections(), 1);
+    assert!(started.elapsed() < Duration::from_secs(2), "the gateway retried a revoked token: {:?}", started.elapsed());
+
+    // The new token works; acme's pooled connection was never touched.
+    let stock = setup.get(&format!("{DEMO}/stock/A"), &rotated).await;
+    assert_eq!(stock.assert_ok()["total"]["on_hand"], 1, "the refused receipt did not run: {stock:?}");
+    setup.get("/v1/tenants/acme/stock/A", &acme).await.assert_ok();
+    assert_eq!(setup.gateway.pooled_connections(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imports_stream_csv_and_json_lines_with_a_result_per_row() {
     let setup = start().await;
     let token = setup.demo.clone();

@@ -640,3 +640,236 @@ async fn promotion_under_load_with_the_old_primary_alive_loses_no_acknowledged_w
     let _ = standby.stop().await;
     let _ = primary.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_rotated_on_the_primary_stops_its_open_connections_to_a_standby() {
+    let primary_directory = tempfile::tempdir().unwrap();
+    let (primary, tokens) =
+        Node::start(options(primary_directory.path(), free_port(), StartRole::Primary, ReplicationMode::Async)).await;
+    let tokens = tokens.unwrap();
+    let writer = primary.client(&tokens.demo).await;
+    assert_eq!(writer.request(vec![receive("r1", "SKU-1", 3)]).await.unwrap().results[0].code(), ResultCode::Ok);
+    let standby_directory = standby_directory(primary_directory.path());
+    let (standby, _) = Node::start(options(
+        standby_directory.path(),
+        free_port(),
+        follow(&primary, &tokens.replication),
+        ReplicationMode::Async,
+    ))
+    .await;
+    let durable = primary.status(&tokens.admin).await["durable_lsn"].as_u64().unwrap();
+    standby
+        .wait_status(&tokens.admin, "the standby catches up", |status| status["applied_lsn"].as_u64() >= Some(durable))
+        .await;
+    // A connection to the standby with the demo token, reading.
+    let query = || vec![Operation::GetSku { sku: "SKU-1".into() }];
+    let reader = standby.client(&tokens.demo).await;
+    assert_eq!(on_hand(&reader.request(query()).await.unwrap().results[0]), 3);
+
+    // The token is rotated on the primary; the standby gets the new credentials shipped.
+    let admin = primary.client(&tokens.admin).await;
+    let result = admin.call(Operation::IssueToken { tenant: "demo".into(), revoke_others: true }).await.unwrap();
+    let OperationResult::Token(Ok(rotated)) = result else { panic!("{result:?}") };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let fresh = loop {
+        let options = ClientOptions::new(vec![standby.address.clone()], standby.ca(), rotated.clone());
+        match Client::connect(options).await {
+            Ok(client) => break client,
+            Err(NetError::Refused(error)) if error.code == ProtocolErrorCode::Unauthenticated => {
+                assert!(std::time::Instant::now() < deadline, "the standby never learned the new token");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => panic!("{error}"),
+        }
+    };
+    // The old token's open connection to the standby is refused at its next request (and
+    // closed); the new token reads there.
+    match reader.request(query()).await {
+        Err(NetError::Refused(error)) => assert_eq!(error.code, ProtocolErrorCode::Unauthenticated, "{error:?}"),
+        other => panic!("the revoked token still reads on the standby: {other:?}"),
+    }
+    assert_eq!(on_hand(&fresh.request(query()).await.unwrap().results[0]), 3);
+    fresh.close().await;
+    admin.close().await;
+    writer.close().await;
+    let _ = standby.stop().await;
+    let _ = primary.stop().await;
+}
+
+/// What the process logs at WARN and above. One global subscriber for this test binary (the
+/// servers' tasks run on the runtime's worker threads, which a thread's default subscriber
+/// does not reach); tests running beside each other log into it too, so each test looks only
+/// for lines naming its own standby.
+#[derive(Clone, Default)]
+struct CapturedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLog {
+    fn get() -> &'static CapturedLog {
+        static CAPTURED: std::sync::OnceLock<CapturedLog> = std::sync::OnceLock::new();
+        CAPTURED.get_or_init(|| {
+            let captured = CapturedLog::default();
+            let writer = captured.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_max_level(tracing::Level::WARN)
+                .with_ansi(false)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).expect("no other global subscriber");
+            captured
+        })
+    }
+
+    /// The lines logged so far that contain `needle`.
+    fn lines_with(&self, needle: &str) -> Vec<String> {
+        let bytes = self.0.lock().unwrap().clone();
+        String::from_utf8_lossy(&bytes).lines().filter(|line| line.contains(needle)).map(str::to_owned).collect()
+    }
+}
+
+/// The value of `name=...` in a log line.
+fn log_field(line: &str, name: &str) -> u64 {
+    let prefix = format!("{name}=");
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(prefix.as_str()))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+}
+
+/// A standby that starts streaming from the primary's durable LSN and then applies nothing (it
+/// reads what the primary ships and never sends feedback): its lag grows with every write on
+/// the primary and with time, as a stalled standby's would. Dropping the connection ends it.
+async fn stalled_standby(primary: &Node, tokens: &Tokens, name: &str) -> quinn::Connection {
+    use reservoir_net::replication::wire::{read_message, write_message, PrimaryMessage, StandbyMessage};
+    use reservoir_net::{decode_server_frame, ClientFrame, FrameDecoder, Hello, Role, ServerFrame};
+    let status = primary.status(&tokens.admin).await;
+    let history = u64::from_str_radix(status["history"].as_str().unwrap(), 16).unwrap();
+    let durable = status["durable_lsn"].as_u64().unwrap();
+    let epoch = status["epoch"].as_u64().unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(reservoir_net::tls::client_config(&primary.ca()).unwrap());
+    let connection = endpoint.connect(primary.address.parse().unwrap(), "127.0.0.1").unwrap().await.unwrap();
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    let mut bytes = Vec::new();
+    ClientFrame::Hello(Hello { version_min: 1, version_max: 1, token: tokens.replication.as_bytes().to_vec() })
+        .encode(&mut bytes)
+        .unwrap();
+    send.write_all(&bytes).await.unwrap();
+    // The primary sends nothing after HelloReply until it has the Start.
+    let mut decoder = FrameDecoder::new();
+    let mut chunk = [0u8; 512];
+    let hello = loop {
+        if let Some(frame) = decoder.pop() {
+            break decode_server_frame(frame).unwrap();
+        }
+        let count = recv.read(&mut chunk).await.unwrap().expect("a HelloReply");
+        decoder.push(&chunk[..count]).unwrap();
+    };
+    assert!(matches!(&hello, ServerFrame::HelloReply(reply) if reply.role == Role::Replication), "{hello:?}");
+    let start = StandbyMessage::Start { next_lsn: durable + 1, history, epoch, name: name.to_owned() };
+    write_message(&mut send, |out| start.encode(out)).await.unwrap();
+    let accept = PrimaryMessage::decode(&read_message(&mut recv).await.unwrap().unwrap()).unwrap();
+    assert!(matches!(accept, PrimaryMessage::Accept { .. }), "{accept:?}");
+    tokio::spawn(async move {
+        let _send = send;
+        while let Ok(Some(_)) = read_message(&mut recv).await {}
+    });
+    connection
+}
+
+/// A primary with a stalled standby behind it.
+struct Stalled {
+    primary: Node,
+    tokens: Tokens,
+    standby: quinn::Connection,
+    _directory: tempfile::TempDir,
+}
+
+impl Stalled {
+    /// Starts a primary with `rpo_ms`, a stalled standby named `name`, and writes a few records
+    /// that the standby never applies.
+    async fn start(rpo_ms: u64, name: &str) -> Stalled {
+        let directory = tempfile::tempdir().unwrap();
+        let mut primary_options = options(directory.path(), free_port(), StartRole::Primary, ReplicationMode::Async);
+        primary_options.replication.rpo_ms = rpo_ms;
+        let (primary, tokens) = Node::start(primary_options).await;
+        let tokens = tokens.unwrap();
+        let standby = stalled_standby(&primary, &tokens, name).await;
+        let writer = primary.client(&tokens.demo).await;
+        for index in 0..5 {
+            let reply = writer.request(vec![receive(&format!("{name}-{index}"), "SKU-1", 1)]).await.unwrap();
+            assert_eq!(reply.results[0].code(), ResultCode::Ok);
+        }
+        writer.close().await;
+        Stalled { primary, tokens, standby, _directory: directory }
+    }
+
+    async fn stop(self) {
+        self.standby.close(0u32.into(), b"done");
+        let _ = self.primary.stop().await;
+    }
+}
+
+/// Issue #5: the primary warns when a standby's lag passes the RPO, naming the standby and
+/// the lag, and repeats it for that standby at most every `LAG_WARNING_INTERVAL_MS`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_lagging_past_the_rpo_is_warned_about_in_the_log() {
+    use reservoir_net::replication::{LAG_CHECK_INTERVAL_MS, LAG_WARNING_INTERVAL_MS};
+    let log = CapturedLog::get();
+    let name = "stalled-past-a-1ms-rpo";
+    let stalled = Stalled::start(1, name).await;
+    let needle = format!("standby={name} ");
+    let deadline = std::time::Instant::now() + Duration::from_millis(10 * LAG_CHECK_INTERVAL_MS);
+    let line = loop {
+        if let Some(line) = log.lines_with(&needle).into_iter().next() {
+            break line;
+        }
+        assert!(std::time::Instant::now() < deadline, "no lag warning for {name}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(line.contains("WARN") && line.contains("standby lag above the RPO"), "{line}");
+    assert!(log_field(&line, "lag_ms") > 1, "{line}");
+    assert!(log_field(&line, "lag_records") >= 1, "{line}");
+    assert_eq!(log_field(&line, "rpo_ms"), 1, "{line}");
+    // The lag stays above the RPO through the next checks: the warning is not repeated within
+    // its interval.
+    const { assert!(2 * LAG_CHECK_INTERVAL_MS + 500 < LAG_WARNING_INTERVAL_MS) };
+    tokio::time::sleep(Duration::from_millis(2 * LAG_CHECK_INTERVAL_MS + 500)).await;
+    let status = stalled.primary.status(&stalled.tokens.admin).await;
+    let entry = status["standbys"].as_array().unwrap().iter().find(|entry| entry["name"] == name).cloned();
+    assert!(entry.is_some_and(|entry| entry["lag"]["ms"].as_u64() > Some(1)), "still lagging: {status:#}");
+    assert_eq!(log.lines_with(&needle).len(), 1, "the warning was repeated within its interval");
+    stalled.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_lagging_within_the_rpo_is_not_warned_about() {
+    use reservoir_net::replication::LAG_CHECK_INTERVAL_MS;
+    let log = CapturedLog::get();
+    let name = "stalled-within-a-60s-rpo";
+    let stalled = Stalled::start(60_000, name).await;
+    // Wait until the standby has lagged through at least two of the primary's checks.
+    stalled
+        .primary
+        .wait_status(&stalled.tokens.admin, "the stalled standby lags", |status| {
+            status["standbys"].as_array().is_some_and(|standbys| {
+                standbys.iter().any(|entry| {
+                    entry["name"] == name && entry["lag"]["ms"].as_u64() > Some(2 * LAG_CHECK_INTERVAL_MS + 200)
+                })
+            })
+        })
+        .await;
+    let lines = log.lines_with(&format!("standby={name} "));
+    assert!(lines.is_empty(), "a lag within the RPO was warned about: {lines:?}");
+    stalled.stop().await;
+}

@@ -199,6 +199,97 @@ async fn a_token_reaches_only_its_tenant_and_rotation_revokes() {
     assert_eq!(result.code(), ResultCode::UnknownTenant);
 }
 
+/// A query's reply on a raw connection: `ok`.
+fn assert_query_ok(frame: Option<ServerFrame>, request_id: u64) {
+    match frame {
+        Some(ServerFrame::Reply(reply)) => {
+            assert_eq!(reply.request_id, request_id);
+            assert_eq!(reply.results[0].code(), ResultCode::Ok, "{reply:?}");
+        }
+        other => panic!("expected a reply to request {request_id}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_stops_its_open_connections() {
+    let running = start().await;
+    let admin = running.client(&running.admin).await.unwrap();
+    let reply = admin
+        .request(vec![
+            Operation::CreateTenant { name: "acme".into() },
+            Operation::IssueToken { tenant: "acme".into(), revoke_others: false },
+        ])
+        .await
+        .unwrap();
+    let OperationResult::Token(Ok(acme_token)) = &reply.results[1] else { panic!("{reply:?}") };
+    let acme = running.client(acme_token).await.unwrap();
+    assert_eq!(acme.call(receive("a1", "ACME", 5)).await.unwrap().code(), ResultCode::Ok);
+    let setup = running.client(&running.demo).await.unwrap();
+    assert_eq!(setup.call(receive("d1", "SKU", 5)).await.unwrap().code(), ResultCode::Ok);
+    let query = || vec![Operation::GetSku { sku: "SKU".into() }];
+
+    // Open connections with the demo token: one raw, one through the client library.
+    let mut old = raw(&running, &running.demo).await;
+    assert_query_ok(old.request(1, query()).await, 1);
+    let library = running.client(&running.demo).await.unwrap();
+    assert_eq!(library.request(query()).await.unwrap().results[0].code(), ResultCode::Ok);
+
+    // A change of the credentials that leaves the demo token live (another token for acme)
+    // makes the connection check its token again, and it passes.
+    let result = admin.call(Operation::IssueToken { tenant: "acme".into(), revoke_others: false }).await.unwrap();
+    assert!(matches!(result, OperationResult::Token(Ok(_))), "{result:?}");
+    assert_query_ok(old.request(2, query()).await, 2);
+
+    // The rotation: the old token's next request is refused, names the request, runs nothing,
+    // and its connection closes with the error's number.
+    let result = admin.call(Operation::IssueToken { tenant: "demo".into(), revoke_others: true }).await.unwrap();
+    let OperationResult::Token(Ok(rotated)) = result else { panic!("{result:?}") };
+    match old.request(3, vec![receive("d2", "SKU", 1_000)]).await {
+        Some(ServerFrame::Error(error)) => {
+            assert_eq!(error.code, ProtocolErrorCode::Unauthenticated, "{error:?}");
+            assert_eq!(error.request_id, Some(3), "the error names the refused request");
+        }
+        other => panic!("expected unauthenticated, got {other:?}"),
+    }
+    assert!(old.frame().await.is_none(), "nothing follows the error");
+    let closed = tokio::time::timeout(Duration::from_secs(10), old.connection.closed()).await.expect("closed");
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, quinn::VarInt::from_u32(105), "{close:?}");
+        }
+        other => panic!("expected an application close with code 105, got {other:?}"),
+    }
+    // The client library hands the refusal back at once: no retry with the revoked token.
+    let started = std::time::Instant::now();
+    match library.request(query()).await {
+        Err(reservoir_net::NetError::Refused(error)) => assert_eq!(error.code, ProtocolErrorCode::Unauthenticated),
+        other => panic!("expected unauthenticated, got {other:?}"),
+    }
+    match library.request(query()).await {
+        Err(reservoir_net::NetError::Refused(error)) => assert_eq!(error.code, ProtocolErrorCode::Unauthenticated),
+        other => panic!("a new handshake with the revoked token: expected unauthenticated, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "retried a revoked token: {:?}", started.elapsed());
+
+    // The refused receive never ran; the new token works on a new connection.
+    let mut new = raw(&running, &rotated).await;
+    match new.request(4, query()).await {
+        Some(ServerFrame::Reply(reply)) => {
+            let OperationResult::Sku(Ok(summary)) = &reply.results[0] else { panic!("{reply:?}") };
+            assert_eq!(summary.total.on_hand, 5, "the refused request did not run");
+        }
+        other => panic!("{other:?}"),
+    }
+    let fresh = running.client(&rotated).await.unwrap();
+    assert_eq!(fresh.call(receive("d3", "SKU", 1)).await.unwrap().code(), ResultCode::Ok);
+    // Another tenant's open connection, and the admin's, are unaffected.
+    let result = acme.call(Operation::GetSku { sku: "ACME".into() }).await.unwrap();
+    assert_eq!(result.code(), ResultCode::Ok, "{result:?}");
+    let OperationResult::Tenants(Ok(tenants)) = admin.call(Operation::ListTenants).await.unwrap() else { panic!() };
+    assert_eq!(tenants.iter().find(|entry| entry.name == "demo").unwrap().tokens, 1, "{tenants:?}");
+    running.server.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_over_its_rate_gets_rate_limited_with_a_retry_after() {
     let running = start_with(|options| {

@@ -4,8 +4,10 @@
 //!
 //! Bounded: at most `connections_max` entries (the least recently used goes first), an entry
 //! idle for `POOL_IDLE_MS_MAX` is closed, and none lives longer than
-//! `POOL_CONNECTION_AGE_MS_MAX`: the server checks a token only at the handshake, so the age
-//! bounds how long a revoked token keeps working through a gateway.
+//! `POOL_CONNECTION_AGE_MS_MAX`. A revoked token does not wait for that age: the server checks
+//! an open connection's token again after every change of its credentials, answers the next
+//! request of a revoked one `unauthenticated` and closes it, and the gateway answers 401 and
+//! [`Pool::forget`]s the entry.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
