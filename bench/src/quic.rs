@@ -224,11 +224,13 @@ async fn run(settings: &QuicSettings) -> Result<QuicRun, BenchError> {
     let end = window_start + Duration::from_secs_f64(settings.window_s);
     let mut workers = tokio::task::JoinSet::new();
     for (conn, (clients, state)) in connections.iter().enumerate() {
-        for _ in 0..settings.in_flight {
+        for in_flight in 0..settings.in_flight {
+            let slot = conn * settings.in_flight + in_flight;
             let (clients, state, committed, settings) =
                 (clients.clone(), state.clone(), committed.clone(), settings.clone());
-            workers
-                .spawn(async move { worker(conn, &clients, &state, &committed, &settings, window_start, end).await });
+            workers.spawn(async move {
+                worker(conn, slot, &clients, &state, &committed, &settings, window_start, end).await
+            });
         }
     }
     // Wait for the workers; meanwhile (W4) sample the standby's lag as the primary sees it.
@@ -644,8 +646,10 @@ pub(crate) async fn start_loaded(
 
 /// One request slot of a connection: build a request, send it, account for its reply; until
 /// the window ends.
+#[allow(clippy::too_many_arguments)]
 async fn worker(
     conn: usize,
+    slot: usize,
     clients: &[Client],
     state: &Mutex<Connection>,
     committed: &Mutex<Vec<i64>>,
@@ -657,14 +661,22 @@ async fn worker(
     let slots = (settings.conns * settings.in_flight) as f64;
     let interval =
         settings.rate_ops_per_s.map(|rate| Duration::from_secs_f64(settings.batch as f64 * slots / rate.max(1.0)));
-    let mut next_send = Instant::now();
+    // Slots start staggered over one interval, so that the offered load is even rather than
+    // bursts of every slot at once (which queue behind each other and measure the burst).
+    let mut next_send =
+        Instant::now() + interval.map_or(Duration::ZERO, |interval| interval * slot as u32 / slots as u32);
     while Instant::now() < end {
-        // Open loop: latency counts from when the request was due, not from when it went out,
-        // so a server that falls behind is charged for the wait (no coordinated omission).
+        // Open loop: a request that is late because its slot was still waiting for the previous
+        // reply counts from when it was due, so a server that falls behind is charged for the
+        // wait (no coordinated omission); one that waited for its time counts from when the
+        // timer woke it (tokio's timers are 1 ms coarse: that lateness is the client's).
         let mut due = None;
         if let Some(interval) = interval {
-            tokio::time::sleep_until(next_send.into()).await;
-            due = Some(next_send);
+            if Instant::now() < next_send {
+                tokio::time::sleep_until(next_send.into()).await;
+            } else {
+                due = Some(next_send);
+            }
             next_send += interval;
         }
         let (tenant, operations, asked) = {
