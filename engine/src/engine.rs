@@ -53,6 +53,8 @@ pub struct Engine {
     /// How many reservations, and how many operation ids, the engine remembers at most (an
     /// operational limit, not data: replay never refuses). See [`Engine::set_idempotency_entries_max`].
     idempotency_entries_max: AtomicUsize,
+    /// Its share per id shard (`entries_max / id_shards`, rounded up): what is enforced.
+    idempotency_shard_max: AtomicUsize,
 }
 
 /// The default of [`Engine::set_idempotency_entries_max`]: 20 M reservations and 20 M operation
@@ -75,13 +77,17 @@ pub struct IdempotencyUsage {
     pub operations: usize,
     /// The limit of each of the two.
     pub entries_max: usize,
+    /// The most entries one id shard of either table holds: the limit is enforced per shard,
+    /// so this, not the totals, says when new ids meet `memory_full`.
+    pub fullest_shard: usize,
+    /// What one id shard may hold.
+    pub shard_max: usize,
 }
 
 impl IdempotencyUsage {
-    /// Past the level `forget` brings it back to: time for a `Command::Forget`.
+    /// Some shard is past the level `forget` brings it back to: time for a `Command::Forget`.
     pub fn over_target(&self) -> bool {
-        let target = forget_target(self.entries_max);
-        self.reservations > target || self.operations > target
+        self.fullest_shard > forget_target(self.shard_max)
     }
 }
 
@@ -174,6 +180,7 @@ impl Engine {
             next_lsn: AtomicU64::new(1),
             epochs: parking_lot::RwLock::new(Vec::new()),
             idempotency_entries_max: AtomicUsize::new(IDEMPOTENCY_ENTRIES_MAX_DEFAULT),
+            idempotency_shard_max: AtomicUsize::new(IDEMPOTENCY_ENTRIES_MAX_DEFAULT.div_ceil(config.id_shards)),
             config,
         }
     }
@@ -207,22 +214,34 @@ impl Engine {
     pub fn set_idempotency_entries_max(&self, entries_max: usize) {
         assert!(entries_max >= self.config.id_shards, "idempotency limit {entries_max} below one per shard");
         self.idempotency_entries_max.store(entries_max, Ordering::Relaxed);
+        self.idempotency_shard_max.store(entries_max.div_ceil(self.config.id_shards), Ordering::Relaxed);
+    }
+
+    /// Which id shard remembers `id` (status, and tests that fill one shard).
+    pub fn id_shard(&self, tenant: TenantId, id: &str) -> usize {
+        let shard = (crate::memory::key_hash(tenant, id) & (self.config.id_shards as u64 - 1)) as usize;
+        debug_assert!(std::ptr::eq(self.operations.shard(tenant, id), &self.operations.all()[shard]));
+        shard
     }
 
     /// How full the idempotency memory is. Takes every id shard's lock in turn.
     pub fn idempotency_usage(&self) -> IdempotencyUsage {
+        let reservations: Vec<usize> = self.reservations.all().iter().map(|shard| shard.lock().map.len()).collect();
+        let operations: Vec<usize> = self.operations.all().iter().map(|shard| shard.lock().map.len()).collect();
         IdempotencyUsage {
-            reservations: self.reservations.all().iter().map(|shard| shard.lock().map.len()).sum(),
-            operations: self.operations.all().iter().map(|shard| shard.lock().map.len()).sum(),
+            reservations: reservations.iter().sum(),
+            operations: operations.iter().sum(),
             entries_max: self.idempotency_entries_max.load(Ordering::Relaxed),
+            fullest_shard: reservations.iter().chain(&operations).copied().max().unwrap_or(0),
+            shard_max: self.idempotency_shard_max(),
         }
     }
 
     /// What one id shard may hold.
     fn idempotency_shard_max(&self) -> usize {
-        let entries_max = self.idempotency_entries_max.load(Ordering::Relaxed);
-        debug_assert!(entries_max >= self.config.id_shards);
-        entries_max.div_ceil(self.config.id_shards)
+        let shard_max = self.idempotency_shard_max.load(Ordering::Relaxed);
+        debug_assert!(shard_max >= 1);
+        shard_max
     }
 
     /// The LSN the next record will get.
@@ -1066,34 +1085,29 @@ impl Engine {
         if !usage.over_target() {
             return floor_ms;
         }
-        let target = forget_target(usage.entries_max);
+        // Per shard: the limit is enforced per shard, so every shard must come back under it.
+        let target = forget_target(usage.shard_max);
         let latest_ms = now_ms.saturating_sub(IDEMPOTENCY_RETENTION_FLOOR_MS);
         if latest_ms <= floor_ms {
             return floor_ms;
         }
-        // How many entries closed (or were remembered) before `before_ms`, per table. The
-        // queues are in LSN order, which is time order up to clock skew between threads, so
-        // this is an estimate; `forget` itself stops at the first entry not old enough.
-        let older = |before_ms: u64| -> (usize, usize) {
-            let reservations = self
-                .reservations
-                .all()
-                .iter()
-                .map(|shard| shard.lock().closed.partition_point(|entry| entry.0 < before_ms))
-                .sum();
-            let operations = self
-                .operations
-                .all()
-                .iter()
-                .map(|shard| shard.lock().order.partition_point(|entry| entry.0 < before_ms))
-                .sum();
-            (reservations, operations)
+        // Whether forgetting what closed (or was remembered) before `before_ms` leaves every
+        // shard of both tables at most at the target. The queues are in LSN order, which is
+        // time order up to clock skew between threads, so this is an estimate; `forget` itself
+        // stops at the first entry not old enough.
+        let enough = |before_ms: u64| -> bool {
+            self.reservations.all().iter().all(|shard| {
+                let shard = shard.lock();
+                shard.map.len().saturating_sub(shard.closed.partition_point(|entry| entry.0 < before_ms)) <= target
+            }) && self.operations.all().iter().all(|shard| {
+                let shard = shard.lock();
+                shard.map.len().saturating_sub(shard.order.partition_point(|entry| entry.0 < before_ms)) <= target
+            })
         };
-        let enough = |before_ms: u64| {
-            let (reservations, operations) = older(before_ms);
-            usage.reservations.saturating_sub(reservations) <= target
-                && usage.operations.saturating_sub(operations) <= target
-        };
+        if enough(floor_ms) {
+            // The time bound alone is enough.
+            return floor_ms;
+        }
         if !enough(latest_ms) {
             // Even the floor does not make room: forget all that may go; new ids meet
             // `memory_full` until older ones can go.

@@ -547,6 +547,42 @@ fn the_idempotency_memory_is_bounded_and_forgets_the_oldest_past_the_floor() {
     assert_eq!((usage.reservations, usage.operations, usage.entries_max), (3, 2, 3));
 }
 
+/// Regression: the limit is enforced per id shard, but `forget` used to look at the totals
+/// only, so one full shard (ids a client picked to land together, or a small limit) stayed
+/// full, refusing its new ids, for the whole 24 h retention while the totals looked fine.
+#[test]
+fn one_full_id_shard_is_forgotten_into_though_the_totals_are_low() {
+    let config = Config { shards: 2, id_shards: 4, idempotency_retention_ms: 24 * 3_600_000 };
+    // Operation ids that all land in one id shard (acme is tenant 0 in the scripted engine).
+    let probe = Engine::new(config.clone());
+    let acme = reservoir_engine::TenantId(0);
+    let target_shard = probe.id_shard(acme, "op0");
+    let ids: Vec<String> =
+        (0..).map(|i| format!("op{i}")).filter(|id| probe.id_shard(acme, id) == target_shard).take(3).collect();
+    // A limit of 8: 2 per shard, and forget brings a shard back to 1. The totals stay at 2 of 8.
+    let engine = check_with(
+        config,
+        &format!(
+            "limit 8
+             at 1000000
+             tenant acme => ok
+             receive acme {a} SKU1@A 10 => ok
+             at 1000100
+             receive acme {b} SKU1@A 10 => ok
+             receive acme {c} SKU1@A 10 => memory_full
+             at 1300101
+             forget => count=1
+             receive acme {c} SKU1@A 10 => ok on_hand=30
+             receive acme {b} SKU1@A 10 => ok on_hand=20",
+            a = ids[0],
+            b = ids[1],
+            c = ids[2]
+        ),
+    );
+    let usage = engine.idempotency_usage();
+    assert_eq!((usage.operations, usage.fullest_shard, usage.shard_max), (2, 2, 2), "{usage:?}");
+}
+
 #[test]
 fn tenants_are_walled_off() {
     check(

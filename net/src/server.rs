@@ -603,10 +603,13 @@ async fn timers(core: Arc<Core>) {
                     reservations = usage.reservations,
                     operations = usage.operations,
                     entries_max = usage.entries_max,
+                    fullest_shard = usage.fullest_shard,
+                    shard_max = usage.shard_max,
                     forgotten = reply.count,
-                    "IDEMPOTENCY MEMORY NEAR FULL: over 90% of its limit after forgetting every id older \
-                     than the {} s floor; new mutations get memory_full once their shard is at the \
-                     limit (raise --idempotency-entries-max, or lower the offered rate)",
+                    "IDEMPOTENCY MEMORY NEAR FULL: an id shard is over 90% of its share of the limit after \
+                     forgetting every id older than the {} s floor; new mutations there get \
+                     memory_full once it is at the limit (raise --idempotency-entries-max, or lower \
+                     the offered rate)",
                     reservoir_engine::IDEMPOTENCY_RETENTION_FLOOR_MS / 1_000
                 );
             }

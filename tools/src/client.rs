@@ -593,10 +593,12 @@ fn status_text(document: &str) -> String {
     let idempotency = &status["idempotency"];
     if idempotency.is_object() {
         text.push_str(&format!(
-            "idempotency memory: {} reservations, {} operation ids (each at most {})\n",
+            "idempotency memory: {} reservations, {} operation ids (each at most {}); fullest shard {} of {}\n",
             field(&idempotency["reservations"]),
             field(&idempotency["operations"]),
             field(&idempotency["entries_max"]),
+            field(&idempotency["fullest_shard"]),
+            field(&idempotency["shard_max"]),
         ));
     }
     text

@@ -389,6 +389,8 @@ pub(crate) fn status(core: &Core) -> serde_json::Value {
             "reservations": usage.reservations,
             "operations": usage.operations,
             "entries_max": usage.entries_max,
+            "fullest_shard": usage.fullest_shard,
+            "shard_max": usage.shard_max,
             "retention_ms": core.engine.config().idempotency_retention_ms,
             "retention_floor_ms": reservoir_engine::IDEMPOTENCY_RETENTION_FLOOR_MS,
         },
