@@ -46,6 +46,21 @@ impl Running {
     async fn client(&self, token: &str) -> Result<Client, reservoir_net::NetError> {
         Client::connect(ClientOptions::new(vec![self.address()], self.ca.clone(), token.to_owned())).await
     }
+
+    /// Creates tenant `name` through an admin connection; returns that connection and the
+    /// tenant's first token.
+    async fn new_tenant(&self, name: &str) -> (Client, String) {
+        let admin = self.client(&self.admin).await.unwrap();
+        let reply = admin
+            .request(vec![
+                Operation::CreateTenant { name: name.into() },
+                Operation::IssueToken { tenant: name.into(), revoke_others: false },
+            ])
+            .await
+            .unwrap();
+        let OperationResult::Token(Ok(token)) = &reply.results[1] else { panic!("{reply:?}") };
+        (admin, token.clone())
+    }
 }
 
 fn line(sku: &str, quantity: i64) -> WireLine {
@@ -143,15 +158,8 @@ async fn futures_join<T: Send + 'static>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_reaches_only_its_tenant_and_rotation_revokes() {
     let running = start().await;
-    let admin = running.client(&running.admin).await.unwrap();
-    let reply = admin
-        .request(vec![
-            Operation::CreateTenant { name: "acme".into() },
-            Operation::IssueToken { tenant: "acme".into(), revoke_others: false },
-        ])
-        .await
-        .unwrap();
-    let OperationResult::Token(Ok(acme_token)) = &reply.results[1] else { panic!("{reply:?}") };
+    let (admin, acme_token) = running.new_tenant("acme").await;
+    let acme_token = &acme_token;
 
     let acme = running.client(acme_token).await.unwrap();
     assert_eq!(acme.call(receive("a1", "SECRET", 50)).await.unwrap().code(), ResultCode::Ok);
@@ -213,15 +221,8 @@ fn assert_query_ok(frame: Option<ServerFrame>, request_id: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_token_stops_its_open_connections() {
     let running = start().await;
-    let admin = running.client(&running.admin).await.unwrap();
-    let reply = admin
-        .request(vec![
-            Operation::CreateTenant { name: "acme".into() },
-            Operation::IssueToken { tenant: "acme".into(), revoke_others: false },
-        ])
-        .await
-        .unwrap();
-    let OperationResult::Token(Ok(acme_token)) = &reply.results[1] else { panic!("{reply:?}") };
+    let (admin, acme_token) = running.new_tenant("acme").await;
+    let acme_token = &acme_token;
     let acme = running.client(acme_token).await.unwrap();
     assert_eq!(acme.call(receive("a1", "ACME", 5)).await.unwrap().code(), ResultCode::Ok);
     let setup = running.client(&running.demo).await.unwrap();
