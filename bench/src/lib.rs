@@ -737,8 +737,9 @@ struct InFlight {
     measured: bool,
 }
 
-/// Waits (if `wait`) until the oldest request in flight is durable, then acknowledges every
-/// request that is: its latency is send to acknowledgement. Returns the acknowledgement time.
+/// Waits (if `wait`) until the oldest request in flight may be acknowledged (durable; written,
+/// in `relaxed` mode), then acknowledges every request that may: its latency is send to
+/// acknowledgement. Returns the acknowledgement time.
 fn acknowledge(
     wal: &reservoir_wal::Wal,
     in_flight: &mut VecDeque<InFlight>,
@@ -747,9 +748,9 @@ fn acknowledge(
 ) -> Instant {
     let oldest = in_flight.front().expect("something in flight").lsn;
     if wait {
-        wal.wait_durable(oldest).expect("WAL failed");
+        wal.wait_acknowledgeable(oldest).expect("WAL failed");
     }
-    let durable = wal.durable_lsn();
+    let durable = wal.acknowledgeable_lsn();
     let acknowledged = Instant::now();
     while let Some(request) = in_flight.front() {
         if request.lsn > durable {

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use governor::clock::Clock as _;
 use parking_lot::RwLock;
 use reservoir_engine::{Command, Config, Engine, Lsn, Name, Record, ResultCode, TenantId, EXPIRE_BATCH_MAX};
-use reservoir_wal::{Durability, DurableLsnReader, SnapshotPolicy, Snapshotter, Wal, WalOptions};
+use reservoir_wal::{Durability, DurableLsnReader, SnapshotPolicy, Snapshotter, Wal, WalOptions, WalProgress};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::credentials::{Credentials, Grant, TokenDigest};
@@ -163,6 +163,8 @@ pub(crate) struct Core {
     pub(crate) durable: watch::Receiver<Lsn>,
     /// The local WAL's durable LSN (what a primary ships).
     pub(crate) local_durable: watch::Receiver<Lsn>,
+    /// The local WAL's acknowledgeable LSN: `local_durable`, or ahead of it in `relaxed` mode.
+    pub(crate) local_acknowledgeable: watch::Receiver<Lsn>,
     pub(crate) hub: Hub,
     pub(crate) following: parking_lot::Mutex<Following>,
     /// Held while a standby applies a message's records and while a promotion switches roles,
@@ -349,13 +351,14 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
 
     let (durable_sender, durable) = watch::channel(opened.wal.durable_lsn());
     let (local_sender, local_durable) = watch::channel(opened.wal.durable_lsn());
+    let (acknowledgeable_sender, local_acknowledgeable) = watch::channel(opened.wal.acknowledgeable_lsn());
     let stop_notifier = Arc::new(AtomicBool::new(false));
     let notifier = {
         let reader = opened.wal.durable_lsn_reader();
         let stop = stop_notifier.clone();
         std::thread::Builder::new()
             .name("durable-notifier".into())
-            .spawn(move || notify_durable(&reader, &local_sender, &stop))
+            .spawn(move || notify_durable(&reader, &local_sender, &acknowledgeable_sender, &stop))
             .map_err(|source| NetError::io("start the durability notifier", source))?
     };
     let snapshotter = {
@@ -387,6 +390,7 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
         node_changed: tokio::sync::Notify::new(),
         durable,
         local_durable,
+        local_acknowledgeable,
         hub: Hub::default(),
         following: parking_lot::Mutex::new(following),
         apply_lock: parking_lot::Mutex::new(()),
@@ -441,17 +445,28 @@ fn bootstrap(engine: &Engine, wal: &Wal, credentials: &Credentials) -> Result<Fi
     Ok(FirstStart { admin_token, demo_tenant: DEMO_TENANT.into(), demo_token, replication_token })
 }
 
-/// Publishes the WAL's durable LSN to the stream tasks as it moves.
-fn notify_durable(reader: &DurableLsnReader, sender: &watch::Sender<Lsn>, stop: &AtomicBool) {
+/// Publishes the WAL's durable and acknowledgeable LSNs to the async tasks as they move.
+fn notify_durable(
+    reader: &DurableLsnReader,
+    durable_sender: &watch::Sender<Lsn>,
+    acknowledgeable_sender: &watch::Sender<Lsn>,
+    stop: &AtomicBool,
+) {
     /// How long one wait for the durable LSN lasts before the stop flag is looked at again.
     const NOTIFY_WAIT_MS: u64 = 50;
-    let mut seen = *sender.borrow();
+    let mut seen = WalProgress { acknowledgeable: *acknowledgeable_sender.borrow(), durable: *durable_sender.borrow() };
     while !stop.load(Ordering::Acquire) {
-        let durable = reader.wait_beyond(seen, Duration::from_millis(NOTIFY_WAIT_MS));
-        if durable > seen {
-            seen = durable;
-            sender.send_replace(durable);
+        let now = reader.wait_progress(seen, Duration::from_millis(NOTIFY_WAIT_MS));
+        if now.durable > seen.durable {
+            durable_sender.send_replace(now.durable);
         }
+        if now.acknowledgeable > seen.acknowledgeable {
+            acknowledgeable_sender.send_replace(now.acknowledgeable);
+        }
+        seen = WalProgress {
+            acknowledgeable: now.acknowledgeable.max(seen.acknowledgeable),
+            durable: now.durable.max(seen.durable),
+        };
     }
 }
 
@@ -617,11 +632,11 @@ async fn timers(core: Arc<Core>) {
     }
 }
 
-/// Publishes what may be acknowledged: the local durable LSN, or in `sync` mode on a primary
-/// the lower of it and the best standby's written LSN (with the configured fallback when no
-/// standby streams).
+/// Publishes what may be acknowledged: the local WAL's acknowledgeable LSN (durable, or only
+/// written in `relaxed` mode), or in `sync` mode on a primary the lower of it and the best
+/// standby's written LSN (with the configured fallback when no standby streams).
 async fn acknowledge(core: Arc<Core>, sender: watch::Sender<Lsn>) {
-    let mut local = core.local_durable.clone();
+    let mut local = core.local_acknowledgeable.clone();
     let mut alone_since: Option<std::time::Instant> = None;
     let mut warned: Option<std::time::Instant> = None;
     loop {

@@ -500,6 +500,48 @@ async fn a_restarted_standby_resumes_with_no_gap_and_no_duplicate() {
     assert_same(&standby_engine.dump(), &primary_engine.dump());
 }
 
+/// A primary in `relaxed` durability acknowledges before its fsync but ships only what it has
+/// synced: the standby gets there by the sync interval, with no further write, and `sync`
+/// replication still waits for the standby (so a relaxed primary with a sync standby keeps
+/// every acknowledged write on two machines).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relaxed_primary_ships_what_it_synced_and_its_status_says_how_far_it_wrote() {
+    let primary_directory = tempfile::tempdir().unwrap();
+    let mut primary_options = options(primary_directory.path(), free_port(), StartRole::Primary, ReplicationMode::Sync);
+    primary_options.durability = reservoir_wal::Durability::Relaxed { sync_interval_ms: 200 };
+    let (primary, tokens) = Node::start(primary_options).await;
+    let tokens = tokens.unwrap();
+    let standby_directory = standby_directory(primary_directory.path());
+    let standby_options =
+        options(standby_directory.path(), free_port(), follow(&primary, &tokens.replication), ReplicationMode::Async);
+    let (standby, _) = Node::start(standby_options).await;
+    let writer = primary.client(&tokens.demo).await;
+    write_load(&writer, "relaxed", 20, 100).await;
+
+    let status = primary.status(&tokens.admin).await;
+    assert_eq!(status["wal"]["durability"], "relaxed", "{status:#}");
+    assert_eq!(status["wal"]["sync_interval_ms"], 200, "{status:#}");
+    let acknowledged = status["acknowledged_lsn"].as_u64().unwrap();
+    assert!(status["wal"]["written_lsn"].as_u64().unwrap() >= acknowledged, "{status:#}");
+    // Sync replication: what the primary acknowledged, the standby had written.
+    let standby_written = status["standbys"][0]["written_lsn"].as_u64().unwrap();
+    assert!(standby_written >= acknowledged, "acknowledged {acknowledged} but the standby wrote {standby_written}");
+    // With no more writes, the next sync makes everything written durable.
+    primary
+        .wait_status(&tokens.admin, "synced", |status| {
+            status["durable_lsn"].as_u64() >= Some(acknowledged)
+                && status["durable_lsn"] == status["wal"]["written_lsn"]
+        })
+        .await;
+    standby
+        .wait_status(&tokens.admin, "caught up", |status| status["applied_lsn"].as_u64() >= Some(acknowledged))
+        .await;
+    writer.close().await;
+    let standby_engine = standby.stop().await;
+    let primary_engine = primary.stop().await;
+    assert_same(&standby_engine.dump(), &primary_engine.dump());
+}
+
 /// A standby so far behind that the primary's log no longer reaches back to it (snapshots
 /// moved the old segments to the archive, and the archive was pruned) catches up by a second
 /// base backup, then by WAL.

@@ -8,7 +8,11 @@
 //! run (and moves what it covers to the archive), so kills also land during snapshot writes
 //! and archive moves, and recovery starts from snapshots.
 //!
-//! Usage: reservoir-crash-child DATA_DIR RUN
+//! With `relaxed` as a third argument the WAL runs in `Relaxed` mode: it acknowledges once
+//! written to the OS and fdatasyncs every 10 ms, which a SIGKILL (unlike a power cut) must
+//! not make lose anything acknowledged.
+//!
+//! Usage: reservoir-crash-child DATA_DIR RUN [relaxed]
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -27,8 +31,13 @@ fn main() {
     let mut arguments = std::env::args().skip(1);
     let directory = PathBuf::from(arguments.next().expect("DATA_DIR"));
     let run: u64 = arguments.next().expect("RUN").parse().expect("RUN is a number");
+    let durability = match arguments.next().as_deref() {
+        None => reservoir_wal::Durability::Durable,
+        Some("relaxed") => reservoir_wal::Durability::relaxed(),
+        Some(other) => panic!("unknown mode {other:?}: relaxed or nothing"),
+    };
     // The smallest segments, so that the snapshotter archives some during the loop.
-    let options = WalOptions { segment_bytes: reservoir_wal::SEGMENT_BYTES_MIN, ..WalOptions::default() };
+    let options = WalOptions { segment_bytes: reservoir_wal::SEGMENT_BYTES_MIN, durability, ..WalOptions::default() };
     let opened = reservoir_wal::open_data_directory(&directory, Config::default(), options, |_| {}).expect("recover");
     let (engine, wal) = (&opened.engine, &opened.wal);
     println!(

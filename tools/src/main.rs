@@ -150,7 +150,8 @@ struct EngineArgs {
     /// DIR/wal; `reservoir verify --data-dir DIR` checks it afterwards)
     #[arg(long, value_name = "DIR")]
     data_dir: Option<std::path::PathBuf>,
-    /// With --data-dir: fsync each group commit before acknowledging (durable), or not (none)
+    /// With --data-dir: fsync each group commit before acknowledging (durable), every 10 ms
+    /// (relaxed), or not (none)
     #[arg(long, value_enum, default_value = "durable", requires = "data_dir")]
     durability: DurabilityArg,
     /// Requests each thread keeps in flight (needs --data-dir)
@@ -162,6 +163,9 @@ struct EngineArgs {
 enum DurabilityArg {
     /// fdatasync before the acknowledgement (the default, and the one that counts)
     Durable,
+    /// Acknowledge once written to the OS, fdatasync every 10 ms: a power cut may lose the
+    /// acknowledgements of the last 10 ms (docs/wal.md, "Relaxed mode")
+    Relaxed,
     /// No fsync: for tests and benchmarks only
     None,
 }
@@ -170,6 +174,7 @@ impl From<DurabilityArg> for reservoir_wal::Durability {
     fn from(durability: DurabilityArg) -> reservoir_wal::Durability {
         match durability {
             DurabilityArg::Durable => reservoir_wal::Durability::Durable,
+            DurabilityArg::Relaxed => reservoir_wal::Durability::relaxed(),
             DurabilityArg::None => reservoir_wal::Durability::None,
         }
     }
@@ -201,7 +206,7 @@ struct ServerBenchArgs {
     skus: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// fsync before acknowledging (durable, the default) or not (none)
+    /// fsync before acknowledging (durable, the default), every 10 ms (relaxed) or not (none)
     #[arg(long, value_enum, default_value = "durable")]
     durability: DurabilityArg,
     /// Keep the server's data here (a new or empty directory) instead of a temporary one
@@ -244,7 +249,7 @@ struct GatewayBenchArgs {
     skus: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// fsync before acknowledging (durable, the default) or not (none)
+    /// fsync before acknowledging (durable, the default), every 10 ms (relaxed) or not (none)
     #[arg(long, value_enum, default_value = "durable")]
     durability: DurabilityArg,
     /// Print only a JSON object

@@ -26,9 +26,15 @@ pub struct ServeArgs {
     /// Where to listen for QUIC [default: 127.0.0.1:7878]
     #[arg(long, value_name = "ADDR", env = "RESERVOIR_LISTEN")]
     listen: Option<SocketAddr>,
-    /// fsync before acknowledging (durable, the default) or not (none: tests and benchmarks only)
+    /// fsync before acknowledging (durable, the default); acknowledge once written and fsync
+    /// every --sync-interval-ms (relaxed: a power cut may lose that much); or never fsync
+    /// (none: tests and benchmarks only)
     #[arg(long, value_enum, env = "RESERVOIR_DURABILITY")]
     durability: Option<DurabilityArg>,
+    /// With --durability relaxed: the longest time between fsyncs, its RPO on a power cut
+    /// (1..=1000) [default: 10]
+    #[arg(long, value_name = "MS", env = "RESERVOIR_SYNC_INTERVAL_MS")]
+    sync_interval_ms: Option<u32>,
     /// The operator's certificate chain (PEM); default: generated in DATA_DIR/tls/
     #[arg(long, value_name = "FILE", env = "RESERVOIR_TLS_CERTIFICATE", requires = "tls_key")]
     tls_certificate: Option<PathBuf>,
@@ -88,6 +94,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
     durability: Option<String>,
+    sync_interval_ms: Option<u32>,
     tls: Option<TlsConfig>,
     rate: Option<RateConfig>,
     snapshot: Option<SnapshotConfig>,
@@ -177,9 +184,21 @@ pub fn options(args: &ServeArgs) -> anyhow::Result<ServerOptions> {
     options.durability = match (args.durability, file.durability.as_deref()) {
         (Some(durability), _) => durability.into(),
         (None, Some("durable") | None) => Durability::Durable,
+        (None, Some("relaxed")) => Durability::relaxed(),
         (None, Some("none")) => Durability::None,
-        (None, Some(other)) => anyhow::bail!("durability {other:?}: durable or none"),
+        (None, Some(other)) => anyhow::bail!("durability {other:?}: durable, relaxed or none"),
     };
+    if let Some(interval_ms) = args.sync_interval_ms.or(file.sync_interval_ms) {
+        let Durability::Relaxed { sync_interval_ms } = &mut options.durability else {
+            anyhow::bail!("sync_interval_ms applies to durability \"relaxed\" only");
+        };
+        anyhow::ensure!(
+            (1..=reservoir_wal::SYNC_INTERVAL_MS_MAX).contains(&interval_ms),
+            "sync_interval_ms {interval_ms}: 1..={}",
+            reservoir_wal::SYNC_INTERVAL_MS_MAX
+        );
+        *sync_interval_ms = interval_ms;
+    }
     options.certificates = match (&args.tls_certificate, &args.tls_key, file.tls) {
         (Some(certificate), Some(key), _) => {
             Some(CertificateFiles { certificate: certificate.clone(), key: key.clone() })
@@ -331,7 +350,10 @@ async fn serve(options: ServerOptions) -> anyhow::Result<()> {
             server.local_addr(),
             server.role().name(),
             server.epoch(),
-            durability.name(),
+            match durability {
+                Durability::Relaxed { sync_interval_ms } => format!("relaxed: fsync every {sync_interval_ms} ms"),
+                other => other.name().to_owned(),
+            },
             server.recovered_lsn().0
         );
         use std::io::Write as _;
@@ -357,6 +379,7 @@ mod tests {
             data_dir: None,
             listen: None,
             durability: None,
+            sync_interval_ms: None,
             tls_certificate: None,
             tls_key: None,
             role: None,
@@ -430,6 +453,27 @@ entries_max = 1000000
         assert_eq!(merged.idempotency_entries_max, 2_000_000);
         assert_eq!(merged.listen.to_string(), "127.0.0.1:9000");
         assert_eq!(merged.durability, Durability::None);
+    }
+
+    #[test]
+    fn relaxed_durability_takes_its_sync_interval_from_a_flag_or_the_file() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("reservoir.toml");
+        std::fs::write(&path, "durability = \"relaxed\"\nsync_interval_ms = 50\n").unwrap();
+        let read = options(&args(Some(path.clone()))).unwrap();
+        assert_eq!(read.durability, Durability::Relaxed { sync_interval_ms: 50 });
+
+        let mut flags = args(None);
+        flags.durability = Some(DurabilityArg::Relaxed);
+        assert_eq!(options(&flags).unwrap().durability, Durability::Relaxed { sync_interval_ms: 10 });
+        flags.sync_interval_ms = Some(5_000);
+        let error = options(&flags).unwrap_err().to_string();
+        assert!(error.contains("1..=1000"), "{error}");
+        // An interval without relaxed durability is a mistake, not ignored.
+        let mut flags = args(None);
+        flags.sync_interval_ms = Some(20);
+        let error = options(&flags).unwrap_err().to_string();
+        assert!(error.contains("relaxed"), "{error}");
     }
 
     #[test]

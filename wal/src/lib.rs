@@ -28,8 +28,9 @@ pub use scan::{scan, scan_until, AppendPosition, Flow, ScanEnd, TornTail};
 pub use snapshotter::{SnapshotPolicy, Snapshotter, SnapshotterStats, SNAPSHOT_POLL_MS};
 pub use storage::{CrashStorage, FsStorage, LayeredStorage, Storage};
 pub use writer::{
-    Durability, DurableLsnReader, GroupWrite, Wal, WalOptions, WalStats, Writer, BATCH_BYTES_MAX, BATCH_RECORDS_MAX,
-    REORDER_RECORDS_MAX, SUBMISSIONS_QUEUED_MAX,
+    Durability, DurableLsnReader, GroupWrite, Wal, WalOptions, WalProgress, WalStats, Writer, BATCH_BYTES_MAX,
+    BATCH_RECORDS_MAX, REORDER_RECORDS_MAX, SUBMISSIONS_QUEUED_MAX, SYNC_INTERVAL_MS_DEFAULT, SYNC_INTERVAL_MS_MAX,
+    UNSYNCED_BYTES_MAX,
 };
 
 /// Everything that can go wrong persisting or reading the log.

@@ -292,6 +292,36 @@ impl CrashStorage {
         CrashStorage { segments: Mutex::new(image) }
     }
 
+    /// The disk after a power cut that came when the unsynced writes span several group
+    /// commits (`Relaxed` mode): the page cache writes dirty pages back in any order, so every
+    /// 512-byte sector of every unsynced write, in any segment, is kept or lost independently
+    /// (a seeded choice). A later write can survive where an earlier one is lost.
+    pub fn crash_image_scattered(&self, seed: u64) -> CrashStorage {
+        const SECTOR_BYTES: usize = 512;
+        let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
+        let mut keep = move || {
+            // xorshift64*: enough for a fair coin per sector.
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 63 == 1
+        };
+        let segments = self.segments.lock();
+        let mut image = BTreeMap::new();
+        for (&sequence, segment) in segments.iter() {
+            let mut bytes = segment.durable.clone();
+            for (offset, write) in &segment.unsynced {
+                for (index, sector) in write.chunks(SECTOR_BYTES).enumerate() {
+                    if keep() {
+                        apply_write(&mut bytes, *offset + (index * SECTOR_BYTES) as u64, sector);
+                    }
+                }
+            }
+            image.insert(sequence, FakeSegment { durable: bytes, unsynced: Vec::new() });
+        }
+        CrashStorage { segments: Mutex::new(image) }
+    }
+
     /// How many writes are not yet durable.
     pub fn unsynced_writes(&self) -> usize {
         self.segments.lock().values().map(|segment| segment.unsynced.len()).sum()

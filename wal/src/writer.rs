@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use parking_lot::{Condvar, Mutex};
 use reservoir_engine::{Lsn, Record};
 
@@ -26,12 +26,25 @@ pub const BATCH_BYTES_MAX: usize = 16 << 20;
 /// Records waiting in the reorder buffer for an earlier LSN. Each command takes its LSNs and
 /// submits them right away, so the buffer holds at most a few records per concurrent command.
 pub const REORDER_RECORDS_MAX: usize = 1 << 20;
+/// The longest sync interval `Relaxed` mode accepts: its RPO on a power cut.
+pub const SYNC_INTERVAL_MS_MAX: u32 = 1_000;
+/// The default sync interval of `Relaxed` mode.
+pub const SYNC_INTERVAL_MS_DEFAULT: u32 = 10;
+/// Bytes `Relaxed` mode writes before it syncs, whatever the interval: bounds what a power cut
+/// can take and what waits to be published to standbys.
+pub const UNSYNCED_BYTES_MAX: u64 = 8 << 20;
 
 /// When an acknowledgement may be sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
     /// After the record's group commit was fdatasynced (the default, and the one that counts).
     Durable,
+    /// After the record was written to the OS; the writer fdatasyncs at least every
+    /// `sync_interval_ms` (and every `UNSYNCED_BYTES_MAX` bytes). A process crash loses
+    /// nothing acknowledged (the OS holds the writes); a power cut or kernel crash loses at most
+    /// the acknowledged records of the last `sync_interval_ms` plus one fdatasync's duration:
+    /// that is its RPO (docs/wal.md, "Relaxed mode"). Standbys are shipped synced records only.
+    Relaxed { sync_interval_ms: u32 },
     /// After the record was written to the OS (no fsync): a power cut loses acknowledged
     /// records. For tests and benchmarks only; every figure taken with it says so.
     None,
@@ -41,8 +54,19 @@ impl Durability {
     pub fn name(self) -> &'static str {
         match self {
             Durability::Durable => "durable",
+            Durability::Relaxed { .. } => "relaxed",
             Durability::None => "none",
         }
+    }
+
+    /// `Relaxed` with the default interval.
+    pub fn relaxed() -> Durability {
+        Durability::Relaxed { sync_interval_ms: SYNC_INTERVAL_MS_DEFAULT }
+    }
+
+    /// Whether the writer fdatasyncs at all.
+    pub fn syncs(self) -> bool {
+        self != Durability::None
     }
 }
 
@@ -80,8 +104,10 @@ struct Shared {
 }
 
 struct State {
-    /// Every record up to this LSN is written (and synced, in `Durable` mode).
+    /// Every record up to this LSN is written and synced (only written, in `None` mode).
     durable_lsn: Lsn,
+    /// Every record up to this LSN is written to the OS (`durable_lsn` <= it).
+    written_lsn: Lsn,
     /// Set once when a write or sync fails: nothing after it is ever acknowledged.
     failed: Option<String>,
     stats: WalStats,
@@ -109,11 +135,19 @@ impl Wal {
                 options.segment_bytes
             )));
         }
+        if let Durability::Relaxed { sync_interval_ms } = options.durability {
+            if !(1..=SYNC_INTERVAL_MS_MAX).contains(&sync_interval_ms) {
+                return Err(WalError::Config(format!(
+                    "sync interval {sync_interval_ms} ms is outside 1..={SYNC_INTERVAL_MS_MAX} ms"
+                )));
+            }
+        }
         assert!(position.next_lsn.0 >= 1);
         assert!(position.offset >= SEGMENT_HEADER_BYTES as u64);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 durable_lsn: Lsn(position.next_lsn.0 - 1),
+                written_lsn: Lsn(position.next_lsn.0 - 1),
                 failed: None,
                 stats: WalStats::default(),
             }),
@@ -161,11 +195,22 @@ impl Wal {
         sender.send(records).map_err(|_| self.failure())
     }
 
-    /// Blocks until every record up to `lsn` is durable.
+    /// Blocks until every record up to `lsn` is durable (synced; written, in `None` mode).
     pub fn wait_durable(&self, lsn: Lsn) -> Result<(), WalError> {
+        self.wait_until(|state| state.durable_lsn >= lsn)
+    }
+
+    /// Blocks until every record up to `lsn` may be acknowledged under this log's durability:
+    /// synced in `Durable` mode, written to the OS in `Relaxed` and `None` modes.
+    pub fn wait_acknowledgeable(&self, lsn: Lsn) -> Result<(), WalError> {
+        let durability = self.durability;
+        self.wait_until(|state| state.acknowledgeable_lsn(durability) >= lsn)
+    }
+
+    fn wait_until(&self, done: impl Fn(&State) -> bool) -> Result<(), WalError> {
         let mut state = self.shared.state.lock();
         loop {
-            if state.durable_lsn >= lsn {
+            if done(&state) {
                 return Ok(());
             }
             if let Some(why) = &state.failed {
@@ -175,20 +220,32 @@ impl Wal {
         }
     }
 
-    /// `submit` then `wait_durable` for the highest LSN among `records`.
+    /// `submit` then `wait_acknowledgeable` for the highest LSN among `records`.
     pub fn append(&self, records: Vec<Record>) -> Result<(), WalError> {
         let Some(highest) = records.iter().map(|record| record.lsn).max() else { return Ok(()) };
         self.submit(records)?;
-        self.wait_durable(highest)
+        self.wait_acknowledgeable(highest)
     }
 
+    /// Every record up to it is synced (written, in `None` mode): what snapshots cover and
+    /// standbys are shipped.
     pub fn durable_lsn(&self) -> Lsn {
         self.shared.state.lock().durable_lsn
     }
 
+    /// Every record up to it is written to the OS.
+    pub fn written_lsn(&self) -> Lsn {
+        self.shared.state.lock().written_lsn
+    }
+
+    /// Every record up to it may be acknowledged ([`Wal::wait_acknowledgeable`]).
+    pub fn acknowledgeable_lsn(&self) -> Lsn {
+        self.shared.state.lock().acknowledgeable_lsn(self.durability)
+    }
+
     /// A handle that reads the durable LSN from another thread (the snapshotter's).
     pub fn durable_lsn_reader(&self) -> DurableLsnReader {
-        DurableLsnReader { shared: self.shared.clone() }
+        DurableLsnReader { shared: self.shared.clone(), durability: self.durability }
     }
 
     pub fn stats(&self) -> WalStats {
@@ -227,10 +284,29 @@ impl Drop for Wal {
     }
 }
 
+impl State {
+    fn acknowledgeable_lsn(&self, durability: Durability) -> Lsn {
+        match durability {
+            Durability::Durable => self.durable_lsn,
+            Durability::Relaxed { .. } | Durability::None => self.written_lsn,
+        }
+    }
+}
+
+/// The two LSNs a server watches: what may be acknowledged, and what is durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalProgress {
+    /// [`Wal::acknowledgeable_lsn`].
+    pub acknowledgeable: Lsn,
+    /// [`Wal::durable_lsn`].
+    pub durable: Lsn,
+}
+
 /// Reads a [`Wal`]'s durable LSN; outlives nothing but the counters it shares.
 #[derive(Clone)]
 pub struct DurableLsnReader {
     shared: Arc<Shared>,
+    durability: Durability,
 }
 
 impl DurableLsnReader {
@@ -241,14 +317,26 @@ impl DurableLsnReader {
     /// Waits until the durable LSN passes `seen`, the writer fails, or `timeout` passes;
     /// returns the durable LSN then.
     pub fn wait_beyond(&self, seen: Lsn, timeout: std::time::Duration) -> Lsn {
+        let seen = WalProgress { acknowledgeable: Lsn(u64::MAX), durable: seen };
+        self.wait_progress(seen, timeout).durable
+    }
+
+    /// Waits until either LSN of `seen` moves, the writer fails, or `timeout` passes;
+    /// returns both then.
+    pub fn wait_progress(&self, seen: WalProgress, timeout: std::time::Duration) -> WalProgress {
         let deadline = Instant::now() + timeout;
         let mut state = self.shared.state.lock();
-        while state.durable_lsn <= seen && state.failed.is_none() {
-            if self.shared.changed.wait_until(&mut state, deadline).timed_out() {
-                break;
+        let mut timed_out = false;
+        loop {
+            let now =
+                WalProgress { acknowledgeable: state.acknowledgeable_lsn(self.durability), durable: state.durable_lsn };
+            assert!(now.durable <= now.acknowledgeable, "nothing is durable before it is written");
+            let moved = now.durable > seen.durable || now.acknowledgeable > seen.acknowledgeable;
+            if moved || timed_out || state.failed.is_some() {
+                return now;
             }
+            timed_out = self.shared.changed.wait_until(&mut state, deadline).timed_out();
         }
-        state.durable_lsn
     }
 
     /// Why the writer failed, if it did (it then acknowledges nothing more).
@@ -285,6 +373,13 @@ pub struct Writer {
     /// current group.
     publishing: bool,
     published: Vec<u8>,
+    /// `Relaxed` mode: segments written since the last sync, and the bytes.
+    unsynced_segments: Vec<u64>,
+    unsynced_bytes: u64,
+    /// `Relaxed` mode: the first LSN written since the last sync. Every frame written until
+    /// the next sync carries it as its batch LSN: the unit recovery reasons about (docs/wal.md,
+    /// "Relaxed mode") is what one sync makes durable, not one write.
+    window_first_lsn: Option<Lsn>,
 }
 
 /// What one group's write did.
@@ -309,43 +404,102 @@ fn run(mut writer: Writer, receiver: Receiver<Vec<Record>>, shared: Arc<Shared>)
 }
 
 fn run_until_closed(writer: &mut Writer, receiver: &Receiver<Vec<Record>>, shared: &Shared) -> Result<(), WalError> {
+    let sync_interval = match writer.options.durability {
+        Durability::Relaxed { sync_interval_ms } => Some(Duration::from_millis(u64::from(sync_interval_ms))),
+        Durability::Durable | Durability::None => None,
+    };
+    // `Relaxed` mode: when the oldest write not yet synced was made.
+    let mut unsynced_since: Option<Instant> = None;
     loop {
         // Block for the first submission of a group, then take whatever else is queued:
-        // everything that arrived while the previous group was being synced.
-        let Ok(first) = receiver.recv() else {
-            assert!(writer.reorder.is_empty(), "closed with records waiting for an earlier LSN");
-            return Ok(());
+        // everything that arrived while the previous group was being written and synced. In
+        // `Relaxed` mode the wait ends when the pending writes are due to be synced.
+        let first = match (sync_interval, unsynced_since) {
+            (Some(interval), Some(since)) => match receiver.recv_deadline(since + interval) {
+                Ok(records) => Some(records),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    sync_relaxed(writer, shared)?;
+                    return closed(writer);
+                }
+            },
+            _ => match receiver.recv() {
+                Ok(records) => Some(records),
+                Err(_) => return closed(writer),
+            },
         };
-        // Frames are copied for the feed only once a standby has asked for them.
-        writer.publishing = shared.feed.is_enabled();
-        writer.take(first);
-        while writer.reorder.len() < BATCH_RECORDS_MAX {
-            match receiver.try_recv() {
-                Ok(records) => writer.take(records),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+        if let Some(first) = first {
+            // Frames are copied for the feed only once a standby has asked for them.
+            writer.publishing = shared.feed.is_enabled();
+            writer.take(first);
+            while writer.reorder.len() < BATCH_RECORDS_MAX {
+                match receiver.try_recv() {
+                    Ok(records) => writer.take(records),
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            let group = writer.write_group()?;
+            if group.records > 0 {
+                let sync_started = Instant::now();
+                let syncs = writer.sync(&group)?;
+                let sync_ns = if syncs > 0 { sync_started.elapsed().as_nanos() as u64 } else { 0 };
+                let durable = sync_interval.is_none();
+                if durable {
+                    // Published before the durable LSN moves: whoever sees the new LSN finds
+                    // its frames. (`Relaxed` mode publishes at its sync.)
+                    let (first_lsn, frames) = writer.take_published();
+                    shared.feed.publish(first_lsn, group.last_lsn, frames);
+                } else {
+                    unsynced_since.get_or_insert_with(Instant::now);
+                }
+                let mut state = shared.state.lock();
+                assert!(state.written_lsn < group.last_lsn, "the written LSN only grows");
+                state.written_lsn = group.last_lsn;
+                if durable {
+                    state.durable_lsn = group.last_lsn;
+                }
+                state.stats.records += group.records;
+                state.stats.batches += 1;
+                state.stats.syncs += syncs;
+                state.stats.bytes += group.bytes;
+                state.stats.sync_ns += sync_ns;
+                drop(state);
+                shared.changed.notify_all();
             }
         }
-        let group = writer.write_group()?;
-        if group.records == 0 {
-            continue;
+        if let (Some(interval), Some(since)) = (sync_interval, unsynced_since) {
+            if since.elapsed() >= interval || writer.unsynced_bytes() >= UNSYNCED_BYTES_MAX {
+                sync_relaxed(writer, shared)?;
+                unsynced_since = None;
+            }
         }
-        let sync_started = Instant::now();
-        let syncs = writer.sync(&group)?;
-        let sync_ns = sync_started.elapsed().as_nanos() as u64;
-        // Published before the durable LSN moves: whoever sees the new LSN finds its frames.
-        let (first_lsn, frames) = writer.take_published();
-        shared.feed.publish(first_lsn, group.last_lsn, frames);
-        let mut state = shared.state.lock();
-        assert!(state.durable_lsn < group.last_lsn, "durable LSN only grows");
-        state.durable_lsn = group.last_lsn;
-        state.stats.records += group.records;
-        state.stats.batches += 1;
-        state.stats.syncs += syncs;
-        state.stats.bytes += group.bytes;
-        state.stats.sync_ns += sync_ns;
-        drop(state);
-        shared.changed.notify_all();
     }
+}
+
+fn closed(writer: &Writer) -> Result<(), WalError> {
+    assert!(writer.reorder.is_empty(), "closed with records waiting for an earlier LSN");
+    assert_eq!(writer.unsynced_bytes, 0, "closed with writes not synced");
+    Ok(())
+}
+
+/// `Relaxed` mode: syncs what was written since the last sync, publishes it to the feed and
+/// moves the durable LSN to the written one.
+fn sync_relaxed(writer: &mut Writer, shared: &Shared) -> Result<(), WalError> {
+    let written = Lsn(writer.next_lsn.0 - 1);
+    let sync_started = Instant::now();
+    let syncs = writer.sync_pending()?;
+    let sync_ns = sync_started.elapsed().as_nanos() as u64;
+    let (first_lsn, frames) = writer.take_published();
+    shared.feed.publish(first_lsn, written, frames);
+    let mut state = shared.state.lock();
+    assert_eq!(state.written_lsn, written, "every written group was counted");
+    assert!(state.durable_lsn <= written, "the durable LSN only grows");
+    state.durable_lsn = written;
+    state.stats.syncs += syncs;
+    state.stats.sync_ns += sync_ns;
+    drop(state);
+    shared.changed.notify_all();
+    Ok(())
 }
 
 impl Writer {
@@ -364,6 +518,9 @@ impl Writer {
             history: position.history.unwrap_or_else(crate::format::new_history),
             publishing: false,
             published: Vec::new(),
+            unsynced_segments: Vec::new(),
+            unsynced_bytes: 0,
+            window_first_lsn: None,
         }
     }
 
@@ -400,7 +557,11 @@ impl Writer {
 
     /// Writes the run of records that continues the log (not synced: see [`Writer::sync`]).
     pub fn write_group(&mut self) -> Result<GroupWrite, WalError> {
-        let batch_lsn = self.next_lsn;
+        let batch_lsn = match self.options.durability {
+            Durability::Relaxed { .. } => *self.window_first_lsn.get_or_insert(self.next_lsn),
+            Durability::Durable | Durability::None => self.next_lsn,
+        };
+        assert!(batch_lsn <= self.next_lsn);
         let mut group = GroupWrite::default();
         self.buffer.clear();
         while let Some(entry) = self.reorder.first_entry() {
@@ -438,16 +599,51 @@ impl Writer {
         Ok(group)
     }
 
-    /// Makes a written group durable (`Durable` mode; nothing in `None` mode). Returns the
-    /// number of fdatasyncs.
+    /// Makes a written group durable (`Durable` mode; nothing in `None` mode; in `Relaxed`
+    /// mode the group waits for [`Writer::sync_pending`]). Returns the number of fdatasyncs.
     pub fn sync(&mut self, group: &GroupWrite) -> Result<u64, WalError> {
-        if self.options.durability != Durability::Durable {
-            return Ok(0);
+        match self.options.durability {
+            Durability::Durable => {
+                for &sequence in &group.segments {
+                    self.sync_segment(sequence)?;
+                }
+                Ok(group.segments.len() as u64)
+            }
+            Durability::Relaxed { .. } => {
+                for &sequence in &group.segments {
+                    if !self.unsynced_segments.contains(&sequence) {
+                        self.unsynced_segments.push(sequence);
+                    }
+                }
+                self.unsynced_bytes += group.bytes;
+                assert!(self.unsynced_segments.len() <= 2, "a group touches at most two segments between syncs");
+                Ok(0)
+            }
+            Durability::None => Ok(0),
         }
-        for &sequence in &group.segments {
-            self.storage.sync(sequence).map_err(|source| WalError::io(self.storage.describe(sequence), source))?;
+    }
+
+    /// `Relaxed` mode: syncs every segment written since the last sync, making every written
+    /// record durable. Returns the number of fdatasyncs.
+    pub fn sync_pending(&mut self) -> Result<u64, WalError> {
+        assert!(self.options.durability.syncs() || self.unsynced_segments.is_empty());
+        let segments = std::mem::take(&mut self.unsynced_segments);
+        for &sequence in &segments {
+            self.sync_segment(sequence)?;
         }
-        Ok(group.segments.len() as u64)
+        self.unsynced_bytes = 0;
+        // Frames written from now on may be on disk only if everything before them is.
+        self.window_first_lsn = None;
+        Ok(segments.len() as u64)
+    }
+
+    /// Bytes written since the last sync (`Relaxed` mode; 0 in the others).
+    pub fn unsynced_bytes(&self) -> u64 {
+        self.unsynced_bytes
+    }
+
+    fn sync_segment(&self, sequence: u64) -> Result<(), WalError> {
+        self.storage.sync(sequence).map_err(|source| WalError::io(self.storage.describe(sequence), source))
     }
 
     fn flush_buffer(&mut self, touched: &mut Vec<u64>) -> Result<u64, WalError> {
@@ -469,10 +665,10 @@ impl Writer {
     /// is synced first (in `Durable` mode), so segments become durable in order.
     fn roll_over(&mut self, first_lsn: Lsn) -> Result<(), WalError> {
         if self.segment_exists {
-            if self.options.durability == Durability::Durable {
-                self.storage
-                    .sync(self.sequence)
-                    .map_err(|source| WalError::io(self.storage.describe(self.sequence), source))?;
+            if self.options.durability.syncs() {
+                self.sync_segment(self.sequence)?;
+                let sequence = self.sequence;
+                self.unsynced_segments.retain(|&unsynced| unsynced != sequence);
             }
             self.sequence += 1;
         }

@@ -377,6 +377,14 @@ pub(crate) fn status(core: &Core) -> serde_json::Value {
         "applied_lsn": applied,
         "durable_lsn": durable,
         "acknowledged_lsn": acknowledged,
+        "wal": {
+            "durability": core.wal.durability().name(),
+            "sync_interval_ms": match core.wal.durability() {
+                reservoir_wal::Durability::Relaxed { sync_interval_ms } => Some(sync_interval_ms),
+                _ => None,
+            },
+            "written_lsn": core.wal.written_lsn().0,
+        },
         "replication": {
             "mode": core.replication.mode.name(),
             "sync_state": sync_state,
