@@ -1422,14 +1422,18 @@ impl Engine {
             }
         }
         let tenants = self.catalog.tenants.read();
+        // Summed per tenant number, named at the end: one string per tenant, not per item
+        // (regression: a name copy and a map lookup per item were 40% of a 10 M-item cold start).
+        let mut totals_by_tenant: Vec<Option<(i64, i64)>> = vec![None; tenants.len() + 1];
         for (shard_id, shard) in self.catalog.shards.iter().enumerate() {
             let shard = shard.items.read();
             for index in 0..shard.len() as u32 {
                 let item = ItemId { shard: shard_id as u32, index };
                 let counters = shard.cell(index).read();
                 report.items += 1;
-                let name = tenants.name(shard.key(index).tenant).unwrap_or("?").to_owned();
-                let totals = report.tenant_totals.entry(name).or_default();
+                // Past the known tenants: the last slot, reported as "?".
+                let slot = (shard.key(index).tenant.0 as usize).min(tenants.len());
+                let totals = totals_by_tenant[slot].get_or_insert((0, 0));
                 totals.0 += counters.on_hand;
                 totals.1 += counters.reserved;
                 if !counters.holds() {
@@ -1452,6 +1456,14 @@ impl Engine {
         }
         for (item, open) in open_by_item {
             report.violations.push(format!("reservations hold {open} on unknown item {item:?}"));
+        }
+        for (slot, totals) in totals_by_tenant.into_iter().enumerate() {
+            if let Some(totals) = totals {
+                let name = tenants.name(TenantId(slot as u32)).unwrap_or("?");
+                let named = report.tenant_totals.entry(name.to_owned()).or_default();
+                named.0 += totals.0;
+                named.1 += totals.1;
+            }
         }
         report
     }

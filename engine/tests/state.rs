@@ -42,6 +42,25 @@ fn restore_of_export_is_the_same_engine_and_continues_the_log() {
 }
 
 #[test]
+fn a_restore_on_several_threads_is_the_restore_on_one() {
+    let engine = Engine::new(config());
+    let mut workload = Workload::new(9, "x", 12);
+    run(&engine, &mut workload, 3_000, 1_000_000);
+    let state = engine.export();
+    // More threads than shards too: each thread takes every `threads`-th shard.
+    for threads in [2, 3, 8, 64] {
+        let restored = Engine::restore_on_threads(&state, threads).unwrap();
+        assert_eq!(restored.dump(), engine.dump(), "{threads} threads");
+        assert_eq!(restored.export(), state, "{threads} threads");
+    }
+    // A broken item in any shard is still refused.
+    let mut oversold = state.clone();
+    let item = oversold.shards.iter_mut().rev().find_map(|shard| shard.items.last_mut()).unwrap();
+    item.counters.reserved = item.counters.on_hand + item.counters.backorder_limit + 1;
+    assert!(matches!(Engine::restore_on_threads(&oversold, 3), Err(EngineError::BadState { .. })));
+}
+
+#[test]
 fn a_state_that_breaks_an_invariant_is_refused() {
     let engine = Engine::new(config());
     let mut workload = Workload::new(3, "x", 12);

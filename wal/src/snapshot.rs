@@ -395,6 +395,9 @@ pub struct Loaded {
     pub history: u64,
 }
 
+/// Threads that restore a snapshot's item shards, at most.
+pub const RESTORE_THREADS_MAX: usize = 16;
+
 /// Loads and checks one snapshot file into an engine.
 pub fn load(path: &Path) -> Result<Loaded, WalError> {
     let file = File::open(path).map_err(|source| WalError::io(path.display().to_string(), source))?;
@@ -450,7 +453,9 @@ pub fn decode(map: &[u8], name: &str) -> Result<Loaded, WalError> {
     }
     let history = field(48..56);
     let state = from_snap(snap).map_err(bad)?;
-    let engine = Engine::restore(&state).map_err(|error| bad(error.to_string()))?;
+    // The restore is CPU work over independent item shards: use the machine's cores.
+    let threads = std::thread::available_parallelism().map_or(1, usize::from).min(RESTORE_THREADS_MAX);
+    let engine = Engine::restore_on_threads(&state, threads).map_err(|error| bad(error.to_string()))?;
     Ok(Loaded { engine, covers_lsn: Lsn(covers_lsn), history })
 }
 
