@@ -34,6 +34,10 @@ fn rehash(keys: &[ItemKey], key_bytes: &[u8], index: u32) -> u64 {
     Fnv64::new().u64(sku_hash).u64(location.len() as u64).bytes(location).finish()
 }
 
+/// [`ShardItems::insert_if_absent`] found the item already there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ItemPresent;
+
 /// Where an item's names are kept in its shard's key bytes.
 #[derive(Clone, Copy, Debug)]
 pub struct ItemKey {
@@ -123,6 +127,49 @@ impl ShardItems {
         self.by_tenant.entry(tenant).or_default().push(index);
         debug_assert_eq!(self.cell(index).read(), Counters::default());
         Some(index)
+    }
+
+    /// Appends an item unless it is already there (one hash and one probe: a snapshot's
+    /// restore, where a repeated item means a corrupt file). `None` when the shard is full.
+    pub fn insert_if_absent(
+        &mut self,
+        tenant: TenantId,
+        sku: &str,
+        location: &str,
+        sku_hash: u64,
+    ) -> Option<Result<u32, ItemPresent>> {
+        if self.keys.len() >= ITEMS_PER_SHARD_MAX {
+            return None;
+        }
+        assert!(sku.len() <= u8::MAX as usize && location.len() <= u8::MAX as usize);
+        let index = self.keys.len() as u32;
+        let hash = item_hash(sku_hash, location);
+        let (keys, key_bytes) = (&self.keys, &self.key_bytes);
+        let entry = self.index.entry(
+            hash,
+            |&other| {
+                let key = keys[other as usize];
+                let start = key.offset as usize;
+                let middle = start + key.sku_len as usize;
+                key.tenant == tenant
+                    && &key_bytes[start..middle] == sku.as_bytes()
+                    && &key_bytes[middle..middle + key.location_len as usize] == location.as_bytes()
+            },
+            |&other| rehash(keys, key_bytes, other),
+        );
+        let hashbrown::hash_table::Entry::Vacant(vacant) = entry else { return Some(Err(ItemPresent)) };
+        let offset = u32::try_from(self.key_bytes.len()).ok()?;
+        vacant.insert(index);
+        if self.keys.len() % CHUNK_ITEMS == 0 {
+            let chunk: Vec<ItemCell> = (0..CHUNK_ITEMS).map(|_| ItemCell::default()).collect();
+            self.chunks.push(chunk.into_boxed_slice());
+        }
+        self.key_bytes.extend_from_slice(sku.as_bytes());
+        self.key_bytes.extend_from_slice(location.as_bytes());
+        self.keys.push(ItemKey { tenant, offset, sku_len: sku.len() as u8, location_len: location.len() as u8 });
+        self.by_tenant.entry(tenant).or_default().push(index);
+        debug_assert_eq!(self.find(tenant, sku, location, sku_hash), Some(index));
+        Some(Ok(index))
     }
 
     /// Makes room for `items` more items with `key_bytes` more name bytes, so that a restore

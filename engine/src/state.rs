@@ -286,15 +286,16 @@ fn restore_items(
             return Err(refuse(format!("item {shard_number}/{index}: bad tenant or names")));
         }
         let hash = sku_hash(item.tenant, sku);
-        if engine.catalog.shard_of(hash) as usize != shard_number
-            || shard.find(item.tenant, sku, location, hash).is_some()
-        {
-            return Err(refuse(format!("item {sku}@{location} is misplaced or repeated")));
+        if engine.catalog.shard_of(hash) as usize != shard_number {
+            return Err(refuse(format!("item {sku}@{location} is misplaced")));
         }
         if !item.counters.holds() {
             return Err(refuse(format!("item {sku}@{location} breaks the ledger: {:?}", item.counters)));
         }
-        let placed = shard.insert(item.tenant, sku, location, hash).ok_or_else(|| refuse("shard full".into()))?;
+        let placed = shard
+            .insert_if_absent(item.tenant, sku, location, hash)
+            .ok_or_else(|| refuse("shard full".into()))?
+            .map_err(|_| refuse(format!("item {sku}@{location} is repeated")))?;
         assert_eq!(placed as usize, index, "items are appended in index order");
         shard.cell(placed).latch().counters = item.counters;
         at = location_end;

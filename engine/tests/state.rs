@@ -58,6 +58,16 @@ fn a_restore_on_several_threads_is_the_restore_on_one() {
     let item = oversold.shards.iter_mut().rev().find_map(|shard| shard.items.last_mut()).unwrap();
     item.counters.reserved = item.counters.on_hand + item.counters.backorder_limit + 1;
     assert!(matches!(Engine::restore_on_threads(&oversold, 3), Err(EngineError::BadState { .. })));
+    // An item twice in its shard (names and all) is refused, not merged.
+    let mut repeated = state.clone();
+    let shard = repeated.shards.iter_mut().find(|shard| !shard.items.is_empty()).unwrap();
+    let first = shard.items[0];
+    let name_bytes = first.sku_bytes as usize + first.location_bytes as usize;
+    let names = shard.names[..name_bytes].to_vec();
+    shard.items.push(first);
+    shard.names.extend_from_slice(&names);
+    let error = Engine::restore_on_threads(&repeated, 2).err().expect("refused");
+    assert!(error.to_string().contains("repeated"), "{error}");
 }
 
 #[test]

@@ -227,36 +227,79 @@ fn to_snap(state: &State) -> SnapState {
     }
 }
 
-fn from_snap(snap: SnapState) -> Result<State, String> {
+/// The state of an archive (validated by `rkyv::access`). Item shards, nearly all of a
+/// snapshot's bytes, are copied straight out of the archive on `threads` threads; the rest is
+/// deserialized.
+fn from_archive(archived: &ArchivedSnapState, threads: usize) -> Result<State, String> {
     let config = Config {
-        shards: snap.shards as usize,
-        id_shards: snap.id_shards as usize,
-        idempotency_retention_ms: snap.retention_ms,
+        shards: archived.shards.to_native() as usize,
+        id_shards: archived.id_shards.to_native() as usize,
+        idempotency_retention_ms: archived.retention_ms.to_native(),
     };
-    let shards = snap
-        .item_shards
-        .into_iter()
-        .map(|shard| SavedShard {
-            items: shard
-                .items
-                .into_iter()
-                .map(|item| SavedItem {
-                    tenant: TenantId(item.tenant),
-                    sku_bytes: item.sku_bytes,
-                    location_bytes: item.location_bytes,
-                    counters: Counters {
-                        on_hand: item.counters[0],
-                        reserved: item.counters[1],
-                        safety_stock: item.counters[2],
-                        backorder_limit: item.counters[3],
-                        inflow_total: item.counters[4],
-                        committed_total: item.counters[5],
-                    },
+    let shard_count = archived.item_shards.len();
+    let threads = threads.clamp(1, shard_count.max(1));
+    let mut shards: Vec<SavedShard> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|first| {
+                scope.spawn(move || {
+                    (first..shard_count)
+                        .step_by(threads)
+                        .map(|number| (number, shard_from_archive(&archived.item_shards[number])))
+                        .collect::<Vec<_>>()
                 })
-                .collect(),
-            names: shard.names,
-        })
-        .collect();
+            })
+            .collect();
+        let mut numbered: Vec<(usize, SavedShard)> =
+            workers.into_iter().flat_map(|worker| worker.join().expect("a snapshot thread panicked")).collect();
+        numbered.sort_by_key(|&(number, _)| number);
+        numbered.into_iter().map(|(_, shard)| shard).collect()
+    });
+    assert_eq!(shards.len(), shard_count, "every shard converted once");
+    let rest = |error: rancor::Error| format!("rkyv deserialization failed: {error}");
+    let snap = SnapState {
+        shards: archived.shards.to_native(),
+        id_shards: archived.id_shards.to_native(),
+        retention_ms: archived.retention_ms.to_native(),
+        next_lsn: archived.next_lsn.to_native(),
+        tenants: rkyv::deserialize::<Vec<String>, rancor::Error>(&archived.tenants).map_err(rest)?,
+        item_shards: Vec::new(),
+        reservations: rkyv::deserialize::<Vec<SnapReservation>, rancor::Error>(&archived.reservations).map_err(rest)?,
+        operations: rkyv::deserialize::<Vec<SnapOperation>, rancor::Error>(&archived.operations).map_err(rest)?,
+        epochs: rkyv::deserialize::<Vec<[u64; 2]>, rancor::Error>(&archived.epochs).map_err(rest)?,
+    };
+    let mut state = from_snap(snap, config)?;
+    std::mem::swap(&mut state.shards, &mut shards);
+    assert!(shards.is_empty(), "from_snap converts no item shard");
+    Ok(state)
+}
+
+fn shard_from_archive(shard: &ArchivedSnapShard) -> SavedShard {
+    SavedShard {
+        items: shard
+            .items
+            .iter()
+            .map(|item| SavedItem {
+                tenant: TenantId(item.tenant.to_native()),
+                sku_bytes: item.sku_bytes,
+                location_bytes: item.location_bytes,
+                counters: Counters {
+                    on_hand: item.counters[0].to_native(),
+                    reserved: item.counters[1].to_native(),
+                    safety_stock: item.counters[2].to_native(),
+                    backorder_limit: item.counters[3].to_native(),
+                    inflow_total: item.counters[4].to_native(),
+                    committed_total: item.counters[5].to_native(),
+                },
+            })
+            .collect(),
+        names: shard.names.as_slice().to_vec(),
+    }
+}
+
+/// Everything but the item shards (see [`from_archive`]).
+fn from_snap(snap: SnapState, config: Config) -> Result<State, String> {
+    assert!(snap.item_shards.is_empty(), "item shards come from the archive");
+    let shards = Vec::new();
     let mut reservations = Vec::with_capacity(snap.reservations.len());
     for saved in snap.reservations {
         let state =
@@ -404,8 +447,10 @@ pub fn load(path: &Path) -> Result<Loaded, WalError> {
     // SAFETY: the file is opened read-only and snapshots are never modified after the rename
     // that publishes them; a concurrent truncation by another process would be outside the
     // documented use of a data directory.
-    let map =
-        unsafe { memmap2::Mmap::map(&file) }.map_err(|source| WalError::io(path.display().to_string(), source))?;
+    // Populated: the whole file is read (checksum, then restore), and faulting it in with one
+    // call is cheaper than a fault per page.
+    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
+        .map_err(|source| WalError::io(path.display().to_string(), source))?;
     decode(&map, &path.display().to_string())
 }
 
@@ -446,15 +491,14 @@ pub fn decode(map: &[u8], name: &str) -> Result<Loaded, WalError> {
     }
     let archived = rkyv::access::<ArchivedSnapState, rancor::Error>(archive)
         .map_err(|error| bad(format!("rkyv validation failed: {error}")))?;
-    let snap: SnapState = rkyv::deserialize::<SnapState, rancor::Error>(archived)
-        .map_err(|error| bad(format!("rkyv deserialization failed: {error}")))?;
-    if snap.next_lsn != covers_lsn + 1 {
+    if archived.next_lsn.to_native() != covers_lsn + 1 {
         return Err(bad("header and archive disagree on the LSN".into()));
     }
     let history = field(48..56);
-    let state = from_snap(snap).map_err(bad)?;
-    // The restore is CPU work over independent item shards: use the machine's cores.
+    // The conversion and the restore are CPU work over independent item shards: use the
+    // machine's cores.
     let threads = std::thread::available_parallelism().map_or(1, usize::from).min(RESTORE_THREADS_MAX);
+    let state = from_archive(archived, threads).map_err(bad)?;
     let engine = Engine::restore_on_threads(&state, threads).map_err(|error| bad(error.to_string()))?;
     Ok(Loaded { engine, covers_lsn: Lsn(covers_lsn), history })
 }
