@@ -1400,7 +1400,8 @@ impl Engine {
     /// `reservoir verify`): under concurrent writes it can report transient differences.
     pub fn verify(&self) -> VerifyReport {
         let mut report = VerifyReport::default();
-        let mut open_by_item: BTreeMap<ItemId, i64> = BTreeMap::new();
+        // Hashed, not ordered: one entry per item with open lines, looked up once per item.
+        let mut open_by_item: hashbrown::HashMap<ItemId, i64> = hashbrown::HashMap::new();
         for shard in self.reservations.all() {
             let shard = shard.lock();
             for (Key(tenant, id), reservation) in &shard.map {
@@ -1454,7 +1455,9 @@ impl Engine {
                 }
             }
         }
-        for (item, open) in open_by_item {
+        let mut unknown: Vec<(ItemId, i64)> = open_by_item.into_iter().collect();
+        unknown.sort_unstable();
+        for (item, open) in unknown {
             report.violations.push(format!("reservations hold {open} on unknown item {item:?}"));
         }
         for (slot, totals) in totals_by_tenant.into_iter().enumerate() {
