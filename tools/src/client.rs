@@ -590,6 +590,15 @@ fn status_text(document: &str) -> String {
             following["last_error"].as_str().map(|error| format!(", last error: {error}")).unwrap_or_default(),
         ));
     }
+    let wal = &status["wal"];
+    if wal.is_object() {
+        text.push_str(&format!(
+            "wal {}{}, written LSN {}\n",
+            field(&wal["durability"]),
+            wal["sync_interval_ms"].as_u64().map(|ms| format!(" (fsync every {ms} ms)")).unwrap_or_default(),
+            field(&wal["written_lsn"]),
+        ));
+    }
     let idempotency = &status["idempotency"];
     if idempotency.is_object() {
         text.push_str(&format!(
@@ -602,4 +611,24 @@ fn status_text(document: &str) -> String {
         ));
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::status_text;
+
+    #[test]
+    fn the_status_text_shows_the_wal_durability_and_how_far_it_wrote() {
+        let document = serde_json::json!({
+            "role": "primary", "epoch": 1, "applied_lsn": 10, "durable_lsn": 8, "acknowledged_lsn": 10,
+            "wal": {"durability": "relaxed", "sync_interval_ms": 10, "written_lsn": 10},
+        });
+        let text = status_text(&document.to_string());
+        assert!(text.contains("applied LSN 10 durable LSN 8 acknowledged LSN 10\n"), "{text}");
+        assert!(text.contains("wal relaxed (fsync every 10 ms), written LSN 10\n"), "{text}");
+        let durable = serde_json::json!({
+            "wal": {"durability": "durable", "sync_interval_ms": null, "written_lsn": 3},
+        });
+        assert!(status_text(&durable.to_string()).contains("wal durable, written LSN 3\n"));
+    }
 }
