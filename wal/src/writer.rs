@@ -314,13 +314,6 @@ impl DurableLsnReader {
         self.shared.state.lock().durable_lsn
     }
 
-    /// Waits until the durable LSN passes `seen`, the writer fails, or `timeout` passes;
-    /// returns the durable LSN then.
-    pub fn wait_beyond(&self, seen: Lsn, timeout: std::time::Duration) -> Lsn {
-        let seen = WalProgress { acknowledgeable: Lsn(u64::MAX), durable: seen };
-        self.wait_progress(seen, timeout).durable
-    }
-
     /// Waits until either LSN of `seen` moves, the writer fails, or `timeout` passes;
     /// returns both then.
     pub fn wait_progress(&self, seen: WalProgress, timeout: std::time::Duration) -> WalProgress {
