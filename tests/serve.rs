@@ -155,6 +155,79 @@ fn the_readme_quickstart_works_with_embedded_defaults() {
     assert_eq!(value["results"][0]["total"]["reserved"], 0, "{value}");
 }
 
+/// Regression: the admin and replication tokens could not be rotated, and a lost admin token
+/// could not be replaced. Online with the CLI, then offline on the stopped data directory.
+#[test]
+fn the_admin_token_rotates_online_and_a_lost_one_is_replaced_offline() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut server = Server::start(directory.path(), &["--listen", "127.0.0.1:0"]);
+    let admin = server.token("admin token");
+    let address = server.address.clone();
+    let cli = |arguments: &[&str], token: &str| {
+        let mut all = vec!["--server", address.as_str(), "--token", token];
+        all.extend_from_slice(arguments);
+        run_in(binary(), &all, directory.path())
+    };
+    let token_of = |output: &std::process::Output| {
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(value["results"][0]["operation"], "issue_service_token", "{value}");
+        value["results"][0]["token"].as_str().unwrap().to_owned()
+    };
+    // A second replication token; the admin token still works.
+    let replication = token_of(&cli(&["token", "issue", "replication", "--json"], &admin));
+    assert!(replication.starts_with("rsv_"));
+    assert!(cli(&["status"], &admin).status.success());
+    // An online rotation of the admin token: the old one gets no answer, the new one does.
+    let rotated = token_of(&cli(&["token", "rotate", "admin", "--json"], &admin));
+    let refused = cli(&["status"], &admin);
+    assert_eq!(refused.status.code(), Some(3), "the old admin token still works");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unauthenticated"));
+    assert!(cli(&["status"], &rotated).status.success());
+    // A tenant's token cannot mint one.
+    let demo = server.token("tenant \"demo\" token");
+    assert_ne!(cli(&["token", "issue", "admin"], &demo).status.code(), Some(0));
+
+    // Offline, the directory must not be served.
+    let offline = |arguments: &[&str]| {
+        let mut all = vec!["token"];
+        all.extend_from_slice(arguments);
+        all.extend_from_slice(&["--data-dir", "reservoir-data"]);
+        run_in(binary(), &all, directory.path())
+    };
+    let busy = offline(&["rotate", "admin"]);
+    assert!(!busy.status.success());
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("is in use by another process"));
+    server.signal("TERM");
+    assert!(server.wait().success());
+    drop(server);
+    // The rotated admin token is lost: a new one is minted offline, revoking the others.
+    let output = offline(&["rotate", "admin"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let recovered = text
+        .lines()
+        .find(|line| line.starts_with("admin token (shown once, keep it): "))
+        .and_then(|line| line.split_whitespace().last())
+        .unwrap_or_else(|| panic!("no token in {text:?}"))
+        .to_owned();
+    let server = Server::start(directory.path(), &["--listen", &address]);
+    let cli = |arguments: &[&str], token: &str| {
+        let mut all = vec!["--server", server.address.as_str(), "--token", token];
+        all.extend_from_slice(arguments);
+        run_in(binary(), &all, directory.path())
+    };
+    assert!(cli(&["status"], &recovered).status.success());
+    assert_eq!(cli(&["status"], &rotated).status.code(), Some(3), "revoked offline");
+    // Tenant tokens were left alone.
+    assert!(cli(&["stock", "SKU-1"], &demo).status.code() == Some(1), "demo's token answers (no SKU-1)");
+    // A data directory that was never served has no credentials to add to.
+    let empty = tempfile::tempdir().unwrap();
+    let output = run_in(binary(), &["token", "issue", "admin", "--data-dir", "."], empty.path());
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("start the server once first"));
+}
+
 /// SIGKILLs of the server under load in the CI-size run: what was acknowledged is there after
 /// each restart. A longer soak: `RESERVOIR_SERVE_KILLS=50 cargo test --release -p
 /// reservoir-tools --test serve a_server_killed`.

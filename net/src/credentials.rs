@@ -37,6 +37,15 @@ pub enum Grant {
     Replication,
 }
 
+impl From<crate::Service> for Grant {
+    fn from(service: crate::Service) -> Grant {
+        match service {
+            crate::Service::Admin => Grant::Admin,
+            crate::Service::Replication => Grant::Replication,
+        }
+    }
+}
+
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Entry {
     sha256: String,

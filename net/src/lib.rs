@@ -40,8 +40,8 @@ pub use message::{
     HelloReply, NodeRole, ReplyFrame, Request, Role, ServerFrame, ServerLimits,
 };
 pub use operation::{
-    run_query, Action, AdminAction, ItemPage, ItemState, Operation, OperationKind, OperationResult, Query, SkuSummary,
-    TenantEntry, WireImportRow, WireLine,
+    run_query, Action, AdminAction, ItemPage, ItemState, Operation, OperationKind, OperationResult, Query, Service,
+    SkuSummary, TenantEntry, WireImportRow, WireLine,
 };
 pub use wire::{
     ProtocolErrorCode, WireError, ALPN, ERROR_MESSAGE_BYTES_MAX, FRAME_BYTES_MAX, FRAME_HEADER_BYTES,

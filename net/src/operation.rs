@@ -44,6 +44,7 @@ pub enum OperationKind {
     TakeSnapshot = 67,
     Status = 68,
     Promote = 69,
+    IssueServiceToken = 70,
 }
 
 impl OperationKind {
@@ -68,6 +69,7 @@ impl OperationKind {
         OperationKind::TakeSnapshot,
         OperationKind::Status,
         OperationKind::Promote,
+        OperationKind::IssueServiceToken,
     ];
 
     pub fn number(self) -> u8 {
@@ -100,6 +102,7 @@ impl OperationKind {
             OperationKind::TakeSnapshot => "take_snapshot",
             OperationKind::Status => "status",
             OperationKind::Promote => "promote",
+            OperationKind::IssueServiceToken => "issue_service_token",
         }
     }
 
@@ -133,6 +136,7 @@ impl OperationKind {
                 | OperationKind::TakeSnapshot
                 | OperationKind::Status
                 | OperationKind::Promote
+                | OperationKind::IssueServiceToken
         )
     }
 
@@ -160,6 +164,7 @@ impl OperationKind {
             | OperationKind::ListItems
             | OperationKind::GetReservation
             | OperationKind::IssueToken
+            | OperationKind::IssueServiceToken
             | OperationKind::ListTenants
             | OperationKind::Status => false,
         }
@@ -172,6 +177,35 @@ pub struct WireLine {
     pub sku: String,
     pub location: String,
     pub quantity: i64,
+}
+
+/// A credential that is not a tenant's: what `issue_service_token` mints. Stable numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Service {
+    /// The operator's admin token.
+    Admin = 1,
+    /// A standby's replication token.
+    Replication = 2,
+}
+
+impl Service {
+    pub const ALL: &'static [Service] = &[Service::Admin, Service::Replication];
+
+    pub fn number(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_number(number: u8) -> Option<Service> {
+        Service::ALL.iter().copied().find(|service| service.number() == number)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Admin => "admin",
+            Service::Replication => "replication",
+        }
+    }
 }
 
 /// One row of an import, as it came off the wire (not yet validated).
@@ -189,6 +223,8 @@ pub struct WireImportRow {
 ///
 /// `IssueToken` mints a new bearer token for `tenant` and, with `revoke_others`, revokes the
 /// tenant's earlier tokens (a rotation); it is not idempotent (a retry mints another token).
+/// `IssueServiceToken` does the same for the node's own credentials: the operator's admin
+/// token or the standbys' replication token.
 /// `ListTenants` lists every tenant with its count of live tokens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Operation {
@@ -272,6 +308,12 @@ pub enum Operation {
         tenant: String,
         revoke_others: bool,
     },
+    /// Mints an admin or a replication token (admin); with `revoke_others`, every earlier
+    /// token of that service stops working.
+    IssueServiceToken {
+        service: Service,
+        revoke_others: bool,
+    },
     ListTenants,
     /// Asks the server to take a snapshot now (admin). The reply is the engine-reply shape:
     /// `ok` with `count` = the durable LSN the snapshot will cover at least.
@@ -300,6 +342,8 @@ pub enum AdminAction {
     /// Mint a token for `tenant` (and, with `revoke_others`, revoke its earlier ones). The
     /// server answers `unknown_tenant` when no such tenant exists.
     IssueToken { tenant: Name, revoke_others: bool },
+    /// Mint an admin or replication token (and, with `revoke_others`, revoke the earlier ones).
+    IssueServiceToken { service: Service, revoke_others: bool },
     /// List every tenant (at most `TENANTS_PER_LIST_MAX`) with its count of live tokens.
     ListTenants,
     /// Take a snapshot now, in the background (the server's snapshotter).
@@ -374,6 +418,7 @@ impl Operation {
             Operation::GetReservation { .. } => OperationKind::GetReservation,
             Operation::CreateTenant { .. } => OperationKind::CreateTenant,
             Operation::IssueToken { .. } => OperationKind::IssueToken,
+            Operation::IssueServiceToken { .. } => OperationKind::IssueServiceToken,
             Operation::ListTenants => OperationKind::ListTenants,
             Operation::TakeSnapshot => OperationKind::TakeSnapshot,
             Operation::Status => OperationKind::Status,
@@ -499,6 +544,12 @@ impl Operation {
                     revoke_others: *revoke_others,
                 }))
             }
+            Operation::IssueServiceToken { service, revoke_others } => {
+                return Ok(Action::Admin(AdminAction::IssueServiceToken {
+                    service: *service,
+                    revoke_others: *revoke_others,
+                }))
+            }
             Operation::ListTenants => return Ok(Action::Admin(AdminAction::ListTenants)),
             Operation::TakeSnapshot => return Ok(Action::Admin(AdminAction::TakeSnapshot)),
             Operation::Status => return Ok(Action::Admin(AdminAction::Status)),
@@ -590,6 +641,10 @@ impl Operation {
             Operation::CreateTenant { name } => writer.string("tenant name", name),
             Operation::IssueToken { tenant, revoke_others } => {
                 writer.string("tenant name", tenant);
+                writer.flag(*revoke_others);
+            }
+            Operation::IssueServiceToken { service, revoke_others } => {
+                writer.u8(service.number());
                 writer.flag(*revoke_others);
             }
             Operation::ListTenants | Operation::TakeSnapshot | Operation::Status | Operation::Promote => {}
@@ -684,6 +739,16 @@ impl Operation {
                 tenant: reader.string("tenant name")?,
                 revoke_others: reader.flag("revoke_others")?,
             },
+            OperationKind::IssueServiceToken => {
+                let at = reader.at();
+                let number = reader.u8()?;
+                let service = Service::from_number(number).ok_or(WireError::BadValue {
+                    what: "token service",
+                    value: u64::from(number),
+                    at,
+                })?;
+                Operation::IssueServiceToken { service, revoke_others: reader.flag("revoke_others")? }
+            }
             OperationKind::ListTenants => Operation::ListTenants,
             OperationKind::TakeSnapshot => Operation::TakeSnapshot,
             OperationKind::Status => Operation::Status,
@@ -772,6 +837,8 @@ pub enum OperationResult {
     Reservation(Result<ReservationView, ResultCode>),
     /// `issue_token`: the new bearer token (a secret: never log it).
     Token(Result<String, ResultCode>),
+    /// `issue_service_token`: the new admin or replication token (a secret: never log it).
+    ServiceToken(Result<String, ResultCode>),
     /// `list_tenants`: at most `TENANTS_PER_LIST_MAX` entries.
     Tenants(Result<Vec<TenantEntry>, ResultCode>),
     /// `status`: a JSON document of at most `STATUS_BYTES_MAX` bytes.
@@ -791,6 +858,7 @@ impl OperationResult {
             OperationKind::ListItems => OperationResult::Items(Err(code)),
             OperationKind::GetReservation => OperationResult::Reservation(Err(code)),
             OperationKind::IssueToken => OperationResult::Token(Err(code)),
+            OperationKind::IssueServiceToken => OperationResult::ServiceToken(Err(code)),
             OperationKind::ListTenants => OperationResult::Tenants(Err(code)),
             OperationKind::Status => OperationResult::Status(Err(code)),
             kind => {
@@ -808,6 +876,7 @@ impl OperationResult {
             OperationResult::Items(_) => OperationKind::ListItems,
             OperationResult::Reservation(_) => OperationKind::GetReservation,
             OperationResult::Token(_) => OperationKind::IssueToken,
+            OperationResult::ServiceToken(_) => OperationKind::IssueServiceToken,
             OperationResult::Tenants(_) => OperationKind::ListTenants,
             OperationResult::Status(_) => OperationKind::Status,
         }
@@ -824,7 +893,7 @@ impl OperationResult {
             OperationResult::Sku(result) => of(result),
             OperationResult::Items(result) => of(result),
             OperationResult::Reservation(result) => of(result),
-            OperationResult::Token(result) => of(result),
+            OperationResult::Token(result) | OperationResult::ServiceToken(result) => of(result),
             OperationResult::Tenants(result) => of(result),
             OperationResult::Status(result) => of(result),
         }
@@ -882,7 +951,9 @@ impl OperationResult {
                 }
                 encode_reply(writer, &view.reply);
             }),
-            OperationResult::Token(result) => query(writer, result, |writer, token| writer.string("token", token)),
+            OperationResult::Token(result) | OperationResult::ServiceToken(result) => {
+                query(writer, result, |writer, token| writer.string("token", token))
+            }
             OperationResult::Status(result) => query(writer, result, |writer, document| {
                 writer.bytes_u16("status document", document.as_bytes(), STATUS_BYTES_MAX)
             }),
@@ -931,6 +1002,7 @@ impl OperationResult {
                 OperationResult::Items(Ok(ItemPage { next_cursor, items: decode_items(reader)? }))
             }
             OperationKind::IssueToken => OperationResult::Token(Ok(reader.string("token")?)),
+            OperationKind::IssueServiceToken => OperationResult::ServiceToken(Ok(reader.string("token")?)),
             OperationKind::Status => {
                 OperationResult::Status(Ok(reader.string_u16("status document", STATUS_BYTES_MAX)?))
             }

@@ -854,7 +854,7 @@ async fn serve_connection(core: Arc<Core>, incoming: quinn::Incoming) {
         return;
     }
     if matches!(session.principal, Principal::Replication) {
-        crate::replication::primary::serve(core, connection, send, recv).await;
+        crate::replication::primary::serve(core, connection, send, recv, session.token).await;
         return;
     }
     let session = Arc::new(session);
@@ -1240,6 +1240,19 @@ fn run_admin(core: &Arc<Core>, action: &AdminAction, now: u64, records: &mut Vec
                 Err(error) => {
                     tracing::error!(%error, "cannot issue a token");
                     OperationResult::Token(Err(ResultCode::CapacityExceeded))
+                }
+            }
+        }
+        AdminAction::IssueServiceToken { service, revoke_others } => {
+            match core.credentials.issue(Grant::from(*service), *revoke_others, now) {
+                Ok(token) => {
+                    // Which service and whether it revoked: never the token.
+                    tracing::warn!(service = service.name(), revoke_others, "a service token issued");
+                    OperationResult::ServiceToken(Ok(token))
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot issue a token");
+                    OperationResult::ServiceToken(Err(ResultCode::CapacityExceeded))
                 }
             }
         }

@@ -9,8 +9,8 @@ use reservoir_net::wire::{frame_type, FRAME_HEADER_BYTES};
 use reservoir_net::{
     decode_client_frame, decode_server_frame, encode_reply, negotiate_version, Action, AdminAction, ClientFrame,
     ErrorFrame, FrameDecoder, Hello, HelloReply, ItemPage, ItemState, NodeRole, Operation, OperationKind,
-    OperationResult, ProtocolErrorCode, ReplyFrame, Request, Role, ServerFrame, ServerLimits, SkuSummary, TenantEntry,
-    WireError, WireImportRow, WireLine, FRAME_BYTES_MAX, OPERATIONS_PER_REQUEST_MAX, TENANTS_PER_LIST_MAX,
+    OperationResult, ProtocolErrorCode, ReplyFrame, Request, Role, ServerFrame, ServerLimits, Service, SkuSummary,
+    TenantEntry, WireError, WireImportRow, WireLine, FRAME_BYTES_MAX, OPERATIONS_PER_REQUEST_MAX, TENANTS_PER_LIST_MAX,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -108,6 +108,8 @@ fn operation() -> impl Strategy<Value = Operation> {
         text().prop_map(|reservation| Operation::GetReservation { reservation }),
         text().prop_map(|name| Operation::CreateTenant { name }),
         (text(), any::<bool>()).prop_map(|(tenant, revoke_others)| Operation::IssueToken { tenant, revoke_others }),
+        (prop::sample::select(Service::ALL), any::<bool>())
+            .prop_map(|(service, revoke_others)| Operation::IssueServiceToken { service, revoke_others }),
         Just(Operation::ListTenants),
         Just(Operation::TakeSnapshot),
         Just(Operation::Status),
@@ -216,6 +218,7 @@ fn operation_result() -> impl Strategy<Value = OperationResult> {
         .prop_map(OperationResult::Items),
         prop_oneof![reservation_view().prop_map(Ok), refusal().prop_map(Err)].prop_map(OperationResult::Reservation),
         prop_oneof![token().prop_map(Ok), refusal().prop_map(Err)].prop_map(OperationResult::Token),
+        prop_oneof![token().prop_map(Ok), refusal().prop_map(Err)].prop_map(OperationResult::ServiceToken),
         prop_oneof![prop::collection::vec(tenant_entry(), 0..5).prop_map(Ok), refusal().prop_map(Err)]
             .prop_map(OperationResult::Tenants),
         prop_oneof![text().prop_map(Ok), refusal().prop_map(Err)].prop_map(OperationResult::Status),
@@ -430,6 +433,7 @@ proptest! {
                 prop_assert!(operation.kind().is_admin());
                 let kind = match action {
                     AdminAction::IssueToken { .. } => OperationKind::IssueToken,
+                    AdminAction::IssueServiceToken { .. } => OperationKind::IssueServiceToken,
                     AdminAction::ListTenants => OperationKind::ListTenants,
                     AdminAction::TakeSnapshot => OperationKind::TakeSnapshot,
                     AdminAction::Status => OperationKind::Status,
@@ -742,6 +746,43 @@ fn issue_token_with_a_long_tenant_name_decodes_and_is_refused_by_to_action() {
     }));
     *bad_flag.last_mut().unwrap() = 2;
     assert!(matches!(decode_client_frame(&bad_flag), Err(WireError::BadValue { what: "revoke_others", .. })));
+}
+
+#[test]
+fn issue_service_token_is_a_service_byte_and_a_flag_and_an_unknown_service_is_malformed() {
+    for &service in Service::ALL {
+        let request = ClientFrame::Request(Request {
+            request_id: 24,
+            operations: vec![Operation::IssueServiceToken { service, revoke_others: true }],
+        });
+        let bytes = encode_client(&request);
+        // The operation is three bytes: kind 70, the service, the flag.
+        assert_eq!(bytes.len(), FRAME_HEADER_BYTES + 1 + 8 + 2 + 3);
+        assert_eq!(bytes[bytes.len() - 3..], [70, service.number(), 1]);
+        assert_eq!(decode_client_frame(&bytes), Ok(request));
+        assert_eq!(
+            Operation::IssueServiceToken { service, revoke_others: false }.to_action(TenantId(0)),
+            Ok(Action::Admin(AdminAction::IssueServiceToken { service, revoke_others: false }))
+        );
+    }
+    let kind = OperationKind::IssueServiceToken;
+    assert!(kind.is_admin() && !kind.is_read_only() && !kind.runs_on_standby() && !kind.has_engine_reply());
+    let mut bad = encode_client(&ClientFrame::Request(Request {
+        request_id: 25,
+        operations: vec![Operation::IssueServiceToken { service: Service::Admin, revoke_others: false }],
+    }));
+    let service_at = bad.len() - 2;
+    for number in [0u8, 3, 255] {
+        bad[service_at] = number;
+        assert!(
+            matches!(decode_client_frame(&bad), Err(WireError::BadValue { what: "token service", value, .. }) if value == u64::from(number)),
+            "service byte {number}"
+        );
+    }
+    // Its result is a token like issue_token's, under its own kind.
+    let refused = OperationResult::refused(kind, ResultCode::CapacityExceeded);
+    assert_eq!(refused, OperationResult::ServiceToken(Err(ResultCode::CapacityExceeded)));
+    assert_eq!(refused.kind(), kind);
 }
 
 #[test]

@@ -10,7 +10,7 @@ use reservoir_engine::{Dump, Engine, ResultCode};
 use reservoir_net::client::{Client, ClientOptions};
 use reservoir_net::replication::{FollowOptions, ReplicationMode, StartRole};
 use reservoir_net::server::{self, ServerOptions};
-use reservoir_net::{NetError, NodeRole, Operation, OperationResult, ProtocolErrorCode};
+use reservoir_net::{NetError, NodeRole, Operation, OperationResult, ProtocolErrorCode, Service};
 
 /// A node running `server::run` in a task.
 struct Node {
@@ -735,6 +735,120 @@ async fn a_token_rotated_on_the_primary_stops_its_open_connections_to_a_standby(
     admin.close().await;
     writer.close().await;
     let _ = standby.stop().await;
+    let _ = primary.stop().await;
+}
+
+/// Regression: a standby's replication token could not be rotated, and a stream opened with a
+/// token kept flowing after the token was revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_replication_token_ends_the_standbys_stream_and_the_new_one_resumes_it() {
+    let primary_directory = tempfile::tempdir().unwrap();
+    let (primary, tokens) =
+        Node::start(options(primary_directory.path(), free_port(), StartRole::Primary, ReplicationMode::Async)).await;
+    let tokens = tokens.unwrap();
+    let writer = primary.client(&tokens.demo).await;
+    assert_eq!(writer.request(vec![receive("r1", "SKU-1", 3)]).await.unwrap().results[0].code(), ResultCode::Ok);
+    let standby_directory = standby_directory(primary_directory.path());
+    let standby_options =
+        |token: &str| options(standby_directory.path(), free_port(), follow(&primary, token), ReplicationMode::Async);
+    let (standby, _) = Node::start(standby_options(&tokens.replication)).await;
+    let caught_up = |primary_durable: u64| {
+        move |status: &serde_json::Value| {
+            status["applied_lsn"].as_u64() >= Some(primary_durable) && status["following"]["connected"] == true
+        }
+    };
+    let durable = primary.status(&tokens.admin).await["durable_lsn"].as_u64().unwrap();
+    standby.wait_status(&tokens.admin, "the standby catches up", caught_up(durable)).await;
+
+    // A second replication token, the first kept: the stream goes on.
+    let admin = primary.client(&tokens.admin).await;
+    let issue = |revoke_others| Operation::IssueServiceToken { service: Service::Replication, revoke_others };
+    let OperationResult::ServiceToken(Ok(second)) = admin.call(issue(false)).await.unwrap() else { panic!() };
+    assert_ne!(second, tokens.replication);
+    assert_eq!(writer.request(vec![receive("r2", "SKU-1", 4)]).await.unwrap().results[0].code(), ResultCode::Ok);
+    let durable = primary.status(&tokens.admin).await["durable_lsn"].as_u64().unwrap();
+    standby.wait_status(&tokens.admin, "the standby streams on after an issue", caught_up(durable)).await;
+
+    // A rotation revokes both: the standby's stream ends, and it cannot come back with its token.
+    let OperationResult::ServiceToken(Ok(third)) = admin.call(issue(true)).await.unwrap() else { panic!() };
+    let cut_off = standby
+        .wait_status(&tokens.admin, "the standby is cut off", |status| {
+            status["following"]["connected"] == false
+                && status["following"]["last_error"].as_str().is_some_and(|error| error.contains("unauthenticated"))
+        })
+        .await;
+    let applied_when_cut = cut_off["applied_lsn"].as_u64().unwrap();
+    assert_eq!(writer.request(vec![receive("r3", "SKU-1", 5)]).await.unwrap().results[0].code(), ResultCode::Ok);
+    let durable = primary.status(&tokens.admin).await["durable_lsn"].as_u64().unwrap();
+    assert!(durable > applied_when_cut);
+    // Several of the standby's retries (backoff from 100 ms) are refused, and none applies r3.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let still = standby.status(&tokens.admin).await;
+    assert_eq!(still["applied_lsn"].as_u64(), Some(applied_when_cut), "a revoked token still replicates: {still:#}");
+    assert_eq!(still["following"]["connected"], false);
+    assert_eq!(primary.status(&tokens.admin).await["standbys"].as_array().map(Vec::len), Some(0));
+    // Neither revoked token opens a replication connection on the primary any more.
+    for revoked in [&tokens.replication, &second] {
+        let options = ClientOptions::new(vec![primary.address.clone()], primary.ca(), revoked.clone());
+        match Client::connect(options).await {
+            Err(NetError::Refused(error)) => assert_eq!(error.code, ProtocolErrorCode::Unauthenticated),
+            Ok(_) => panic!("a revoked replication token connects"),
+            Err(error) => panic!("{error}"),
+        }
+    }
+
+    // Restarted with the new token, the standby resumes where it stopped, with nothing missing.
+    let _ = standby.stop().await;
+    let (standby, _) = Node::start(standby_options(&third)).await;
+    standby.wait_status(&tokens.admin, "the standby resumes with the new token", caught_up(durable)).await;
+    let reader = standby.client(&tokens.demo).await;
+    let query = vec![Operation::GetSku { sku: "SKU-1".into() }];
+    assert_eq!(on_hand(&reader.request(query).await.unwrap().results[0]), 12);
+    reader.close().await;
+    admin.close().await;
+    writer.close().await;
+    let _ = standby.stop().await;
+    let _ = primary.stop().await;
+}
+
+/// Regression: the operator's admin token could not be rotated (issue_token is for tenants).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_admin_token_locks_the_old_one_out_and_the_new_one_works() {
+    let directory = tempfile::tempdir().unwrap();
+    let (primary, tokens) =
+        Node::start(options(directory.path(), free_port(), StartRole::Primary, ReplicationMode::Async)).await;
+    let tokens = tokens.unwrap();
+    let old = primary.client(&tokens.admin).await;
+    let rotate = Operation::IssueServiceToken { service: Service::Admin, revoke_others: true };
+    let OperationResult::ServiceToken(Ok(new)) = old.call(rotate).await.unwrap() else { panic!() };
+    assert!(new.starts_with("rsv_") && new.len() == 68 && new != tokens.admin);
+    // The connection that rotated is refused at its next request; a new one cannot open.
+    match old.request(vec![Operation::ListTenants]).await {
+        Err(NetError::Refused(error)) => assert_eq!(error.code, ProtocolErrorCode::Unauthenticated),
+        other => panic!("the old admin token still works: {other:?}"),
+    }
+    match primary.try_status(&tokens.admin).await {
+        Err(NetError::Refused(error)) => assert_eq!(error.code, ProtocolErrorCode::Unauthenticated),
+        other => panic!("the old admin token still connects: {other:?}"),
+    }
+    // The new one is an admin token (status, and a tenant's token rotation), not a tenant's.
+    assert_eq!(primary.status(&new).await["role"], "primary");
+    let admin = primary.client(&new).await;
+    let result = admin.call(Operation::IssueToken { tenant: "demo".into(), revoke_others: false }).await.unwrap();
+    assert_eq!(result.code(), ResultCode::Ok);
+    let forbidden = |outcome: Result<OperationResult, NetError>| {
+        assert!(
+            matches!(&outcome, Err(NetError::Refused(error)) if error.code == ProtocolErrorCode::Forbidden),
+            "{outcome:?}"
+        )
+    };
+    forbidden(admin.call(Operation::GetSku { sku: "SKU-1".into() }).await);
+    // Tenant tokens are untouched; and a tenant token cannot mint service tokens.
+    let tenant = primary.client(&tokens.demo).await;
+    assert_eq!(tenant.call(Operation::ListItems { cursor: 0, limit: 10 }).await.unwrap().code(), ResultCode::Ok);
+    forbidden(tenant.call(Operation::IssueServiceToken { service: Service::Admin, revoke_others: false }).await);
+    tenant.close().await;
+    admin.close().await;
     let _ = primary.stop().await;
 }
 

@@ -15,7 +15,7 @@ use clap::{Args, Subcommand};
 use reservoir_engine::ReservationState;
 use reservoir_net::client::{Client, ClientOptions};
 use reservoir_net::import::ImportFormat;
-use reservoir_net::{Operation, OperationKind, OperationResult, Role, WireImportRow, WireLine};
+use reservoir_net::{Operation, OperationKind, OperationResult, Role, Service, WireImportRow, WireLine};
 use serde_json::json;
 
 /// Where a SKU is when a line or item names no location (`SKU` instead of `SKU@LOCATION`).
@@ -193,6 +193,56 @@ pub enum TenantCommand {
     RotateToken { name: String },
 }
 
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Mint a new admin or replication token; the earlier ones keep working (shown once)
+    Issue(TokenTarget),
+    /// Mint a new admin or replication token and revoke the earlier ones (shown once)
+    Rotate(TokenTarget),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenTarget {
+    /// Whose token: the operator's (admin) or the standbys' (replication)
+    pub service: ServiceName,
+    /// Offline: the data directory of a stopped primary (a lost admin token). Without it,
+    /// asks the running server (`--server`, with the admin `--token`)
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl TokenCommand {
+    /// The target and whether the earlier tokens are revoked.
+    pub fn parts(&self) -> (&TokenTarget, bool) {
+        match self {
+            TokenCommand::Issue(target) => (target, false),
+            TokenCommand::Rotate(target) => (target, true),
+        }
+    }
+}
+
+/// A service credential, as the command line names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServiceName {
+    Admin,
+    Replication,
+}
+
+impl ServiceName {
+    pub fn service(self) -> Service {
+        match self {
+            ServiceName::Admin => Service::Admin,
+            ServiceName::Replication => Service::Replication,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
     /// Reserve stock for an order's lines (all or nothing unless --partial)
@@ -226,6 +276,10 @@ pub enum ClientCommand {
     /// (`reservoir snapshot` without --data-dir) ask the running server for a snapshot now
     #[command(skip)]
     TakeSnapshot,
+    /// (`reservoir token issue|rotate` without --data-dir) ask the running server for a new
+    /// admin or replication token
+    #[command(skip)]
+    IssueServiceToken { service: Service, revoke_others: bool },
 }
 
 /// Exit code of a refusal by the server's engine.
@@ -358,6 +412,9 @@ async fn run_async(connection: Connection, command: ClientCommand) -> anyhow::Re
         }
         ClientCommand::Stock(args) => vec![Operation::GetSku { sku: args.sku.clone() }],
         ClientCommand::TakeSnapshot => vec![Operation::TakeSnapshot],
+        ClientCommand::IssueServiceToken { service, revoke_others } => {
+            vec![Operation::IssueServiceToken { service: *service, revoke_others: *revoke_others }]
+        }
         ClientCommand::Status => vec![Operation::Status],
         ClientCommand::Promote => vec![Operation::Promote],
         ClientCommand::Reservation(args) => vec![Operation::GetReservation { reservation: args.id.clone() }],
@@ -451,6 +508,9 @@ fn describe_json(result: &OperationResult) -> serde_json::Value {
             })).collect::<Vec<_>>(),
         }),
         OperationResult::Token(Ok(token)) => json!({"operation": "issue_token", "code": code, "token": token}),
+        OperationResult::ServiceToken(Ok(token)) => {
+            json!({"operation": "issue_service_token", "code": code, "token": token})
+        }
         OperationResult::Status(Ok(document)) => json!({
             "operation": "status", "code": code,
             "status": serde_json::from_str::<serde_json::Value>(document).unwrap_or_else(|_| json!(document)),
@@ -528,7 +588,9 @@ fn describe_text(result: &OperationResult) -> String {
             }
             text
         }
-        OperationResult::Token(Ok(token)) => format!("token (shown once, keep it): {token}\n"),
+        OperationResult::Token(Ok(token)) | OperationResult::ServiceToken(Ok(token)) => {
+            format!("token (shown once, keep it): {token}\n")
+        }
         OperationResult::Status(Ok(document)) => status_text(document),
         OperationResult::Tenants(Ok(tenants)) => {
             let mut text = format!("{:<32} {:>6}\n", "tenant", "tokens");

@@ -50,6 +50,9 @@ enum Commands {
     Restore(offline::RestoreArgs),
     /// Print a tenant export written by `reservoir restore --tenant`
     PrintExport(offline::PrintExportArgs),
+    /// Issue or rotate the operator's admin token or the standbys' replication token: ask the
+    /// running server (admin token), or, with --data-dir, a stopped primary's data directory
+    Token(client::TokenArgs),
 }
 
 #[derive(Debug, Args)]
@@ -285,6 +288,17 @@ fn main() -> ExitCode {
         Commands::Snapshot(args) => offline::run_snapshot(args),
         Commands::Restore(args) => offline::run_restore(args),
         Commands::PrintExport(args) => offline::run_print_export(args),
+        Commands::Token(args) => {
+            let (target, revoke_others) = args.command.parts();
+            match &target.data_dir {
+                None => {
+                    let service = target.service.service();
+                    let command = client::ClientCommand::IssueServiceToken { service, revoke_others };
+                    return ExitCode::from(client::run(cli.connection, command));
+                }
+                Some(directory) => offline::run_issue_token(directory, target.service.service(), revoke_others),
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

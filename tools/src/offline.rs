@@ -486,3 +486,29 @@ pub fn run_print_export(args: PrintExportArgs) -> anyhow::Result<()> {
     println!("total      {items} items, on_hand {on_hand}, reserved {reserved}");
     Ok(())
 }
+
+/// Mints an admin or replication token in a stopped primary's data directory (`reservoir
+/// token issue|rotate SERVICE --data-dir DIR`): the way back in when the admin token is lost.
+/// It takes the directory's lock, so it refuses while a server runs there (a running server
+/// would overwrite the store; ask it instead). The token is printed once and never logged.
+pub fn run_issue_token(
+    data_directory: &Path,
+    service: reservoir_net::Service,
+    revoke_others: bool,
+) -> anyhow::Result<()> {
+    use reservoir_net::credentials::{Credentials, Grant};
+    let _lock = reservoir_wal::lock_data_directory(data_directory).context("token (is a server running there?)")?;
+    let path = Credentials::path(data_directory);
+    anyhow::ensure!(
+        path.exists(),
+        "{} does not exist: start the server once first (it prints the first tokens)",
+        path.display()
+    );
+    let credentials = Credentials::open(data_directory).context("token")?;
+    let token = credentials.issue(Grant::from(service), revoke_others, now_ms()?).context("token")?;
+    println!("{} token (shown once, keep it): {token}", service.name());
+    if revoke_others {
+        println!("every earlier {} token is revoked", service.name());
+    }
+    Ok(())
+}

@@ -12,6 +12,7 @@ use reservoir_wal::{Flow, WalError};
 use super::wire::{
     read_message, write_message, PrimaryMessage, StandbyMessage, SNAPSHOT_CHUNK_BYTES_MAX, WAL_CHUNK_BYTES_MAX,
 };
+use crate::credentials::{Grant, TokenDigest};
 use crate::message::NodeRole;
 use crate::server::{now_ms, Core};
 use crate::wire::ProtocolErrorCode;
@@ -20,12 +21,15 @@ use crate::NetError;
 /// How long a base backup waits for the snapshotter to write a first snapshot.
 pub const BASE_BACKUP_WAIT_MS_MAX: u64 = 120_000;
 
-/// Serves a replication stream (after `HelloReply` with the replication role).
+/// Serves a replication stream (after `HelloReply` with the replication role). `token` is
+/// the digest of the replication token it was opened with: a stream whose token is revoked
+/// (a rotation) ends with `unauthenticated`, as a client connection's next request would.
 pub(crate) async fn serve(
     core: Arc<Core>,
     connection: quinn::Connection,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
+    token: TokenDigest,
 ) {
     let first = match read_message(&mut recv).await {
         Ok(Some(body)) => StandbyMessage::decode(&body),
@@ -35,7 +39,7 @@ pub(crate) async fn serve(
         Ok(StandbyMessage::Start { next_lsn, history, epoch, name }) => {
             let address = connection.remote_address().to_string();
             let name = if name.is_empty() { address.clone() } else { name };
-            stream(&core, &mut send, recv, next_lsn, history, epoch, name, address).await
+            stream(&core, &mut send, recv, token, next_lsn, history, epoch, name, address).await
         }
         Ok(StandbyMessage::Fence { epoch, primary }) => {
             if epoch > core.epoch() {
@@ -82,6 +86,7 @@ async fn stream(
     core: &Arc<Core>,
     send: &mut quinn::SendStream,
     recv: quinn::RecvStream,
+    token: TokenDigest,
     next_lsn: u64,
     history: u64,
     epoch: u64,
@@ -137,18 +142,20 @@ async fn stream(
         .await;
     };
     tracing::info!(standby = %name, from_lsn = next_lsn, "standby connected");
-    let result = ship(core, send, recv, id, Lsn(next_lsn)).await;
+    let result = ship(core, send, recv, &token, id, Lsn(next_lsn)).await;
     core.hub.unregister(id);
     tracing::info!(standby = %name, "standby disconnected");
     result
 }
 
 /// Ships WAL from `cursor` on, forever: durable records as they become durable, heartbeats
-/// when idle, the credential store when it changes; and reads the standby's feedback.
+/// when idle, the credential store when it changes; and reads the standby's feedback. Ends
+/// when the stream's replication token is revoked.
 async fn ship(
     core: &Arc<Core>,
     send: &mut quinn::SendStream,
     mut recv: quinn::RecvStream,
+    token: &TokenDigest,
     id: u64,
     mut cursor: Lsn,
 ) -> Result<(), NetError> {
@@ -186,9 +193,17 @@ async fn ship(
         let generation = core.credentials.generation();
         if generation != credentials_generation {
             credentials_generation = generation;
+            // Shipped first even when this stream's own token was revoked: the standby then
+            // refuses every other token revoked by now too.
             let message = PrimaryMessage::Credentials { json: core.credentials.export() };
             if let Err(error) = write_message(send, |out| message.encode(out)).await {
                 break Err(error);
+            }
+            // The store is updated before its generation moves: this lookup sees the change.
+            if !core.credentials.still_grants(token, &Grant::Replication) {
+                tracing::warn!(standby = id, "the standby's replication token was revoked: its stream ends");
+                let why = "the replication token was revoked (or rotated): restart the standby with a current one";
+                break refuse(send, ProtocolErrorCode::Unauthenticated, why.into(), None).await;
             }
         }
         let durable = *local.borrow_and_update();
