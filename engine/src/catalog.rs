@@ -11,8 +11,19 @@ use parking_lot::{RwLock, RwLockReadGuard};
 use crate::item::{Counters, ItemCell};
 use crate::types::{Fnv64, ItemId, TenantId, ITEMS_PER_SHARD_MAX, TENANTS_MAX};
 
-/// Cells per chunk of a shard.
+/// Items per chunk of a shard.
 pub const CHUNK_ITEMS: usize = 1024;
+/// Bytes per page of a shard's names. A page is allocated whole and never grows or moves, so
+/// adding an item never copies the names already stored (a doubling `Vec` copied half a
+/// megabyte per shard at 10 M items, under the shard's write lock, and left the old buffer
+/// behind as fragmentation).
+pub const NAME_PAGE_BYTES: usize = 64 * 1024;
+/// The most bytes one item's names take in a page: two length bytes and two names of at most
+/// 255 bytes (the engine's own limit is 64).
+const NAME_ENTRY_BYTES_MAX: usize = 2 + 2 * u8::MAX as usize;
+
+const _: () = assert!(NAME_ENTRY_BYTES_MAX <= NAME_PAGE_BYTES);
+const _: () = assert!(std::mem::size_of::<Slot>() == 56, "an item slot grew: update docs/benchmarks.md");
 
 /// Which shard holds the SKU. Fixed forever: an item's shard is part of its persisted id.
 pub fn sku_hash(tenant: TenantId, sku: &str) -> u64 {
@@ -23,36 +34,86 @@ fn item_hash(sku_hash: u64, location: &str) -> u64 {
     Fnv64::new().u64(sku_hash).str(location).finish()
 }
 
-/// The index hash of the item at `index`, from its stored key (when the index grows).
-fn rehash(keys: &[ItemKey], key_bytes: &[u8], index: u32) -> u64 {
-    let key = keys[index as usize];
-    let start = key.offset as usize;
-    let middle = start + key.sku_len as usize;
-    let sku = &key_bytes[start..middle];
-    let location = &key_bytes[middle..middle + key.location_len as usize];
-    let sku_hash = Fnv64::new().u64(u64::from(key.tenant.0)).u64(sku.len() as u64).bytes(sku).finish();
-    Fnv64::new().u64(sku_hash).u64(location.len() as u64).bytes(location).finish()
-}
-
 /// [`ShardItems::insert_if_absent`] found the item already there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ItemPresent;
 
-/// Where an item's names are kept in its shard's key bytes.
+/// Whose item it is, and where its names are kept in its shard's name pages.
 #[derive(Clone, Copy, Debug)]
 pub struct ItemKey {
     pub tenant: TenantId,
-    offset: u32,
-    sku_len: u8,
-    location_len: u8,
+    /// Page * `NAME_PAGE_BYTES` + position: the SKU's length byte, the location's, then the
+    /// SKU's bytes and the location's.
+    names: u32,
+}
+
+/// One item: its counters and its key, side by side (one allocation per chunk, no separate
+/// key vector to grow).
+#[derive(Debug, Default)]
+struct Slot {
+    cell: ItemCell,
+    key: ItemKey,
+}
+
+impl Default for ItemKey {
+    fn default() -> ItemKey {
+        ItemKey { tenant: TenantId(0), names: 0 }
+    }
+}
+
+/// The names of the items of one shard, in fixed pages.
+#[derive(Default)]
+struct Names {
+    pages: Vec<Box<[u8]>>,
+    /// Bytes used in the last page.
+    last_used: usize,
+}
+
+impl Names {
+    /// The SKU and location bytes at `at`.
+    fn get(&self, at: u32) -> (&[u8], &[u8]) {
+        let at = at as usize;
+        let page = &self.pages[at / NAME_PAGE_BYTES];
+        let start = at % NAME_PAGE_BYTES;
+        let (sku_len, location_len) = (page[start] as usize, page[start + 1] as usize);
+        let sku = &page[start + 2..start + 2 + sku_len];
+        (sku, &page[start + 2 + sku_len..start + 2 + sku_len + location_len])
+    }
+
+    /// Stores the names; `None` when the position would not fit the 32-bit key.
+    fn push(&mut self, sku: &str, location: &str) -> Option<u32> {
+        assert!(sku.len() <= u8::MAX as usize && location.len() <= u8::MAX as usize, "names over 255 bytes");
+        let entry_bytes = 2 + sku.len() + location.len();
+        if self.pages.is_empty() || self.last_used + entry_bytes > NAME_PAGE_BYTES {
+            if (self.pages.len() + 1) * NAME_PAGE_BYTES > u32::MAX as usize {
+                return None;
+            }
+            self.pages.push(vec![0u8; NAME_PAGE_BYTES].into_boxed_slice());
+            self.last_used = 0;
+        }
+        let page_index = self.pages.len() - 1;
+        let start = self.last_used;
+        let page = &mut self.pages[page_index];
+        page[start] = sku.len() as u8;
+        page[start + 1] = location.len() as u8;
+        page[start + 2..start + 2 + sku.len()].copy_from_slice(sku.as_bytes());
+        page[start + 2 + sku.len()..start + entry_bytes].copy_from_slice(location.as_bytes());
+        self.last_used += entry_bytes;
+        let at = (page_index * NAME_PAGE_BYTES + start) as u32;
+        debug_assert_eq!(self.get(at), (sku.as_bytes(), location.as_bytes()));
+        Some(at)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.pages.len() * NAME_PAGE_BYTES + self.pages.capacity() * std::mem::size_of::<Box<[u8]>>()
+    }
 }
 
 #[derive(Default)]
 pub struct ShardItems {
-    chunks: Vec<Box<[ItemCell]>>,
-    keys: Vec<ItemKey>,
-    /// SKU bytes then location bytes, for every item, back to back.
-    key_bytes: Vec<u8>,
+    chunks: Vec<Box<[Slot]>>,
+    len: usize,
+    names: Names,
     /// (tenant, sku, location) -> index.
     index: HashTable<u32>,
     /// Per tenant, its items in creation order (for paging).
@@ -61,71 +122,81 @@ pub struct ShardItems {
 
 impl ShardItems {
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.len
     }
 
-    pub fn cell(&self, index: u32) -> &ItemCell {
+    fn slot(&self, index: u32) -> &Slot {
         let index = index as usize;
-        assert!(index < self.keys.len(), "item index {index} out of range");
+        assert!(index < self.len, "item index {index} out of range");
         &self.chunks[index / CHUNK_ITEMS][index % CHUNK_ITEMS]
     }
 
+    pub fn cell(&self, index: u32) -> &ItemCell {
+        &self.slot(index).cell
+    }
+
     pub fn key(&self, index: u32) -> ItemKey {
-        self.keys[index as usize]
+        self.slot(index).key
     }
 
     pub fn sku(&self, index: u32) -> &str {
-        let key = self.keys[index as usize];
-        let start = key.offset as usize;
-        std::str::from_utf8(&self.key_bytes[start..start + key.sku_len as usize]).expect("utf-8 key")
+        std::str::from_utf8(self.names.get(self.slot(index).key.names).0).expect("utf-8 key")
     }
 
     pub fn location(&self, index: u32) -> &str {
-        let key = self.keys[index as usize];
-        let start = key.offset as usize + key.sku_len as usize;
-        std::str::from_utf8(&self.key_bytes[start..start + key.location_len as usize]).expect("utf-8 key")
+        std::str::from_utf8(self.names.get(self.slot(index).key.names).1).expect("utf-8 key")
+    }
+
+    /// The index hash of the item at `index`, from its stored key (when the index grows).
+    fn rehash(&self, index: u32) -> u64 {
+        let key = self.slot(index).key;
+        let (sku, location) = self.names.get(key.names);
+        let sku_hash = Fnv64::new().u64(u64::from(key.tenant.0)).u64(sku.len() as u64).bytes(sku).finish();
+        Fnv64::new().u64(sku_hash).u64(location.len() as u64).bytes(location).finish()
+    }
+
+    /// Whether the item at `index` is (tenant, sku, location). Bytes, not &str: the keys were
+    /// validated on the way in, so no UTF-8 check here.
+    fn is(&self, index: u32, tenant: TenantId, sku: &str, location: &str) -> bool {
+        let key = self.slot(index).key;
+        key.tenant == tenant && self.names.get(key.names) == (sku.as_bytes(), location.as_bytes())
     }
 
     pub fn find(&self, tenant: TenantId, sku: &str, location: &str, sku_hash: u64) -> Option<u32> {
         let hash = item_hash(sku_hash, location);
-        self.index
-            .find(hash, |&index| {
-                // Bytes, not &str: the keys were validated on the way in, so no UTF-8 check here.
-                let key = self.keys[index as usize];
-                let start = key.offset as usize;
-                let middle = start + key.sku_len as usize;
-                key.tenant == tenant
-                    && &self.key_bytes[start..middle] == sku.as_bytes()
-                    && &self.key_bytes[middle..middle + key.location_len as usize] == location.as_bytes()
-            })
-            .copied()
+        self.index.find(hash, |&index| self.is(index, tenant, sku, location)).copied()
     }
 
     pub fn tenant_items(&self, tenant: TenantId) -> &[u32] {
         self.by_tenant.get(&tenant).map(Vec::as_slice).unwrap_or(&[])
     }
 
-    /// Appends an item. The caller holds the shard's write lock and has checked it is absent.
-    pub fn insert(&mut self, tenant: TenantId, sku: &str, location: &str, sku_hash: u64) -> Option<u32> {
-        if self.keys.len() >= ITEMS_PER_SHARD_MAX {
+    /// Appends the slot of a new item (not yet in the index). `None` when the shard is full.
+    fn push(&mut self, tenant: TenantId, sku: &str, location: &str) -> Option<u32> {
+        if self.len >= ITEMS_PER_SHARD_MAX {
             return None;
         }
-        debug_assert!(self.find(tenant, sku, location, sku_hash).is_none());
-        let index = self.keys.len() as u32;
-        if self.keys.len() % CHUNK_ITEMS == 0 {
-            let chunk: Vec<ItemCell> = (0..CHUNK_ITEMS).map(|_| ItemCell::default()).collect();
+        let names = self.names.push(sku, location)?;
+        let index = self.len as u32;
+        if self.len % CHUNK_ITEMS == 0 {
+            let chunk: Vec<Slot> = (0..CHUNK_ITEMS).map(|_| Slot::default()).collect();
             self.chunks.push(chunk.into_boxed_slice());
         }
-        assert!(sku.len() <= u8::MAX as usize && location.len() <= u8::MAX as usize);
-        let offset = u32::try_from(self.key_bytes.len()).ok()?;
-        self.key_bytes.extend_from_slice(sku.as_bytes());
-        self.key_bytes.extend_from_slice(location.as_bytes());
-        self.keys.push(ItemKey { tenant, offset, sku_len: sku.len() as u8, location_len: location.len() as u8 });
-        let hash = item_hash(sku_hash, location);
-        let (keys, key_bytes) = (&self.keys, &self.key_bytes);
-        self.index.insert_unique(hash, index, |&other| rehash(keys, key_bytes, other));
+        self.chunks[self.len / CHUNK_ITEMS][self.len % CHUNK_ITEMS].key = ItemKey { tenant, names };
+        self.len += 1;
         self.by_tenant.entry(tenant).or_default().push(index);
         debug_assert_eq!(self.cell(index).read(), Counters::default());
+        Some(index)
+    }
+
+    /// Appends an item. The caller holds the shard's write lock and has checked it is absent.
+    pub fn insert(&mut self, tenant: TenantId, sku: &str, location: &str, sku_hash: u64) -> Option<u32> {
+        debug_assert!(self.find(tenant, sku, location, sku_hash).is_none());
+        let index = self.push(tenant, sku, location)?;
+        let hash = item_hash(sku_hash, location);
+        let mut index_table = std::mem::take(&mut self.index);
+        index_table.insert_unique(hash, index, |&other| self.rehash(other));
+        self.index = index_table;
         Some(index)
     }
 
@@ -138,57 +209,50 @@ impl ShardItems {
         location: &str,
         sku_hash: u64,
     ) -> Option<Result<u32, ItemPresent>> {
-        if self.keys.len() >= ITEMS_PER_SHARD_MAX {
+        if self.len >= ITEMS_PER_SHARD_MAX {
             return None;
         }
-        assert!(sku.len() <= u8::MAX as usize && location.len() <= u8::MAX as usize);
-        let index = self.keys.len() as u32;
         let hash = item_hash(sku_hash, location);
-        let (keys, key_bytes) = (&self.keys, &self.key_bytes);
-        let entry = self.index.entry(
-            hash,
-            |&other| {
-                let key = keys[other as usize];
-                let start = key.offset as usize;
-                let middle = start + key.sku_len as usize;
-                key.tenant == tenant
-                    && &key_bytes[start..middle] == sku.as_bytes()
-                    && &key_bytes[middle..middle + key.location_len as usize] == location.as_bytes()
+        let mut index_table = std::mem::take(&mut self.index);
+        let entry =
+            index_table.entry(hash, |&other| self.is(other, tenant, sku, location), |&other| self.rehash(other));
+        let outcome = match entry {
+            hashbrown::hash_table::Entry::Occupied(_) => Some(Err(ItemPresent)),
+            hashbrown::hash_table::Entry::Vacant(vacant) => match self.push(tenant, sku, location) {
+                Some(index) => {
+                    vacant.insert(index);
+                    Some(Ok(index))
+                }
+                None => None,
             },
-            |&other| rehash(keys, key_bytes, other),
+        };
+        self.index = index_table;
+        debug_assert!(
+            outcome.is_none_or(|placed| placed.is_err() || self.find(tenant, sku, location, sku_hash) == placed.ok())
         );
-        let hashbrown::hash_table::Entry::Vacant(vacant) = entry else { return Some(Err(ItemPresent)) };
-        let offset = u32::try_from(self.key_bytes.len()).ok()?;
-        vacant.insert(index);
-        if self.keys.len() % CHUNK_ITEMS == 0 {
-            let chunk: Vec<ItemCell> = (0..CHUNK_ITEMS).map(|_| ItemCell::default()).collect();
-            self.chunks.push(chunk.into_boxed_slice());
-        }
-        self.key_bytes.extend_from_slice(sku.as_bytes());
-        self.key_bytes.extend_from_slice(location.as_bytes());
-        self.keys.push(ItemKey { tenant, offset, sku_len: sku.len() as u8, location_len: location.len() as u8 });
-        self.by_tenant.entry(tenant).or_default().push(index);
-        debug_assert_eq!(self.find(tenant, sku, location, sku_hash), Some(index));
-        Some(Ok(index))
+        outcome
     }
 
-    /// Makes room for `items` more items with `key_bytes` more name bytes, so that a restore
+    /// Makes room for `items` more items with `name_bytes` more name bytes, so that a restore
     /// grows nothing item by item (regression: rehashing while 10 M items were restored one
     /// by one was a tenth of a cold start).
-    pub fn reserve(&mut self, items: usize, key_bytes: usize) {
-        self.keys.reserve(items);
-        self.key_bytes.reserve(key_bytes);
+    pub fn reserve(&mut self, items: usize, name_bytes: usize) {
         self.chunks.reserve(items.div_ceil(CHUNK_ITEMS));
-        let (keys, key_bytes) = (&self.keys, &self.key_bytes);
-        self.index.reserve(items, |&other| rehash(keys, key_bytes, other));
+        self.names.pages.reserve(name_bytes.div_ceil(NAME_PAGE_BYTES - NAME_ENTRY_BYTES_MAX));
+        let mut index_table = std::mem::take(&mut self.index);
+        index_table.reserve(items, |&other| self.rehash(other));
+        self.index = index_table;
     }
 
-    /// Heap bytes this shard holds (for the memory benchmark).
+    /// Heap bytes this shard holds (for the memory benchmark): slots, names, the index and
+    /// the per-tenant lists with their map.
     pub fn heap_bytes(&self) -> usize {
-        self.chunks.len() * CHUNK_ITEMS * std::mem::size_of::<ItemCell>()
-            + self.keys.capacity() * std::mem::size_of::<ItemKey>()
-            + self.key_bytes.capacity()
+        let by_tenant_entry = std::mem::size_of::<(TenantId, Vec<u32>)>() + 1;
+        self.chunks.len() * CHUNK_ITEMS * std::mem::size_of::<Slot>()
+            + self.chunks.capacity() * std::mem::size_of::<Box<[Slot]>>()
+            + self.names.heap_bytes()
             + self.index.capacity() * (std::mem::size_of::<u32>() + 1)
+            + self.by_tenant.capacity() * by_tenant_entry
             + self.by_tenant.values().map(|v| v.capacity() * 4).sum::<usize>()
     }
 }
@@ -261,5 +325,45 @@ impl Catalog {
         let shard = self.shard_of(hash);
         let index = self.read_shard(shard).find(tenant, sku, location, hash)?;
         Some(ItemId { shard, index })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The name pages: entries never straddle two pages, and every item is found again by
+    /// its names after many pages and several index growths.
+    #[test]
+    fn names_fill_several_pages_and_every_item_is_found_again() {
+        let mut shard = ShardItems::default();
+        let name = |number: usize| (format!("{number:0>64}"), format!("L{}", number % 7));
+        let items = 2_000;
+        for number in 0..items {
+            let tenant = TenantId((number % 3) as u32);
+            let (sku, location) = name(number);
+            let hash = sku_hash(tenant, &sku);
+            assert_eq!(shard.insert(tenant, &sku, &location, hash), Some(number as u32));
+        }
+        // 2 + 64 + 2 bytes per item: about 963 per page.
+        assert_eq!(shard.names.pages.len(), items.div_ceil(NAME_PAGE_BYTES / 68));
+        for number in 0..items {
+            let tenant = TenantId((number % 3) as u32);
+            let (sku, location) = name(number);
+            let index = number as u32;
+            assert_eq!(shard.find(tenant, &sku, &location, sku_hash(tenant, &sku)), Some(index));
+            assert_eq!((shard.sku(index), shard.location(index)), (sku.as_str(), location.as_str()));
+            assert_eq!(shard.key(index).tenant, tenant);
+            // Another tenant's item of the same names is another item.
+            let other = TenantId(9);
+            assert_eq!(shard.find(other, &sku, &location, sku_hash(other, &sku)), None);
+        }
+        let (sku, location) = name(5);
+        let tenant = TenantId(2);
+        assert_eq!(shard.insert_if_absent(tenant, &sku, &location, sku_hash(tenant, &sku)), Some(Err(ItemPresent)));
+        let placed = shard.insert_if_absent(TenantId(9), &sku, &location, sku_hash(TenantId(9), &sku));
+        assert_eq!(placed, Some(Ok(items as u32)));
+        assert_eq!(shard.tenant_items(TenantId(9)), &[items as u32]);
+        assert_eq!(shard.len(), items + 1);
     }
 }

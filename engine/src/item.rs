@@ -57,12 +57,15 @@ impl Counters {
     }
 }
 
-/// The atomic home of one item's [`Counters`].
+/// The atomic home of one item's [`Counters`]. `on_hand` is not stored: it is
+/// `inflow_total - committed_total`, as a TigerBeetle balance is its posted debits and credits.
+/// Every mutation still computes `on_hand` and the totals separately, and the latch checks they
+/// agree ([`Counters::holds`]) before it publishes, so the ledger check keeps its teeth while
+/// the cell is a word smaller (48 bytes, not 56: 80 MB less at 10 M items).
 #[derive(Debug, Default)]
 pub struct ItemCell {
     /// Even: free. Odd: a writer holds the latch.
     version: AtomicU64,
-    on_hand: AtomicI64,
     reserved: AtomicI64,
     safety_stock: AtomicI64,
     backorder_limit: AtomicI64,
@@ -116,18 +119,22 @@ impl ItemCell {
     }
 
     fn load(&self) -> Counters {
+        let inflow_total = self.inflow_total.load(Ordering::Relaxed);
+        let committed_total = self.committed_total.load(Ordering::Relaxed);
         Counters {
-            on_hand: self.on_hand.load(Ordering::Relaxed),
+            // Both totals are bounded (4 * STOCK_MAX) far below i64::MAX: no overflow. A torn
+            // seqlock read may pair unrelated totals; `read` discards it.
+            on_hand: inflow_total.wrapping_sub(committed_total),
             reserved: self.reserved.load(Ordering::Relaxed),
             safety_stock: self.safety_stock.load(Ordering::Relaxed),
             backorder_limit: self.backorder_limit.load(Ordering::Relaxed),
-            inflow_total: self.inflow_total.load(Ordering::Relaxed),
-            committed_total: self.committed_total.load(Ordering::Relaxed),
+            inflow_total,
+            committed_total,
         }
     }
 
     fn store(&self, counters: Counters) {
-        self.on_hand.store(counters.on_hand, Ordering::Relaxed);
+        assert_eq!(counters.on_hand, counters.inflow_total - counters.committed_total, "on_hand is derived");
         self.reserved.store(counters.reserved, Ordering::Relaxed);
         self.safety_stock.store(counters.safety_stock, Ordering::Relaxed);
         self.backorder_limit.store(counters.backorder_limit, Ordering::Relaxed);
@@ -137,8 +144,8 @@ impl ItemCell {
 
     /// Stores only the fields that changed: a reserve touches one word, not six.
     fn store_changed(&self, before: Counters, after: Counters) {
+        debug_assert_eq!(after.on_hand, after.inflow_total - after.committed_total, "on_hand is derived");
         let pairs = [
-            (&self.on_hand, before.on_hand, after.on_hand),
             (&self.reserved, before.reserved, after.reserved),
             (&self.safety_stock, before.safety_stock, after.safety_stock),
             (&self.backorder_limit, before.backorder_limit, after.backorder_limit),
