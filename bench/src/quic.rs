@@ -419,6 +419,7 @@ async fn start_standby(
         primary: primary_address.to_owned(),
         token: replication_token.to_owned(),
         ca_pem: ca.to_vec(),
+        token_file: None,
         server_name: None,
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

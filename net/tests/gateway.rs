@@ -797,6 +797,7 @@ async fn a_failover_with_the_gateway_in_front() {
         primary: primary_address.clone(),
         token: first.replication_token.clone(),
         ca_pem: ca.clone(),
+        token_file: None,
         server_name: None,
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

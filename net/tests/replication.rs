@@ -141,6 +141,7 @@ fn follow(primary: &Node, token: &str) -> StartRole {
         primary: primary.address.clone(),
         token: token.to_owned(),
         ca_pem: primary.ca(),
+        token_file: None,
         server_name: None,
     })
 }
@@ -804,6 +805,64 @@ async fn a_rotated_replication_token_ends_the_standbys_stream_and_the_new_one_re
     let reader = standby.client(&tokens.demo).await;
     let query = vec![Operation::GetSku { sku: "SKU-1".into() }];
     assert_eq!(on_hand(&reader.request(query).await.unwrap().results[0]), 12);
+    reader.close().await;
+    admin.close().await;
+    writer.close().await;
+    let _ = standby.stop().await;
+    let _ = primary.stop().await;
+}
+
+/// A standby that reads its token from a file (`--replication-token-file`) picks up a rotated
+/// token written there at its next connection attempt: no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_with_a_token_file_picks_up_a_rotated_token_without_a_restart() {
+    let primary_directory = tempfile::tempdir().unwrap();
+    let (primary, tokens) =
+        Node::start(options(primary_directory.path(), free_port(), StartRole::Primary, ReplicationMode::Async)).await;
+    let tokens = tokens.unwrap();
+    let writer = primary.client(&tokens.demo).await;
+    assert_eq!(writer.request(vec![receive("r1", "SKU-1", 3)]).await.unwrap().results[0].code(), ResultCode::Ok);
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("replication-token");
+    // Written as an operator would: a new file renamed over the old one.
+    let write_token = |token: &str| {
+        let next = secrets.path().join("replication-token.next");
+        std::fs::write(&next, format!("{token}\n")).unwrap();
+        std::fs::rename(&next, &token_file).unwrap();
+    };
+    write_token(&tokens.replication);
+    let standby_directory = standby_directory(primary_directory.path());
+    // As `reservoir serve` sets it up: `token` is what the file held at start.
+    let StartRole::Standby(mut follow_options) = follow(&primary, &tokens.replication) else { unreachable!() };
+    follow_options.token_file = Some(token_file.clone());
+    let (standby, _) = Node::start(options(
+        standby_directory.path(),
+        free_port(),
+        StartRole::Standby(follow_options),
+        ReplicationMode::Async,
+    ))
+    .await;
+    let caught_up = |primary_durable: u64| {
+        move |status: &serde_json::Value| {
+            status["applied_lsn"].as_u64() >= Some(primary_durable) && status["following"]["connected"] == true
+        }
+    };
+    let durable = primary.status(&tokens.admin).await["durable_lsn"].as_u64().unwrap();
+    standby.wait_status(&tokens.admin, "the standby follows with the file's token", caught_up(durable)).await;
+
+    let admin = primary.client(&tokens.admin).await;
+    let rotate = Operation::IssueServiceToken { service: Service::Replication, revoke_others: true };
+    let OperationResult::ServiceToken(Ok(rotated)) = admin.call(rotate).await.unwrap() else { panic!() };
+    standby
+        .wait_status(&tokens.admin, "the standby is cut off", |status| status["following"]["connected"] == false)
+        .await;
+    assert_eq!(writer.request(vec![receive("r2", "SKU-1", 4)]).await.unwrap().results[0].code(), ResultCode::Ok);
+    write_token(&rotated);
+    let durable = primary.status(&tokens.admin).await["durable_lsn"].as_u64().unwrap();
+    standby.wait_status(&tokens.admin, "the standby resumes with the rotated token", caught_up(durable)).await;
+    let reader = standby.client(&tokens.demo).await;
+    let query = vec![Operation::GetSku { sku: "SKU-1".into() }];
+    assert_eq!(on_hand(&reader.request(query).await.unwrap().results[0]), 7);
     reader.close().await;
     admin.close().await;
     writer.close().await;

@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Commands {
     /// Run the server: QUIC on 127.0.0.1:7878, data in ./reservoir-data (embedded defaults)
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Run the HTTP/JSON gateway: HTTP on 127.0.0.1:8080 in front of 127.0.0.1:7878
     /// (docs/gateway.md; --ca as for client commands)
     Gateway(gateway::GatewayArgs),
@@ -277,7 +277,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Commands::Client(command) => return ExitCode::from(client::run(cli.connection, command)),
-        Commands::Serve(args) => serve::run_serve(args),
+        Commands::Serve(args) => serve::run_serve(*args),
         Commands::Gateway(args) => gateway::run_gateway(args, &cli.connection.ca_path()),
         Commands::Bench(args) => run_bench(args),
         Commands::Wal(WalArgs { command: WalCommand::Dump(args) }) => offline::run_wal_dump(args),

@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// A standby's replication token (printed at the primary's first start)
     #[arg(long, value_name = "TOKEN", env = "RESERVOIR_REPLICATION_TOKEN", hide_env_values = true)]
     replication_token: Option<String>,
+    /// A file holding the replication token instead, read again at every connection attempt:
+    /// a rotated token written there is picked up without a restart
+    #[arg(long, value_name = "FILE", env = "RESERVOIR_REPLICATION_TOKEN_FILE", conflicts_with = "replication_token")]
+    replication_token_file: Option<PathBuf>,
     /// The CA that signed the primary's certificate [default: DATA_DIR/tls/ca.pem]
     #[arg(long, value_name = "FILE", env = "RESERVOIR_PRIMARY_CA")]
     primary_ca: Option<PathBuf>,
@@ -116,6 +120,7 @@ struct ReplicationConfig {
     role: Option<String>,
     primary: Option<String>,
     token: Option<String>,
+    token_file: Option<PathBuf>,
     primary_ca: Option<PathBuf>,
     /// "async" or "sync".
     mode: Option<String>,
@@ -271,16 +276,33 @@ pub fn options(args: &ServeArgs) -> anyhow::Result<ServerOptions> {
         .clone()
         .or(replication.primary_ca.clone())
         .unwrap_or_else(|| reservoir_net::tls::ca_path(&options.data_directory));
+    // The replication token: the command line over the file; a token file over a token.
+    let token_file = args
+        .replication_token_file
+        .clone()
+        .or_else(|| args.replication_token.is_none().then(|| replication.token_file.clone()).flatten());
+    anyhow::ensure!(
+        replication.token.is_none() || replication.token_file.is_none(),
+        "[replication] has both token and token_file: keep one"
+    );
+    let token = match &token_file {
+        Some(path) => Some(
+            reservoir_net::replication::read_token_file(path)
+                .with_context(|| format!("read the replication token file {}", path.display()))?,
+        ),
+        None => args.replication_token.clone().or(replication.token.clone()),
+    };
     if role == RoleArg::Primary && !options.replication.peers.is_empty() {
-        let token = args
-            .replication_token
-            .clone()
-            .or(replication.token.clone())
-            .context("--peers needs --replication-token (to ask the peers who is primary)")?;
+        let token = token.clone().context("--peers needs --replication-token (to ask the peers who is primary)")?;
         let ca_pem = std::fs::read(&primary_ca_path)
             .with_context(|| format!("read the peers' CA {}", primary_ca_path.display()))?;
-        options.replication.peer_check =
-            Some(FollowOptions { primary: String::new(), token, ca_pem, server_name: None });
+        options.replication.peer_check = Some(FollowOptions {
+            primary: String::new(),
+            token,
+            token_file: token_file.clone(),
+            ca_pem,
+            server_name: None,
+        });
     }
     if role == RoleArg::Standby {
         let primary = args
@@ -288,11 +310,9 @@ pub fn options(args: &ServeArgs) -> anyhow::Result<ServerOptions> {
             .clone()
             .or(replication.primary)
             .context("a standby needs --primary ADDR (the primary's host:port)")?;
-        let token = args
-            .replication_token
-            .clone()
-            .or(replication.token)
-            .context("a standby needs --replication-token (printed at the primary's first start)")?;
+        let token = token.context(
+            "a standby needs --replication-token or --replication-token-file (printed at the primary's first start)",
+        )?;
         let ca = args
             .primary_ca
             .clone()
@@ -301,7 +321,7 @@ pub fn options(args: &ServeArgs) -> anyhow::Result<ServerOptions> {
         let ca_pem = std::fs::read(&ca).with_context(|| {
             format!("read the primary's CA {} (copy the primary's tls/ directory, docs/operations.md)", ca.display())
         })?;
-        options.role = StartRole::Standby(FollowOptions { primary, token, ca_pem, server_name: None });
+        options.role = StartRole::Standby(FollowOptions { primary, token, token_file, ca_pem, server_name: None });
     }
     Ok(options)
 }
@@ -385,6 +405,7 @@ mod tests {
             role: None,
             primary: None,
             replication_token: None,
+            replication_token_file: None,
             primary_ca: None,
             replication: None,
             sync_fallback: None,
@@ -474,6 +495,54 @@ entries_max = 1000000
         flags.sync_interval_ms = Some(20);
         let error = options(&flags).unwrap_err().to_string();
         assert!(error.contains("relaxed"), "{error}");
+    }
+
+    #[test]
+    fn a_standby_reads_its_token_from_a_file_given_by_flag_or_in_the_file() {
+        let directory = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(directory.path().join("data/tls")).unwrap();
+        std::fs::write(directory.path().join("data/tls/ca.pem"), "not read here").unwrap();
+        let token_path = directory.path().join("replication-token");
+        std::fs::write(&token_path, "  rsv_from_the_file\n").unwrap();
+        let config = directory.path().join("reservoir.toml");
+        let standby = |extra: &str| {
+            format!(
+                "data_dir = {:?}\n[replication]\nrole = \"standby\"\nprimary = \"10.0.0.1:7878\"\n{extra}",
+                directory.path().join("data")
+            )
+        };
+        let token_of = |options: ServerOptions| match options.role {
+            StartRole::Standby(follow) => (follow.token, follow.token_file),
+            other => panic!("not a standby: {other:?}"),
+        };
+        std::fs::write(&config, standby(&format!("token_file = {token_path:?}\n"))).unwrap();
+        let read = options(&args(Some(config.clone()))).unwrap();
+        assert_eq!(token_of(read), ("rsv_from_the_file".to_owned(), Some(token_path.clone())));
+        // A token on the command line wins over the file's token_file.
+        let mut flags = args(Some(config.clone()));
+        flags.replication_token = Some("rsv_flag".into());
+        assert_eq!(token_of(options(&flags).unwrap()), ("rsv_flag".to_owned(), None));
+        // A flag's token file wins over the file's token.
+        std::fs::write(&config, standby("token = \"rsv_in_toml\"\n")).unwrap();
+        let mut flags = args(Some(config.clone()));
+        flags.replication_token_file = Some(token_path.clone());
+        assert_eq!(token_of(options(&flags).unwrap()), ("rsv_from_the_file".to_owned(), Some(token_path.clone())));
+        // Both in the file, an empty token file, a missing one: errors, not guesses.
+        std::fs::write(&config, standby(&format!("token = \"rsv_x\"\ntoken_file = {token_path:?}\n"))).unwrap();
+        let error = format!("{:#}", options(&args(Some(config.clone()))).unwrap_err());
+        assert!(error.contains("both token and token_file"), "{error}");
+        std::fs::write(&token_path, "\n").unwrap();
+        let mut flags = args(Some(config.clone()));
+        flags.config = None;
+        flags.role = Some(RoleArg::Standby);
+        flags.primary = Some("10.0.0.1:7878".into());
+        flags.data_dir = Some(directory.path().join("data"));
+        flags.replication_token_file = Some(token_path.clone());
+        let error = format!("{:#}", options(&flags).unwrap_err());
+        assert!(error.contains("empty"), "{error}");
+        flags.replication_token_file = Some(directory.path().join("missing"));
+        let error = format!("{:#}", options(&flags).unwrap_err());
+        assert!(error.contains("missing"), "{error}");
     }
 
     #[test]

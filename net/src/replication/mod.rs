@@ -24,6 +24,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::message::NodeRole;
+use crate::NetError;
 
 /// When a primary acknowledges a write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +87,41 @@ impl Default for ReplicationOptions {
     }
 }
 
+/// Bytes of a token file at most (a token is 68 bytes; the rest may be whitespace).
+pub const TOKEN_FILE_BYTES_MAX: u64 = 4_096;
+
+/// The token in `path`: its content without surrounding whitespace, at most
+/// `TOKEN_FILE_BYTES_MAX` bytes, not empty.
+pub fn read_token_file(path: &std::path::Path) -> Result<String, NetError> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(|source| NetError::io(path.display().to_string(), source))?;
+    let mut text = String::new();
+    file.take(TOKEN_FILE_BYTES_MAX + 1)
+        .read_to_string(&mut text)
+        .map_err(|source| NetError::io(path.display().to_string(), source))?;
+    if text.len() as u64 > TOKEN_FILE_BYTES_MAX {
+        return Err(NetError::Replication(format!(
+            "{}: over {TOKEN_FILE_BYTES_MAX} bytes, not a token file",
+            path.display()
+        )));
+    }
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(NetError::Replication(format!("{}: empty, no token in it", path.display())));
+    }
+    Ok(token.to_owned())
+}
+
+impl FollowOptions {
+    /// The token to connect with now: the token file's content when there is one.
+    pub fn current_token(&self) -> Result<String, NetError> {
+        match &self.token_file {
+            Some(path) => read_token_file(path),
+            None => Ok(self.token.clone()),
+        }
+    }
+}
+
 /// Where a standby's primary is and how to reach it.
 #[derive(Clone, Debug)]
 pub struct FollowOptions {
@@ -93,6 +129,10 @@ pub struct FollowOptions {
     pub primary: String,
     /// A replication token issued by the primary.
     pub token: String,
+    /// A file holding the token instead (`--replication-token-file`), read again at every
+    /// connection attempt: a rotated token written there is picked up without a restart.
+    /// `token` is then what the file held at start.
+    pub token_file: Option<PathBuf>,
     /// PEM of the CA that signed the primary's certificate.
     pub ca_pem: Vec<u8>,
     /// TLS name to check the primary's certificate against (default: the host of `primary`).

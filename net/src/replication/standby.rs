@@ -34,6 +34,7 @@ pub(crate) struct Link {
 /// Connects to `address` with a replication token and completes the handshake.
 pub(crate) async fn connect(address: &str, options: &FollowOptions) -> Result<Link, NetError> {
     let attempt = async {
+        let token = options.current_token()?;
         let client_config = crate::tls::client_config(&options.ca_pem)?;
         let connection = crate::client::dial(address, options.server_name.as_deref(), &client_config).await?;
         let (mut send, mut recv) =
@@ -42,7 +43,7 @@ pub(crate) async fn connect(address: &str, options: &FollowOptions) -> Result<Li
         ClientFrame::Hello(Hello {
             version_min: PROTOCOL_VERSION_MIN,
             version_max: PROTOCOL_VERSION_MAX,
-            token: options.token.as_bytes().to_vec(),
+            token: token.into_bytes(),
         })
         .encode(&mut bytes)
         .map_err(|error| NetError::Protocol(error.to_string()))?;
