@@ -202,7 +202,7 @@ async fn ship(
             // The store is updated before its generation moves: this lookup sees the change.
             if !core.credentials.still_grants(token, &Grant::Replication) {
                 tracing::warn!(standby = id, "the standby's replication token was revoked: its stream ends");
-                let why = "the replication token was revoked (or rotated): restart the standby with a current one";
+                let why = "the replication token was revoked (or rotated): give the standby a current one";
                 break refuse(send, ProtocolErrorCode::Unauthenticated, why.into(), None).await;
             }
         }
