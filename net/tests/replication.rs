@@ -102,6 +102,19 @@ impl Node {
         }
     }
 
+    /// The node's durable LSN, from its status.
+    async fn durable_lsn(&self, admin: &str) -> u64 {
+        self.status(admin).await["durable_lsn"].as_u64().unwrap()
+    }
+
+    /// A SKU's total on hand, read through a connection of its own.
+    async fn sku_on_hand(&self, token: &str, sku: &str) -> i64 {
+        let reader = self.client(token).await;
+        let on_hand = on_hand(&reader.request(vec![Operation::GetSku { sku: sku.into() }]).await.unwrap().results[0]);
+        reader.close().await;
+        on_hand
+    }
+
     /// Waits until `check` holds of the status document (or panics after `WAIT_MS_MAX`).
     async fn wait_status(
         &self,
@@ -144,6 +157,11 @@ fn follow(primary: &Node, token: &str) -> StartRole {
         token_file: None,
         server_name: None,
     })
+}
+
+/// A standby's status check: connected and applied through `primary_durable`.
+fn caught_up(primary_durable: u64) -> impl Fn(&serde_json::Value) -> bool {
+    move |status| status["applied_lsn"].as_u64() >= Some(primary_durable) && status["following"]["connected"] == true
 }
 
 fn receive(id: &str, sku: &str, quantity: i64) -> Operation {
@@ -753,12 +771,7 @@ async fn a_rotated_replication_token_ends_the_standbys_stream_and_the_new_one_re
     let standby_options =
         |token: &str| options(standby_directory.path(), free_port(), follow(&primary, token), ReplicationMode::Async);
     let (standby, _) = Node::start(standby_options(&tokens.replication)).await;
-    let caught_up = |primary_durable: u64| {
-        move |status: &serde_json::Value| {
-            status["applied_lsn"].as_u64() >= Some(primary_durable) && status["following"]["connected"] == true
-        }
-    };
-    let durable = primary.status(&tokens.admin).await["durable_lsn"].as_u64().unwrap();
+    let durable = primary.durable_lsn(&tokens.admin).await;
     standby.wait_status(&tokens.admin, "the standby catches up", caught_up(durable)).await;
 
     // A second replication token, the first kept: the stream goes on.
@@ -767,7 +780,7 @@ async fn a_rotated_replication_token_ends_the_standbys_stream_and_the_new_one_re
     let OperationResult::ServiceToken(Ok(second)) = admin.call(issue(false)).await.unwrap() else { panic!() };
     assert_ne!(second, tokens.replication);
     assert_eq!(writer.request(vec![receive("r2", "SKU-1", 4)]).await.unwrap().results[0].code(), ResultCode::Ok);
-    let durable = primary.status(&tokens.admin).await["durable_lsn"].as_u64().unwrap();
+    let durable = primary.durable_lsn(&tokens.admin).await;
     standby.wait_status(&tokens.admin, "the standby streams on after an issue", caught_up(durable)).await;
 
     // A rotation revokes both: the standby's stream ends, and it cannot come back with its token.
@@ -780,7 +793,7 @@ async fn a_rotated_replication_token_ends_the_standbys_stream_and_the_new_one_re
         .await;
     let applied_when_cut = cut_off["applied_lsn"].as_u64().unwrap();
     assert_eq!(writer.request(vec![receive("r3", "SKU-1", 5)]).await.unwrap().results[0].code(), ResultCode::Ok);
-    let durable = primary.status(&tokens.admin).await["durable_lsn"].as_u64().unwrap();
+    let durable = primary.durable_lsn(&tokens.admin).await;
     assert!(durable > applied_when_cut);
     // Several of the standby's retries (backoff from 100 ms) are refused, and none applies r3.
     tokio::time::sleep(Duration::from_millis(1_000)).await;
@@ -802,10 +815,7 @@ async fn a_rotated_replication_token_ends_the_standbys_stream_and_the_new_one_re
     let _ = standby.stop().await;
     let (standby, _) = Node::start(standby_options(&third)).await;
     standby.wait_status(&tokens.admin, "the standby resumes with the new token", caught_up(durable)).await;
-    let reader = standby.client(&tokens.demo).await;
-    let query = vec![Operation::GetSku { sku: "SKU-1".into() }];
-    assert_eq!(on_hand(&reader.request(query).await.unwrap().results[0]), 12);
-    reader.close().await;
+    assert_eq!(standby.sku_on_hand(&tokens.demo, "SKU-1").await, 12);
     admin.close().await;
     writer.close().await;
     let _ = standby.stop().await;
@@ -842,12 +852,7 @@ async fn a_standby_with_a_token_file_picks_up_a_rotated_token_without_a_restart(
         ReplicationMode::Async,
     ))
     .await;
-    let caught_up = |primary_durable: u64| {
-        move |status: &serde_json::Value| {
-            status["applied_lsn"].as_u64() >= Some(primary_durable) && status["following"]["connected"] == true
-        }
-    };
-    let durable = primary.status(&tokens.admin).await["durable_lsn"].as_u64().unwrap();
+    let durable = primary.durable_lsn(&tokens.admin).await;
     standby.wait_status(&tokens.admin, "the standby follows with the file's token", caught_up(durable)).await;
 
     let admin = primary.client(&tokens.admin).await;
@@ -858,12 +863,9 @@ async fn a_standby_with_a_token_file_picks_up_a_rotated_token_without_a_restart(
         .await;
     assert_eq!(writer.request(vec![receive("r2", "SKU-1", 4)]).await.unwrap().results[0].code(), ResultCode::Ok);
     write_token(&rotated);
-    let durable = primary.status(&tokens.admin).await["durable_lsn"].as_u64().unwrap();
+    let durable = primary.durable_lsn(&tokens.admin).await;
     standby.wait_status(&tokens.admin, "the standby resumes with the rotated token", caught_up(durable)).await;
-    let reader = standby.client(&tokens.demo).await;
-    let query = vec![Operation::GetSku { sku: "SKU-1".into() }];
-    assert_eq!(on_hand(&reader.request(query).await.unwrap().results[0]), 7);
-    reader.close().await;
+    assert_eq!(standby.sku_on_hand(&tokens.demo, "SKU-1").await, 7);
     admin.close().await;
     writer.close().await;
     let _ = standby.stop().await;
