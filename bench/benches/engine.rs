@@ -190,5 +190,54 @@ fn reserve_release(c: &mut Criterion) {
     group(c, "reserve_release", Settle::Release);
 }
 
-criterion_group!(benches, reserve_commit, reserve_release);
+/// Tenant sizes of the per-SKU query benchmark: a small tenant, and one of a million items.
+const SKU_QUERY_TENANT_ITEMS: [usize; 2] = [10_000, 1_000_000];
+/// Locations of each SKU in the per-SKU query benchmark.
+const SKU_QUERY_LOCATIONS: usize = 4;
+
+/// The per-SKU query (`Engine::sku`: every location of one SKU and their total), for a tenant
+/// of 10 k and of 1 M items (4 locations per SKU), each alone in its engine. One element = one
+/// query of a random SKU of the tenant. The first query of each shard builds that shard's
+/// per-SKU index; the warm-up pays for it.
+fn sku_query(c: &mut Criterion) {
+    let mut group = c.benchmark_group("sku_query");
+    group.sample_size(10).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(3));
+    for items in SKU_QUERY_TENANT_ITEMS {
+        let engine = Engine::new(Config::default());
+        let mut records: Vec<Record> = Vec::new();
+        let reply =
+            engine.execute(&Command::CreateTenant { name: Name::new("tenant").unwrap() }, NOW_MS_BASE, &mut records);
+        let tenant = TenantId(reply.count as u32);
+        let skus = items / SKU_QUERY_LOCATIONS;
+        let sku_name = |number: usize| format!("SKU-{number:08}");
+        let rows: Vec<ImportRow> = (0..items)
+            .map(|item| ImportRow {
+                sku: Sku::new(&sku_name(item % skus)).unwrap(),
+                location: Location::new(&format!("BIN-{}", item / skus)).unwrap(),
+                on_hand: 1,
+                safety_stock: None,
+                backorder_limit: None,
+            })
+            .collect();
+        for (chunk_index, chunk) in rows.chunks(reservoir_engine::IMPORT_ROWS_MAX).enumerate() {
+            let operation = OperationId::new(&format!("load-{chunk_index}")).unwrap();
+            let command = Command::Import { tenant, operation, rows: chunk.to_vec() };
+            assert_eq!(engine.execute(&command, NOW_MS_BASE, &mut records).code, ResultCode::Ok);
+            records.clear();
+        }
+        let names: Vec<String> = (0..skus).map(sku_name).collect();
+        let mut random = Xoshiro256PlusPlus::seed_from_u64(7);
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(BenchmarkId::new("tenant_items", items), |b| {
+            b.iter(|| {
+                let (views, total) = engine.sku(tenant, &names[random.gen_range(0..skus)]);
+                assert_eq!(views.len(), SKU_QUERY_LOCATIONS);
+                black_box(total)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, reserve_commit, reserve_release, sku_query);
 criterion_main!(benches);

@@ -1323,10 +1323,9 @@ impl Engine {
         let shard_id = self.catalog.shard_of(hash);
         let shard = self.catalog.read_shard(shard_id);
         let views: Vec<ItemView> = shard
-            .tenant_items(tenant)
-            .iter()
-            .filter(|&&index| shard.sku(index) == sku)
-            .map(|&index| view(&shard, ItemId { shard: shard_id, index }))
+            .sku_items(tenant, sku, hash)
+            .into_iter()
+            .map(|index| view(&shard, ItemId { shard: shard_id, index }))
             .collect();
         let mut total = Counters::default();
         for view in &views {

@@ -472,6 +472,25 @@ fn run(steps: &[Step]) {
             assert_eq!(actual, *item, "step {index} {step:?}: item {key:?}");
         }
         assert_eq!(engine.item_count(), model.items.len(), "step {index}: item count");
+        // The per-SKU query: every location of the SKU, only the tenant's own, and their total.
+        for tenant in 0..TENANTS {
+            for sku in SKUS {
+                let (views, total) = engine.sku(tenants[tenant as usize], sku);
+                let mut actual: Vec<(String, i64, i64)> = views
+                    .iter()
+                    .map(|view| (view.location.clone(), view.counters.on_hand, view.counters.reserved))
+                    .collect();
+                actual.sort();
+                let expected: Vec<(String, i64, i64)> = model
+                    .items
+                    .iter()
+                    .filter(|(key, _)| key.0 == tenant && key.1 == sku)
+                    .map(|(key, item)| (key.2.to_owned(), item.on_hand, item.reserved))
+                    .collect();
+                assert_eq!(actual, expected, "step {index} {step:?}: locations of t{tenant} {sku}");
+                assert_eq!(total.on_hand, expected.iter().map(|entry| entry.1).sum::<i64>());
+            }
+        }
         for ((tenant, id), reservation) in &model.reservations {
             let view = engine.reservation(tenants[*tenant as usize], &format!("r{id}")).expect("reservation");
             assert_eq!(view.state.name(), reservation.state, "step {index} {step:?}: r{id}");
