@@ -503,6 +503,9 @@ async fn a_restarted_standby_resumes_with_no_gap_and_no_duplicate() {
     let stopped_at = standby.stop().await.next_lsn().0;
     load.await.unwrap();
     write_load(&writer, "while-down", 10, 100).await;
+    // A new port, for the reason given in `a_standby_far_behind_catches_up_by_snapshot`.
+    let mut standby_options = standby_options;
+    standby_options.listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let (standby, _) = Node::start(standby_options).await;
     let status = standby.wait_status(&tokens.admin, "resumed", |status| status["following"]["connected"] == true).await;
     assert_eq!(status["following"]["sessions"], 1, "resumed without a base backup: {status:#}");
@@ -612,6 +615,11 @@ async fn a_standby_far_behind_catches_up_by_snapshot() {
         header.first_lsn.0
     );
 
+    // A new port: the old one was free for seconds of load, and a client's ephemeral socket
+    // may have taken it (seen once in CI: "Address already in use"). A standby is its data
+    // directory, not its port.
+    let mut standby_options = standby_options;
+    standby_options.listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let (standby, _) = Node::start(standby_options).await;
     let durable = primary.status(&tokens.admin).await["durable_lsn"].as_u64().unwrap();
     standby
