@@ -40,7 +40,26 @@ fn options(directory: &Path, port: u16, role: StartRole, mode: ReplicationMode) 
 }
 
 impl Node {
+    /// Starts a node; a port still held by a node stopped a moment ago is retried for a while
+    /// (regression: "Address already in use" in CI when a test restarted a node on its port).
     async fn start(options: ServerOptions) -> (Node, Option<Tokens>) {
+        /// How long a start retries a port that is still in use.
+        const BIND_WAIT_MS_MAX: u64 = 10_000;
+        let deadline = std::time::Instant::now() + Duration::from_millis(BIND_WAIT_MS_MAX);
+        loop {
+            match Node::try_start(options.clone()).await {
+                Ok(started) => return started,
+                Err(NetError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => panic!("the node at {} did not start: {error}", options.listen),
+            }
+        }
+    }
+
+    async fn try_start(options: ServerOptions) -> Result<(Node, Option<Tokens>), NetError> {
         let directory = options.data_directory.clone();
         let address = options.listen.to_string();
         let address_for_log = address.clone();
@@ -70,8 +89,11 @@ impl Node {
             }
             result
         });
-        let tokens = tokens.await.expect("the node started");
-        (Node { directory, address, stop: Some(stop), task: Some(task) }, tokens)
+        match tokens.await {
+            Ok(tokens) => Ok((Node { directory, address, stop: Some(stop), task: Some(task) }, tokens)),
+            // `run` ended before it started: its error says why.
+            Err(_) => Err(task.await.expect("the node's task").err().expect("run() ended early with an error")),
+        }
     }
 
     async fn stop(mut self) -> Engine {
@@ -503,7 +525,7 @@ async fn a_restarted_standby_resumes_with_no_gap_and_no_duplicate() {
     let stopped_at = standby.stop().await.next_lsn().0;
     load.await.unwrap();
     write_load(&writer, "while-down", 10, 100).await;
-    // A new port, for the reason given in `a_standby_far_behind_catches_up_by_snapshot`.
+    // A new port, as in `a_standby_far_behind_catches_up_by_snapshot`.
     let mut standby_options = standby_options;
     standby_options.listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let (standby, _) = Node::start(standby_options).await;
@@ -615,9 +637,8 @@ async fn a_standby_far_behind_catches_up_by_snapshot() {
         header.first_lsn.0
     );
 
-    // A new port: the old one was free for seconds of load, and a client's ephemeral socket
-    // may have taken it (seen once in CI: "Address already in use"). A standby is its data
-    // directory, not its port.
+    // A new port: a standby is its data directory, not its port, and the old port may be
+    // held by another socket by now.
     let mut standby_options = standby_options;
     standby_options.listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let (standby, _) = Node::start(standby_options).await;
