@@ -281,6 +281,12 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
     );
     let recovered_lsn = Lsn(opened.engine.next_lsn().0 - 1);
     let history_known = opened.recovery.scan.position.history.is_some();
+    // Bound before a first start makes its tokens: a port in use must not cost the operator
+    // tokens that are stored but never shown (regression: the retry of a first start found
+    // credentials and printed none). After the data directory's lock, so a second server on
+    // one directory is told that first.
+    let socket = std::net::UdpSocket::bind(options.listen)
+        .map_err(|source| NetError::io(format!("listen on {}", options.listen), source))?;
     let credentials = Credentials::open(&directory)?;
     let is_standby = matches!(options.role, StartRole::Standby(_));
     // A standby's credentials come from its primary; it writes nothing of its own.
@@ -341,8 +347,6 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
         None => crate::tls::ensure_generated(&directory, &[options.listen.ip().to_string()])?,
     };
     let server_config = crate::tls::server_config(&certificates)?;
-    let socket = std::net::UdpSocket::bind(options.listen)
-        .map_err(|source| NetError::io(format!("listen on {}", options.listen), source))?;
     let runtime = quinn::default_runtime().ok_or_else(|| NetError::Shutdown("no async runtime".into()))?;
     let endpoint_config = crate::tls::endpoint_config(&directory)?;
     let endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)

@@ -609,3 +609,24 @@ async fn the_admin_asks_a_running_server_for_a_snapshot() {
     // A tenant may not ask for one.
     assert!(matches!(demo.request(vec![Operation::TakeSnapshot]).await, Err(reservoir_net::NetError::Refused(_))));
 }
+
+/// A first start that cannot bind its port makes no tokens, so the next start makes them and
+/// shows them (regression: the tokens were stored before the bind failed, and never shown; the
+/// operator's way back in was an offline `token rotate admin`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_on_a_port_in_use_makes_no_tokens_and_the_next_start_shows_them() {
+    let directory = tempfile::tempdir().unwrap();
+    let holder = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut options = ServerOptions::new(directory.path().join("data"));
+    options.listen = holder.local_addr().unwrap();
+    let error = server::start(options.clone()).await.err().expect("the port is taken");
+    assert!(
+        matches!(&error, reservoir_net::NetError::Io { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse),
+        "{error}"
+    );
+    drop(holder);
+    let handle = server::start(options).await.expect("the port is free now");
+    let first = handle.first_start().expect("the tokens of the first start that served");
+    assert!(!first.admin_token.is_empty() && !first.demo_token.is_empty());
+    handle.shutdown().await.unwrap();
+}
