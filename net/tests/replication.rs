@@ -30,6 +30,13 @@ struct Tokens {
     replication: String,
 }
 
+/// The same node on a fresh port: a restarted standby is its data directory, not its port, and
+/// its old port may be held by another socket by now.
+fn on_a_new_port(mut options: ServerOptions) -> ServerOptions {
+    options.listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    options
+}
+
 fn options(directory: &Path, port: u16, role: StartRole, mode: ReplicationMode) -> ServerOptions {
     let mut options = ServerOptions::new(directory.to_owned());
     options.listen = format!("127.0.0.1:{port}").parse().unwrap();
@@ -525,10 +532,7 @@ async fn a_restarted_standby_resumes_with_no_gap_and_no_duplicate() {
     let stopped_at = standby.stop().await.next_lsn().0;
     load.await.unwrap();
     write_load(&writer, "while-down", 10, 100).await;
-    // A new port, as in `a_standby_far_behind_catches_up_by_snapshot`.
-    let mut standby_options = standby_options;
-    standby_options.listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let (standby, _) = Node::start(standby_options).await;
+    let (standby, _) = Node::start(on_a_new_port(standby_options)).await;
     let status = standby.wait_status(&tokens.admin, "resumed", |status| status["following"]["connected"] == true).await;
     assert_eq!(status["following"]["sessions"], 1, "resumed without a base backup: {status:#}");
     let durable = primary.status(&tokens.admin).await["durable_lsn"].as_u64().unwrap();
@@ -637,11 +641,7 @@ async fn a_standby_far_behind_catches_up_by_snapshot() {
         header.first_lsn.0
     );
 
-    // A new port: a standby is its data directory, not its port, and the old port may be
-    // held by another socket by now.
-    let mut standby_options = standby_options;
-    standby_options.listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let (standby, _) = Node::start(standby_options).await;
+    let (standby, _) = Node::start(on_a_new_port(standby_options)).await;
     let durable = primary.status(&tokens.admin).await["durable_lsn"].as_u64().unwrap();
     standby
         .wait_status(&tokens.admin, "caught up by snapshot", |status| status["applied_lsn"].as_u64() >= Some(durable))
