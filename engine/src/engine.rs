@@ -730,15 +730,14 @@ impl Engine {
         let state = current.derived_state((kind == SettleKind::Expire).then_some(ReservationState::Expired));
         current.state = state;
         current.deadline_ms = deadline_ms;
-        if state.is_open() && kind == SettleKind::Extend {
+        if state.is_open() && deadline_ms != old_deadline {
+            assert_eq!(kind, SettleKind::Extend, "only an extend moves a deadline");
             let shared = shard.key(tenant, id);
-            let entry = shard.deadlines.take(&(old_deadline, tenant, shared.clone()));
-            assert!(entry.is_some(), "open reservation without a deadline entry");
-            shard.deadlines.insert((deadline_ms, tenant, shared));
+            shard.index_deadline(deadline_ms, tenant, shared);
         }
         if !state.is_open() {
             shard.map.get_mut(&key).expect("present").closed_ms = Some(now_ms);
-            shard.close(tenant, id, old_deadline, now_ms, lsn);
+            shard.close(tenant, id, now_ms, lsn);
         }
         if results.is_empty() {
             results = line_changes
@@ -997,11 +996,7 @@ impl Engine {
         for shard in self.reservations.all() {
             let mut shard = shard.lock();
             while (expired as usize) < limit {
-                let Some(first) = shard.deadlines.first() else { break };
-                if first.0 > now_ms {
-                    break;
-                }
-                let (deadline_ms, tenant, id) = first.clone();
+                let Some((deadline_ms, tenant, id)) = shard.take_due(now_ms) else { break };
                 let key = Key(tenant, id.clone());
                 let reservation = shard.map.get(&key).expect("deadline entry without reservation");
                 assert!(reservation.state.is_open());
@@ -1029,7 +1024,7 @@ impl Engine {
                 }
                 reservation.state = ReservationState::Expired;
                 reservation.closed_ms = Some(now_ms);
-                shard.close(tenant, &id, deadline_ms, now_ms, lsn);
+                shard.close(tenant, &id, now_ms, lsn);
                 records.push(Record {
                     lsn,
                     timestamp_ms: now_ms,
@@ -1225,12 +1220,13 @@ impl Engine {
                 current.state = *state;
                 current.deadline_ms = *deadline_ms;
                 if state.is_open() {
-                    let shared = shard.key(*tenant, reservation);
-                    shard.deadlines.remove(&(old_deadline, *tenant, shared.clone()));
-                    shard.deadlines.insert((*deadline_ms, *tenant, shared));
+                    if *deadline_ms != old_deadline {
+                        let shared = shard.key(*tenant, reservation);
+                        shard.index_deadline(*deadline_ms, *tenant, shared);
+                    }
                 } else {
                     shard.map.get_mut(&key).expect("present").closed_ms = Some(record.timestamp_ms);
-                    shard.close(*tenant, reservation, old_deadline, record.timestamp_ms, lsn);
+                    shard.close(*tenant, reservation, record.timestamp_ms, lsn);
                 }
                 drop(shard);
                 if let Some(memo) = memo {
@@ -1403,13 +1399,11 @@ impl Engine {
         let mut open_by_item: hashbrown::HashMap<ItemId, i64> = hashbrown::HashMap::new();
         for shard in self.reservations.all() {
             let shard = shard.lock();
-            for (Key(tenant, id), reservation) in &shard.map {
+            let mut open_in_shard = 0;
+            for (Key(_, id), reservation) in &shard.map {
                 let open: i64 = reservation.lines.iter().map(ReservationLineState::open).sum();
                 if reservation.state.is_open() {
-                    report.open_reservations += 1;
-                    if !shard.deadlines.contains(&(reservation.deadline_ms, *tenant, id.clone())) {
-                        report.violations.push(format!("open reservation {id} has no deadline entry"));
-                    }
+                    open_in_shard += 1;
                     for line in &reservation.lines {
                         *open_by_item.entry(line.item).or_default() += line.open();
                     }
@@ -1417,7 +1411,10 @@ impl Engine {
                     report.violations.push(format!("closed reservation {id} still holds {open}"));
                 }
             }
-            if shard.deadlines.len() != shard.map.values().filter(|r| r.state.is_open()).count() {
+            report.open_reservations += open_in_shard;
+            // Each live entry is one open reservation, distinct entries distinct ones: as many
+            // entries as open reservations means every open one has its entry.
+            if shard.open_by_deadline().len() != open_in_shard || shard.open_count() != open_in_shard {
                 report.violations.push("deadline index and open reservations differ".into());
             }
         }
@@ -1570,9 +1567,11 @@ fn install_reservation(
         closed_ms: (!state.is_open()).then_some(now_ms),
     };
     let id = IdText::new(id);
-    shard.map.insert(Key(tenant, id.clone()), reservation);
+    let previous = shard.map.insert(Key(tenant, id.clone()), reservation);
+    assert!(previous.is_none(), "reservation installed twice");
     if state.is_open() {
-        shard.deadlines.insert((deadline_ms, tenant, id));
+        shard.opened();
+        shard.index_deadline(deadline_ms, tenant, id);
     } else {
         shard.closed.push_back((now_ms, lsn, tenant, id));
     }

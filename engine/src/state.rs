@@ -107,7 +107,7 @@ impl Engine {
                     closed_lsn: Some(*lsn),
                 });
             }
-            for (_, tenant, id) in &shard.deadlines {
+            for (_, tenant, id) in &shard.open_by_deadline() {
                 let reservation = shard.map.get(&Key(*tenant, id.clone())).expect("deadline entry has a reservation");
                 reservations.push(SavedReservation {
                     tenant: *tenant,
@@ -116,11 +116,7 @@ impl Engine {
                     closed_lsn: None,
                 });
             }
-            assert_eq!(
-                shard.closed.len() + shard.deadlines.len(),
-                shard.map.len(),
-                "every reservation is indexed once"
-            );
+            assert_eq!(shard.closed.len() + shard.open_count(), shard.map.len(), "every reservation is indexed once");
         }
         let mut operations = Vec::new();
         for shard in self.operations.all() {
@@ -232,7 +228,8 @@ impl Engine {
                     shard.closed.push_back((closed_ms, lsn, saved.tenant, id));
                 }
                 _ => {
-                    shard.deadlines.insert((reservation.deadline_ms, saved.tenant, id));
+                    shard.opened();
+                    shard.index_deadline(reservation.deadline_ms, saved.tenant, id);
                 }
             }
         }
