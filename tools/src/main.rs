@@ -273,6 +273,15 @@ struct MemoryArgs {
     json: bool,
 }
 
+/// mimalloc, not glibc's malloc. The server path allocates and frees many small objects per
+/// request on several threads, and glibc spent ~29% of a W1-over-QUIC profile in
+/// `malloc`/`free` (`malloc_consolidate` and `unlink_chunk` alone ~9%). Measured alternating
+/// (docs/benchmarks.md, "The binary's allocator"): W1 over QUIC 1.18-1.35x ops/s; the
+/// in-process engine bench 0.95x; ~14% more resident memory per item at 10 M items. The
+/// library crates and their tests keep the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
