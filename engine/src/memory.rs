@@ -310,6 +310,7 @@ impl ReservationShard {
         self.closed.push_back((now_ms, lsn, tenant, key));
         self.bound_stale_deadlines();
     }
+
     /// The shared id of a reservation this shard holds.
     pub fn key(&self, tenant: TenantId, id: &str) -> IdText {
         self.map.get_key_value(&KeyRef(tenant, id)).expect("reservation present").0 .1.clone()

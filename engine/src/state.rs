@@ -107,7 +107,9 @@ impl Engine {
                     closed_lsn: Some(*lsn),
                 });
             }
-            for (_, tenant, id) in &shard.open_by_deadline() {
+            let open = shard.open_by_deadline();
+            assert_eq!(open.len(), shard.open_count(), "every open reservation has its deadline entry");
+            for (_, tenant, id) in &open {
                 let reservation = shard.map.get(&Key(*tenant, id.clone())).expect("deadline entry has a reservation");
                 reservations.push(SavedReservation {
                     tenant: *tenant,
