@@ -1570,8 +1570,7 @@ fn install_reservation(
     let previous = shard.map.insert(Key(tenant, id.clone()), reservation);
     assert!(previous.is_none(), "reservation installed twice");
     if state.is_open() {
-        shard.opened();
-        shard.index_deadline(deadline_ms, tenant, id);
+        shard.opened(deadline_ms, tenant, id);
     } else {
         shard.closed.push_back((now_ms, lsn, tenant, id));
     }

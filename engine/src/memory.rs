@@ -239,10 +239,11 @@ impl ReservationShard {
         debug_assert!(self.deadlines.len() <= 2 * self.open + DEADLINE_STALE_SLACK_MAX);
     }
 
-    /// Counts a reservation installed open (its deadline is indexed next).
-    pub fn opened(&mut self) {
+    /// Counts a reservation just installed open in `map` and indexes its deadline.
+    pub fn opened(&mut self, deadline_ms: u64, tenant: TenantId, id: IdText) {
         self.open += 1;
         assert!(self.open <= self.map.len(), "more open reservations than reservations");
+        self.index_deadline(deadline_ms, tenant, id);
     }
 
     /// The first open reservation due at `now_ms`, taken out of the index (the caller expires
@@ -275,8 +276,11 @@ impl ReservationShard {
         let mut entries = std::mem::take(&mut self.deadlines).into_vec();
         let map = &self.map;
         entries.retain(|Reverse(entry)| Self::is_live(map, entry));
-        entries.sort_unstable();
-        entries.dedup();
+        if entries.len() != self.open {
+            // Twins of live entries (rare): sort to find them.
+            entries.sort_unstable();
+            entries.dedup();
+        }
         self.deadlines = BinaryHeap::from(entries);
         assert_eq!(self.deadlines.len(), self.open, "live deadline entries and open reservations differ");
     }
@@ -415,6 +419,42 @@ mod tests {
         assert_eq!(std::mem::size_of::<IdText>(), 24, "an id costs 24 bytes in every table");
     }
 
+    /// An extend back to an earlier deadline revives the old entry beside the new one: the bulk
+    /// drop of stale entries keeps one of the twins (it asserts live entries = open ones).
+    #[test]
+    fn the_bulk_drop_of_stale_deadlines_keeps_one_of_twin_entries() {
+        use crate::code::ResultCode;
+        let open = |shard: &mut ReservationShard, id: &str, deadline_ms: u64| {
+            let reservation = Reservation {
+                fingerprint: 0,
+                reply: Reply::code(ResultCode::Ok),
+                state: ReservationState::Open,
+                deadline_ms,
+                lines: Vec::new(),
+                closed_ms: None,
+            };
+            shard.map.insert(Key(TenantId(0), IdText::new(id)), reservation);
+            shard.opened(deadline_ms, TenantId(0), IdText::new(id));
+        };
+        let mut shard = ReservationShard::default();
+        open(&mut shard, "twin", 100);
+        for deadline_ms in [200, 100] {
+            shard.map.get_mut(&KeyRef(TenantId(0), "twin")).unwrap().deadline_ms = deadline_ms;
+            shard.index_deadline(deadline_ms, TenantId(0), IdText::new("twin"));
+        }
+        assert_eq!(shard.deadlines.len(), 3, "100 twice (both live) and 200 (stale)");
+        // Others opened and closed until their stale entries force a bulk drop.
+        for number in 0..2 * DEADLINE_STALE_SLACK_MAX {
+            let id = format!("other{number}");
+            open(&mut shard, &id, 300);
+            shard.map.get_mut(&KeyRef(TenantId(0), &id)).unwrap().state = ReservationState::Released;
+            shard.close(TenantId(0), &id, 0, Lsn(number as u64 + 1));
+        }
+        assert!(shard.deadlines.len() < 2 * DEADLINE_STALE_SLACK_MAX, "a bulk drop ran");
+        assert_eq!(shard.open_by_deadline(), vec![(100, TenantId(0), IdText::new("twin"))]);
+        assert_eq!(shard.take_due(100), Some((100, TenantId(0), IdText::new("twin"))));
+    }
+
     /// The deadline index against a `BTreeSet` of the open reservations' deadlines (what the
     /// index was before it became a heap with lazy deletion): random installs, extends (back to
     /// earlier deadlines too), closes, forgets with ids reused, and expiries at a moving `now`.
@@ -451,9 +491,8 @@ mod tests {
                             closed_ms: None,
                         };
                         shard.map.insert(Key(tenant, IdText::new(&id)), reservation);
-                        shard.opened();
                         let before = shard.deadlines.len();
-                        shard.index_deadline(deadline_ms, tenant, IdText::new(&id));
+                        shard.opened(deadline_ms, tenant, IdText::new(&id));
                         compactions += usize::from(shard.deadlines.len() <= before);
                         reference.insert((deadline_ms, tenant, IdText::new(&id)));
                     }

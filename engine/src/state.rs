@@ -230,8 +230,7 @@ impl Engine {
                     shard.closed.push_back((closed_ms, lsn, saved.tenant, id));
                 }
                 _ => {
-                    shard.opened();
-                    shard.index_deadline(reservation.deadline_ms, saved.tenant, id);
+                    shard.opened(reservation.deadline_ms, saved.tenant, id);
                 }
             }
         }
