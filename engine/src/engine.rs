@@ -173,10 +173,13 @@ impl Engine {
     pub fn new(config: Config) -> Engine {
         assert!(config.shards.is_power_of_two() && config.shards <= SHARDS_MAX);
         assert!(config.id_shards.is_power_of_two() && config.id_shards <= SHARDS_MAX);
+        let placement = std::hash::RandomState::new();
         Engine {
             catalog: Catalog::new(config.shards),
-            reservations: Sharded::new(config.id_shards),
-            operations: Sharded::new(config.id_shards),
+            // One placement key for both tables: an id's reservation and operation shards have
+            // the same index (`id_shard`).
+            reservations: Sharded::new(config.id_shards, placement.clone()),
+            operations: Sharded::new(config.id_shards, placement),
             next_lsn: AtomicU64::new(1),
             epochs: parking_lot::RwLock::new(Vec::new()),
             idempotency_entries_max: AtomicUsize::new(IDEMPOTENCY_ENTRIES_MAX_DEFAULT),
@@ -217,10 +220,12 @@ impl Engine {
         self.idempotency_shard_max.store(entries_max.div_ceil(self.config.id_shards), Ordering::Relaxed);
     }
 
-    /// Which id shard remembers `id` (status, and tests that fill one shard).
+    /// Which id shard of this engine remembers `id` (status, and tests that fill one shard).
+    /// Chosen under a key drawn when the engine was made, so another engine (a restart, a
+    /// standby) places the same id elsewhere.
     pub fn id_shard(&self, tenant: TenantId, id: &str) -> usize {
-        let shard = (crate::memory::key_hash(tenant, id) & (self.config.id_shards as u64 - 1)) as usize;
-        debug_assert!(std::ptr::eq(self.operations.shard(tenant, id), &self.operations.all()[shard]));
+        let shard = self.operations.index(tenant, id);
+        debug_assert_eq!(shard, self.reservations.index(tenant, id));
         shard
     }
 

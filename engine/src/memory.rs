@@ -6,7 +6,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use hashbrown::{Equivalent, HashMap};
@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 
 use crate::code::Reply;
 use crate::record::ReservationState;
-use crate::types::{Fnv64, ItemId, Lsn, TenantId};
+use crate::types::{ItemId, Lsn, TenantId};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReservationLineState {
@@ -182,10 +182,6 @@ impl Equivalent<Key> for KeyRef<'_> {
     fn equivalent(&self, key: &Key) -> bool {
         self.0 == key.0 && self.1.as_bytes() == key.1.as_bytes()
     }
-}
-
-pub fn key_hash(tenant: TenantId, id: &str) -> u64 {
-    Fnv64::new().u64(u64::from(tenant.0)).str(id).finish()
 }
 
 /// An entry of the deadline index: an open reservation's deadline, tenant and id. Ordered by
@@ -375,18 +371,35 @@ impl OperationShard {
     }
 }
 
+/// Tables sharded by (tenant, client-chosen id).
+///
+/// The shard is chosen by SipHash-1-3 under `placement`, a key drawn at random when the engine
+/// is made and never persisted. A client picks its ids, and each shard holds only its share of
+/// the idempotency limit, so a fixed hash (FNV, before) let one tenant aim thousands of ids at
+/// one shard, fill it, and have every other tenant's new ids there refused with `memory_full`.
+/// Nothing persisted, replayed or answered depends on which shard holds an id.
 pub struct Sharded<T> {
     shards: Box<[Mutex<T>]>,
     mask: u64,
+    placement: std::hash::RandomState,
 }
 
 impl<T: Default> Sharded<T> {
-    pub fn new(count: usize) -> Sharded<T> {
+    pub fn new(count: usize, placement: std::hash::RandomState) -> Sharded<T> {
         assert!(count.is_power_of_two());
-        Sharded { shards: (0..count).map(|_| Mutex::new(T::default())).collect(), mask: count as u64 - 1 }
+        let shards: Box<[Mutex<T>]> = (0..count).map(|_| Mutex::new(T::default())).collect();
+        Sharded { shards, mask: count as u64 - 1, placement }
     }
+
+    /// The index of the shard that holds (tenant, id).
+    pub fn index(&self, tenant: TenantId, id: &str) -> usize {
+        let index = (self.placement.hash_one(KeyRef(tenant, id)) & self.mask) as usize;
+        debug_assert!(index < self.shards.len());
+        index
+    }
+
     pub fn shard(&self, tenant: TenantId, id: &str) -> &Mutex<T> {
-        &self.shards[(key_hash(tenant, id) & self.mask) as usize]
+        &self.shards[self.index(tenant, id)]
     }
     pub fn all(&self) -> &[Mutex<T>] {
         &self.shards
@@ -564,6 +577,34 @@ mod tests {
             // Stale entries must have been dropped in bulk, and reservations expired, or the run
             // tested only the easy half.
             assert!(expired > 500 && compactions > 2, "seed {seed}: {expired} expired, {compactions} compactions");
+        }
+    }
+
+    /// Regression: id shards were chosen by a fixed FNV hash of (tenant, id), so a tenant could
+    /// pick ids that all land in one shard and fill that shard's share of the idempotency limit,
+    /// refusing other tenants' new ids there with `memory_full`. Ids picked that way now spread
+    /// like any others, and two engines place them differently.
+    #[test]
+    fn a_tenant_cannot_aim_its_ids_at_one_id_shard() {
+        use crate::types::Fnv64;
+        let shard_count = 256;
+        let tenant = TenantId(7);
+        let fnv = |id: &str| Fnv64::new().u64(u64::from(tenant.0)).str(id).finish();
+        // What an attacker computes offline: 200 ids in FNV's shard 0.
+        let aimed: Vec<String> =
+            (0u64..).map(|n| format!("r{n}")).filter(|id| fnv(id) % shard_count == 0).take(200).collect();
+        let first = Sharded::<OperationShard>::new(shard_count as usize, std::hash::RandomState::new());
+        let second = Sharded::<OperationShard>::new(shard_count as usize, std::hash::RandomState::new());
+        let placed: Vec<usize> = aimed.iter().map(|id| first.index(tenant, id)).collect();
+        let distinct: std::collections::BTreeSet<usize> = placed.iter().copied().collect();
+        // 200 ids over 256 shards at random fill ~139 shards; fewer than 100 is a ~1e-12 event.
+        assert!(distinct.len() >= 100, "aimed ids filled only {} shards", distinct.len());
+        let fullest = placed.iter().map(|shard| placed.iter().filter(|other| *other == shard).count()).max();
+        assert!(fullest.unwrap() <= 10, "one shard took {fullest:?} of the aimed ids");
+        let placed_again: Vec<usize> = aimed.iter().map(|id| second.index(tenant, id)).collect();
+        assert_ne!(placed, placed_again, "two engines placed 200 ids alike: the key is not random");
+        for id in &aimed {
+            assert!(std::ptr::eq(first.shard(tenant, id), &first.all()[first.index(tenant, id)]));
         }
     }
 }

@@ -22,10 +22,11 @@ pub struct State {
     pub tenants: Vec<String>,
     /// Item shards, by shard number.
     pub shards: Vec<SavedShard>,
-    /// Every remembered reservation. Per reservation shard, closed ones appear in the order
-    /// they closed (their retention order).
+    /// Every remembered reservation: the closed ones in the order they closed (their retention
+    /// order, by closing LSN), then the open ones by (deadline, tenant, id). No id shard shows
+    /// in the order: each engine places ids under its own random key.
     pub reservations: Vec<SavedReservation>,
-    /// Every remembered operation, per shard in the order remembered.
+    /// Every remembered operation, in the order remembered (by LSN).
     pub operations: Vec<SavedOperation>,
     /// The epochs after the first with the LSN that began each ([`Engine::epoch_history`]).
     pub epochs: Vec<(u64, Lsn)>,
@@ -95,9 +96,9 @@ impl Engine {
             })
             .collect();
         let mut reservations = Vec::new();
+        let mut open_reservations = Vec::new();
         for shard in self.reservations.all() {
             let shard = shard.lock();
-            // Closed ones in retention order, then the open ones (by deadline).
             for (_, lsn, tenant, id) in &shard.closed {
                 let reservation = shard.map.get(&Key(*tenant, id.clone())).expect("closed entry has a reservation");
                 reservations.push(SavedReservation {
@@ -109,17 +110,22 @@ impl Engine {
             }
             let open = shard.open_by_deadline();
             assert_eq!(open.len(), shard.open_count(), "every open reservation has its deadline entry");
-            for (_, tenant, id) in &open {
-                let reservation = shard.map.get(&Key(*tenant, id.clone())).expect("deadline entry has a reservation");
-                reservations.push(SavedReservation {
-                    tenant: *tenant,
-                    id: id.to_string(),
-                    reservation: reservation.clone(),
-                    closed_lsn: None,
-                });
+            for (deadline_ms, tenant, id) in open {
+                let reservation = shard.map.get(&Key(tenant, id.clone())).expect("deadline entry has a reservation");
+                open_reservations.push((
+                    deadline_ms,
+                    SavedReservation { tenant, id: id.to_string(), reservation: reservation.clone(), closed_lsn: None },
+                ));
             }
             assert_eq!(shard.closed.len() + shard.open_count(), shard.map.len(), "every reservation is indexed once");
         }
+        // The same order whatever shard each id sits in (see `State::reservations`): closing
+        // LSNs are unique, and so are (tenant, id).
+        reservations.sort_unstable_by_key(|saved| saved.closed_lsn);
+        open_reservations.sort_unstable_by(|(a_deadline, a), (b_deadline, b)| {
+            (a_deadline, a.tenant, &a.id).cmp(&(b_deadline, b.tenant, &b.id))
+        });
+        reservations.extend(open_reservations.into_iter().map(|(_, saved)| saved));
         let mut operations = Vec::new();
         for shard in self.operations.all() {
             let shard = shard.lock();
@@ -128,6 +134,7 @@ impl Engine {
                 operations.push(SavedOperation { tenant: *tenant, id: id.to_string(), entry: entry.clone() });
             }
         }
+        operations.sort_unstable_by_key(|saved| saved.entry.lsn);
         State {
             config: self.config.clone(),
             next_lsn: self.next_lsn(),
@@ -200,7 +207,12 @@ impl Engine {
             (item.shard as usize) < state.shards.len()
                 && (item.index as usize) < state.shards[item.shard as usize].items.len()
         };
-        for saved in &state.reservations {
+        // Closed ones in closing order, whatever order the state lists them in (snapshots from
+        // before ids were placed under a random key list them shard by shard): each shard's
+        // retention queue must come out in LSN order.
+        let mut reservation_order: Vec<&SavedReservation> = state.reservations.iter().collect();
+        reservation_order.sort_by_key(|saved| (saved.closed_lsn.is_none(), saved.closed_lsn));
+        for saved in reservation_order {
             let reservation = &saved.reservation;
             if saved.tenant.0 >= tenant_count || crate::types::validate_name(&saved.id).is_err() {
                 return Err(refuse(format!("reservation {:?}: bad tenant or id", saved.id)));
@@ -234,7 +246,9 @@ impl Engine {
                 }
             }
         }
-        for saved in &state.operations {
+        let mut operation_order: Vec<&SavedOperation> = state.operations.iter().collect();
+        operation_order.sort_by_key(|saved| saved.entry.lsn);
+        for saved in operation_order {
             if saved.tenant.0 >= tenant_count || crate::types::validate_name(&saved.id).is_err() {
                 return Err(refuse(format!("operation {:?}: bad tenant or id", saved.id)));
             }

@@ -181,7 +181,12 @@ fn check(script: &str) -> Engine {
 }
 
 fn check_with(config: Config, script: &str) -> Engine {
-    let engine = Engine::new(config.clone());
+    check_on(Engine::new(config), script)
+}
+
+/// Runs `script` on `engine` (made empty by the caller, who may have asked it where ids go).
+fn check_on(engine: Engine, script: &str) -> Engine {
+    let config = engine.config().clone();
     let mut records: Vec<Record> = Vec::new();
     let mut now_ms = 1_000_000u64;
     for step in script.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
@@ -553,15 +558,15 @@ fn the_idempotency_memory_is_bounded_and_forgets_the_oldest_past_the_floor() {
 #[test]
 fn one_full_id_shard_is_forgotten_into_though_the_totals_are_low() {
     let config = Config { shards: 2, id_shards: 4, idempotency_retention_ms: 24 * 3_600_000 };
-    // Operation ids that all land in one id shard (acme is tenant 0 in the scripted engine).
-    let probe = Engine::new(config.clone());
+    // Operation ids that all land in one id shard of this engine (acme will be tenant 0).
+    let engine = Engine::new(config);
     let acme = reservoir_engine::TenantId(0);
-    let target_shard = probe.id_shard(acme, "op0");
+    let target_shard = engine.id_shard(acme, "op0");
     let ids: Vec<String> =
-        (0..).map(|i| format!("op{i}")).filter(|id| probe.id_shard(acme, id) == target_shard).take(3).collect();
+        (0..).map(|i| format!("op{i}")).filter(|id| engine.id_shard(acme, id) == target_shard).take(3).collect();
     // A limit of 8: 2 per shard, and forget brings a shard back to 1. The totals stay at 2 of 8.
-    let engine = check_with(
-        config,
+    let engine = check_on(
+        engine,
         &format!(
             "limit 8
              at 1000000
