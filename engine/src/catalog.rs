@@ -5,6 +5,8 @@
 //! to create an item; the hot path takes it for reading and then works on the item's own
 //! latch ([`crate::item::ItemCell`]). Cells sit in fixed-size chunks that never move.
 
+use std::hash::{BuildHasher, Hasher};
+
 use hashbrown::HashTable;
 use parking_lot::{RwLock, RwLockReadGuard};
 
@@ -28,17 +30,6 @@ const _: () = assert!(std::mem::size_of::<Slot>() == 56, "an item slot grew: upd
 /// Which shard holds the SKU. Fixed forever: an item's shard is part of its persisted id.
 pub fn sku_hash(tenant: TenantId, sku: &str) -> u64 {
     Fnv64::new().u64(u64::from(tenant.0)).str(sku).finish()
-}
-
-fn item_hash(sku_hash: u64, location: &str) -> u64 {
-    Fnv64::new().u64(sku_hash).str(location).finish()
-}
-
-/// The hash under which the per-SKU index keeps the `ordinal`-th location of a SKU. Every
-/// location hashes apart, so a SKU with many locations makes no cluster that other SKUs'
-/// probes would have to cross.
-fn sku_location_hash(sku_hash: u64, ordinal: u32) -> u64 {
-    Fnv64::new().u64(sku_hash).u64(u64::from(ordinal)).finish()
 }
 
 /// An entry of the per-SKU index: an item, and which of its SKU's locations (in creation
@@ -137,7 +128,18 @@ pub struct ShardItems {
     /// per-SKU query. Built on the shard's first such query, so a node that never answers one
     /// (and a cold start) pays nothing for it; kept up to date from then on.
     by_sku: std::sync::OnceLock<HashTable<SkuEntry>>,
+    /// The key of both in-shard indexes' hashes (SipHash-1-3), drawn when the shard is made
+    /// and never persisted. Tenants choose SKU and location names, so under a fixed hash (FNV,
+    /// before) one could compute offline thousands of locations whose hashes collide and make
+    /// every probe through them, its own and other tenants' items alike, walk the whole run
+    /// (and every insert there, under the shard's write lock, cost the run's length). Which
+    /// shard holds a SKU is another, fixed hash ([`sku_hash`]): it is persisted.
+    index_key: std::hash::RandomState,
 }
+
+/// Ends a name inside a hashed key: 0xff never occurs in UTF-8, so (sku, location) pairs
+/// cannot run into each other.
+const NAME_END: u8 = 0xff;
 
 impl ShardItems {
     pub fn len(&self) -> usize {
@@ -166,10 +168,41 @@ impl ShardItems {
         std::str::from_utf8(self.names.get(self.slot(index).key.names).1).expect("utf-8 key")
     }
 
+    /// The hash under which the index keeps the item (tenant, sku, location).
+    fn item_hash(&self, tenant: TenantId, sku: &[u8], location: &[u8]) -> u64 {
+        let mut hasher = self.index_key.build_hasher();
+        hasher.write_u32(tenant.0);
+        hasher.write(sku);
+        hasher.write_u8(NAME_END);
+        hasher.write(location);
+        hasher.write_u8(NAME_END);
+        hasher.finish()
+    }
+
     /// The index hash of the item at `index`, from its stored key (when the index grows).
     fn rehash(&self, index: u32) -> u64 {
-        let location = self.names.get(self.slot(index).key.names).1;
-        Fnv64::new().u64(self.sku_hash_of(index)).u64(location.len() as u64).bytes(location).finish()
+        let key = self.slot(index).key;
+        let (sku, location) = self.names.get(key.names);
+        self.item_hash(key.tenant, sku, location)
+    }
+
+    /// The hash of (tenant, sku) that the per-SKU index starts from.
+    fn sku_key_hash(&self, tenant: TenantId, sku: &[u8]) -> u64 {
+        let mut hasher = self.index_key.build_hasher();
+        hasher.write_u32(tenant.0);
+        hasher.write(sku);
+        hasher.write_u8(NAME_END);
+        hasher.finish()
+    }
+
+    /// The hash under which the per-SKU index keeps the `ordinal`-th location of a SKU. Every
+    /// location hashes apart, so a SKU with many locations makes no cluster that other SKUs'
+    /// probes would have to cross.
+    fn sku_location_hash(&self, sku_key_hash: u64, ordinal: u32) -> u64 {
+        let mut hasher = self.index_key.build_hasher();
+        hasher.write_u64(sku_key_hash);
+        hasher.write_u32(ordinal);
+        hasher.finish()
     }
 
     /// Whether the item at `index` is (tenant, sku, location). Bytes, not &str: the keys were
@@ -179,8 +212,8 @@ impl ShardItems {
         key.tenant == tenant && self.names.get(key.names) == (sku.as_bytes(), location.as_bytes())
     }
 
-    pub fn find(&self, tenant: TenantId, sku: &str, location: &str, sku_hash: u64) -> Option<u32> {
-        let hash = item_hash(sku_hash, location);
+    pub fn find(&self, tenant: TenantId, sku: &str, location: &str) -> Option<u32> {
+        let hash = self.item_hash(tenant, sku.as_bytes(), location.as_bytes());
         self.index.find(hash, |&index| self.is(index, tenant, sku, location)).copied()
     }
 
@@ -188,11 +221,10 @@ impl ShardItems {
         self.by_tenant.get(&tenant).map(Vec::as_slice).unwrap_or(&[])
     }
 
-    /// The SKU hash of the item at `index`, from its stored key.
-    fn sku_hash_of(&self, index: u32) -> u64 {
+    /// The per-SKU index's hash of the SKU of the item at `index`, from its stored key.
+    fn sku_key_hash_of(&self, index: u32) -> u64 {
         let key = self.slot(index).key;
-        let sku = self.names.get(key.names).0;
-        Fnv64::new().u64(u64::from(key.tenant.0)).u64(sku.len() as u64).bytes(sku).finish()
+        self.sku_key_hash(key.tenant, self.names.get(key.names).0)
     }
 
     /// Whether the item at `index` is a location of (tenant, sku).
@@ -203,10 +235,10 @@ impl ShardItems {
 
     /// The items of (tenant, sku) in `table`, in creation order: ordinals 0, 1, ... until one
     /// is missing (items are never removed, so the ordinals have no gaps).
-    fn sku_items_in(&self, table: &HashTable<SkuEntry>, tenant: TenantId, sku: &[u8], sku_hash: u64) -> Vec<u32> {
+    fn sku_items_in(&self, table: &HashTable<SkuEntry>, tenant: TenantId, sku: &[u8], sku_key_hash: u64) -> Vec<u32> {
         let mut items = Vec::new();
         for ordinal in 0..=self.len as u32 {
-            let entry = table.find(sku_location_hash(sku_hash, ordinal), |entry| {
+            let entry = table.find(self.sku_location_hash(sku_key_hash, ordinal), |entry| {
                 entry.ordinal == ordinal && self.is_sku(entry.item, tenant, sku)
             });
             match entry {
@@ -218,12 +250,14 @@ impl ShardItems {
     }
 
     /// Adds the item at `index` to `table` as the next location of its SKU.
-    fn index_by_sku(&self, table: &mut HashTable<SkuEntry>, index: u32, sku_hash: u64) {
+    fn index_by_sku(&self, table: &mut HashTable<SkuEntry>, index: u32) {
         let key = self.slot(index).key;
         let sku = self.names.get(key.names).0;
-        let ordinal = self.sku_items_in(table, key.tenant, sku, sku_hash).len() as u32;
-        table.insert_unique(sku_location_hash(sku_hash, ordinal), SkuEntry { item: index, ordinal }, |entry| {
-            sku_location_hash(self.sku_hash_of(entry.item), entry.ordinal)
+        let sku_key_hash = self.sku_key_hash(key.tenant, sku);
+        let ordinal = self.sku_items_in(table, key.tenant, sku, sku_key_hash).len() as u32;
+        let hash = self.sku_location_hash(sku_key_hash, ordinal);
+        table.insert_unique(hash, SkuEntry { item: index, ordinal }, |entry| {
+            self.sku_location_hash(self.sku_key_hash_of(entry.item), entry.ordinal)
         });
     }
 
@@ -231,16 +265,16 @@ impl ShardItems {
     /// location, however many items the tenant has (regression: this scanned all of the
     /// tenant's items in the shard: 79 µs per query for a tenant of 1 M items, criterion
     /// `sku_query`).
-    pub fn sku_items(&self, tenant: TenantId, sku: &str, sku_hash: u64) -> Vec<u32> {
+    pub fn sku_items(&self, tenant: TenantId, sku: &str) -> Vec<u32> {
         let table = self.by_sku.get_or_init(|| {
             let mut table = HashTable::with_capacity(self.len);
             for index in 0..self.len as u32 {
-                self.index_by_sku(&mut table, index, self.sku_hash_of(index));
+                self.index_by_sku(&mut table, index);
             }
             table
         });
         debug_assert_eq!(table.len(), self.len, "the per-SKU index holds every item");
-        let items = self.sku_items_in(table, tenant, sku.as_bytes(), sku_hash);
+        let items = self.sku_items_in(table, tenant, sku.as_bytes(), self.sku_key_hash(tenant, sku.as_bytes()));
         debug_assert!(items.windows(2).all(|pair| pair[0] < pair[1]), "locations in creation order");
         items
     }
@@ -260,7 +294,7 @@ impl ShardItems {
         self.len += 1;
         self.by_tenant.entry(tenant).or_default().push(index);
         if let Some(mut table) = self.by_sku.take() {
-            self.index_by_sku(&mut table, index, sku_hash(tenant, sku));
+            self.index_by_sku(&mut table, index);
             self.by_sku = std::sync::OnceLock::from(table);
         }
         debug_assert_eq!(self.cell(index).read(), Counters::default());
@@ -268,10 +302,10 @@ impl ShardItems {
     }
 
     /// Appends an item. The caller holds the shard's write lock and has checked it is absent.
-    pub fn insert(&mut self, tenant: TenantId, sku: &str, location: &str, sku_hash: u64) -> Option<u32> {
-        debug_assert!(self.find(tenant, sku, location, sku_hash).is_none());
+    pub fn insert(&mut self, tenant: TenantId, sku: &str, location: &str) -> Option<u32> {
+        debug_assert!(self.find(tenant, sku, location).is_none());
         let index = self.push(tenant, sku, location)?;
-        let hash = item_hash(sku_hash, location);
+        let hash = self.item_hash(tenant, sku.as_bytes(), location.as_bytes());
         let mut index_table = std::mem::take(&mut self.index);
         index_table.insert_unique(hash, index, |&other| self.rehash(other));
         self.index = index_table;
@@ -285,12 +319,11 @@ impl ShardItems {
         tenant: TenantId,
         sku: &str,
         location: &str,
-        sku_hash: u64,
     ) -> Option<Result<u32, ItemPresent>> {
         if self.len >= ITEMS_PER_SHARD_MAX {
             return None;
         }
-        let hash = item_hash(sku_hash, location);
+        let hash = self.item_hash(tenant, sku.as_bytes(), location.as_bytes());
         let mut index_table = std::mem::take(&mut self.index);
         let entry =
             index_table.entry(hash, |&other| self.is(other, tenant, sku, location), |&other| self.rehash(other));
@@ -305,9 +338,7 @@ impl ShardItems {
             },
         };
         self.index = index_table;
-        debug_assert!(
-            outcome.is_none_or(|placed| placed.is_err() || self.find(tenant, sku, location, sku_hash) == placed.ok())
-        );
+        debug_assert!(outcome.is_none_or(|placed| placed.is_err() || self.find(tenant, sku, location) == placed.ok()));
         outcome
     }
 
@@ -402,7 +433,7 @@ impl Catalog {
     pub fn find(&self, tenant: TenantId, sku: &str, location: &str) -> Option<ItemId> {
         let hash = sku_hash(tenant, sku);
         let shard = self.shard_of(hash);
-        let index = self.read_shard(shard).find(tenant, sku, location, hash)?;
+        let index = self.read_shard(shard).find(tenant, sku, location)?;
         Some(ItemId { shard, index })
     }
 }
@@ -431,7 +462,7 @@ mod tests {
                             continue;
                         }
                         let location = format!("L{round}-{location}");
-                        shard.insert(tenant, sku, &location, sku_hash(tenant, sku)).expect("room");
+                        shard.insert(tenant, sku, &location).expect("room");
                     }
                 }
             }
@@ -441,15 +472,15 @@ mod tests {
         for round in 1..3 {
             for sku in &skus {
                 for tenant in [TenantId(1), TenantId(2), TenantId(3)] {
-                    let found = shard.sku_items(tenant, sku, sku_hash(tenant, sku));
+                    let found = shard.sku_items(tenant, sku);
                     assert_eq!(found, scan(&shard, tenant, sku), "{tenant:?} {sku}");
                 }
             }
-            assert!(!shard.sku_items(TenantId(1), "S7", sku_hash(TenantId(1), "S7")).is_empty());
+            assert!(!shard.sku_items(TenantId(1), "S7").is_empty());
             assert_eq!(shard.by_sku.get().map(HashTable::len), Some(shard.len()));
             create(&mut shard, round);
         }
-        assert!(shard.sku_items(TenantId(1), "absent", sku_hash(TenantId(1), "absent")).is_empty());
+        assert!(shard.sku_items(TenantId(1), "absent").is_empty());
     }
 
     /// The name pages: entries never straddle two pages, and every item is found again by
@@ -462,8 +493,7 @@ mod tests {
         for number in 0..items {
             let tenant = TenantId((number % 3) as u32);
             let (sku, location) = name(number);
-            let hash = sku_hash(tenant, &sku);
-            assert_eq!(shard.insert(tenant, &sku, &location, hash), Some(number as u32));
+            assert_eq!(shard.insert(tenant, &sku, &location), Some(number as u32));
         }
         // 2 + 64 + 2 bytes per item: about 963 per page.
         assert_eq!(shard.names.pages.len(), items.div_ceil(NAME_PAGE_BYTES / 68));
@@ -471,19 +501,53 @@ mod tests {
             let tenant = TenantId((number % 3) as u32);
             let (sku, location) = name(number);
             let index = number as u32;
-            assert_eq!(shard.find(tenant, &sku, &location, sku_hash(tenant, &sku)), Some(index));
+            assert_eq!(shard.find(tenant, &sku, &location), Some(index));
             assert_eq!((shard.sku(index), shard.location(index)), (sku.as_str(), location.as_str()));
             assert_eq!(shard.key(index).tenant, tenant);
             // Another tenant's item of the same names is another item.
             let other = TenantId(9);
-            assert_eq!(shard.find(other, &sku, &location, sku_hash(other, &sku)), None);
+            assert_eq!(shard.find(other, &sku, &location), None);
         }
         let (sku, location) = name(5);
         let tenant = TenantId(2);
-        assert_eq!(shard.insert_if_absent(tenant, &sku, &location, sku_hash(tenant, &sku)), Some(Err(ItemPresent)));
-        let placed = shard.insert_if_absent(TenantId(9), &sku, &location, sku_hash(TenantId(9), &sku));
+        assert_eq!(shard.insert_if_absent(tenant, &sku, &location), Some(Err(ItemPresent)));
+        let placed = shard.insert_if_absent(TenantId(9), &sku, &location);
         assert_eq!(placed, Some(Ok(items as u32)));
         assert_eq!(shard.tenant_items(TenantId(9)), &[items as u32]);
         assert_eq!(shard.len(), items + 1);
+    }
+
+    /// Regression: the in-shard index hashed FNV(FNV(tenant, sku), location), which anyone can
+    /// compute, so a tenant could make locations that all start their probe at one place of
+    /// the index (and, with more work, collide outright) and slow every lookup and insert that
+    /// crosses them. Under the shard's own random key such names spread like any others.
+    #[test]
+    fn names_aimed_at_one_place_of_the_index_spread_under_its_key() {
+        let tenant = TenantId(3);
+        let buckets = 512u64;
+        let fnv_item_hash = |location: &str| {
+            let sku = Fnv64::new().u64(u64::from(tenant.0)).str("SKU").finish();
+            Fnv64::new().u64(sku).str(location).finish()
+        };
+        // What an attacker computes offline: 200 locations of one SKU in FNV's bucket 0 of 512.
+        let aimed: Vec<String> =
+            (0u64..).map(|n| format!("L{n}")).filter(|l| fnv_item_hash(l) % buckets == 0).take(200).collect();
+        let mut shard = ShardItems::default();
+        for location in &aimed {
+            shard.insert(tenant, "SKU", location).expect("room");
+        }
+        let placed: Vec<u64> =
+            aimed.iter().map(|location| shard.item_hash(tenant, b"SKU", location.as_bytes()) % buckets).collect();
+        let distinct: std::collections::BTreeSet<u64> = placed.iter().copied().collect();
+        // 200 keys over 512 buckets at random take ~165; fewer than 120 is a ~1e-9 event.
+        assert!(distinct.len() >= 120, "aimed names took only {} of {buckets} buckets", distinct.len());
+        let other = ShardItems::default();
+        let elsewhere: Vec<u64> =
+            aimed.iter().map(|location| other.item_hash(tenant, b"SKU", location.as_bytes()) % buckets).collect();
+        assert_ne!(placed, elsewhere, "two shards hashed 200 names alike: the key is not random");
+        for (index, location) in aimed.iter().enumerate() {
+            assert_eq!(shard.find(tenant, "SKU", location), Some(index as u32));
+        }
+        assert_eq!(shard.sku_items(tenant, "SKU").len(), aimed.len());
     }
 }

@@ -370,17 +370,17 @@ impl Engine {
     ) -> Result<Resolved, ResultCode> {
         let hash = sku_hash(tenant, sku.as_str());
         let shard = self.catalog.shard_of(hash);
-        if let Some(index) = self.catalog.read_shard(shard).find(tenant, sku.as_str(), location.as_str(), hash) {
+        if let Some(index) = self.catalog.read_shard(shard).find(tenant, sku.as_str(), location.as_str()) {
             return Ok(Resolved { item: ItemId { shard, index } });
         }
         if !create {
             return Err(ResultCode::UnknownItem);
         }
         let mut items = self.catalog.shards[shard as usize].items.write();
-        if let Some(index) = items.find(tenant, sku.as_str(), location.as_str(), hash) {
+        if let Some(index) = items.find(tenant, sku.as_str(), location.as_str()) {
             return Ok(Resolved { item: ItemId { shard, index } });
         }
-        let index = items.insert(tenant, sku.as_str(), location.as_str(), hash).ok_or(ResultCode::CapacityExceeded)?;
+        let index = items.insert(tenant, sku.as_str(), location.as_str()).ok_or(ResultCode::CapacityExceeded)?;
         let item = ItemId { shard, index };
         // Under the shard's write lock: creation order in a shard is LSN order.
         let lsn = self.take_lsn();
@@ -1165,10 +1165,10 @@ impl Engine {
                     return Err(mismatch(format!("item {sku}@{location} is not in shard {}", item.shard)));
                 }
                 let mut items = self.catalog.shards[item.shard as usize].items.write();
-                if items.len() != item.index as usize || items.find(*tenant, sku, location, hash).is_some() {
+                if items.len() != item.index as usize || items.find(*tenant, sku, location).is_some() {
                     return Err(mismatch(format!("item {sku}@{location} cannot be {item:?}")));
                 }
-                items.insert(*tenant, sku, location, hash).ok_or_else(|| mismatch("shard full".into()))?;
+                items.insert(*tenant, sku, location).ok_or_else(|| mismatch("shard full".into()))?;
             }
             Body::Stock { tenant, memo, changes } => {
                 self.apply_changes(lsn, changes)?;
@@ -1324,7 +1324,7 @@ impl Engine {
         let shard_id = self.catalog.shard_of(hash);
         let shard = self.catalog.read_shard(shard_id);
         let views: Vec<ItemView> = shard
-            .sku_items(tenant, sku, hash)
+            .sku_items(tenant, sku)
             .into_iter()
             .map(|index| view(&shard, ItemId { shard: shard_id, index }))
             .collect();

@@ -305,7 +305,7 @@ fn restore_items(
             return Err(refuse(format!("item {sku}@{location} breaks the ledger: {:?}", item.counters)));
         }
         let placed = shard
-            .insert_if_absent(item.tenant, sku, location, hash)
+            .insert_if_absent(item.tenant, sku, location)
             .ok_or_else(|| refuse("shard full".into()))?
             .map_err(|_| refuse(format!("item {sku}@{location} is repeated")))?;
         assert_eq!(placed as usize, index, "items are appended in index order");
