@@ -11,6 +11,7 @@ use crate::command::{Command, ImportRow, Line};
 use crate::item::{Counters, ItemGuard};
 use crate::memory::{
     IdText, Key, KeyRef, OperationEntry, OperationShard, Reservation, ReservationLineState, ReservationShard, Sharded,
+    TenantEntries,
 };
 use crate::record::{Body, ItemChange, LineChange, OperationMemo, Record, ReservationState, ReservedLine, SettleKind};
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
@@ -242,6 +243,22 @@ impl Engine {
         }
     }
 
+    /// Whether a new id of `tenant` is refused by an id shard that holds `entries`, counted per
+    /// tenant in `tenants`: at the shard's share of the limit; and past 90% of it, if the
+    /// tenant holds at least half of the shard's entries while another tenant holds some.
+    /// Without the second rule one tenant's flood of new ids, all younger than the retention
+    /// floor so that none may be forgotten, filled the memory and every tenant's new ids were
+    /// refused; with it the flood stops at 90% and the other tenants keep the rest (see
+    /// `a_tenant_flooding_new_ids_leaves_the_others_room`).
+    fn refuses_new_id(&self, entries: usize, tenants: &TenantEntries, tenant: TenantId) -> bool {
+        let shard_max = self.idempotency_shard_max();
+        debug_assert!(tenants.of(tenant) <= entries, "a tenant counted more entries than its shard holds");
+        if entries >= shard_max {
+            return true;
+        }
+        entries >= forget_target(shard_max) && tenants.tenants() >= 2 && 2 * tenants.of(tenant) >= entries
+    }
+
     /// What one id shard may hold.
     fn idempotency_shard_max(&self) -> usize {
         let shard_max = self.idempotency_shard_max.load(Ordering::Relaxed);
@@ -449,7 +466,7 @@ impl Engine {
                 Reply::code(ResultCode::IdReusedWithDifferentRequest)
             };
         }
-        if shard.map.len() >= self.idempotency_shard_max() {
+        if self.refuses_new_id(shard.map.len(), &shard.tenants, tenant) {
             // Not remembered: a retry once memory is free is decided afresh.
             return Reply::code(ResultCode::MemoryFull);
         }
@@ -642,7 +659,7 @@ impl Engine {
         if let Some(reply) = recall(&operations, tenant, operation, fingerprint) {
             return reply;
         }
-        if operations.map.len() >= self.idempotency_shard_max() {
+        if self.refuses_new_id(operations.map.len(), &operations.tenants, tenant) {
             // Not remembered: a retry once memory is free is decided afresh.
             return Reply::code(ResultCode::MemoryFull);
         }
@@ -878,7 +895,7 @@ impl Engine {
         if let Some(reply) = recall(&operations, tenant, operation, fingerprint) {
             return reply;
         }
-        if operations.map.len() >= self.idempotency_shard_max() {
+        if self.refuses_new_id(operations.map.len(), &operations.tenants, tenant) {
             // Not remembered: a retry once memory is free is decided afresh.
             return Reply::code(ResultCode::MemoryFull);
         }
@@ -1422,6 +1439,15 @@ impl Engine {
             if shard.open_by_deadline().len() != open_in_shard || shard.open_count() != open_in_shard {
                 report.violations.push("deadline index and open reservations differ".into());
             }
+            if !shard.tenants.count(shard.map.keys()) {
+                report.violations.push("reservations counted per tenant differ from those remembered".into());
+            }
+        }
+        for shard in self.operations.all() {
+            let shard = shard.lock();
+            if !shard.tenants.count(shard.map.keys()) {
+                report.violations.push("operation ids counted per tenant differ from those remembered".into());
+            }
         }
         let tenants = self.catalog.tenants.read();
         // Summed per tenant number, named at the end: one string per tenant, not per item
@@ -1572,7 +1598,7 @@ fn install_reservation(
         closed_ms: (!state.is_open()).then_some(now_ms),
     };
     let id = IdText::new(id);
-    let previous = shard.map.insert(Key(tenant, id.clone()), reservation);
+    let previous = shard.insert(tenant, id.clone(), reservation);
     assert!(previous.is_none(), "reservation installed twice");
     if state.is_open() {
         shard.opened(deadline_ms, tenant, id);

@@ -196,9 +196,52 @@ pub const DEADLINE_STALE_SLACK_MAX: usize = 1_024;
 #[cfg(test)]
 pub const DEADLINE_STALE_SLACK_MAX: usize = 8;
 
+/// How many entries each tenant has in one id shard: the fair-share guard of the idempotency
+/// memory ([`crate::Engine::set_idempotency_entries_max`]). Only tenants with entries appear.
+#[derive(Default)]
+pub struct TenantEntries(HashMap<TenantId, u32>);
+
+impl TenantEntries {
+    pub fn add(&mut self, tenant: TenantId) {
+        let count = self.0.entry(tenant).or_insert(0);
+        *count += 1;
+        debug_assert!(*count >= 1);
+    }
+
+    pub fn remove(&mut self, tenant: TenantId) {
+        let count = self.0.get_mut(&tenant).expect("removing an entry of a tenant with none counted");
+        assert!(*count >= 1);
+        *count -= 1;
+        if *count == 0 {
+            self.0.remove(&tenant);
+        }
+    }
+
+    /// The tenant's entries in this shard.
+    pub fn of(&self, tenant: TenantId) -> usize {
+        self.0.get(&tenant).map_or(0, |&count| count as usize)
+    }
+
+    /// Tenants with at least one entry in this shard.
+    pub fn tenants(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether these counts are the entries of `keys` (for `verify`).
+    pub fn count<'a>(&self, keys: impl Iterator<Item = &'a Key>) -> bool {
+        let mut recount: HashMap<TenantId, u32> = HashMap::new();
+        for key in keys {
+            *recount.entry(key.0).or_insert(0) += 1;
+        }
+        recount == self.0
+    }
+}
+
 #[derive(Default)]
 pub struct ReservationShard {
     pub map: HashMap<Key, Reservation>,
+    /// The entries of `map` per tenant.
+    pub tenants: TenantEntries,
     /// Open reservations by deadline: a min-heap with lazy deletion. Settling a reservation
     /// leaves its entry behind (stale); an entry is live only while its reservation is open with
     /// that deadline (see [`ReservationShard::is_live`]). Stale entries are dropped when they
@@ -311,6 +354,16 @@ impl ReservationShard {
         self.bound_stale_deadlines();
     }
 
+    /// Remembers a new reservation (open or closed: the caller indexes it) and counts it for its
+    /// tenant.
+    pub fn insert(&mut self, tenant: TenantId, id: IdText, reservation: Reservation) -> Option<Reservation> {
+        let previous = self.map.insert(Key(tenant, id), reservation);
+        if previous.is_none() {
+            self.tenants.add(tenant);
+        }
+        previous
+    }
+
     /// The shared id of a reservation this shard holds.
     pub fn key(&self, tenant: TenantId, id: &str) -> IdText {
         self.map.get_key_value(&KeyRef(tenant, id)).expect("reservation present").0 .1.clone()
@@ -327,6 +380,7 @@ impl ReservationShard {
             let (_, _, tenant, id) = self.closed.pop_front().expect("front exists");
             let removed = self.map.remove(&Key(tenant, id));
             assert!(removed.is_some_and(|r| !r.state.is_open()), "forgot an open reservation");
+            self.tenants.remove(tenant);
             forgotten += 1;
         }
         forgotten
@@ -344,6 +398,8 @@ pub struct OperationEntry {
 #[derive(Default)]
 pub struct OperationShard {
     pub map: HashMap<Key, OperationEntry>,
+    /// The entries of `map` per tenant.
+    pub tenants: TenantEntries,
     /// In the order remembered (= LSN order), for retention.
     pub order: VecDeque<(u64, Lsn, TenantId, IdText)>,
 }
@@ -353,6 +409,7 @@ impl OperationShard {
         let id = IdText::new(id);
         let previous = self.map.insert(Key(tenant, id.clone()), OperationEntry { fingerprint, reply, at_ms, lsn });
         assert!(previous.is_none(), "operation id remembered twice");
+        self.tenants.add(tenant);
         debug_assert!(self.order.back().is_none_or(|last| last.1 < lsn), "memory out of LSN order");
         self.order.push_back((at_ms, lsn, tenant, id));
     }
@@ -365,6 +422,7 @@ impl OperationShard {
             }
             let (_, _, tenant, id) = self.order.pop_front().expect("front exists");
             assert!(self.map.remove(&Key(tenant, id)).is_some(), "forgot an unknown operation");
+            self.tenants.remove(tenant);
             forgotten += 1;
         }
         forgotten
@@ -446,7 +504,7 @@ mod tests {
                 lines: Vec::new(),
                 closed_ms: None,
             };
-            shard.map.insert(Key(TenantId(0), IdText::new(id)), reservation);
+            shard.insert(TenantId(0), IdText::new(id), reservation);
             shard.opened(deadline_ms, TenantId(0), IdText::new(id));
         };
         let mut shard = ReservationShard::default();
@@ -503,7 +561,7 @@ mod tests {
                             lines: Vec::new(),
                             closed_ms: None,
                         };
-                        shard.map.insert(Key(tenant, IdText::new(&id)), reservation);
+                        shard.insert(tenant, IdText::new(&id), reservation);
                         let before = shard.deadlines.len();
                         shard.opened(deadline_ms, tenant, IdText::new(&id));
                         compactions += usize::from(shard.deadlines.len() <= before);

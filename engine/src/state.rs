@@ -231,7 +231,7 @@ impl Engine {
             }
             let mut shard = engine.reservations.shard(saved.tenant, &saved.id).lock();
             let id = IdText::new(&saved.id);
-            if shard.map.insert(Key(saved.tenant, id.clone()), reservation.clone()).is_some() {
+            if shard.insert(saved.tenant, id.clone(), reservation.clone()).is_some() {
                 return Err(refuse(format!("reservation {} appears twice", saved.id)));
             }
             match (saved.closed_lsn, reservation.closed_ms) {

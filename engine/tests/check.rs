@@ -588,6 +588,53 @@ fn one_full_id_shard_is_forgotten_into_though_the_totals_are_low() {
     assert_eq!((usage.operations, usage.fullest_shard, usage.shard_max), (2, 2, 2), "{usage:?}");
 }
 
+/// Regression (promise 5): one tenant's flood of new ids, all younger than the retention floor
+/// so that none may be forgotten, filled the idempotency memory, and from then on every
+/// tenant's new ids were refused with `memory_full`. Past 90% of a shard's share, a tenant
+/// holding at least half of it is refused, and the others keep the rest.
+#[test]
+fn a_tenant_flooding_new_ids_leaves_the_others_room() {
+    // One id shard holding 20 of each kind: the guard starts at 18.
+    let config = Config { shards: 2, id_shards: 1, idempotency_retention_ms: 24 * 3_600_000 };
+    let flood: String = (1..=17).map(|n| format!("reserve acme r{n} SKU1@A:1 => ok\n")).collect();
+    check_with(
+        config,
+        &format!(
+            "limit 20
+             at 1000000
+             tenant acme => ok
+             tenant globex => ok
+             receive acme a1 SKU1@A 100 => ok
+             receive globex g1 SKU1@A 100 => ok
+             reserve globex s1 SKU1@A:1 => ok
+             {flood}
+             # 18 reservations remembered, 17 of them acme's: acme is refused, globex is not.
+             reserve acme r18 SKU1@A:1 => memory_full
+             reservation acme r18 state=none
+             reserve globex s2 SKU1@A:1 => ok
+             reserve globex s3 SKU1@A:1 => ok
+             # The shard's whole share is used: now everyone is refused.
+             reserve globex s4 SKU1@A:1 => memory_full
+             stock acme SKU1@A on_hand=100 reserved=17
+             stock globex SKU1@A on_hand=100 reserved=3"
+        ),
+    );
+    // One tenant alone may use the whole share (there is nobody to leave room for).
+    let config = Config { shards: 2, id_shards: 1, idempotency_retention_ms: 24 * 3_600_000 };
+    let alone: String = (1..=20).map(|n| format!("reserve acme r{n} SKU1@A:1 => ok\n")).collect();
+    check_with(
+        config,
+        &format!(
+            "limit 20
+             at 1000000
+             tenant acme => ok
+             receive acme a1 SKU1@A 100 => ok
+             {alone}
+             reserve acme r21 SKU1@A:1 => memory_full"
+        ),
+    );
+}
+
 #[test]
 fn tenants_are_walled_off() {
     check(
