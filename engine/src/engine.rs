@@ -244,8 +244,9 @@ impl Engine {
     }
 
     /// Whether a new id of `tenant` is refused by an id shard that holds `entries`, counted per
-    /// tenant in `tenants`: at the shard's share of the limit; and past 90% of it, if the
-    /// tenant holds at least half of the shard's entries while another tenant holds some.
+    /// tenant in `tenants`: at the shard's share of the limit; and past 90% of it, if another
+    /// tenant holds some entries and this one holds at least an even share (its entries times
+    /// the tenants holding entries reach the shard's entries).
     /// Without the second rule one tenant's flood of new ids, all younger than the retention
     /// floor so that none may be forgotten, filled the memory and every tenant's new ids were
     /// refused; with it the flood stops at 90% and the other tenants keep the rest (see
@@ -256,7 +257,9 @@ impl Engine {
         if entries >= shard_max {
             return true;
         }
-        entries >= forget_target(shard_max) && tenants.tenants() >= 2 && 2 * tenants.of(tenant) >= entries
+        entries >= forget_target(shard_max)
+            && tenants.tenants() >= 2
+            && tenants.of(tenant).saturating_mul(tenants.tenants()) >= entries
     }
 
     /// What one id shard may hold.

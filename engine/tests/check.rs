@@ -591,7 +591,8 @@ fn one_full_id_shard_is_forgotten_into_though_the_totals_are_low() {
 /// Regression (promise 5): one tenant's flood of new ids, all younger than the retention floor
 /// so that none may be forgotten, filled the idempotency memory, and from then on every
 /// tenant's new ids were refused with `memory_full`. Past 90% of a shard's share, a tenant
-/// holding at least half of it is refused, and the others keep the rest.
+/// holding at least an even share of it (its entries times the tenants holding entries reach
+/// the shard's entries) is refused, and the others keep the rest.
 #[test]
 fn a_tenant_flooding_new_ids_leaves_the_others_room() {
     // One id shard holding 20 of each kind: the guard starts at 18.
@@ -617,6 +618,35 @@ fn a_tenant_flooding_new_ids_leaves_the_others_room() {
              reserve globex s4 SKU1@A:1 => memory_full
              stock acme SKU1@A on_hand=100 reserved=17
              stock globex SKU1@A on_hand=100 reserved=3"
+        ),
+    );
+    // Three tenants: the even share is a third, not a half. acme holds 8 of 18, under half but
+    // over a third, and is refused; globex and initech hold 5 each and are not.
+    let config = Config { shards: 2, id_shards: 1, idempotency_retention_ms: 24 * 3_600_000 };
+    let acme: String = (1..=8).map(|n| format!("reserve acme r{n} SKU1@A:1 => ok\n")).collect();
+    let globex: String = (1..=5).map(|n| format!("reserve globex s{n} SKU1@A:1 => ok\n")).collect();
+    let initech: String = (1..=5).map(|n| format!("reserve initech t{n} SKU1@A:1 => ok\n")).collect();
+    check_with(
+        config,
+        &format!(
+            "limit 20
+             at 1000000
+             tenant acme => ok
+             tenant globex => ok
+             tenant initech => ok
+             receive acme a1 SKU1@A 100 => ok
+             receive globex g1 SKU1@A 100 => ok
+             receive initech i1 SKU1@A 100 => ok
+             {acme}
+             {globex}
+             {initech}
+             reserve acme r9 SKU1@A:1 => memory_full
+             reserve globex s6 SKU1@A:1 => ok
+             reserve initech t6 SKU1@A:1 => ok
+             reserve initech t7 SKU1@A:1 => memory_full
+             stock acme SKU1@A on_hand=100 reserved=8
+             stock globex SKU1@A on_hand=100 reserved=6
+             stock initech SKU1@A on_hand=100 reserved=6"
         ),
     );
     // One tenant alone may use the whole share (there is nobody to leave room for).
