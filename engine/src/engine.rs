@@ -10,8 +10,8 @@ use crate::code::{LineResult, Reply, ResultCode};
 use crate::command::{Command, ImportRow, Line};
 use crate::item::{Counters, ItemGuard};
 use crate::memory::{
-    IdText, Key, KeyRef, OperationEntry, OperationShard, Reservation, ReservationLineState, ReservationShard, Sharded,
-    TenantEntries,
+    HeldReservation, IdText, Key, KeyRef, OperationEntry, OperationShard, Reservation, ReservationLineState,
+    ReservationShard, Sharded, StoredReply, TenantEntries,
 };
 use crate::record::{Body, ItemChange, LineChange, OperationMemo, Record, ReservationState, ReservedLine, SettleKind};
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
@@ -464,7 +464,7 @@ impl Engine {
         let mut shard = self.reservations.shard(tenant, id).lock();
         if let Some(existing) = shard.map.get(&KeyRef(tenant, id)) {
             return if existing.fingerprint == fingerprint {
-                existing.reply.clone()
+                existing.reply()
             } else {
                 Reply::code(ResultCode::IdReusedWithDifferentRequest)
             };
@@ -761,7 +761,7 @@ impl Engine {
             shard.index_deadline(deadline_ms, tenant, shared);
         }
         if !state.is_open() {
-            shard.map.get_mut(&key).expect("present").closed_ms = Some(now_ms);
+            shard.map.get_mut(&key).expect("present").close(now_ms);
             shard.close(tenant, id, now_ms, lsn);
         }
         if results.is_empty() {
@@ -803,7 +803,7 @@ impl Engine {
     fn plan_settle(
         &self,
         tenant: TenantId,
-        reservation: &Reservation,
+        reservation: &HeldReservation,
         lines: Option<&[Line]>,
         kind: SettleKind,
     ) -> Result<(Vec<LineChange>, Vec<LineResult>), (ResultCode, Vec<LineResult>)> {
@@ -1048,7 +1048,7 @@ impl Engine {
                     reservation.lines[change.line as usize].released += change.released;
                 }
                 reservation.state = ReservationState::Expired;
-                reservation.closed_ms = Some(now_ms);
+                reservation.close(now_ms);
                 shard.close(tenant, &id, now_ms, lsn);
                 records.push(Record {
                     lsn,
@@ -1195,6 +1195,9 @@ impl Engine {
                 self.remember_replayed(*tenant, memo, record.timestamp_ms, lsn)?;
             }
             Body::Reserved { tenant, reservation, fingerprint, deadline_ms, reply, lines, changes } => {
+                if !HeldReservation::holds_reply(reply) {
+                    return Err(mismatch(format!("reservation {reservation}: its reply is not a reserve's")));
+                }
                 self.apply_changes(lsn, changes)?;
                 let mut shard = self.reservations.shard(*tenant, reservation).lock();
                 if shard.map.contains_key(&KeyRef(*tenant, reservation)) {
@@ -1250,7 +1253,7 @@ impl Engine {
                         shard.index_deadline(*deadline_ms, *tenant, shared);
                     }
                 } else {
-                    shard.map.get_mut(&key).expect("present").closed_ms = Some(record.timestamp_ms);
+                    shard.map.get_mut(&key).expect("present").close(record.timestamp_ms);
                     shard.close(*tenant, reservation, record.timestamp_ms, lsn);
                 }
                 drop(shard);
@@ -1318,6 +1321,12 @@ impl Engine {
         at_ms: u64,
         lsn: Lsn,
     ) -> Result<(), EngineError> {
+        if StoredReply::new(memo.reply.clone()).is_none() {
+            return Err(EngineError::ReplayMismatch {
+                lsn: lsn.0,
+                what: format!("operation {}: its reply sets more than one value", memo.operation),
+            });
+        }
         let mut operations = self.operations.shard(tenant, &memo.operation).lock();
         if operations.map.contains_key(&KeyRef(tenant, &memo.operation)) {
             return Err(EngineError::ReplayMismatch {
@@ -1384,7 +1393,7 @@ impl Engine {
     /// The remembered reply of an operation id, if it is still remembered.
     pub fn operation(&self, tenant: TenantId, id: &str) -> Option<Reply> {
         let shard = self.operations.shard(tenant, id).lock();
-        shard.map.get(&KeyRef(tenant, id)).map(|entry| entry.reply.clone())
+        shard.map.get(&KeyRef(tenant, id)).map(|entry| entry.reply.reply())
     }
 
     pub fn reservation(&self, tenant: TenantId, id: &str) -> Option<ReservationView> {
@@ -1411,7 +1420,7 @@ impl Engine {
             state: reservation.state,
             deadline_ms: reservation.deadline_ms,
             lines,
-            reply: reservation.reply,
+            reply: reservation.reply(),
         })
     }
 
@@ -1522,13 +1531,13 @@ impl Engine {
         let mut reservations = BTreeMap::new();
         for shard in self.reservations.all() {
             for (Key(tenant, id), reservation) in &shard.lock().map {
-                reservations.insert((*tenant, id.to_string()), reservation.clone());
+                reservations.insert((*tenant, id.to_string()), reservation.plain());
             }
         }
         let mut operations = BTreeMap::new();
         for shard in self.operations.all() {
-            for (Key(tenant, id), entry) in &shard.lock().map {
-                operations.insert((*tenant, id.to_string()), entry.clone());
+            for (tenant, id, entry) in shard.lock().entries() {
+                operations.insert((tenant, id.to_string()), entry);
             }
         }
         Dump {
@@ -1563,7 +1572,7 @@ fn view(shard: &ShardItems, item: ItemId) -> ItemView {
 fn recall(operations: &OperationShard, tenant: TenantId, id: &str, fingerprint: u64) -> Option<Reply> {
     let entry = operations.map.get(&KeyRef(tenant, id))?;
     Some(if entry.fingerprint == fingerprint {
-        entry.reply.clone()
+        entry.reply.reply()
     } else {
         Reply::code(ResultCode::IdReusedWithDifferentRequest)
     })
@@ -1583,7 +1592,7 @@ fn install_reservation(
     lsn: Lsn,
 ) {
     assert_eq!(state.is_open(), !lines.is_empty(), "open reservations have lines, refused ones none");
-    let reservation = Reservation {
+    let reservation = HeldReservation::new(Reservation {
         fingerprint,
         reply: reply.clone(),
         state,
@@ -1599,7 +1608,8 @@ fn install_reservation(
             })
             .collect(),
         closed_ms: (!state.is_open()).then_some(now_ms),
-    };
+    })
+    .expect("a reserve's reply sets neither on_hand nor count");
     let id = IdText::new(id);
     let previous = shard.insert(tenant, id.clone(), reservation);
     assert!(previous.is_none(), "reservation installed twice");

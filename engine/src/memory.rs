@@ -12,7 +12,7 @@ use std::sync::Arc;
 use hashbrown::{Equivalent, HashMap};
 use parking_lot::Mutex;
 
-use crate::code::Reply;
+use crate::code::{LineResults, Reply, ResultCode};
 use crate::record::ReservationState;
 use crate::types::{ItemId, Lsn, TenantId};
 
@@ -33,6 +33,8 @@ impl ReservationLineState {
     }
 }
 
+/// A reservation as plain data: what snapshots, [`crate::Dump`] and views carry. The memory
+/// holds it as a [`HeldReservation`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reservation {
     pub fingerprint: u64,
@@ -45,7 +47,93 @@ pub struct Reservation {
     pub closed_ms: Option<u64>,
 }
 
-impl Reservation {
+/// `HeldReservation::closed_ms` of an open reservation.
+const CLOSED_MS_OPEN: u64 = u64::MAX;
+
+/// A reservation as the memory holds it: 72 bytes where the plain [`Reservation`] takes 112,
+/// so a map slot is 104 bytes, not 144. The reserve's reply keeps what a reserve's reply sets
+/// (code, lines, deadline; never `on_hand` or `count`), the closing time is `u64::MAX` while
+/// open instead of an `Option`, and the lines are a boxed slice (they never grow). The memory
+/// holds up to `idempotency_entries_max` of these (20 M at the default), and a W1 reserve adds
+/// one, so every byte is paid ~20 M times in RAM and once per reserve in page faults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldReservation {
+    pub fingerprint: u64,
+    reply_lines: LineResults,
+    reply_deadline_ms: u64,
+    pub deadline_ms: u64,
+    closed_ms: u64,
+    pub lines: Box<[ReservationLineState]>,
+    reply_code: ResultCode,
+    pub state: ReservationState,
+}
+
+const _: () = assert!(std::mem::size_of::<HeldReservation>() == 72);
+
+impl HeldReservation {
+    /// Whether `reply` can be kept as a reserve's reply: one that sets neither `on_hand` nor
+    /// `count` (every reserve's; a snapshot or record with another is refused).
+    pub fn holds_reply(reply: &Reply) -> bool {
+        reply.on_hand == 0 && reply.count == 0
+    }
+
+    /// `None` if `reservation` has a reply [`HeldReservation::holds_reply`] refuses, or closed
+    /// at `u64::MAX` ms.
+    pub fn new(reservation: Reservation) -> Option<HeldReservation> {
+        let Reservation { fingerprint, reply, state, deadline_ms, lines, closed_ms } = reservation;
+        if !Self::holds_reply(&reply) || closed_ms == Some(CLOSED_MS_OPEN) {
+            return None;
+        }
+        let held = HeldReservation {
+            fingerprint,
+            reply_lines: reply.lines,
+            reply_deadline_ms: reply.deadline_ms,
+            deadline_ms,
+            closed_ms: closed_ms.unwrap_or(CLOSED_MS_OPEN),
+            lines: lines.into_boxed_slice(),
+            reply_code: reply.code,
+            state,
+        };
+        debug_assert_eq!(held.closed_ms(), closed_ms);
+        debug_assert_eq!(held.reply().code, reply.code);
+        Some(held)
+    }
+
+    /// The plain form, equal to the one it was made from.
+    pub fn plain(&self) -> Reservation {
+        Reservation {
+            fingerprint: self.fingerprint,
+            reply: self.reply(),
+            state: self.state,
+            deadline_ms: self.deadline_ms,
+            lines: self.lines.to_vec(),
+            closed_ms: self.closed_ms(),
+        }
+    }
+
+    /// The reserve's answer, returned again to a retry.
+    pub fn reply(&self) -> Reply {
+        Reply {
+            code: self.reply_code,
+            lines: self.reply_lines.clone(),
+            deadline_ms: self.reply_deadline_ms,
+            on_hand: 0,
+            count: 0,
+        }
+    }
+
+    /// When it stopped being open (for retention), or `None` while open.
+    pub fn closed_ms(&self) -> Option<u64> {
+        (self.closed_ms != CLOSED_MS_OPEN).then_some(self.closed_ms)
+    }
+
+    /// Records when it stopped being open; once.
+    pub fn close(&mut self, now_ms: u64) {
+        assert_eq!(self.closed_ms, CLOSED_MS_OPEN, "a reservation closed twice");
+        assert_ne!(now_ms, CLOSED_MS_OPEN, "a closing time of u64::MAX ms");
+        self.closed_ms = now_ms;
+    }
+
     /// The state its lines imply, once no longer Refused or Expired.
     pub fn derived_state(&self, closing: Option<ReservationState>) -> ReservationState {
         let open: i64 = self.lines.iter().map(ReservationLineState::open).sum();
@@ -56,6 +144,57 @@ impl Reservation {
             (true, true, _) => ReservationState::PartiallyCommitted,
             (false, true, _) => ReservationState::Committed,
             (false, false, _) => ReservationState::Released,
+        }
+    }
+}
+
+/// A reply as the idempotency memory keeps it for a retry: 32 bytes where a [`Reply`] takes
+/// 48, since a reply sets at most one of `deadline_ms`, `on_hand` and `count`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredReply {
+    lines: LineResults,
+    value: u64,
+    code: ResultCode,
+    field: ReplyField,
+}
+
+/// Which field of a [`Reply`] a [`StoredReply`]'s value is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReplyField {
+    None,
+    DeadlineMs,
+    OnHand,
+    Count,
+}
+
+const _: () = assert!(std::mem::size_of::<StoredReply>() == 32);
+
+impl StoredReply {
+    /// `None` if `reply` sets more than one of `deadline_ms`, `on_hand` and `count` (no
+    /// command's reply does; a snapshot or record with one is refused).
+    pub fn new(reply: Reply) -> Option<StoredReply> {
+        let set = [reply.deadline_ms != 0, reply.on_hand != 0, reply.count != 0];
+        let (field, value) = match set {
+            [false, false, false] => (ReplyField::None, 0),
+            [true, false, false] => (ReplyField::DeadlineMs, reply.deadline_ms),
+            [false, true, false] => (ReplyField::OnHand, reply.on_hand as u64),
+            [false, false, true] => (ReplyField::Count, reply.count),
+            _ => return None,
+        };
+        let stored = StoredReply { lines: reply.lines, value, code: reply.code, field };
+        debug_assert_eq!(stored.field == ReplyField::None, stored.value == 0);
+        Some(stored)
+    }
+
+    /// The reply, equal to the one it was made from.
+    pub fn reply(&self) -> Reply {
+        let value_if = |field: ReplyField| if self.field == field { self.value } else { 0 };
+        Reply {
+            code: self.code,
+            lines: self.lines.clone(),
+            deadline_ms: value_if(ReplyField::DeadlineMs),
+            on_hand: value_if(ReplyField::OnHand) as i64,
+            count: value_if(ReplyField::Count),
         }
     }
 }
@@ -239,7 +378,7 @@ impl TenantEntries {
 
 #[derive(Default)]
 pub struct ReservationShard {
-    pub map: HashMap<Key, Reservation>,
+    pub map: HashMap<Key, HeldReservation>,
     /// The entries of `map` per tenant.
     pub tenants: TenantEntries,
     /// Open reservations by deadline: a min-heap with lazy deletion. Settling a reservation
@@ -307,7 +446,7 @@ impl ReservationShard {
     /// has a live entry. A live entry can have twins (an extend back to an earlier deadline
     /// revives the old entry; an id forgotten and reused can meet its old entry): they are the
     /// same tuple, so they come out of the heap together, and compaction keeps one.
-    fn is_live(map: &HashMap<Key, Reservation>, entry: &DeadlineEntry) -> bool {
+    fn is_live(map: &HashMap<Key, HeldReservation>, entry: &DeadlineEntry) -> bool {
         map.get(&KeyRef(entry.1, &entry.2)).is_some_and(|r| r.state.is_open() && r.deadline_ms == entry.0)
     }
 
@@ -356,7 +495,7 @@ impl ReservationShard {
 
     /// Remembers a new reservation (open or closed: the caller indexes it) and counts it for its
     /// tenant.
-    pub fn insert(&mut self, tenant: TenantId, id: IdText, reservation: Reservation) -> Option<Reservation> {
+    pub fn insert(&mut self, tenant: TenantId, id: IdText, reservation: HeldReservation) -> Option<HeldReservation> {
         let previous = self.map.insert(Key(tenant, id), reservation);
         if previous.is_none() {
             self.tenants.add(tenant);
@@ -387,6 +526,8 @@ impl ReservationShard {
     }
 }
 
+/// A remembered operation as plain data (snapshots, [`crate::Dump`]). The memory holds it as
+/// a [`HeldOperation`], its time and LSN in the retention queue.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OperationEntry {
     pub fingerprint: u64,
@@ -395,9 +536,19 @@ pub struct OperationEntry {
     pub lsn: Lsn,
 }
 
+/// A remembered operation as the memory holds it: 40 bytes (a map slot 72, not 104). Its time
+/// and LSN are in the shard's `order` only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldOperation {
+    pub fingerprint: u64,
+    pub reply: StoredReply,
+}
+
+const _: () = assert!(std::mem::size_of::<HeldOperation>() == 40);
+
 #[derive(Default)]
 pub struct OperationShard {
-    pub map: HashMap<Key, OperationEntry>,
+    pub map: HashMap<Key, HeldOperation>,
     /// The entries of `map` per tenant.
     pub tenants: TenantEntries,
     /// In the order remembered (= LSN order), for retention.
@@ -405,9 +556,24 @@ pub struct OperationShard {
 }
 
 impl OperationShard {
+    /// Every remembered operation, in the order remembered, as plain data.
+    pub fn entries(&self) -> impl Iterator<Item = (TenantId, &IdText, OperationEntry)> + '_ {
+        self.order.iter().map(|(at_ms, lsn, tenant, id)| {
+            let held = self.map.get(&KeyRef(*tenant, id)).expect("an ordered operation is remembered");
+            (
+                *tenant,
+                id,
+                OperationEntry { fingerprint: held.fingerprint, reply: held.reply.reply(), at_ms: *at_ms, lsn: *lsn },
+            )
+        })
+    }
+
+    /// Remembers an operation's reply. Panics on a reply [`StoredReply::new`] refuses: callers
+    /// check what comes from outside (`restore`, `apply`).
     pub fn remember(&mut self, tenant: TenantId, id: &str, fingerprint: u64, reply: Reply, at_ms: u64, lsn: Lsn) {
         let id = IdText::new(id);
-        let previous = self.map.insert(Key(tenant, id.clone()), OperationEntry { fingerprint, reply, at_ms, lsn });
+        let reply = StoredReply::new(reply).expect("a reply sets at most one of deadline_ms, on_hand and count");
+        let previous = self.map.insert(Key(tenant, id.clone()), HeldOperation { fingerprint, reply });
         assert!(previous.is_none(), "operation id remembered twice");
         self.tenants.add(tenant);
         debug_assert!(self.order.back().is_none_or(|last| last.1 < lsn), "memory out of LSN order");
@@ -490,20 +656,75 @@ mod tests {
         assert_eq!(std::mem::size_of::<IdText>(), 24, "an id costs 24 bytes in every table");
     }
 
+    /// The memory keeps replies and reservations in a smaller form than the plain ones: every
+    /// form a command's reply takes comes back equal, and what the smaller form cannot hold is
+    /// refused (never silently changed).
+    #[test]
+    fn held_replies_and_reservations_come_back_equal() {
+        use crate::code::{LineResult, ResultCode};
+        let lines: LineResults =
+            vec![LineResult { code: ResultCode::Ok, requested: 3, applied: 3, available: -7 }].into();
+        let replies = [
+            Reply::code(ResultCode::Ok),
+            Reply { lines: lines.clone(), deadline_ms: 61_000, ..Reply::code(ResultCode::Ok) },
+            Reply { on_hand: -12, ..Reply::code(ResultCode::Ok) },
+            Reply { on_hand: i64::MIN, ..Reply::code(ResultCode::ExpectedMismatch) },
+            Reply { count: u64::MAX, ..Reply::code(ResultCode::Ok) },
+            Reply { lines: lines.clone(), ..Reply::code(ResultCode::InsufficientStock) },
+        ];
+        for reply in replies {
+            assert_eq!(StoredReply::new(reply.clone()).expect("held").reply(), reply);
+        }
+        for two in [
+            Reply { deadline_ms: 1, on_hand: 1, ..Reply::code(ResultCode::Ok) },
+            Reply { on_hand: 1, count: 1, ..Reply::code(ResultCode::Ok) },
+            Reply { deadline_ms: 1, count: 1, ..Reply::code(ResultCode::Ok) },
+        ] {
+            assert_eq!(StoredReply::new(two), None);
+        }
+        let line = ReservationLineState {
+            item: ItemId { shard: 3, index: 9 },
+            requested: 3,
+            reserved: 3,
+            committed: 1,
+            released: 0,
+        };
+        let open = Reservation {
+            fingerprint: 42,
+            reply: Reply { lines, deadline_ms: 61_000, ..Reply::code(ResultCode::Ok) },
+            state: ReservationState::Open,
+            deadline_ms: 90_000,
+            lines: vec![line.clone(), line],
+            closed_ms: None,
+        };
+        let mut held = HeldReservation::new(open.clone()).expect("held");
+        assert_eq!(held.plain(), open);
+        assert_eq!(held.closed_ms(), None);
+        held.state = ReservationState::Released;
+        held.close(0);
+        assert_eq!(held.plain(), Reservation { state: ReservationState::Released, closed_ms: Some(0), ..open.clone() });
+        let refused = Reservation { reply: Reply::code(ResultCode::UnknownItem), lines: Vec::new(), ..open.clone() };
+        assert_eq!(HeldReservation::new(refused.clone()).expect("held").plain(), refused);
+        let not_a_reserve = Reservation { reply: Reply { count: 1, ..Reply::code(ResultCode::Ok) }, ..open.clone() };
+        assert_eq!(HeldReservation::new(not_a_reserve), None);
+        assert_eq!(HeldReservation::new(Reservation { closed_ms: Some(u64::MAX), ..open }), None);
+    }
+
     /// An extend back to an earlier deadline revives the old entry beside the new one: the bulk
     /// drop of stale entries keeps one of the twins (it asserts live entries = open ones).
     #[test]
     fn the_bulk_drop_of_stale_deadlines_keeps_one_of_twin_entries() {
         use crate::code::ResultCode;
         let open = |shard: &mut ReservationShard, id: &str, deadline_ms: u64| {
-            let reservation = Reservation {
+            let reservation = HeldReservation::new(Reservation {
                 fingerprint: 0,
                 reply: Reply::code(ResultCode::Ok),
                 state: ReservationState::Open,
                 deadline_ms,
                 lines: Vec::new(),
                 closed_ms: None,
-            };
+            })
+            .unwrap();
             shard.insert(TenantId(0), IdText::new(id), reservation);
             shard.opened(deadline_ms, TenantId(0), IdText::new(id));
         };
@@ -553,14 +774,15 @@ mod tests {
                 let deadline_ms = now_ms + 1 + random.below(ttl_ms_max);
                 match (random.below(10), shard.map.get(&key).map(|r| r.state)) {
                     (0..=3, None) => {
-                        let reservation = Reservation {
+                        let reservation = HeldReservation::new(Reservation {
                             fingerprint: 0,
                             reply: Reply::code(ResultCode::Ok),
                             state: ReservationState::Open,
                             deadline_ms,
                             lines: Vec::new(),
                             closed_ms: None,
-                        };
+                        })
+                        .unwrap();
                         shard.insert(tenant, IdText::new(&id), reservation);
                         let before = shard.deadlines.len();
                         shard.opened(deadline_ms, tenant, IdText::new(&id));
@@ -586,7 +808,7 @@ mod tests {
                     (5..=7, Some(ReservationState::Open)) => {
                         let current = shard.map.get_mut(&key).expect("present");
                         current.state = ReservationState::Released;
-                        current.closed_ms = Some(now_ms);
+                        current.close(now_ms);
                         assert!(reference.remove(&(current.deadline_ms, tenant, IdText::new(&id))));
                         lsn += 1;
                         let before = shard.deadlines.len();
@@ -602,7 +824,7 @@ mod tests {
                             assert_eq!(reference.pop_first().as_ref(), Some(&due), "seed {seed} step {step}");
                             let current = shard.map.get_mut(&KeyRef(due.1, &due.2)).expect("due one exists");
                             current.state = ReservationState::Expired;
-                            current.closed_ms = Some(now_ms);
+                            current.close(now_ms);
                             lsn += 1;
                             shard.close(due.1, &due.2, now_ms, Lsn(lsn));
                             expired += 1;
@@ -619,7 +841,7 @@ mod tests {
                         let current = shard.map.get_mut(&KeyRef(tenant, &id)).expect("open one exists");
                         assert_eq!(current.deadline_ms, deadline_ms);
                         current.state = ReservationState::Released;
-                        current.closed_ms = Some(now_ms);
+                        current.close(now_ms);
                         lsn += 1;
                         shard.close(tenant, &id, now_ms, Lsn(lsn));
                     }

@@ -7,7 +7,7 @@
 use crate::catalog::sku_hash;
 use crate::engine::{Config, Engine};
 use crate::item::Counters;
-use crate::memory::{IdText, Key, OperationEntry, Reservation};
+use crate::memory::{HeldReservation, IdText, Key, OperationEntry, Reservation, StoredReply};
 use crate::sync::Ordering;
 use crate::types::{ItemId, Lsn, TenantId, NAME_BYTES_MAX};
 use crate::EngineError;
@@ -104,7 +104,7 @@ impl Engine {
                 reservations.push(SavedReservation {
                     tenant: *tenant,
                     id: id.to_string(),
-                    reservation: reservation.clone(),
+                    reservation: reservation.plain(),
                     closed_lsn: Some(*lsn),
                 });
             }
@@ -114,7 +114,7 @@ impl Engine {
                 let reservation = shard.map.get(&Key(tenant, id.clone())).expect("deadline entry has a reservation");
                 open_reservations.push((
                     deadline_ms,
-                    SavedReservation { tenant, id: id.to_string(), reservation: reservation.clone(), closed_lsn: None },
+                    SavedReservation { tenant, id: id.to_string(), reservation: reservation.plain(), closed_lsn: None },
                 ));
             }
             assert_eq!(shard.closed.len() + shard.open_count(), shard.map.len(), "every reservation is indexed once");
@@ -129,9 +129,8 @@ impl Engine {
         let mut operations = Vec::new();
         for shard in self.operations.all() {
             let shard = shard.lock();
-            for (_, _, tenant, id) in &shard.order {
-                let entry = shard.map.get(&Key(*tenant, id.clone())).expect("ordered entry exists");
-                operations.push(SavedOperation { tenant: *tenant, id: id.to_string(), entry: entry.clone() });
+            for (tenant, id, entry) in shard.entries() {
+                operations.push(SavedOperation { tenant, id: id.to_string(), entry });
             }
         }
         operations.sort_unstable_by_key(|saved| saved.entry.lsn);
@@ -229,9 +228,12 @@ impl Engine {
             {
                 return Err(refuse(format!("reservation {}: open/closed fields disagree", saved.id)));
             }
+            let Some(held) = HeldReservation::new(reservation.clone()) else {
+                return Err(refuse(format!("reservation {}: its reply is not a reserve's", saved.id)));
+            };
             let mut shard = engine.reservations.shard(saved.tenant, &saved.id).lock();
             let id = IdText::new(&saved.id);
-            if shard.insert(saved.tenant, id.clone(), reservation.clone()).is_some() {
+            if shard.insert(saved.tenant, id.clone(), held).is_some() {
                 return Err(refuse(format!("reservation {} appears twice", saved.id)));
             }
             match (saved.closed_lsn, reservation.closed_ms) {
@@ -259,6 +261,9 @@ impl Engine {
                 return Err(refuse(format!("operation {} repeated or out of order", saved.id)));
             }
             let entry = &saved.entry;
+            if StoredReply::new(entry.reply.clone()).is_none() {
+                return Err(refuse(format!("operation {}: its reply sets more than one value", saved.id)));
+            }
             shard.remember(saved.tenant, &saved.id, entry.fingerprint, entry.reply.clone(), entry.at_ms, entry.lsn);
         }
         let report = engine.verify();
