@@ -1171,6 +1171,10 @@ impl Engine {
         }
         let lsn = record.lsn;
         let mismatch = |what: String| EngineError::ReplayMismatch { lsn: lsn.0, what };
+        if record.timestamp_ms == u64::MAX {
+            // The memory keeps u64::MAX as "still open" (`HeldReservation`); no clock reads it.
+            return Err(mismatch("a timestamp of u64::MAX ms".into()));
+        }
         match &record.body {
             Body::TenantCreated { tenant, name } => {
                 let mut tenants = self.catalog.tenants.write();

@@ -742,6 +742,65 @@ fn replay_refuses_a_record_that_does_not_fit() {
     assert!(matches!(replica.apply(&forged), Err(reservoir_engine::EngineError::ReplayMismatch { .. })));
 }
 
+/// The memory keeps replies in a smaller form (a reserve's without `on_hand` and `count`,
+/// others with one value) and `u64::MAX` ms as "still open": a record those cannot hold is
+/// refused with a precise error, never applied with its values cut.
+#[test]
+fn replay_refuses_a_record_the_held_forms_cannot_keep() {
+    let engine = Engine::new(Config::default());
+    let mut records = Vec::new();
+    engine.execute(&Command::CreateTenant { name: Name::new("acme").unwrap() }, 0, &mut records);
+    let acme = engine.tenant_id("acme").unwrap();
+    let receive = Command::Receive {
+        tenant: acme,
+        operation: op("o"),
+        sku: Sku::new("S").unwrap(),
+        location: Location::new("A").unwrap(),
+        quantity: Quantity::new(5).unwrap(),
+    };
+    engine.execute(&receive, 0, &mut records);
+    let reserve = Command::Reserve {
+        tenant: acme,
+        reservation: ReservationId::new("r").unwrap(),
+        lines: vec![line("S@A:2")],
+        ttl_ms: 60_000,
+        allow_partial: false,
+    };
+    assert_eq!(engine.execute(&reserve, 0, &mut records).code, ResultCode::Ok);
+    let (receive_at, reserve_at) = (records.len() - 2, records.len() - 1);
+    // Each forgery against a replica that applied everything before it.
+    let refused = |forged: &Record, before: usize| {
+        let replica = Engine::new(Config::default());
+        for record in &records[..before] {
+            replica.apply(record).unwrap();
+        }
+        let outcome = replica.apply(forged);
+        assert!(matches!(outcome, Err(reservoir_engine::EngineError::ReplayMismatch { .. })), "{outcome:?}");
+    };
+    let mut forged = records[reserve_at].clone();
+    if let reservoir_engine::Body::Reserved { reply, .. } = &mut forged.body {
+        reply.count = 1;
+    }
+    refused(&forged, reserve_at);
+    let mut forged = records[reserve_at].clone();
+    forged.timestamp_ms = u64::MAX;
+    refused(&forged, reserve_at);
+    let mut forged = records[receive_at].clone();
+    if let reservoir_engine::Body::Stock { memo, .. } = &mut forged.body {
+        memo.reply.deadline_ms = 1;
+        assert_ne!(memo.reply.on_hand, 0, "a receive's reply sets on_hand");
+    }
+    refused(&forged, receive_at);
+    // The records as written apply, and the replica answers a retry as the engine does.
+    let replica = Engine::new(Config::default());
+    for record in &records {
+        replica.apply(record).unwrap();
+    }
+    assert_eq!(replica.dump(), engine.dump());
+    assert_eq!(replica.execute(&reserve, 1, &mut Vec::new()), engine.execute(&reserve, 1, &mut Vec::new()));
+    assert_eq!(replica.execute(&receive, 1, &mut Vec::new()), engine.execute(&receive, 1, &mut Vec::new()));
+}
+
 /// Keeps `docs/protocol.md`'s code table and `ResultCode` in step: every code is listed with
 /// its number and name, and the table lists nothing else.
 #[test]
