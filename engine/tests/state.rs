@@ -103,6 +103,18 @@ fn a_state_that_breaks_an_invariant_is_refused() {
         let error = Engine::restore(&unexplained).err().expect("refused");
         assert!(error.to_string().contains("does not verify"), "{error}");
     }
+
+    // Replies the memory's smaller forms cannot hold: refused, never cut.
+    let mut not_a_reserve = state.clone();
+    not_a_reserve.reservations.first_mut().expect("reservations").reservation.reply.on_hand = 1;
+    let error = Engine::restore(&not_a_reserve).err().expect("refused");
+    assert!(error.to_string().contains("not a reserve's"), "{error}");
+    let mut two_values = state.clone();
+    let saved = two_values.operations.first_mut().expect("operations");
+    saved.entry.reply.on_hand = 1;
+    saved.entry.reply.count = 1;
+    let error = Engine::restore(&two_values).err().expect("refused");
+    assert!(error.to_string().contains("more than one value"), "{error}");
 }
 
 /// Regression: id shards are chosen under a random key per engine, so a state's lists cannot
