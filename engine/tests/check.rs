@@ -715,8 +715,9 @@ fn queries_by_sku_and_by_tenant_page() {
     assert_eq!(view.lines.iter().map(|l| (l.location.as_str(), l.reserved)).collect::<Vec<_>>(), [("A", 2), ("B", 1)]);
 }
 
-#[test]
-fn replay_refuses_a_record_that_does_not_fit() {
+/// An engine with tenant acme and 5 of S@A received by operation `o`: the engine, acme, the
+/// receive and the three records.
+fn acme_received_five() -> (Engine, TenantId, Command, Vec<Record>) {
     let engine = Engine::new(Config::default());
     let mut records = Vec::new();
     engine.execute(&Command::CreateTenant { name: Name::new("acme").unwrap() }, 0, &mut records);
@@ -729,6 +730,13 @@ fn replay_refuses_a_record_that_does_not_fit() {
         quantity: Quantity::new(5).unwrap(),
     };
     engine.execute(&receive, 0, &mut records);
+    assert_eq!(records.len(), 3, "the tenant, the item and the receive");
+    (engine, acme, receive, records)
+}
+
+#[test]
+fn replay_refuses_a_record_that_does_not_fit() {
+    let (_, _, _, records) = acme_received_five();
     // Skipping a record is a gap.
     let replica = Engine::new(Config::default());
     replica.apply(&records[0]).unwrap();
@@ -747,18 +755,7 @@ fn replay_refuses_a_record_that_does_not_fit() {
 /// refused with a precise error, never applied with its values cut.
 #[test]
 fn replay_refuses_a_record_the_held_forms_cannot_keep() {
-    let engine = Engine::new(Config::default());
-    let mut records = Vec::new();
-    engine.execute(&Command::CreateTenant { name: Name::new("acme").unwrap() }, 0, &mut records);
-    let acme = engine.tenant_id("acme").unwrap();
-    let receive = Command::Receive {
-        tenant: acme,
-        operation: op("o"),
-        sku: Sku::new("S").unwrap(),
-        location: Location::new("A").unwrap(),
-        quantity: Quantity::new(5).unwrap(),
-    };
-    engine.execute(&receive, 0, &mut records);
+    let (engine, acme, receive, mut records) = acme_received_five();
     let reserve = Command::Reserve {
         tenant: acme,
         reservation: ReservationId::new("r").unwrap(),
