@@ -595,20 +595,22 @@ fn one_full_id_shard_is_forgotten_into_though_the_totals_are_low() {
 /// the shard's entries) is refused, and the others keep the rest.
 #[test]
 fn a_tenant_flooding_new_ids_leaves_the_others_room() {
-    // One id shard holding 20 of each kind: the guard starts at 18.
-    let config = Config { shards: 2, id_shards: 1, idempotency_retention_ms: 24 * 3_600_000 };
-    let flood: String = (1..=17).map(|n| format!("reserve acme r{n} SKU1@A:1 => ok\n")).collect();
-    check_with(
-        config,
+    // One id shard holding 20 of each kind: the guard starts at 18. Each tenant starts with 100
+    // of SKU1@A.
+    let run = |tenants: &[&str], script: &str| {
+        let config = Config { shards: 2, id_shards: 1, idempotency_retention_ms: 24 * 3_600_000 };
+        let setup: String =
+            tenants.iter().map(|name| format!("tenant {name} => ok\nreceive {name} o1 SKU1@A 100 => ok\n")).collect();
+        check_with(config, &format!("limit 20\nat 1000000\n{setup}{script}"));
+    };
+    let reserves = |tenant: &str, prefix: &str, numbers: std::ops::RangeInclusive<u32>| -> String {
+        numbers.map(|n| format!("reserve {tenant} {prefix}{n} SKU1@A:1 => ok\n")).collect()
+    };
+    run(
+        &["acme", "globex"],
         &format!(
-            "limit 20
-             at 1000000
-             tenant acme => ok
-             tenant globex => ok
-             receive acme a1 SKU1@A 100 => ok
-             receive globex g1 SKU1@A 100 => ok
-             reserve globex s1 SKU1@A:1 => ok
-             {flood}
+            "reserve globex s1 SKU1@A:1 => ok
+             {}
              # 18 reservations remembered, 17 of them acme's: acme is refused, globex is not.
              reserve acme r18 SKU1@A:1 => memory_full
              reservation acme r18 state=none
@@ -617,52 +619,30 @@ fn a_tenant_flooding_new_ids_leaves_the_others_room() {
              # The shard's whole share is used: now everyone is refused.
              reserve globex s4 SKU1@A:1 => memory_full
              stock acme SKU1@A on_hand=100 reserved=17
-             stock globex SKU1@A on_hand=100 reserved=3"
+             stock globex SKU1@A on_hand=100 reserved=3",
+            reserves("acme", "r", 1..=17)
         ),
     );
     // Three tenants: the even share is a third, not a half. acme holds 8 of 18, under half but
     // over a third, and is refused; globex and initech hold 5 each and are not.
-    let config = Config { shards: 2, id_shards: 1, idempotency_retention_ms: 24 * 3_600_000 };
-    let acme: String = (1..=8).map(|n| format!("reserve acme r{n} SKU1@A:1 => ok\n")).collect();
-    let globex: String = (1..=5).map(|n| format!("reserve globex s{n} SKU1@A:1 => ok\n")).collect();
-    let initech: String = (1..=5).map(|n| format!("reserve initech t{n} SKU1@A:1 => ok\n")).collect();
-    check_with(
-        config,
+    run(
+        &["acme", "globex", "initech"],
         &format!(
-            "limit 20
-             at 1000000
-             tenant acme => ok
-             tenant globex => ok
-             tenant initech => ok
-             receive acme a1 SKU1@A 100 => ok
-             receive globex g1 SKU1@A 100 => ok
-             receive initech i1 SKU1@A 100 => ok
-             {acme}
-             {globex}
-             {initech}
+            "{}{}{}
              reserve acme r9 SKU1@A:1 => memory_full
              reserve globex s6 SKU1@A:1 => ok
              reserve initech t6 SKU1@A:1 => ok
              reserve initech t7 SKU1@A:1 => memory_full
              stock acme SKU1@A on_hand=100 reserved=8
              stock globex SKU1@A on_hand=100 reserved=6
-             stock initech SKU1@A on_hand=100 reserved=6"
+             stock initech SKU1@A on_hand=100 reserved=6",
+            reserves("acme", "r", 1..=8),
+            reserves("globex", "s", 1..=5),
+            reserves("initech", "t", 1..=5)
         ),
     );
     // One tenant alone may use the whole share (there is nobody to leave room for).
-    let config = Config { shards: 2, id_shards: 1, idempotency_retention_ms: 24 * 3_600_000 };
-    let alone: String = (1..=20).map(|n| format!("reserve acme r{n} SKU1@A:1 => ok\n")).collect();
-    check_with(
-        config,
-        &format!(
-            "limit 20
-             at 1000000
-             tenant acme => ok
-             receive acme a1 SKU1@A 100 => ok
-             {alone}
-             reserve acme r21 SKU1@A:1 => memory_full"
-        ),
-    );
+    run(&["acme"], &format!("{}reserve acme r21 SKU1@A:1 => memory_full", reserves("acme", "r", 1..=20)));
 }
 
 #[test]
