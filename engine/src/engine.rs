@@ -1325,7 +1325,7 @@ impl Engine {
         at_ms: u64,
         lsn: Lsn,
     ) -> Result<(), EngineError> {
-        if StoredReply::new(memo.reply.clone()).is_none() {
+        if !StoredReply::holds(&memo.reply) {
             return Err(EngineError::ReplayMismatch {
                 lsn: lsn.0,
                 what: format!("operation {}: its reply sets more than one value", memo.operation),

@@ -173,7 +173,7 @@ impl StoredReply {
     /// `None` if `reply` sets more than one of `deadline_ms`, `on_hand` and `count` (no
     /// command's reply does; a snapshot or record with one is refused).
     pub fn new(reply: Reply) -> Option<StoredReply> {
-        let set = [reply.deadline_ms != 0, reply.on_hand != 0, reply.count != 0];
+        let set = Self::values_set(&reply);
         let (field, value) = match set {
             [false, false, false] => (ReplyField::None, 0),
             [true, false, false] => (ReplyField::DeadlineMs, reply.deadline_ms),
@@ -184,6 +184,15 @@ impl StoredReply {
         let stored = StoredReply { lines: reply.lines, value, code: reply.code, field };
         debug_assert_eq!(stored.field == ReplyField::None, stored.value == 0);
         Some(stored)
+    }
+
+    /// Whether [`StoredReply::new`] takes `reply` (without copying it).
+    pub fn holds(reply: &Reply) -> bool {
+        Self::values_set(reply).iter().filter(|&&set| set).count() <= 1
+    }
+
+    fn values_set(reply: &Reply) -> [bool; 3] {
+        [reply.deadline_ms != 0, reply.on_hand != 0, reply.count != 0]
     }
 
     /// The reply, equal to the one it was made from.
@@ -673,6 +682,7 @@ mod tests {
             Reply { lines: lines.clone(), ..Reply::code(ResultCode::InsufficientStock) },
         ];
         for reply in replies {
+            assert!(StoredReply::holds(&reply));
             assert_eq!(StoredReply::new(reply.clone()).expect("held").reply(), reply);
         }
         for two in [
@@ -680,6 +690,7 @@ mod tests {
             Reply { on_hand: 1, count: 1, ..Reply::code(ResultCode::Ok) },
             Reply { deadline_ms: 1, count: 1, ..Reply::code(ResultCode::Ok) },
         ] {
+            assert!(!StoredReply::holds(&two));
             assert_eq!(StoredReply::new(two), None);
         }
         let line = ReservationLineState {

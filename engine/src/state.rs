@@ -261,7 +261,7 @@ impl Engine {
                 return Err(refuse(format!("operation {} repeated or out of order", saved.id)));
             }
             let entry = &saved.entry;
-            if StoredReply::new(entry.reply.clone()).is_none() {
+            if !StoredReply::holds(&entry.reply) {
                 return Err(refuse(format!("operation {}: its reply sets more than one value", saved.id)));
             }
             shard.remember(saved.tenant, &saved.id, entry.fingerprint, entry.reply.clone(), entry.at_ms, entry.lsn);
