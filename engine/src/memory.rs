@@ -12,7 +12,7 @@ use std::sync::Arc;
 use hashbrown::{Equivalent, HashMap};
 use parking_lot::Mutex;
 
-use crate::code::{LineResults, Reply, ResultCode};
+use crate::code::{LineResult, LineResults, Reply, ResultCode};
 use crate::record::ReservationState;
 use crate::types::{ItemId, Lsn, TenantId};
 
@@ -59,7 +59,7 @@ const CLOSED_MS_OPEN: u64 = u64::MAX;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeldReservation {
     pub fingerprint: u64,
-    reply_lines: LineResults,
+    reply_lines: PackedLines,
     reply_deadline_ms: u64,
     pub deadline_ms: u64,
     closed_ms: u64,
@@ -86,7 +86,7 @@ impl HeldReservation {
         }
         let held = HeldReservation {
             fingerprint,
-            reply_lines: reply.lines,
+            reply_lines: PackedLines::new(&reply.lines),
             reply_deadline_ms: reply.deadline_ms,
             deadline_ms,
             closed_ms: closed_ms.unwrap_or(CLOSED_MS_OPEN),
@@ -115,7 +115,7 @@ impl HeldReservation {
     pub fn reply(&self) -> Reply {
         Reply {
             code: self.reply_code,
-            lines: self.reply_lines.clone(),
+            lines: self.reply_lines.unpack(),
             deadline_ms: self.reply_deadline_ms,
             on_hand: 0,
             count: 0,
@@ -152,7 +152,7 @@ impl HeldReservation {
 /// 48, since a reply sets at most one of `deadline_ms`, `on_hand` and `count`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredReply {
-    lines: LineResults,
+    lines: PackedLines,
     value: u64,
     code: ResultCode,
     field: ReplyField,
@@ -181,7 +181,7 @@ impl StoredReply {
             [false, false, true] => (ReplyField::Count, reply.count),
             _ => return None,
         };
-        let stored = StoredReply { lines: reply.lines, value, code: reply.code, field };
+        let stored = StoredReply { lines: PackedLines::new(&reply.lines), value, code: reply.code, field };
         debug_assert_eq!(stored.field == ReplyField::None, stored.value == 0);
         Some(stored)
     }
@@ -200,12 +200,105 @@ impl StoredReply {
         let value_if = |field: ReplyField| if self.field == field { self.value } else { 0 };
         Reply {
             code: self.code,
-            lines: self.lines.clone(),
+            lines: self.lines.unpack(),
             deadline_ms: value_if(ReplyField::DeadlineMs),
             on_hand: value_if(ReplyField::OnHand) as i64,
             count: value_if(ReplyField::Count),
         }
     }
+}
+
+/// A reply's line results as the idempotency memory keeps them: per line, the code and three
+/// zigzag varints (`requested`, `applied - requested`, `available - applied`), typically 5-6
+/// bytes where a [`LineResult`] takes 32. The memory keeps a reply for every remembered id for
+/// up to a day, and an import's reply has a result per row: a 10,000-row import kept 320 KB,
+/// 32 bytes per item loaded (a quarter of the item store's own bytes), where this keeps ~60 KB.
+/// The differences wrap, so every `i64` comes back exactly. Decoded only for a retry, a
+/// snapshot or a view; the encoding is private to the process (never persisted).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct PackedLines(Option<Box<[u8]>>);
+
+/// Bytes one packed line takes at most: a code and three varints of up to 10 bytes.
+const PACKED_LINE_BYTES_MAX: usize = 3 + 3 * 10;
+
+impl PackedLines {
+    pub fn new(lines: &[LineResult]) -> PackedLines {
+        if lines.is_empty() {
+            return PackedLines(None);
+        }
+        let mut bytes = Vec::with_capacity(lines.len() * 6);
+        for line in lines {
+            put_varint(&mut bytes, u64::from(line.code.number()));
+            put_varint(&mut bytes, zigzag(line.requested));
+            put_varint(&mut bytes, zigzag(line.applied.wrapping_sub(line.requested)));
+            put_varint(&mut bytes, zigzag(line.available.wrapping_sub(line.applied)));
+        }
+        assert!(bytes.len() <= lines.len() * PACKED_LINE_BYTES_MAX);
+        let packed = PackedLines(Some(bytes.into_boxed_slice()));
+        debug_assert!(packed.unpack().iter().eq(lines.iter()), "packed lines do not come back equal");
+        packed
+    }
+
+    /// The line results, equal to the ones it was made from.
+    pub fn unpack(&self) -> LineResults {
+        let Some(bytes) = &self.0 else {
+            return LineResults::new();
+        };
+        let mut lines = Vec::with_capacity(bytes.len() / 4);
+        let mut at = 0;
+        while at < bytes.len() {
+            let number = take_varint(bytes, &mut at);
+            let code = u16::try_from(number).ok().and_then(ResultCode::from_number).expect("packed by `new`");
+            let requested = unzigzag(take_varint(bytes, &mut at));
+            let applied = requested.wrapping_add(unzigzag(take_varint(bytes, &mut at)));
+            let available = applied.wrapping_add(unzigzag(take_varint(bytes, &mut at)));
+            lines.push(LineResult { code, requested, applied, available });
+        }
+        assert_eq!(at, bytes.len(), "packed lines end inside a line");
+        lines.into()
+    }
+
+    /// Bytes of the encoding.
+    #[cfg(test)]
+    fn packed_bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, |bytes| bytes.len())
+    }
+}
+
+impl std::fmt::Debug for PackedLines {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_list().entries(self.unpack().iter()).finish()
+    }
+}
+
+fn zigzag(value: i64) -> u64 {
+    ((value << 1) ^ (value >> 63)) as u64
+}
+
+fn unzigzag(value: u64) -> i64 {
+    ((value >> 1) as i64) ^ -((value & 1) as i64)
+}
+
+fn put_varint(bytes: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        bytes.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    bytes.push(value as u8);
+}
+
+/// Reads a varint `put_varint` wrote (the bytes never come from outside the process).
+fn take_varint(bytes: &[u8], at: &mut usize) -> u64 {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = bytes[*at];
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return value;
+        }
+    }
+    panic!("a packed varint runs past 64 bits");
 }
 
 /// Bytes an id keeps inline, without an allocation (the ids clients use are mostly shorter).
@@ -663,6 +756,36 @@ mod tests {
         }
         assert!(IdText::new("a") < IdText::new("b") && IdText::new("ab") > IdText::new("a"));
         assert_eq!(std::mem::size_of::<IdText>(), 24, "an id costs 24 bytes in every table");
+    }
+
+    /// Packed line results come back exactly, at the ends of `i64` too (the differences wrap),
+    /// for every code, and in a fraction of a `LineResult`'s 32 bytes for the usual values.
+    #[test]
+    fn packed_line_results_come_back_exactly() {
+        use crate::code::{LineResult, ResultCode};
+        assert_eq!(PackedLines::new(&[]), PackedLines::default());
+        assert!(PackedLines::new(&[]).unpack().is_empty());
+        let values = [0, 1, -1, 5, 1_000_000, -(1 << 50), 1 << 50, i64::MIN, i64::MAX, i64::MIN + 1];
+        let mut lines = Vec::new();
+        for (index, &code) in ResultCode::ALL.iter().enumerate() {
+            for (offset, &requested) in values.iter().enumerate() {
+                lines.push(LineResult {
+                    code,
+                    requested,
+                    applied: values[(index + offset + 1) % values.len()],
+                    available: values[(index + 2 * offset + 3) % values.len()],
+                });
+            }
+        }
+        let packed = PackedLines::new(&lines);
+        assert_eq!(&*packed.unpack(), &lines[..]);
+        assert!(packed.packed_bytes() <= lines.len() * PACKED_LINE_BYTES_MAX);
+        // An import row that set on_hand to 1,000,000 on a fresh item, and a reserve's line.
+        let row = LineResult { code: ResultCode::Ok, requested: 1_000_000, applied: 1_000_000, available: 1_000_000 };
+        let reserve = LineResult { code: ResultCode::Ok, requested: 3, applied: 3, available: 999_997 };
+        assert_eq!(PackedLines::new(&vec![row; 10_000]).packed_bytes(), 60_000, "6 bytes a row, not 32");
+        assert_eq!(PackedLines::new(std::slice::from_ref(&reserve)).packed_bytes(), 6);
+        assert_eq!(&*PackedLines::new(std::slice::from_ref(&reserve)).unpack(), &[reserve][..]);
     }
 
     /// The memory keeps replies and reservations in a smaller form than the plain ones: every
