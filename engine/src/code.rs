@@ -23,7 +23,7 @@ pub enum ResultCode {
     ExpectedMismatch = 13,
     /// `set_policy` would lower the backorder limit below the backorder now in use.
     PolicyConflict = 14,
-    /// A counter would exceed [`crate::STOCK_MAX`].
+    /// A counter would exceed [`crate::STOCK_MAX`], or a policy field [`crate::POLICY_MAX`].
     QuantityOverflow = 15,
 
     // Things that do not exist or are in the wrong state (20..).

@@ -17,7 +17,7 @@ use crate::record::{Body, ItemChange, LineChange, OperationMemo, Record, Reserva
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 use crate::types::{
     ItemId, Location, Lsn, Name, OperationId, ReservationId, Sku, TenantId, EXPIRE_BATCH_MAX, IMPORT_ROWS_MAX,
-    LINES_PER_RESERVATION_MAX, PAGE_ITEMS_MAX, QUANTITY_MAX, SHARDS_MAX, STOCK_MAX, TTL_MS_MAX, TTL_MS_MIN,
+    LINES_PER_RESERVATION_MAX, PAGE_ITEMS_MAX, POLICY_MAX, QUANTITY_MAX, SHARDS_MAX, STOCK_MAX, TTL_MS_MAX, TTL_MS_MIN,
 };
 use crate::EngineError;
 
@@ -1656,8 +1656,8 @@ fn row_invalid(row: &ImportRow) -> Option<ResultCode> {
         return Some(ResultCode::NegativeStock);
     }
     if row.on_hand > STOCK_MAX
-        || row.safety_stock.is_some_and(|v| v > STOCK_MAX)
-        || row.backorder_limit.is_some_and(|v| v > STOCK_MAX)
+        || row.safety_stock.is_some_and(|v| v > POLICY_MAX)
+        || row.backorder_limit.is_some_and(|v| v > POLICY_MAX)
     {
         return Some(ResultCode::QuantityOverflow);
     }
@@ -1688,7 +1688,7 @@ fn validate_stock(command: &Command) -> Option<ResultCode> {
         Command::SetPolicy { safety_stock, backorder_limit, .. } => {
             if *safety_stock < 0 || *backorder_limit < 0 {
                 Some(ResultCode::NegativeStock)
-            } else if *safety_stock > STOCK_MAX || *backorder_limit > STOCK_MAX {
+            } else if *safety_stock > POLICY_MAX || *backorder_limit > POLICY_MAX {
                 Some(ResultCode::QuantityOverflow)
             } else {
                 None

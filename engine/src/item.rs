@@ -11,7 +11,7 @@
 //! ledger was really in (docs/ARCHITECTURE.md, "Why it cannot oversell").
 
 use crate::sync::{backoff, fence, AtomicI64, AtomicU64, Ordering};
-use crate::types::STOCK_MAX;
+use crate::types::{POLICY_MAX, STOCK_MAX};
 
 /// A consistent copy of an item's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,6 +54,8 @@ impl Counters {
             && self.on_hand == self.inflow_total - self.committed_total
             && self.on_hand <= STOCK_MAX
             && self.reserved <= STOCK_MAX
+            && (0..=POLICY_MAX).contains(&self.safety_stock)
+            && (0..=POLICY_MAX).contains(&self.backorder_limit)
     }
 }
 
@@ -61,16 +63,24 @@ impl Counters {
 /// `inflow_total - committed_total`, as a TigerBeetle balance is its posted debits and credits.
 /// Every mutation still computes `on_hand` and the totals separately, and the latch checks they
 /// agree ([`Counters::holds`]) before it publishes, so the ledger check keeps its teeth while
-/// the cell is a word smaller (48 bytes, not 56: 80 MB less at 10 M items).
+/// the cell is a word smaller. Safety stock and backorder limit share one word, 32 bits each
+/// ([`POLICY_MAX`]): 40 bytes in all, not 56 (160 MB less at 10 M items).
 #[derive(Debug, Default)]
 pub struct ItemCell {
     /// Even: free. Odd: a writer holds the latch.
     version: AtomicU64,
     reserved: AtomicI64,
-    safety_stock: AtomicI64,
-    backorder_limit: AtomicI64,
+    /// Safety stock in the low 32 bits, backorder limit in the high 32.
+    policy: AtomicU64,
     inflow_total: AtomicI64,
     committed_total: AtomicI64,
+}
+
+/// The policy word of a cell. Only counters that hold ([`Counters::holds`]) are stored.
+fn policy_word(counters: &Counters) -> u64 {
+    let safety_stock = u32::try_from(counters.safety_stock).expect("safety stock within POLICY_MAX");
+    let backorder_limit = u32::try_from(counters.backorder_limit).expect("backorder limit within POLICY_MAX");
+    u64::from(safety_stock) | (u64::from(backorder_limit) << 32)
 }
 
 impl ItemCell {
@@ -121,13 +131,14 @@ impl ItemCell {
     fn load(&self) -> Counters {
         let inflow_total = self.inflow_total.load(Ordering::Relaxed);
         let committed_total = self.committed_total.load(Ordering::Relaxed);
+        let policy = self.policy.load(Ordering::Relaxed);
         Counters {
             // Both totals are bounded (4 * STOCK_MAX) far below i64::MAX: no overflow. A torn
             // seqlock read may pair unrelated totals; `read` discards it.
             on_hand: inflow_total.wrapping_sub(committed_total),
             reserved: self.reserved.load(Ordering::Relaxed),
-            safety_stock: self.safety_stock.load(Ordering::Relaxed),
-            backorder_limit: self.backorder_limit.load(Ordering::Relaxed),
+            safety_stock: i64::from(policy as u32),
+            backorder_limit: i64::from((policy >> 32) as u32),
             inflow_total,
             committed_total,
         }
@@ -136,19 +147,19 @@ impl ItemCell {
     fn store(&self, counters: Counters) {
         assert_eq!(counters.on_hand, counters.inflow_total - counters.committed_total, "on_hand is derived");
         self.reserved.store(counters.reserved, Ordering::Relaxed);
-        self.safety_stock.store(counters.safety_stock, Ordering::Relaxed);
-        self.backorder_limit.store(counters.backorder_limit, Ordering::Relaxed);
+        self.policy.store(policy_word(&counters), Ordering::Relaxed);
         self.inflow_total.store(counters.inflow_total, Ordering::Relaxed);
         self.committed_total.store(counters.committed_total, Ordering::Relaxed);
     }
 
-    /// Stores only the fields that changed: a reserve touches one word, not six.
+    /// Stores only the fields that changed: a reserve touches one word, not five.
     fn store_changed(&self, before: Counters, after: Counters) {
         debug_assert_eq!(after.on_hand, after.inflow_total - after.committed_total, "on_hand is derived");
+        if (before.safety_stock, before.backorder_limit) != (after.safety_stock, after.backorder_limit) {
+            self.policy.store(policy_word(&after), Ordering::Relaxed);
+        }
         let pairs = [
             (&self.reserved, before.reserved, after.reserved),
-            (&self.safety_stock, before.safety_stock, after.safety_stock),
-            (&self.backorder_limit, before.backorder_limit, after.backorder_limit),
             (&self.inflow_total, before.inflow_total, after.inflow_total),
             (&self.committed_total, before.committed_total, after.committed_total),
         ];
@@ -181,13 +192,17 @@ impl Drop for ItemGuard<'_> {
     fn drop(&mut self) {
         if self.counters != self.original {
             // A broken invariant must not be published: the ledger stops rather than limps.
+            // While a panic unwinds, the item keeps its counters from before the latch.
+            let holds = self.counters.holds();
             assert!(
-                self.counters.holds() || std::thread::panicking(),
+                holds || std::thread::panicking(),
                 "ledger invariant broken: {:?} -> {:?}",
                 self.original,
                 self.counters
             );
-            self.cell.store_changed(self.original, self.counters);
+            if holds {
+                self.cell.store_changed(self.original, self.counters);
+            }
         }
         debug_assert_eq!(self.version & 1, 1);
         self.cell.version.store(self.version + 1, Ordering::Release);

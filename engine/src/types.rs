@@ -10,9 +10,14 @@ pub const LINES_PER_RESERVATION_MAX: usize = 64;
 pub const IMPORT_ROWS_MAX: usize = 10_000;
 /// The largest quantity one line or one stock operation may carry.
 pub const QUANTITY_MAX: i64 = 1 << 40;
-/// The largest on_hand, reserved, safety stock or backorder limit an item may hold.
+/// The largest on_hand or reserved an item may hold.
 /// Far below `i64::MAX`, so that sums of a few of them never overflow.
 pub const STOCK_MAX: i64 = 1 << 50;
+/// The largest safety stock or backorder limit an item may hold: 32 bits each, so both share
+/// one word of the item's cell (8 bytes an item less: 80 MB at 10 M items). Four billion
+/// units held back, or promised below zero, on one item at one location is far past any
+/// warehouse's; on_hand and reserved keep the range of [`STOCK_MAX`].
+pub const POLICY_MAX: i64 = u32::MAX as i64;
 /// Shortest and longest reservation time to live.
 pub const TTL_MS_MIN: u64 = 1_000;
 pub const TTL_MS_MAX: u64 = 30 * 24 * 3_600_000;

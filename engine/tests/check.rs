@@ -443,7 +443,10 @@ fn bad_input_gets_its_own_code() {
          extend acme e1 r404 60000 => unknown_reservation
          import acme op2 SKU2@A=1125899906842624 => ok
          receive acme op3 SKU2@A 1 => quantity_overflow
-         import acme op4 SKU1@A=-1 => negative_stock rows=negative_stock",
+         import acme op4 SKU1@A=-1 => negative_stock rows=negative_stock
+         policy acme op5 SKU1@A safety=4294967295 backorder=4294967295 => ok
+         policy acme op6 SKU1@A safety=4294967296 backorder=0 => quantity_overflow
+         policy acme op7 SKU1@A safety=0 backorder=4294967296 => quantity_overflow",
     );
     let engine = Engine::new(Config::default());
     let mut records = Vec::new();
@@ -731,8 +734,9 @@ fn replay_refuses_a_record_that_does_not_fit() {
 }
 
 /// The memory keeps replies in a smaller form (a reserve's without `on_hand` and `count`,
-/// others with one value) and `u64::MAX` ms as "still open": a record those cannot hold is
-/// refused with a precise error, never applied with its values cut.
+/// others with one value) and `u64::MAX` ms as "still open", and an item's cell keeps its
+/// policy in 32 bits a field: a record those cannot hold is refused with a precise error, never
+/// applied with its values cut.
 #[test]
 fn replay_refuses_a_record_the_held_forms_cannot_keep() {
     let (engine, acme, receive, mut records) = acme_received_five();
@@ -766,6 +770,12 @@ fn replay_refuses_a_record_the_held_forms_cannot_keep() {
     if let reservoir_engine::Body::Stock { memo, .. } = &mut forged.body {
         memo.reply.deadline_ms = 1;
         assert_ne!(memo.reply.on_hand, 0, "a receive's reply sets on_hand");
+    }
+    refused(&forged, receive_at);
+    // A policy past POLICY_MAX: the cell keeps safety stock and backorder limit in 32 bits each.
+    let mut forged = records[receive_at].clone();
+    if let reservoir_engine::Body::Stock { changes, .. } = &mut forged.body {
+        changes[0].after.backorder_limit = reservoir_engine::POLICY_MAX + 1;
     }
     refused(&forged, receive_at);
     // The records as written apply, and the replica answers a retry as the engine does.

@@ -2,7 +2,7 @@
 //! log exactly, and a state that does not hold is refused.
 
 use reservoir_engine::workload::Workload;
-use reservoir_engine::{Config, Engine, EngineError, Record};
+use reservoir_engine::{Config, Engine, EngineError, Record, SavedItem, State, POLICY_MAX};
 
 fn config() -> Config {
     Config { shards: 8, id_shards: 4, idempotency_retention_ms: 120_000 }
@@ -87,6 +87,25 @@ fn a_state_that_breaks_an_invariant_is_refused() {
         .unwrap();
     item.counters.reserved = item.counters.on_hand + item.counters.backorder_limit + 1;
     assert!(matches!(Engine::restore(&oversold), Err(EngineError::BadState { .. })), "shard {shard}");
+
+    // A safety stock or backorder limit past POLICY_MAX: the cell's 32-bit halves cannot hold
+    // it, and it is refused, never cut.
+    // (The item's ledger holds otherwise: a larger backorder limit only allows more.)
+    fn first_item(state: &mut State) -> &mut SavedItem {
+        state.shards.iter_mut().find_map(|shard| shard.items.first_mut()).unwrap()
+    }
+    let mut within = state.clone();
+    let counters = &mut first_item(&mut within).counters;
+    (counters.safety_stock, counters.backorder_limit) = (POLICY_MAX, POLICY_MAX);
+    assert!(Engine::restore(&within).is_ok(), "POLICY_MAX itself is held");
+    for value in [POLICY_MAX + 1, -1] {
+        let mut safety = state.clone();
+        first_item(&mut safety).counters.safety_stock = value;
+        assert!(matches!(Engine::restore(&safety), Err(EngineError::BadState { .. })), "safety stock {value}");
+        let mut backorder = state.clone();
+        first_item(&mut backorder).counters.backorder_limit = value;
+        assert!(matches!(Engine::restore(&backorder), Err(EngineError::BadState { .. })), "backorder limit {value}");
+    }
 
     // An item in the wrong shard.
     let mut misplaced = state.clone();
