@@ -1300,8 +1300,8 @@ impl Engine {
             for change in changes {
                 let guard = &mut guards[items.binary_search(&change.item).expect("latched")];
                 let now = guard.counters;
-                if now.on_hand + change.on_hand_delta != change.after.on_hand
-                    || now.reserved + change.reserved_delta != change.after.reserved
+                if now.on_hand.checked_add(change.on_hand_delta) != Some(change.after.on_hand)
+                    || now.reserved.checked_add(change.reserved_delta) != Some(change.after.reserved)
                     || !change.after.holds()
                 {
                     return Err(EngineError::ReplayMismatch {

@@ -47,15 +47,16 @@ impl Counters {
 
     /// The hard invariant (no oversell): never more promised than is on hand plus the
     /// backorder allowance.
+    ///
+    /// Total on any `Counters`, those of a forged record or snapshot too: the ranges come
+    /// first, so the sums after them cannot overflow, and the totals are subtracted checked.
     pub fn holds(&self) -> bool {
-        self.on_hand >= 0
-            && self.reserved >= 0
-            && self.reserved <= self.on_hand + self.backorder_limit
-            && self.on_hand == self.inflow_total - self.committed_total
-            && self.on_hand <= STOCK_MAX
-            && self.reserved <= STOCK_MAX
+        (0..=STOCK_MAX).contains(&self.on_hand)
+            && (0..=STOCK_MAX).contains(&self.reserved)
             && (0..=POLICY_MAX).contains(&self.safety_stock)
             && (0..=POLICY_MAX).contains(&self.backorder_limit)
+            && self.reserved <= self.on_hand + self.backorder_limit
+            && self.inflow_total.checked_sub(self.committed_total) == Some(self.on_hand)
     }
 }
 
@@ -190,21 +191,74 @@ impl ItemGuard<'_> {
 
 impl Drop for ItemGuard<'_> {
     fn drop(&mut self) {
-        if self.counters != self.original {
-            // A broken invariant must not be published: the ledger stops rather than limps.
-            // While a panic unwinds, the item keeps its counters from before the latch.
-            let holds = self.counters.holds();
-            assert!(
-                holds || std::thread::panicking(),
-                "ledger invariant broken: {:?} -> {:?}",
-                self.original,
-                self.counters
-            );
-            if holds {
-                self.cell.store_changed(self.original, self.counters);
-            }
+        // While a panic unwinds, nothing is published: the command that latched this item may
+        // have changed other items too (the engine asserts every guard's ledger before any
+        // drops), and its record is never logged, so every item it touched keeps its counters
+        // from before the latch, and the log still describes the ledger.
+        let changed = self.counters != self.original && !std::thread::panicking();
+        // A broken invariant is never published: the command panics (no record, no reply)
+        // after the item is unlatched with its counters as they were.
+        let holds = !changed || self.counters.holds();
+        if changed && holds {
+            self.cell.store_changed(self.original, self.counters);
         }
         debug_assert_eq!(self.version & 1, 1);
         self.cell.version.store(self.version + 1, Ordering::Release);
+        assert!(holds, "ledger invariant broken: {:?} -> {:?}", self.original, self.counters);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn stocked() -> Counters {
+        Counters { on_hand: 10, inflow_total: 10, ..Counters::default() }
+    }
+
+    /// Regression: a guard dropped while a panic unwound published its changes (a command's
+    /// half-made changes, with no record logged for them), and a guard whose counters broke
+    /// the ledger panicked while still latched, so the item hung every later writer. Now
+    /// neither publishes, and the item is free again with its counters as they were.
+    #[test]
+    fn a_panicking_command_publishes_nothing_and_leaves_the_item_free() {
+        let cell = ItemCell::new(stocked());
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut guard = cell.latch();
+            guard.counters.reserved = 4;
+            assert!(guard.counters.holds());
+            panic!("the command failed after changing the item");
+        }));
+        assert!(unwound.is_err());
+        assert_eq!(cell.read(), stocked(), "nothing published while unwinding");
+
+        let broken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut guard = cell.latch();
+            guard.counters.reserved = 11; // more than on hand, no backorders
+        }));
+        assert!(broken.is_err(), "a broken ledger panics");
+        assert_eq!(cell.read(), stocked(), "a broken ledger is never published");
+        let mut guard = cell.latch(); // free again: this would spin forever if still latched
+        guard.counters.reserved = 3;
+        drop(guard);
+        assert_eq!(cell.read().reserved, 3);
+    }
+
+    /// The policy word holds both fields at their limits and never mixes them up.
+    #[test]
+    fn the_policy_word_keeps_both_fields_to_their_limits() {
+        for (safety_stock, backorder_limit) in
+            [(0, 0), (POLICY_MAX, 0), (0, POLICY_MAX), (POLICY_MAX, POLICY_MAX), (7, 9)]
+        {
+            let counters = Counters { safety_stock, backorder_limit, ..stocked() };
+            assert_eq!(ItemCell::new(counters).read(), counters);
+        }
+        for (safety_stock, backorder_limit) in [(POLICY_MAX + 1, 0), (0, POLICY_MAX + 1), (-1, 0), (0, -1)] {
+            assert!(!Counters { safety_stock, backorder_limit, ..stocked() }.holds());
+        }
+        // Forged totals and counters far out of range are refused, not overflowed.
+        let forged = Counters { on_hand: 1, inflow_total: i64::MIN, committed_total: i64::MAX, ..stocked() };
+        assert!(!forged.holds());
+        assert!(!Counters { backorder_limit: i64::MAX, on_hand: i64::MAX, ..stocked() }.holds());
     }
 }

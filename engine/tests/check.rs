@@ -26,7 +26,7 @@
 
 use reservoir_engine::{
     Command, Config, Engine, ImportRow, Line, Location, Name, OperationId, Quantity, Record, Reply, ReservationId,
-    ResultCode, Sku, TenantId,
+    ResultCode, Sku, TenantId, POLICY_MAX,
 };
 
 fn tenant(engine: &Engine, name: &str) -> TenantId {
@@ -488,6 +488,19 @@ fn bad_input_gets_its_own_code() {
         .collect();
     let import = Command::Import { tenant: acme, operation: op("i"), rows };
     assert_eq!(engine.execute(&import, 0, &mut records).code, ResultCode::TooManyRows);
+    // An import row's policy: POLICY_MAX is held, one more is refused for that row alone.
+    let row = |sku: &str, safety_stock: i64, backorder_limit: i64| ImportRow {
+        sku: Sku::new(sku).unwrap(),
+        location: Location::new("A").unwrap(),
+        on_hand: 1,
+        safety_stock: Some(safety_stock),
+        backorder_limit: Some(backorder_limit),
+    };
+    let rows = vec![row("P1", POLICY_MAX, POLICY_MAX), row("P2", POLICY_MAX + 1, 0), row("P3", 0, POLICY_MAX + 1)];
+    let reply = engine.execute(&Command::Import { tenant: acme, operation: op("p"), rows }, 0, &mut records);
+    assert_eq!(reply.code, ResultCode::OkPartial);
+    let codes: Vec<ResultCode> = reply.lines.iter().map(|line| line.code).collect();
+    assert_eq!(codes, [ResultCode::Ok, ResultCode::QuantityOverflow, ResultCode::QuantityOverflow]);
 }
 
 #[test]
@@ -775,9 +788,23 @@ fn replay_refuses_a_record_the_held_forms_cannot_keep() {
     // A policy past POLICY_MAX: the cell keeps safety stock and backorder limit in 32 bits each.
     let mut forged = records[receive_at].clone();
     if let reservoir_engine::Body::Stock { changes, .. } = &mut forged.body {
-        changes[0].after.backorder_limit = reservoir_engine::POLICY_MAX + 1;
+        changes[0].after.backorder_limit = POLICY_MAX + 1;
     }
     refused(&forged, receive_at);
+    let mut forged = records[receive_at].clone();
+    if let reservoir_engine::Body::Stock { changes, .. } = &mut forged.body {
+        changes[0].after.safety_stock = POLICY_MAX + 1;
+    }
+    refused(&forged, receive_at);
+    // Deltas and totals that would overflow are refused, not wrapped (or, with overflow
+    // checks, panicked on).
+    let mut forged = records[reserve_at].clone();
+    if let reservoir_engine::Body::Reserved { changes, .. } = &mut forged.body {
+        assert_eq!(changes[0].after.on_hand, 5, "5 on hand before and after the reserve");
+        changes[0].on_hand_delta = i64::MAX;
+        changes[0].after.inflow_total = i64::MIN;
+    }
+    refused(&forged, reserve_at);
     // The records as written apply, and the replica answers a retry as the engine does.
     let replica = Engine::new(Config::default());
     for record in &records {
