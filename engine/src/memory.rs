@@ -220,13 +220,17 @@ pub struct PackedLines(Option<Box<[u8]>>);
 
 /// Bytes one packed line takes at most: a code and three varints of up to 10 bytes.
 const PACKED_LINE_BYTES_MAX: usize = 3 + 3 * 10;
+/// Packed bytes built on the stack before the one exact allocation (a reserve of up to ~10
+/// lines; longer ones spill to the heap while being built).
+const PACKED_STACK_BYTES: usize = 64;
 
 impl PackedLines {
     pub fn new(lines: &[LineResult]) -> PackedLines {
         if lines.is_empty() {
             return PackedLines(None);
         }
-        let mut bytes = Vec::with_capacity(lines.len() * 6);
+        // Packed on the stack first, so the kept copy is one allocation of its exact size.
+        let mut bytes: smallvec::SmallVec<[u8; PACKED_STACK_BYTES]> = smallvec::SmallVec::new();
         for line in lines {
             put_varint(&mut bytes, u64::from(line.code.number()));
             put_varint(&mut bytes, zigzag(line.requested));
@@ -234,7 +238,7 @@ impl PackedLines {
             put_varint(&mut bytes, zigzag(line.available.wrapping_sub(line.applied)));
         }
         assert!(bytes.len() <= lines.len() * PACKED_LINE_BYTES_MAX);
-        let packed = PackedLines(Some(bytes.into_boxed_slice()));
+        let packed = PackedLines(Some(Box::from(&bytes[..])));
         debug_assert!(packed.unpack().iter().eq(lines.iter()), "packed lines do not come back equal");
         packed
     }
@@ -279,7 +283,7 @@ fn unzigzag(value: u64) -> i64 {
     ((value >> 1) as i64) ^ -((value & 1) as i64)
 }
 
-fn put_varint(bytes: &mut Vec<u8>, mut value: u64) {
+fn put_varint(bytes: &mut smallvec::SmallVec<[u8; PACKED_STACK_BYTES]>, mut value: u64) {
     while value >= 0x80 {
         bytes.push((value as u8) | 0x80);
         value >>= 7;
