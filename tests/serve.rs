@@ -338,3 +338,46 @@ fn kill_under_load(extra: &[&str], kills: usize) -> String {
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
     serving
 }
+
+/// Regression: a panic in a server task ended that task and the server went on without it;
+/// a command that panicked after taking its LSN left a gap that held every later write in the
+/// WAL writer, a node alive but acknowledging nothing. Now any panic stops the process
+/// (SIGABRT), and a restart recovers.
+#[test]
+fn a_panic_in_the_server_stops_the_process_and_a_restart_recovers() {
+    use std::io::BufRead as _;
+    use std::os::unix::process::ExitStatusExt as _;
+    let directory = tempfile::tempdir().unwrap();
+    let mut child = Command::new(binary())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(directory.path())
+        .env("RUST_LOG", "warn")
+        .env("RESERVOIR_FAILPOINT_PANIC_WHILE_SERVING", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let served = stdout.lines().map_while(Result::ok).any(|line| line.starts_with("reservoir: serving"));
+    assert!(served, "the server never served");
+    let deadline = Instant::now() + START_DURATION_MAX;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server went on serving after a task panicked");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.signal(), Some(6), "stopped by SIGABRT: {status:?}");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("failpoint RESERVOIR_FAILPOINT_PANIC_WHILE_SERVING"), "{stderr}");
+    assert!(stderr.contains("stopping the process"), "{stderr}");
+    // Without the failpoint the same data directory serves again.
+    let mut server = Server::start(directory.path(), &["--listen", "127.0.0.1:0"]);
+    server.signal("TERM");
+    assert!(server.wait().success());
+}

@@ -341,8 +341,29 @@ pub fn init_logging() {
 pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let options = options(&args)?;
     init_logging();
+    abort_on_panic();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("reservoir").build()?;
     runtime.block_on(serve(options))
+}
+
+/// Set (to anything) in the environment of `reservoir serve`, a task panics once the server
+/// serves: the failpoint of the end-to-end test that a panic stops the process.
+pub const FAILPOINT_PANIC_WHILE_SERVING: &str = "RESERVOIR_FAILPOINT_PANIC_WHILE_SERVING";
+
+/// A panic anywhere in the server is a broken invariant (the engine asserts its ledger; the
+/// decoders never panic on any input, which the fuzzers check): the process stops at once,
+/// with SIGABRT after the usual message, instead of going on without the task that panicked.
+/// Going on is worse than stopping: a command that took its LSN and panicked before its record
+/// was submitted leaves a gap that holds every later write in the WAL writer, so the node would
+/// stop acknowledging writes while it still looked alive. A restart recovers exactly (snapshot
+/// + WAL), and a standby can be promoted.
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        tracing::error!("panic: {info}; stopping the process (a restart recovers from the WAL)");
+        std::process::abort();
+    }));
 }
 
 async fn serve(options: ServerOptions) -> anyhow::Result<()> {
@@ -378,6 +399,9 @@ async fn serve(options: ServerOptions) -> anyhow::Result<()> {
         );
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
+        if std::env::var_os(FAILPOINT_PANIC_WHILE_SERVING).is_some() {
+            tokio::spawn(async { panic!("failpoint {FAILPOINT_PANIC_WHILE_SERVING}: a task panics while serving") });
+        }
     };
     let engine = reservoir_net::server::run(options, stop, on_start).await.context("serve")?;
     let report = engine.verify();
