@@ -1195,6 +1195,8 @@ impl Engine {
                 items.insert(*tenant, sku, location).ok_or_else(|| mismatch("shard full".into()))?;
             }
             Body::Stock { tenant, memo, changes } => {
+                // Checked before any item changes: a refused record leaves nothing behind.
+                memo_fits(memo, lsn)?;
                 self.apply_changes(lsn, changes)?;
                 self.remember_replayed(*tenant, memo, record.timestamp_ms, lsn)?;
             }
@@ -1222,6 +1224,9 @@ impl Engine {
                 );
             }
             Body::Settled { tenant, reservation, kind, memo, deadline_ms, state, line_changes, changes } => {
+                if let Some(memo) = memo {
+                    memo_fits(memo, lsn)?;
+                }
                 self.apply_changes(lsn, changes)?;
                 let mut shard = self.reservations.shard(*tenant, reservation).lock();
                 let key = KeyRef(*tenant, reservation);
@@ -1325,12 +1330,7 @@ impl Engine {
         at_ms: u64,
         lsn: Lsn,
     ) -> Result<(), EngineError> {
-        if !StoredReply::holds(&memo.reply) {
-            return Err(EngineError::ReplayMismatch {
-                lsn: lsn.0,
-                what: format!("operation {}: its reply sets more than one value", memo.operation),
-            });
-        }
+        memo_fits(memo, lsn)?;
         let mut operations = self.operations.shard(tenant, &memo.operation).lock();
         if operations.map.contains_key(&KeyRef(tenant, &memo.operation)) {
             return Err(EngineError::ReplayMismatch {
@@ -1764,4 +1764,17 @@ fn decide_single(
     check_correction(&next).map_err(|code| (code, seen))?;
     guards[first].counters = next;
     Ok(next.on_hand)
+}
+
+/// Whether a replayed operation's reply fits the memory's [`StoredReply`] (it sets at most one
+/// value); a record whose reply does not is refused, never cut.
+fn memo_fits(memo: &OperationMemo, lsn: Lsn) -> Result<(), EngineError> {
+    if StoredReply::holds(&memo.reply) {
+        Ok(())
+    } else {
+        Err(EngineError::ReplayMismatch {
+            lsn: lsn.0,
+            what: format!("operation {}: its reply sets more than one value", memo.operation),
+        })
+    }
 }

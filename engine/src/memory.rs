@@ -237,7 +237,7 @@ impl PackedLines {
             put_varint(&mut bytes, zigzag(line.applied.wrapping_sub(line.requested)));
             put_varint(&mut bytes, zigzag(line.available.wrapping_sub(line.applied)));
         }
-        assert!(bytes.len() <= lines.len() * PACKED_LINE_BYTES_MAX);
+        debug_assert!(bytes.len() <= lines.len() * PACKED_LINE_BYTES_MAX);
         let packed = PackedLines(Some(Box::from(&bytes[..])));
         debug_assert!(packed.unpack().iter().eq(lines.iter()), "packed lines do not come back equal");
         packed

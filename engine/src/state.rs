@@ -229,7 +229,10 @@ impl Engine {
                 return Err(refuse(format!("reservation {}: open/closed fields disagree", saved.id)));
             }
             let Some(held) = HeldReservation::new(reservation.clone()) else {
-                return Err(refuse(format!("reservation {}: its reply is not a reserve's", saved.id)));
+                return Err(refuse(format!(
+                    "reservation {}: its reply is not a reserve's, or it closed at u64::MAX ms",
+                    saved.id
+                )));
             };
             let mut shard = engine.reservations.shard(saved.tenant, &saved.id).lock();
             let id = IdText::new(&saved.id);

@@ -768,8 +768,11 @@ fn replay_refuses_a_record_the_held_forms_cannot_keep() {
         for record in &records[..before] {
             replica.apply(record).unwrap();
         }
+        let untouched = replica.dump();
         let outcome = replica.apply(forged);
         assert!(matches!(outcome, Err(reservoir_engine::EngineError::ReplayMismatch { .. })), "{outcome:?}");
+        // Regression: a receive whose reply the memory cannot hold changed the item first.
+        assert_eq!(replica.dump(), untouched, "a refused record leaves nothing behind");
     };
     let mut forged = records[reserve_at].clone();
     if let reservoir_engine::Body::Reserved { reply, .. } = &mut forged.body {
@@ -802,7 +805,12 @@ fn replay_refuses_a_record_the_held_forms_cannot_keep() {
     if let reservoir_engine::Body::Reserved { changes, .. } = &mut forged.body {
         assert_eq!(changes[0].after.on_hand, 5, "5 on hand before and after the reserve");
         changes[0].on_hand_delta = i64::MAX;
+    }
+    refused(&forged, reserve_at);
+    let mut forged = records[reserve_at].clone();
+    if let reservoir_engine::Body::Reserved { changes, .. } = &mut forged.body {
         changes[0].after.inflow_total = i64::MIN;
+        changes[0].after.committed_total = 1;
     }
     refused(&forged, reserve_at);
     // The records as written apply, and the replica answers a retry as the engine does.
