@@ -357,8 +357,17 @@ fn a_panic_in_the_server_stops_the_process_and_a_restart_recovers() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Read on a thread, so that a server that never serves fails the test instead of hanging it.
     let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let served = stdout.lines().map_while(Result::ok).any(|line| line.starts_with("reservoir: serving"));
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let served = stdout.lines().map_while(Result::ok).any(|line| line.starts_with("reservoir: serving"));
+        let _ = sender.send(served);
+    });
+    let served = receiver.recv_timeout(START_DURATION_MAX).unwrap_or(false);
+    if !served {
+        let _ = child.kill();
+    }
     assert!(served, "the server never served");
     let deadline = Instant::now() + START_DURATION_MAX;
     let status = loop {

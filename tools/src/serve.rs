@@ -406,9 +406,14 @@ async fn serve(options: ServerOptions) -> anyhow::Result<()> {
     let engine = reservoir_net::server::run(options, stop, on_start).await.context("serve")?;
     let report = engine.verify();
     anyhow::ensure!(report.violations.is_empty(), "the ledger does not verify: {:?}", report.violations);
-    println!(
+    // Not `println!`: it panics when stdout is a closed pipe, and a panic now aborts the
+    // process, which would turn a clean, synced stop into SIGABRT.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stdout(),
         "reservoir: stopped; {} items, {} open reservations, every invariant holds",
-        report.items, report.open_reservations
+        report.items,
+        report.open_reservations
     );
     Ok(())
 }
