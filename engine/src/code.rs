@@ -173,8 +173,9 @@ pub struct LineResult {
     pub available: i64,
 }
 
-/// The per-line results of a reply, shared: a reply is returned, kept for retries and logged
-/// in its record, and those three hold one allocation, not three. No allocation when empty.
+/// The per-line results of a reply, shared: the reply returned and its record hold one
+/// allocation (the idempotency memory keeps its own packed copy, `memory::PackedLines`). No
+/// allocation when empty.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct LineResults(Option<std::sync::Arc<[LineResult]>>);
 
