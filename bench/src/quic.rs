@@ -71,9 +71,21 @@ pub struct ReplicationFigures {
     pub lag_records_p50: u64,
     pub lag_records_p99: u64,
     pub lag_records_max: u64,
+    /// Age of the oldest record durable on the primary and not applied on the standby,
+    /// counted from when it became durable (the `lag.ms` of `reservoir status`).
     pub lag_ms_p50: u64,
     pub lag_ms_p99: u64,
     pub lag_ms_max: u64,
+    /// The same age counted from the record's execution (`lag.ms_since_execution`): adds the
+    /// primary's own group commit (the definition of the figures before 2026-11-23, evening).
+    pub lag_since_execution_ms_p50: u64,
+    pub lag_since_execution_ms_p99: u64,
+    pub lag_since_execution_ms_max: u64,
+    /// Counted from the oldest record durable on the primary and not yet fsynced on the
+    /// standby (`lag.flush_ms`).
+    pub lag_flush_ms_p50: u64,
+    pub lag_flush_ms_p99: u64,
+    pub lag_flush_ms_max: u64,
     /// The standby had applied everything the primary had durable when the load stopped.
     pub standby_caught_up: bool,
     /// From sending `promote` to the standby until the first write on it is acknowledged.
@@ -236,6 +248,8 @@ async fn run(settings: &QuicSettings) -> Result<QuicRun, BenchError> {
     // Wait for the workers; meanwhile (W4) sample the standby's lag as the primary sees it.
     let mut lag_records = Histogram::<u64>::new(3).expect("valid");
     let mut lag_ms = Histogram::<u64>::new(3).expect("valid");
+    let mut lag_since_execution_ms = Histogram::<u64>::new(3).expect("valid");
+    let mut lag_flush_ms = Histogram::<u64>::new(3).expect("valid");
     let mut tick = tokio::time::interval(Duration::from_millis(LAG_SAMPLE_INTERVAL_MS));
     loop {
         tokio::select! {
@@ -250,6 +264,8 @@ async fn run(settings: &QuicSettings) -> Result<QuicRun, BenchError> {
                     let lag = &status["standbys"][0]["lag"];
                     lag_records.record(lag["records"].as_u64().unwrap_or(0)).expect("in range");
                     lag_ms.record(lag["ms"].as_u64().unwrap_or(0)).expect("in range");
+                    lag_since_execution_ms.record(lag["ms_since_execution"].as_u64().unwrap_or(0)).expect("in range");
+                    lag_flush_ms.record(lag["flush_ms"].as_u64().unwrap_or(0)).expect("in range");
                 }
             }
         }
@@ -261,7 +277,15 @@ async fn run(settings: &QuicSettings) -> Result<QuicRun, BenchError> {
     }
     admin.close().await;
     let replication = match standby {
-        Some(standby) => Some(promote(standby, &server, &tokens[0], lag_records, lag_ms, settings).await?),
+        Some(standby) => {
+            let lags = Lags {
+                records: lag_records,
+                ms: lag_ms,
+                since_execution_ms: lag_since_execution_ms,
+                flush_ms: lag_flush_ms,
+            };
+            Some(promote(standby, &server, &tokens[0], lags, settings).await?)
+        }
         None => None,
     };
     let engine = server.shutdown().await.map_err(|error| load_error("shut the server down", error))?;
@@ -483,14 +507,21 @@ fn percentile(histogram: &Histogram<u64>, quantile: f64) -> u64 {
     }
 }
 
+/// The lag samples of a W4 window.
+struct Lags {
+    records: Histogram<u64>,
+    ms: Histogram<u64>,
+    since_execution_ms: Histogram<u64>,
+    flush_ms: Histogram<u64>,
+}
+
 /// After the window: the standby catches up, the primary stops taking writes (as if lost),
 /// and the standby is promoted; times the promotion to the first acknowledged write.
 async fn promote(
     standby: Standby,
     primary: &reservoir_net::server::ServerHandle,
     tenant_token: &str,
-    lag_records: Histogram<u64>,
-    lag_ms: Histogram<u64>,
+    lags: Lags,
     _settings: &QuicSettings,
 ) -> Result<ReplicationFigures, BenchError> {
     let target = primary.status()["durable_lsn"].as_u64().unwrap_or(0);
@@ -531,13 +562,19 @@ async fn promote(
     }
     Ok(ReplicationFigures {
         mode: standby.mode.name(),
-        lag_samples: lag_records.len(),
-        lag_records_p50: percentile(&lag_records, 0.5),
-        lag_records_p99: percentile(&lag_records, 0.99),
-        lag_records_max: lag_records.max(),
-        lag_ms_p50: percentile(&lag_ms, 0.5),
-        lag_ms_p99: percentile(&lag_ms, 0.99),
-        lag_ms_max: lag_ms.max(),
+        lag_samples: lags.records.len(),
+        lag_records_p50: percentile(&lags.records, 0.5),
+        lag_records_p99: percentile(&lags.records, 0.99),
+        lag_records_max: lags.records.max(),
+        lag_ms_p50: percentile(&lags.ms, 0.5),
+        lag_ms_p99: percentile(&lags.ms, 0.99),
+        lag_ms_max: lags.ms.max(),
+        lag_since_execution_ms_p50: percentile(&lags.since_execution_ms, 0.5),
+        lag_since_execution_ms_p99: percentile(&lags.since_execution_ms, 0.99),
+        lag_since_execution_ms_max: lags.since_execution_ms.max(),
+        lag_flush_ms_p50: percentile(&lags.flush_ms, 0.5),
+        lag_flush_ms_p99: percentile(&lags.flush_ms, 0.99),
+        lag_flush_ms_max: lags.flush_ms.max(),
         standby_caught_up: caught_up,
         promote_to_first_write_ms: promote_ms,
     })

@@ -627,7 +627,7 @@ fn status_text(document: &str) -> String {
         text.push_str(&format!("standbys: {}\n", standbys.len()));
         for standby in standbys {
             text.push_str(&format!(
-                "  {} {} sent {} written {} applied {} lag {} records {} bytes {} ms\n",
+                "  {} {} sent {} written {} applied {} lag {} records {} bytes {} ms (not fsynced there: {} ms)\n",
                 field(&standby["name"]),
                 field(&standby["state"]),
                 field(&standby["sent_lsn"]),
@@ -636,6 +636,7 @@ fn status_text(document: &str) -> String {
                 field(&standby["lag"]["records"]),
                 field(&standby["lag"]["bytes"]),
                 field(&standby["lag"]["ms"]),
+                field(&standby["lag"]["flush_ms"]),
             ));
         }
     }

@@ -435,7 +435,8 @@ fn run_bench_server(args: ServerBenchArgs) -> anyhow::Result<()> {
         print!("{}", run.report.render_table());
         if let Some(figures) = &run.replication {
             println!(
-                "W4 standby ({}): lag records p50 {} p99 {} max {}; lag ms p50 {} p99 {} max {} ({} samples); \
+                "W4 standby ({}): lag records p50 {} p99 {} max {}; lag ms since durable p50 {} p99 {} max {}, \
+                 since executed p50 {} p99 {} max {}, not yet fsynced there p50 {} p99 {} max {} ({} samples); \
                  caught up at the end: {}; promote to first acknowledged write: {:.1} ms",
                 figures.mode,
                 figures.lag_records_p50,
@@ -444,6 +445,12 @@ fn run_bench_server(args: ServerBenchArgs) -> anyhow::Result<()> {
                 figures.lag_ms_p50,
                 figures.lag_ms_p99,
                 figures.lag_ms_max,
+                figures.lag_since_execution_ms_p50,
+                figures.lag_since_execution_ms_p99,
+                figures.lag_since_execution_ms_max,
+                figures.lag_flush_ms_p50,
+                figures.lag_flush_ms_p99,
+                figures.lag_flush_ms_max,
                 figures.lag_samples,
                 figures.standby_caught_up,
                 figures.promote_to_first_write_ms

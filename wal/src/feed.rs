@@ -22,6 +22,8 @@ struct Group {
     first_lsn: Lsn,
     last_lsn: Lsn,
     frames: Vec<u8>,
+    /// When the group's sync returned (ms since the Unix epoch, the writer's clock).
+    durable_ms: u64,
 }
 
 #[derive(Default)]
@@ -40,12 +42,21 @@ pub struct Feed {
 /// What [`Feed::read_from`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum FeedRead {
-    /// Frames of records `lsn ..= last_lsn`, whole and in order.
-    Frames { last_lsn: Lsn, frames: Vec<u8> },
+    /// Frames of records `lsn ..= last_lsn`, whole and in order; `durable_ms` is when the
+    /// record at `lsn` became durable (ms since the Unix epoch): where a standby's lag starts.
+    Frames { last_lsn: Lsn, frames: Vec<u8>, durable_ms: u64 },
     /// `lsn` is older than everything held: read it from the segments.
     NotHeld,
     /// Nothing at or after `lsn` is durable yet.
     Nothing,
+}
+
+/// When a record held by the feed was executed (its timestamp) and became durable, both in ms
+/// since the Unix epoch ([`Feed::times_of`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordTimes {
+    pub timestamp_ms: u64,
+    pub durable_ms: u64,
 }
 
 /// The LSN of the frame at the start of `bytes`, and its length on disk.
@@ -75,8 +86,9 @@ impl Feed {
         self.enabled.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Adds a durable group (called by the writer, in LSN order, before the durable LSN moves).
-    pub fn publish(&self, first_lsn: Lsn, last_lsn: Lsn, frames: Vec<u8>) {
+    /// Adds a durable group, synced at `durable_ms` (called by the writer, in LSN order,
+    /// before the durable LSN moves).
+    pub fn publish(&self, first_lsn: Lsn, last_lsn: Lsn, frames: Vec<u8>, durable_ms: u64) {
         if frames.is_empty() {
             return;
         }
@@ -93,11 +105,37 @@ impl Feed {
             }
         }
         held.bytes += frames.len();
-        held.groups.push_back(Arc::new(Group { first_lsn, last_lsn, frames }));
+        held.groups.push_back(Arc::new(Group { first_lsn, last_lsn, frames, durable_ms }));
         while held.groups.len() > 1 && (held.bytes > FEED_BYTES_MAX || held.groups.len() > FEED_GROUPS_MAX) {
             let oldest = held.groups.pop_front().expect("more than one");
             held.bytes -= oldest.frames.len();
         }
+    }
+
+    /// When the record at `lsn` was executed and became durable, if the feed holds it: the
+    /// age of records durable and not yet shipped, for a standby's lag. Walks one group's
+    /// frames at most.
+    pub fn times_of(&self, lsn: Lsn) -> Option<RecordTimes> {
+        let group = {
+            let held = self.held.lock();
+            let index = held.groups.partition_point(|group| group.last_lsn < lsn);
+            let group = held.groups.get(index)?;
+            if group.first_lsn > lsn {
+                return None;
+            }
+            group.clone()
+        };
+        let mut offset = 0;
+        while offset < group.frames.len() {
+            let (frame_lsn, length) = frame_at(&group.frames[offset..]);
+            if frame_lsn == lsn {
+                let header = &group.frames[offset..];
+                let timestamp_ms = u64::from_le_bytes(header[24..32].try_into().expect("8 bytes"));
+                return Some(RecordTimes { timestamp_ms, durable_ms: group.durable_ms });
+            }
+            offset += length;
+        }
+        unreachable!("a group holds every LSN from its first to its last")
     }
 
     /// Frames from `lsn` on: whole groups' frames, the first one cut to start at `lsn`, until
@@ -124,6 +162,7 @@ impl Feed {
             }
             taken
         };
+        let durable_ms = groups.first().expect("lsn is within the groups held").durable_ms;
         let mut frames = Vec::new();
         let mut last_lsn = Lsn(0);
         for group in &groups {
@@ -135,7 +174,7 @@ impl Feed {
                         assert_eq!(frame_lsn, lsn, "the feed holds every LSN of its groups");
                     }
                     if !frames.is_empty() && frames.len() + length > bytes_max {
-                        return FeedRead::Frames { last_lsn, frames };
+                        return FeedRead::Frames { last_lsn, frames, durable_ms };
                     }
                     frames.extend_from_slice(&group.frames[offset..offset + length]);
                     last_lsn = frame_lsn;
@@ -144,7 +183,7 @@ impl Feed {
             }
         }
         assert!(!frames.is_empty(), "lsn is within the groups held");
-        FeedRead::Frames { last_lsn, frames }
+        FeedRead::Frames { last_lsn, frames, durable_ms }
     }
 }
 
@@ -168,14 +207,20 @@ mod tests {
         let feed = Feed::new();
         assert!(!feed.is_enabled(), "off until a standby asks");
         assert_eq!(feed.read_from(Lsn(1), 1 << 20), FeedRead::NotHeld);
-        feed.publish(Lsn(1), Lsn(3), frames(1, 3));
-        feed.publish(Lsn(4), Lsn(5), frames(4, 5));
-        let FeedRead::Frames { last_lsn, frames: read } = feed.read_from(Lsn(2), 1 << 20) else { panic!() };
+        feed.publish(Lsn(1), Lsn(3), frames(1, 3), 1_000);
+        feed.publish(Lsn(4), Lsn(5), frames(4, 5), 2_000);
+        let FeedRead::Frames { last_lsn, frames: read, durable_ms } = feed.read_from(Lsn(2), 1 << 20) else { panic!() };
         assert_eq!(last_lsn, Lsn(5));
         assert_eq!(frame_at(&read).0, Lsn(2), "cut to start at the LSN asked");
+        assert_eq!(durable_ms, 1_000, "when the first record read became durable");
+        let FeedRead::Frames { durable_ms, .. } = feed.read_from(Lsn(4), 1 << 20) else { panic!() };
+        assert_eq!(durable_ms, 2_000, "the second group's sync, not the first's");
+        assert_eq!(feed.times_of(Lsn(3)), Some(RecordTimes { timestamp_ms: 3, durable_ms: 1_000 }));
+        assert_eq!(feed.times_of(Lsn(5)), Some(RecordTimes { timestamp_ms: 5, durable_ms: 2_000 }));
+        assert_eq!(feed.times_of(Lsn(6)), None, "not durable yet");
         assert_eq!(feed.read_from(Lsn(6), 1 << 20), FeedRead::Nothing);
         // Groups 6..=9 were written while the feed was off: 10.. does not continue 1..=5.
-        feed.publish(Lsn(10), Lsn(11), frames(10, 11));
+        feed.publish(Lsn(10), Lsn(11), frames(10, 11), 3_000);
         assert_eq!(feed.read_from(Lsn(5), 1 << 20), FeedRead::NotHeld);
         assert!(matches!(feed.read_from(Lsn(10), 1 << 20), FeedRead::Frames { last_lsn: Lsn(11), .. }));
     }

@@ -23,6 +23,7 @@ use std::time::Instant;
 use reservoir_engine::{Engine, EngineError, Lsn};
 
 pub use archive::{DiskUsage, RetentionPolicy, RetentionReport};
+pub use feed::RecordTimes;
 pub use format::{RECORD_PAYLOAD_BYTES_MAX, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
 pub use scan::{scan, scan_until, AppendPosition, Flow, ScanEnd, TornTail};
 pub use snapshotter::{SnapshotPolicy, Snapshotter, SnapshotterStats, SNAPSHOT_POLL_MS};

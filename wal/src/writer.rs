@@ -343,6 +343,11 @@ impl DurableLsnReader {
         self.shared.feed.read_from(lsn, bytes_max)
     }
 
+    /// When the durable record at `lsn` was executed and synced, if the feed still holds it.
+    pub fn feed_times_of(&self, lsn: Lsn) -> Option<crate::feed::RecordTimes> {
+        self.shared.feed.times_of(lsn)
+    }
+
     /// Starts keeping durable groups in the feed (a primary calls it when a standby first
     /// connects; until then the writer copies nothing).
     pub fn enable_feed(&self) {
@@ -441,7 +446,7 @@ fn run_until_closed(writer: &mut Writer, receiver: &Receiver<Vec<Record>>, share
                     // Published before the durable LSN moves: whoever sees the new LSN finds
                     // its frames. (`Relaxed` mode publishes at its sync.)
                     let (first_lsn, frames) = writer.take_published();
-                    shared.feed.publish(first_lsn, group.last_lsn, frames);
+                    shared.feed.publish(first_lsn, group.last_lsn, frames, unix_ms());
                 } else {
                     unsynced_since.get_or_insert_with(Instant::now);
                 }
@@ -469,6 +474,12 @@ fn run_until_closed(writer: &mut Writer, receiver: &Receiver<Vec<Record>>, share
     }
 }
 
+/// The wall clock in ms since the Unix epoch, as records' timestamps are kept: when a group
+/// became durable, for a standby's lag.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64)
+}
+
 fn closed(writer: &Writer) -> Result<(), WalError> {
     assert!(writer.reorder.is_empty(), "closed with records waiting for an earlier LSN");
     assert_eq!(writer.unsynced_bytes, 0, "closed with writes not synced");
@@ -483,7 +494,7 @@ fn sync_relaxed(writer: &mut Writer, shared: &Shared) -> Result<(), WalError> {
     let syncs = writer.sync_pending()?;
     let sync_ns = sync_started.elapsed().as_nanos() as u64;
     let (first_lsn, frames) = writer.take_published();
-    shared.feed.publish(first_lsn, written, frames);
+    shared.feed.publish(first_lsn, written, frames, unix_ms());
     let mut state = shared.state.lock();
     assert_eq!(state.written_lsn, written, "every written group was counted");
     assert!(state.durable_lsn <= written, "the durable LSN only grows");

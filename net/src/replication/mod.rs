@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use reservoir_wal::RecordTimes;
 
 use crate::message::NodeRole;
 use crate::NetError;
@@ -157,7 +158,7 @@ pub enum Restart {
 
 /// Standbys one primary serves at once.
 pub const STANDBYS_MAX: usize = 16;
-/// Sent chunks remembered per standby for lag (older ones are summarised).
+/// Sent chunks remembered per standby for lag (past it the two oldest are merged).
 pub const SENT_CHUNKS_TRACKED_MAX: usize = 4_096;
 /// How often the lag against the RPO is checked.
 pub const LAG_CHECK_INTERVAL_MS: u64 = 1_000;
@@ -179,53 +180,113 @@ pub(crate) struct StandbyEntry {
     pub applied_lsn: u64,
     pub bytes_sent: u64,
     pub records_sent: u64,
-    /// Chunks sent and not yet applied: (last LSN, bytes, timestamp of the first record).
-    pub chunks: VecDeque<(u64, u64, u64)>,
+    /// Chunks sent and not yet applied, oldest first.
+    pub chunks: VecDeque<SentChunk>,
     pub warned_ms: u64,
+}
+
+/// A chunk of WAL shipped to a standby and not yet applied there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SentChunk {
+    pub last_lsn: u64,
+    pub bytes: u64,
+    /// Its first record's times: executed (the record's timestamp) and durable here.
+    pub first: RecordTimes,
 }
 
 /// The lag of one standby.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Lag {
+    /// Records durable here and not applied there.
     pub records: u64,
     pub bytes: u64,
+    /// How long ago the oldest record durable here and not applied there became durable
+    /// here (PostgreSQL's `replay_lag` counts from the same moment). A standby applies a
+    /// message and hands it to its own WAL in one step, so a promotion keeps what it applied:
+    /// acknowledged writes of the last `ms` are what losing the primary now would lose.
+    /// 0 when nothing is behind.
     pub ms: u64,
+    /// The same record's age counted from its execution (its timestamp): `ms` plus the time
+    /// it waited for its group commit here.
+    pub ms_since_execution: u64,
+    /// Like `ms`, for the oldest record not yet fsynced there (`flush_lag`): what losing both
+    /// the primary and the standby's own machine at once would lose.
+    pub flush_ms: u64,
 }
 
 impl StandbyEntry {
     /// A chunk went out.
-    pub fn sent(&mut self, last_lsn: u64, bytes: u64, first_timestamp_ms: u64) {
+    pub fn sent(&mut self, last_lsn: u64, bytes: u64, first: RecordTimes) {
+        // A wall clock stepped back between execution and sync must not make `ms` exceed
+        // `ms_since_execution`.
+        let first = RecordTimes { durable_ms: first.durable_ms.max(first.timestamp_ms), ..first };
         assert!(last_lsn > self.sent_lsn, "chunks go out in LSN order");
         self.records_sent += last_lsn - self.sent_lsn;
         self.sent_lsn = last_lsn;
         self.bytes_sent += bytes;
         if self.chunks.len() >= SENT_CHUNKS_TRACKED_MAX {
-            self.chunks.pop_front();
+            // The two oldest become one: the oldest record's times are kept.
+            let oldest = self.chunks.pop_front().expect("full");
+            let next = self.chunks.front_mut().expect("SENT_CHUNKS_TRACKED_MAX > 1");
+            next.bytes += oldest.bytes;
+            next.first = oldest.first;
         }
-        self.chunks.push_back((last_lsn, bytes, first_timestamp_ms));
+        self.chunks.push_back(SentChunk { last_lsn, bytes, first });
     }
 
     /// The standby reported what it wrote and applied.
     pub fn acknowledged(&mut self, written_lsn: u64, applied_lsn: u64) {
         self.written_lsn = self.written_lsn.max(written_lsn.min(self.sent_lsn));
         self.applied_lsn = self.applied_lsn.max(applied_lsn.min(self.sent_lsn));
-        while self.chunks.front().is_some_and(|&(last, _, _)| last <= self.applied_lsn) {
+        let caught_up = self.caught_up_lsn();
+        while self.chunks.front().is_some_and(|chunk| chunk.last_lsn <= caught_up) {
             self.chunks.pop_front();
         }
     }
 
+    /// Every record up to it is both durable and applied on the standby (it applies a message
+    /// before its fsync, so `written` is usually the lower).
+    pub fn caught_up_lsn(&self) -> u64 {
+        self.written_lsn.min(self.applied_lsn)
+    }
+
     /// The lag behind `durable_lsn` (the primary's), at `now_ms`: records and bytes durable on
-    /// the primary and not applied on the standby, and the age of the oldest of them.
-    pub fn lag(&self, durable_lsn: u64, now_ms: u64) -> Lag {
+    /// the primary and not applied on the standby, and the age of the oldest of them (and of
+    /// the oldest not fsynced there). `times_of` gives a durable record's times (the feed's)
+    /// for when none of them is in a chunk on its way.
+    pub fn lag(&self, durable_lsn: u64, now_ms: u64, times_of: impl Fn(u64) -> Option<RecordTimes>) -> Lag {
         let records = durable_lsn.saturating_sub(self.applied_lsn);
-        if records == 0 {
-            return Lag::default();
-        }
         let unsent = durable_lsn.saturating_sub(self.sent_lsn);
         let mean = self.bytes_sent.checked_div(self.records_sent).unwrap_or(128).max(1);
-        let bytes = self.chunks.iter().map(|chunk| chunk.1).sum::<u64>() + unsent * mean;
-        let ms = self.chunks.front().map_or(0, |chunk| now_ms.saturating_sub(chunk.2));
-        Lag { records, bytes, ms }
+        let bytes =
+            self.chunks.iter().filter(|chunk| chunk.last_lsn > self.applied_lsn).map(|chunk| chunk.bytes).sum::<u64>()
+                + unsent * mean;
+        // The times of the oldest record past `lsn`: the first chunk still holding some, or
+        // the first record not sent yet. Clamped: a wall clock stepped back between execution
+        // and sync must not make `ms` exceed `ms_since_execution`.
+        let oldest_after = |lsn: u64| -> Option<RecordTimes> {
+            if lsn >= durable_lsn {
+                return None;
+            }
+            match self.chunks.iter().find(|chunk| chunk.last_lsn > lsn) {
+                Some(chunk) => Some(chunk.first),
+                None if unsent > 0 => times_of(self.sent_lsn + 1),
+                None => None,
+            }
+            .map(|times| RecordTimes { durable_ms: times.durable_ms.max(times.timestamp_ms), ..times })
+        };
+        let applied = oldest_after(self.applied_lsn);
+        let flushed = oldest_after(self.written_lsn);
+        let lag = Lag {
+            records,
+            bytes: if records == 0 { 0 } else { bytes },
+            ms: applied.map_or(0, |times| now_ms.saturating_sub(times.durable_ms)),
+            ms_since_execution: applied.map_or(0, |times| now_ms.saturating_sub(times.timestamp_ms)),
+            flush_ms: flushed.map_or(0, |times| now_ms.saturating_sub(times.durable_ms)),
+        };
+        assert!(lag.ms <= lag.ms_since_execution, "a record is durable after it is executed");
+        assert!(records > 0 || lag.ms == 0, "no age without a record behind");
+        lag
     }
 }
 
@@ -309,6 +370,8 @@ impl Following {
             records,
             bytes: records * mean.max(1),
             ms: self.primary_now_ms.saturating_sub(self.last_applied_timestamp_ms),
+            ms_since_execution: self.primary_now_ms.saturating_sub(self.last_applied_timestamp_ms),
+            flush_ms: 0,
         }
     }
 }
@@ -376,4 +439,59 @@ pub const RECONNECT_WAIT_MS_MAX: u64 = 2_000;
 
 pub(crate) fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((20u64 << attempt.min(7)).min(RECONNECT_WAIT_MS_MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn times(timestamp_ms: u64, durable_ms: u64) -> RecordTimes {
+        RecordTimes { timestamp_ms, durable_ms }
+    }
+
+    fn check(hub: &Hub, id: u64, durable_lsn: u64, now_ms: u64, unsent: Option<RecordTimes>) -> Lag {
+        let standbys = hub.standbys.lock();
+        let entry = standbys.iter().find(|entry| entry.id == id).expect("registered");
+        entry.lag(durable_lsn, now_ms, |_| unsent)
+    }
+
+    #[test]
+    fn lag_counts_from_when_the_oldest_record_behind_became_durable() {
+        let hub = Hub::default();
+        let id = hub.register("standby".into(), "127.0.0.1:1".into(), 1, 0).expect("room");
+        assert_eq!(check(&hub, id, 0, 1_000, None), Lag::default(), "nothing durable, nothing behind");
+        // Records 1..=10 executed at 100, durable at 104; 11..=20 executed at 110, durable at 113.
+        hub.update(id, |entry| entry.sent(10, 1_000, times(100, 104)));
+        hub.update(id, |entry| entry.sent(20, 1_000, times(110, 113)));
+        let lag = check(&hub, id, 20, 120, None);
+        assert_eq!(lag, Lag { records: 20, bytes: 2_000, ms: 16, ms_since_execution: 20, flush_ms: 16 });
+        // The first chunk applied, not yet fsynced: `ms` moves on, `flush_ms` does not.
+        hub.update(id, |entry| entry.acknowledged(0, 10));
+        let lag = check(&hub, id, 20, 120, None);
+        assert_eq!(lag, Lag { records: 10, bytes: 1_000, ms: 7, ms_since_execution: 10, flush_ms: 16 });
+        // Both chunks applied and fsynced; records 21..=25 durable at 118 and not sent yet.
+        hub.update(id, |entry| entry.acknowledged(20, 20));
+        assert!(hub.standbys.lock()[0].chunks.is_empty(), "chunks caught up are forgotten");
+        let lag = check(&hub, id, 25, 121, Some(times(117, 118)));
+        assert_eq!((lag.records, lag.ms, lag.ms_since_execution, lag.flush_ms), (5, 3, 4, 3));
+        assert_eq!(check(&hub, id, 20, 121, None), Lag::default(), "caught up");
+    }
+
+    #[test]
+    fn lag_keeps_the_oldest_times_when_chunks_are_merged_and_clocks_step_back() {
+        let hub = Hub::default();
+        let id = hub.register("standby".into(), "127.0.0.1:1".into(), 1, 0).expect("room");
+        // Durable "before" executed (the wall clock stepped back): counted as executed.
+        hub.update(id, |entry| entry.sent(1, 10, times(50, 40)));
+        for lsn in 2..=(SENT_CHUNKS_TRACKED_MAX as u64 + 10) {
+            hub.update(id, |entry| entry.sent(lsn, 10, times(50 + lsn, 50 + lsn)));
+        }
+        let standbys = hub.standbys.lock();
+        let entry = &standbys[0];
+        assert_eq!(entry.chunks.len(), SENT_CHUNKS_TRACKED_MAX, "bounded");
+        let lag = entry.lag(entry.sent_lsn, 1_000, |_| None);
+        assert_eq!(lag.ms, 950, "the first record's age survives the merges");
+        assert_eq!(lag.ms_since_execution, 950);
+        assert_eq!(lag.bytes, 10 * entry.sent_lsn, "merged chunks keep their bytes");
+    }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use reservoir_engine::{Lsn, Record};
 use reservoir_wal::feed::FeedRead;
-use reservoir_wal::{Flow, WalError};
+use reservoir_wal::{Flow, RecordTimes, WalError};
 
 use super::wire::{
     read_message, write_message, PrimaryMessage, StandbyMessage, SNAPSHOT_CHUNK_BYTES_MAX, WAL_CHUNK_BYTES_MAX,
@@ -209,8 +209,8 @@ async fn ship(
         let durable = *local.borrow_and_update();
         let mut failed = None;
         while cursor <= durable {
-            let (last_lsn, frames) = match reader.feed_read(cursor, WAL_CHUNK_BYTES_MAX) {
-                FeedRead::Frames { last_lsn, frames } => (last_lsn, frames),
+            let (last_lsn, frames, durable_ms) = match reader.feed_read(cursor, WAL_CHUNK_BYTES_MAX) {
+                FeedRead::Frames { last_lsn, frames, durable_ms } => (last_lsn, frames, Some(durable_ms)),
                 FeedRead::Nothing => break,
                 FeedRead::NotHeld => {
                     let directory = core.data_directory.clone();
@@ -218,7 +218,9 @@ async fn ship(
                     match tokio::task::spawn_blocking(move || read_from_disk(&directory, from, durable, epoch_u32))
                         .await
                     {
-                        Ok(Ok(read)) => read,
+                        // Read back from the segments: durable long ago, when is not kept (the
+                        // lag then counts from the record's execution, an upper bound).
+                        Ok(Ok((last_lsn, frames))) => (last_lsn, frames, None),
                         Ok(Err(error)) => {
                             failed = Some(NetError::Wal(error));
                             break;
@@ -231,7 +233,8 @@ async fn ship(
                 }
             };
             assert!(last_lsn >= cursor && !frames.is_empty(), "a chunk holds the cursor's record");
-            let first_timestamp_ms = u64::from_le_bytes(frames[24..32].try_into().expect("a frame header"));
+            let timestamp_ms = u64::from_le_bytes(frames[24..32].try_into().expect("a frame header"));
+            let first = RecordTimes { timestamp_ms, durable_ms: durable_ms.unwrap_or(timestamp_ms) };
             let bytes = frames.len() as u64;
             let message = PrimaryMessage::Wal { durable_lsn: durable.0, now_ms: now_ms(), frames };
             if let Err(error) = write_message(send, |out| message.encode(out)).await {
@@ -240,7 +243,7 @@ async fn ship(
             }
             core.hub.update(id, |entry| {
                 entry.state = "streaming";
-                entry.sent(last_lsn.0, bytes, first_timestamp_ms);
+                entry.sent(last_lsn.0, bytes, first);
             });
             cursor = Lsn(last_lsn.0 + 1);
         }
@@ -341,7 +344,7 @@ pub(crate) fn status(core: &Core) -> serde_json::Value {
         .lock()
         .iter()
         .map(|entry| {
-            let lag = entry.lag(durable, now);
+            let lag = entry.lag(durable, now, |lsn| core.wal.durable_lsn_reader().feed_times_of(Lsn(lsn)));
             serde_json::json!({
                 "name": entry.name,
                 "address": entry.address,
@@ -382,6 +385,7 @@ pub(crate) fn status(core: &Core) -> serde_json::Value {
         })
     });
     let usage = core.engine.idempotency_usage();
+    let wal_stats = core.wal.stats();
     serde_json::json!({
         "role": role.name(),
         "epoch": core.epoch(),
@@ -399,6 +403,13 @@ pub(crate) fn status(core: &Core) -> serde_json::Value {
                 _ => None,
             },
             "written_lsn": core.wal.written_lsn().0,
+            "stats": {
+                "records": wal_stats.records,
+                "group_commits": wal_stats.batches,
+                "syncs": wal_stats.syncs,
+                "bytes": wal_stats.bytes,
+                "sync_ms_total": wal_stats.sync_ns / 1_000_000,
+            },
         },
         "replication": {
             "mode": core.replication.mode.name(),
