@@ -708,8 +708,9 @@ async fn watch_lag(core: Arc<Core>) {
         interval.tick().await;
         let now = now_ms();
         let durable = core.wal.durable_lsn().0;
+        let reader = core.wal.durable_lsn_reader();
         for entry in core.hub.standbys.lock().iter_mut() {
-            let lag = entry.lag(durable, now, |lsn| core.wal.durable_lsn_reader().feed_times_of(Lsn(lsn)));
+            let lag = entry.lag(durable, now, |lsn| reader.feed_times_from(Lsn(lsn)));
             if lag.ms > rpo_ms && now.saturating_sub(entry.warned_ms) >= LAG_WARNING_INTERVAL_MS {
                 entry.warned_ms = now;
                 tracing::warn!(standby = %entry.name, lag_ms = lag.ms, lag_records = lag.records, rpo_ms, "standby lag above the RPO");

@@ -112,19 +112,18 @@ impl Feed {
         }
     }
 
-    /// When the record at `lsn` was executed and became durable, if the feed holds it: the
-    /// age of records durable and not yet shipped, for a standby's lag. Walks one group's
-    /// frames at most.
-    pub fn times_of(&self, lsn: Lsn) -> Option<RecordTimes> {
+    /// When the first record the feed holds at or after `lsn` was executed and became durable:
+    /// `lsn`'s own times when it is held, the oldest record's (a lower bound of `lsn`'s age)
+    /// when `lsn` is older than everything held; `None` when nothing at or after `lsn` is.
+    /// For the age of records durable and not yet shipped, in a standby's lag. Walks one
+    /// group's frames at most.
+    pub fn times_from(&self, lsn: Lsn) -> Option<RecordTimes> {
         let group = {
             let held = self.held.lock();
             let index = held.groups.partition_point(|group| group.last_lsn < lsn);
-            let group = held.groups.get(index)?;
-            if group.first_lsn > lsn {
-                return None;
-            }
-            group.clone()
+            held.groups.get(index)?.clone()
         };
+        let lsn = lsn.max(group.first_lsn);
         let mut offset = 0;
         while offset < group.frames.len() {
             let (frame_lsn, length) = frame_at(&group.frames[offset..]);
@@ -215,13 +214,15 @@ mod tests {
         assert_eq!(durable_ms, 1_000, "when the first record read became durable");
         let FeedRead::Frames { durable_ms, .. } = feed.read_from(Lsn(4), 1 << 20) else { panic!() };
         assert_eq!(durable_ms, 2_000, "the second group's sync, not the first's");
-        assert_eq!(feed.times_of(Lsn(3)), Some(RecordTimes { timestamp_ms: 3, durable_ms: 1_000 }));
-        assert_eq!(feed.times_of(Lsn(5)), Some(RecordTimes { timestamp_ms: 5, durable_ms: 2_000 }));
-        assert_eq!(feed.times_of(Lsn(6)), None, "not durable yet");
+        assert_eq!(feed.times_from(Lsn(3)), Some(RecordTimes { timestamp_ms: 3, durable_ms: 1_000 }));
+        assert_eq!(feed.times_from(Lsn(5)), Some(RecordTimes { timestamp_ms: 5, durable_ms: 2_000 }));
+        assert_eq!(feed.times_from(Lsn(6)), None, "not durable yet");
         assert_eq!(feed.read_from(Lsn(6), 1 << 20), FeedRead::Nothing);
         // Groups 6..=9 were written while the feed was off: 10.. does not continue 1..=5.
         feed.publish(Lsn(10), Lsn(11), frames(10, 11), 3_000);
         assert_eq!(feed.read_from(Lsn(5), 1 << 20), FeedRead::NotHeld);
         assert!(matches!(feed.read_from(Lsn(10), 1 << 20), FeedRead::Frames { last_lsn: Lsn(11), .. }));
+        // Older than everything held: the oldest held record's times, a lower bound of its age.
+        assert_eq!(feed.times_from(Lsn(7)), Some(RecordTimes { timestamp_ms: 10, durable_ms: 3_000 }));
     }
 }

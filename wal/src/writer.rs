@@ -343,9 +343,10 @@ impl DurableLsnReader {
         self.shared.feed.read_from(lsn, bytes_max)
     }
 
-    /// When the durable record at `lsn` was executed and synced, if the feed still holds it.
-    pub fn feed_times_of(&self, lsn: Lsn) -> Option<crate::feed::RecordTimes> {
-        self.shared.feed.times_of(lsn)
+    /// When the durable record at `lsn` (or the oldest the feed still holds after it) was
+    /// executed and synced ([`crate::feed::Feed::times_from`]).
+    pub fn feed_times_from(&self, lsn: Lsn) -> Option<crate::feed::RecordTimes> {
+        self.shared.feed.times_from(lsn)
     }
 
     /// Starts keeping durable groups in the feed (a primary calls it when a standby first

@@ -252,28 +252,35 @@ impl StandbyEntry {
 
     /// The lag behind `durable_lsn` (the primary's), at `now_ms`: records and bytes durable on
     /// the primary and not applied on the standby, and the age of the oldest of them (and of
-    /// the oldest not fsynced there). `times_of` gives a durable record's times (the feed's)
-    /// for when none of them is in a chunk on its way.
-    pub fn lag(&self, durable_lsn: u64, now_ms: u64, times_of: impl Fn(u64) -> Option<RecordTimes>) -> Lag {
+    /// the oldest not fsynced there). `times_from` gives the times of the first durable record
+    /// not shipped yet (the feed's [`reservoir_wal::feed::Feed::times_from`]); it is called
+    /// once at most.
+    pub fn lag(&self, durable_lsn: u64, now_ms: u64, times_from: impl FnOnce(u64) -> Option<RecordTimes>) -> Lag {
         let records = durable_lsn.saturating_sub(self.applied_lsn);
         let unsent = durable_lsn.saturating_sub(self.sent_lsn);
         let mean = self.bytes_sent.checked_div(self.records_sent).unwrap_or(128).max(1);
         let bytes =
             self.chunks.iter().filter(|chunk| chunk.last_lsn > self.applied_lsn).map(|chunk| chunk.bytes).sum::<u64>()
                 + unsent * mean;
-        // The times of the oldest record past `lsn`: the first chunk still holding some, or
-        // the first record not sent yet. Clamped: a wall clock stepped back between execution
-        // and sync must not make `ms` exceed `ms_since_execution`.
+        // The first record not shipped: the feed's times (clamped: a wall clock stepped back
+        // between execution and sync must not make `ms` exceed `ms_since_execution`). Not in
+        // the feed at all, it was durable before the feed was turned on for this standby:
+        // older than its connection, whose time is then a lower bound of its age.
+        let unsent_times = (unsent > 0).then(|| {
+            times_from(self.sent_lsn + 1)
+                .map(|times| RecordTimes { durable_ms: times.durable_ms.max(times.timestamp_ms), ..times })
+                .unwrap_or(RecordTimes { timestamp_ms: self.connected_ms, durable_ms: self.connected_ms })
+        });
+        // The times of the oldest record past `lsn`: the first chunk still holding some (its
+        // times clamped when sent), or the first record not sent yet.
         let oldest_after = |lsn: u64| -> Option<RecordTimes> {
             if lsn >= durable_lsn {
                 return None;
             }
             match self.chunks.iter().find(|chunk| chunk.last_lsn > lsn) {
                 Some(chunk) => Some(chunk.first),
-                None if unsent > 0 => times_of(self.sent_lsn + 1),
-                None => None,
+                None => unsent_times,
             }
-            .map(|times| RecordTimes { durable_ms: times.durable_ms.max(times.timestamp_ms), ..times })
         };
         let applied = oldest_after(self.applied_lsn);
         let flushed = oldest_after(self.written_lsn);
@@ -286,6 +293,9 @@ impl StandbyEntry {
         };
         assert!(lag.ms <= lag.ms_since_execution, "a record is durable after it is executed");
         assert!(records > 0 || lag.ms == 0, "no age without a record behind");
+        // Chunks cover every LSN from the applied one to the sent one (they are dropped only
+        // below both acknowledged LSNs, and merged rather than dropped past the cap).
+        debug_assert!(records == 0 || applied.is_some(), "an age for every lag");
         lag
     }
 }
@@ -313,7 +323,10 @@ impl Hub {
             state: "starting",
             connected_ms: now_ms,
             sent_lsn: held,
-            written_lsn: held,
+            // Not `held`: a standby that reconnects without a restart has applied records it
+            // has not fsynced yet, and a sync primary must not count them written before its
+            // first feedback says so (it comes at once).
+            written_lsn: 0,
             applied_lsn: held,
             bytes_sent: 0,
             records_sent: 0,
@@ -481,7 +494,8 @@ mod tests {
     fn lag_keeps_the_oldest_times_when_chunks_are_merged_and_clocks_step_back() {
         let hub = Hub::default();
         let id = hub.register("standby".into(), "127.0.0.1:1".into(), 1, 0).expect("room");
-        // Durable "before" executed (the wall clock stepped back): counted as executed.
+        // Durable "before" executed (the wall clock stepped back): counted as executed, so
+        // `ms` never exceeds `ms_since_execution` (the lag asserts it).
         hub.update(id, |entry| entry.sent(1, 10, times(50, 40)));
         for lsn in 2..=(SENT_CHUNKS_TRACKED_MAX as u64 + 10) {
             hub.update(id, |entry| entry.sent(lsn, 10, times(50 + lsn, 50 + lsn)));
@@ -493,5 +507,34 @@ mod tests {
         assert_eq!(lag.ms, 950, "the first record's age survives the merges");
         assert_eq!(lag.ms_since_execution, 950);
         assert_eq!(lag.bytes, 10 * entry.sent_lsn, "merged chunks keep their bytes");
+        // The same for a record not shipped yet whose times the feed gives stepped back.
+        drop(standbys);
+        let fresh = hub.register("second".into(), "127.0.0.1:2".into(), 1, 0).expect("room");
+        let lag = check(&hub, fresh, 3, 1_000, Some(times(60, 20)));
+        assert_eq!((lag.ms, lag.ms_since_execution), (940, 940));
+    }
+
+    #[test]
+    fn a_reconnected_standby_counts_as_written_only_once_it_says_so() {
+        // Regression: `register` took the standby's next LSN for its written LSN too, but a
+        // standby that reconnects without a restart has applied records it has not fsynced
+        // yet; a sync primary then acknowledged them before they were durable there.
+        let hub = Hub::default();
+        let id = hub.register("standby".into(), "127.0.0.1:1".into(), 101, 5_000).expect("room");
+        hub.update(id, |entry| entry.state = "streaming");
+        assert_eq!(hub.best_written(), Some(0), "nothing counts as written before feedback");
+        hub.update(id, |entry| entry.acknowledged(90, 100));
+        assert_eq!(hub.best_written(), Some(90));
+        assert_eq!(hub.standbys.lock()[0].applied_lsn, 100);
+    }
+
+    #[test]
+    fn records_durable_before_the_feed_was_on_age_at_least_from_the_connection() {
+        // The feed holds nothing for them (it is turned on when a standby connects): the lag
+        // is not 0 but at least the time since the connection.
+        let hub = Hub::default();
+        let id = hub.register("standby".into(), "127.0.0.1:1".into(), 1, 5_000).expect("room");
+        let lag = check(&hub, id, 40, 7_500, None);
+        assert_eq!((lag.records, lag.ms, lag.ms_since_execution), (40, 2_500, 2_500));
     }
 }

@@ -338,13 +338,14 @@ pub(crate) fn status(core: &Core) -> serde_json::Value {
     let durable = core.wal.durable_lsn().0;
     let applied = core.engine.next_lsn().0 - 1;
     let acknowledged = core.durable.borrow().0;
+    let reader = core.wal.durable_lsn_reader();
     let standbys: Vec<serde_json::Value> = core
         .hub
         .standbys
         .lock()
         .iter()
         .map(|entry| {
-            let lag = entry.lag(durable, now, |lsn| core.wal.durable_lsn_reader().feed_times_of(Lsn(lsn)));
+            let lag = entry.lag(durable, now, |lsn| reader.feed_times_from(Lsn(lsn)));
             serde_json::json!({
                 "name": entry.name,
                 "address": entry.address,
