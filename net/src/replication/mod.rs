@@ -158,7 +158,7 @@ pub enum Restart {
 
 /// Standbys one primary serves at once.
 pub const STANDBYS_MAX: usize = 16;
-/// Sent chunks remembered per standby for lag (past it the two oldest are merged).
+/// Sent chunks remembered per standby for lag (past it two neighbours are merged).
 pub const SENT_CHUNKS_TRACKED_MAX: usize = 4_096;
 /// How often the lag against the RPO is checked.
 pub const LAG_CHECK_INTERVAL_MS: u64 = 1_000;
@@ -225,11 +225,16 @@ impl StandbyEntry {
         self.sent_lsn = last_lsn;
         self.bytes_sent += bytes;
         if self.chunks.len() >= SENT_CHUNKS_TRACKED_MAX {
-            // The two oldest become one: the oldest record's times are kept.
-            let oldest = self.chunks.pop_front().expect("full");
-            let next = self.chunks.front_mut().expect("SENT_CHUNKS_TRACKED_MAX > 1");
-            next.bytes += oldest.bytes;
-            next.first = oldest.first;
+            // Two neighbours become one, keeping the older one's times. Both applied (and not
+            // written yet), or both not applied: so each lag still finds its oldest record's
+            // times, and the bytes not applied stay exact.
+            let applied = self.chunks.partition_point(|chunk| chunk.last_lsn <= self.applied_lsn);
+            let older = if applied >= 2 { 0 } else { applied };
+            assert!(older + 1 < self.chunks.len(), "SENT_CHUNKS_TRACKED_MAX >= 3");
+            let merged = self.chunks.remove(older).expect("held");
+            let newer = &mut self.chunks[older];
+            newer.bytes += merged.bytes;
+            newer.first = merged.first;
         }
         self.chunks.push_back(SentChunk { last_lsn, bytes, first });
     }
@@ -512,6 +517,30 @@ mod tests {
         let fresh = hub.register("second".into(), "127.0.0.1:2".into(), 1, 0).expect("room");
         let lag = check(&hub, fresh, 3, 1_000, Some(times(60, 20)));
         assert_eq!((lag.ms, lag.ms_since_execution), (940, 940));
+    }
+
+    #[test]
+    fn merging_chunks_keeps_the_applied_lag_exact_while_the_standby_has_not_fsynced() {
+        let hub = Hub::default();
+        let id = hub.register("standby".into(), "127.0.0.1:1".into(), 1, 0).expect("room");
+        // One chunk a record, each durable at its LSN (ms).
+        let count = SENT_CHUNKS_TRACKED_MAX as u64;
+        for lsn in 1..=count {
+            hub.update(id, |entry| entry.sent(lsn, 10, times(lsn, lsn)));
+        }
+        // The first 100 applied, none fsynced: no chunk can be forgotten; then more are sent.
+        hub.update(id, |entry| entry.acknowledged(0, 100));
+        for lsn in count + 1..=count + 200 {
+            hub.update(id, |entry| entry.sent(lsn, 10, times(lsn, lsn)));
+        }
+        let standbys = hub.standbys.lock();
+        let entry = &standbys[0];
+        assert_eq!(entry.chunks.len(), SENT_CHUNKS_TRACKED_MAX, "bounded");
+        let now = 10_000;
+        let lag = entry.lag(entry.sent_lsn, now, |_| None);
+        assert_eq!(lag.ms, now - 101, "the oldest record not applied, exactly");
+        assert_eq!(lag.flush_ms, now - 1, "the oldest record not fsynced, exactly");
+        assert_eq!(lag.bytes, 10 * (entry.sent_lsn - 100), "bytes of what is not applied, exactly");
     }
 
     #[test]
