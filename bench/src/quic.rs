@@ -499,6 +499,11 @@ async fn wait_caught_up(standby: &Standby, target: u64) -> Result<(), BenchError
     }
 }
 
+/// p50, p99 and max of a histogram of lag samples.
+fn summary(histogram: &Histogram<u64>) -> [u64; 3] {
+    [percentile(histogram, 0.5), percentile(histogram, 0.99), histogram.max()]
+}
+
 fn percentile(histogram: &Histogram<u64>, quantile: f64) -> u64 {
     if histogram.is_empty() {
         0
@@ -560,21 +565,26 @@ async fn promote(
     if !engine.verify().violations.is_empty() {
         return Err(BenchError::Load("the promoted standby's ledger does not verify".into()));
     }
+    let [lag_records_p50, lag_records_p99, lag_records_max] = summary(&lags.records);
+    let [lag_ms_p50, lag_ms_p99, lag_ms_max] = summary(&lags.ms);
+    let [lag_since_execution_ms_p50, lag_since_execution_ms_p99, lag_since_execution_ms_max] =
+        summary(&lags.since_execution_ms);
+    let [lag_flush_ms_p50, lag_flush_ms_p99, lag_flush_ms_max] = summary(&lags.flush_ms);
     Ok(ReplicationFigures {
         mode: standby.mode.name(),
         lag_samples: lags.records.len(),
-        lag_records_p50: percentile(&lags.records, 0.5),
-        lag_records_p99: percentile(&lags.records, 0.99),
-        lag_records_max: lags.records.max(),
-        lag_ms_p50: percentile(&lags.ms, 0.5),
-        lag_ms_p99: percentile(&lags.ms, 0.99),
-        lag_ms_max: lags.ms.max(),
-        lag_since_execution_ms_p50: percentile(&lags.since_execution_ms, 0.5),
-        lag_since_execution_ms_p99: percentile(&lags.since_execution_ms, 0.99),
-        lag_since_execution_ms_max: lags.since_execution_ms.max(),
-        lag_flush_ms_p50: percentile(&lags.flush_ms, 0.5),
-        lag_flush_ms_p99: percentile(&lags.flush_ms, 0.99),
-        lag_flush_ms_max: lags.flush_ms.max(),
+        lag_records_p50,
+        lag_records_p99,
+        lag_records_max,
+        lag_ms_p50,
+        lag_ms_p99,
+        lag_ms_max,
+        lag_since_execution_ms_p50,
+        lag_since_execution_ms_p99,
+        lag_since_execution_ms_max,
+        lag_flush_ms_p50,
+        lag_flush_ms_p99,
+        lag_flush_ms_max,
         standby_caught_up: caught_up,
         promote_to_first_write_ms: promote_ms,
     })

@@ -52,7 +52,7 @@ pub enum FeedRead {
 }
 
 /// When a record held by the feed was executed (its timestamp) and became durable, both in ms
-/// since the Unix epoch ([`Feed::times_of`]).
+/// since the Unix epoch ([`Feed::times_from`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordTimes {
     pub timestamp_ms: u64,
@@ -128,8 +128,7 @@ impl Feed {
         while offset < group.frames.len() {
             let (frame_lsn, length) = frame_at(&group.frames[offset..]);
             if frame_lsn == lsn {
-                let header = &group.frames[offset..];
-                let timestamp_ms = u64::from_le_bytes(header[24..32].try_into().expect("8 bytes"));
+                let timestamp_ms = crate::format::frame_timestamp_ms(&group.frames[offset..]);
                 return Some(RecordTimes { timestamp_ms, durable_ms: group.durable_ms });
             }
             offset += length;

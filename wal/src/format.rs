@@ -128,6 +128,12 @@ pub enum Frame {
     Invalid(String),
 }
 
+/// The timestamp in the header of a frame already validated (the feed's, a chunk shipped).
+pub fn frame_timestamp_ms(frame: &[u8]) -> u64 {
+    assert!(frame.len() >= FRAME_HEADER_BYTES, "a whole frame header");
+    u64::from_le_bytes(frame[24..32].try_into().expect("8 bytes"))
+}
+
 /// A frame's size on disk: header, payload, zero padding to the alignment.
 pub fn frame_bytes(payload_bytes: usize) -> usize {
     (FRAME_HEADER_BYTES + payload_bytes).next_multiple_of(FRAME_ALIGNMENT_BYTES)
@@ -188,7 +194,7 @@ pub fn decode_frame(bytes: &[u8]) -> (Frame, usize) {
         payload_bytes,
         lsn: Lsn(u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"))),
         batch_lsn: Lsn(u64::from_le_bytes(head[16..24].try_into().expect("8 bytes"))),
-        timestamp_ms: u64::from_le_bytes(head[24..32].try_into().expect("8 bytes")),
+        timestamp_ms: frame_timestamp_ms(bytes),
         epoch: u32::from_le_bytes(head[32..36].try_into().expect("4 bytes")),
         kind: head[36],
     };

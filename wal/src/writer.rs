@@ -447,7 +447,9 @@ fn run_until_closed(writer: &mut Writer, receiver: &Receiver<Vec<Record>>, share
                     // Published before the durable LSN moves: whoever sees the new LSN finds
                     // its frames. (`Relaxed` mode publishes at its sync.)
                     let (first_lsn, frames) = writer.take_published();
-                    shared.feed.publish(first_lsn, group.last_lsn, frames, unix_ms());
+                    if !frames.is_empty() {
+                        shared.feed.publish(first_lsn, group.last_lsn, frames, unix_ms());
+                    }
                 } else {
                     unsynced_since.get_or_insert_with(Instant::now);
                 }
@@ -495,7 +497,9 @@ fn sync_relaxed(writer: &mut Writer, shared: &Shared) -> Result<(), WalError> {
     let syncs = writer.sync_pending()?;
     let sync_ns = sync_started.elapsed().as_nanos() as u64;
     let (first_lsn, frames) = writer.take_published();
-    shared.feed.publish(first_lsn, written, frames, unix_ms());
+    if !frames.is_empty() {
+        shared.feed.publish(first_lsn, written, frames, unix_ms());
+    }
     let mut state = shared.state.lock();
     assert_eq!(state.written_lsn, written, "every written group was counted");
     assert!(state.durable_lsn <= written, "the durable LSN only grows");

@@ -251,7 +251,7 @@ impl StandbyEntry {
 
     /// Every record up to it is both durable and applied on the standby (it applies a message
     /// before its fsync, so `written` is usually the lower).
-    pub fn caught_up_lsn(&self) -> u64 {
+    fn caught_up_lsn(&self) -> u64 {
         self.written_lsn.min(self.applied_lsn)
     }
 

@@ -233,7 +233,7 @@ async fn ship(
                 }
             };
             assert!(last_lsn >= cursor && !frames.is_empty(), "a chunk holds the cursor's record");
-            let timestamp_ms = u64::from_le_bytes(frames[24..32].try_into().expect("a frame header"));
+            let timestamp_ms = reservoir_wal::format::frame_timestamp_ms(&frames);
             let first = RecordTimes { timestamp_ms, durable_ms: durable_ms.unwrap_or(timestamp_ms) };
             let bytes = frames.len() as u64;
             let message = PrimaryMessage::Wal { durable_lsn: durable.0, now_ms: now_ms(), frames };
