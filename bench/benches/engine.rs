@@ -2,6 +2,11 @@
 //! by the commit (group `reserve_commit`) or release (group `reserve_release`) of everything it
 //! reserved.
 //!
+//! Group `reserve` measures issue #2's two throughput targets as they are worded: single-line
+//! reserves alone (no settle), uniform on one thread, and all on one hot SKU with 2 threads.
+//! One element = one reserve; between samples (untimed) the clock jumps past the deadlines and
+//! the retention, and `Expire` then `Forget` drop what the sample left behind.
+//!
 //! Each group sets up one engine (10 tenants x 10,000 SKUs x 1 location) and runs, for
 //! 1 and 3 lines, uniform and hot (every line on tenant 0, SKUs 0..10), 1 and 2 threads.
 //!
@@ -137,6 +142,76 @@ fn pairs(setup: &Setup, case: Case, thread: usize, round: u64, now_ms: u64, iter
     }
 }
 
+/// `iters` single-line reserves on one thread: uniform over the catalog, or every one on
+/// tenant 0's first SKU (`one_hot`).
+fn reserves(setup: &Setup, one_hot: bool, thread: usize, round: u64, now_ms: u64, iters: u64) {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(round * 64 + thread as u64);
+    let mut records: Vec<Record> = Vec::with_capacity(4);
+    let mut id = String::with_capacity(32);
+    let quantity = Quantity::new(1).unwrap();
+    for i in 0..iters {
+        let (tenant_index, sku) =
+            if one_hot { (0, 0) } else { (rng.gen_range(0..TENANTS), rng.gen_range(0..SKUS_PER_TENANT)) };
+        let tenant = setup.tenants[tenant_index];
+        let lines = vec![Line { sku: setup.skus[sku].clone(), location: setup.location.clone(), quantity }];
+        id.clear();
+        let _ = write!(id, "r{round}-{thread}-{i}");
+        let reservation = ReservationId::new(&id).unwrap();
+        let reserve = Command::Reserve { tenant, reservation, lines, ttl_ms: TTL_MS, allow_partial: false };
+        let reply = setup.engine.execute(&reserve, now_ms, &mut records);
+        assert_eq!(reply.code, ResultCode::Ok);
+        records.clear();
+        black_box(reply);
+    }
+}
+
+/// One sample of group `reserve`: `threads` threads, `iters` reserves each; returns the wall
+/// time. Afterwards, untimed, expires and forgets every reservation the sample made.
+fn reserve_sample(setup: &Setup, one_hot: bool, threads: usize, iters: u64) -> Duration {
+    use std::sync::atomic::Ordering;
+    let round = setup.round.fetch_add(1, Ordering::Relaxed);
+    let now_ms = setup.now_ms.load(Ordering::Relaxed);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for thread in 1..threads {
+            scope.spawn(move || reserves(setup, one_hot, thread, round, now_ms, iters));
+        }
+        reserves(setup, one_hot, 0, round, now_ms, iters);
+    });
+    let elapsed = started.elapsed();
+    let later = now_ms + TTL_MS + setup.engine.config().idempotency_retention_ms + 1;
+    setup.now_ms.store(later, Ordering::Relaxed);
+    let mut records = Vec::new();
+    let mut expired = 0;
+    loop {
+        let reply = setup.engine.execute(&Command::Expire { limit: usize::MAX }, later, &mut records);
+        assert!(reply.is_ok());
+        records.clear();
+        if reply.count == 0 {
+            break;
+        }
+        expired += reply.count;
+    }
+    assert_eq!(expired, iters * threads as u64, "every reserve of the sample expires");
+    let reply = setup.engine.execute(&Command::Forget, later, &mut records);
+    assert!(reply.is_ok());
+    elapsed
+}
+
+/// Issue #2's targets: >= 3 M single-line reserves/s on one core uncontended, >= 1 M/s on one
+/// hot SKU with 2 threads.
+fn reserve(c: &mut Criterion) {
+    let setup = setup();
+    let mut group = c.benchmark_group("reserve");
+    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    for (variant, one_hot, threads) in [("uniform", false, 1usize), ("uniform", false, 2), ("onehot", true, 2)] {
+        group.throughput(Throughput::Elements(threads as u64));
+        let id = BenchmarkId::new(format!("1line/{variant}"), format!("{threads}t"));
+        group.bench_function(id, |b| b.iter_custom(|iters| reserve_sample(&setup, one_hot, threads, iters)));
+    }
+    group.finish();
+}
+
 /// Runs one sample: `case.threads` threads, `iters` pairs each; returns the wall time.
 /// Afterwards, untimed, forgets what the sample left in the idempotency memory.
 fn sample(setup: &Setup, case: Case, iters: u64) -> Duration {
@@ -239,5 +314,5 @@ fn sku_query(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, reserve_commit, reserve_release, sku_query);
+criterion_group!(benches, reserve, reserve_commit, reserve_release, sku_query);
 criterion_main!(benches);
