@@ -202,9 +202,21 @@ impl From<Vec<LineResult>> for LineResults {
     }
 }
 
+impl From<&[LineResult]> for LineResults {
+    /// One allocation (none when empty), where `Vec` -> `Arc<[_]>` takes a second.
+    fn from(lines: &[LineResult]) -> LineResults {
+        if lines.is_empty() {
+            LineResults(None)
+        } else {
+            LineResults(Some(lines.into()))
+        }
+    }
+}
+
 impl FromIterator<LineResult> for LineResults {
     fn from_iter<I: IntoIterator<Item = LineResult>>(lines: I) -> LineResults {
-        LineResults::from(lines.into_iter().collect::<Vec<_>>())
+        let lines: smallvec::SmallVec<[LineResult; 4]> = lines.into_iter().collect();
+        LineResults::from(&lines[..])
     }
 }
 

@@ -6,7 +6,7 @@ use parking_lot::RwLockReadGuard;
 use smallvec::SmallVec;
 
 use crate::catalog::{sku_hash, Catalog, ShardItems};
-use crate::code::{LineResult, Reply, ResultCode};
+use crate::code::{LineResult, LineResults, Reply, ResultCode};
 use crate::command::{Command, ImportRow, Line};
 use crate::item::{Counters, ItemGuard};
 use crate::memory::{
@@ -509,7 +509,7 @@ impl Engine {
             distinct.dedup();
             self.with_items(&distinct, |guards| {
                 let guard_of = |item: ItemId| distinct.binary_search(&item).expect("latched");
-                let mut results = Vec::with_capacity(lines.len());
+                let mut results: SmallVec<[LineResult; SMALL]> = SmallVec::with_capacity(lines.len());
                 let mut granted: SmallVec<[i64; SMALL]> = smallvec::smallvec![0i64; lines.len()];
                 let mut short_items = false;
                 if allow_partial {
@@ -591,7 +591,7 @@ impl Engine {
                     }
                 }
                 let reply = Reply {
-                    lines: results.into(),
+                    lines: LineResults::from(&results[..]),
                     deadline_ms: if code.is_ok() { deadline_ms } else { 0 },
                     ..Reply::code(code)
                 };
@@ -600,10 +600,13 @@ impl Engine {
         };
 
         let state = if reply.is_ok() { ReservationState::Open } else { ReservationState::Refused };
+        // One copy of the id for the memory and the record: inline ids cost no allocation,
+        // longer ones one shared allocation.
+        let id = IdText::new(id);
         install_reservation(
             &mut shard,
             tenant,
-            id,
+            id.clone(),
             fingerprint,
             &reply,
             state,
@@ -617,7 +620,7 @@ impl Engine {
             timestamp_ms: now_ms,
             body: Body::Reserved {
                 tenant,
-                reservation: id.into(),
+                reservation: id,
                 fingerprint,
                 deadline_ms,
                 reply: reply.clone(),
@@ -692,7 +695,7 @@ impl Engine {
         }
 
         // Past its deadline: the engine expires it now, and says so.
-        let (kind, line_changes, mut results, code) = if current.deadline_ms <= now_ms {
+        let (kind, line_changes, results, code) = if current.deadline_ms <= now_ms {
             let changes: Vec<LineChange> = current
                 .lines
                 .iter()
@@ -764,8 +767,8 @@ impl Engine {
             shard.map.get_mut(&key).expect("present").close(now_ms);
             shard.close(tenant, id, now_ms, lsn);
         }
-        if results.is_empty() {
-            results = line_changes
+        let reply_lines: LineResults = if results.is_empty() {
+            line_changes
                 .iter()
                 .map(|change| LineResult {
                     code: ResultCode::Ok,
@@ -773,10 +776,12 @@ impl Engine {
                     applied: change.committed + change.released,
                     available: 0,
                 })
-                .collect();
-        }
+                .collect()
+        } else {
+            LineResults::from(&results[..])
+        };
         let reply = Reply {
-            lines: results.into(),
+            lines: reply_lines,
             deadline_ms: if state.is_open() { deadline_ms } else { 0 },
             ..Reply::code(code)
         };
@@ -1213,7 +1218,7 @@ impl Engine {
                 install_reservation(
                     &mut shard,
                     *tenant,
-                    reservation,
+                    reservation.clone(),
                     *fingerprint,
                     reply,
                     state,
@@ -1586,7 +1591,7 @@ fn recall(operations: &OperationShard, tenant: TenantId, id: &str, fingerprint: 
 fn install_reservation(
     shard: &mut ReservationShard,
     tenant: TenantId,
-    id: &str,
+    id: IdText,
     fingerprint: u64,
     reply: &Reply,
     state: ReservationState,
@@ -1614,7 +1619,6 @@ fn install_reservation(
         closed_ms: (!state.is_open()).then_some(now_ms),
     })
     .expect("a reserve's reply sets neither on_hand nor count");
-    let id = IdText::new(id);
     let previous = shard.insert(tenant, id.clone(), reservation);
     assert!(previous.is_none(), "reservation installed twice");
     if state.is_open() {

@@ -24,7 +24,7 @@ pub use engine::{
     EPOCHS_MAX, EPOCH_FIRST, IDEMPOTENCY_ENTRIES_MAX_DEFAULT, IDEMPOTENCY_RETENTION_FLOOR_MS,
 };
 pub use item::Counters;
-pub use memory::{OperationEntry, Reservation, ReservationLineState};
+pub use memory::{IdText, OperationEntry, Reservation, ReservationLineState};
 pub use record::{Body, ItemChange, LineChange, OperationMemo, Record, ReservationState, ReservedLine, SettleKind};
 pub use state::{SavedItem, SavedOperation, SavedReservation, SavedShard, State};
 pub use types::*;

@@ -6,6 +6,7 @@
 
 use crate::code::Reply;
 use crate::item::Counters;
+use crate::memory::IdText;
 use crate::types::{ItemId, Lsn, TenantId};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,7 +40,7 @@ pub enum Body {
     /// A reserve, granted or refused. Remembered under its reservation id.
     Reserved {
         tenant: TenantId,
-        reservation: Box<str>,
+        reservation: IdText,
         fingerprint: u64,
         deadline_ms: u64,
         reply: Reply,
@@ -50,7 +51,7 @@ pub enum Body {
     /// A later step in a reservation's life: commit, release, extend, expiry.
     Settled {
         tenant: TenantId,
-        reservation: Box<str>,
+        reservation: IdText,
         kind: SettleKind,
         /// Remembered under its operation id (`None` for engine-driven expiry).
         memo: Option<OperationMemo>,
@@ -78,7 +79,7 @@ pub enum Body {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OperationMemo {
-    pub operation: Box<str>,
+    pub operation: IdText,
     pub fingerprint: u64,
     pub reply: Reply,
 }

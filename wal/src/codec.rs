@@ -7,8 +7,8 @@
 //! payload's own size (bounded by [`crate::RECORD_PAYLOAD_BYTES_MAX`]) or panic.
 
 use reservoir_engine::{
-    Body, Counters, ItemChange, ItemId, LineChange, LineResult, OperationMemo, Reply, ReservationState, ReservedLine,
-    ResultCode, SettleKind, TenantId, NAME_BYTES_MAX,
+    Body, Counters, IdText, ItemChange, ItemId, LineChange, LineResult, LineResults, OperationMemo, Reply,
+    ReservationState, ReservedLine, ResultCode, SettleKind, TenantId, NAME_BYTES_MAX,
 };
 
 /// The kind byte of each body variant. Stable: part of the on-disk format.
@@ -138,7 +138,7 @@ pub fn decode(kind: u8, payload: &[u8]) -> Result<Body, DecodeError> {
         }
         kind::RESERVED => {
             let tenant = TenantId(reader.u32()?);
-            let reservation = reader.name()?;
+            let reservation = reader.id()?;
             let fingerprint = reader.u64()?;
             let deadline_ms = reader.u64()?;
             let reply = reader.reply()?;
@@ -152,7 +152,7 @@ pub fn decode(kind: u8, payload: &[u8]) -> Result<Body, DecodeError> {
         }
         kind::SETTLED => {
             let tenant = TenantId(reader.u32()?);
-            let reservation = reader.name()?;
+            let reservation = reader.id()?;
             let at = reader.at;
             let kind = settle_kind_from(reader.u8()?).ok_or(DecodeError::BadValue {
                 what: "settle kind",
@@ -325,7 +325,7 @@ struct Reader<'a> {
     at: usize,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn take<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         let left = self.bytes.len() - self.at;
         if left < N {
@@ -363,6 +363,14 @@ impl Reader<'_> {
         Ok(count)
     }
     fn name(&mut self) -> Result<Box<str>, DecodeError> {
+        Ok(self.text()?.into())
+    }
+    /// A reservation or operation id: inline in the [`IdText`] when short, so decoding it
+    /// allocates nothing (replay decodes one or two per record).
+    fn id(&mut self) -> Result<IdText, DecodeError> {
+        Ok(IdText::new(self.text()?))
+    }
+    fn text(&mut self) -> Result<&'a str, DecodeError> {
         let at = self.at;
         let length = self.u8()? as usize;
         if length == 0 || length > NAME_BYTES_MAX {
@@ -375,7 +383,7 @@ impl Reader<'_> {
         let text = std::str::from_utf8(&self.bytes[self.at..self.at + length])
             .map_err(|_| DecodeError::BadName { at, why: "not UTF-8" })?;
         self.at += length;
-        Ok(text.into())
+        Ok(text)
     }
     fn item(&mut self) -> Result<ItemId, DecodeError> {
         Ok(ItemId { shard: self.u32()?, index: self.u32()? })
@@ -405,7 +413,8 @@ impl Reader<'_> {
         let on_hand = self.i64()?;
         let count = self.u64()?;
         let line_count = self.count(LINE_RESULT_BYTES)?;
-        let mut lines = Vec::with_capacity(line_count);
+        // Collected inline, then shared in one allocation.
+        let mut lines: smallvec::SmallVec<[LineResult; 4]> = smallvec::SmallVec::with_capacity(line_count);
         for _ in 0..line_count {
             lines.push(LineResult {
                 code: self.code()?,
@@ -414,10 +423,10 @@ impl Reader<'_> {
                 available: self.i64()?,
             });
         }
-        Ok(Reply { code, lines: lines.into(), deadline_ms, on_hand, count })
+        Ok(Reply { code, lines: LineResults::from(&lines[..]), deadline_ms, on_hand, count })
     }
     fn memo(&mut self) -> Result<OperationMemo, DecodeError> {
-        Ok(OperationMemo { operation: self.name()?, fingerprint: self.u64()?, reply: self.reply()? })
+        Ok(OperationMemo { operation: self.id()?, fingerprint: self.u64()?, reply: self.reply()? })
     }
     fn changes(&mut self) -> Result<Vec<ItemChange>, DecodeError> {
         let count = self.count(ITEM_CHANGE_BYTES)?;
