@@ -11,6 +11,9 @@
 //!   after `not_primary`, on the next endpoint (the standby names its primary). Never after
 //!   `unauthenticated` (an unknown token, or one revoked while its connection was open): that
 //!   refusal is returned at once.
+//! - **moves on after `Goodbye`** (the server's graceful shutdown): requests in flight are
+//!   answered on the old connection; new ones open a new one (with several endpoints, to
+//!   whichever answers as primary with the highest epoch).
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), reservoir_net::NetError> {
@@ -36,7 +39,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -125,6 +128,9 @@ struct Session {
     pending: Arc<Mutex<HashMap<u64, Pending>>>,
     next_stream: AtomicUsize,
     generation: u64,
+    /// The server said `Goodbye` (a graceful shutdown): requests in flight are still answered
+    /// here, new ones go to a new session.
+    draining: Arc<AtomicBool>,
 }
 
 struct Inner {
@@ -345,10 +351,12 @@ impl Inner {
     async fn session(&self) -> Result<Arc<Session>, NetError> {
         let mut current = self.session.lock().await;
         if let Some(session) = current.as_ref() {
-            if session.connection.close_reason().is_none() {
+            if session.connection.close_reason().is_none() && !session.draining.load(Ordering::Acquire) {
                 return Ok(session.clone());
             }
         }
+        // A draining session is left to finish what it carries (its requests hold it).
+        current.take();
         let count = self.options.endpoints.len();
         if count == 1 {
             let session = Arc::new(self.open(&self.options.endpoints[0]).await?);
@@ -477,14 +485,15 @@ impl Probe {
             other => return Err(NetError::Protocol(format!("expected HelloReply, got {other:?}"))),
         };
         let pending = Arc::new(Mutex::new(HashMap::new()));
+        let draining = Arc::new(AtomicBool::new(false));
         let mut senders = vec![tokio::sync::Mutex::new(send)];
-        tokio::spawn(read_replies(recv, decoder, pending.clone()));
+        tokio::spawn(read_replies(recv, decoder, pending.clone(), draining.clone()));
         for _ in 1..self.options.streams {
             let (send, recv) = connection.open_bi().await.map_err(|error| NetError::Connection(error.to_string()))?;
             senders.push(tokio::sync::Mutex::new(send));
-            tokio::spawn(read_replies(recv, FrameDecoder::new(), pending.clone()));
+            tokio::spawn(read_replies(recv, FrameDecoder::new(), pending.clone(), draining.clone()));
         }
-        Ok(Session { connection, hello, senders, pending, next_stream: AtomicUsize::new(0), generation: 0 })
+        Ok(Session { connection, hello, senders, pending, next_stream: AtomicUsize::new(0), generation: 0, draining })
     }
 }
 
@@ -511,6 +520,7 @@ async fn read_replies(
     mut recv: quinn::RecvStream,
     mut decoder: FrameDecoder,
     pending: Arc<Mutex<HashMap<u64, Pending>>>,
+    draining: Arc<AtomicBool>,
 ) {
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     let failure = loop {
@@ -557,7 +567,8 @@ async fn read_replies(
                         break;
                     }
                 },
-                Ok(ServerFrame::Goodbye) | Ok(ServerFrame::HelloReply(_)) => {}
+                Ok(ServerFrame::Goodbye) => draining.store(true, Ordering::Release),
+                Ok(ServerFrame::HelloReply(_)) => {}
                 Err(error) => {
                     broken = Some(error.to_string());
                     break;

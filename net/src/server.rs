@@ -60,6 +60,9 @@ pub const MEMORY_FULL_WARNING_INTERVAL_MS: u64 = 10_000;
 pub const EXPIRE_COMMANDS_PER_TICK_MAX: usize = 16;
 /// How long a graceful shutdown waits for requests in flight to be answered.
 pub const SHUTDOWN_WAIT_MS_MAX: u64 = 10_000;
+/// How long a graceful shutdown keeps its connections open after the requests in flight are
+/// answered, so that every stream's `Goodbye` reaches its client before the close.
+pub const GOODBYE_GRACE_MS: u64 = 50;
 /// Connections served at once; more are refused at the QUIC handshake.
 pub const CONNECTIONS_MAX: usize = 10_000;
 /// The longest `retry_after_ms` the server asks for.
@@ -184,6 +187,8 @@ pub(crate) struct Core {
     rate_per_tenant: HashMap<String, Rate>,
     limiters: RwLock<HashMap<String, Arc<governor::DefaultDirectRateLimiter>>>,
     shutting_down: AtomicBool,
+    /// Set once, when a graceful shutdown starts: every stream then sends `Goodbye`.
+    goodbye: watch::Sender<bool>,
     counters: ServerCounters,
 }
 
@@ -409,6 +414,7 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
         rate_per_tenant: options.rate_per_tenant.clone(),
         limiters: RwLock::new(HashMap::new()),
         shutting_down: AtomicBool::new(false),
+        goodbye: watch::Sender::new(false),
         counters: ServerCounters::default(),
     });
     let mut tasks = vec![
@@ -535,9 +541,15 @@ impl ServerHandle {
     pub async fn shutdown(mut self) -> Result<Engine, NetError> {
         self.core.shutting_down.store(true, Ordering::Release);
         self.endpoint.set_server_config(None);
+        self.core.goodbye.send_replace(true);
         let deadline = tokio::time::Instant::now() + Duration::from_millis(SHUTDOWN_WAIT_MS_MAX);
         while self.core.counters.in_flight.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if self.endpoint.open_connections() > 0 {
+            // Time for the `Goodbye` frames to reach the clients before the connections close
+            // (closing drops stream data not yet sent).
+            tokio::time::sleep(Duration::from_millis(GOODBYE_GRACE_MS)).await;
         }
         self.endpoint.close(quinn::VarInt::from_u32(0), b"shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
@@ -971,6 +983,8 @@ async fn serve_stream(
     mut decoder: FrameDecoder,
 ) {
     let mut durable = core.durable.clone();
+    let mut goodbye = core.goodbye.subscribe();
+    let mut goodbye_sent = false;
     let mut queued: VecDeque<QueuedReply> = VecDeque::new();
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     let mut reading = true;
@@ -983,6 +997,14 @@ async fn serve_stream(
         while queued.front().is_some_and(|reply| reply.lsn <= durable_lsn) {
             let reply = queued.pop_front().expect("a front");
             if send.write_all(&reply.bytes).await.is_err() {
+                return;
+            }
+        }
+        // A graceful shutdown started: say so once, ahead of the replies still to come (the
+        // requests in flight are answered; later ones get `shutting_down`).
+        if !goodbye_sent && *goodbye.borrow_and_update() {
+            goodbye_sent = true;
+            if send.write_all(&encode(&ServerFrame::Goodbye)).await.is_err() {
                 return;
             }
         }
@@ -1035,6 +1057,13 @@ async fn serve_stream(
             changed = durable.changed(), if !queued.is_empty() => {
                 if changed.is_err() {
                     return;
+                }
+            }
+            // The sender lives in `core`, which this task holds: `changed` fails only if that
+            // were dropped, and then there is no Goodbye to send.
+            changed = goodbye.changed(), if !goodbye_sent => {
+                if changed.is_err() {
+                    goodbye_sent = true;
                 }
             }
         }

@@ -630,3 +630,27 @@ async fn a_first_start_on_a_port_in_use_makes_no_tokens_and_the_next_start_shows
     assert!(!first.admin_token.is_empty() && !first.demo_token.is_empty());
     handle.shutdown().await.unwrap();
 }
+
+/// A graceful shutdown says `Goodbye` on every stream before it closes (protocol.md,
+/// "Closing"): a request sent after it does not run (`shutting_down`, or the connection is
+/// gone by then), and clients learn to move on before their connection drops.
+/// Regression: the server closed its connections without a `Goodbye`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_says_goodbye_and_runs_no_request_after_it() {
+    let running = start().await;
+    let mut raw = raw(&running, &running.demo).await;
+    let before = raw.request(1, vec![receive("in", "SKU", 10)]).await;
+    assert!(matches!(before, Some(ServerFrame::Reply(_))), "{before:?}");
+    let Running { server, directory: _directory, .. } = running;
+    let shutdown = tokio::spawn(server.shutdown());
+    assert_eq!(raw.frame().await, Some(ServerFrame::Goodbye), "the first frame after the shutdown starts");
+    match raw.request(2, vec![reserve("after-goodbye", vec![line("SKU", 1)])]).await {
+        Some(ServerFrame::Error(error)) => assert_eq!(error.code, ProtocolErrorCode::ShuttingDown),
+        None => {} // the grace after the Goodbye ran out first: closed, not run
+        other => panic!("a request after Goodbye was answered {other:?}"),
+    }
+    let engine = shutdown.await.unwrap().unwrap();
+    let tenant = engine.tenant_id("demo").expect("the demo tenant");
+    assert!(engine.reservation(tenant, "after-goodbye").is_none(), "no request runs after Goodbye");
+    assert_eq!(engine.sku(tenant, "SKU").1.on_hand, 10, "the request before it ran");
+}
