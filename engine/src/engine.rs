@@ -1629,17 +1629,17 @@ fn install_reservation(
 }
 
 fn changes_of(items: &[ItemId], guards: &[ItemGuard<'_>]) -> Vec<ItemChange> {
-    items
-        .iter()
-        .zip(guards)
-        .filter(|(_, guard)| guard.counters != guard.original())
-        .map(|(item, guard)| ItemChange {
+    // Sized for every item: a filtered `collect` starts at 4 (288 bytes for one change).
+    let mut changes = Vec::with_capacity(items.len());
+    changes.extend(items.iter().zip(guards).filter(|(_, guard)| guard.counters != guard.original()).map(
+        |(item, guard)| ItemChange {
             item: *item,
             on_hand_delta: guard.counters.on_hand - guard.original().on_hand,
             reserved_delta: guard.counters.reserved - guard.original().reserved,
             after: guard.counters,
-        })
-        .collect()
+        },
+    ));
+    changes
 }
 
 fn check_correction(next: &Counters) -> Result<(), ResultCode> {
