@@ -11,8 +11,9 @@ use reservoir_engine::ResultCode;
 use reservoir_net::client::{Client, ClientOptions};
 use reservoir_net::server::{self, Rate, ServerHandle, ServerOptions};
 use reservoir_net::{
-    decode_server_frame, ClientFrame, FrameDecoder, Hello, Operation, OperationResult, ProtocolErrorCode, Request,
-    ServerFrame, WireLine,
+    decode_client_frame, decode_server_frame, ClientFrame, ErrorFrame, FrameDecoder, Hello, HelloReply, NodeRole,
+    Operation, OperationKind, OperationResult, ProtocolErrorCode, ReplyFrame, Request, Role, ServerFrame, ServerLimits,
+    WireLine,
 };
 
 struct Running {
@@ -653,4 +654,130 @@ async fn a_graceful_shutdown_says_goodbye_and_runs_no_request_after_it() {
     let tenant = engine.tenant_id("demo").expect("the demo tenant");
     assert!(engine.reservation(tenant, "after-goodbye").is_none(), "no request runs after Goodbye");
     assert_eq!(engine.sku(tenant, "SKU").1.on_hand, 10, "the request before it ran");
+}
+
+/// A scripted node in its shutdown grace, beside the real server's test above (a real server
+/// cannot be held in that grace for as long as a test needs: it closes once its requests in
+/// flight are answered). It answers one `Hello` as a primary of epoch 9 (above the real
+/// server's), and on the first request it sends `Goodbye`, stops taking connections (as the
+/// real server does) and answers that request, which was in flight when it said `Goodbye`.
+/// Every request that reaches it afterwards is counted and answered `shutting_down`.
+struct DrainingNode {
+    address: SocketAddr,
+    requests_after_goodbye: Arc<AtomicI64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The epoch the scripted node claims, above a fresh server's.
+const DRAINING_NODE_EPOCH: u64 = 9;
+
+async fn next_client_frame(recv: &mut quinn::RecvStream, decoder: &mut FrameDecoder) -> Option<ClientFrame> {
+    // A byte at a time, as `Raw::frame` reads: the decoder never holds more than one frame.
+    let mut byte = [0u8; 1];
+    loop {
+        if let Some(frame) = decoder.pop() {
+            return Some(decode_client_frame(frame).unwrap());
+        }
+        let count = recv.read(&mut byte).await.ok()??;
+        assert_eq!(decoder.push(&byte[..count]).unwrap(), count);
+    }
+}
+
+async fn send_frame(send: &mut quinn::SendStream, frame: ServerFrame) {
+    let mut bytes = Vec::new();
+    frame.encode(&mut bytes).unwrap();
+    send.write_all(&bytes).await.unwrap();
+}
+
+impl DrainingNode {
+    /// Listens on a free loopback port with `running`'s certificate (one CA for both).
+    fn start(running: &Running) -> DrainingNode {
+        let files = reservoir_net::tls::ensure_generated(running.directory.path(), &[]).unwrap();
+        let config = reservoir_net::tls::server_config(&files).unwrap();
+        let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = endpoint.local_addr().unwrap();
+        let requests_after_goodbye = Arc::new(AtomicI64::new(0));
+        let counted = requests_after_goodbye.clone();
+        let task = tokio::spawn(async move {
+            let connection = endpoint.accept().await.unwrap().await.unwrap();
+            let (mut send, mut recv) = connection.accept_bi().await.unwrap();
+            let mut decoder = FrameDecoder::new();
+            let Some(ClientFrame::Hello(_)) = next_client_frame(&mut recv, &mut decoder).await else {
+                panic!("no Hello")
+            };
+            let hello = HelloReply {
+                version: 1,
+                role: Role::Tenant { name: "demo".into() },
+                epoch: DRAINING_NODE_EPOCH,
+                limits: ServerLimits::THIS_BUILD,
+                node: NodeRole::Primary,
+            };
+            send_frame(&mut send, ServerFrame::HelloReply(hello)).await;
+            let Some(ClientFrame::Request(in_flight)) = next_client_frame(&mut recv, &mut decoder).await else {
+                panic!("no first request")
+            };
+            endpoint.set_server_config(None);
+            send_frame(&mut send, ServerFrame::Goodbye).await;
+            let results = vec![OperationResult::refused(OperationKind::GetSku, ResultCode::UnknownItem)];
+            assert_eq!(in_flight.operations.len(), results.len(), "the test's first request is one query");
+            let reply = ReplyFrame {
+                request_id: in_flight.request_id,
+                epoch: DRAINING_NODE_EPOCH,
+                lsn: 0,
+                first_operation: 0,
+                is_final: true,
+                results,
+            };
+            send_frame(&mut send, ServerFrame::Reply(reply)).await;
+            while let Some(frame) = next_client_frame(&mut recv, &mut decoder).await {
+                let ClientFrame::Request(request) = frame else { continue };
+                counted.fetch_add(1, Ordering::SeqCst);
+                let error = ErrorFrame {
+                    request_id: Some(request.request_id),
+                    code: ProtocolErrorCode::ShuttingDown,
+                    message: "the server is shutting down".into(),
+                    retry_after_ms: None,
+                    primary: None,
+                };
+                send_frame(&mut send, ServerFrame::Error(error)).await;
+            }
+            drop(connection);
+        });
+        DrainingNode { address, requests_after_goodbye, task }
+    }
+}
+
+/// Regression: only the server's side of `Goodbye` was tested, because which of several real
+/// endpoints answers a probe first is not deterministic. Here the draining node is scripted,
+/// so the client's side is shown: a request in flight at the `Goodbye` is answered on the old
+/// connection, and the next one goes over a new connection to the other endpoint, never to
+/// the node that said `Goodbye` (a client that ignored it sent the request there, got
+/// `shutting_down`, and only then moved).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_told_goodbye_sends_its_next_request_to_another_endpoint() {
+    let running = start().await;
+    let draining = DrainingNode::start(&running);
+    let mut options = ClientOptions::new(
+        vec![draining.address.to_string(), running.address()],
+        running.ca.clone(),
+        running.demo.clone(),
+    );
+    options.streams = 1; // the scripted node serves one stream
+    let client = Client::connect(options).await.unwrap();
+    assert_eq!(client.hello().await.unwrap().epoch, DRAINING_NODE_EPOCH, "the primary of the highest epoch first");
+
+    let in_flight = client.request(vec![Operation::GetSku { sku: "SKU".into() }]).await.unwrap();
+    assert_eq!(in_flight.epoch, DRAINING_NODE_EPOCH, "the request in flight at the Goodbye is answered there");
+
+    let after = client.request(vec![receive("after-goodbye", "SKU", 5)]).await.unwrap();
+    assert_eq!(reply_of(&after.results[0]).code, ResultCode::Ok);
+    assert_eq!(after.epoch, 1, "answered by the real server");
+    assert_eq!(draining.requests_after_goodbye.load(Ordering::SeqCst), 0, "no request sent after the Goodbye");
+    assert_eq!(client.hello().await.unwrap().epoch, 1, "the client stays on the other endpoint");
+
+    client.close().await;
+    draining.task.abort();
+    let engine = running.server.shutdown().await.unwrap();
+    let tenant = engine.tenant_id("demo").expect("the demo tenant");
+    assert_eq!(engine.sku(tenant, "SKU").1.on_hand, 5, "the request after the Goodbye ran on the real server");
 }
