@@ -55,6 +55,14 @@ pub enum WalError {
     #[error("the WAL starts at LSN {}, but recovery needs LSN {} (no snapshot covers the records before it)", first.0, needed.0)]
     MissingRecords { needed: Lsn, first: Lsn },
     #[error(
+        "the WAL ends before LSN {}, but the snapshot recovery started from covers up to LSN {}: \
+         records that were durable when the snapshot was taken are missing or damaged at the end of \
+         the log. Refusing to start (a writer there would reuse their LSNs). Restore the directory \
+         (`reservoir restore`), or take a base backup from a replica",
+        log_next.0, covered.0
+    )]
+    LogBehindSnapshot { covered: Lsn, log_next: Lsn },
+    #[error(
         "{segment} at offset {offset}: corrupt record after LSN {}: {why}. Refusing to start: \
          records after it were acknowledged. The log is intact up to LSN {}; restore to it with \
          `reservoir restore --to-lsn {}` or repair the segment from a replica",
@@ -132,11 +140,43 @@ pub fn recover(storage: &dyn Storage, engine: &Engine, mut progress: impl FnMut(
     if scan.last_lsn.0 + 1 < from.0 && scan.first_lsn.is_some() {
         return Err(WalError::MissingRecords { needed: from, first: Lsn(scan.last_lsn.0 + 1) });
     }
+    if scan.position.next_lsn < from {
+        // Checked before any cut, so the damaged segment stays as it was found.
+        return Err(WalError::LogBehindSnapshot { covered: Lsn(from.0 - 1), log_next: scan.position.next_lsn });
+    }
     if let Some(torn) = &scan.torn {
         cut_torn_tail(storage, torn)?;
     }
+    sync_replayed_segments(storage, from)?;
     assert_eq!(engine.next_lsn(), scan.position.next_lsn.max(from), "replay and scan disagree on the next LSN");
+    assert!(scan.position.next_lsn >= from, "the writer continues after what the engine holds");
     Ok(Recovery { scan, records_replayed: replayed, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// Syncs every segment that may hold records at or after `from` (the last segment, and those
+/// before it back to the one `from` falls in). A process that crashed between a group's write
+/// and its fdatasync leaves that group in the page cache, where recovery reads and replays it;
+/// before anything builds on those records (a retry answered from the idempotency memory, a
+/// snapshot, a standby fed from `durable_lsn`), they must be on disk, or a power cut would
+/// still take back what the restarted server treats as durable (PostgreSQL syncs its data
+/// directory at crash recovery for the same reason). Records before `from` are covered by the
+/// snapshot recovery started from, which only ever covers durable records. A segment with no
+/// unsynced data costs one cheap fdatasync.
+fn sync_replayed_segments(storage: &dyn Storage, from: Lsn) -> Result<(), WalError> {
+    let sequences = storage.list().map_err(|source| WalError::io("list the WAL directory", source))?;
+    for &sequence in sequences.iter().rev() {
+        storage.sync(sequence).map_err(|source| WalError::io(storage.describe(sequence), source))?;
+        let bytes = storage
+            .read_prefix(sequence, format::SEGMENT_HEADER_BYTES)
+            .map_err(|source| WalError::io(storage.describe(sequence), source))?;
+        let header = format::SegmentHeader::decode(&bytes)
+            .map_err(|why| WalError::BadSegmentHeader { segment: storage.describe(sequence), why: why.into() })?;
+        assert_eq!(header.sequence, sequence, "the scan checked every header it read");
+        if header.first_lsn <= from {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Zeroes a torn tail and removes the segments after it, durably, so that what follows the

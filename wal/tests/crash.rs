@@ -96,3 +96,73 @@ proptest! {
         prop_assert_eq!(again.dump(), engine.dump());
     }
 }
+
+/// Regression: a process killed between a group's write and its fdatasync left the group in
+/// the page cache; recovery read it back, replayed it and started the writer as if it were
+/// durable, without syncing it. A retry of one of its commands was then answered from the
+/// idempotency memory at once, and a power cut afterwards took the record back. Recovery now
+/// syncs what it replays before anything builds on it.
+#[test]
+fn recovery_makes_the_records_it_replays_from_the_page_cache_durable() {
+    let (_, per_command) = common::history(7, 60);
+    let storage = Arc::new(CrashStorage::new());
+    let empty = Engine::new(common::config());
+    let position = recover(storage.as_ref(), &empty, |_| {}).unwrap().scan.position;
+    let mut writer = Writer::new(storage.clone(), options(), position);
+    for records in &per_command {
+        writer.take(records.clone());
+    }
+    let write = writer.write_group().unwrap();
+    drop(writer); // SIGKILL: written, never synced
+    assert!(storage.unsynced_writes() > 0, "the group is in the page cache only");
+
+    let engine = Engine::new(common::config());
+    let recovery = recover(storage.as_ref(), &engine, |_| {}).unwrap();
+    assert_eq!(recovery.scan.last_lsn, write.last_lsn, "recovery reads the page cache back");
+    assert_eq!(storage.unsynced_writes(), 0, "what recovery replayed is on disk before the writer starts");
+
+    // A power cut now keeps every record the restarted engine holds.
+    let image = storage.crash_image(0, 0);
+    let after_power_cut = Engine::new(common::config());
+    let again = recover(&image, &after_power_cut, |_| {}).unwrap();
+    assert_eq!(again.scan.last_lsn, write.last_lsn);
+    assert_eq!(after_power_cut.dump(), engine.dump());
+}
+
+/// Regression: when the records at the end of the log were lost or damaged although a snapshot
+/// covered them (a flipped bit at the first frame of the last segment, or records never synced
+/// and cut by a power cut), recovery accepted the log: it found a torn tail or a clean end at
+/// the segment's first LSN, zeroed the segment, and started the writer there, below the
+/// engine's next LSN. Every later write then waited forever for LSNs the engine never hands
+/// out. Now it refuses to start, naming both LSNs, and leaves the segment as it found it.
+#[test]
+fn a_log_that_ends_before_what_the_snapshot_covers_is_refused() {
+    let (_, per_command) = common::history(11, 40);
+    let storage = Arc::new(CrashStorage::new());
+    let empty = Engine::new(common::config());
+    let position = recover(storage.as_ref(), &empty, |_| {}).unwrap().scan.position;
+    let mut writer = Writer::new(storage.clone(), options(), position);
+    for records in &per_command {
+        writer.take(records.clone());
+    }
+    let write = writer.write_group().unwrap();
+    writer.sync(&write).unwrap();
+    drop(writer);
+    // The engine a snapshot of every record would load.
+    let covered = Engine::new(common::config());
+    recover(storage.as_ref(), &covered, |_| {}).unwrap();
+    assert_eq!(covered.next_lsn(), Lsn(write.last_lsn.0 + 1));
+
+    // The first frame of the (only) segment is damaged: the log now holds no valid record.
+    let first_frame_at = reservoir_wal::format::SEGMENT_HEADER_BYTES + 12;
+    storage.flip_bit(0, first_frame_at, 3);
+    let before = storage.read(0).unwrap();
+    match recover(storage.as_ref(), &covered, |_| {}) {
+        Err(reservoir_wal::WalError::LogBehindSnapshot { covered: through, log_next }) => {
+            assert_eq!(through, write.last_lsn);
+            assert_eq!(log_next, Lsn(1));
+        }
+        other => panic!("expected LogBehindSnapshot, got {other:?}"),
+    }
+    assert_eq!(storage.read(0).unwrap(), before, "the damaged segment is left as it was found");
+}
