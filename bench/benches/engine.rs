@@ -306,6 +306,7 @@ fn sku_query(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("tenant_items", items), |b| {
             b.iter(|| {
                 let (views, total) = engine.sku(tenant, &names[random.gen_range(0..skus)]);
+                let total = total.expect("the totals fit");
                 assert_eq!(views.len(), SKU_QUERY_LOCATIONS);
                 black_box(total)
             })

@@ -148,8 +148,9 @@ pub struct Page {
 pub struct VerifyReport {
     pub items: usize,
     pub open_reservations: usize,
-    /// Per tenant name: (on_hand, reserved) summed over its items.
-    pub tenant_totals: BTreeMap<String, (i64, i64)>,
+    /// Per tenant name: (on_hand, reserved) summed over its items, in 128 bits (a tenant's
+    /// items together may pass 2^63 units).
+    pub tenant_totals: BTreeMap<String, (i128, i128)>,
     /// Human-readable descriptions of every broken invariant. Empty: all holds.
     pub violations: Vec<String>,
 }
@@ -1356,8 +1357,10 @@ impl Engine {
         Some(view(&shard, item))
     }
 
-    /// Every location of a SKU, and their total.
-    pub fn sku(&self, tenant: TenantId, sku: &str) -> (Vec<ItemView>, Counters) {
+    /// Every location of a SKU, and their total. The total is `quantity_overflow` when a sum
+    /// does not fit 64 bits: one item's counters are at most `STOCK_MAX` (2^50), but a SKU may
+    /// have any number of locations (8,192 of them at `STOCK_MAX` reach 2^63).
+    pub fn sku(&self, tenant: TenantId, sku: &str) -> (Vec<ItemView>, Result<Counters, ResultCode>) {
         let hash = sku_hash(tenant, sku);
         let shard_id = self.catalog.shard_of(hash);
         let shard = self.catalog.read_shard(shard_id);
@@ -1366,16 +1369,19 @@ impl Engine {
             .into_iter()
             .map(|index| view(&shard, ItemId { shard: shard_id, index }))
             .collect();
-        let mut total = Counters::default();
-        for view in &views {
-            total.on_hand += view.counters.on_hand;
-            total.reserved += view.counters.reserved;
-            total.safety_stock += view.counters.safety_stock;
-            total.backorder_limit += view.counters.backorder_limit;
-            total.inflow_total += view.counters.inflow_total;
-            total.committed_total += view.counters.committed_total;
-        }
-        (views, total)
+        let total = views.iter().try_fold(Counters::default(), |total, view| {
+            let counters = &view.counters;
+            Some(Counters {
+                on_hand: total.on_hand.checked_add(counters.on_hand)?,
+                reserved: total.reserved.checked_add(counters.reserved)?,
+                safety_stock: total.safety_stock.checked_add(counters.safety_stock)?,
+                backorder_limit: total.backorder_limit.checked_add(counters.backorder_limit)?,
+                inflow_total: total.inflow_total.checked_add(counters.inflow_total)?,
+                committed_total: total.committed_total.checked_add(counters.committed_total)?,
+            })
+        });
+        debug_assert!(total.is_none_or(|total| total.on_hand >= 0 && total.reserved >= 0));
+        (views, total.ok_or(ResultCode::QuantityOverflow))
     }
 
     /// A page of a tenant's items. `cursor` 0 starts; pages are in a stable order.
@@ -1473,7 +1479,10 @@ impl Engine {
         let tenants = self.catalog.tenants.read();
         // Summed per tenant number, named at the end: one string per tenant, not per item
         // (regression: a name copy and a map lookup per item were 40% of a 10 M-item cold start).
-        let mut totals_by_tenant: Vec<Option<(i64, i64)>> = vec![None; tenants.len() + 1];
+        // In 128 bits: a tenant's items may hold far more than 2^63 units together (each item
+        // up to STOCK_MAX, 2^50). Regression: i64 sums overflowed, and `verify`, which the
+        // server runs on its timer and at shutdown, panicked on a valid ledger.
+        let mut totals_by_tenant: Vec<Option<(i128, i128)>> = vec![None; tenants.len() + 1];
         for (shard_id, shard) in self.catalog.shards.iter().enumerate() {
             let shard = shard.items.read();
             for index in 0..shard.len() as u32 {
@@ -1483,8 +1492,8 @@ impl Engine {
                 // Past the known tenants: the last slot, reported as "?".
                 let slot = (shard.key(index).tenant.0 as usize).min(tenants.len());
                 let totals = totals_by_tenant[slot].get_or_insert((0, 0));
-                totals.0 += counters.on_hand;
-                totals.1 += counters.reserved;
+                totals.0 += i128::from(counters.on_hand);
+                totals.1 += i128::from(counters.reserved);
                 if !counters.holds() {
                     report.violations.push(format!(
                         "item {}@{} breaks the ledger: {counters:?}",

@@ -692,6 +692,7 @@ fn queries_by_sku_and_by_tenant_page() {
     );
     let acme = engine.tenant_id("acme").unwrap();
     let (locations, total) = engine.sku(acme, "SKU1");
+    let total = total.unwrap();
     assert_eq!(locations.len(), 2);
     assert_eq!((total.on_hand, total.reserved), (12, 3));
     let mut seen = Vec::new();
@@ -709,6 +710,35 @@ fn queries_by_sku_and_by_tenant_page() {
     assert_eq!(seen, ["SKU1@A", "SKU1@B", "SKU2@A", "SKU3@C"]);
     let view = engine.reservation(acme, "r1").unwrap();
     assert_eq!(view.lines.iter().map(|l| (l.location.as_str(), l.reserved)).collect::<Vec<_>>(), [("A", 2), ("B", 1)]);
+}
+
+/// Regression: the per-SKU total summed its locations with `+=`, so 8,192 locations each at
+/// `STOCK_MAX` (2^50, every row valid) reached 2^63: a panic under overflow checks, a negative
+/// total without; `verify`'s per-tenant sums (run by the server on its timer and at shutdown)
+/// panicked the same way on this valid ledger. The SKU sum is checked now, and such a total is
+/// `quantity_overflow`; `verify` sums in 128 bits (`check` runs it after every step).
+#[test]
+fn a_sku_total_past_64_bits_is_quantity_overflow_not_a_wrap() {
+    let rows = |from: usize, to: usize| -> String {
+        (from..to)
+            .map(|location| format!("S@L{location}={}", reservoir_engine::STOCK_MAX))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let engine = check(&format!(
+        "tenant acme => ok
+         import acme op1 {} => ok
+         import acme op2 {} => ok",
+        rows(0, 8_191),
+        rows(8_191, 8_192),
+    ));
+    let acme = engine.tenant_id("acme").unwrap();
+    let (locations, total) = engine.sku(acme, "S");
+    assert_eq!(locations.len(), 8_192);
+    assert_eq!(total, Err(ResultCode::QuantityOverflow));
+    // One location fewer fits, exactly.
+    let (_, total) = check(&format!("tenant acme => ok\n import acme op1 {} => ok", rows(0, 8_191))).sku(acme, "S");
+    assert_eq!(total.unwrap().on_hand, 8_191 * reservoir_engine::STOCK_MAX);
 }
 
 /// An engine with tenant acme and 5 of S@A received by operation `o`: the engine, acme, the

@@ -476,6 +476,7 @@ fn run(steps: &[Step]) {
         for tenant in 0..TENANTS {
             for sku in SKUS {
                 let (views, total) = engine.sku(tenants[tenant as usize], sku);
+                let total = total.expect("the model's totals fit");
                 let mut actual: Vec<(String, i64, i64)> = views
                     .iter()
                     .map(|view| (view.location.clone(), view.counters.on_hand, view.counters.reserved))

@@ -1061,6 +1061,10 @@ pub fn run_query(engine: &Engine, query: &Query) -> OperationResult {
             if views.is_empty() {
                 return OperationResult::Sku(Err(ResultCode::UnknownItem));
             }
+            let total = match total {
+                Ok(total) => total,
+                Err(code) => return OperationResult::Sku(Err(code)),
+            };
             let location_count = u32::try_from(views.len()).unwrap_or(u32::MAX);
             let locations = views.iter().take(PAGE_ITEMS_MAX).map(ItemState::from).collect();
             OperationResult::Sku(Ok(SkuSummary { location_count, total, locations }))

@@ -653,7 +653,7 @@ async fn a_graceful_shutdown_says_goodbye_and_runs_no_request_after_it() {
     let engine = shutdown.await.unwrap().unwrap();
     let tenant = engine.tenant_id("demo").expect("the demo tenant");
     assert!(engine.reservation(tenant, "after-goodbye").is_none(), "no request runs after Goodbye");
-    assert_eq!(engine.sku(tenant, "SKU").1.on_hand, 10, "the request before it ran");
+    assert_eq!(engine.sku(tenant, "SKU").1.unwrap().on_hand, 10, "the request before it ran");
 }
 
 /// A scripted node in its shutdown grace, beside the real server's test above (a real server
@@ -779,5 +779,5 @@ async fn a_client_told_goodbye_sends_its_next_request_to_another_endpoint() {
     draining.task.abort();
     let engine = running.server.shutdown().await.unwrap();
     let tenant = engine.tenant_id("demo").expect("the demo tenant");
-    assert_eq!(engine.sku(tenant, "SKU").1.on_hand, 5, "the request after the Goodbye ran on the real server");
+    assert_eq!(engine.sku(tenant, "SKU").1.unwrap().on_hand, 5, "the request after the Goodbye ran on the real server");
 }

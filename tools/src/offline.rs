@@ -472,15 +472,16 @@ pub fn run_print_export(args: PrintExportArgs) -> anyhow::Result<()> {
         "{:<24} {:<16} {:>12} {:>12} {:>8} {:>10}",
         "sku", "location", "on_hand", "reserved", "safety", "backorder"
     );
-    let (mut on_hand, mut reserved, mut items) = (0i64, 0i64, 0u64);
+    // 128-bit sums: a tenant's items together may pass 2^63 units (each up to 2^50).
+    let (mut on_hand, mut reserved, mut items) = (0i128, 0i128, 0u64);
     for (number, line) in lines.enumerate() {
         let row: ExportRow = serde_json::from_str(line).with_context(|| format!("line {}", number + 2))?;
         println!(
             "{:<24} {:<16} {:>12} {:>12} {:>8} {:>10}",
             row.sku, row.location, row.on_hand, row.reserved, row.safety_stock, row.backorder_limit
         );
-        on_hand += row.on_hand;
-        reserved += row.reserved;
+        on_hand += i128::from(row.on_hand);
+        reserved += i128::from(row.reserved);
         items += 1;
     }
     println!("total      {items} items, on_hand {on_hand}, reserved {reserved}");
