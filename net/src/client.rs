@@ -10,7 +10,8 @@
 //!   `too_many_in_flight` or `shutting_down`, once the server's `retry_after_ms` has passed;
 //!   after `not_primary`, on the next endpoint (the standby names its primary). Never after
 //!   `unauthenticated` (an unknown token, or one revoked while its connection was open): that
-//!   refusal is returned at once.
+//!   refusal is returned at once; nor after a request that cannot be encoded
+//!   ([`NetError::Unencodable`]: a string over 255 bytes, a list over its maximum).
 //! - **moves on after `Goodbye`** (the server's graceful shutdown): requests in flight are
 //!   answered on the old connection; new ones open a new one (with several endpoints, to
 //!   whichever answers as primary with the highest epoch).
@@ -234,6 +235,7 @@ async fn batcher(
                     for waiter in waiters {
                         let copy = match &error {
                             NetError::Refused(frame) => NetError::Refused(frame.clone()),
+                            NetError::Unencodable(wire) => NetError::Unencodable(wire.clone()),
                             _ => NetError::Connection(text.clone()),
                         };
                         let _ = waiter.send(Err(copy));
@@ -304,6 +306,10 @@ impl Inner {
                     }
                     _ => return Err(NetError::Refused(error)),
                 },
+                // Regression: an over-long name failed to encode, was taken for a lost
+                // connection, and cost the shared connection, 8 reconnects and ~2.5 s of waits
+                // before the caller heard anything (a gateway answered 502).
+                Err(error @ NetError::Unencodable(_)) => return Err(error),
                 Err(error) => {
                     // The reply was lost with the connection: resend, same ids, maybe elsewhere.
                     self.drop_session(&session).await;
@@ -318,9 +324,7 @@ impl Inner {
     async fn send(&self, session: &Session, operations: Vec<Operation>) -> Result<Reply, NetError> {
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
         let mut bytes = Vec::new();
-        ClientFrame::Request(Request { request_id, operations })
-            .encode(&mut bytes)
-            .map_err(|error| NetError::Protocol(error.to_string()))?;
+        ClientFrame::Request(Request { request_id, operations }).encode(&mut bytes).map_err(NetError::Unencodable)?;
         let (waiter, receiver) = oneshot::channel();
         session.pending.lock().insert(request_id, Pending { waiter, results: Vec::new() });
         let stream = session.next_stream.fetch_add(1, Ordering::Relaxed) % session.senders.len();

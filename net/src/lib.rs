@@ -74,6 +74,10 @@ pub enum NetError {
     Refused(ErrorFrame),
     #[error("the server broke the protocol: {0}")]
     Protocol(String),
+    /// The request cannot be put on the wire (a string over `STRING_BYTES_MAX`, a list over
+    /// its maximum): sending it again cannot help, so the client returns this at once.
+    #[error("the request cannot be encoded: {0}")]
+    Unencodable(WireError),
     #[error("timed out: {0}")]
     Timeout(String),
     #[error("shutdown: {0}")]

@@ -161,6 +161,10 @@ pub enum WireError {
     TooManyOperations { request_id: u64, count: usize },
     #[error("cannot encode {what}: {why}")]
     Unencodable { what: &'static str, why: &'static str },
+    /// A string longer than a `u8` length can say: a name the engine would refuse anyway
+    /// (`name_too_long`: its names are at most `NAME_BYTES_MAX`). Only an encoder fails so.
+    #[error("cannot encode {what}: {bytes} bytes, more than STRING_BYTES_MAX ({STRING_BYTES_MAX})")]
+    StringTooLong { what: &'static str, bytes: usize },
 }
 
 impl WireError {
@@ -177,7 +181,7 @@ impl WireError {
             WireError::UnknownFrameType { .. } => ProtocolErrorCode::UnknownFrameType,
             WireError::UnknownOperation { .. } => ProtocolErrorCode::UnknownOperation,
             WireError::TooManyOperations { .. } => ProtocolErrorCode::TooManyOperations,
-            WireError::Unencodable { .. } => ProtocolErrorCode::Internal,
+            WireError::Unencodable { .. } | WireError::StringTooLong { .. } => ProtocolErrorCode::Internal,
         }
     }
 
@@ -404,7 +408,9 @@ impl<'a> Writer<'a> {
     }
     pub(crate) fn string(&mut self, what: &'static str, text: &str) {
         if text.len() > STRING_BYTES_MAX {
-            self.fail(what, "longer than STRING_BYTES_MAX");
+            if self.error.is_none() {
+                self.error = Some(WireError::StringTooLong { what, bytes: text.len() });
+            }
             self.u8(0);
             return;
         }

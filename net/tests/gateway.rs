@@ -355,6 +355,17 @@ async fn every_error_maps_to_its_status_and_a_problem() {
         .post(&receipt, &token, "in-3", json!({"sku": "S".repeat(65), "location": "DC1", "quantity": 1}))
         .await
         .assert_problem(422, "name_too_long");
+    // Regression: a name too long for the wire (over 255 bytes) was taken for a lost
+    // connection: the pooled connection closed, 8 reconnects, ~2.5 s, then 502. It is the
+    // engine's 422 now, at once, in the body and as the Idempotency-Key alike.
+    setup
+        .post(&receipt, &token, "in-4", json!({"sku": "S".repeat(256), "location": "DC1", "quantity": 1}))
+        .await
+        .assert_problem(422, "name_too_long");
+    setup
+        .post(&receipt, &token, &"k".repeat(300), json!({"sku": "A", "location": "DC1", "quantity": 1}))
+        .await
+        .assert_problem(422, "name_too_long");
     setup
         .post(&format!("{DEMO}/moves"), &token, "mv", json!({"sku": "A", "from": "DC1", "to": "DC1", "quantity": 1}))
         .await

@@ -5,7 +5,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use reservoir_engine::ResultCode;
+use reservoir_engine::{ResultCode, NAME_BYTES_MAX};
 use serde::Serialize;
 
 use crate::wire::ProtocolErrorCode;
@@ -259,6 +259,17 @@ impl Problem {
                     "no Reservoir server answered: retry with the same Idempotency-Key",
                 )
             }
+            // What the engine answers a name over NAME_BYTES_MAX, for one the wire cannot carry.
+            NetError::Unencodable(crate::wire::WireError::StringTooLong { what, bytes }) => {
+                let code = ResultCode::NameTooLong;
+                Problem::new(
+                    result_status(code),
+                    code.name(),
+                    code.number(),
+                    format!("the {what} is {bytes} bytes: names are at most {NAME_BYTES_MAX}"),
+                )
+            }
+            NetError::Unencodable(wire) => Problem::gateway(GatewayCode::InvalidBody, wire.to_string()),
             NetError::Timeout(_) => {
                 tracing::warn!(%error, "upstream timeout");
                 Problem::gateway(
