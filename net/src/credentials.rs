@@ -226,3 +226,34 @@ impl Credentials {
         std::fs::File::open(directory).and_then(|file| file.sync_all()).map_err(io)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::wire::{PrimaryMessage, CREDENTIALS_BYTES_MAX, REPLICATION_MESSAGE_BYTES_MAX};
+
+    /// Regression: a primary ships its whole store to every standby in one message, but the
+    /// message cap was sized for WAL records (5 MiB): past ~30,000 tenant tokens the store no
+    /// longer encoded, and no standby could reconnect. A full store, every entry at its
+    /// longest (64-byte tenant names, 20-digit times), fits the store's own cap, and the message
+    /// that carries it encodes and decodes.
+    #[test]
+    fn a_full_credential_store_ships_in_one_replication_message() {
+        let directory = tempfile::tempdir().unwrap();
+        let credentials = Credentials::open(directory.path()).unwrap();
+        {
+            let mut entries = credentials.entries.write();
+            for number in 0..CREDENTIALS_MAX as u64 {
+                let key = digest(&number.to_le_bytes());
+                let tenant = format!("{number:0>64}");
+                entries.insert(key, Entry { sha256: hex(&key), grant: Grant::Tenant { tenant }, created_ms: u64::MAX });
+            }
+        }
+        let json = credentials.export();
+        assert!(json.len() <= CREDENTIALS_BYTES_MAX, "a full store is {} bytes", json.len());
+        let mut bytes = Vec::new();
+        PrimaryMessage::Credentials { json: json.clone() }.encode(&mut bytes).unwrap();
+        assert!(bytes.len() - 4 <= REPLICATION_MESSAGE_BYTES_MAX);
+        assert_eq!(PrimaryMessage::decode(&bytes[4..]).unwrap(), PrimaryMessage::Credentials { json });
+    }
+}

@@ -9,8 +9,19 @@ use reservoir_wal::RECORD_PAYLOAD_BYTES_MAX;
 use crate::wire::{ProtocolErrorCode, Reader, WireError, Writer, ERROR_MESSAGE_BYTES_MAX};
 use crate::NetError;
 
-/// Bytes of one replication message at most (after its length).
-pub const REPLICATION_MESSAGE_BYTES_MAX: usize = RECORD_PAYLOAD_BYTES_MAX + (1 << 20);
+/// Bytes of one replication message at most (after its length): room for the largest WAL
+/// record and for the whole credential store, each with 1 MiB to spare for the fields around
+/// it. Regression: it was sized for WAL records only (5 MiB), so a store past ~5 MiB (some
+/// 30,000 tenant tokens) could not be shipped, and every standby's reconnect failed on it.
+pub const REPLICATION_MESSAGE_BYTES_MAX: usize = max(RECORD_PAYLOAD_BYTES_MAX, CREDENTIALS_BYTES_MAX) + (1 << 20);
+
+const fn max(left: usize, right: usize) -> usize {
+    if left > right {
+        left
+    } else {
+        right
+    }
+}
 /// Bytes of WAL frames one `Wal` message carries at most (a single larger record goes alone).
 pub const WAL_CHUNK_BYTES_MAX: usize = 1 << 20;
 /// Bytes of snapshot one `SnapshotChunk` carries at most.
