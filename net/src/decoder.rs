@@ -27,7 +27,7 @@ use crate::wire::{frame_length, WireError, DECODER_RETAINED_BYTES_MAX, FRAME_BYT
 /// }
 /// assert_eq!(frames, [ClientFrame::Goodbye, ClientFrame::Goodbye]);
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FrameDecoder {
     /// The frame being assembled, header included.
     buffer: Vec<u8>,
@@ -38,11 +38,43 @@ pub struct FrameDecoder {
     /// `pop` handed the buffer's frame out; the next `push` starts a new one.
     popped: bool,
     failed: Option<WireError>,
+    /// The largest frame body this decoder takes: `FRAME_BYTES_MAX`, or less before a
+    /// connection has authenticated ([`FrameDecoder::with_frame_bytes_max`]).
+    frame_bytes_max: usize,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> FrameDecoder {
+        FrameDecoder::new()
+    }
 }
 
 impl FrameDecoder {
     pub fn new() -> FrameDecoder {
-        FrameDecoder::default()
+        FrameDecoder::with_frame_bytes_max(FRAME_BYTES_MAX)
+    }
+
+    /// A decoder that refuses any frame whose body is over `frame_bytes_max` (at most
+    /// `FRAME_BYTES_MAX`) as soon as its header is in. A server reads a connection's `Hello`
+    /// with `HELLO_FRAME_BYTES_MAX`: before a peer has authenticated it may not make the
+    /// server hold a 2 MiB frame for it.
+    pub fn with_frame_bytes_max(frame_bytes_max: usize) -> FrameDecoder {
+        assert!((1..=FRAME_BYTES_MAX).contains(&frame_bytes_max), "a frame cap within FRAME_BYTES_MAX");
+        FrameDecoder {
+            buffer: Vec::new(),
+            frame_bytes: None,
+            ready: false,
+            popped: false,
+            failed: None,
+            frame_bytes_max,
+        }
+    }
+
+    /// Raises (or lowers) the cap for the frames after the current one, e.g. once the `Hello`
+    /// has authenticated the connection.
+    pub fn set_frame_bytes_max(&mut self, frame_bytes_max: usize) {
+        assert!((1..=FRAME_BYTES_MAX).contains(&frame_bytes_max), "a frame cap within FRAME_BYTES_MAX");
+        self.frame_bytes_max = frame_bytes_max;
     }
 
     /// Takes bytes from the front of `input` up to the end of the current frame and returns
@@ -67,6 +99,11 @@ impl FrameDecoder {
                 return Ok(taken);
             };
             match frame_length(*header) {
+                Ok(length) if length > self.frame_bytes_max => {
+                    let error = WireError::FrameOverLimit { announced: length as u64, limit: self.frame_bytes_max };
+                    self.failed = Some(error.clone());
+                    return Err(error);
+                }
                 Ok(length) => self.frame_bytes = Some(FRAME_HEADER_BYTES + length),
                 Err(error) => {
                     self.failed = Some(error.clone());

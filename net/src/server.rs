@@ -36,7 +36,8 @@ use crate::replication::{
 };
 use crate::tls::CertificateFiles;
 use crate::wire::{
-    ProtocolErrorCode, WireError, ERROR_MESSAGE_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX, TENANTS_PER_LIST_MAX,
+    ProtocolErrorCode, WireError, ERROR_MESSAGE_BYTES_MAX, FRAME_BYTES_MAX, HELLO_FRAME_BYTES_MAX,
+    REQUESTS_IN_FLIGHT_MAX, TENANTS_PER_LIST_MAX,
 };
 use crate::{decode_client_frame, encode_reply, negotiate_version, FrameDecoder, NetError};
 
@@ -838,7 +839,9 @@ async fn serve_connection(core: Arc<Core>, incoming: quinn::Incoming) {
         connection.close(quinn::VarInt::from_u32(u32::from(ProtocolErrorCode::Unauthenticated.number())), b"no Hello");
         return;
     };
-    let mut decoder = FrameDecoder::new();
+    // Regression: the Hello was read with the 2 MiB frame cap, so an unauthenticated peer could
+    // make the server hold 2 MiB for each of its connections by announcing a big "Hello".
+    let mut decoder = FrameDecoder::with_frame_bytes_max(HELLO_FRAME_BYTES_MAX);
     let hello =
         match tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), read_hello(&mut recv, &mut decoder))
             .await
@@ -854,6 +857,7 @@ async fn serve_connection(core: Arc<Core>, incoming: quinn::Incoming) {
         Ok(session) => session,
         Err(error) => return refuse(&connection, &mut send, error).await,
     };
+    decoder.set_frame_bytes_max(FRAME_BYTES_MAX);
     let role = match &session.principal {
         Principal::Tenant { name, .. } => Role::Tenant { name: name.clone() },
         Principal::Admin => Role::Admin,
@@ -897,7 +901,9 @@ async fn read_hello(recv: &mut quinn::RecvStream, decoder: &mut FrameDecoder) ->
     let frame = read_frame(recv, decoder).await?;
     match decode_client_frame(&frame) {
         Ok(ClientFrame::Hello(hello)) => Ok(hello),
-        Ok(_) => Err(error_frame(None, ProtocolErrorCode::Unauthenticated, "the first frame must be Hello")),
+        Ok(_) | Err(WireError::UnknownFrameType { .. }) => {
+            Err(error_frame(None, ProtocolErrorCode::Unauthenticated, "the first frame must be Hello"))
+        }
         Err(error) => Err(ErrorFrame::from_wire_error(&error)),
     }
 }

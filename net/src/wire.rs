@@ -31,6 +31,9 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 4_096;
 pub const STRING_BYTES_MAX: usize = u8::MAX as usize;
 /// Bytes of the bearer token in `Hello`.
 pub const TOKEN_BYTES_MAX: usize = 4_096;
+/// Bytes of a `Hello` frame's body at most (type, two versions, the token with its length): what
+/// a server reads from a connection before it has authenticated.
+pub const HELLO_FRAME_BYTES_MAX: usize = 1 + 2 + 2 + 2 + TOKEN_BYTES_MAX;
 /// Bytes of the human-readable message of an `Error` frame.
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 1_024;
 /// Entries in a `list_tenants` result. With names of at most `NAME_BYTES_MAX` (64) bytes a
@@ -153,6 +156,9 @@ pub enum WireError {
     CountOverBytes { what: &'static str, count: u64, left: usize, at: usize },
     #[error("frame announces {announced} bytes, more than FRAME_BYTES_MAX ({FRAME_BYTES_MAX})")]
     FrameTooLarge { announced: u64 },
+    /// Within `FRAME_BYTES_MAX` but over what this point of the connection allows (a `Hello`).
+    #[error("frame announces {announced} bytes, more than {limit} allowed here")]
+    FrameOverLimit { announced: u64, limit: usize },
     #[error("unknown frame type {frame_type:#04x}")]
     UnknownFrameType { frame_type: u8 },
     #[error("request {request_id}: unknown operation kind {kind} at byte {at}")]
@@ -177,7 +183,7 @@ impl WireError {
             | WireError::NotUtf8 { .. }
             | WireError::CountOverMax { .. }
             | WireError::CountOverBytes { .. } => ProtocolErrorCode::MalformedFrame,
-            WireError::FrameTooLarge { .. } => ProtocolErrorCode::FrameTooLarge,
+            WireError::FrameTooLarge { .. } | WireError::FrameOverLimit { .. } => ProtocolErrorCode::FrameTooLarge,
             WireError::UnknownFrameType { .. } => ProtocolErrorCode::UnknownFrameType,
             WireError::UnknownOperation { .. } => ProtocolErrorCode::UnknownOperation,
             WireError::TooManyOperations { .. } => ProtocolErrorCode::TooManyOperations,

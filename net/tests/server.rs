@@ -366,18 +366,62 @@ async fn raw(running: &Running, token: &str) -> Raw {
     raw
 }
 
-/// A raw connection that has sent its `Hello` (with these versions) and read nothing yet.
-async fn raw_hello(running: &Running, token: &str, version_min: u16, version_max: u16) -> Raw {
+/// A raw connection with one stream open, nothing sent on it yet.
+async fn raw_unauthenticated(running: &Running) -> Raw {
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse::<SocketAddr>().unwrap()).unwrap();
     endpoint.set_default_client_config(reservoir_net::tls::client_config(&running.ca).unwrap());
     let connection = endpoint.connect(running.server.local_addr(), "localhost").unwrap().await.unwrap();
-    let (mut send, recv) = connection.open_bi().await.unwrap();
+    let (send, recv) = connection.open_bi().await.unwrap();
+    Raw { connection, send, recv, decoder: FrameDecoder::new() }
+}
+
+/// A raw connection that has sent its `Hello` (with these versions) and read nothing yet.
+async fn raw_hello(running: &Running, token: &str, version_min: u16, version_max: u16) -> Raw {
+    let mut raw = raw_unauthenticated(running).await;
     let mut bytes = Vec::new();
     ClientFrame::Hello(Hello { version_min, version_max, token: token.as_bytes().to_vec() })
         .encode(&mut bytes)
         .unwrap();
-    send.write_all(&bytes).await.unwrap();
-    Raw { connection, send, recv, decoder: FrameDecoder::new() }
+    raw.send.write_all(&bytes).await.unwrap();
+    raw
+}
+
+/// Regression: a connection's `Hello` was read under the 2 MiB frame cap, so a peer with no
+/// token could make the server hold 2 MiB per connection (10,000 connections: 20 GiB) by
+/// announcing a large "Hello" and trickling its body. Now a first frame announcing more than
+/// the largest `Hello` is refused from its header alone; the largest `Hello` still passes
+/// (and meets the token check); and a first frame of an unknown type is `unauthenticated`, as
+/// protocol.md says (it was `unknown_frame_type`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_its_hello_a_connection_may_announce_no_frame_larger_than_a_hello() {
+    let running = start().await;
+    let mut largest = raw_hello(&running, &"x".repeat(reservoir_net::TOKEN_BYTES_MAX), 1, 1).await;
+    assert_eq!(error_code(largest.frame().await), ProtocolErrorCode::Unauthenticated, "read whole, then refused");
+
+    let mut over = raw_unauthenticated(&running).await;
+    let announced = (reservoir_net::HELLO_FRAME_BYTES_MAX as u32 + 1).to_le_bytes();
+    over.send.write_all(&announced).await.unwrap();
+    assert_eq!(error_code(over.frame().await), ProtocolErrorCode::FrameTooLarge, "refused from the header");
+    assert!(over.frame().await.is_none(), "and closed");
+
+    let mut unknown = raw_unauthenticated(&running).await;
+    unknown.send.write_all(&[1, 0, 0, 0, 0x7f]).await.unwrap();
+    assert_eq!(error_code(unknown.frame().await), ProtocolErrorCode::Unauthenticated);
+
+    // After its Hello, a connection may send frames up to FRAME_BYTES_MAX again.
+    let client = running.client(&running.demo).await.unwrap();
+    let rows: Vec<_> = (0..5_000)
+        .map(|row| reservoir_net::WireImportRow {
+            sku: format!("SKU-{row:0>40}"),
+            location: "DC1".into(),
+            on_hand: 1,
+            safety_stock: None,
+            backorder_limit: None,
+        })
+        .collect();
+    let reply = client.request(vec![Operation::Import { operation: "big".into(), rows }]).await.unwrap();
+    assert_eq!(reply_of(&reply.results[0]).code, ResultCode::Ok, "a request far over HELLO_FRAME_BYTES_MAX");
+    running.server.shutdown().await.unwrap();
 }
 
 impl Raw {
