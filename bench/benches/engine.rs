@@ -27,7 +27,7 @@ use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use reservoir_engine::{
     Command, Config, Engine, ImportRow, Line, Location, Name, OperationId, Quantity, Record, ReservationId, ResultCode,
-    Sku, TenantId,
+    Sku, TenantId, PAGE_ITEMS_MAX,
 };
 
 const TENANTS: usize = 10;
@@ -305,10 +305,9 @@ fn sku_query(c: &mut Criterion) {
         group.throughput(Throughput::Elements(1));
         group.bench_function(BenchmarkId::new("tenant_items", items), |b| {
             b.iter(|| {
-                let (views, total) = engine.sku(tenant, &names[random.gen_range(0..skus)]);
-                let total = total.expect("the totals fit");
-                assert_eq!(views.len(), SKU_QUERY_LOCATIONS);
-                black_box(total)
+                let found = engine.sku(tenant, &names[random.gen_range(0..skus)], PAGE_ITEMS_MAX);
+                assert_eq!(found.locations.len(), SKU_QUERY_LOCATIONS);
+                black_box(found.total.expect("the totals fit"))
             })
         });
     }

@@ -102,6 +102,17 @@ pub const EPOCHS_MAX: usize = 65_536;
 /// The epoch of a new log, before any promotion.
 pub const EPOCH_FIRST: u64 = 1;
 
+/// A SKU at its locations ([`Engine::sku`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkuView {
+    /// The first locations, in creation order (at most the `locations_max` asked for).
+    pub locations: Vec<ItemView>,
+    /// How many locations the SKU has (0: the tenant has no such SKU).
+    pub location_count: usize,
+    /// The sum over every location, or `quantity_overflow` past 64 bits.
+    pub total: Result<Counters, ResultCode>,
+}
+
 /// One item as a query sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ItemView {
@@ -1357,20 +1368,21 @@ impl Engine {
         Some(view(&shard, item))
     }
 
-    /// Every location of a SKU, and their total. The total is `quantity_overflow` when a sum
-    /// does not fit 64 bits: one item's counters are at most `STOCK_MAX` (2^50), but a SKU may
-    /// have any number of locations (8,192 of them at `STOCK_MAX` reach 2^63).
-    pub fn sku(&self, tenant: TenantId, sku: &str) -> (Vec<ItemView>, Result<Counters, ResultCode>) {
+    /// A SKU at its locations: the first `locations_max` of them (in creation order) named,
+    /// how many there are, and the total over all of them. Only the named locations copy their
+    /// names (regression: every location was copied, under the shard's read lock, before the
+    /// caller kept the first `PAGE_ITEMS_MAX`). The total is `quantity_overflow` when a sum does
+    /// not fit 64 bits: one item's counters are at most `STOCK_MAX` (2^50), but a SKU may have
+    /// any number of locations (8,192 of them at `STOCK_MAX` reach 2^63).
+    pub fn sku(&self, tenant: TenantId, sku: &str, locations_max: usize) -> SkuView {
         let hash = sku_hash(tenant, sku);
         let shard_id = self.catalog.shard_of(hash);
         let shard = self.catalog.read_shard(shard_id);
-        let views: Vec<ItemView> = shard
-            .sku_items(tenant, sku)
-            .into_iter()
-            .map(|index| view(&shard, ItemId { shard: shard_id, index }))
-            .collect();
-        let total = views.iter().try_fold(Counters::default(), |total, view| {
-            let counters = &view.counters;
+        let indexes = shard.sku_items(tenant, sku);
+        let locations: Vec<ItemView> =
+            indexes.iter().take(locations_max).map(|&index| view(&shard, ItemId { shard: shard_id, index })).collect();
+        let total = indexes.iter().try_fold(Counters::default(), |total, &index| {
+            let counters = shard.cell(index).read();
             Some(Counters {
                 on_hand: total.on_hand.checked_add(counters.on_hand)?,
                 reserved: total.reserved.checked_add(counters.reserved)?,
@@ -1381,7 +1393,8 @@ impl Engine {
             })
         });
         debug_assert!(total.is_none_or(|total| total.on_hand >= 0 && total.reserved >= 0));
-        (views, total.ok_or(ResultCode::QuantityOverflow))
+        debug_assert!(locations.len() == indexes.len().min(locations_max));
+        SkuView { locations, location_count: indexes.len(), total: total.ok_or(ResultCode::QuantityOverflow) }
     }
 
     /// A page of a tenant's items. `cursor` 0 starts; pages are in a stable order.

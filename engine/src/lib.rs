@@ -20,8 +20,8 @@ pub mod workload;
 pub use code::{LineResult, LineResults, Reply, ResultCode};
 pub use command::{Command, ImportRow, Line};
 pub use engine::{
-    Config, Dump, Engine, IdempotencyUsage, ItemView, Page, ReservationLineView, ReservationView, VerifyReport,
-    EPOCHS_MAX, EPOCH_FIRST, IDEMPOTENCY_ENTRIES_MAX_DEFAULT, IDEMPOTENCY_RETENTION_FLOOR_MS,
+    Config, Dump, Engine, IdempotencyUsage, ItemView, Page, ReservationLineView, ReservationView, SkuView,
+    VerifyReport, EPOCHS_MAX, EPOCH_FIRST, IDEMPOTENCY_ENTRIES_MAX_DEFAULT, IDEMPOTENCY_RETENTION_FLOOR_MS,
 };
 pub use item::Counters;
 pub use memory::{IdText, OperationEntry, Reservation, ReservationLineState};

@@ -691,8 +691,13 @@ fn queries_by_sku_and_by_tenant_page() {
          reserve acme r1 SKU1@A:2 SKU1@B:1 => ok",
     );
     let acme = engine.tenant_id("acme").unwrap();
-    let (locations, total) = engine.sku(acme, "SKU1");
-    let total = total.unwrap();
+    let found = engine.sku(acme, "SKU1", usize::MAX);
+    let (locations, total) = (found.locations, found.total.unwrap());
+    // Only the first locations are named when fewer are asked for; the total is over all.
+    let first = engine.sku(acme, "SKU1", 1);
+    assert_eq!((first.locations.len(), first.location_count), (1, 2));
+    assert_eq!(first.total, Ok(total));
+    assert_eq!(first.locations[0], locations[0]);
     assert_eq!(locations.len(), 2);
     assert_eq!((total.on_hand, total.reserved), (12, 3));
     let mut seen = Vec::new();
@@ -733,11 +738,11 @@ fn a_sku_total_past_64_bits_is_quantity_overflow_not_a_wrap() {
         rows(8_191, 8_192),
     ));
     let acme = engine.tenant_id("acme").unwrap();
-    let (locations, total) = engine.sku(acme, "S");
-    assert_eq!(locations.len(), 8_192);
-    assert_eq!(total, Err(ResultCode::QuantityOverflow));
+    let found = engine.sku(acme, "S", 10);
+    assert_eq!((found.locations.len(), found.location_count), (10, 8_192));
+    assert_eq!(found.total, Err(ResultCode::QuantityOverflow));
     // One location fewer fits, exactly.
-    let (_, total) = check(&format!("tenant acme => ok\n import acme op1 {} => ok", rows(0, 8_191))).sku(acme, "S");
+    let total = check(&format!("tenant acme => ok\n import acme op1 {} => ok", rows(0, 8_191))).sku(acme, "S", 0).total;
     assert_eq!(total.unwrap().on_hand, 8_191 * reservoir_engine::STOCK_MAX);
 }
 

@@ -475,8 +475,9 @@ fn run(steps: &[Step]) {
         // The per-SKU query: every location of the SKU, only the tenant's own, and their total.
         for tenant in 0..TENANTS {
             for sku in SKUS {
-                let (views, total) = engine.sku(tenants[tenant as usize], sku);
-                let total = total.expect("the model's totals fit");
+                let found = engine.sku(tenants[tenant as usize], sku, usize::MAX);
+                assert_eq!(found.location_count, found.locations.len());
+                let (views, total) = (found.locations, found.total.expect("the model's totals fit"));
                 let mut actual: Vec<(String, i64, i64)> = views
                     .iter()
                     .map(|view| (view.location.clone(), view.counters.on_hand, view.counters.reserved))

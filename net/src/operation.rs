@@ -845,6 +845,18 @@ pub enum OperationResult {
     Status(Result<String, ResultCode>),
 }
 
+impl OperationResult {
+    /// Items this result carries (a page's, or a SKU summary's named locations): what counts
+    /// against [`QUERY_ITEMS_PER_REQUEST_MAX`].
+    pub fn items(&self) -> usize {
+        match self {
+            OperationResult::Items(Ok(page)) => page.items.len(),
+            OperationResult::Sku(Ok(summary)) => summary.locations.len(),
+            _ => 0,
+        }
+    }
+}
+
 /// Bytes of a `status` document at most.
 pub const STATUS_BYTES_MAX: usize = 60_000;
 
@@ -1045,10 +1057,19 @@ impl OperationResult {
     }
 }
 
+/// Items the queries of one request return together at most (`list_items` pages and the
+/// locations of `get_sku` summaries): one full page. Past it, pages come back short (with a
+/// cursor to go on from) and summaries name fewer locations (their count and total stay
+/// whole). Regression: each of a request's 1,024 operations could return a 10,000-item page,
+/// so one 13 KB request made the server build gigabytes.
+pub const QUERY_ITEMS_PER_REQUEST_MAX: usize = PAGE_ITEMS_MAX;
+
 /// Runs a validated query on `engine` and shapes its answer for the wire: an unknown item,
-/// SKU or reservation is `unknown_item` / `unknown_reservation`; a SKU summary lists at most
-/// `PAGE_ITEMS_MAX` locations.
-pub fn run_query(engine: &Engine, query: &Query) -> OperationResult {
+/// SKU or reservation is `unknown_item` / `unknown_reservation`; a page or a SKU summary holds
+/// at most `items_max` items (at most `PAGE_ITEMS_MAX`; what is left of the request's
+/// [`QUERY_ITEMS_PER_REQUEST_MAX`]).
+pub fn run_query(engine: &Engine, query: &Query, items_max: usize) -> OperationResult {
+    let items_max = items_max.min(PAGE_ITEMS_MAX);
     match query {
         Query::Item { tenant, sku, location } => OperationResult::Item(
             engine
@@ -1057,20 +1078,24 @@ pub fn run_query(engine: &Engine, query: &Query) -> OperationResult {
                 .ok_or(ResultCode::UnknownItem),
         ),
         Query::Sku { tenant, sku } => {
-            let (views, total) = engine.sku(*tenant, sku.as_str());
-            if views.is_empty() {
+            let found = engine.sku(*tenant, sku.as_str(), items_max);
+            if found.location_count == 0 {
                 return OperationResult::Sku(Err(ResultCode::UnknownItem));
             }
-            let total = match total {
+            let total = match found.total {
                 Ok(total) => total,
                 Err(code) => return OperationResult::Sku(Err(code)),
             };
-            let location_count = u32::try_from(views.len()).unwrap_or(u32::MAX);
-            let locations = views.iter().take(PAGE_ITEMS_MAX).map(ItemState::from).collect();
+            let location_count = u32::try_from(found.location_count).unwrap_or(u32::MAX);
+            let locations = found.locations.iter().map(ItemState::from).collect();
             OperationResult::Sku(Ok(SkuSummary { location_count, total, locations }))
         }
         Query::TenantItems { tenant, cursor, limit } => {
-            let page = engine.tenant_items(*tenant, *cursor, *limit);
+            if items_max == 0 {
+                // The request's item budget is spent: an empty page, to go on from the cursor.
+                return OperationResult::Items(Ok(ItemPage { items: Vec::new(), next_cursor: Some(*cursor) }));
+            }
+            let page = engine.tenant_items(*tenant, *cursor, (*limit).min(items_max));
             debug_assert!(page.items.len() <= PAGE_ITEMS_MAX);
             OperationResult::Items(Ok(ItemPage {
                 items: page.items.iter().map(ItemState::from).collect(),

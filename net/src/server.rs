@@ -29,7 +29,9 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::credentials::{Credentials, Grant, TokenDigest};
 use crate::message::{ClientFrame, ErrorFrame, Hello, HelloReply, NodeRole, Request, Role, ServerFrame, ServerLimits};
-use crate::operation::{run_query, Action, AdminAction, OperationKind, OperationResult, TenantEntry};
+use crate::operation::{
+    run_query, Action, AdminAction, OperationKind, OperationResult, TenantEntry, QUERY_ITEMS_PER_REQUEST_MAX,
+};
 use crate::replication::{
     FencedFile, Following, Hub, NodeState, ReplicationMode, ReplicationOptions, Restart, StartRole,
     DEGRADED_WARNING_INTERVAL_MS, LAG_CHECK_INTERVAL_MS, LAG_WARNING_INTERVAL_MS,
@@ -44,6 +46,10 @@ use crate::{decode_client_frame, encode_reply, negotiate_version, FrameDecoder, 
 /// Replies a stream holds, encoded, waiting for the durable LSN they need. While full, the
 /// stream is not read.
 pub const REPLIES_QUEUED_PER_STREAM_MAX: usize = 1_024;
+/// Bytes of encoded replies a stream holds waiting for durability at most (reading stops while
+/// over it): with replies of up to a full page each, the count above alone bounded a stream at
+/// ~2 GB.
+pub const REPLY_BYTES_QUEUED_PER_STREAM_MAX: usize = 8 << 20;
 /// Bytes read from a stream at once.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 /// A connection must send its `Hello` within this long.
@@ -992,6 +998,7 @@ async fn serve_stream(
     let mut goodbye = core.goodbye.subscribe();
     let mut goodbye_sent = false;
     let mut queued: VecDeque<QueuedReply> = VecDeque::new();
+    let mut queued_bytes = 0usize;
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     let mut reading = true;
     // The credential store's generation this stream last saw the token valid at.
@@ -1002,6 +1009,7 @@ async fn serve_stream(
         let durable_lsn = *durable.borrow_and_update();
         while queued.front().is_some_and(|reply| reply.lsn <= durable_lsn) {
             let reply = queued.pop_front().expect("a front");
+            queued_bytes -= reply.bytes.len();
             if send.write_all(&reply.bytes).await.is_err() {
                 return;
             }
@@ -1019,7 +1027,11 @@ async fn serve_stream(
             return;
         }
         tokio::select! {
-            read = recv.read(&mut chunk), if reading && queued.len() < REPLIES_QUEUED_PER_STREAM_MAX => {
+            read = recv.read(&mut chunk),
+                if reading
+                    && queued.len() < REPLIES_QUEUED_PER_STREAM_MAX
+                    && queued_bytes < REPLY_BYTES_QUEUED_PER_STREAM_MAX =>
+            {
                 match read {
                     Ok(Some(count)) => {
                         let mut rest = &chunk[..count];
@@ -1041,6 +1053,7 @@ async fn serve_stream(
                                             return;
                                         }
                                     } else {
+                                        queued_bytes += reply.bytes.len();
                                         queued.push_back(reply);
                                     }
                                 }
@@ -1205,6 +1218,7 @@ fn handle_request(
     let now = now_ms();
     let mut records = Vec::new();
     let mut results = Vec::with_capacity(request.operations.len());
+    let mut query_items_left = QUERY_ITEMS_PER_REQUEST_MAX;
     for operation in &request.operations {
         let kind = operation.kind();
         let result = match operation.to_action(tenant) {
@@ -1213,7 +1227,11 @@ fn handle_request(
                 let reply = core.engine.execute(&command, now, &mut records);
                 OperationResult::Reply { kind, reply }
             }
-            Ok(Action::Query(query)) => run_query(&core.engine, &query),
+            Ok(Action::Query(query)) => {
+                let result = run_query(&core.engine, &query, query_items_left);
+                query_items_left = query_items_left.checked_sub(result.items()).expect("a query keeps to its budget");
+                result
+            }
             Ok(Action::Admin(action)) => run_admin(core, &action, now, &mut records),
         };
         debug_assert_eq!(result.kind(), kind, "a result answers its operation");

@@ -697,7 +697,7 @@ async fn a_graceful_shutdown_says_goodbye_and_runs_no_request_after_it() {
     let engine = shutdown.await.unwrap().unwrap();
     let tenant = engine.tenant_id("demo").expect("the demo tenant");
     assert!(engine.reservation(tenant, "after-goodbye").is_none(), "no request runs after Goodbye");
-    assert_eq!(engine.sku(tenant, "SKU").1.unwrap().on_hand, 10, "the request before it ran");
+    assert_eq!(engine.sku(tenant, "SKU", 0).total.unwrap().on_hand, 10, "the request before it ran");
 }
 
 /// A scripted node in its shutdown grace, beside the real server's test above (a real server
@@ -823,5 +823,60 @@ async fn a_client_told_goodbye_sends_its_next_request_to_another_endpoint() {
     draining.task.abort();
     let engine = running.server.shutdown().await.unwrap();
     let tenant = engine.tenant_id("demo").expect("the demo tenant");
-    assert_eq!(engine.sku(tenant, "SKU").1.unwrap().on_hand, 5, "the request after the Goodbye ran on the real server");
+    assert_eq!(
+        engine.sku(tenant, "SKU", 0).total.unwrap().on_hand,
+        5,
+        "the request after the Goodbye ran on the real server"
+    );
+}
+
+/// Regression: every query of a request could return a full page, so one 13 KB request of
+/// 1,024 `list_items` (limit 10,000 each) made the server build ~10 M items, gigabytes, for a
+/// client that need not even read them. Now a request's queries return at most
+/// `QUERY_ITEMS_PER_REQUEST_MAX` items together: later pages come back short or empty, each
+/// with a cursor that goes on where it stopped, and summaries name fewer locations while their
+/// count and total stay whole. Paging through those cursors still reaches every item once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queries_of_one_request_return_one_page_of_items_in_all() {
+    use reservoir_net::operation::QUERY_ITEMS_PER_REQUEST_MAX;
+    let running = start().await;
+    let client = running.client(&running.demo).await.unwrap();
+    const ITEMS: usize = QUERY_ITEMS_PER_REQUEST_MAX / 4 + 7;
+    let rows: Vec<_> = (0..ITEMS)
+        .map(|row| reservoir_net::WireImportRow {
+            sku: "SKU".into(),
+            location: format!("L{row}"),
+            on_hand: 2,
+            safety_stock: None,
+            backorder_limit: None,
+        })
+        .collect();
+    let reply = client.request(vec![Operation::Import { operation: "load".into(), rows }]).await.unwrap();
+    assert_eq!(reply_of(&reply.results[0]).code, ResultCode::Ok);
+
+    let mut operations = vec![Operation::ListItems { cursor: 0, limit: 10_000 }; 16];
+    operations.push(Operation::GetSku { sku: "SKU".into() });
+    let reply = client.request(operations).await.unwrap();
+    let items: usize = reply.results.iter().map(OperationResult::items).sum();
+    assert_eq!(items, QUERY_ITEMS_PER_REQUEST_MAX, "one page in all (16 whole pages would be {})", 16 * ITEMS);
+    let OperationResult::Sku(Ok(summary)) = &reply.results[16] else { panic!("{:?}", reply.results[16]) };
+    assert!(summary.locations.is_empty(), "the budget was spent before the summary");
+    assert_eq!((summary.location_count as usize, summary.total.on_hand), (ITEMS, 2 * ITEMS as i64));
+
+    // The first short page's cursor goes on where it stopped; paging from it reaches the end.
+    let short = reply.results.iter().position(|result| result.items() < ITEMS).unwrap();
+    let OperationResult::Items(Ok(page)) = &reply.results[short] else { panic!() };
+    let mut seen = page.items.len();
+    let mut cursor = page.next_cursor.expect("a short page says where to go on");
+    loop {
+        let reply = client.request(vec![Operation::ListItems { cursor, limit: 10_000 }]).await.unwrap();
+        let OperationResult::Items(Ok(page)) = &reply.results[0] else { panic!() };
+        seen += page.items.len();
+        match page.next_cursor {
+            Some(next) => cursor = next,
+            None => break,
+        }
+    }
+    assert_eq!(seen, ITEMS, "every item once");
+    running.server.shutdown().await.unwrap();
 }
