@@ -29,7 +29,7 @@ pub struct RewindReport {
     /// Records removed from the log (`kept_through + 1 ..= last_lsn_cut`).
     pub records_cut: u64,
     pub last_lsn_cut: Lsn,
-    /// Snapshots that covered cut records, moved aside.
+    /// Snapshots past `kept_through`, moved aside.
     pub snapshots_moved: Vec<Lsn>,
     /// Where the copies and `REWIND.txt` are.
     pub saved_in: PathBuf,
@@ -45,10 +45,11 @@ fn sync_directory(directory: &Path) -> Result<(), WalError> {
 
 /// Cuts the log of `data_directory` after `keep_through`: the records after it are copied to
 /// `DATA_DIR/rewound/<now_ms>/` (the segment files as they were, and a one-line-per-record
-/// `REWIND.txt`), snapshots covering any of them move there too, and the log is cut the way a
-/// torn tail is (zeroed, later segments removed, synced). Refused (the caller then takes a
-/// base backup instead) when what remains could not be recovered: no snapshot at or before
-/// `keep_through` and a live log that does not start early enough.
+/// `REWIND.txt`), every snapshot past `keep_through` moves there too (the records past the
+/// fork may live only in one: a base backup with nothing logged after it), and the log is cut
+/// the way a torn tail is (zeroed, later segments removed, synced). Refused (the caller then
+/// takes a base backup instead) when what remains could not be recovered: no snapshot at or
+/// before `keep_through` and a live log that is empty or does not start early enough.
 pub fn rewind(data_directory: &Path, keep_through: Lsn, now_ms: u64) -> Result<RewindReport, WalError> {
     let _lock = lock_data_directory(data_directory)?;
     let directory = wal_directory(data_directory);
@@ -73,15 +74,29 @@ pub fn rewind(data_directory: &Path, keep_through: Lsn, now_ms: u64) -> Result<R
         }
         Ok(Flow::Continue)
     })?;
-    let first_lsn = scanned.first_lsn.unwrap_or(Lsn(1));
-    if first_lsn.0 > base.0 + 1 {
+    // Where the live log starts: its first record, or its first segment's header if it holds
+    // none; with no segment at all, the state after a rewind is the base snapshot's alone.
+    let sequences = storage.list().map_err(io(&directory))?;
+    let log_start = (!sequences.is_empty()).then(|| scanned.first_lsn.unwrap_or(scanned.position.next_lsn));
+    let recoverable = match log_start {
+        Some(first) => first.0 <= base.0 + 1,
+        None => base.0 > 0,
+    };
+    if !recoverable {
+        let log = match log_start {
+            Some(first) => format!("the live log starts at LSN {}", first.0),
+            None => "the live log is empty".to_owned(),
+        };
         return Err(WalError::Restore(format!(
-            "cannot rewind to LSN {}: the live log starts at LSN {} and no snapshot at or before the \
-             fork covers the records before it; take a base backup instead",
-            keep_through.0, first_lsn.0
+            "cannot rewind to LSN {}: {log} and no snapshot at or before the fork covers the records \
+             before it; take a base backup instead",
+            keep_through.0
         )));
     }
-    if records_cut == 0 {
+    // Records past the fork may live only in a snapshot (a base backup installed, nothing
+    // logged after it): those snapshots go too, or the node would recover past the fork again.
+    let snapshots_past: Vec<Lsn> = snapshots.iter().copied().filter(|&lsn| lsn > keep_through).collect();
+    if records_cut == 0 && snapshots_past.is_empty() {
         return Ok(RewindReport {
             kept_through: keep_through,
             records_cut: 0,
@@ -90,53 +105,39 @@ pub fn rewind(data_directory: &Path, keep_through: Lsn, now_ms: u64) -> Result<R
             saved_in: PathBuf::new(),
         });
     }
-    // The position right after `keep_through` (or the first frame, if nothing is kept).
-    let position = if keep_through.0 >= first_lsn.0 {
-        let stopped = scan_until(&storage, keep_through, Lsn(0), |record| {
-            Ok(if record.lsn == keep_through { Flow::Stop } else { Flow::Continue })
-        })?;
-        assert!(stopped.stopped && stopped.last_lsn == keep_through, "the kept record is in the log");
-        stopped.position
-    } else {
-        let sequences = storage.list().map_err(io(&directory))?;
-        crate::scan::AppendPosition {
-            sequence: sequences[0],
-            offset: crate::format::SEGMENT_HEADER_BYTES as u64,
-            segment_exists: true,
-            next_lsn: first_lsn,
-            history: scanned.position.history,
-        }
+    let cut_at = match records_cut {
+        0 => None,
+        _ => Some(cut_position(&storage, &directory, keep_through, &scanned)?),
     };
-    let sequences = storage.list().map_err(io(&directory))?;
-    let later: Vec<u64> = sequences.iter().copied().filter(|&sequence| sequence > position.sequence).collect();
-    let cut_at = TornTail {
-        sequence: position.sequence,
-        offset: position.offset,
-        later_segments: later.clone(),
-        why: format!("rewound after LSN {}", keep_through.0),
+    let segments_cut: Vec<u64> = match &cut_at {
+        Some(cut) => std::iter::once(cut.sequence).chain(cut.later_segments.iter().copied()).collect(),
+        None => Vec::new(),
     };
 
     // Save before changing anything.
     let saved_in = data_directory.join("rewound").join(format!("{now_ms}-after-{}", keep_through.0));
     std::fs::create_dir_all(&saved_in).map_err(io(&saved_in))?;
-    for sequence in std::iter::once(position.sequence).chain(later.iter().copied()) {
+    for sequence in segments_cut {
         let name = crate::storage::segment_file_name(sequence);
         std::fs::copy(directory.join(&name), saved_in.join(&name)).map_err(io(&saved_in))?;
     }
     let mut snapshots_moved = Vec::new();
-    for &lsn in snapshots.iter().filter(|&&lsn| lsn > keep_through) {
+    for &lsn in &snapshots_past {
         let name = snapshot::snapshot_file_name(lsn);
         std::fs::rename(snapshots_directory.join(&name), saved_in.join(&name)).map_err(io(&saved_in))?;
         snapshots_moved.push(lsn);
     }
+    let cut = if records_cut == 0 {
+        "no record after it was in the live log".to_owned()
+    } else {
+        format!("{records_cut} records after it (LSN {}..={}) were cut", keep_through.0 + 1, last_lsn_cut.0)
+    };
     let mut report = format!(
-        "Rewound at {now_ms} (ms since the epoch): the log kept LSN 1..={kept}; {records_cut} records \
-         after it (LSN {first}..={last}) were cut because the new primary's log forks there. They \
-         were never part of the new primary's history. The segment files as they were and the \
-         snapshots that covered cut records are beside this file.\n\n",
+        "Rewound at {now_ms} (ms since the epoch): the log kept LSN 1..={kept}; {cut} because the \
+         new primary's log forks there. What came after it here was never part of the new \
+         primary's history. The segment files as they were and the snapshots that covered LSNs \
+         after it are beside this file.\n\n",
         kept = keep_through.0,
-        first = keep_through.0 + 1,
-        last = last_lsn_cut.0,
     );
     report.push_str(&described);
     if records_cut as usize > REWIND_REPORT_RECORDS_MAX {
@@ -152,10 +153,47 @@ pub fn rewind(data_directory: &Path, keep_through: Lsn, now_ms: u64) -> Result<R
     sync_directory(&saved_in)?;
     sync_directory(&snapshots_directory)?;
 
-    crate::cut_torn_tail(&storage, &cut_at)?;
-    sync_directory(&directory)?;
-    assert!(last_lsn_cut > keep_through);
+    if let Some(cut_at) = &cut_at {
+        crate::cut_torn_tail(&storage, cut_at)?;
+        sync_directory(&directory)?;
+    }
+    assert!(records_cut == 0 || last_lsn_cut > keep_through);
     Ok(RewindReport { kept_through: keep_through, records_cut, last_lsn_cut, snapshots_moved, saved_in })
+}
+
+/// Where the log is cut: right after record `keep_through` (or at the first frame, if nothing
+/// of the live log is kept), with every later segment.
+fn cut_position(
+    storage: &FsStorage,
+    directory: &Path,
+    keep_through: Lsn,
+    scanned: &crate::scan::ScanEnd,
+) -> Result<TornTail, WalError> {
+    let first_lsn = scanned.first_lsn.expect("records are cut, so the live log holds records");
+    let position = if keep_through.0 >= first_lsn.0 {
+        let stopped = scan_until(storage, keep_through, Lsn(0), |record| {
+            Ok(if record.lsn == keep_through { Flow::Stop } else { Flow::Continue })
+        })?;
+        assert!(stopped.stopped && stopped.last_lsn == keep_through, "the kept record is in the log");
+        stopped.position
+    } else {
+        let sequences = storage.list().map_err(io(directory))?;
+        crate::scan::AppendPosition {
+            sequence: sequences[0],
+            offset: crate::format::SEGMENT_HEADER_BYTES as u64,
+            segment_exists: true,
+            next_lsn: first_lsn,
+            history: scanned.position.history,
+        }
+    };
+    let sequences = storage.list().map_err(io(directory))?;
+    let later: Vec<u64> = sequences.iter().copied().filter(|&sequence| sequence > position.sequence).collect();
+    Ok(TornTail {
+        sequence: position.sequence,
+        offset: position.offset,
+        later_segments: later,
+        why: format!("rewound after LSN {}", keep_through.0),
+    })
 }
 
 fn describe(body: &Body) -> String {
