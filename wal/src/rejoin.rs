@@ -15,7 +15,7 @@ use reservoir_engine::{Body, Lsn};
 
 use crate::scan::{scan_until, Flow, TornTail};
 use crate::storage::{FsStorage, Storage};
-use crate::{lock_data_directory, snapshot, snapshot_directory, wal_directory, WalError};
+use crate::{archive, lock_data_directory, snapshot, snapshot_directory, wal_directory, WalError};
 
 /// Records described one per line in a rewind's report at most (the cut segments are copied
 /// whole beside it, so nothing is lost past this).
@@ -29,7 +29,7 @@ pub struct RewindReport {
     /// Records removed from the log (`kept_through + 1 ..= last_lsn_cut`).
     pub records_cut: u64,
     pub last_lsn_cut: Lsn,
-    /// Snapshots past `kept_through`, moved aside.
+    /// Snapshots past `kept_through` (live and archived), moved aside.
     pub snapshots_moved: Vec<Lsn>,
     /// Where the copies and `REWIND.txt` are.
     pub saved_in: PathBuf,
@@ -45,11 +45,12 @@ fn sync_directory(directory: &Path) -> Result<(), WalError> {
 
 /// Cuts the log of `data_directory` after `keep_through`: the records after it are copied to
 /// `DATA_DIR/rewound/<now_ms>/` (the segment files as they were, and a one-line-per-record
-/// `REWIND.txt`), every snapshot past `keep_through` moves there too (the records past the
-/// fork may live only in one: a base backup with nothing logged after it), and the log is cut
-/// the way a torn tail is (zeroed, later segments removed, synced). Refused (the caller then
-/// takes a base backup instead) when what remains could not be recovered: no snapshot at or
-/// before `keep_through` and a live log that is empty or does not start early enough.
+/// `REWIND.txt`), every snapshot past `keep_through`, live or archived, moves there too (the
+/// records past the fork may live only in one: a base backup with nothing logged after it;
+/// base backups and restores read archived ones), and the log is cut the way a torn tail is
+/// (zeroed, later segments removed, synced). Refused (the caller then takes a base backup
+/// instead) when what remains could not be recovered: no snapshot at or before
+/// `keep_through` and a live log that is empty or does not start early enough.
 pub fn rewind(data_directory: &Path, keep_through: Lsn, now_ms: u64) -> Result<RewindReport, WalError> {
     let _lock = lock_data_directory(data_directory)?;
     let directory = wal_directory(data_directory);
@@ -95,8 +96,12 @@ pub fn rewind(data_directory: &Path, keep_through: Lsn, now_ms: u64) -> Result<R
     }
     // Records past the fork may live only in a snapshot (a base backup installed, nothing
     // logged after it): those snapshots go too, or the node would recover past the fork again.
+    // So do archived ones, which base backups and restores read.
     let snapshots_past: Vec<Lsn> = snapshots.iter().copied().filter(|&lsn| lsn > keep_through).collect();
-    if records_cut == 0 && snapshots_past.is_empty() {
+    let archived_directory = archive::archive_snapshot_directory(data_directory);
+    let archived_past: Vec<Lsn> =
+        snapshot::list(&archived_directory)?.into_iter().filter(|&lsn| lsn > keep_through).collect();
+    if records_cut == 0 && snapshots_past.is_empty() && archived_past.is_empty() {
         return Ok(RewindReport {
             kept_through: keep_through,
             records_cut: 0,
@@ -127,6 +132,17 @@ pub fn rewind(data_directory: &Path, keep_through: Lsn, now_ms: u64) -> Result<R
         std::fs::rename(snapshots_directory.join(&name), saved_in.join(&name)).map_err(io(&saved_in))?;
         snapshots_moved.push(lsn);
     }
+    let archived_saved_in = saved_in.join("archived");
+    if !archived_past.is_empty() {
+        std::fs::create_dir_all(&archived_saved_in).map_err(io(&archived_saved_in))?;
+    }
+    for &lsn in &archived_past {
+        let name = snapshot::snapshot_file_name(lsn);
+        std::fs::rename(archived_directory.join(&name), archived_saved_in.join(&name))
+            .map_err(io(&archived_saved_in))?;
+        snapshots_moved.push(lsn);
+    }
+    snapshots_moved.sort_unstable();
     let cut = if records_cut == 0 {
         "no record after it was in the live log".to_owned()
     } else {
@@ -136,7 +152,7 @@ pub fn rewind(data_directory: &Path, keep_through: Lsn, now_ms: u64) -> Result<R
         "Rewound at {now_ms} (ms since the epoch): the log kept LSN 1..={kept}; {cut} because the \
          new primary's log forks there. What came after it here was never part of the new \
          primary's history. The segment files as they were and the snapshots that covered LSNs \
-         after it are beside this file.\n\n",
+         after it are beside this file (archived ones in `archived/`).\n\n",
         kept = keep_through.0,
     );
     report.push_str(&described);
@@ -152,6 +168,10 @@ pub fn rewind(data_directory: &Path, keep_through: Lsn, now_ms: u64) -> Result<R
     std::fs::File::open(&report_path).and_then(|file| file.sync_all()).map_err(io(&report_path))?;
     sync_directory(&saved_in)?;
     sync_directory(&snapshots_directory)?;
+    if !archived_past.is_empty() {
+        sync_directory(&archived_saved_in)?;
+        sync_directory(&archived_directory)?;
+    }
 
     if let Some(cut_at) = &cut_at {
         crate::cut_torn_tail(&storage, cut_at)?;

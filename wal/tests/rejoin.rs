@@ -9,8 +9,9 @@ use std::path::Path;
 
 use reservoir_engine::workload::Workload;
 use reservoir_engine::Lsn;
+use reservoir_wal::archive::{all_snapshots, archive_snapshot_directory};
 use reservoir_wal::rejoin::{install_base_backup, rewind};
-use reservoir_wal::snapshot::{self, snapshot_file_name};
+use reservoir_wal::snapshot::{self, snapshot_file_name, SNAPSHOTS_KEPT_MAX};
 use reservoir_wal::{
     build_snapshot, open_data_directory, snapshot_directory, Durability, Opened, RetentionPolicy, WalError, WalOptions,
     SEGMENT_BYTES_MIN,
@@ -131,4 +132,32 @@ fn a_rewind_with_nothing_to_cut_in_the_log_moves_the_snapshots_past_the_fork_asi
     assert!(report.saved_in.join(snapshot_file_name(past_fork)).exists(), "{report:?}");
     assert_eq!(snapshot::list(&snapshot_directory(node.path())).unwrap(), vec![before_fork]);
     assert_eq!(recovered_next_lsn(node.path()), Lsn(before_fork.0 + 1));
+}
+
+/// Regression: a rewind moved aside only the live snapshots past the fork; an archived one
+/// stayed in `archive/snapshots/`, where the base backups this node sends once it is a primary
+/// again and a point-in-time restore read it: a state from the cut history.
+#[test]
+fn a_rewind_moves_the_archived_snapshots_past_the_fork_aside_too() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut run = Run::new(directory.path());
+    run.drive(200);
+    let keep_through = run.opened.wal.durable_lsn();
+    // Past the fork, more snapshots than are kept live: the oldest is archived. The log is one
+    // segment, so none of it is archived and it still starts at LSN 1.
+    for _ in 0..=SNAPSHOTS_KEPT_MAX {
+        run.drive(50);
+        run.snapshot(directory.path());
+    }
+    run.opened.wal.close().unwrap();
+    let archived = snapshot::list(&archive_snapshot_directory(directory.path())).unwrap();
+    assert!(!archived.is_empty() && archived.iter().all(|&lsn| lsn > keep_through), "{archived:?}");
+
+    let report = rewind(directory.path(), keep_through, 2).unwrap();
+    assert!(report.records_cut > 0, "{report:?}");
+    let left: Vec<Lsn> = all_snapshots(directory.path()).unwrap().into_iter().map(|(lsn, _)| lsn).collect();
+    assert!(left.iter().all(|&lsn| lsn <= keep_through), "snapshots past the fork are left: {left:?}");
+    assert_eq!(report.snapshots_moved.len(), SNAPSHOTS_KEPT_MAX + 1, "{report:?}");
+    assert!(report.saved_in.join("archived").join(snapshot_file_name(archived[0])).exists(), "{report:?}");
+    assert_eq!(recovered_next_lsn(directory.path()), Lsn(keep_through.0 + 1));
 }
