@@ -124,7 +124,10 @@ pub fn rewind(data_directory: &Path, keep_through: Lsn, now_ms: u64) -> Result<R
     std::fs::create_dir_all(&saved_in).map_err(io(&saved_in))?;
     for sequence in segments_cut {
         let name = crate::storage::segment_file_name(sequence);
-        std::fs::copy(directory.join(&name), saved_in.join(&name)).map_err(io(&saved_in))?;
+        let copy = saved_in.join(&name);
+        std::fs::copy(directory.join(&name), &copy).map_err(io(&copy))?;
+        // Durable before the cut: the copy is then the only one of the cut records.
+        std::fs::File::open(&copy).and_then(|file| file.sync_all()).map_err(io(&copy))?;
     }
     let mut snapshots_moved = Vec::new();
     for &lsn in &snapshots_past {
