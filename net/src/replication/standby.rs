@@ -20,6 +20,10 @@ pub const BASE_BACKUP_BYTES_MAX: u64 = 256 << 30;
 pub const FENCE_ATTEMPTS_MAX: u32 = 3_600;
 /// How long one connection attempt to a primary may take.
 pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
+/// The `following.state`s of a standby that is about to change its data directory offline (it
+/// stays in one until the restart): a promotion is refused in them, since the restart would
+/// move aside or cut the log of the promoted node's own epoch.
+pub const DIRECTORY_CHANGE_STATES: [&str; 2] = ["base_backup", "rewinding"];
 
 /// An open replication connection: the QUIC connection and its first stream, after the
 /// handshake.
@@ -91,6 +95,11 @@ pub(crate) async fn follow(core: Arc<Core>, options: FollowOptions) {
         match follow_once(&core, &options, &mut attempt).await {
             Ok(Ended::Promoted) => return,
             Ok(Ended::Restart(restart)) => {
+                // Never once promoted: the restart would undo the promotion and its writes.
+                if core.role() != NodeRole::Standby {
+                    tracing::warn!(?restart, "no longer a standby: not restarting to change the data directory");
+                    return;
+                }
                 tracing::warn!(?restart, "the standby restarts to change its data directory");
                 core.request_restart(restart);
                 return;
@@ -148,11 +157,16 @@ async fn follow_once(core: &Arc<Core>, options: &FollowOptions, attempt: &mut u3
             following.sessions += 1;
         }
         PrimaryMessage::Rewind { keep_through, epoch } => {
+            if !begin_directory_change(core, "rewinding") {
+                return Ok(Ended::Promoted);
+            }
             tracing::warn!(keep_through, epoch, "this node's log forks from the primary's: rewinding");
             return Ok(Ended::Restart(Restart::Rewind { keep_through }));
         }
         PrimaryMessage::BaseBackup { covers_lsn, bytes } => {
-            core.following.lock().state = "base_backup";
+            if !begin_directory_change(core, "base_backup") {
+                return Ok(Ended::Promoted);
+            }
             let snapshot = receive_base_backup(core, &mut link.recv, covers_lsn, bytes).await?;
             return Ok(Ended::Restart(Restart::BaseBackup { snapshot }));
         }
@@ -166,6 +180,19 @@ async fn follow_once(core: &Arc<Core>, options: &FollowOptions, attempt: &mut u3
         other => return Err(NetError::Protocol(format!("unexpected first message {other:?}"))),
     }
     stream(core, link).await
+}
+
+/// Enters `state` (one of [`DIRECTORY_CHANGE_STATES`]) unless this node stopped being a
+/// standby: under the apply lock, so that a promotion either came first (false) or is refused
+/// until the restart (or until the session fails, which leaves the state).
+fn begin_directory_change(core: &Core, state: &'static str) -> bool {
+    assert!(DIRECTORY_CHANGE_STATES.contains(&state), "{state}");
+    let _guard = core.apply_lock.lock();
+    if core.role() != NodeRole::Standby {
+        return false;
+    }
+    core.following.lock().state = state;
+    true
 }
 
 async fn receive_base_backup(
@@ -346,11 +373,18 @@ fn apply(core: &Core, frames: &[u8]) -> Result<bool, NetError> {
 /// Promotes this standby: no more following; an `EpochChanged` record (epoch + 1) is the
 /// first of its own; then it takes writes, and fences its former primary in the background.
 /// The reply is `ok` with `count` = the new epoch once the record is durable (the caller's
-/// reply waits for it like any write's).
+/// reply waits for it like any write's); `expected_mismatch` from a fenced node, and from a
+/// standby about to change its data directory ([`DIRECTORY_CHANGE_STATES`]).
 pub(crate) fn promote(core: &Arc<Core>, now_ms: u64, records: &mut Vec<Record>) -> Reply {
     let guard = core.apply_lock.lock();
     match core.role() {
-        NodeRole::Standby => {}
+        NodeRole::Standby => {
+            let state = core.following.lock().state;
+            if DIRECTORY_CHANGE_STATES.contains(&state) {
+                tracing::warn!(state, "promote refused: this standby restarts to change its data directory first");
+                return Reply::code(ResultCode::ExpectedMismatch);
+            }
+        }
         NodeRole::Primary => return Reply { count: core.epoch(), ..Reply::code(ResultCode::Ok) },
         NodeRole::Fenced => return Reply::code(ResultCode::ExpectedMismatch),
     }
