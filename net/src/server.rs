@@ -1154,6 +1154,16 @@ fn handle_request(
         return Err(error);
     }
     let admin = matches!(session.principal, Principal::Admin);
+    // Forbidden before not_primary (protocol.md): a tenant token asking a standby for an admin
+    // operation is told it may not, not sent to the primary to be told so there.
+    if let Some(operation) = request.operations.iter().find(|operation| operation.kind().is_admin() != admin) {
+        let why = if admin {
+            "an admin token runs admin operations only"
+        } else {
+            "a tenant token cannot run admin operations"
+        };
+        return Err(error_frame(id, ProtocolErrorCode::Forbidden, format!("{}: {why}", operation.kind().name())));
+    }
     let role = core.role();
     if role != NodeRole::Primary {
         // A standby runs queries; a fenced former primary only `status` (its state may hold
@@ -1172,14 +1182,6 @@ fn handle_request(
             error.retry_after_ms = Some(100);
             return Err(error);
         }
-    }
-    if let Some(operation) = request.operations.iter().find(|operation| operation.kind().is_admin() != admin) {
-        let why = if admin {
-            "an admin token runs admin operations only"
-        } else {
-            "a tenant token cannot run admin operations"
-        };
-        return Err(error_frame(id, ProtocolErrorCode::Forbidden, format!("{}: {why}", operation.kind().name())));
     }
     if let Principal::Tenant { limiter, .. } = &session.principal {
         if let Some(count) = NonZeroU32::new(request.operations.len() as u32) {

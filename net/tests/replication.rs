@@ -264,6 +264,12 @@ async fn a_standby_follows_serves_reads_promotes_and_the_old_primary_rewinds_and
         }
         other => panic!("a write on a standby: {other:?}"),
     }
+    // Regression: an admin operation on a tenant connection to a standby got `not_primary`
+    // (and was retried on the primary, to be refused there); protocol.md says `forbidden`.
+    match reader.request(vec![Operation::IssueToken { tenant: "demo".into(), revoke_others: false }]).await {
+        Err(NetError::Refused(error)) => assert_eq!(error.code, ProtocolErrorCode::Forbidden),
+        other => panic!("an admin operation with a tenant token on a standby: {other:?}"),
+    }
     // The primary sees its standby streaming.
     let primary_status = primary
         .wait_status(&tokens.admin, "the primary lists its standby", |status| {
