@@ -393,12 +393,27 @@ pub struct GroupWrite {
 }
 
 fn run(mut writer: Writer, receiver: Receiver<Vec<Record>>, shared: Arc<Shared>) {
-    if let Err(error) = run_until_closed(&mut writer, &receiver, &shared) {
+    // A broken invariant in the writer panics, as everywhere; but the waiters must hear of it
+    // (regression: a panic here left every `wait_*` and every reply waiting forever).
+    let outcome =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_until_closed(&mut writer, &receiver, &shared)));
+    let failure = match &outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(error)) => Some(error.to_string()),
+        Err(panic) => Some(format!(
+            "the WAL writer panicked: {}",
+            panic.downcast_ref::<String>().map(String::as_str).or(panic.downcast_ref::<&str>().copied()).unwrap_or("?")
+        )),
+    };
+    if let Some(failure) = failure {
         let mut state = shared.state.lock();
         // fsyncgate: after a failed write or fsync nothing is retried or acknowledged.
-        state.failed = Some(error.to_string());
+        state.failed = Some(failure);
         drop(state);
         shared.changed.notify_all();
+    }
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
     }
 }
 
@@ -619,13 +634,22 @@ impl Writer {
                 Ok(group.segments.len() as u64)
             }
             Durability::Relaxed { .. } => {
-                for &sequence in &group.segments {
-                    if !self.unsynced_segments.contains(&sequence) {
-                        self.unsynced_segments.push(sequence);
-                    }
+                // Every segment before the current one was synced when the writer rolled over
+                // from it (`roll_over`): only the current one can hold unsynced frames.
+                // Regression: every segment the group touched was counted again, so a group
+                // (or a sync window) over three segments broke the old "at most two" assertion
+                // and the writer thread died, leaving every waiter waiting.
+                if let Some(&last) = group.segments.last() {
+                    assert_eq!(last, self.sequence, "a group ends in the current segment");
+                    assert!(
+                        self.unsynced_segments.iter().all(|&sequence| sequence == last),
+                        "older segments were synced when the writer rolled over from them"
+                    );
+                    self.unsynced_segments.clear();
+                    self.unsynced_segments.push(last);
                 }
                 self.unsynced_bytes += group.bytes;
-                assert!(self.unsynced_segments.len() <= 2, "a group touches at most two segments between syncs");
+                assert!(self.unsynced_segments.len() <= 1, "only the current segment is unsynced");
                 Ok(0)
             }
             Durability::None => Ok(0),

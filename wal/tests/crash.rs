@@ -166,3 +166,51 @@ fn a_log_that_ends_before_what_the_snapshot_covers_is_refused() {
     }
     assert_eq!(storage.read(0).unwrap(), before, "the damaged segment is left as it was found");
 }
+
+/// A disk whose writes panic (a stand-in for any broken invariant in the writer thread).
+struct PanickingStorage(CrashStorage);
+
+impl Storage for PanickingStorage {
+    fn list(&self) -> std::io::Result<Vec<u64>> {
+        self.0.list()
+    }
+    fn read(&self, sequence: u64) -> std::io::Result<Vec<u8>> {
+        self.0.read(sequence)
+    }
+    fn create(&self, sequence: u64, bytes: u64, header: &[u8]) -> std::io::Result<()> {
+        self.0.create(sequence, bytes, header)
+    }
+    fn write(&self, _: u64, _: u64, _: &[u8]) -> std::io::Result<()> {
+        panic!("a broken invariant in the writer thread");
+    }
+    fn sync(&self, sequence: u64) -> std::io::Result<()> {
+        self.0.sync(sequence)
+    }
+    fn remove(&self, sequence: u64) -> std::io::Result<()> {
+        self.0.remove(sequence)
+    }
+    fn describe(&self, sequence: u64) -> String {
+        self.0.describe(sequence)
+    }
+}
+
+/// Regression: the writer thread handled its errors (every waiter then gets `Failed`) but not
+/// its panics: a panic there left every `append`, `wait_*` and server reply waiting forever.
+/// Now a panic fails the log the same way, and then goes on unwinding.
+#[test]
+fn a_panic_in_the_writer_thread_fails_the_waiters_instead_of_hanging_them() {
+    let storage = Arc::new(PanickingStorage(CrashStorage::new()));
+    let empty = Engine::new(common::config());
+    let position = recover(storage.as_ref() as &dyn Storage, &empty, |_| {}).unwrap().scan.position;
+    let wal = reservoir_wal::Wal::start(storage, options(), position).unwrap();
+    let (_, per_command) = common::history(5, 3);
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(wal.append(per_command.into_iter().flatten().collect()));
+    });
+    match receiver.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(Err(reservoir_wal::WalError::Failed(why))) => assert!(why.contains("panicked"), "{why}"),
+        Ok(other) => panic!("expected Failed, got {other:?}"),
+        Err(_) => panic!("the append still waits a minute after the writer thread died"),
+    }
+}

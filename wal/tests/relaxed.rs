@@ -170,3 +170,56 @@ proptest! {
         common::assert_verified(&engine);
     }
 }
+
+/// Regression: in `Relaxed` mode the writer counted every segment a group had touched as
+/// unsynced, although it syncs each segment when it rolls over from it; a group over three
+/// segments (a burst of large imports with small segments) broke its "at most two" assertion,
+/// and the writer thread died with every waiter still waiting. Now only the current segment
+/// counts, and a group of any size is written, synced and recovered whole.
+#[test]
+fn a_relaxed_group_over_three_segments_is_written_synced_and_recovered() {
+    use reservoir_engine::{Command, ImportRow, Location, Name, OperationId, Sku};
+    let engine = Engine::new(common::config());
+    let mut records = Vec::new();
+    engine.execute(&Command::CreateTenant { name: Name::new("acme").unwrap() }, 1_000, &mut records);
+    let tenant = engine.tenant_id("acme").unwrap();
+    for import in 0..12 {
+        let rows = (0..reservoir_engine::IMPORT_ROWS_MAX)
+            .map(|row| ImportRow {
+                sku: Sku::new(&format!("{import:0>8}-{row:0>55}")).unwrap(),
+                location: Location::new("DC1").unwrap(),
+                on_hand: 1,
+                safety_stock: None,
+                backorder_limit: None,
+            })
+            .collect();
+        let command =
+            Command::Import { tenant, operation: OperationId::new(&format!("import-{import}")).unwrap(), rows };
+        engine.execute(&command, 2_000, &mut records);
+    }
+    let mut scratch = Vec::new();
+    let bytes: usize = records
+        .iter()
+        .map(|record| {
+            scratch.clear();
+            reservoir_wal::codec::encode(&record.body, &mut scratch);
+            scratch.len()
+        })
+        .sum();
+    assert!(bytes as u64 > 2 * SEGMENT_BYTES_MIN, "the group spans three segments or more ({bytes} bytes)");
+
+    let storage = Arc::new(CrashStorage::new());
+    let empty = Engine::new(common::config());
+    let position = recover(storage.as_ref() as &dyn Storage, &empty, |_| {}).unwrap().scan.position;
+    let mut writer = Writer::new(storage.clone(), relaxed(SYNC_INTERVAL_MS_MAX), position);
+    writer.take(records.clone());
+    let group = writer.write_group().unwrap();
+    assert!(group.segments.len() >= 3, "{:?}", group.segments);
+    writer.sync(&group).unwrap();
+    writer.sync_pending().unwrap();
+    assert_eq!(storage.unsynced_writes(), 0);
+
+    let (recovered, last) = recovered(&storage.crash_image(0, 0));
+    assert_eq!(last, last_lsn(&records));
+    assert_eq!(recovered.dump(), engine.dump());
+}
