@@ -369,6 +369,13 @@ fn write_snapshot(
     };
     let limit = up_to.unwrap_or(Lsn(u64::MAX));
     let from = engine.next_lsn();
+    if up_to.is_none() {
+        // Offline, everything on disk is taken: a server killed before its last fdatasync
+        // left records in the page cache only. A snapshot covers only durable records, so
+        // they are synced first, as recovery would (regression: the snapshot could cover
+        // records a power cut then took from the log, and recovery refused the directory).
+        sync_replayed_segments(&storage, from)?;
+    }
     // Stop at `limit`: past the durable LSN a running writer may be half-way through a frame.
     scan::scan_until(&storage, from, from, |record| {
         if record.lsn > limit {
