@@ -51,6 +51,7 @@ use crate::message::{ClientFrame, ErrorFrame, Hello, HelloReply, NodeRole, Reque
 use crate::operation::{Operation, OperationResult};
 use crate::wire::{ProtocolErrorCode, OPERATIONS_PER_REQUEST_MAX, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
 use crate::{decode_server_frame, FrameDecoder, NetError};
+use reservoir_engine::PAGE_ITEMS_MAX;
 
 /// Streams a client opens on its connection at most.
 pub const CLIENT_STREAMS_MAX: usize = 16;
@@ -183,7 +184,7 @@ impl Client {
     /// Sends `operations` as one request (retrying as the module docs say) and returns the
     /// whole reply.
     pub async fn request(&self, operations: Vec<Operation>) -> Result<Reply, NetError> {
-        self.inner.request(operations).await
+        self.inner.request(&operations).await
     }
 
     /// One operation, batched with other concurrent calls into shared requests.
@@ -221,10 +222,10 @@ async fn batcher(
         let inner = inner.clone();
         tokio::spawn(async move {
             let (operations, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            match inner.request(operations).await {
-                Ok(reply) => {
-                    for (waiter, result) in waiters.into_iter().zip(reply.results) {
-                        let _ = waiter.send(Ok(result));
+            match batch_request(&inner, &operations).await {
+                Ok(results) => {
+                    for (waiter, result) in waiters.into_iter().zip(results) {
+                        let _ = waiter.send(result);
                     }
                 }
                 Err(error) => {
@@ -247,13 +248,50 @@ async fn batcher(
     }
 }
 
+/// Sends the operations of unrelated `call`s as one request, and keeps each caller's answer
+/// what it would be alone: a batch that cannot be encoded (one caller's over-long name) is sent
+/// again one operation at a time, so only that caller gets `Unencodable`; and a SKU summary
+/// that the request's shared item budget (`QUERY_ITEMS_PER_REQUEST_MAX`) cut short is asked
+/// again alone (a page cut short carries its cursor and needs nothing).
+async fn batch_request(
+    inner: &Inner,
+    operations: &[Operation],
+) -> Result<Vec<Result<OperationResult, NetError>>, NetError> {
+    let reply = match inner.request(operations).await {
+        Err(NetError::Unencodable(_)) if operations.len() > 1 => {
+            let mut results = Vec::with_capacity(operations.len());
+            for operation in operations {
+                results.push(match inner.request(std::slice::from_ref(operation)).await {
+                    Ok(mut alone) => Ok(alone.results.pop().expect("one result")),
+                    Err(NetError::Unencodable(wire)) => Err(NetError::Unencodable(wire)),
+                    Err(error) => return Err(error),
+                });
+            }
+            return Ok(results);
+        }
+        other => other?,
+    };
+    let mut results = Vec::with_capacity(reply.results.len());
+    for (index, result) in reply.results.into_iter().enumerate() {
+        let cut_short = operations.len() > 1
+            && matches!(&result, OperationResult::Sku(Ok(summary))
+                if summary.locations.len() < (summary.location_count as usize).min(PAGE_ITEMS_MAX));
+        results.push(Ok(if cut_short {
+            inner.request(std::slice::from_ref(&operations[index])).await?.results.pop().expect("one result")
+        } else {
+            result
+        }));
+    }
+    Ok(results)
+}
+
 fn retry_wait(error: &ErrorFrame, attempt: u32) -> Duration {
     let backoff = 10u64 << attempt.min(8);
     Duration::from_millis(error.retry_after_ms.map_or(backoff, u64::from).clamp(1, RETRY_WAIT_MS_MAX))
 }
 
 impl Inner {
-    async fn request(&self, operations: Vec<Operation>) -> Result<Reply, NetError> {
+    async fn request(&self, operations: &[Operation]) -> Result<Reply, NetError> {
         if operations.len() > OPERATIONS_PER_REQUEST_MAX {
             return Err(NetError::Protocol(format!(
                 "{} operations: at most {OPERATIONS_PER_REQUEST_MAX}",
@@ -276,7 +314,7 @@ impl Inner {
                 }
             };
             let timeout = Duration::from_millis(self.options.request_timeout_ms);
-            let outcome = match tokio::time::timeout(timeout, self.send(&session, operations.clone())).await {
+            let outcome = match tokio::time::timeout(timeout, self.send(&session, operations.to_vec())).await {
                 Ok(outcome) => outcome,
                 Err(_) => Err(NetError::Timeout(format!("no reply within {} ms", self.options.request_timeout_ms))),
             };

@@ -1000,6 +1000,8 @@ async fn serve_stream(
     let mut queued: VecDeque<QueuedReply> = VecDeque::new();
     let mut queued_bytes = 0usize;
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    // Bytes read and not yet decoded: at most one read's worth.
+    let mut unread: Vec<u8> = Vec::new();
     let mut reading = true;
     // The credential store's generation this stream last saw the token valid at.
     let mut credentials_checked = session.credentials_generation;
@@ -1022,54 +1024,62 @@ async fn serve_stream(
                 return;
             }
         }
-        if !reading && queued.is_empty() {
+        // Decode what was read, as far as the queue has room: frames past that wait in
+        // `unread` (regression: the caps were checked only before a read, so every reply of
+        // one 64 KiB chunk of small requests was queued, ~2,000 pages, gigabytes).
+        let mut decoded = 0;
+        while decoded < unread.len()
+            && queued.len() < REPLIES_QUEUED_PER_STREAM_MAX
+            && queued_bytes < REPLY_BYTES_QUEUED_PER_STREAM_MAX
+        {
+            let taken = match decoder.push(&unread[decoded..]) {
+                Ok(taken) => taken,
+                Err(error) => {
+                    core.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    return refuse(&connection, &mut send, ErrorFrame::from_wire_error(&error)).await;
+                }
+            };
+            decoded += taken;
+            let Some(frame) = decoder.pop() else { continue };
+            match handle_frame(&core, &session, &mut credentials_checked, frame) {
+                Outcome::Reply(reply) => {
+                    let needed = reply.lsn;
+                    if needed <= *durable.borrow() && queued.is_empty() {
+                        if send.write_all(&reply.bytes).await.is_err() {
+                            return;
+                        }
+                    } else {
+                        queued_bytes += reply.bytes.len();
+                        queued.push_back(reply);
+                    }
+                }
+                Outcome::Error(error) => {
+                    core.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    if error.code.closes_connection() {
+                        return refuse(&connection, &mut send, error).await;
+                    }
+                    if send.write_all(&encode(&ServerFrame::Error(error))).await.is_err() {
+                        return;
+                    }
+                }
+                Outcome::Goodbye => reading = false,
+            }
+        }
+        unread.drain(..decoded);
+        assert!(unread.len() <= READ_CHUNK_BYTES, "at most one read is held undecoded");
+        if !reading && queued.is_empty() && unread.is_empty() {
             let _ = send.finish();
             return;
         }
         tokio::select! {
             read = recv.read(&mut chunk),
                 if reading
+                    && unread.is_empty()
                     && queued.len() < REPLIES_QUEUED_PER_STREAM_MAX
                     && queued_bytes < REPLY_BYTES_QUEUED_PER_STREAM_MAX =>
             {
                 match read {
-                    Ok(Some(count)) => {
-                        let mut rest = &chunk[..count];
-                        while !rest.is_empty() {
-                            let taken = match decoder.push(rest) {
-                                Ok(taken) => taken,
-                                Err(error) => {
-                                    core.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                                    return refuse(&connection, &mut send, ErrorFrame::from_wire_error(&error)).await;
-                                }
-                            };
-                            rest = &rest[taken..];
-                            let Some(frame) = decoder.pop() else { continue };
-                            match handle_frame(&core, &session, &mut credentials_checked, frame) {
-                                Outcome::Reply(reply) => {
-                                    let needed = reply.lsn;
-                                    if needed <= *durable.borrow() && queued.is_empty() {
-                                        if send.write_all(&reply.bytes).await.is_err() {
-                                            return;
-                                        }
-                                    } else {
-                                        queued_bytes += reply.bytes.len();
-                                        queued.push_back(reply);
-                                    }
-                                }
-                                Outcome::Error(error) => {
-                                    core.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                                    if error.code.closes_connection() {
-                                        return refuse(&connection, &mut send, error).await;
-                                    }
-                                    if send.write_all(&encode(&ServerFrame::Error(error))).await.is_err() {
-                                        return;
-                                    }
-                                }
-                                Outcome::Goodbye => reading = false,
-                            }
-                        }
-                    }
+                    Ok(Some(count)) => unread.extend_from_slice(&chunk[..count]),
                     Ok(None) | Err(_) => reading = false,
                 }
             }

@@ -880,3 +880,64 @@ async fn the_queries_of_one_request_return_one_page_of_items_in_all() {
     assert_eq!(seen, ITEMS, "every item once");
     running.server.shutdown().await.unwrap();
 }
+
+/// Regression, two parts of one fix: `Client::call` puts unrelated callers' operations into one
+/// request, so (a) one caller's name too long for the wire failed every call of its batch with
+/// `Unencodable`, and (b) a `get_sku` batched behind pages had its locations cut by the
+/// request's shared item budget, with no cursor to get them. Each caller now gets what it would
+/// get alone. The calls are made on a single-threaded runtime of their own, so that all of them
+/// are queued before the batcher runs: one request holds them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_calls_each_get_what_they_would_get_alone() {
+    let running = start().await;
+    let client = running.client(&running.demo).await.unwrap();
+    const ITEMS: usize = 3_000;
+    let rows: Vec<_> = (0..ITEMS)
+        .map(|row| reservoir_net::WireImportRow {
+            sku: "SKU".into(),
+            location: format!("L{row}"),
+            on_hand: 1,
+            safety_stock: None,
+            backorder_limit: None,
+        })
+        .collect();
+    let reply = client.request(vec![Operation::Import { operation: "load".into(), rows }]).await.unwrap();
+    assert_eq!(reply_of(&reply.results[0]).code, ResultCode::Ok);
+
+    client.close().await;
+    let options = ClientOptions::new(vec![running.address()], running.ca.clone(), running.demo.clone());
+    let outcomes = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let client = Client::connect(options).await.unwrap();
+            let mut calls = tokio::task::JoinSet::new();
+            for index in 0..40 {
+                let client = client.clone();
+                let operation = match index % 4 {
+                    0 => Operation::ListItems { cursor: 0, limit: 10_000 },
+                    1 => Operation::GetSku { sku: "SKU".into() },
+                    2 => receive(&format!("ok-{index}"), "OTHER", 1),
+                    _ => receive(&format!("bad-{index}"), &"S".repeat(300), 1),
+                };
+                calls.spawn(async move { (index, client.call(operation).await) });
+            }
+            let outcomes = calls.join_all().await;
+            client.close().await;
+            outcomes
+        })
+    })
+    .await
+    .unwrap();
+    for (index, outcome) in outcomes {
+        match (index % 4, outcome) {
+            (0, Ok(OperationResult::Items(Ok(_)))) => {}
+            (1, Ok(OperationResult::Sku(Ok(summary)))) => {
+                assert_eq!(summary.locations.len(), ITEMS, "call {index}: every location, as alone")
+            }
+            (2, Ok(result)) => assert_eq!(reply_of(&result).code, ResultCode::Ok, "call {index}"),
+            (3, Err(reservoir_net::NetError::Unencodable(_))) => {}
+            (kind, other) => panic!("call {index} (kind {kind}): {other:?}"),
+        }
+    }
+    running.server.shutdown().await.unwrap();
+}

@@ -236,7 +236,8 @@ async fn receive_base_backup(
 }
 
 /// Applies and persists shipped WAL; reports progress; ends when promoted.
-/// Messages read ahead of the apply loop at most (each up to 5 MiB).
+/// Messages read ahead of the apply loop at most (a WAL message is at most a 4 MiB record and
+/// its fields; only the rare credential store may reach `REPLICATION_MESSAGE_BYTES_MAX`, 33 MiB).
 pub const MESSAGES_READ_AHEAD_MAX: usize = 4;
 
 async fn stream(core: &Arc<Core>, link: Link) -> Result<Ended, NetError> {
