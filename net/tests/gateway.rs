@@ -900,3 +900,36 @@ async fn a_failover_with_the_gateway_in_front() {
     let engine = standby.await.unwrap().unwrap();
     assert!(engine.verify().violations.is_empty());
 }
+
+/// Regression: the gateway's pool made room for a new token before checking it, so requests
+/// with made-up tokens (one per pool slot) closed every tenant's pooled connection, failing
+/// their requests in flight. Now a connection made while the pool is full enters it (evicting
+/// the least recently used) only once its token has shaken hands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_tokens_evict_no_connection_from_the_gateway_pool() {
+    use reservoir_net::gateway::pool::Pool;
+    let setup = start().await;
+    let address = setup.server.as_ref().unwrap().local_addr().to_string();
+    let pool = Pool::new(vec![address], setup.ca.clone(), None, 30_000, 2);
+    let demo = pool.upstream(&setup.demo).await.unwrap();
+    let admin = pool.upstream(&setup.admin).await.unwrap();
+    assert_eq!(pool.len(), 2, "the pool is full");
+    for index in 0..8 {
+        assert!(pool.upstream(&format!("rsv_made_up_{index}")).await.is_err());
+    }
+    assert_eq!(pool.len(), 2);
+    assert!(std::sync::Arc::ptr_eq(&pool.upstream(&setup.demo).await.unwrap(), &demo), "still pooled");
+    assert!(std::sync::Arc::ptr_eq(&pool.upstream(&setup.admin).await.unwrap(), &admin), "still pooled");
+
+    // A token that does shake hands is adopted, in place of the least recently used.
+    let reply = admin
+        .client
+        .request(vec![Operation::IssueToken { tenant: "demo".into(), revoke_others: false }])
+        .await
+        .unwrap();
+    let OperationResult::Token(Ok(second)) = &reply.results[0] else { panic!("{reply:?}") };
+    let adopted = pool.upstream(second).await.unwrap();
+    assert_eq!(pool.len(), 2);
+    assert!(std::sync::Arc::ptr_eq(&pool.upstream(second).await.unwrap(), &adopted), "adopted");
+    pool.clear();
+}
