@@ -830,6 +830,21 @@ async fn a_client_told_goodbye_sends_its_next_request_to_another_endpoint() {
     );
 }
 
+/// Imports `count` locations `L0..` of `sku`, `on_hand` each, in one import.
+async fn import_locations(client: &Client, sku: &str, count: usize, on_hand: i64) {
+    let rows: Vec<_> = (0..count)
+        .map(|row| reservoir_net::WireImportRow {
+            sku: sku.into(),
+            location: format!("L{row}"),
+            on_hand,
+            safety_stock: None,
+            backorder_limit: None,
+        })
+        .collect();
+    let reply = client.request(vec![Operation::Import { operation: format!("load-{sku}"), rows }]).await.unwrap();
+    assert_eq!(reply_of(&reply.results[0]).code, ResultCode::Ok);
+}
+
 /// Regression: every query of a request could return a full page, so one 13 KB request of
 /// 1,024 `list_items` (limit 10,000 each) made the server build ~10 M items, gigabytes, for a
 /// client that need not even read them. Now a request's queries return at most
@@ -842,17 +857,7 @@ async fn the_queries_of_one_request_return_one_page_of_items_in_all() {
     let running = start().await;
     let client = running.client(&running.demo).await.unwrap();
     const ITEMS: usize = QUERY_ITEMS_PER_REQUEST_MAX / 4 + 7;
-    let rows: Vec<_> = (0..ITEMS)
-        .map(|row| reservoir_net::WireImportRow {
-            sku: "SKU".into(),
-            location: format!("L{row}"),
-            on_hand: 2,
-            safety_stock: None,
-            backorder_limit: None,
-        })
-        .collect();
-    let reply = client.request(vec![Operation::Import { operation: "load".into(), rows }]).await.unwrap();
-    assert_eq!(reply_of(&reply.results[0]).code, ResultCode::Ok);
+    import_locations(&client, "SKU", ITEMS, 2).await;
 
     let mut operations = vec![Operation::ListItems { cursor: 0, limit: 10_000 }; 16];
     operations.push(Operation::GetSku { sku: "SKU".into() });
@@ -892,17 +897,7 @@ async fn batched_calls_each_get_what_they_would_get_alone() {
     let running = start().await;
     let client = running.client(&running.demo).await.unwrap();
     const ITEMS: usize = 3_000;
-    let rows: Vec<_> = (0..ITEMS)
-        .map(|row| reservoir_net::WireImportRow {
-            sku: "SKU".into(),
-            location: format!("L{row}"),
-            on_hand: 1,
-            safety_stock: None,
-            backorder_limit: None,
-        })
-        .collect();
-    let reply = client.request(vec![Operation::Import { operation: "load".into(), rows }]).await.unwrap();
-    assert_eq!(reply_of(&reply.results[0]).code, ResultCode::Ok);
+    import_locations(&client, "SKU", ITEMS, 1).await;
 
     client.close().await;
     let options = ClientOptions::new(vec![running.address()], running.ca.clone(), running.demo.clone());

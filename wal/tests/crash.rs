@@ -97,14 +97,9 @@ proptest! {
     }
 }
 
-/// Regression: a process killed between a group's write and its fdatasync left the group in
-/// the page cache; recovery read it back, replayed it and started the writer as if it were
-/// durable, without syncing it. A retry of one of its commands was then answered from the
-/// idempotency memory at once, and a power cut afterwards took the record back. Recovery now
-/// syncs what it replays before anything builds on it.
-#[test]
-fn recovery_makes_the_records_it_replays_from_the_page_cache_durable() {
-    let (_, per_command) = common::history(7, 60);
+/// A fresh log holding one group of a seeded history's records, synced or not.
+fn one_group_written(seed: u64, commands: usize, synced: bool) -> (Arc<CrashStorage>, reservoir_wal::GroupWrite) {
+    let (_, per_command) = common::history(seed, commands);
     let storage = Arc::new(CrashStorage::new());
     let empty = Engine::new(common::config());
     let position = recover(storage.as_ref(), &empty, |_| {}).unwrap().scan.position;
@@ -113,7 +108,20 @@ fn recovery_makes_the_records_it_replays_from_the_page_cache_durable() {
         writer.take(records.clone());
     }
     let write = writer.write_group().unwrap();
-    drop(writer); // SIGKILL: written, never synced
+    if synced {
+        writer.sync(&write).unwrap();
+    }
+    (storage, write)
+}
+
+/// Regression: a process killed between a group's write and its fdatasync left the group in
+/// the page cache; recovery read it back, replayed it and started the writer as if it were
+/// durable, without syncing it. A retry of one of its commands was then answered from the
+/// idempotency memory at once, and a power cut afterwards took the record back. Recovery now
+/// syncs what it replays before anything builds on it.
+#[test]
+fn recovery_makes_the_records_it_replays_from_the_page_cache_durable() {
+    let (storage, write) = one_group_written(7, 60, false); // SIGKILL: written, never synced
     assert!(storage.unsynced_writes() > 0, "the group is in the page cache only");
 
     let engine = Engine::new(common::config());
@@ -137,17 +145,7 @@ fn recovery_makes_the_records_it_replays_from_the_page_cache_durable() {
 /// out. Now it refuses to start, naming both LSNs, and leaves the segment as it found it.
 #[test]
 fn a_log_that_ends_before_what_the_snapshot_covers_is_refused() {
-    let (_, per_command) = common::history(11, 40);
-    let storage = Arc::new(CrashStorage::new());
-    let empty = Engine::new(common::config());
-    let position = recover(storage.as_ref(), &empty, |_| {}).unwrap().scan.position;
-    let mut writer = Writer::new(storage.clone(), options(), position);
-    for records in &per_command {
-        writer.take(records.clone());
-    }
-    let write = writer.write_group().unwrap();
-    writer.sync(&write).unwrap();
-    drop(writer);
+    let (storage, write) = one_group_written(11, 40, true);
     // The engine a snapshot of every record would load.
     let covered = Engine::new(common::config());
     recover(storage.as_ref(), &covered, |_| {}).unwrap();
