@@ -199,7 +199,11 @@ pub fn scan_until(
                         }
                     }
                 }
-                Frame::Zeros if !is_last => break,
+                // The end of a segment the writer rolled over from: zeros to its end. Zeros with
+                // bytes after them are damage, in this segment as in the last (regression: they
+                // were taken for the end, and the error named the next segment's start instead
+                // of the damaged place).
+                Frame::Zeros if !is_last && bytes[offset..].iter().all(|&byte| byte == 0) => break,
                 Frame::Zeros if bytes[offset..].iter().all(|&byte| byte == 0) => {
                     position = AppendPosition {
                         sequence,

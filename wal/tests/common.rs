@@ -43,3 +43,32 @@ pub fn assert_verified(engine: &Engine) {
     let report = engine.verify();
     assert!(report.violations.is_empty(), "verify: {:?}", report.violations);
 }
+
+/// A tenant and `imports` imports of `IMPORT_ROWS_MAX` rows with 64-byte SKUs on a fresh
+/// engine: records near a megabyte each, so that a few span several `SEGMENT_BYTES_MIN`
+/// segments. Returns the engine and each command's records.
+pub fn large_imports(imports: usize) -> (Engine, Vec<Vec<Record>>) {
+    use reservoir_engine::{Command, ImportRow, Location, Name, OperationId, Sku};
+    let engine = Engine::new(config());
+    let mut per_command = Vec::new();
+    let mut records = Vec::new();
+    engine.execute(&Command::CreateTenant { name: Name::new("acme").unwrap() }, 1_000, &mut records);
+    per_command.push(std::mem::take(&mut records));
+    let tenant = engine.tenant_id("acme").unwrap();
+    for import in 0..imports {
+        let rows = (0..reservoir_engine::IMPORT_ROWS_MAX)
+            .map(|row| ImportRow {
+                sku: Sku::new(&format!("{import:0>8}-{row:0>55}")).unwrap(),
+                location: Location::new("DC1").unwrap(),
+                on_hand: 1,
+                safety_stock: None,
+                backorder_limit: None,
+            })
+            .collect();
+        let command =
+            Command::Import { tenant, operation: OperationId::new(&format!("import-{import}")).unwrap(), rows };
+        engine.execute(&command, 2_000, &mut records);
+        per_command.push(std::mem::take(&mut records));
+    }
+    (engine, per_command)
+}

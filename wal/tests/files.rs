@@ -236,3 +236,31 @@ fn a_zeroed_sector_in_the_middle_refuses_to_start() {
         Ok(_) => panic!("recovered past a zeroed sector: acknowledged records would be lost silently"),
     }
 }
+
+/// Regression: a zeroed sector at a frame in a segment that is not the last was read as that
+/// segment's end, so start-up refused with an error about the *next* segment ("starts at LSN
+/// m + 1 but the one before it ends at ..."), not the damaged place. Now the error names the
+/// damaged segment and offset, as it does in the last segment.
+#[test]
+fn a_zeroed_sector_in_an_earlier_segment_refuses_to_start_and_names_the_place() {
+    let (_, per_command) = common::large_imports(12);
+    let directory = tempfile::tempdir().unwrap();
+    write_log(directory.path(), &per_command);
+    let all = frames(directory.path());
+    assert!(all.iter().any(|&(sequence, ..)| sequence >= 1), "the log has more than one segment");
+    // The second frame of the first segment: synced records before and after it.
+    let (sequence, offset, lsn) = all[1];
+    assert_eq!(sequence, all[0].0);
+    let path = directory.path().join(segment_file_name(sequence));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[offset..offset + 512].fill(0);
+    std::fs::write(&path, bytes).unwrap();
+    match recover_into_new(directory.path()) {
+        Err(WalError::Corrupt { segment, offset: at, after_lsn, .. }) => {
+            assert!(segment.ends_with(&segment_file_name(sequence)), "{segment}");
+            assert_eq!((at, after_lsn.0), (offset as u64, lsn - 1));
+        }
+        Err(other) => panic!("expected Corrupt naming the damaged place, got {other}"),
+        Ok(_) => panic!("recovered past a zeroed sector: acknowledged records would be lost silently"),
+    }
+}

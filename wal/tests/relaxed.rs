@@ -178,25 +178,8 @@ proptest! {
 /// counts, and a group of any size is written, synced and recovered whole.
 #[test]
 fn a_relaxed_group_over_three_segments_is_written_synced_and_recovered() {
-    use reservoir_engine::{Command, ImportRow, Location, Name, OperationId, Sku};
-    let engine = Engine::new(common::config());
-    let mut records = Vec::new();
-    engine.execute(&Command::CreateTenant { name: Name::new("acme").unwrap() }, 1_000, &mut records);
-    let tenant = engine.tenant_id("acme").unwrap();
-    for import in 0..12 {
-        let rows = (0..reservoir_engine::IMPORT_ROWS_MAX)
-            .map(|row| ImportRow {
-                sku: Sku::new(&format!("{import:0>8}-{row:0>55}")).unwrap(),
-                location: Location::new("DC1").unwrap(),
-                on_hand: 1,
-                safety_stock: None,
-                backorder_limit: None,
-            })
-            .collect();
-        let command =
-            Command::Import { tenant, operation: OperationId::new(&format!("import-{import}")).unwrap(), rows };
-        engine.execute(&command, 2_000, &mut records);
-    }
+    let (engine, per_command) = common::large_imports(12);
+    let records: Vec<Record> = per_command.into_iter().flatten().collect();
     let mut scratch = Vec::new();
     let bytes: usize = records
         .iter()
