@@ -15,19 +15,11 @@ use reservoir_wal::archive::{archive_snapshot_directory, archive_wal_directory, 
 use reservoir_wal::restore::{restore, write_data_directory, RestoreTarget};
 use reservoir_wal::snapshot::{self, snapshot_file_name};
 use reservoir_wal::{
-    build_snapshot, open_data_directory, snapshot_directory, wal_directory, Durability, FsStorage, Opened,
-    RetentionPolicy, SnapshotPolicy, Snapshotter, Storage as _, WalError, WalOptions, SEGMENT_BYTES_MIN,
+    build_snapshot, open_data_directory, snapshot_directory, wal_directory, FsStorage, Opened, RetentionPolicy,
+    SnapshotPolicy, Snapshotter, Storage as _, WalError,
 };
 
-/// Small segments, no fsync: these tests are about which files go where, not durability
-/// (the crash tests and the crash loop cover that with fsync on).
-fn options() -> WalOptions {
-    WalOptions { durability: Durability::None, segment_bytes: SEGMENT_BYTES_MIN, ..WalOptions::default() }
-}
-
-fn open(directory: &Path) -> Opened {
-    open_data_directory(directory, common::config(), options(), |_| {}).unwrap()
-}
+use common::{files_only_options as options, open_files_only as open};
 
 /// A data directory being written, with every record it was given (the reference log).
 struct Run {

@@ -3,7 +3,10 @@
 #![allow(dead_code)]
 
 use reservoir_engine::workload::Workload;
+use std::path::Path;
+
 use reservoir_engine::{Config, Engine, Record};
+use reservoir_wal::{open_data_directory, Durability, Opened, WalOptions, SEGMENT_BYTES_MIN};
 
 pub fn config() -> Config {
     // A short retention so that `Forget` drops things within a test's simulated time.
@@ -71,4 +74,15 @@ pub fn large_imports(imports: usize) -> (Engine, Vec<Vec<Record>>) {
         per_command.push(std::mem::take(&mut records));
     }
     (engine, per_command)
+}
+
+/// Small segments, no fsync: for tests about which files go where, not durability (the crash
+/// tests and the crash loop cover that with fsync on).
+pub fn files_only_options() -> WalOptions {
+    WalOptions { durability: Durability::None, segment_bytes: SEGMENT_BYTES_MIN, ..WalOptions::default() }
+}
+
+/// Opens (recovers) `directory` with [`files_only_options`].
+pub fn open_files_only(directory: &Path) -> Opened {
+    open_data_directory(directory, config(), files_only_options(), |_| {}).unwrap()
 }

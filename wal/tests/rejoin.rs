@@ -12,19 +12,9 @@ use reservoir_engine::Lsn;
 use reservoir_wal::archive::{all_snapshots, archive_snapshot_directory};
 use reservoir_wal::rejoin::{install_base_backup, rewind};
 use reservoir_wal::snapshot::{self, snapshot_file_name, SNAPSHOTS_KEPT_MAX};
-use reservoir_wal::{
-    build_snapshot, open_data_directory, snapshot_directory, Durability, Opened, RetentionPolicy, WalError, WalOptions,
-    SEGMENT_BYTES_MIN,
-};
+use reservoir_wal::{build_snapshot, snapshot_directory, Opened, RetentionPolicy, WalError};
 
-/// No fsync: these tests are about which files go where.
-fn options() -> WalOptions {
-    WalOptions { durability: Durability::None, segment_bytes: SEGMENT_BYTES_MIN, ..WalOptions::default() }
-}
-
-fn open(directory: &Path) -> Opened {
-    open_data_directory(directory, common::config(), options(), |_| {}).unwrap()
-}
+use common::open_files_only as open;
 
 /// A data directory being written by the workload generator.
 struct Run {
