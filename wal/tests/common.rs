@@ -86,3 +86,19 @@ pub fn files_only_options() -> WalOptions {
 pub fn open_files_only(directory: &Path) -> Opened {
     open_data_directory(directory, config(), files_only_options(), |_| {}).unwrap()
 }
+
+/// (segment, offset, LSN) of every frame on disk in the WAL directory `directory`.
+pub fn frames(directory: &Path) -> Vec<(u64, usize, u64)> {
+    use reservoir_wal::format::{decode_frame, Frame, SEGMENT_HEADER_BYTES};
+    let storage = reservoir_wal::FsStorage::new(directory).unwrap();
+    let mut out = Vec::new();
+    for sequence in reservoir_wal::Storage::list(&storage).unwrap() {
+        let bytes = std::fs::read(directory.join(reservoir_wal::storage::segment_file_name(sequence))).unwrap();
+        let mut offset = SEGMENT_HEADER_BYTES;
+        while let (Frame::Record { record, .. }, length) = decode_frame(&bytes[offset..]) {
+            out.push((sequence, offset, record.lsn.0));
+            offset += length;
+        }
+    }
+    out
+}

@@ -3,11 +3,12 @@
 
 mod common;
 
+use common::frames;
+
 use std::path::Path;
 use std::sync::Arc;
 
 use reservoir_engine::{Engine, Lsn, Record};
-use reservoir_wal::format::{decode_frame, Frame, SEGMENT_HEADER_BYTES};
 use reservoir_wal::{recover, storage::segment_file_name, FsStorage, Wal, WalError, WalOptions, SEGMENT_BYTES_MIN};
 
 fn options() -> WalOptions {
@@ -36,21 +37,6 @@ fn recover_into_new(directory: &Path) -> Result<(Engine, reservoir_wal::Recovery
     let engine = Engine::new(common::config());
     let recovery = recover(&storage, &engine, |_| {})?;
     Ok((engine, recovery))
-}
-
-/// (segment, offset, LSN) of every frame on disk.
-fn frames(directory: &Path) -> Vec<(u64, usize, u64)> {
-    let storage = FsStorage::new(directory).unwrap();
-    let mut out = Vec::new();
-    for sequence in reservoir_wal::Storage::list(&storage).unwrap() {
-        let bytes = std::fs::read(directory.join(segment_file_name(sequence))).unwrap();
-        let mut offset = SEGMENT_HEADER_BYTES;
-        while let (Frame::Record { record, .. }, length) = decode_frame(&bytes[offset..]) {
-            out.push((sequence, offset, record.lsn.0));
-            offset += length;
-        }
-    }
-    out
 }
 
 fn flip_bit(directory: &Path, sequence: u64, offset: usize) {
