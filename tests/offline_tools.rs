@@ -105,3 +105,36 @@ fn snapshot_then_verify_starts_from_the_snapshot() {
     assert!(text.contains("(0 records in"), "everything was in the snapshot: {text}");
     assert!(text.contains("verify     ok"), "{text}");
 }
+
+/// `verify` of a directory whose rewind a crash cut short (zeros past the fork, then valid
+/// frames) checks the state the next start will recover, up to the kept LSN, instead of
+/// refusing the half-cut tail as corruption.
+#[test]
+fn verify_of_a_directory_with_an_interrupted_rewind_checks_the_log_up_to_the_kept_lsn() {
+    use reservoir_wal::format::{decode_frame, Frame, SEGMENT_HEADER_BYTES};
+    let directory = tempfile::tempdir().unwrap();
+    bench_into(directory.path());
+    let segment = directory.path().join("wal").join("0000000000000000.wal");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let mut frames = Vec::new();
+    let mut offset = SEGMENT_HEADER_BYTES;
+    while let (Frame::Record { record, .. }, length) = decode_frame(&bytes[offset..]) {
+        frames.push((offset, record.lsn.0));
+        offset += length;
+    }
+    assert!(frames.len() > 200, "{} frames", frames.len());
+    let (cut_offset, first_cut) = frames[frames.len() / 2];
+    bytes[cut_offset..cut_offset + 4_096].fill(0);
+    std::fs::write(&segment, bytes).unwrap();
+    let data = directory.path().to_str().unwrap();
+    let refused = run(binary(), &["verify", "--data-dir", data]);
+    assert!(!refused.status.success(), "zeros before valid frames read as corruption without the intent");
+
+    reservoir_wal::rejoin::write_rewind_intent(directory.path(), reservoir_engine::Lsn(first_cut - 1)).unwrap();
+    let verify = run(binary(), &["verify", "--data-dir", data]);
+    let text = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success(), "{text}\n{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(text.contains(&format!("kept through LSN {}", first_cut - 1)), "{text}");
+    assert!(text.contains(&format!("the log holds LSN 1..={}", first_cut - 1)), "{text}");
+    assert!(text.contains("verify     ok"), "{text}");
+}

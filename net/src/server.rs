@@ -284,6 +284,13 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
             tracing::info!(lsn = lsn.0, "recovery in progress");
         })
     })?;
+    if let Some(kept_through) = opened.rewind_finished {
+        tracing::warn!(
+            kept_through = kept_through.0,
+            "finished a rewind that a crash cut short: the log now ends at LSN {} (the cut records are under rewound/)",
+            kept_through.0
+        );
+    }
     tracing::info!(
         records = opened.recovery.records_replayed,
         seconds = opened.recovery.seconds,

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::Args;
 use reservoir_engine::{Body, Config, Lsn, Record};
 use reservoir_wal::restore::{RestoreTarget, Restored};
-use reservoir_wal::{DiskUsage, LayeredStorage, RetentionPolicy, ScanEnd};
+use reservoir_wal::{DiskUsage, Flow, LayeredStorage, RetentionPolicy, ScanEnd};
 
 use crate::progress::Progress;
 
@@ -256,15 +256,28 @@ pub fn run_verify(args: VerifyArgs) -> anyhow::Result<()> {
         None => println!("snapshot   none: replaying the whole log"),
     }
     let from = engine.next_lsn();
+    // A rewind a crash cut short: the next start finishes the cut, so the state verified is
+    // the log up to the LSN it keeps (what follows may be half zeroed).
+    let keep_through = reservoir_wal::rejoin::read_rewind_intent(&args.data_dir).context("rewind intent")?;
+    if let Some(keep_through) = keep_through {
+        println!(
+            "rewind     cut short by a crash: the log is kept through LSN {}, and the next start cuts the rest",
+            keep_through.0
+        );
+    }
+    let limit = keep_through.unwrap_or(Lsn(u64::MAX));
     let progress = Progress::new("recovery");
     let mut replayed = 0u64;
-    let end = reservoir_wal::scan(&storage, from, from, |record| {
+    let end = reservoir_wal::scan_until(&storage, from, from, |record| {
+        if record.lsn > limit {
+            return Ok(Flow::Stop);
+        }
         engine.apply(record).map_err(|source| reservoir_wal::WalError::Replay { lsn: record.lsn, source })?;
         replayed += 1;
         if replayed % reservoir_wal::PROGRESS_RECORDS_INTERVAL == 0 {
             progress.update(record.lsn, replayed);
         }
-        Ok(())
+        Ok(if record.lsn == limit { Flow::Stop } else { Flow::Continue })
     })
     .context("recover")?;
     progress.finish();

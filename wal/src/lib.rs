@@ -89,6 +89,12 @@ pub enum WalError {
     #[error("cannot restore: {0}")]
     Restore(String),
     #[error(
+        "{path}: {why}. A rewind was cut short and its intent cannot be read: the log may hold zeros \
+         followed by records after the fork. Finish the rewind by hand (`reservoir wal dump` shows \
+         the log; the cut records are saved under `rewound/`), or take a base backup"
+    )]
+    RewindIntent { path: String, why: String },
+    #[error(
         "{path} is in use by another process ({holder}): one server per data directory, and \
          offline tools that write (snapshot) only while no server runs"
     )]
@@ -265,6 +271,8 @@ pub struct Opened {
     pub snapshot: Option<Lsn>,
     /// Newer snapshots that did not load, and why (recovery fell back past them).
     pub snapshots_skipped: Vec<(Lsn, String)>,
+    /// A rewind that a crash cut short and that recovery finished: the LSN it kept through.
+    pub rewind_finished: Option<Lsn>,
 }
 
 /// Loads the newest snapshot that is valid (falling back to older ones), replays the WAL after
@@ -276,6 +284,8 @@ pub fn open_data_directory(
     progress: impl FnMut(Lsn),
 ) -> Result<Opened, WalError> {
     let lock = lock_data_directory(data_directory)?;
+    // A rewind a crash cut short is finished before anything reads the log.
+    let rewind_finished = rejoin::finish_interrupted_rewind(data_directory)?;
     let (engine, snapshot, snapshots_skipped) = load_base(data_directory, config)?;
     let directory = wal_directory(data_directory);
     let storage =
@@ -299,7 +309,7 @@ pub fn open_data_directory(
     options.epoch = u32::try_from(engine.epoch()).expect("epochs fit in 32 bits");
     let mut wal = Wal::start(storage, options, recovery.scan.position)?;
     wal.hold(lock);
-    Ok(Opened { engine, wal, recovery, snapshot: snapshot.map(|(lsn, _)| lsn), snapshots_skipped })
+    Ok(Opened { engine, wal, recovery, snapshot: snapshot.map(|(lsn, _)| lsn), snapshots_skipped, rewind_finished })
 }
 
 /// The history id of the log in `storage` (its first segment's), if it has a segment.

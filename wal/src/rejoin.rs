@@ -53,6 +53,8 @@ fn sync_directory(directory: &Path) -> Result<(), WalError> {
 /// `keep_through` and a live log that is empty or does not start early enough.
 pub fn rewind(data_directory: &Path, keep_through: Lsn, now_ms: u64) -> Result<RewindReport, WalError> {
     let _lock = lock_data_directory(data_directory)?;
+    // An earlier rewind cut short by a crash is finished first: the scan below reads its tail.
+    finish_interrupted_rewind(data_directory)?;
     let directory = wal_directory(data_directory);
     let storage = FsStorage::new(&directory).map_err(io(&directory))?;
     let snapshots_directory = snapshot_directory(data_directory);
@@ -112,7 +114,13 @@ pub fn rewind(data_directory: &Path, keep_through: Lsn, now_ms: u64) -> Result<R
     }
     let cut_at = match records_cut {
         0 => None,
-        _ => Some(cut_position(&storage, &directory, keep_through, &scanned)?),
+        _ => Some(cut_position(
+            &storage,
+            &directory,
+            keep_through,
+            scanned.first_lsn.expect("records are cut, so the live log holds records"),
+            scanned.position.history,
+        )?),
     };
     let segments_cut: Vec<u64> = match &cut_at {
         Some(cut) => std::iter::once(cut.sequence).chain(cut.later_segments.iter().copied()).collect(),
@@ -170,34 +178,128 @@ pub fn rewind(data_directory: &Path, keep_through: Lsn, now_ms: u64) -> Result<R
     std::fs::write(&report_path, report).map_err(io(&report_path))?;
     std::fs::File::open(&report_path).and_then(|file| file.sync_all()).map_err(io(&report_path))?;
     sync_directory(&saved_in)?;
-    sync_directory(&snapshots_directory)?;
+    if !snapshots_past.is_empty() {
+        // Only then: a directory never snapshotted has no `snapshots/` (regression: such a
+        // rewind failed with "No such file or directory").
+        sync_directory(&snapshots_directory)?;
+    }
     if !archived_past.is_empty() {
         sync_directory(&archived_saved_in)?;
         sync_directory(&archived_directory)?;
     }
 
-    if let Some(cut_at) = &cut_at {
-        crate::cut_torn_tail(&storage, cut_at)?;
-        sync_directory(&directory)?;
+    if cut_at.is_some() {
+        // The cut zeroes in several writes, and what lies past it is later groups, not zeros: a
+        // crash half-way would leave zeros followed by valid frames, which recovery reads as
+        // corruption. The intent, durable before the first write, lets whoever opens the
+        // directory next finish the cut instead (regression: such a crash refused start-up).
+        write_rewind_intent(data_directory, keep_through)?;
+        finish_interrupted_rewind(data_directory)?;
     }
     assert!(records_cut == 0 || last_lsn_cut > keep_through);
     Ok(RewindReport { kept_through: keep_through, records_cut, last_lsn_cut, snapshots_moved, saved_in })
 }
 
+/// The file that says a rewind's cut has begun and where it keeps to (`DATA_DIR/REWIND-INTENT`).
+pub const REWIND_INTENT_FILE: &str = "REWIND-INTENT";
+
+/// Bytes of a rewind intent read at most (it is one short line).
+const REWIND_INTENT_BYTES_MAX: u64 = 256;
+
+/// The first line of a rewind intent; the second is `keep_through=<LSN>`.
+const REWIND_INTENT_HEADER: &str = "reservoir rewind intent v1";
+
+fn rewind_intent_path(data_directory: &Path) -> PathBuf {
+    data_directory.join(REWIND_INTENT_FILE)
+}
+
+/// Records, durably, that the log of `data_directory` is to be cut after `keep_through`
+/// (written whole or not at all: a temporary file, synced, renamed, the directory synced).
+/// Only written once the cut records are saved elsewhere.
+pub fn write_rewind_intent(data_directory: &Path, keep_through: Lsn) -> Result<(), WalError> {
+    assert!(keep_through.0 < u64::MAX, "an intent keeps a real LSN");
+    let path = rewind_intent_path(data_directory);
+    let temporary = data_directory.join(format!("{REWIND_INTENT_FILE}.tmp"));
+    let text = format!("{REWIND_INTENT_HEADER}\nkeep_through={}\n", keep_through.0);
+    std::fs::write(&temporary, &text).map_err(io(&temporary))?;
+    std::fs::File::open(&temporary).and_then(|file| file.sync_all()).map_err(io(&temporary))?;
+    std::fs::rename(&temporary, &path).map_err(io(&path))?;
+    sync_directory(data_directory)?;
+    debug_assert_eq!(read_rewind_intent(data_directory).ok().flatten(), Some(keep_through));
+    Ok(())
+}
+
+/// The LSN an unfinished rewind keeps through, if `data_directory` has a rewind intent.
+pub fn read_rewind_intent(data_directory: &Path) -> Result<Option<Lsn>, WalError> {
+    use std::io::Read as _;
+    let path = rewind_intent_path(data_directory);
+    let file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(WalError::io(path.display().to_string(), error)),
+    };
+    let mut text = String::new();
+    file.take(REWIND_INTENT_BYTES_MAX).read_to_string(&mut text).map_err(io(&path))?;
+    let keep_through = text
+        .strip_prefix(REWIND_INTENT_HEADER)
+        .and_then(|rest| rest.strip_prefix("\nkeep_through="))
+        .and_then(|rest| rest.strip_suffix('\n'))
+        .and_then(|number| number.parse::<u64>().ok())
+        .ok_or_else(|| WalError::RewindIntent {
+            path: path.display().to_string(),
+            why: format!("not a rewind intent ({} bytes)", text.len()),
+        })?;
+    Ok(Some(Lsn(keep_through)))
+}
+
+/// Finishes a rewind whose cut a crash interrupted: if `data_directory` has a rewind intent,
+/// cuts the log after the LSN it names (again: the cut is idempotent), syncs, and removes the
+/// intent. Returns that LSN. The caller holds the directory's lock; recovery
+/// ([`crate::open_data_directory`]) and [`rewind`] call it before they read the log.
+pub fn finish_interrupted_rewind(data_directory: &Path) -> Result<Option<Lsn>, WalError> {
+    let Some(keep_through) = read_rewind_intent(data_directory)? else { return Ok(None) };
+    let directory = wal_directory(data_directory);
+    let storage = FsStorage::new(&directory).map_err(io(&directory))?;
+    let sequences = storage.list().map_err(io(&directory))?;
+    if let Some(&first) = sequences.first() {
+        // The log up to the cut is intact (the cut writes only past it), so it is read up to
+        // `keep_through` and no further.
+        let bytes = storage
+            .read_prefix(first, crate::format::SEGMENT_HEADER_BYTES)
+            .map_err(|source| WalError::io(storage.describe(first), source))?;
+        let header = crate::format::SegmentHeader::decode(&bytes)
+            .map_err(|why| WalError::BadSegmentHeader { segment: storage.describe(first), why: why.into() })?;
+        let cut_at = cut_position(&storage, &directory, keep_through, header.first_lsn, Some(header.history))?;
+        crate::cut_torn_tail(&storage, &cut_at)?;
+        sync_directory(&directory)?;
+    }
+    let path = rewind_intent_path(data_directory);
+    std::fs::remove_file(&path).map_err(io(&path))?;
+    sync_directory(data_directory)?;
+    assert!(read_rewind_intent(data_directory)?.is_none(), "the intent is gone once the cut is done");
+    Ok(Some(keep_through))
+}
+
 /// Where the log is cut: right after record `keep_through` (or at the first frame, if nothing
-/// of the live log is kept), with every later segment.
+/// of the live log is kept), with every later segment. `first_lsn` is the first LSN the live log
+/// holds (its first segment's).
 fn cut_position(
     storage: &FsStorage,
     directory: &Path,
     keep_through: Lsn,
-    scanned: &crate::scan::ScanEnd,
+    first_lsn: Lsn,
+    history: Option<u64>,
 ) -> Result<TornTail, WalError> {
-    let first_lsn = scanned.first_lsn.expect("records are cut, so the live log holds records");
     let position = if keep_through.0 >= first_lsn.0 {
         let stopped = scan_until(storage, keep_through, Lsn(0), |record| {
             Ok(if record.lsn == keep_through { Flow::Stop } else { Flow::Continue })
         })?;
-        assert!(stopped.stopped && stopped.last_lsn == keep_through, "the kept record is in the log");
+        if !(stopped.stopped && stopped.last_lsn == keep_through) {
+            return Err(WalError::Restore(format!(
+                "cannot cut the log after LSN {}: it ends at LSN {} without it",
+                keep_through.0, stopped.last_lsn.0
+            )));
+        }
         stopped.position
     } else {
         let sequences = storage.list().map_err(io(directory))?;
@@ -206,7 +308,7 @@ fn cut_position(
             offset: crate::format::SEGMENT_HEADER_BYTES as u64,
             segment_exists: true,
             next_lsn: first_lsn,
-            history: scanned.position.history,
+            history,
         }
     };
     let sequences = storage.list().map_err(io(directory))?;

@@ -10,9 +10,12 @@ use std::path::Path;
 use reservoir_engine::workload::Workload;
 use reservoir_engine::Lsn;
 use reservoir_wal::archive::{all_snapshots, archive_snapshot_directory};
-use reservoir_wal::rejoin::{install_base_backup, rewind};
+use reservoir_wal::rejoin::{install_base_backup, read_rewind_intent, rewind, write_rewind_intent, REWIND_INTENT_FILE};
 use reservoir_wal::snapshot::{self, snapshot_file_name, SNAPSHOTS_KEPT_MAX};
-use reservoir_wal::{build_snapshot, snapshot_directory, Opened, RetentionPolicy, WalError};
+use reservoir_wal::storage::segment_file_name;
+use reservoir_wal::{
+    build_snapshot, open_data_directory, snapshot_directory, wal_directory, Opened, RetentionPolicy, WalError,
+};
 
 use common::open_files_only as open;
 
@@ -149,5 +152,162 @@ fn a_rewind_moves_the_archived_snapshots_past_the_fork_aside_too() {
     assert!(left.iter().all(|&lsn| lsn <= keep_through), "snapshots past the fork are left: {left:?}");
     assert_eq!(report.snapshots_moved.len(), SNAPSHOTS_KEPT_MAX + 1, "{report:?}");
     assert!(report.saved_in.join("archived").join(snapshot_file_name(archived[0])).exists(), "{report:?}");
+    assert_eq!(recovered_next_lsn(directory.path()), Lsn(keep_through.0 + 1));
+}
+
+/// Opens `directory` as a server would, or says why it cannot.
+fn try_open(directory: &Path) -> Result<Opened, WalError> {
+    open_data_directory(directory, common::config(), common::files_only_options(), |_| {})
+}
+
+/// Regression: a rewind zeroes the tail after the fork in several writes, and the bytes past
+/// the cut are later records, not zeros. A crash after the first write left zeros followed by
+/// valid frames, which recovery refuses as corruption: the node could not start until an
+/// operator finished the rewind by hand. The intent, durable before the cut, lets the next
+/// start finish it.
+#[test]
+fn a_rewind_cut_short_by_a_crash_after_its_first_zeroing_write_is_finished_at_the_next_start() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut run = Run::new(directory.path());
+    run.drive(200);
+    let keep_through = run.opened.wal.durable_lsn();
+    run.drive(200);
+    let last = run.opened.wal.durable_lsn();
+    run.opened.wal.close().unwrap();
+    let all = common::frames(&wal_directory(directory.path()));
+    let &(sequence, cut_offset, first_cut) = all.iter().find(|&&(_, _, lsn)| lsn > keep_through.0).unwrap();
+    assert_eq!(first_cut, keep_through.0 + 1);
+    assert!(all.iter().all(|&(other, ..)| other == sequence), "one segment: the cut zeroes its tail");
+
+    // The crash: the intent is durable, the first zeroing write (here 4 KiB) landed, the rest
+    // did not.
+    let path = wal_directory(directory.path()).join(segment_file_name(sequence));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let zeroed = 4_096;
+    let (_, last_offset, _) = *all.last().unwrap();
+    assert!(cut_offset + zeroed < last_offset, "valid frames follow the zeros");
+    bytes[cut_offset..cut_offset + zeroed].fill(0);
+    std::fs::write(&path, bytes).unwrap();
+    match try_open(directory.path()) {
+        Err(WalError::Corrupt { .. }) => {}
+        Err(other) => panic!("without the intent, the half-cut log should read as corrupt, got {other}"),
+        Ok(_) => panic!("a half-cut log recovered without its intent"),
+    }
+    write_rewind_intent(directory.path(), keep_through).unwrap();
+
+    let opened = try_open(directory.path()).unwrap_or_else(|error| panic!("the next start refused: {error}"));
+    assert_eq!(opened.rewind_finished, Some(keep_through));
+    assert_eq!(
+        opened.engine.next_lsn(),
+        Lsn(keep_through.0 + 1),
+        "recovered to the fork, not past it (LSN {})",
+        last.0
+    );
+    common::assert_verified(&opened.engine);
+    opened.wal.close().unwrap();
+    assert_eq!(read_rewind_intent(directory.path()).unwrap(), None, "the intent is removed once the cut is done");
+    assert!(common::frames(&wal_directory(directory.path())).iter().all(|&(_, _, lsn)| lsn <= keep_through.0));
+    assert_eq!(recovered_next_lsn(directory.path()), Lsn(keep_through.0 + 1));
+}
+
+/// The cut removes the later segments before it zeroes: a crash in between left a log that
+/// recovers past the fork without a word (no zeros, every frame valid). The intent makes the
+/// next start cut it.
+#[test]
+fn a_rewind_cut_short_before_it_zeroed_anything_is_finished_at_the_next_start() {
+    let (_, per_command) = common::large_imports(12);
+    let directory = tempfile::tempdir().unwrap();
+    let opened = common::open_files_only(directory.path());
+    for records in &per_command {
+        opened.wal.append(records.clone()).unwrap();
+    }
+    let last = opened.wal.durable_lsn();
+    opened.wal.close().unwrap();
+    let all = common::frames(&wal_directory(directory.path()));
+    let sequences: std::collections::BTreeSet<u64> = all.iter().map(|&(sequence, ..)| sequence).collect();
+    assert!(sequences.len() >= 3, "the log spans at least three segments: {sequences:?}");
+    // Keep through the second record of the first segment; the crash removed the last segment
+    // only.
+    let first = *sequences.first().unwrap();
+    let keep_through = Lsn(all.iter().filter(|&&(sequence, ..)| sequence == first).nth(1).unwrap().2);
+    let last_segment = *sequences.last().unwrap();
+    std::fs::remove_file(wal_directory(directory.path()).join(segment_file_name(last_segment))).unwrap();
+    write_rewind_intent(directory.path(), keep_through).unwrap();
+
+    let opened = try_open(directory.path()).unwrap_or_else(|error| panic!("the next start refused: {error}"));
+    assert_eq!(opened.rewind_finished, Some(keep_through));
+    assert_eq!(
+        opened.engine.next_lsn(),
+        Lsn(keep_through.0 + 1),
+        "recovered to the fork, not past it (LSN {})",
+        last.0
+    );
+    common::assert_verified(&opened.engine);
+    opened.wal.close().unwrap();
+    assert!(!directory.path().join(REWIND_INTENT_FILE).exists());
+    let left: Vec<u64> =
+        reservoir_wal::Storage::list(&reservoir_wal::FsStorage::new(&wal_directory(directory.path())).unwrap())
+            .unwrap();
+    assert_eq!(left, vec![first], "the later segments are removed");
+}
+
+/// A rewind asked for again after a crash cut the first one short finishes the first cut
+/// before it reads the log (whose tail would otherwise read as corrupt).
+#[test]
+fn a_new_rewind_finishes_an_interrupted_one_first() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut run = Run::new(directory.path());
+    run.drive(200);
+    let keep_through = run.opened.wal.durable_lsn();
+    run.drive(200);
+    run.opened.wal.close().unwrap();
+    let all = common::frames(&wal_directory(directory.path()));
+    let &(sequence, cut_offset, _) = all.iter().find(|&&(_, _, lsn)| lsn > keep_through.0).unwrap();
+    let path = wal_directory(directory.path()).join(segment_file_name(sequence));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[cut_offset..cut_offset + 4_096].fill(0);
+    std::fs::write(&path, bytes).unwrap();
+    write_rewind_intent(directory.path(), keep_through).unwrap();
+
+    let earlier = Lsn(keep_through.0 - 20);
+    let report =
+        rewind(directory.path(), earlier, 3).unwrap_or_else(|error| panic!("the second rewind refused: {error}"));
+    assert_eq!((report.records_cut, report.last_lsn_cut), (20, keep_through), "{report:?}");
+    assert_eq!(read_rewind_intent(directory.path()).unwrap(), None);
+    assert_eq!(recovered_next_lsn(directory.path()), Lsn(earlier.0 + 1));
+}
+
+/// An intent that is not one (damaged by hand: the file is written whole or not at all) stops
+/// start-up with an error that names it, rather than being skipped or guessed at.
+#[test]
+fn an_unreadable_rewind_intent_refuses_to_start_and_names_the_file() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut run = Run::new(directory.path());
+    run.drive(50);
+    run.opened.wal.close().unwrap();
+    std::fs::write(directory.path().join(REWIND_INTENT_FILE), "keep_through=twelve\n").unwrap();
+    match try_open(directory.path()) {
+        Err(error @ WalError::RewindIntent { .. }) => {
+            assert!(error.to_string().contains(REWIND_INTENT_FILE), "{error}");
+        }
+        Err(other) => panic!("expected RewindIntent, got {other}"),
+        Ok(_) => panic!("started with an unreadable rewind intent"),
+    }
+}
+
+/// Regression: a rewind synced `snapshots/` unconditionally, and a directory that never took a
+/// snapshot (a primary demoted before its first) has none: the rewind failed with "No such
+/// file or directory" and the node could not rejoin.
+#[test]
+fn a_rewind_of_a_directory_never_snapshotted_cuts_the_log() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut run = Run::new(directory.path());
+    run.drive(100);
+    let keep_through = run.opened.wal.durable_lsn();
+    run.drive(100);
+    run.opened.wal.close().unwrap();
+    assert!(!snapshot_directory(directory.path()).exists());
+    let report = rewind(directory.path(), keep_through, 2).unwrap_or_else(|error| panic!("refused: {error}"));
+    assert!(report.records_cut > 0, "{report:?}");
     assert_eq!(recovered_next_lsn(directory.path()), Lsn(keep_through.0 + 1));
 }
