@@ -311,3 +311,45 @@ fn a_rewind_of_a_directory_never_snapshotted_cuts_the_log() {
     assert!(report.records_cut > 0, "{report:?}");
     assert_eq!(recovered_next_lsn(directory.path()), Lsn(keep_through.0 + 1));
 }
+
+/// A log whose only segment holds nothing but its header (a base backup, records logged after
+/// it, then a rewind to the backup's LSN, which cuts them all): a second rewind to that LSN or
+/// later cuts nothing and keeps the snapshot; one before it is refused (nothing at or before
+/// the fork could be recovered), and the directory still recovers to the snapshot afterwards.
+#[test]
+fn a_rewind_of_a_log_that_is_one_header_only_segment_cuts_nothing_or_is_refused() {
+    let primary = tempfile::tempdir().unwrap();
+    let mut run = Run::new(primary.path());
+    run.drive(200);
+    let covers = run.snapshot(primary.path());
+    run.opened.wal.close().unwrap();
+    let standby = tempfile::tempdir().unwrap();
+    let incoming = standby.path().join("incoming").join("base.snap");
+    copy_snapshot(primary.path(), covers, &incoming);
+    install_base_backup(standby.path(), &incoming, 1).unwrap();
+    let mut after = Run { opened: open(standby.path()), workload: Workload::new(8, "x", 20), now_ms: run.now_ms };
+    after.drive(50);
+    after.opened.wal.close().unwrap();
+    let first = rewind(standby.path(), covers, 2).unwrap();
+    assert!(first.records_cut > 0, "{first:?}");
+    assert_eq!(recovered_next_lsn(standby.path()), Lsn(covers.0 + 1));
+    let segments = common::frames(&wal_directory(standby.path()));
+    assert!(segments.is_empty(), "no record logged: {segments:?}");
+    assert_eq!(
+        reservoir_wal::Storage::list(&reservoir_wal::FsStorage::new(&wal_directory(standby.path())).unwrap())
+            .unwrap()
+            .len(),
+        1,
+        "one segment, its header only"
+    );
+
+    for keep_through in [covers, Lsn(covers.0 + 5)] {
+        let report = rewind(standby.path(), keep_through, 2).unwrap_or_else(|error| panic!("refused: {error}"));
+        assert_eq!((report.records_cut, report.snapshots_moved.len()), (0, 0), "{report:?}");
+    }
+    match rewind(standby.path(), Lsn(covers.0 - 1), 3) {
+        Err(WalError::Restore(why)) => assert!(why.contains("take a base backup instead"), "{why}"),
+        other => panic!("expected the refusal, got {other:?}"),
+    }
+    assert_eq!(recovered_next_lsn(standby.path()), Lsn(covers.0 + 1), "the refusals changed nothing");
+}
