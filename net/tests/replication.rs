@@ -1127,14 +1127,15 @@ async fn a_standby_lagging_within_the_rpo_is_not_warned_about() {
 }
 
 /// A primary that answers one standby's `Start` with a base backup, sends the first half of
-/// it, and sends the rest only when `release` fires: the standby sits in its `base_backup`
-/// state meanwhile. `snapshot` is a real snapshot file's bytes, covering `covers_lsn`; the TLS
+/// it, and sends the rest only when `release` fires with `true` (with `false` it closes the
+/// connection instead, the backup cut short): the standby sits in its `base_backup` state
+/// meanwhile. `snapshot` is a real snapshot file's bytes, covering `covers_lsn`; the TLS
 /// files are `primary_directory`'s (the standby trusts its CA). Returns the address.
 async fn half_a_base_backup(
     primary_directory: &Path,
     snapshot: Vec<u8>,
     covers_lsn: u64,
-    release: tokio::sync::oneshot::Receiver<()>,
+    release: tokio::sync::oneshot::Receiver<bool>,
 ) -> String {
     use reservoir_net::replication::wire::{read_message, write_message, PrimaryMessage};
     use reservoir_net::{decode_client_frame, ClientFrame, FrameDecoder, HelloReply, Role, ServerFrame, ServerLimits};
@@ -1174,7 +1175,11 @@ async fn half_a_base_backup(
         let (first, rest) = snapshot.split_at(snapshot.len() / 2);
         let message = PrimaryMessage::SnapshotChunk { bytes: first.to_vec() };
         write_message(&mut send, |out| message.encode(out)).await.unwrap();
-        let _ = release.await;
+        if !release.await.unwrap_or(false) {
+            connection.close(0u32.into(), b"cut short");
+            endpoint.close(0u32.into(), b"cut short");
+            return;
+        }
         let message = PrimaryMessage::SnapshotChunk { bytes: rest.to_vec() };
         write_message(&mut send, |out| message.encode(out)).await.unwrap();
         let _ = send.finish();
@@ -1190,8 +1195,12 @@ async fn half_a_base_backup(
 /// it had acknowledged as primary, was gone and the node was a standby again. A promotion is
 /// refused now (`expected_mismatch`) from the base backup's first message until the restart,
 /// and allowed again after it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_promotion_during_a_base_backup_is_refused_and_allowed_after_it() {
+/// A standby that followed a real primary once (so it knows the admin token and holds its
+/// data), now started against [`half_a_base_backup`] with that primary's newest snapshot, and
+/// waited for until it is in its `base_backup` state. Returns the standby, its directory, the
+/// tokens and the fake's release.
+async fn a_standby_half_way_through_a_base_backup(
+) -> (Node, tempfile::TempDir, Tokens, tokio::sync::oneshot::Sender<bool>) {
     // A standby that followed a primary once (so it knows the admin token), and a snapshot of
     // the primary's to send it.
     let primary_directory = tempfile::tempdir().unwrap();
@@ -1238,6 +1247,12 @@ async fn a_promotion_during_a_base_backup_is_refused_and_allowed_after_it() {
     standby
         .wait_status(&tokens.admin, "the base backup arrives", |status| status["following"]["state"] == "base_backup")
         .await;
+    (standby, standby_directory, tokens, release)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_during_a_base_backup_is_refused_and_allowed_after_it() {
+    let (standby, standby_directory, tokens, release) = a_standby_half_way_through_a_base_backup().await;
     let admin = standby.client(&tokens.admin).await;
     let reply = admin.request(vec![Operation::Promote]).await.unwrap();
     assert_eq!(reply.results[0].code(), ResultCode::ExpectedMismatch, "a promotion during a base backup");
@@ -1249,7 +1264,7 @@ async fn a_promotion_during_a_base_backup_is_refused_and_allowed_after_it() {
     let replaced = standby_directory.path().join("replaced");
     let installed = |expected: usize| std::fs::read_dir(&replaced).unwrap().count() == expected;
     let before = std::fs::read_dir(&replaced).unwrap().count();
-    release.send(()).unwrap();
+    release.send(true).unwrap();
     standby
         .wait_status(&tokens.admin, "the base backup installed", |status| {
             installed(before + 1) && status["role"] == "standby" && status["following"]["state"] != "base_backup"
@@ -1260,6 +1275,36 @@ async fn a_promotion_during_a_base_backup_is_refused_and_allowed_after_it() {
     assert_eq!(reply.results[0].code(), ResultCode::Ok);
     assert_eq!(reply.epoch, 2);
     admin.close().await;
+    let engine = standby.stop().await;
+    assert!(engine.verify().violations.is_empty());
+}
+
+/// A base backup cut short (the primary gone half-way) leaves the standby as it was: the
+/// partial file is never installed, its log and data stay, and it can be promoted (the
+/// refusal lasts only while a backup is arriving), taking writes on top of what it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_whose_base_backup_was_cut_short_keeps_its_data_and_can_be_promoted() {
+    let (standby, standby_directory, tokens, release) = a_standby_half_way_through_a_base_backup().await;
+    let replaced = standby_directory.path().join("replaced");
+    let moved_aside = || std::fs::read_dir(&replaced).map_or(0, |entries| entries.count());
+    let before = moved_aside();
+    release.send(false).unwrap();
+    standby
+        .wait_status(&tokens.admin, "the base backup fails", |status| status["following"]["state"] != "base_backup")
+        .await;
+    let admin = standby.client(&tokens.admin).await;
+    let reply = admin.request(vec![Operation::Promote]).await.unwrap();
+    assert_eq!(reply.results[0].code(), ResultCode::Ok, "a promotion once the backup failed");
+    assert_eq!(reply.epoch, 2);
+    admin.close().await;
+    assert_eq!(moved_aside(), before, "nothing of the standby's was moved aside");
+    assert_eq!(standby.sku_on_hand(&tokens.demo, "SKU-1").await, 10, "the standby's data is there");
+    let writer = standby.client(&tokens.demo).await;
+    let reply = writer.request(vec![receive("after", "SKU-1", 5)]).await.unwrap();
+    assert_eq!(reply.results[0].code(), ResultCode::Ok);
+    assert_eq!(reply.epoch, 2);
+    writer.close().await;
+    assert_eq!(standby.sku_on_hand(&tokens.demo, "SKU-1").await, 15);
     let engine = standby.stop().await;
     assert!(engine.verify().violations.is_empty());
 }
