@@ -936,3 +936,55 @@ async fn batched_calls_each_get_what_they_would_get_alone() {
     }
     running.server.shutdown().await.unwrap();
 }
+
+/// The durable LSN a running server reports in its status.
+async fn status_durable_lsn(admin: &Client) -> u64 {
+    let reply = admin.request(vec![Operation::Status]).await.unwrap();
+    let OperationResult::Status(Ok(document)) = &reply.results[0] else { panic!("not a status: {reply:?}") };
+    let status: serde_json::Value = serde_json::from_str(document).unwrap();
+    status["durable_lsn"].as_u64().expect("a durable LSN")
+}
+
+/// Regression: the caps on replies waiting for durability were checked only before each
+/// 64 KiB read, so every request of one read was executed and its reply queued, past
+/// `REPLIES_QUEUED_PER_STREAM_MAX` (with small requests, ~1,600 of them; with replies of a
+/// page each, gigabytes). A sync primary with no standby never acknowledges a write, so its
+/// replies queue: of 3,000 small writes pipelined on one stream, exactly the cap's worth are
+/// executed, and the rest stay unread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_read_of_many_small_requests_executes_no_more_than_the_reply_queue_holds() {
+    use reservoir_net::replication::ReplicationMode;
+    let running = start_with(|options| {
+        options.replication.mode = ReplicationMode::Sync;
+        options.replication.sync_fallback_ms = None;
+    })
+    .await;
+    let admin = running.client(&running.admin).await.unwrap();
+    let before = status_durable_lsn(&admin).await;
+    let mut pipelined = raw(&running, &running.demo).await;
+    let mut bytes = Vec::new();
+    let requests = 3_000;
+    for request_id in 0..requests {
+        let operation = receive(&format!("q{request_id}"), "S", 1);
+        ClientFrame::Request(Request { request_id, operations: vec![operation] }).encode(&mut bytes).unwrap();
+    }
+    assert!(
+        bytes.len() / requests as usize * server::REPLIES_QUEUED_PER_STREAM_MAX < 64 << 10,
+        "the cap's worth of requests fits in one read"
+    );
+    pipelined.send.write_all(&bytes).await.unwrap();
+    // One record creates the item, then one per receive.
+    let expected = before + 1 + server::REPLIES_QUEUED_PER_STREAM_MAX as u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut durable = before;
+    while durable < expected && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        durable = status_durable_lsn(&admin).await;
+    }
+    assert_eq!(durable, expected, "executed until the reply queue was full");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(status_durable_lsn(&admin).await, expected, "and no further: the rest stays unread");
+    admin.close().await;
+    pipelined.connection.close(0u32.into(), b"done");
+    running.server.shutdown().await.unwrap();
+}
