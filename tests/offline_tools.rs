@@ -138,3 +138,87 @@ fn verify_of_a_directory_with_an_interrupted_rewind_checks_the_log_up_to_the_kep
     assert!(text.contains(&format!("the log holds LSN 1..={}", first_cut - 1)), "{text}");
     assert!(text.contains("verify     ok"), "{text}");
 }
+
+/// A data directory made with the binary's configuration: `commands` workload commands, a
+/// snapshot covering the first half, the rest logged after it. Returns the LSN the snapshot
+/// covers and the last LSN.
+fn snapshot_then_more(directory: &Path, commands: usize) -> (reservoir_engine::Lsn, reservoir_engine::Lsn) {
+    use reservoir_wal::{build_snapshot, open_data_directory, Durability, RetentionPolicy, WalOptions};
+    let options = WalOptions { durability: Durability::None, ..WalOptions::default() };
+    let opened = open_data_directory(directory, reservoir_engine::Config::default(), options, |_| {}).unwrap();
+    let mut workload = reservoir_engine::workload::Workload::new(3, "t", 20);
+    let mut now_ms = 1_000_000;
+    let mut drive = |count: usize| {
+        for _ in 0..count {
+            now_ms += 50;
+            let command = workload.next_command();
+            let mut records = Vec::new();
+            let reply = opened.engine.execute(&command, now_ms, &mut records);
+            workload.observe(&command, &reply);
+            opened.wal.append(records).unwrap();
+        }
+    };
+    drive(commands / 2);
+    let covers = opened.wal.durable_lsn();
+    build_snapshot(directory, reservoir_engine::Config::default(), Some(covers), 1, &RetentionPolicy::default())
+        .unwrap();
+    drive(commands / 2);
+    let last = opened.wal.durable_lsn();
+    opened.wal.close().unwrap();
+    (covers, last)
+}
+
+/// Review findings on the rewind intent: with a snapshot at the kept LSN, `verify` read the
+/// zeroed record after it and reported corruption; `reservoir snapshot --data-dir` took the
+/// lock without finishing the cut, so its snapshot covered the forked records and the next start
+/// refused the directory; `restore` read the half-cut log as if it were whole.
+#[test]
+fn an_interrupted_rewind_with_a_snapshot_at_the_kept_lsn_is_verified_refused_by_restore_and_finished_by_snapshot() {
+    use reservoir_wal::format::{decode_frame, Frame, SEGMENT_HEADER_BYTES};
+    let directory = tempfile::tempdir().unwrap();
+    let (keep_through, last) = snapshot_then_more(directory.path(), 400);
+    assert!(last > keep_through);
+    let wal = directory.path().join("wal");
+    let segment = std::fs::read_dir(&wal).unwrap().next().unwrap().unwrap().path();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let mut offset = SEGMENT_HEADER_BYTES;
+    let cut_offset = loop {
+        let (Frame::Record { record, .. }, length) = decode_frame(&bytes[offset..]) else { panic!("no record K+1") };
+        if record.lsn.0 == keep_through.0 + 1 {
+            break offset;
+        }
+        offset += length;
+    };
+    bytes[cut_offset..cut_offset + 4_096].fill(0);
+    std::fs::write(&segment, bytes).unwrap();
+    reservoir_wal::rejoin::write_rewind_intent(directory.path(), keep_through).unwrap();
+    let data = directory.path().to_str().unwrap();
+
+    let verify = run(binary(), &["verify", "--data-dir", data]);
+    let text = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success(), "{text}\n{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(text.contains("the snapshot alone") && text.contains("verify     ok"), "{text}");
+
+    let into = directory.path().join("restored");
+    let to_lsn = keep_through.0.to_string();
+    let restore = run(binary(), &["restore", "--from", data, "--to-lsn", &to_lsn, "--into", into.to_str().unwrap()]);
+    assert!(!restore.status.success(), "restored from a half-cut log");
+    assert!(
+        String::from_utf8_lossy(&restore.stderr).contains("cut short"),
+        "{}",
+        String::from_utf8_lossy(&restore.stderr)
+    );
+
+    let snapshot = run(binary(), &["snapshot", "--data-dir", data]);
+    let text = String::from_utf8_lossy(&snapshot.stdout);
+    assert!(snapshot.status.success(), "{text}\n{}", String::from_utf8_lossy(&snapshot.stderr));
+    assert!(text.contains(&format!("the log now ends at LSN {}", keep_through.0)), "{text}");
+    assert!(
+        text.contains(&format!("covers LSN 1..={}", keep_through.0)),
+        "the snapshot covers no forked record: {text}"
+    );
+    assert!(!directory.path().join(reservoir_wal::rejoin::REWIND_INTENT_FILE).exists());
+    let verify = run(binary(), &["verify", "--data-dir", data]);
+    let text = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success() && !text.contains("rewind"), "{text}");
+}

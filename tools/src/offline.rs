@@ -215,6 +215,13 @@ pub fn run_snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     open_storage(&data_directory)?;
     // Offline only: a running server holds the lock (and snapshots by its own policy).
     let _lock = reservoir_wal::lock_data_directory(&data_directory).context("snapshot")?;
+    // A rewind a crash cut short is finished first, as a server's start would: a snapshot of
+    // the uncut log would cover the forked records.
+    if let Some(kept_through) =
+        reservoir_wal::rejoin::finish_interrupted_rewind(&data_directory).context("finish a rewind")?
+    {
+        println!("rewind     finished a rewind that a crash cut short: the log now ends at LSN {}", kept_through.0);
+    }
     let (written, retention) =
         reservoir_wal::build_snapshot(&data_directory, Config::default(), None, now_ms()?, &args.retention.policy())
             .context("snapshot")?;
@@ -266,28 +273,34 @@ pub fn run_verify(args: VerifyArgs) -> anyhow::Result<()> {
         );
     }
     let limit = keep_through.unwrap_or(Lsn(u64::MAX));
-    let progress = Progress::new("recovery");
-    let mut replayed = 0u64;
-    let end = reservoir_wal::scan_until(&storage, from, from, |record| {
-        if record.lsn > limit {
-            return Ok(Flow::Stop);
-        }
-        engine.apply(record).map_err(|source| reservoir_wal::WalError::Replay { lsn: record.lsn, source })?;
-        replayed += 1;
-        if replayed % reservoir_wal::PROGRESS_RECORDS_INTERVAL == 0 {
-            progress.update(record.lsn, replayed);
-        }
-        Ok(if record.lsn == limit { Flow::Stop } else { Flow::Continue })
-    })
-    .context("recover")?;
-    progress.finish();
-    let seconds = started.elapsed().as_secs_f64();
-    println!(
-        "recovered  {} ({} records in {seconds:.2} s, {:.0} records/s)",
-        summary(&end),
-        end.records_visited,
-        end.records_visited as f64 / seconds.max(1e-9)
-    );
+    // With a snapshot at the kept LSN, record `from` itself is past it (maybe zeroed): the log
+    // is not read at all (regression: the scan met the zeros and reported corruption).
+    if keep_through.is_some() && limit < from {
+        println!("recovered  the snapshot alone: the pending rewind cuts every record after it");
+    } else {
+        let progress = Progress::new("recovery");
+        let mut replayed = 0u64;
+        let end = reservoir_wal::scan_until(&storage, from, from, |record| {
+            if record.lsn > limit {
+                return Ok(Flow::Stop);
+            }
+            engine.apply(record).map_err(|source| reservoir_wal::WalError::Replay { lsn: record.lsn, source })?;
+            replayed += 1;
+            if replayed % reservoir_wal::PROGRESS_RECORDS_INTERVAL == 0 {
+                progress.update(record.lsn, replayed);
+            }
+            Ok(if record.lsn == limit { Flow::Stop } else { Flow::Continue })
+        })
+        .context("recover")?;
+        progress.finish();
+        let seconds = started.elapsed().as_secs_f64();
+        println!(
+            "recovered  {} ({} records in {seconds:.2} s, {:.0} records/s)",
+            summary(&end),
+            end.records_visited,
+            end.records_visited as f64 / seconds.max(1e-9)
+        );
+    }
     print_disk_usage(&reservoir_wal::archive::disk_usage(&args.data_dir).context("disk usage")?);
     let report = engine.verify();
     println!("items      {}", report.items);

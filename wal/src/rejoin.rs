@@ -130,6 +130,10 @@ pub fn rewind(data_directory: &Path, keep_through: Lsn, now_ms: u64) -> Result<R
     // Save before changing anything.
     let saved_in = data_directory.join("rewound").join(format!("{now_ms}-after-{}", keep_through.0));
     std::fs::create_dir_all(&saved_in).map_err(io(&saved_in))?;
+    // The new directories' entries are durable too, not only the files in them.
+    let rewound = saved_in.parent().expect("rewound/<name>");
+    sync_directory(rewound)?;
+    sync_directory(data_directory)?;
     for sequence in segments_cut {
         let name = crate::storage::segment_file_name(sequence);
         let copy = saved_in.join(&name);
@@ -238,8 +242,10 @@ pub fn read_rewind_intent(data_directory: &Path) -> Result<Option<Lsn>, WalError
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(WalError::io(path.display().to_string(), error)),
     };
-    let mut text = String::new();
-    file.take(REWIND_INTENT_BYTES_MAX).read_to_string(&mut text).map_err(io(&path))?;
+    let mut bytes = Vec::new();
+    file.take(REWIND_INTENT_BYTES_MAX).read_to_end(&mut bytes).map_err(io(&path))?;
+    // Not UTF-8 is as unreadable as a wrong line: the same typed error.
+    let text = String::from_utf8_lossy(&bytes);
     let keep_through = text
         .strip_prefix(REWIND_INTENT_HEADER)
         .and_then(|rest| rest.strip_prefix("\nkeep_through="))
@@ -247,7 +253,7 @@ pub fn read_rewind_intent(data_directory: &Path) -> Result<Option<Lsn>, WalError
         .and_then(|number| number.parse::<u64>().ok())
         .ok_or_else(|| WalError::RewindIntent {
             path: path.display().to_string(),
-            why: format!("not a rewind intent ({} bytes)", text.len()),
+            why: format!("not a rewind intent ({} bytes)", bytes.len()),
         })?;
     Ok(Some(Lsn(keep_through)))
 }
@@ -262,13 +268,30 @@ pub fn finish_interrupted_rewind(data_directory: &Path) -> Result<Option<Lsn>, W
     let storage = FsStorage::new(&directory).map_err(io(&directory))?;
     let sequences = storage.list().map_err(io(&directory))?;
     if let Some(&first) = sequences.first() {
+        let header_of = |sequence: u64| -> Result<crate::format::SegmentHeader, WalError> {
+            let bytes = storage
+                .read_prefix(sequence, crate::format::SEGMENT_HEADER_BYTES)
+                .map_err(|source| WalError::io(storage.describe(sequence), source))?;
+            crate::format::SegmentHeader::decode(&bytes)
+                .map_err(|why| WalError::BadSegmentHeader { segment: storage.describe(sequence), why: why.into() })
+        };
+        let header = header_of(first)?;
+        // Segments that start past `keep_through` (the first one aside, which is cut from its
+        // header on) go first, by their headers alone: the cut removes them before it zeroes,
+        // and a file system that persisted those removals out of order would otherwise leave a
+        // gap the scan below refuses.
+        let mut removed = false;
+        for &sequence in sequences.iter().skip(1).rev() {
+            if header_of(sequence)?.first_lsn > keep_through {
+                storage.remove(sequence).map_err(|source| WalError::io(storage.describe(sequence), source))?;
+                removed = true;
+            }
+        }
+        if removed {
+            sync_directory(&directory)?;
+        }
         // The log up to the cut is intact (the cut writes only past it), so it is read up to
         // `keep_through` and no further.
-        let bytes = storage
-            .read_prefix(first, crate::format::SEGMENT_HEADER_BYTES)
-            .map_err(|source| WalError::io(storage.describe(first), source))?;
-        let header = crate::format::SegmentHeader::decode(&bytes)
-            .map_err(|why| WalError::BadSegmentHeader { segment: storage.describe(first), why: why.into() })?;
         let cut_at = cut_position(&storage, &directory, keep_through, header.first_lsn, Some(header.history))?;
         crate::cut_torn_tail(&storage, &cut_at)?;
         sync_directory(&directory)?;
@@ -361,6 +384,11 @@ fn move_aside(data_directory: &Path, now_ms: u64) -> Result<PathBuf, WalError> {
         if from.exists() {
             std::fs::rename(&from, replaced.join(part)).map_err(io(&from))?;
         }
+    }
+    // A rewind that failed or was cut short has nothing left to cut: its log is gone.
+    let intent = rewind_intent_path(data_directory);
+    if intent.exists() {
+        std::fs::remove_file(&intent).map_err(io(&intent))?;
     }
     sync_directory(&replaced)?;
     sync_directory(data_directory)?;

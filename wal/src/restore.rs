@@ -58,8 +58,24 @@ fn refuse(why: String) -> WalError {
     WalError::Restore(why)
 }
 
+/// Refuses a source directory with a rewind a crash cut short: its log past the kept LSN is
+/// half cut (valid records from the forked history, or zeros before them).
+fn refuse_pending_rewind(data_directory: &Path) -> Result<(), WalError> {
+    match crate::rejoin::read_rewind_intent(data_directory)? {
+        None => Ok(()),
+        Some(keep_through) => Err(refuse(format!(
+            "{} has a rewind that a crash cut short (REWIND-INTENT keeps LSN 1..={}): start \
+             `reservoir serve` on it once, or take `reservoir snapshot --data-dir` of it, to finish the \
+             cut, then restore",
+            data_directory.display(),
+            keep_through.0
+        ))),
+    }
+}
+
 /// Resolves `target` against the log of `data_directory` (archive and live).
 pub fn resolve(data_directory: &Path, target: RestoreTarget, inclusive: bool) -> Result<ResolvedTarget, WalError> {
+    refuse_pending_rewind(data_directory)?;
     match target {
         RestoreTarget::Lsn(lsn) => {
             if !inclusive && lsn.0 == 0 {
@@ -100,6 +116,7 @@ pub fn restore(
     mut progress: impl FnMut(Lsn, u64),
 ) -> Result<Restored, WalError> {
     let started = Instant::now();
+    refuse_pending_rewind(data_directory)?;
     let storage = layered_storage(data_directory)?;
     let source_history = log_history(&storage)?;
     let resolved = resolve(data_directory, target, inclusive)?;

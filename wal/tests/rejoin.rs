@@ -285,14 +285,33 @@ fn an_unreadable_rewind_intent_refuses_to_start_and_names_the_file() {
     let mut run = Run::new(directory.path());
     run.drive(50);
     run.opened.wal.close().unwrap();
-    std::fs::write(directory.path().join(REWIND_INTENT_FILE), "keep_through=twelve\n").unwrap();
-    match try_open(directory.path()) {
-        Err(error @ WalError::RewindIntent { .. }) => {
-            assert!(error.to_string().contains(REWIND_INTENT_FILE), "{error}");
+    for unreadable in [&b"keep_through=twelve\n"[..], &[0xff, 0xfe, 0x00, 0x80][..]] {
+        std::fs::write(directory.path().join(REWIND_INTENT_FILE), unreadable).unwrap();
+        match try_open(directory.path()) {
+            Err(error @ WalError::RewindIntent { .. }) => {
+                assert!(error.to_string().contains(REWIND_INTENT_FILE), "{error}");
+            }
+            Err(other) => panic!("expected RewindIntent, got {other}"),
+            Ok(_) => panic!("started with an unreadable rewind intent"),
         }
-        Err(other) => panic!("expected RewindIntent, got {other}"),
-        Ok(_) => panic!("started with an unreadable rewind intent"),
     }
+}
+
+/// Review finding: a rewind that failed (the caller then sets the log aside for a base
+/// backup) left its intent behind, and the next start "finished a rewind" on an empty log.
+#[test]
+fn setting_the_log_aside_drops_a_rewind_intent_with_it() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut run = Run::new(directory.path());
+    run.drive(50);
+    let keep_through = run.opened.wal.durable_lsn();
+    run.opened.wal.close().unwrap();
+    write_rewind_intent(directory.path(), Lsn(keep_through.0 - 5)).unwrap();
+    reservoir_wal::rejoin::set_aside(directory.path(), 2).unwrap();
+    assert_eq!(read_rewind_intent(directory.path()).unwrap(), None);
+    let opened = try_open(directory.path()).unwrap();
+    assert_eq!((opened.rewind_finished, opened.engine.next_lsn()), (None, Lsn(1)));
+    opened.wal.close().unwrap();
 }
 
 /// Regression: a rewind synced `snapshots/` unconditionally, and a directory that never took a
