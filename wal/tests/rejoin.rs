@@ -160,6 +160,31 @@ fn try_open(directory: &Path) -> Result<Opened, WalError> {
     open_data_directory(directory, common::config(), common::files_only_options(), |_| {})
 }
 
+/// A log of 400 commands, forked after the first 200, whose cut a crash stopped after its
+/// first zeroing write (4 KiB from record `keep_through + 1`): the rest of the tail is valid
+/// frames of the forked history. The intent is not written. Returns `keep_through` and the last
+/// LSN written.
+fn half_cut(directory: &Path) -> (Lsn, Lsn) {
+    let mut run = Run::new(directory);
+    run.drive(200);
+    let keep_through = run.opened.wal.durable_lsn();
+    run.drive(200);
+    let last = run.opened.wal.durable_lsn();
+    run.opened.wal.close().unwrap();
+    let all = common::frames(&wal_directory(directory));
+    let &(sequence, cut_offset, first_cut) = all.iter().find(|&&(_, _, lsn)| lsn > keep_through.0).unwrap();
+    assert_eq!(first_cut, keep_through.0 + 1);
+    assert!(all.iter().all(|&(other, ..)| other == sequence), "one segment: the cut zeroes its tail");
+    let zeroed = 4_096;
+    let (_, last_offset, _) = *all.last().unwrap();
+    assert!(cut_offset + zeroed < last_offset, "valid frames follow the zeros");
+    let path = wal_directory(directory).join(segment_file_name(sequence));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[cut_offset..cut_offset + zeroed].fill(0);
+    std::fs::write(&path, bytes).unwrap();
+    (keep_through, last)
+}
+
 /// Regression: a rewind zeroes the tail after the fork in several writes, and the bytes past
 /// the cut are later records, not zeros. A crash after the first write left zeros followed by
 /// valid frames, which recovery refuses as corruption: the node could not start until an
@@ -168,26 +193,7 @@ fn try_open(directory: &Path) -> Result<Opened, WalError> {
 #[test]
 fn a_rewind_cut_short_by_a_crash_after_its_first_zeroing_write_is_finished_at_the_next_start() {
     let directory = tempfile::tempdir().unwrap();
-    let mut run = Run::new(directory.path());
-    run.drive(200);
-    let keep_through = run.opened.wal.durable_lsn();
-    run.drive(200);
-    let last = run.opened.wal.durable_lsn();
-    run.opened.wal.close().unwrap();
-    let all = common::frames(&wal_directory(directory.path()));
-    let &(sequence, cut_offset, first_cut) = all.iter().find(|&&(_, _, lsn)| lsn > keep_through.0).unwrap();
-    assert_eq!(first_cut, keep_through.0 + 1);
-    assert!(all.iter().all(|&(other, ..)| other == sequence), "one segment: the cut zeroes its tail");
-
-    // The crash: the intent is durable, the first zeroing write (here 4 KiB) landed, the rest
-    // did not.
-    let path = wal_directory(directory.path()).join(segment_file_name(sequence));
-    let mut bytes = std::fs::read(&path).unwrap();
-    let zeroed = 4_096;
-    let (_, last_offset, _) = *all.last().unwrap();
-    assert!(cut_offset + zeroed < last_offset, "valid frames follow the zeros");
-    bytes[cut_offset..cut_offset + zeroed].fill(0);
-    std::fs::write(&path, bytes).unwrap();
+    let (keep_through, last) = half_cut(directory.path());
     match try_open(directory.path()) {
         Err(WalError::Corrupt { .. }) => {}
         Err(other) => panic!("without the intent, the half-cut log should read as corrupt, got {other}"),
@@ -256,17 +262,7 @@ fn a_rewind_cut_short_before_it_zeroed_anything_is_finished_at_the_next_start() 
 #[test]
 fn a_new_rewind_finishes_an_interrupted_one_first() {
     let directory = tempfile::tempdir().unwrap();
-    let mut run = Run::new(directory.path());
-    run.drive(200);
-    let keep_through = run.opened.wal.durable_lsn();
-    run.drive(200);
-    run.opened.wal.close().unwrap();
-    let all = common::frames(&wal_directory(directory.path()));
-    let &(sequence, cut_offset, _) = all.iter().find(|&&(_, _, lsn)| lsn > keep_through.0).unwrap();
-    let path = wal_directory(directory.path()).join(segment_file_name(sequence));
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[cut_offset..cut_offset + 4_096].fill(0);
-    std::fs::write(&path, bytes).unwrap();
+    let (keep_through, _) = half_cut(directory.path());
     write_rewind_intent(directory.path(), keep_through).unwrap();
 
     let earlier = Lsn(keep_through.0 - 20);
