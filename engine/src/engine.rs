@@ -212,10 +212,10 @@ impl Engine {
         self.epochs.read().clone()
     }
 
-    /// The first LSN of the first epoch later than `epoch`, if this log has one: a log that
-    /// stayed in `epoch` and holds records at or past it has diverged there.
-    pub fn fork_after(&self, epoch: u64) -> Option<Lsn> {
-        self.epochs.read().iter().find(|&&(later, _)| later > epoch).map(|&(_, lsn)| lsn)
+    /// Where another log, whose epoch history is `theirs` (its tail only, if not
+    /// `theirs_complete`), parts from this one ([`crate::epoch::fork_between`]).
+    pub fn fork_from(&self, theirs: &[(u64, Lsn)], theirs_complete: bool) -> crate::epoch::Fork {
+        crate::epoch::fork_between(&self.epochs.read(), theirs, theirs_complete)
     }
 
     pub fn config(&self) -> &Config {
@@ -1104,7 +1104,7 @@ impl Engine {
             // An epoch only grows: a promotion to an epoch already seen is refused.
             return Reply { count: current, ..Reply::code(ResultCode::ExpectedMismatch) };
         }
-        if epochs.len() >= EPOCHS_MAX {
+        if epochs.len() >= EPOCHS_MAX || epoch > crate::epoch::EPOCH_MAX {
             return Reply::code(ResultCode::CapacityExceeded);
         }
         let lsn = self.take_lsn();
@@ -1294,7 +1294,7 @@ impl Engine {
             Body::EpochChanged { epoch } => {
                 let mut epochs = self.epochs.write();
                 let current = epochs.last().map_or(EPOCH_FIRST, |&(epoch, _)| epoch);
-                if *epoch <= current || epochs.len() >= EPOCHS_MAX {
+                if *epoch <= current || *epoch > crate::epoch::EPOCH_MAX || epochs.len() >= EPOCHS_MAX {
                     return Err(mismatch(format!("epoch {epoch} cannot follow epoch {current}")));
                 }
                 epochs.push((*epoch, lsn));

@@ -9,6 +9,7 @@ mod catalog;
 mod code;
 mod command;
 mod engine;
+pub mod epoch;
 pub mod item;
 mod memory;
 mod record;

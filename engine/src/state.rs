@@ -169,7 +169,9 @@ impl Engine {
         let ascending = state.epochs.windows(2).all(|pair| pair[0].0 < pair[1].0 && pair[0].1 < pair[1].1);
         if !ascending
             || state.epochs.len() > crate::engine::EPOCHS_MAX
-            || state.epochs.iter().any(|&(epoch, lsn)| epoch <= crate::engine::EPOCH_FIRST || lsn >= state.next_lsn)
+            || state.epochs.iter().any(|&(epoch, lsn)| {
+                epoch <= crate::engine::EPOCH_FIRST || epoch > crate::epoch::EPOCH_MAX || lsn >= state.next_lsn
+            })
         {
             return Err(refuse("epoch history out of order or past the state's LSN".into()));
         }

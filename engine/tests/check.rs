@@ -25,8 +25,8 @@
 //! ```
 
 use reservoir_engine::{
-    Command, Config, Engine, ImportRow, Line, Location, Name, OperationId, Quantity, Record, Reply, ReservationId,
-    ResultCode, Sku, TenantId, POLICY_MAX,
+    Body, Command, Config, Engine, ImportRow, Line, Location, Lsn, Name, OperationId, Quantity, Record, Reply,
+    ReservationId, ResultCode, Sku, TenantId, POLICY_MAX,
 };
 
 fn tenant(engine: &Engine, name: &str) -> TenantId {
@@ -152,6 +152,7 @@ fn parse(engine: &Engine, words: &[&str]) -> Command {
             ttl_ms: words[4].parse().unwrap(),
         },
         "expire" => Command::Expire { limit: 1_000 },
+        "epoch" => Command::BeginEpoch { epoch: words[1].parse().unwrap() },
         "forget" => Command::Forget,
         other => panic!("unknown step {other}"),
     }
@@ -238,7 +239,14 @@ fn check_on(engine: Engine, script: &str) -> Engine {
                     check_reply(step, &reply, expected);
                 }
                 // A retry of any mutation returns the same reply and records nothing new.
-                if !matches!(command, Command::Expire { .. } | Command::Forget | Command::CreateTenant { .. }) {
+                // (A promotion carries no id: its repeat is refused, below.)
+                if !matches!(
+                    command,
+                    Command::Expire { .. }
+                        | Command::Forget
+                        | Command::CreateTenant { .. }
+                        | Command::BeginEpoch { .. }
+                ) {
                     let again = engine.execute(&command, now_ms, &mut records);
                     if records.len() == before {
                         // Refused before anything was remembered (invalid input): must be stable too.
@@ -876,4 +884,25 @@ fn result_codes_match_docs_protocol_md() {
     let actual: Vec<(u16, String)> =
         ResultCode::ALL.iter().map(|code| (code.number(), code.name().to_owned())).collect();
     assert_eq!(listed, actual, "docs/protocol.md and engine/src/code.rs disagree");
+}
+
+/// An epoch only grows, and fits the 4 bytes a WAL frame has for it
+/// (`reservoir_engine::epoch`): a promotion past either is refused, and so is a record of one
+/// at replay.
+#[test]
+fn epochs_only_grow_and_fit_a_frame() {
+    let engine = check(
+        "
+        epoch 5 => ok count=5
+        epoch 5 => expected_mismatch count=5
+        epoch 3 => expected_mismatch count=5
+        epoch 4294967296 => capacity_exceeded
+        epoch 4294967295 => ok count=4294967295
+        ",
+    );
+    assert_eq!(engine.epoch_history(), vec![(5, Lsn(1)), (4_294_967_295, Lsn(2))]);
+    let replica = Engine::new(Config { shards: 4, id_shards: 4, ..Config::default() });
+    let too_high = Record { lsn: Lsn(1), timestamp_ms: 1, body: Body::EpochChanged { epoch: 1 << 32 } };
+    assert!(replica.apply(&too_high).is_err(), "a record of an epoch past 2^32 - 1 does not replay");
+    assert_eq!(replica.epoch(), reservoir_engine::EPOCH_FIRST);
 }

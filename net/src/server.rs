@@ -213,15 +213,19 @@ impl Core {
     }
 
     pub(crate) fn set_node(&self, role: NodeRole, primary: Option<String>) {
-        *self.node.write() = NodeState { role, primary };
+        *self.node.write() = NodeState { role, primary, fenced_by: 0 };
         self.node_changed.notify_waiters();
     }
 
     /// A node of a higher epoch exists: stop taking writes, for good (until this node rejoins
     /// as a standby), and say who the primary is.
     pub(crate) fn fence(&self, epoch: u64, primary: Option<String>) {
-        if self.role() == NodeRole::Standby {
-            return;
+        {
+            let node = self.node.read();
+            // A fence keeps the highest epoch it has heard of (and that epoch's primary).
+            if node.role == NodeRole::Standby || (node.role == NodeRole::Fenced && epoch <= node.fenced_by) {
+                return;
+            }
         }
         tracing::warn!(
             epoch,
@@ -235,7 +239,20 @@ impl Core {
         if let Err(error) = write_synced(&path, &serde_json::to_vec_pretty(&file).expect("serializable")) {
             tracing::error!(%error, "cannot record the fence in {}", path.display());
         }
-        self.set_node(NodeRole::Fenced, primary);
+        *self.node.write() = NodeState { role: NodeRole::Fenced, primary, fenced_by: epoch };
+        self.node_changed.notify_waiters();
+    }
+
+    /// The highest epoch this node knows of, and the address of its primary if known: its own
+    /// epoch (and address) while it leads it, else the epoch that fenced it.
+    pub(crate) fn highest_epoch(&self) -> (u64, String) {
+        let node = self.node.read();
+        let own = self.epoch();
+        match node.role {
+            NodeRole::Primary => (own, self.advertise.clone()),
+            NodeRole::Fenced if node.fenced_by > own => (node.fenced_by, node.primary.clone().unwrap_or_default()),
+            NodeRole::Fenced | NodeRole::Standby => (own, node.primary.clone().unwrap_or_default()),
+        }
     }
 
     pub(crate) fn request_restart(&self, restart: Restart) {
@@ -276,6 +293,12 @@ pub struct ServerHandle {
 /// Opens (recovering) the data directory, makes first-start credentials and certificates,
 /// binds the QUIC endpoint and starts serving. Call within a tokio runtime.
 pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
+    if let Some(tag) = options.replication.promotion_tag {
+        if !(1..=reservoir_engine::epoch::EPOCH_TAG_MAX).contains(&tag) {
+            let max = reservoir_engine::epoch::EPOCH_TAG_MAX;
+            return Err(NetError::Config(format!("promotion tag {tag} is not in 1..={max}")));
+        }
+    }
     let directory = options.data_directory.clone();
     std::fs::create_dir_all(&directory).map_err(|source| NetError::io(directory.display().to_string(), source))?;
     let wal_options = WalOptions { durability: options.durability, segment_bytes: options.segment_bytes, epoch: 1 };
@@ -319,7 +342,7 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
         StartRole::Standby(follow) => {
             // The operator rejoins this node as a standby: a fence no longer applies.
             let _ = std::fs::remove_file(&fenced_path);
-            NodeState { role: NodeRole::Standby, primary: Some(follow.primary.clone()) }
+            NodeState { role: NodeRole::Standby, primary: Some(follow.primary.clone()), fenced_by: 0 }
         }
         StartRole::Primary => match std::fs::read(&fenced_path) {
             Ok(bytes) => {
@@ -332,9 +355,13 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
                      `reservoir serve --role standby --primary {}`",
                     fenced.primary
                 );
-                NodeState { role: NodeRole::Fenced, primary: Some(fenced.primary).filter(|p| !p.is_empty()) }
+                NodeState {
+                    role: NodeRole::Fenced,
+                    primary: Some(fenced.primary).filter(|p| !p.is_empty()),
+                    fenced_by: fenced.epoch,
+                }
             }
-            Err(_) => NodeState { role: NodeRole::Primary, primary: None },
+            Err(_) => NodeState { role: NodeRole::Primary, primary: None, fenced_by: 0 },
         },
     };
     // A primary that did not see a failover (down while a standby was promoted) asks its
@@ -354,7 +381,7 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
                     let file = FencedFile { epoch, primary: primary.clone(), fenced_ms: now_ms() };
                     write_synced(&fenced_path, &serde_json::to_vec_pretty(&file).expect("serializable"))
                         .map_err(|source| NetError::io(fenced_path.display().to_string(), source))?;
-                    NodeState { role: NodeRole::Fenced, primary: Some(primary) }
+                    NodeState { role: NodeRole::Fenced, primary: Some(primary), fenced_by: epoch }
                 }
                 None => node,
             }

@@ -859,17 +859,84 @@ fn tenant_lists_are_bounded() {
 
 mod replication_messages {
     use proptest::prelude::*;
-    use reservoir_net::replication::wire::{PrimaryMessage, StandbyMessage};
+    use reservoir_engine::EPOCH_FIRST;
+    use reservoir_net::replication::wire::{PrimaryMessage, StandbyMessage, EPOCHS_SENT_MAX};
     use reservoir_net::ProtocolErrorCode;
 
     fn name() -> impl Strategy<Value = String> {
         "[a-z0-9.:]{0,40}"
     }
 
+    /// An epoch history: epochs above the first and their first LSNs, both ascending.
+    fn epoch_history() -> impl Strategy<Value = Vec<(u64, u64)>> {
+        prop_oneof![
+            prop::collection::vec((1..1u64 << 20, 1..1u64 << 40), 0..4),
+            prop::collection::vec((1..1u64 << 20, 1..1u64 << 40), EPOCHS_SENT_MAX..=EPOCHS_SENT_MAX),
+        ]
+        .prop_map(|steps| {
+            let (mut epoch, mut lsn) = (EPOCH_FIRST, 0);
+            steps
+                .into_iter()
+                .map(|(epoch_step, lsn_step)| {
+                    (epoch, lsn) = (epoch + epoch_step, lsn + lsn_step);
+                    (epoch, lsn)
+                })
+                .collect()
+        })
+    }
+
+    fn start(epoch: u64, epochs: Vec<(u64, u64)>, epochs_complete: bool) -> Vec<u8> {
+        let message =
+            StandbyMessage::Start { next_lsn: 9, history: 7, epoch, epochs, epochs_complete, name: "n".into() };
+        // Encoded by hand: `encode` asserts what the decoder is to refuse.
+        let StandbyMessage::Start { next_lsn, history, epoch, epochs, epochs_complete, name } = message else {
+            unreachable!()
+        };
+        let mut body = vec![0x21];
+        for value in [next_lsn, history, epoch] {
+            body.extend_from_slice(&value.to_le_bytes());
+        }
+        body.extend_from_slice(&(epochs.len() as u16).to_le_bytes());
+        for (epoch, lsn) in epochs {
+            body.extend_from_slice(&epoch.to_le_bytes());
+            body.extend_from_slice(&lsn.to_le_bytes());
+        }
+        body.push(u8::from(epochs_complete));
+        body.push(name.len() as u8);
+        body.extend_from_slice(name.as_bytes());
+        body
+    }
+
+    /// A `Start` whose epoch history could not be a log's is refused at decoding (the primary
+    /// compares it with its own, and asserts its order there).
+    #[test]
+    fn a_start_with_a_history_no_log_could_have_is_refused() {
+        assert!(StandbyMessage::decode(&start(5, vec![(3, 4), (5, 9)], true)).is_ok(), "the hand encoding is right");
+        let refused = |epoch, epochs: Vec<(u64, u64)>, complete| {
+            let decoded = StandbyMessage::decode(&start(epoch, epochs.clone(), complete));
+            assert!(decoded.is_err(), "{epoch} {epochs:?} {complete}: {decoded:?}");
+        };
+        refused(5, vec![(5, 9), (3, 4)], true);
+        refused(5, vec![(3, 9), (5, 9)], true);
+        refused(3, vec![(3, 4), (5, 9)], true);
+        refused(1, vec![(1, 4)], true);
+        refused(5, vec![(5, 0)], true);
+        refused(5, vec![(5, 9)], false);
+        refused(1 << 32, vec![(1 << 32, 9)], true);
+        let too_many: Vec<(u64, u64)> = (0..=EPOCHS_SENT_MAX as u64).map(|index| (index + 2, index + 2)).collect();
+        refused(too_many.last().unwrap().0, too_many, false);
+    }
+
     fn standby_message() -> impl Strategy<Value = StandbyMessage> {
         prop_oneof![
-            (any::<u64>(), any::<u64>(), any::<u64>(), name())
-                .prop_map(|(next_lsn, history, epoch, name)| StandbyMessage::Start { next_lsn, history, epoch, name }),
+            (any::<u64>(), any::<u64>(), epoch_history(), any::<bool>(), name()).prop_map(
+                |(next_lsn, history, epochs, complete, name)| {
+                    let epoch = epochs.last().map_or(EPOCH_FIRST, |&(epoch, _)| epoch);
+                    // Only a full-size list may be a tail.
+                    let epochs_complete = complete || epochs.len() < EPOCHS_SENT_MAX;
+                    StandbyMessage::Start { next_lsn, history, epoch, epochs, epochs_complete, name }
+                }
+            ),
             (any::<u64>(), any::<u64>())
                 .prop_map(|(written_lsn, applied_lsn)| StandbyMessage::Feedback { written_lsn, applied_lsn }),
             (any::<u64>(), name()).prop_map(|(epoch, primary)| StandbyMessage::Fence { epoch, primary }),
@@ -896,7 +963,7 @@ mod replication_messages {
             bytes.prop_map(|json| PrimaryMessage::Credentials { json }),
             (prop::sample::select(ProtocolErrorCode::ALL), "[ -~]{0,40}", proptest::option::of(name()))
                 .prop_map(|(code, message, primary)| PrimaryMessage::Refused { code, message, primary }),
-            any::<u64>().prop_map(|epoch| PrimaryMessage::Fenced { epoch }),
+            (any::<u64>(), name()).prop_map(|(epoch, primary)| PrimaryMessage::Fenced { epoch, primary }),
         ]
     }
 

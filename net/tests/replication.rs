@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use reservoir_engine::epoch::epoch_term;
 use reservoir_engine::{Dump, Engine, ResultCode};
 use reservoir_net::client::{Client, ClientOptions};
 use reservoir_net::replication::{FollowOptions, ReplicationMode, StartRole};
@@ -280,11 +281,11 @@ async fn a_standby_follows_serves_reads_promotes_and_the_old_primary_rewinds_and
         .await;
     assert!(primary_status["standbys"][0]["lag"]["records"].is_u64());
 
-    // Promotion: epoch 2; the former primary is fenced (it is alive and reachable).
+    // Promotion: the next term's epoch; the former primary is fenced (it is alive and reachable).
     let admin = standby.client(&tokens.admin).await;
     let reply = admin.request(vec![Operation::Promote]).await.unwrap();
     assert_eq!(reply.results[0].code(), ResultCode::Ok);
-    assert_eq!(reply.epoch, 2);
+    assert_eq!(epoch_term(reply.epoch), 1, "the first promotion's epoch");
     primary.wait_status(&tokens.admin, "the former primary is fenced", |status| status["role"] == "fenced").await;
     match writer.request(vec![receive("after-fence", "SKU-1", 1)]).await {
         Err(NetError::Refused(error)) => {
@@ -303,7 +304,7 @@ async fn a_standby_follows_serves_reads_promotes_and_the_old_primary_rewinds_and
     .unwrap();
     let reply = both.request(vec![receive("on-new-primary", "SKU-1", 5)]).await.unwrap();
     assert_eq!(reply.results[0].code(), ResultCode::Ok);
-    assert_eq!(reply.epoch, 2);
+    assert_eq!(epoch_term(reply.epoch), 1, "the first promotion's epoch");
     both.close().await;
     writer.close().await;
     reader.close().await;
@@ -330,7 +331,9 @@ async fn a_standby_follows_serves_reads_promotes_and_the_old_primary_rewinds_and
     let new_durable = standby.status(&tokens.admin).await["durable_lsn"].as_u64().unwrap();
     rejoined
         .wait_status(&tokens.admin, "the former primary converges", |status| {
-            status["role"] == "standby" && status["epoch"] == 2 && status["applied_lsn"].as_u64() >= Some(new_durable)
+            status["role"] == "standby"
+                && status["epoch"].as_u64().map(epoch_term) == Some(1)
+                && status["applied_lsn"].as_u64() >= Some(new_durable)
         })
         .await;
     let rejoined_engine = rejoined.stop().await;
@@ -386,7 +389,9 @@ async fn a_former_primary_with_a_divergent_tail_cuts_it_and_keeps_a_copy() {
     rejoined
         .wait_status(&tokens.admin, "rejoined", |status| {
             // Epoch 2 only after the rewind: before it, the old log may already be longer.
-            status["role"] == "standby" && status["epoch"] == 2 && status["applied_lsn"].as_u64() >= Some(durable)
+            status["role"] == "standby"
+                && status["epoch"].as_u64().map(epoch_term) == Some(1)
+                && status["applied_lsn"].as_u64() >= Some(durable)
         })
         .await;
     let reader = rejoined.client(&tokens.demo).await;
@@ -714,8 +719,8 @@ async fn promotion_under_load_with_the_old_primary_alive_loses_no_acknowledged_w
     }
     let acknowledged = acknowledged.lock().unwrap().clone();
     let epochs: std::collections::BTreeSet<u64> = acknowledged.iter().map(|(_, epoch)| *epoch).collect();
-    assert!(epochs.contains(&1) && epochs.contains(&2), "writes were acknowledged before and after: {epochs:?}");
-    assert!(epochs.iter().all(|epoch| *epoch <= 2));
+    assert!(epochs.len() == 2 && epochs.contains(&1), "writes were acknowledged before and after: {epochs:?}");
+    assert!(epochs.iter().all(|epoch| *epoch == 1 || epoch_term(*epoch) == 1), "{epochs:?}");
 
     // On the new primary: retrying every acknowledged write changes nothing.
     let reader = standby.client(&tokens.demo).await;
@@ -724,13 +729,13 @@ async fn promotion_under_load_with_the_old_primary_alive_loses_no_acknowledged_w
     for chunk in acknowledged.chunks(200) {
         let reply = reader.request(chunk.iter().map(|(operation, _)| operation.clone()).collect()).await.unwrap();
         assert!(reply.results.iter().all(|result| result.code() == ResultCode::Ok));
-        assert_eq!(reply.epoch, 2);
+        assert_eq!(epoch_term(reply.epoch), 1, "the first promotion's epoch");
     }
     let after = stock(reader.request(vec![Operation::GetSku { sku: "SKU-W".into() }]).await.unwrap());
     assert_eq!(after, before, "an acknowledged write was missing on the new primary");
     assert!(before >= acknowledged.len() as i64);
     assert_eq!(writers.hello().await.unwrap().node, NodeRole::Primary);
-    assert_eq!(writers.hello().await.unwrap().epoch, 2, "the writers ended on the new primary");
+    assert_eq!(epoch_term(writers.hello().await.unwrap().epoch), 1, "the writers ended on the new primary");
     reader.close().await;
     writers.close().await;
     let _ = standby.stop().await;
@@ -1008,6 +1013,12 @@ async fn stalled_standby(primary: &Node, tokens: &Tokens, name: &str) -> quinn::
     let history = u64::from_str_radix(status["history"].as_str().unwrap(), 16).unwrap();
     let durable = status["durable_lsn"].as_u64().unwrap();
     let epoch = status["epoch"].as_u64().unwrap();
+    let epochs: Vec<(u64, u64)> = status["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| (entry["epoch"].as_u64().unwrap(), entry["first_lsn"].as_u64().unwrap()))
+        .collect();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(reservoir_net::tls::client_config(&primary.ca()).unwrap());
     let connection = endpoint.connect(primary.address.parse().unwrap(), "127.0.0.1").unwrap().await.unwrap();
@@ -1028,7 +1039,14 @@ async fn stalled_standby(primary: &Node, tokens: &Tokens, name: &str) -> quinn::
         decoder.push(&chunk[..count]).unwrap();
     };
     assert!(matches!(&hello, ServerFrame::HelloReply(reply) if reply.role == Role::Replication), "{hello:?}");
-    let start = StandbyMessage::Start { next_lsn: durable + 1, history, epoch, name: name.to_owned() };
+    let start = StandbyMessage::Start {
+        next_lsn: durable + 1,
+        history,
+        epoch,
+        epochs,
+        epochs_complete: true,
+        name: name.to_owned(),
+    };
     write_message(&mut send, |out| start.encode(out)).await.unwrap();
     let accept = PrimaryMessage::decode(&read_message(&mut recv).await.unwrap().unwrap()).unwrap();
     assert!(matches!(accept, PrimaryMessage::Accept { .. }), "{accept:?}");
@@ -1273,7 +1291,7 @@ async fn a_promotion_during_a_base_backup_is_refused_and_allowed_after_it() {
     let admin = standby.client(&tokens.admin).await;
     let reply = admin.request(vec![Operation::Promote]).await.unwrap();
     assert_eq!(reply.results[0].code(), ResultCode::Ok);
-    assert_eq!(reply.epoch, 2);
+    assert_eq!(epoch_term(reply.epoch), 1, "the first promotion's epoch");
     admin.close().await;
     let engine = standby.stop().await;
     assert!(engine.verify().violations.is_empty());
@@ -1295,16 +1313,194 @@ async fn a_standby_whose_base_backup_was_cut_short_keeps_its_data_and_can_be_pro
     let admin = standby.client(&tokens.admin).await;
     let reply = admin.request(vec![Operation::Promote]).await.unwrap();
     assert_eq!(reply.results[0].code(), ResultCode::Ok, "a promotion once the backup failed");
-    assert_eq!(reply.epoch, 2);
+    assert_eq!(epoch_term(reply.epoch), 1, "the first promotion's epoch");
     admin.close().await;
     assert_eq!(moved_aside(), before, "nothing of the standby's was moved aside");
     assert_eq!(standby.sku_on_hand(&tokens.demo, "SKU-1").await, 10, "the standby's data is there");
     let writer = standby.client(&tokens.demo).await;
     let reply = writer.request(vec![receive("after", "SKU-1", 5)]).await.unwrap();
     assert_eq!(reply.results[0].code(), ResultCode::Ok);
-    assert_eq!(reply.epoch, 2);
+    assert_eq!(epoch_term(reply.epoch), 1, "the first promotion's epoch");
     writer.close().await;
     assert_eq!(standby.sku_on_hand(&tokens.demo, "SKU-1").await, 15);
     let engine = standby.stop().await;
     assert!(engine.verify().violations.is_empty());
+}
+
+/// A standby's options with the tag its promotion gives its epoch (fixed here, to choose
+/// which of two standbys promoted from one epoch leads the higher one).
+fn tagged(mut options: ServerOptions, tag: u32) -> ServerOptions {
+    options.replication.promotion_tag = Some(tag);
+    options
+}
+
+/// Two standbys promoted from one epoch (an operator's mistake after a lost primary): A, which
+/// had fewer records, first; then B, which leads the higher epoch. A rejoins B, and must cut
+/// its log back to where *its own* promotion began, the earlier of the two: B's log holds the
+/// old primary's records there. Regression: the fork was taken as B's first epoch after A's
+/// last, which is where B's promotion began, so A kept the records it had taken between its
+/// own promotion and B's, and the two ledgers disagreed from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_standbys_promoted_from_one_epoch_the_lower_rejoins_the_higher_from_its_own_promotion() {
+    let primary_directory = tempfile::tempdir().unwrap();
+    let (primary, tokens) =
+        Node::start(options(primary_directory.path(), free_port(), StartRole::Primary, ReplicationMode::Async)).await;
+    let tokens = tokens.unwrap();
+    let writer = primary.client(&tokens.demo).await;
+    writer.request(vec![receive("shared", "SKU-1", 10)]).await.unwrap();
+    let a_directory = standby_directory(primary_directory.path());
+    let b_directory = standby_directory(primary_directory.path());
+    let a_options = tagged(
+        options(a_directory.path(), free_port(), follow(&primary, &tokens.replication), ReplicationMode::Async),
+        1,
+    );
+    let b_options = tagged(
+        options(b_directory.path(), free_port(), follow(&primary, &tokens.replication), ReplicationMode::Async),
+        2,
+    );
+    let (a, _) = Node::start(a_options.clone()).await;
+    let (b, _) = Node::start(b_options.clone()).await;
+    let durable = primary.durable_lsn(&tokens.admin).await;
+    a.wait_status(&tokens.admin, "A caught up", caught_up(durable)).await;
+    b.wait_status(&tokens.admin, "B caught up", caught_up(durable)).await;
+    let _ = a.stop().await;
+    let a_fork = durable + 1;
+
+    // The primary goes on with B only, then is lost.
+    for index in 0..20 {
+        writer.request(vec![receive(&format!("only-b-{index}"), "SKU-B", 1)]).await.unwrap();
+    }
+    writer.close().await;
+    let durable = primary.durable_lsn(&tokens.admin).await;
+    b.wait_status(&tokens.admin, "B caught up again", caught_up(durable)).await;
+    let _ = primary.stop().await;
+    let b_fork = durable + 1;
+
+    // A, cut off, is promoted and takes more writes than B is ahead of it.
+    let mut cut_off = a_options.clone();
+    if let StartRole::Standby(follow) = &mut cut_off.role {
+        follow.primary = format!("127.0.0.1:{}", free_port());
+    }
+    let (a, _) = Node::start(cut_off).await;
+    let admin = a.client(&tokens.admin).await;
+    let promoted_a = admin.request(vec![Operation::Promote]).await.unwrap();
+    assert_eq!(promoted_a.results[0].code(), ResultCode::Ok);
+    admin.close().await;
+    let a_writer = a.client(&tokens.demo).await;
+    for index in 0..30 {
+        a_writer.request(vec![receive(&format!("on-a-{index}"), "SKU-A", 1)]).await.unwrap();
+    }
+    a_writer.close().await;
+    // B is promoted too: the same term, a higher tag.
+    let admin = b.client(&tokens.admin).await;
+    let promoted_b = admin.request(vec![Operation::Promote]).await.unwrap();
+    assert_eq!(promoted_b.results[0].code(), ResultCode::Ok);
+    admin.close().await;
+    assert_eq!((epoch_term(promoted_a.epoch), epoch_term(promoted_b.epoch)), (1, 1));
+    assert!(promoted_a.epoch < promoted_b.epoch, "two promotions from one epoch lead two epochs");
+    let b_writer = b.client(&tokens.demo).await;
+    b_writer.request(vec![receive("on-b", "SKU-1", 5)]).await.unwrap();
+    b_writer.close().await;
+    let a_status = a.status(&tokens.admin).await;
+    assert_eq!(a_status["epochs"][0]["first_lsn"], a_fork, "A's promotion began where it stopped following");
+    assert!(a_status["durable_lsn"].as_u64().unwrap() > b_fork, "A's log reaches past B's promotion");
+    let _ = a.stop().await;
+
+    // A rejoins B: it cuts everything from its own promotion on and converges.
+    let (rejoined, _) = Node::start(on_a_new_port(options(
+        a_directory.path(),
+        free_port(),
+        follow(&b, &tokens.replication),
+        ReplicationMode::Async,
+    )))
+    .await;
+    let durable = b.durable_lsn(&tokens.admin).await;
+    let epoch_b = promoted_b.epoch;
+    rejoined
+        .wait_status(&tokens.admin, "A rejoined B", |status| {
+            status["role"] == "standby" && status["epoch"] == epoch_b && status["applied_lsn"].as_u64() >= Some(durable)
+        })
+        .await;
+    assert_eq!(rejoined.sku_on_hand(&tokens.demo, "SKU-B").await, 20, "B's share of the old primary's records");
+    let reader = rejoined.client(&tokens.demo).await;
+    let cut = reader.request(vec![Operation::GetSku { sku: "SKU-A".into() }]).await.unwrap();
+    assert_eq!(cut.results[0].code(), ResultCode::UnknownItem, "A's own records are cut");
+    reader.close().await;
+    let rewound: Vec<_> = std::fs::read_dir(a_directory.path().join("rewound")).unwrap().collect();
+    assert_eq!(rewound.len(), 1);
+    let report = std::fs::read_to_string(rewound[0].as_ref().unwrap().path().join("REWIND.txt")).unwrap();
+    assert!(report.contains(&format!("kept LSN 1..={};", a_fork - 1)), "{report}");
+    assert!(report.contains("on-a-0") && report.contains("on-a-29"), "every cut record is listed: {report}");
+    let rejoined_engine = rejoined.stop().await;
+    let b_engine = b.stop().await;
+    assert_same(&rejoined_engine.dump(), &b_engine.dump());
+    assert!(b_engine.verify().violations.is_empty());
+}
+
+/// The same mistake with the old primary still reachable: B, promoted first to the higher
+/// epoch, fenced it; A, promoted later to a lower one, sends its own fence there, hears of
+/// B's epoch in the answer, and fences itself: of two promoted nodes only the higher epoch's
+/// takes writes, and clients given both end on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_promoted_to_a_lower_epoch_than_another_learns_it_from_the_old_primary_and_is_fenced() {
+    let primary_directory = tempfile::tempdir().unwrap();
+    let (primary, tokens) =
+        Node::start(options(primary_directory.path(), free_port(), StartRole::Primary, ReplicationMode::Async)).await;
+    let tokens = tokens.unwrap();
+    let writer = primary.client(&tokens.demo).await;
+    writer.request(vec![receive("shared", "SKU-1", 10)]).await.unwrap();
+    writer.close().await;
+    let a_directory = standby_directory(primary_directory.path());
+    let b_directory = standby_directory(primary_directory.path());
+    let a_options = tagged(
+        options(a_directory.path(), free_port(), follow(&primary, &tokens.replication), ReplicationMode::Async),
+        1,
+    );
+    let b_options = tagged(
+        options(b_directory.path(), free_port(), follow(&primary, &tokens.replication), ReplicationMode::Async),
+        2,
+    );
+    let (a, _) = Node::start(a_options).await;
+    let (b, _) = Node::start(b_options).await;
+    let durable = primary.durable_lsn(&tokens.admin).await;
+    a.wait_status(&tokens.admin, "A caught up", caught_up(durable)).await;
+    b.wait_status(&tokens.admin, "B caught up", caught_up(durable)).await;
+
+    let admin = b.client(&tokens.admin).await;
+    let promoted_b = admin.request(vec![Operation::Promote]).await.unwrap();
+    assert_eq!(promoted_b.results[0].code(), ResultCode::Ok);
+    admin.close().await;
+    primary.wait_status(&tokens.admin, "the old primary is fenced by B", |status| status["role"] == "fenced").await;
+
+    let admin = a.client(&tokens.admin).await;
+    let promoted_a = admin.request(vec![Operation::Promote]).await.unwrap();
+    assert_eq!(promoted_a.results[0].code(), ResultCode::Ok);
+    admin.close().await;
+    assert!(promoted_a.epoch < promoted_b.epoch);
+    let status =
+        a.wait_status(&tokens.admin, "A hears of B's epoch and is fenced", |status| status["role"] == "fenced").await;
+    assert_eq!(status["primary"], b.address.as_str(), "{status:#}");
+    let on_a = a.client(&tokens.demo).await;
+    match on_a.request(vec![receive("on-a", "SKU-1", 1)]).await {
+        Err(NetError::Refused(error)) => {
+            assert_eq!(error.code, ProtocolErrorCode::NotPrimary);
+            assert_eq!(error.primary.as_deref(), Some(b.address.as_str()));
+        }
+        other => panic!("a write on the lower epoch's node: {other:?}"),
+    }
+    on_a.close().await;
+    let both = Client::connect(ClientOptions::new(
+        vec![a.address.clone(), b.address.clone()],
+        primary.ca(),
+        tokens.demo.clone(),
+    ))
+    .await
+    .unwrap();
+    let reply = both.request(vec![receive("on-b", "SKU-1", 1)]).await.unwrap();
+    assert_eq!(reply.results[0].code(), ResultCode::Ok);
+    assert_eq!(reply.epoch, promoted_b.epoch, "written on B");
+    both.close().await;
+    let _ = a.stop().await;
+    let _ = b.stop().await;
+    let _ = primary.stop().await;
 }

@@ -527,7 +527,8 @@ fn describe_text(result: &OperationResult) -> String {
     let code = result.code().name();
     match result {
         OperationResult::Reply { kind: OperationKind::Promote, reply } if reply.code.is_ok() => {
-            format!("promote {code}: this node is the primary of epoch {}\n", reply.count)
+            let term = reservoir_engine::epoch::epoch_term(reply.count);
+            format!("promote {code}: this node is the primary of epoch {} (term {term})\n", reply.count)
         }
         OperationResult::Reply { kind: OperationKind::TakeSnapshot, reply } => {
             format!("take_snapshot {code}: the server is taking a snapshot covering at least LSN {}\n", reply.count)
@@ -612,9 +613,10 @@ fn status_text(document: &str) -> String {
         other => other.to_string(),
     };
     let mut text = format!(
-        "role {} epoch {} (primary {})\napplied LSN {} durable LSN {} acknowledged LSN {}\nreplication {} ({}), RPO {} ms\n",
+        "role {} epoch {} term {} (primary {})\napplied LSN {} durable LSN {} acknowledged LSN {}\nreplication {} ({}), RPO {} ms\n",
         field(&status["role"]),
         field(&status["epoch"]),
+        field(&status["term"]),
         field(&status["primary"]),
         field(&status["applied_lsn"]),
         field(&status["durable_lsn"]),

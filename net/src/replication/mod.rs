@@ -71,6 +71,11 @@ pub struct ReplicationOptions {
     pub peers: Vec<String>,
     /// The replication token and CA to ask `peers` with.
     pub peer_check: Option<FollowOptions>,
+    /// The tag (1..=`EPOCH_TAG_MAX`) of the epoch this node begins if promoted
+    /// (`reservoir_engine::epoch`); checked when the server starts. `None`, the default and what `reservoir serve` uses: drawn
+    /// at random at each promotion, so that two standbys promoted from one epoch lead
+    /// different ones. Tests set it to choose which of two such nodes leads the higher.
+    pub promotion_tag: Option<u32>,
 }
 
 impl Default for ReplicationOptions {
@@ -84,6 +89,7 @@ impl Default for ReplicationOptions {
             name: None,
             peers: Vec::new(),
             peer_check: None,
+            promotion_tag: None,
         }
     }
 }
@@ -400,6 +406,8 @@ pub(crate) struct NodeState {
     pub role: NodeRole,
     /// The primary's address, for `not_primary` (a standby's primary, or who fenced us).
     pub primary: Option<String>,
+    /// The epoch that fenced this node (0: not fenced).
+    pub fenced_by: u64,
 }
 
 /// The file that keeps a fenced former primary fenced across restarts.

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use reservoir_engine::epoch::Fork;
 use reservoir_engine::{Lsn, Record};
 use reservoir_wal::feed::FeedRead;
 use reservoir_wal::{Flow, RecordTimes, WalError};
@@ -36,16 +37,22 @@ pub(crate) async fn serve(
         _ => return,
     };
     let outcome = match first {
-        Ok(StandbyMessage::Start { next_lsn, history, epoch, name }) => {
+        Ok(StandbyMessage::Start { next_lsn, history, epoch, epochs, epochs_complete, name }) => {
             let address = connection.remote_address().to_string();
             let name = if name.is_empty() { address.clone() } else { name };
-            stream(&core, &mut send, recv, token, next_lsn, history, epoch, name, address).await
+            let epochs = StandbyEpochs {
+                last: epoch,
+                history: epochs.into_iter().map(|(epoch, lsn)| (epoch, Lsn(lsn))).collect(),
+                complete: epochs_complete,
+            };
+            stream(&core, &mut send, recv, token, next_lsn, history, epochs, name, address).await
         }
         Ok(StandbyMessage::Fence { epoch, primary }) => {
             if epoch > core.epoch() {
                 core.fence(epoch, Some(primary).filter(|primary| !primary.is_empty()));
             }
-            let answer = PrimaryMessage::Fenced { epoch: core.epoch() };
+            let (epoch, primary) = core.highest_epoch();
+            let answer = PrimaryMessage::Fenced { epoch, primary };
             write_message(&mut send, |out| answer.encode(out)).await
         }
         Ok(StandbyMessage::Feedback { .. }) => Err(NetError::Protocol("feedback before start".into())),
@@ -81,6 +88,16 @@ fn first_lsn_on_disk(core: &Core) -> Result<Option<Lsn>, WalError> {
     Ok(Some(header.first_lsn))
 }
 
+/// What a standby's `Start` says of its epochs.
+struct StandbyEpochs {
+    /// The epoch of its last record.
+    last: u64,
+    /// Its epoch history, or the newest part of it.
+    history: Vec<(u64, Lsn)>,
+    /// Whether `history` is all of it.
+    complete: bool,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn stream(
     core: &Arc<Core>,
@@ -89,11 +106,12 @@ async fn stream(
     token: TokenDigest,
     next_lsn: u64,
     history: u64,
-    epoch: u64,
+    epochs: StandbyEpochs,
     name: String,
     address: String,
 ) -> Result<(), NetError> {
     let own_epoch = core.epoch();
+    let epoch = epochs.last;
     if core.role() != NodeRole::Primary {
         let why = format!("this node is a {}, not a primary", core.role().name());
         return refuse(send, ProtocolErrorCode::NotPrimary, why, core.primary_address()).await;
@@ -106,13 +124,18 @@ async fn stream(
     let durable = core.wal.durable_lsn().0;
     let needs_base = history == 0 || history != core.wal.history() || next_lsn == 0;
     if !needs_base {
-        if let Some(fork) = core.engine.fork_after(epoch) {
-            if next_lsn > fork.0 {
-                // The standby's log went on in `epoch` past where a later epoch began here.
+        match core.engine.fork_from(&epochs.history, epochs.complete) {
+            Fork::At(fork) if next_lsn > fork.0 => {
+                // The standby's log holds records past where the two histories part.
                 let rewind = PrimaryMessage::Rewind { keep_through: fork.0 - 1, epoch: own_epoch };
                 tracing::warn!(standby = %name, keep_through = fork.0 - 1, "standby's log forks from this one: it must rewind");
                 return write_message(send, |out| rewind.encode(out)).await;
             }
+            Fork::Unknown => {
+                tracing::warn!(standby = %name, "no epoch of the standby's history tail is this log's: a base backup");
+                return base_backup(core, send, &name).await;
+            }
+            Fork::At(_) | Fork::None => {}
         }
         if next_lsn > durable + 1 {
             let why = format!(
@@ -390,6 +413,7 @@ pub(crate) fn status(core: &Core) -> serde_json::Value {
     serde_json::json!({
         "role": role.name(),
         "epoch": core.epoch(),
+        "term": reservoir_engine::epoch::epoch_term(core.epoch()),
         "epochs": core.engine.epoch_history().iter().map(|&(epoch, lsn)| serde_json::json!({"epoch": epoch, "first_lsn": lsn.0})).collect::<Vec<_>>(),
         "primary": core.primary_address(),
         "advertise": core.advertise,

@@ -4,10 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use reservoir_engine::epoch::{epoch_after, EPOCH_TAG_MAX};
 use reservoir_engine::{Body, Command, Record, Reply, ResultCode};
 use reservoir_wal::format::{decode_frame, Frame};
 
-use super::wire::{read_message, write_message, PrimaryMessage, StandbyMessage};
+use super::wire::{read_message, write_message, PrimaryMessage, StandbyMessage, EPOCHS_SENT_MAX};
 use super::{backoff, FollowOptions, Restart};
 use crate::message::{ClientFrame, Hello, NodeRole, Role, ServerFrame};
 use crate::server::Core;
@@ -121,6 +122,18 @@ pub(crate) async fn follow(core: Arc<Core>, options: FollowOptions) {
     }
 }
 
+/// The `Start` this standby sends: where its log ends and its epoch history (the newest
+/// [`EPOCHS_SENT_MAX`] entries of it).
+fn start_message(core: &Core, next_lsn: u64, history: u64, name: String) -> StandbyMessage {
+    let mut epochs: Vec<(u64, u64)> =
+        core.engine.epoch_history().into_iter().map(|(epoch, lsn)| (epoch, lsn.0)).collect();
+    let epochs_complete = epochs.len() <= EPOCHS_SENT_MAX;
+    epochs.drain(..epochs.len().saturating_sub(EPOCHS_SENT_MAX));
+    let epoch = epochs.last().map_or(reservoir_engine::EPOCH_FIRST, |&(epoch, _)| epoch);
+    debug_assert!(epochs.len() <= EPOCHS_SENT_MAX && epoch >= core.epoch());
+    StandbyMessage::Start { next_lsn, history, epoch, epochs, epochs_complete, name }
+}
+
 async fn follow_once(core: &Arc<Core>, options: &FollowOptions, attempt: &mut u32) -> Result<Ended, NetError> {
     let mut link = connect(&options.primary, options).await?;
     if link.node != NodeRole::Primary {
@@ -137,7 +150,7 @@ async fn follow_once(core: &Arc<Core>, options: &FollowOptions, attempt: &mut u3
     let next_lsn = core.engine.next_lsn().0;
     let history = if core.history_known { core.wal.history() } else { 0 };
     let name = core.replication.name.clone().unwrap_or_else(|| core.advertise.clone());
-    let start = StandbyMessage::Start { next_lsn, history, epoch: core.engine.epoch(), name };
+    let start = start_message(core, next_lsn, history, name);
     write_message(&mut link.send, |out| start.encode(out)).await?;
     let first = read_message(&mut link.recv)
         .await?
@@ -389,7 +402,11 @@ pub(crate) fn promote(core: &Arc<Core>, now_ms: u64, records: &mut Vec<Record>) 
         NodeRole::Primary => return Reply { count: core.epoch(), ..Reply::code(ResultCode::Ok) },
         NodeRole::Fenced => return Reply::code(ResultCode::ExpectedMismatch),
     }
-    let epoch = core.epoch() + 1;
+    let tag = core.replication.promotion_tag.unwrap_or_else(|| rand::random::<u32>() % EPOCH_TAG_MAX + 1);
+    let Some(epoch) = epoch_after(core.epoch(), tag) else {
+        tracing::error!(epoch = core.epoch(), "promote refused: this log has been through every term there is");
+        return Reply::code(ResultCode::CapacityExceeded);
+    };
     let reply = core.engine.execute(&Command::BeginEpoch { epoch }, now_ms, records);
     assert!(reply.code.is_ok(), "a standby's next epoch is new: {reply:?}");
     core.epoch.store(epoch, std::sync::atomic::Ordering::Release);
@@ -410,9 +427,9 @@ pub(crate) fn promote(core: &Arc<Core>, now_ms: u64, records: &mut Vec<Record>) 
 /// Tells the former primary that epoch `epoch` began, until it answers (it may be down now and
 /// come back later: it is fenced as soon as it is reachable).
 /// Holds the node weakly: a shutdown is never kept waiting by it.
-async fn fence_former_primary(core: std::sync::Weak<Core>, options: FollowOptions, epoch: u64) {
+async fn fence_former_primary(weak: std::sync::Weak<Core>, options: FollowOptions, epoch: u64) {
     for attempt in 0..FENCE_ATTEMPTS_MAX {
-        let Some(core) = core.upgrade() else { return };
+        let Some(core) = weak.upgrade() else { return };
         if core.epoch() != epoch || core.role() != NodeRole::Primary {
             return;
         }
@@ -429,8 +446,14 @@ async fn fence_former_primary(core: std::sync::Weak<Core>, options: FollowOption
         }
         .await;
         match outcome {
-            Ok(PrimaryMessage::Fenced { epoch: theirs }) => {
+            Ok(PrimaryMessage::Fenced { epoch: theirs, primary }) => {
                 tracing::info!(former_primary = %options.primary, their_epoch = theirs, "the former primary is fenced");
+                if theirs > epoch {
+                    // Another standby was promoted too, to a higher epoch: it leads, not this node.
+                    if let Some(core) = weak.upgrade() {
+                        core.fence(theirs, Some(primary).filter(|primary| !primary.is_empty()));
+                    }
+                }
                 return;
             }
             Ok(other) => tracing::warn!(?other, "unexpected answer to a fence"),

@@ -4,6 +4,7 @@
 //! byte and its fields, at most [`REPLICATION_MESSAGE_BYTES_MAX`] bytes: larger than a request
 //! frame, because one WAL record's frame may be up to 4 MiB.
 
+use reservoir_engine::{Lsn, EPOCH_FIRST};
 use reservoir_wal::RECORD_PAYLOAD_BYTES_MAX;
 
 use crate::wire::{ProtocolErrorCode, Reader, WireError, Writer, ERROR_MESSAGE_BYTES_MAX};
@@ -30,6 +31,10 @@ pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1 << 20;
 pub const CREDENTIALS_BYTES_MAX: usize = 32 << 20;
 /// Bytes of a node name or address.
 pub const NAME_BYTES_MAX: usize = 255;
+/// Entries of its epoch history a standby sends in `Start` at most: the newest ones, enough to
+/// hold the last epoch it shares with its primary after any realistic run of failovers (with
+/// none of them shared, it gets a base backup).
+pub const EPOCHS_SENT_MAX: usize = 64;
 
 mod message_type {
     pub const START: u8 = 0x21;
@@ -50,8 +55,11 @@ mod message_type {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StandbyMessage {
     /// Start streaming: the standby holds every record before `next_lsn`, in `history`
-    /// (0: an empty standby), and its last record belongs to `epoch`.
-    Start { next_lsn: u64, history: u64, epoch: u64, name: String },
+    /// (0: an empty standby), and its last record belongs to `epoch`. `epochs` is its epoch
+    /// history (each epoch after the first with its first LSN, ascending: the newest
+    /// [`EPOCHS_SENT_MAX`] entries, all of them if `epochs_complete`), from which the primary
+    /// finds where the two logs fork.
+    Start { next_lsn: u64, history: u64, epoch: u64, epochs: Vec<(u64, u64)>, epochs_complete: bool, name: String },
     /// Records up to `written_lsn` are durable on the standby, up to `applied_lsn` applied.
     Feedback { written_lsn: u64, applied_lsn: u64 },
     /// Sent by the primary of `epoch` (reachable at `primary`) to a node of a lower epoch:
@@ -104,9 +112,12 @@ pub enum PrimaryMessage {
         message: String,
         primary: Option<String>,
     },
-    /// Answer to `Fence`: this node now refuses writes.
+    /// Answer to `Fence`: this node now refuses writes. `epoch` is the highest epoch it knows
+    /// of (its own, or the one that fenced it), led by `primary` (empty: unknown). A fencing
+    /// node that learns of an epoch higher than its own from it is fenced in turn.
     Fenced {
         epoch: u64,
+        primary: String,
     },
 }
 
@@ -152,12 +163,21 @@ impl StandbyMessage {
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), WireError> {
         let start = out.len();
         match self {
-            StandbyMessage::Start { next_lsn, history, epoch, name } => encode_with(out, message_type::START, |w| {
-                w.u64(*next_lsn);
-                w.u64(*history);
-                w.u64(*epoch);
-                w.string("node name", name);
-            })?,
+            StandbyMessage::Start { next_lsn, history, epoch, epochs, epochs_complete, name } => {
+                assert!(epochs.len() <= EPOCHS_SENT_MAX, "{} epochs in a start", epochs.len());
+                encode_with(out, message_type::START, |w| {
+                    w.u64(*next_lsn);
+                    w.u64(*history);
+                    w.u64(*epoch);
+                    w.u16(epochs.len() as u16);
+                    for &(epoch, lsn) in epochs {
+                        w.u64(epoch);
+                        w.u64(lsn);
+                    }
+                    w.flag(*epochs_complete);
+                    w.string("node name", name);
+                })?
+            }
             StandbyMessage::Feedback { written_lsn, applied_lsn } => encode_with(out, message_type::FEEDBACK, |w| {
                 w.u64(*written_lsn);
                 w.u64(*applied_lsn);
@@ -176,12 +196,34 @@ impl StandbyMessage {
         let mut reader = Reader::new(body);
         let at = reader.at();
         let message = match reader.u8()? {
-            message_type::START => StandbyMessage::Start {
-                next_lsn: reader.u64()?,
-                history: reader.u64()?,
-                epoch: reader.u64()?,
-                name: reader.string("node name")?,
-            },
+            message_type::START => {
+                let (next_lsn, history, epoch) = (reader.u64()?, reader.u64()?, reader.u64()?);
+                let at = reader.at();
+                let count = usize::from(reader.u16()?);
+                if count > EPOCHS_SENT_MAX {
+                    return Err(WireError::BadValue { what: "epoch history length", value: count as u64, at });
+                }
+                let mut epochs = Vec::with_capacity(count);
+                for _ in 0..count {
+                    epochs.push((reader.u64()?, reader.u64()?));
+                }
+                let epochs_complete = reader.flag("epoch history completeness")?;
+                let as_history: Vec<_> = epochs.iter().map(|&(epoch, lsn)| (epoch, Lsn(lsn))).collect();
+                let last = epochs.last().map_or(EPOCH_FIRST, |&(epoch, _)| epoch);
+                // A tail is only sent when the whole history does not fit.
+                let truncated_short = !epochs_complete && count < EPOCHS_SENT_MAX;
+                if !reservoir_engine::epoch::is_history(&as_history) || last != epoch || truncated_short {
+                    return Err(WireError::BadValue { what: "epoch history", value: count as u64, at });
+                }
+                StandbyMessage::Start {
+                    next_lsn,
+                    history,
+                    epoch,
+                    epochs,
+                    epochs_complete,
+                    name: reader.string("node name")?,
+                }
+            }
             message_type::FEEDBACK => {
                 StandbyMessage::Feedback { written_lsn: reader.u64()?, applied_lsn: reader.u64()? }
             }
@@ -235,7 +277,10 @@ impl PrimaryMessage {
                     w.string("primary address", primary);
                 }
             })?,
-            PrimaryMessage::Fenced { epoch } => encode_with(out, message_type::FENCED, |w| w.u64(*epoch))?,
+            PrimaryMessage::Fenced { epoch, primary } => encode_with(out, message_type::FENCED, |w| {
+                w.u64(*epoch);
+                w.string("primary address", primary);
+            })?,
         }
         debug_assert_eq!(PrimaryMessage::decode(&out[start + 4..]).as_ref(), Ok(self), "encode/decode disagree");
         Ok(())
@@ -276,7 +321,9 @@ impl PrimaryMessage {
                     if reader.flag("primary presence")? { Some(reader.string("primary address")?) } else { None };
                 PrimaryMessage::Refused { code, message, primary }
             }
-            message_type::FENCED => PrimaryMessage::Fenced { epoch: reader.u64()? },
+            message_type::FENCED => {
+                PrimaryMessage::Fenced { epoch: reader.u64()?, primary: reader.string("primary address")? }
+            }
             other => return Err(WireError::BadValue { what: "replication message type", value: u64::from(other), at }),
         };
         reader.finish()?;
