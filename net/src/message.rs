@@ -89,7 +89,8 @@ pub struct HelloReply {
     /// The version chosen for this connection.
     pub version: u16,
     pub role: Role,
-    /// The server's epoch (bumped at every promotion of a standby).
+    /// The server's epoch (raised at every promotion of a standby); a fenced node's is the
+    /// epoch that fenced it, when higher.
     pub epoch: u64,
     pub limits: ServerLimits,
     /// Whether the node takes writes (a client given several endpoints picks the primary

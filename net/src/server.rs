@@ -165,6 +165,11 @@ pub(crate) struct Core {
     pub(crate) data_directory: PathBuf,
     /// Mirrors the engine's epoch (the last `EpochChanged` record applied or written).
     pub(crate) epoch: AtomicU64,
+    /// The highest epoch another node has named to this one (0: none): a promotion goes past
+    /// it, as a Raft candidate goes past every term it has seen.
+    pub(crate) epoch_heard: AtomicU64,
+    /// Held while a fence is checked, recorded and set, so that the highest one wins.
+    pub(crate) fence_lock: parking_lot::Mutex<()>,
     pub(crate) node: RwLock<NodeState>,
     /// Changed whenever `node` changes.
     pub(crate) node_changed: tokio::sync::Notify,
@@ -220,6 +225,8 @@ impl Core {
     /// A node of a higher epoch exists: stop taking writes, for good (until this node rejoins
     /// as a standby), and say who the primary is.
     pub(crate) fn fence(&self, epoch: u64, primary: Option<String>) {
+        let _fencing = self.fence_lock.lock();
+        self.hear_epoch(epoch);
         {
             let node = self.node.read();
             // A fence keeps the highest epoch it has heard of (and that epoch's primary).
@@ -241,6 +248,13 @@ impl Core {
         }
         *self.node.write() = NodeState { role: NodeRole::Fenced, primary, fenced_by: epoch };
         self.node_changed.notify_waiters();
+    }
+
+    /// Notes an epoch another node named (a bogus one past `EPOCH_MAX` is ignored).
+    pub(crate) fn hear_epoch(&self, epoch: u64) {
+        if epoch <= reservoir_engine::epoch::EPOCH_MAX {
+            self.epoch_heard.fetch_max(epoch, Ordering::AcqRel);
+        }
     }
 
     /// The highest epoch this node knows of, and the address of its primary if known: its own
@@ -431,6 +445,8 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
     opened.engine.set_idempotency_entries_max(options.idempotency_entries_max.max(options.engine.id_shards));
     let core = Arc::new(Core {
         epoch: AtomicU64::new(opened.engine.epoch()),
+        epoch_heard: AtomicU64::new(node.fenced_by),
+        fence_lock: parking_lot::Mutex::new(()),
         engine: opened.engine,
         wal: opened.wal,
         snapshotter,
@@ -907,7 +923,7 @@ async fn serve_connection(core: Arc<Core>, incoming: quinn::Incoming) {
     let reply = ServerFrame::HelloReply(HelloReply {
         version,
         role,
-        epoch: core.epoch(),
+        epoch: core.highest_epoch().0,
         limits: ServerLimits::THIS_BUILD,
         node: core.role(),
     });

@@ -859,6 +859,7 @@ fn tenant_lists_are_bounded() {
 
 mod replication_messages {
     use proptest::prelude::*;
+    use reservoir_engine::epoch::EPOCH_MAX;
     use reservoir_engine::EPOCH_FIRST;
     use reservoir_net::replication::wire::{PrimaryMessage, StandbyMessage, EPOCHS_SENT_MAX};
     use reservoir_net::ProtocolErrorCode;
@@ -911,27 +912,51 @@ mod replication_messages {
     /// compares it with its own, and asserts its order there).
     #[test]
     fn a_start_with_a_history_no_log_could_have_is_refused() {
-        assert!(StandbyMessage::decode(&start(5, vec![(3, 4), (5, 9)], true)).is_ok(), "the hand encoding is right");
+        assert!(StandbyMessage::decode(&start(5, vec![(3, 4), (5, 8)], true)).is_ok(), "the hand encoding is right");
         let refused = |epoch, epochs: Vec<(u64, u64)>, complete| {
             let decoded = StandbyMessage::decode(&start(epoch, epochs.clone(), complete));
             assert!(decoded.is_err(), "{epoch} {epochs:?} {complete}: {decoded:?}");
         };
-        refused(5, vec![(5, 9), (3, 4)], true);
-        refused(5, vec![(3, 9), (5, 9)], true);
-        refused(3, vec![(3, 4), (5, 9)], true);
+        refused(5, vec![(5, 8), (3, 4)], true);
+        refused(5, vec![(3, 8), (5, 8)], true);
+        refused(3, vec![(3, 4), (5, 8)], true);
         refused(1, vec![(1, 4)], true);
         refused(5, vec![(5, 0)], true);
-        refused(5, vec![(5, 9)], false);
-        refused(1 << 32, vec![(1 << 32, 9)], true);
+        refused(5, vec![(5, 8)], false);
+        refused(1 << 32, vec![(1 << 32, 8)], true);
+        refused(5, vec![(5, 9)], true);
+        // ... past the standby's log: `start` says it holds LSN 1..=8.
+        assert!(StandbyMessage::decode(&start(5, vec![(5, 8)], true)).is_ok());
         let too_many: Vec<(u64, u64)> = (0..=EPOCHS_SENT_MAX as u64).map(|index| (index + 2, index + 2)).collect();
         refused(too_many.last().unwrap().0, too_many, false);
     }
 
+    /// A `Fence` or `Fenced` naming an epoch no promotion can reach does not decode (it would
+    /// pin the highest epoch a node has heard of).
+    #[test]
+    fn a_fence_past_the_highest_epoch_is_refused() {
+        for (message_type, epoch, accepted) in
+            [(0x23u8, EPOCH_MAX, true), (0x23, EPOCH_MAX + 1, false), (0xA9, EPOCH_MAX + 1, false)]
+        {
+            let mut body = vec![message_type];
+            body.extend_from_slice(&epoch.to_le_bytes());
+            body.push(0);
+            let decoded = if message_type == 0x23 {
+                StandbyMessage::decode(&body).map(|_| ())
+            } else {
+                PrimaryMessage::decode(&body).map(|_| ())
+            };
+            assert_eq!(decoded.is_ok(), accepted, "type {message_type:#x} epoch {epoch}: {decoded:?}");
+        }
+    }
+
     fn standby_message() -> impl Strategy<Value = StandbyMessage> {
         prop_oneof![
-            (any::<u64>(), any::<u64>(), epoch_history(), any::<bool>(), name()).prop_map(
+            (0..1u64 << 60, any::<u64>(), epoch_history(), any::<bool>(), name()).prop_map(
                 |(next_lsn, history, epochs, complete, name)| {
                     let epoch = epochs.last().map_or(EPOCH_FIRST, |&(epoch, _)| epoch);
+                    // Its epochs began at records it holds.
+                    let next_lsn = next_lsn.max(epochs.last().map_or(0, |&(_, lsn)| lsn + 1));
                     // Only a full-size list may be a tail.
                     let epochs_complete = complete || epochs.len() < EPOCHS_SENT_MAX;
                     StandbyMessage::Start { next_lsn, history, epoch, epochs, epochs_complete, name }
@@ -939,7 +964,7 @@ mod replication_messages {
             ),
             (any::<u64>(), any::<u64>())
                 .prop_map(|(written_lsn, applied_lsn)| StandbyMessage::Feedback { written_lsn, applied_lsn }),
-            (any::<u64>(), name()).prop_map(|(epoch, primary)| StandbyMessage::Fence { epoch, primary }),
+            (0..=EPOCH_MAX, name()).prop_map(|(epoch, primary)| StandbyMessage::Fence { epoch, primary }),
         ]
     }
 
@@ -963,7 +988,7 @@ mod replication_messages {
             bytes.prop_map(|json| PrimaryMessage::Credentials { json }),
             (prop::sample::select(ProtocolErrorCode::ALL), "[ -~]{0,40}", proptest::option::of(name()))
                 .prop_map(|(code, message, primary)| PrimaryMessage::Refused { code, message, primary }),
-            (any::<u64>(), name()).prop_map(|(epoch, primary)| PrimaryMessage::Fenced { epoch, primary }),
+            (0..=EPOCH_MAX, name()).prop_map(|(epoch, primary)| PrimaryMessage::Fenced { epoch, primary }),
         ]
     }
 

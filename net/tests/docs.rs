@@ -90,7 +90,7 @@ fn docs_examples_decode() {
         reserve_reply,
         Some(ServerFrame::Reply(ReplyFrame {
             request_id: 7,
-            epoch: 3,
+            epoch: 1_048_579,
             lsn: 42,
             first_operation: 0,
             is_final: true,
@@ -122,7 +122,7 @@ fn docs_examples_decode() {
         credential_reply,
         Some(ServerFrame::Reply(ReplyFrame {
             request_id: 9,
-            epoch: 3,
+            epoch: 1_048_579,
             lsn: 42,
             first_operation: 0,
             is_final: true,

@@ -1437,12 +1437,9 @@ async fn two_standbys_promoted_from_one_epoch_the_lower_rejoins_the_higher_from_
     assert!(b_engine.verify().violations.is_empty());
 }
 
-/// The same mistake with the old primary still reachable: B, promoted first to the higher
-/// epoch, fenced it; A, promoted later to a lower one, sends its own fence there, hears of
-/// B's epoch in the answer, and fences itself: of two promoted nodes only the higher epoch's
-/// takes writes, and clients given both end on it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_standby_promoted_to_a_lower_epoch_than_another_learns_it_from_the_old_primary_and_is_fenced() {
+/// A primary and two standbys caught up with it, A and B, whose promotions would lead the
+/// lower and the higher epoch of one term (tags 1 and 2).
+async fn a_primary_and_two_tagged_standbys() -> (Node, Node, Node, Tokens, [tempfile::TempDir; 3]) {
     let primary_directory = tempfile::tempdir().unwrap();
     let (primary, tokens) =
         Node::start(options(primary_directory.path(), free_port(), StartRole::Primary, ReplicationMode::Async)).await;
@@ -1465,23 +1462,27 @@ async fn a_standby_promoted_to_a_lower_epoch_than_another_learns_it_from_the_old
     let durable = primary.durable_lsn(&tokens.admin).await;
     a.wait_status(&tokens.admin, "A caught up", caught_up(durable)).await;
     b.wait_status(&tokens.admin, "B caught up", caught_up(durable)).await;
+    (primary, a, b, tokens, [primary_directory, a_directory, b_directory])
+}
 
-    let admin = b.client(&tokens.admin).await;
-    let promoted_b = admin.request(vec![Operation::Promote]).await.unwrap();
-    assert_eq!(promoted_b.results[0].code(), ResultCode::Ok);
+/// Promotes `node`; its reply's epoch.
+async fn promote(node: &Node, tokens: &Tokens) -> u64 {
+    let admin = node.client(&tokens.admin).await;
+    let reply = admin.request(vec![Operation::Promote]).await.unwrap();
+    assert_eq!(reply.results[0].code(), ResultCode::Ok);
     admin.close().await;
-    primary.wait_status(&tokens.admin, "the old primary is fenced by B", |status| status["role"] == "fenced").await;
+    assert_eq!(epoch_term(reply.epoch), 1);
+    reply.epoch
+}
 
-    let admin = a.client(&tokens.admin).await;
-    let promoted_a = admin.request(vec![Operation::Promote]).await.unwrap();
-    assert_eq!(promoted_a.results[0].code(), ResultCode::Ok);
-    admin.close().await;
-    assert!(promoted_a.epoch < promoted_b.epoch);
+/// A, promoted to the lower epoch, is fenced (its status says so and names B), refuses a
+/// write naming B, and a client given both nodes writes on B.
+async fn assert_only_b_takes_writes(primary: &Node, a: &Node, b: &Node, tokens: &Tokens, epoch_b: u64) {
     let status =
         a.wait_status(&tokens.admin, "A hears of B's epoch and is fenced", |status| status["role"] == "fenced").await;
     assert_eq!(status["primary"], b.address.as_str(), "{status:#}");
     let on_a = a.client(&tokens.demo).await;
-    match on_a.request(vec![receive("on-a", "SKU-1", 1)]).await {
+    match on_a.request(vec![receive("on-a-fenced", "SKU-1", 1)]).await {
         Err(NetError::Refused(error)) => {
             assert_eq!(error.code, ProtocolErrorCode::NotPrimary);
             assert_eq!(error.primary.as_deref(), Some(b.address.as_str()));
@@ -1498,9 +1499,85 @@ async fn a_standby_promoted_to_a_lower_epoch_than_another_learns_it_from_the_old
     .unwrap();
     let reply = both.request(vec![receive("on-b", "SKU-1", 1)]).await.unwrap();
     assert_eq!(reply.results[0].code(), ResultCode::Ok);
-    assert_eq!(reply.epoch, promoted_b.epoch, "written on B");
+    assert_eq!(reply.epoch, epoch_b, "written on B");
     both.close().await;
+}
+
+/// The same mistake with the old primary still reachable: B, promoted first to the higher
+/// epoch, fenced it; A, promoted later to a lower one, sends its own fence there, hears of
+/// B's epoch in the answer, and fences itself: of two promoted nodes only the higher epoch's
+/// takes writes, and clients given both end on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_promoted_to_a_lower_epoch_than_another_learns_it_from_the_old_primary_and_is_fenced() {
+    let (primary, a, b, tokens, _directories) = a_primary_and_two_tagged_standbys().await;
+    let epoch_b = promote(&b, &tokens).await;
+    primary.wait_status(&tokens.admin, "the old primary is fenced by B", |status| status["role"] == "fenced").await;
+    let epoch_a = promote(&a, &tokens).await;
+    assert!(epoch_a < epoch_b);
+    assert_only_b_takes_writes(&primary, &a, &b, &tokens, epoch_b).await;
     let _ = a.stop().await;
     let _ = b.stop().await;
+    let _ = primary.stop().await;
+}
+
+/// The other order: A, promoted first to the lower epoch, fences the old primary and takes
+/// writes; B, promoted later to the higher one, fences the old primary again. A goes on
+/// asking the old primary after its fence was answered, hears of B's epoch, and fences itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_promoted_first_to_a_lower_epoch_hears_of_a_later_higher_one_and_is_fenced() {
+    let (primary, a, b, tokens, _directories) = a_primary_and_two_tagged_standbys().await;
+    let epoch_a = promote(&a, &tokens).await;
+    primary
+        .wait_status(&tokens.admin, "the old primary is fenced by A", |status| {
+            status["role"] == "fenced" && status["primary"] == a.address.as_str()
+        })
+        .await;
+    let on_a = a.client(&tokens.demo).await;
+    let reply = on_a.request(vec![receive("on-a", "SKU-1", 1)]).await.unwrap();
+    assert_eq!((reply.results[0].code(), reply.epoch), (ResultCode::Ok, epoch_a), "A leads until it hears of B");
+    on_a.close().await;
+    let epoch_b = promote(&b, &tokens).await;
+    assert!(epoch_a < epoch_b);
+    primary
+        .wait_status(&tokens.admin, "the old primary is fenced by B", |status| status["primary"] == b.address.as_str())
+        .await;
+    assert_only_b_takes_writes(&primary, &a, &b, &tokens, epoch_b).await;
+    let _ = a.stop().await;
+    let _ = b.stop().await;
+    let _ = primary.stop().await;
+}
+
+/// B is promoted (and fences the old primary), then lost before A ever followed it; the
+/// operator promotes A. A heard B's epoch from the fenced primary it kept reconnecting to,
+/// so its promotion takes the next term, leads, and fences the old primary in turn.
+/// Regression: A drew the same term as B and, with a lower tag, fenced itself on the old
+/// primary's answer, leaving no node to take writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_goes_past_an_epoch_heard_from_a_fenced_primary() {
+    let (primary, a, b, tokens, _directories) = a_primary_and_two_tagged_standbys().await;
+    let epoch_b = promote(&b, &tokens).await;
+    primary.wait_status(&tokens.admin, "the old primary is fenced by B", |status| status["role"] == "fenced").await;
+    a.wait_status(&tokens.admin, "A finds its primary fenced", |status| {
+        status["following"]["last_error"].as_str().is_some_and(|error| error.contains("fenced"))
+    })
+    .await;
+    let _ = b.stop().await;
+    let admin = a.client(&tokens.admin).await;
+    let reply = admin.request(vec![Operation::Promote]).await.unwrap();
+    assert_eq!(reply.results[0].code(), ResultCode::Ok);
+    admin.close().await;
+    let epoch_a = reply.epoch;
+    assert_eq!(epoch_term(epoch_a), 2, "past B's term: {epoch_a} after {epoch_b}");
+    primary
+        .wait_status(&tokens.admin, "the old primary is fenced by A", |status| status["primary"] == a.address.as_str())
+        .await;
+    // A few fence intervals later, A still leads.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(a.status(&tokens.admin).await["role"], "primary");
+    let writer = a.client(&tokens.demo).await;
+    let reply = writer.request(vec![receive("on-a", "SKU-1", 1)]).await.unwrap();
+    assert_eq!((reply.results[0].code(), reply.epoch), (ResultCode::Ok, epoch_a));
+    writer.close().await;
+    let _ = a.stop().await;
     let _ = primary.stop().await;
 }

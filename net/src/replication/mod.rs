@@ -9,8 +9,9 @@
 //!   (queries see it at once), writes it to its own WAL, and reports what is written and
 //!   applied, which the primary turns into lag, and, in `sync` mode, into acknowledgements.
 //! - **Promotion** (admin `promote`, sent to a standby) stops following, writes an
-//!   `EpochChanged` record (epoch + 1) and takes writes; the promoted node then keeps telling
-//!   its former primary (`Fence`) until that one answers, after which the former primary
+//!   `EpochChanged` record (the next term, with a random tag: `reservoir_engine::epoch`) and
+//!   takes writes; the promoted node then keeps telling its former primary (`Fence`) until
+//!   that one answers, after which the former primary
 //!   refuses writes, also after a restart, until it rejoins as a standby.
 
 pub(crate) mod primary;

@@ -17,8 +17,11 @@ use crate::{decode_server_frame, FrameDecoder, NetError};
 
 /// Bytes of a base backup at most (a snapshot of the largest engine this build holds).
 pub const BASE_BACKUP_BYTES_MAX: u64 = 256 << 30;
-/// How long a promoted node keeps trying to fence its former primary.
+/// How many times a promoted node sends its former primary a `Fence` (to fence it, then to
+/// hear of a higher epoch), [`FENCE_INTERVAL_MS`] apart.
 pub const FENCE_ATTEMPTS_MAX: u32 = 3_600;
+/// The pause between two `Fence`s of a promoted node.
+pub const FENCE_INTERVAL_MS: u64 = 1_000;
 /// How long one connection attempt to a primary may take.
 pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
 /// The `following.state`s of a standby that is about to change its data directory offline (it
@@ -136,6 +139,10 @@ fn start_message(core: &Core, next_lsn: u64, history: u64, name: String) -> Stan
 
 async fn follow_once(core: &Arc<Core>, options: &FollowOptions, attempt: &mut u32) -> Result<Ended, NetError> {
     let mut link = connect(&options.primary, options).await?;
+    // A fenced primary names the epoch that fenced it: a later promotion of this node must
+    // go past it (regression: promoted after another standby had been, and had fenced this
+    // one's primary, it drew the same term and, with a lower tag, fenced itself).
+    core.hear_epoch(link.epoch);
     if link.node != NodeRole::Primary {
         return Err(NetError::Replication(format!("{} is a {}, not a primary", options.primary, link.node.name())));
     }
@@ -384,8 +391,9 @@ fn apply(core: &Core, frames: &[u8]) -> Result<bool, NetError> {
     Ok(true)
 }
 
-/// Promotes this standby: no more following; an `EpochChanged` record (epoch + 1) is the
-/// first of its own; then it takes writes, and fences its former primary in the background.
+/// Promotes this standby: no more following; an `EpochChanged` record (the next term past
+/// every epoch it has seen or heard of, with a tag: `reservoir_engine::epoch`) is the first
+/// of its own; then it takes writes, and fences its former primary in the background.
 /// The reply is `ok` with `count` = the new epoch once the record is durable (the caller's
 /// reply waits for it like any write's); `expected_mismatch` from a fenced node, and from a
 /// standby about to change its data directory ([`DIRECTORY_CHANGE_STATES`]).
@@ -403,7 +411,8 @@ pub(crate) fn promote(core: &Arc<Core>, now_ms: u64, records: &mut Vec<Record>) 
         NodeRole::Fenced => return Reply::code(ResultCode::ExpectedMismatch),
     }
     let tag = core.replication.promotion_tag.unwrap_or_else(|| rand::random::<u32>() % EPOCH_TAG_MAX + 1);
-    let Some(epoch) = epoch_after(core.epoch(), tag) else {
+    let highest = core.epoch().max(core.epoch_heard.load(std::sync::atomic::Ordering::Acquire));
+    let Some(epoch) = epoch_after(highest, tag) else {
         tracing::error!(epoch = core.epoch(), "promote refused: this log has been through every term there is");
         return Reply::code(ResultCode::CapacityExceeded);
     };
@@ -425,9 +434,13 @@ pub(crate) fn promote(core: &Arc<Core>, now_ms: u64, records: &mut Vec<Record>) 
 }
 
 /// Tells the former primary that epoch `epoch` began, until it answers (it may be down now and
-/// come back later: it is fenced as soon as it is reachable).
+/// come back later: it is fenced as soon as it is reachable); then goes on asking it, while the
+/// attempts last, for the highest epoch it has heard of since. One above `epoch` means another
+/// standby was promoted beside this one, to a higher epoch (and fenced the former primary
+/// after this node did): this node is fenced in turn.
 /// Holds the node weakly: a shutdown is never kept waiting by it.
 async fn fence_former_primary(weak: std::sync::Weak<Core>, options: FollowOptions, epoch: u64) {
+    let mut answered = false;
     for attempt in 0..FENCE_ATTEMPTS_MAX {
         let Some(core) = weak.upgrade() else { return };
         if core.epoch() != epoch || core.role() != NodeRole::Primary {
@@ -447,14 +460,20 @@ async fn fence_former_primary(weak: std::sync::Weak<Core>, options: FollowOption
         .await;
         match outcome {
             Ok(PrimaryMessage::Fenced { epoch: theirs, primary }) => {
-                tracing::info!(former_primary = %options.primary, their_epoch = theirs, "the former primary is fenced");
+                if let Some(core) = weak.upgrade() {
+                    core.hear_epoch(theirs);
+                }
+                if !answered {
+                    tracing::info!(former_primary = %options.primary, their_epoch = theirs, "the former primary is fenced");
+                    answered = true;
+                }
                 if theirs > epoch {
                     // Another standby was promoted too, to a higher epoch: it leads, not this node.
                     if let Some(core) = weak.upgrade() {
                         core.fence(theirs, Some(primary).filter(|primary| !primary.is_empty()));
                     }
+                    return;
                 }
-                return;
             }
             Ok(other) => tracing::warn!(?other, "unexpected answer to a fence"),
             Err(error) => {
@@ -463,6 +482,6 @@ async fn fence_former_primary(weak: std::sync::Weak<Core>, options: FollowOption
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        tokio::time::sleep(Duration::from_millis(FENCE_INTERVAL_MS)).await;
     }
 }

@@ -4,6 +4,7 @@
 //! byte and its fields, at most [`REPLICATION_MESSAGE_BYTES_MAX`] bytes: larger than a request
 //! frame, because one WAL record's frame may be up to 4 MiB.
 
+use reservoir_engine::epoch::EPOCH_MAX;
 use reservoir_engine::{Lsn, EPOCH_FIRST};
 use reservoir_wal::RECORD_PAYLOAD_BYTES_MAX;
 
@@ -150,6 +151,16 @@ fn bytes_u32(writer: &mut Writer<'_>, bytes: &[u8]) {
     writer.bytes(bytes);
 }
 
+/// An epoch, at most `EPOCH_MAX` (a fence of a bogus one would pin a node's highest epoch).
+fn epoch(reader: &mut Reader<'_>) -> Result<u64, WireError> {
+    let at = reader.at();
+    let epoch = reader.u64()?;
+    if epoch > EPOCH_MAX {
+        return Err(WireError::BadValue { what: "epoch", value: epoch, at });
+    }
+    Ok(epoch)
+}
+
 fn read_bytes_u32(reader: &mut Reader<'_>, what: &'static str, max: usize) -> Result<Vec<u8>, WireError> {
     let at = reader.at();
     let length = reader.u32()? as usize;
@@ -212,7 +223,9 @@ impl StandbyMessage {
                 let last = epochs.last().map_or(EPOCH_FIRST, |&(epoch, _)| epoch);
                 // A tail is only sent when the whole history does not fit.
                 let truncated_short = !epochs_complete && count < EPOCHS_SENT_MAX;
-                if !reservoir_engine::epoch::is_history(&as_history) || last != epoch || truncated_short {
+                // A standby's epochs begin at records it holds.
+                let beyond_log = epochs.last().is_some_and(|&(_, lsn)| lsn >= next_lsn);
+                if !reservoir_engine::epoch::is_history(&as_history) || last != epoch || truncated_short || beyond_log {
                     return Err(WireError::BadValue { what: "epoch history", value: count as u64, at });
                 }
                 StandbyMessage::Start {
@@ -228,7 +241,7 @@ impl StandbyMessage {
                 StandbyMessage::Feedback { written_lsn: reader.u64()?, applied_lsn: reader.u64()? }
             }
             message_type::FENCE => {
-                StandbyMessage::Fence { epoch: reader.u64()?, primary: reader.string("primary address")? }
+                StandbyMessage::Fence { epoch: epoch(&mut reader)?, primary: reader.string("primary address")? }
             }
             other => return Err(WireError::BadValue { what: "replication message type", value: u64::from(other), at }),
         };
@@ -322,7 +335,7 @@ impl PrimaryMessage {
                 PrimaryMessage::Refused { code, message, primary }
             }
             message_type::FENCED => {
-                PrimaryMessage::Fenced { epoch: reader.u64()?, primary: reader.string("primary address")? }
+                PrimaryMessage::Fenced { epoch: epoch(&mut reader)?, primary: reader.string("primary address")? }
             }
             other => return Err(WireError::BadValue { what: "replication message type", value: u64::from(other), at }),
         };
