@@ -106,11 +106,11 @@ fn snapshot_then_verify_starts_from_the_snapshot() {
     assert!(text.contains("verify     ok"), "{text}");
 }
 
-/// `verify` of a directory whose rewind a crash cut short (zeros past the fork, then valid
-/// frames) checks the state the next start will recover, up to the kept LSN, instead of
+/// `verify` and `wal dump` of a directory whose rewind a crash cut short (zeros past the fork,
+/// then valid frames) read the log the next start will recover, up to the kept LSN, instead of
 /// refusing the half-cut tail as corruption.
 #[test]
-fn verify_of_a_directory_with_an_interrupted_rewind_checks_the_log_up_to_the_kept_lsn() {
+fn verify_and_dump_of_a_directory_with_an_interrupted_rewind_read_the_log_up_to_the_kept_lsn() {
     use reservoir_wal::format::{decode_frame, Frame, SEGMENT_HEADER_BYTES};
     let directory = tempfile::tempdir().unwrap();
     bench_into(directory.path());
@@ -129,8 +129,23 @@ fn verify_of_a_directory_with_an_interrupted_rewind_checks_the_log_up_to_the_kep
     let data = directory.path().to_str().unwrap();
     let refused = run(binary(), &["verify", "--data-dir", data]);
     assert!(!refused.status.success(), "zeros before valid frames read as corruption without the intent");
+    assert!(!run(binary(), &["wal", "dump", "--data-dir", data]).status.success());
 
     reservoir_wal::rejoin::write_rewind_intent(directory.path(), reservoir_engine::Lsn(first_cut - 1)).unwrap();
+    // `wal dump` prints the log the next start keeps, and says why it stops there.
+    let dump = run(binary(), &["wal", "dump", "--data-dir", data]);
+    let (text, notes) = (String::from_utf8_lossy(&dump.stdout), String::from_utf8_lossy(&dump.stderr));
+    assert!(dump.status.success(), "{notes}");
+    let last = text.lines().last().unwrap();
+    assert!(last.starts_with(&format!("lsn={} ", first_cut - 1)), "{last}");
+    assert_eq!(text.lines().count() as u64, first_cut - 1, "every kept record, and no other");
+    assert!(
+        notes.contains(&format!(
+            "a rewind that a crash cut short is pending (REWIND-INTENT): the log is kept through LSN {}",
+            first_cut - 1
+        )),
+        "{notes}"
+    );
     let verify = run(binary(), &["verify", "--data-dir", data]);
     let text = String::from_utf8_lossy(&verify.stdout);
     assert!(verify.status.success(), "{text}\n{}", String::from_utf8_lossy(&verify.stderr));

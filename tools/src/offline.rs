@@ -100,8 +100,23 @@ pub fn run_wal_dump(args: DumpArgs) -> anyhow::Result<()> {
     let mut names: BTreeMap<u32, String> = BTreeMap::new();
     let mut printed = 0u64;
     let mut out = std::io::stdout().lock();
+    // A rewind a crash cut short: what follows the kept LSN is the forked history, half
+    // zeroed, and the next start cuts it; only the log it keeps is read (regression: the dump
+    // met the zeros and failed as on corruption, or printed forked records without a word).
+    let keep_through = reservoir_wal::rejoin::read_rewind_intent(&args.data_dir).context("rewind intent")?;
+    if let Some(keep_through) = keep_through {
+        eprintln!(
+            "note: a rewind that a crash cut short is pending (REWIND-INTENT): the log is kept through LSN {}, \
+             the records after it are the forked history and the next start cuts them; printing up to LSN {}",
+            keep_through.0, keep_through.0
+        );
+    }
+    let limit = keep_through.unwrap_or(Lsn(u64::MAX));
     // From the start of the log on disk, so that tenant names are known for the filter.
-    let end = reservoir_wal::scan(&storage, Lsn(1), Lsn(0), |record| {
+    let end = reservoir_wal::scan_until(&storage, Lsn(1), Lsn(0), |record| {
+        if record.lsn > limit {
+            return Ok(Flow::Stop);
+        }
         if let Body::TenantCreated { tenant, name } = &record.body {
             names.insert(tenant.0, name.to_string());
         }
@@ -115,7 +130,7 @@ pub fn run_wal_dump(args: DumpArgs) -> anyhow::Result<()> {
             let _ = writeln!(out, "{}", describe(record, &names));
             printed += 1;
         }
-        Ok(())
+        Ok(if record.lsn == limit { Flow::Stop } else { Flow::Continue })
     })
     .context("read the WAL")?;
     eprintln!("{printed} records printed; {}", summary(&end));
