@@ -1342,31 +1342,14 @@ fn tagged(mut options: ServerOptions, tag: u32) -> ServerOptions {
 /// own promotion and B's, and the two ledgers disagreed from then on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_standbys_promoted_from_one_epoch_the_lower_rejoins_the_higher_from_its_own_promotion() {
-    let primary_directory = tempfile::tempdir().unwrap();
-    let (primary, tokens) =
-        Node::start(options(primary_directory.path(), free_port(), StartRole::Primary, ReplicationMode::Async)).await;
-    let tokens = tokens.unwrap();
-    let writer = primary.client(&tokens.demo).await;
-    writer.request(vec![receive("shared", "SKU-1", 10)]).await.unwrap();
-    let a_directory = standby_directory(primary_directory.path());
-    let b_directory = standby_directory(primary_directory.path());
-    let a_options = tagged(
-        options(a_directory.path(), free_port(), follow(&primary, &tokens.replication), ReplicationMode::Async),
-        1,
-    );
-    let b_options = tagged(
-        options(b_directory.path(), free_port(), follow(&primary, &tokens.replication), ReplicationMode::Async),
-        2,
-    );
-    let (a, _) = Node::start(a_options.clone()).await;
-    let (b, _) = Node::start(b_options.clone()).await;
+    let TwoTaggedStandbys { primary, a, b, tokens, a_options, a_directory, _directories } =
+        a_primary_and_two_tagged_standbys().await;
     let durable = primary.durable_lsn(&tokens.admin).await;
-    a.wait_status(&tokens.admin, "A caught up", caught_up(durable)).await;
-    b.wait_status(&tokens.admin, "B caught up", caught_up(durable)).await;
     let _ = a.stop().await;
     let a_fork = durable + 1;
 
     // The primary goes on with B only, then is lost.
+    let writer = primary.client(&tokens.demo).await;
     for index in 0..20 {
         writer.request(vec![receive(&format!("only-b-{index}"), "SKU-B", 1)]).await.unwrap();
     }
@@ -1382,22 +1365,15 @@ async fn two_standbys_promoted_from_one_epoch_the_lower_rejoins_the_higher_from_
         follow.primary = format!("127.0.0.1:{}", free_port());
     }
     let (a, _) = Node::start(cut_off).await;
-    let admin = a.client(&tokens.admin).await;
-    let promoted_a = admin.request(vec![Operation::Promote]).await.unwrap();
-    assert_eq!(promoted_a.results[0].code(), ResultCode::Ok);
-    admin.close().await;
+    let epoch_a = promote(&a, &tokens).await;
     let a_writer = a.client(&tokens.demo).await;
     for index in 0..30 {
         a_writer.request(vec![receive(&format!("on-a-{index}"), "SKU-A", 1)]).await.unwrap();
     }
     a_writer.close().await;
     // B is promoted too: the same term, a higher tag.
-    let admin = b.client(&tokens.admin).await;
-    let promoted_b = admin.request(vec![Operation::Promote]).await.unwrap();
-    assert_eq!(promoted_b.results[0].code(), ResultCode::Ok);
-    admin.close().await;
-    assert_eq!((epoch_term(promoted_a.epoch), epoch_term(promoted_b.epoch)), (1, 1));
-    assert!(promoted_a.epoch < promoted_b.epoch, "two promotions from one epoch lead two epochs");
+    let epoch_b = promote(&b, &tokens).await;
+    assert!(epoch_a < epoch_b, "two promotions from one epoch lead two epochs");
     let b_writer = b.client(&tokens.demo).await;
     b_writer.request(vec![receive("on-b", "SKU-1", 5)]).await.unwrap();
     b_writer.close().await;
@@ -1415,7 +1391,6 @@ async fn two_standbys_promoted_from_one_epoch_the_lower_rejoins_the_higher_from_
     )))
     .await;
     let durable = b.durable_lsn(&tokens.admin).await;
-    let epoch_b = promoted_b.epoch;
     rejoined
         .wait_status(&tokens.admin, "A rejoined B", |status| {
             status["role"] == "standby" && status["epoch"] == epoch_b && status["applied_lsn"].as_u64() >= Some(durable)
@@ -1439,7 +1414,18 @@ async fn two_standbys_promoted_from_one_epoch_the_lower_rejoins_the_higher_from_
 
 /// A primary and two standbys caught up with it, A and B, whose promotions would lead the
 /// lower and the higher epoch of one term (tags 1 and 2).
-async fn a_primary_and_two_tagged_standbys() -> (Node, Node, Node, Tokens, [tempfile::TempDir; 3]) {
+struct TwoTaggedStandbys {
+    primary: Node,
+    a: Node,
+    b: Node,
+    tokens: Tokens,
+    /// A's options, to start it again.
+    a_options: ServerOptions,
+    a_directory: tempfile::TempDir,
+    _directories: [tempfile::TempDir; 2],
+}
+
+async fn a_primary_and_two_tagged_standbys() -> TwoTaggedStandbys {
     let primary_directory = tempfile::tempdir().unwrap();
     let (primary, tokens) =
         Node::start(options(primary_directory.path(), free_port(), StartRole::Primary, ReplicationMode::Async)).await;
@@ -1457,12 +1443,12 @@ async fn a_primary_and_two_tagged_standbys() -> (Node, Node, Node, Tokens, [temp
         options(b_directory.path(), free_port(), follow(&primary, &tokens.replication), ReplicationMode::Async),
         2,
     );
-    let (a, _) = Node::start(a_options).await;
+    let (a, _) = Node::start(a_options.clone()).await;
     let (b, _) = Node::start(b_options).await;
     let durable = primary.durable_lsn(&tokens.admin).await;
     a.wait_status(&tokens.admin, "A caught up", caught_up(durable)).await;
     b.wait_status(&tokens.admin, "B caught up", caught_up(durable)).await;
-    (primary, a, b, tokens, [primary_directory, a_directory, b_directory])
+    TwoTaggedStandbys { primary, a, b, tokens, a_options, a_directory, _directories: [primary_directory, b_directory] }
 }
 
 /// Promotes `node`; its reply's epoch.
@@ -1509,7 +1495,9 @@ async fn assert_only_b_takes_writes(primary: &Node, a: &Node, b: &Node, tokens: 
 /// takes writes, and clients given both end on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_promoted_to_a_lower_epoch_than_another_learns_it_from_the_old_primary_and_is_fenced() {
-    let (primary, a, b, tokens, _directories) = a_primary_and_two_tagged_standbys().await;
+    // (The directories are bound, not dropped: they live as long as the nodes.)
+    let TwoTaggedStandbys { primary, a, b, tokens, a_directory: _a_directory, _directories, .. } =
+        a_primary_and_two_tagged_standbys().await;
     let epoch_b = promote(&b, &tokens).await;
     primary.wait_status(&tokens.admin, "the old primary is fenced by B", |status| status["role"] == "fenced").await;
     let epoch_a = promote(&a, &tokens).await;
@@ -1525,7 +1513,9 @@ async fn a_standby_promoted_to_a_lower_epoch_than_another_learns_it_from_the_old
 /// asking the old primary after its fence was answered, hears of B's epoch, and fences itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_promoted_first_to_a_lower_epoch_hears_of_a_later_higher_one_and_is_fenced() {
-    let (primary, a, b, tokens, _directories) = a_primary_and_two_tagged_standbys().await;
+    // (The directories are bound, not dropped: they live as long as the nodes.)
+    let TwoTaggedStandbys { primary, a, b, tokens, a_directory: _a_directory, _directories, .. } =
+        a_primary_and_two_tagged_standbys().await;
     let epoch_a = promote(&a, &tokens).await;
     primary
         .wait_status(&tokens.admin, "the old primary is fenced by A", |status| {
@@ -1554,7 +1544,9 @@ async fn a_node_promoted_first_to_a_lower_epoch_hears_of_a_later_higher_one_and_
 /// primary's answer, leaving no node to take writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promotion_goes_past_an_epoch_heard_from_a_fenced_primary() {
-    let (primary, a, b, tokens, _directories) = a_primary_and_two_tagged_standbys().await;
+    // (The directories are bound, not dropped: they live as long as the nodes.)
+    let TwoTaggedStandbys { primary, a, b, tokens, a_directory: _a_directory, _directories, .. } =
+        a_primary_and_two_tagged_standbys().await;
     let epoch_b = promote(&b, &tokens).await;
     primary.wait_status(&tokens.admin, "the old primary is fenced by B", |status| status["role"] == "fenced").await;
     a.wait_status(&tokens.admin, "A finds its primary fenced", |status| {
