@@ -201,7 +201,16 @@ fn a_rewind_cut_short_by_a_crash_after_its_first_zeroing_write_is_finished_at_th
     }
     write_rewind_intent(directory.path(), keep_through).unwrap();
 
-    let opened = try_open(directory.path()).unwrap_or_else(|error| panic!("the next start refused: {error}"));
+    the_next_start_finishes_the_cut(directory.path(), keep_through, last);
+    assert_eq!(read_rewind_intent(directory.path()).unwrap(), None, "the intent is removed once the cut is done");
+    assert!(common::frames(&wal_directory(directory.path())).iter().all(|&(_, _, lsn)| lsn <= keep_through.0));
+    assert_eq!(recovered_next_lsn(directory.path()), Lsn(keep_through.0 + 1));
+}
+
+/// The next start of `directory` (whose log reached `last`) finishes the pending cut: it says
+/// so, recovers through `keep_through` and no further, and the state verifies.
+fn the_next_start_finishes_the_cut(directory: &std::path::Path, keep_through: Lsn, last: Lsn) {
+    let opened = try_open(directory).unwrap_or_else(|error| panic!("the next start refused: {error}"));
     assert_eq!(opened.rewind_finished, Some(keep_through));
     assert_eq!(
         opened.engine.next_lsn(),
@@ -211,9 +220,6 @@ fn a_rewind_cut_short_by_a_crash_after_its_first_zeroing_write_is_finished_at_th
     );
     common::assert_verified(&opened.engine);
     opened.wal.close().unwrap();
-    assert_eq!(read_rewind_intent(directory.path()).unwrap(), None, "the intent is removed once the cut is done");
-    assert!(common::frames(&wal_directory(directory.path())).iter().all(|&(_, _, lsn)| lsn <= keep_through.0));
-    assert_eq!(recovered_next_lsn(directory.path()), Lsn(keep_through.0 + 1));
 }
 
 /// The cut removes the later segments before it zeroes: a crash in between left a log that
@@ -240,16 +246,7 @@ fn a_rewind_cut_short_before_it_zeroed_anything_is_finished_at_the_next_start() 
     std::fs::remove_file(wal_directory(directory.path()).join(segment_file_name(last_segment))).unwrap();
     write_rewind_intent(directory.path(), keep_through).unwrap();
 
-    let opened = try_open(directory.path()).unwrap_or_else(|error| panic!("the next start refused: {error}"));
-    assert_eq!(opened.rewind_finished, Some(keep_through));
-    assert_eq!(
-        opened.engine.next_lsn(),
-        Lsn(keep_through.0 + 1),
-        "recovered to the fork, not past it (LSN {})",
-        last.0
-    );
-    common::assert_verified(&opened.engine);
-    opened.wal.close().unwrap();
+    the_next_start_finishes_the_cut(directory.path(), keep_through, last);
     assert!(!directory.path().join(REWIND_INTENT_FILE).exists());
     let left: Vec<u64> =
         reservoir_wal::Storage::list(&reservoir_wal::FsStorage::new(&wal_directory(directory.path())).unwrap())
