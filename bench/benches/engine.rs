@@ -314,5 +314,66 @@ fn sku_query(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, reserve, reserve_commit, reserve_release, sku_query);
+/// Tenants and SKUs per tenant of the paging benchmark: W2's shape at a tenth of its tenants
+/// (1 M items), every tenant's items spread over every shard among the others'.
+const PAGE_TENANTS: usize = 100;
+const PAGE_SKUS_PER_TENANT: usize = 10_000;
+
+/// A tenant's items page by page (`Engine::tenant_items`, pages of `PAGE_ITEMS_MAX`), in an
+/// engine of 100 tenants x 10,000 SKUs whose imports took turns, so each tenant's items in a
+/// shard lie among the other tenants'. One element = one item listed; an iteration lists all
+/// 10,000 items of a random tenant.
+fn tenant_pages(c: &mut Criterion) {
+    let mut group = c.benchmark_group("tenant_pages");
+    group.sample_size(10).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(3));
+    let engine = Engine::new(Config::default());
+    let mut records: Vec<Record> = Vec::new();
+    let tenants: Vec<TenantId> = (0..PAGE_TENANTS)
+        .map(|number| {
+            let name = Name::new(&format!("tenant-{number}")).unwrap();
+            let reply = engine.execute(&Command::CreateTenant { name }, NOW_MS_BASE, &mut records);
+            TenantId(reply.count as u32)
+        })
+        .collect();
+    let location = Location::new("DC-1").unwrap();
+    let chunk_rows = 1_000;
+    for chunk in 0..PAGE_SKUS_PER_TENANT / chunk_rows {
+        for &tenant in &tenants {
+            let rows: Vec<ImportRow> = (chunk * chunk_rows..(chunk + 1) * chunk_rows)
+                .map(|sku| ImportRow {
+                    sku: Sku::new(&format!("SKU-{sku:06}")).unwrap(),
+                    location: location.clone(),
+                    on_hand: 1,
+                    safety_stock: None,
+                    backorder_limit: None,
+                })
+                .collect();
+            let operation = OperationId::new(&format!("load-{chunk}")).unwrap();
+            let command = Command::Import { tenant, operation, rows };
+            assert_eq!(engine.execute(&command, NOW_MS_BASE, &mut records).code, ResultCode::Ok);
+            records.clear();
+        }
+    }
+    let mut random = Xoshiro256PlusPlus::seed_from_u64(11);
+    group.throughput(Throughput::Elements(PAGE_SKUS_PER_TENANT as u64));
+    group.bench_function(BenchmarkId::new("all_items", PAGE_TENANTS * PAGE_SKUS_PER_TENANT), |b| {
+        b.iter(|| {
+            let tenant = tenants[random.gen_range(0..PAGE_TENANTS)];
+            let (mut cursor, mut listed) = (0, 0);
+            loop {
+                let page = engine.tenant_items(tenant, cursor, PAGE_ITEMS_MAX);
+                listed += page.items.len();
+                black_box(&page.items);
+                match page.next_cursor {
+                    Some(next) => cursor = next,
+                    None => break,
+                }
+            }
+            assert_eq!(listed, PAGE_SKUS_PER_TENANT);
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, reserve, reserve_commit, reserve_release, sku_query, tenant_pages);
 criterion_main!(benches);

@@ -11,7 +11,7 @@ use hashbrown::HashTable;
 use parking_lot::{RwLock, RwLockReadGuard};
 
 use crate::item::{Counters, ItemCell};
-use crate::types::{Fnv64, ItemId, TenantId, ITEMS_PER_SHARD_MAX, TENANTS_MAX};
+use crate::types::{Fnv64, ItemId, TenantId, ITEMS_PER_SHARD_MAX, NAME_BYTES_MAX, TENANTS_MAX};
 
 /// Items per chunk of a shard.
 pub const CHUNK_ITEMS: usize = 1024;
@@ -20,12 +20,18 @@ pub const CHUNK_ITEMS: usize = 1024;
 /// megabyte per shard at 10 M items, under the shard's write lock, and left the old buffer
 /// behind as fragmentation).
 pub const NAME_PAGE_BYTES: usize = 64 * 1024;
-/// The most bytes one item's names take in a page: two length bytes and two names of at most
-/// 255 bytes (the engine's own limit is 64).
-const NAME_ENTRY_BYTES_MAX: usize = 2 + 2 * u8::MAX as usize;
+/// The most bytes a tenant id takes in a name entry (LEB128, 7 bits a byte, of at most
+/// `TENANTS_MAX` = 2^20).
+const TENANT_BYTES_MAX: usize = 3;
+/// The most bytes one item's entry takes in a page: its tenant, two length bytes and two names
+/// of at most `NAME_BYTES_MAX` (so a lookup builds the entry it looks for on the stack).
+const NAME_ENTRY_BYTES_MAX: usize = TENANT_BYTES_MAX + 2 + 2 * NAME_BYTES_MAX;
+/// No next item in a tenant's list.
+const NO_ITEM: u32 = u32::MAX;
 
-const _: () = assert!(NAME_ENTRY_BYTES_MAX <= NAME_PAGE_BYTES);
-const _: () = assert!(std::mem::size_of::<Slot>() == 48, "an item slot changed size: update docs/benchmarks.md");
+const _: () = assert!(NAME_ENTRY_BYTES_MAX <= NAME_PAGE_BYTES && NAME_BYTES_MAX <= u8::MAX as usize);
+const _: () = assert!(TENANTS_MAX <= 1 << (7 * TENANT_BYTES_MAX));
+const _: () = assert!(ITEMS_PER_SHARD_MAX <= NO_ITEM as usize, "an item index never reads as the end of a list");
 
 /// Which shard holds the SKU. Fixed forever: an item's shard is part of its persisted id.
 pub fn sku_hash(tenant: TenantId, sku: &str) -> u64 {
@@ -44,30 +50,24 @@ struct SkuEntry {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ItemPresent;
 
-/// Whose item it is, and where its names are kept in its shard's name pages.
+/// Whose item it is. The tenant is kept with the names, not beside the counters: an item's
+/// cell has room for one 32-bit word ([`ItemCell::key`]), and that is where the names are.
 #[derive(Clone, Copy, Debug)]
 pub struct ItemKey {
     pub tenant: TenantId,
-    /// Page * `NAME_PAGE_BYTES` + position: the SKU's length byte, the location's, then the
-    /// SKU's bytes and the location's.
-    names: u32,
 }
 
-/// One item: its counters and its key, side by side (one allocation per chunk, no separate
-/// key vector to grow).
-#[derive(Debug, Default)]
-struct Slot {
-    cell: ItemCell,
-    key: ItemKey,
+/// A tenant's items in one shard, in creation order: a list threaded through
+/// [`ShardItems::next`], 4 bytes an item with no slack (a `Vec` per tenant and shard doubled,
+/// ~8 bytes an item at 10 M items over 1,000 tenants).
+#[derive(Clone, Copy, Debug)]
+struct TenantList {
+    first: u32,
+    last: u32,
 }
 
-impl Default for ItemKey {
-    fn default() -> ItemKey {
-        ItemKey { tenant: TenantId(0), names: 0 }
-    }
-}
-
-/// The names of the items of one shard, in fixed pages.
+/// The names of the items of one shard, in fixed pages. An entry: the tenant id (LEB128, 1-3
+/// bytes), the SKU's length byte, the location's, then the SKU's bytes and the location's.
 #[derive(Default)]
 struct Names {
     pages: Vec<Box<[u8]>>,
@@ -76,20 +76,37 @@ struct Names {
 }
 
 impl Names {
-    /// The SKU and location bytes at `at`.
-    fn get(&self, at: u32) -> (&[u8], &[u8]) {
+    /// The tenant, SKU and location bytes at `at`.
+    fn get(&self, at: u32) -> (TenantId, &[u8], &[u8]) {
         let at = at as usize;
         let page = &self.pages[at / NAME_PAGE_BYTES];
-        let start = at % NAME_PAGE_BYTES;
+        let mut start = at % NAME_PAGE_BYTES;
+        let mut tenant = 0u32;
+        for shift in (0..TENANT_BYTES_MAX as u32).map(|byte| 7 * byte) {
+            let byte = page[start];
+            start += 1;
+            tenant |= u32::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
         let (sku_len, location_len) = (page[start] as usize, page[start + 1] as usize);
         let sku = &page[start + 2..start + 2 + sku_len];
-        (sku, &page[start + 2 + sku_len..start + 2 + sku_len + location_len])
+        (TenantId(tenant), sku, &page[start + 2 + sku_len..start + 2 + sku_len + location_len])
+    }
+
+    /// Whether the entry at `at` is `entry` (as [`encode_entry`] writes it). An entry says its
+    /// own length, so equal leading bytes are the whole entry: one compare per probe.
+    fn is(&self, at: u32, entry: &[u8]) -> bool {
+        let at = at as usize;
+        let start = at % NAME_PAGE_BYTES;
+        self.pages[at / NAME_PAGE_BYTES].get(start..start + entry.len()) == Some(entry)
     }
 
     /// Stores the names; `None` when the position would not fit the 32-bit key.
-    fn push(&mut self, sku: &str, location: &str) -> Option<u32> {
-        assert!(sku.len() <= u8::MAX as usize && location.len() <= u8::MAX as usize, "names over 255 bytes");
-        let entry_bytes = 2 + sku.len() + location.len();
+    fn push(&mut self, tenant: TenantId, sku: &str, location: &str) -> Option<u32> {
+        let mut entry = [0u8; NAME_ENTRY_BYTES_MAX];
+        let entry_bytes = encode_entry(tenant, sku, location, &mut entry);
         if self.pages.is_empty() || self.last_used + entry_bytes > NAME_PAGE_BYTES {
             if (self.pages.len() + 1) * NAME_PAGE_BYTES > u32::MAX as usize {
                 return None;
@@ -99,14 +116,10 @@ impl Names {
         }
         let page_index = self.pages.len() - 1;
         let start = self.last_used;
-        let page = &mut self.pages[page_index];
-        page[start] = sku.len() as u8;
-        page[start + 1] = location.len() as u8;
-        page[start + 2..start + 2 + sku.len()].copy_from_slice(sku.as_bytes());
-        page[start + 2 + sku.len()..start + entry_bytes].copy_from_slice(location.as_bytes());
+        self.pages[page_index][start..start + entry_bytes].copy_from_slice(&entry[..entry_bytes]);
         self.last_used += entry_bytes;
         let at = (page_index * NAME_PAGE_BYTES + start) as u32;
-        debug_assert_eq!(self.get(at), (sku.as_bytes(), location.as_bytes()));
+        debug_assert_eq!(self.get(at), (tenant, sku.as_bytes(), location.as_bytes()));
         Some(at)
     }
 
@@ -115,15 +128,45 @@ impl Names {
     }
 }
 
+/// Writes the name entry of (tenant, sku, location) to the front of `out`; returns its length.
+fn encode_entry(tenant: TenantId, sku: &str, location: &str, out: &mut [u8; NAME_ENTRY_BYTES_MAX]) -> usize {
+    assert!(sku.len() <= NAME_BYTES_MAX && location.len() <= NAME_BYTES_MAX, "names past NAME_BYTES_MAX");
+    assert!((tenant.0 as usize) < TENANTS_MAX, "tenant {} past TENANTS_MAX", tenant.0);
+    let mut length = 0;
+    let mut rest = tenant.0;
+    loop {
+        out[length] = (rest & 0x7f) as u8 | if rest >= 0x80 { 0x80 } else { 0 };
+        length += 1;
+        rest >>= 7;
+        if rest == 0 {
+            break;
+        }
+    }
+    out[length] = sku.len() as u8;
+    out[length + 1] = location.len() as u8;
+    length += 2;
+    out[length..length + sku.len()].copy_from_slice(sku.as_bytes());
+    length += sku.len();
+    out[length..length + location.len()].copy_from_slice(location.as_bytes());
+    length += location.len();
+    debug_assert!(length <= NAME_ENTRY_BYTES_MAX);
+    length
+}
+
 #[derive(Default)]
 pub struct ShardItems {
-    chunks: Vec<Box<[Slot]>>,
+    /// The items' cells; each cell's key is where its entry in `names` starts.
+    chunks: Vec<Box<[ItemCell]>>,
     len: usize,
     names: Names,
     /// (tenant, sku, location) -> index.
     index: HashTable<u32>,
-    /// Per tenant, its items in creation order (for paging).
-    by_tenant: hashbrown::HashMap<TenantId, Vec<u32>>,
+    /// Per tenant, its items in creation order (for paging): the first and the last, and
+    /// `next` links the rest.
+    by_tenant: hashbrown::HashMap<TenantId, TenantList>,
+    /// Per item, the next item of the same tenant ([`NO_ITEM`] at the end), in chunks of
+    /// `CHUNK_ITEMS` beside the cells'.
+    next: Vec<Box<[u32]>>,
     /// (tenant, sku, ordinal) -> the item of that SKU's `ordinal`-th location, for the
     /// per-SKU query. Built on the shard's first such query, so a node that never answers one
     /// (and a cold start) pays nothing for it; kept up to date from then on.
@@ -146,26 +189,27 @@ impl ShardItems {
         self.len
     }
 
-    fn slot(&self, index: u32) -> &Slot {
+    pub fn cell(&self, index: u32) -> &ItemCell {
         let index = index as usize;
         assert!(index < self.len, "item index {index} out of range");
         &self.chunks[index / CHUNK_ITEMS][index % CHUNK_ITEMS]
     }
 
-    pub fn cell(&self, index: u32) -> &ItemCell {
-        &self.slot(index).cell
+    /// The item's tenant, SKU and location bytes.
+    fn entry(&self, index: u32) -> (TenantId, &[u8], &[u8]) {
+        self.names.get(self.cell(index).key())
     }
 
     pub fn key(&self, index: u32) -> ItemKey {
-        self.slot(index).key
+        ItemKey { tenant: self.entry(index).0 }
     }
 
     pub fn sku(&self, index: u32) -> &str {
-        std::str::from_utf8(self.names.get(self.slot(index).key.names).0).expect("utf-8 key")
+        std::str::from_utf8(self.entry(index).1).expect("utf-8 key")
     }
 
     pub fn location(&self, index: u32) -> &str {
-        std::str::from_utf8(self.names.get(self.slot(index).key.names).1).expect("utf-8 key")
+        std::str::from_utf8(self.entry(index).2).expect("utf-8 key")
     }
 
     /// The hash under which the index keeps the item (tenant, sku, location).
@@ -181,9 +225,8 @@ impl ShardItems {
 
     /// The index hash of the item at `index`, from its stored key (when the index grows).
     fn rehash(&self, index: u32) -> u64 {
-        let key = self.slot(index).key;
-        let (sku, location) = self.names.get(key.names);
-        self.item_hash(key.tenant, sku, location)
+        let (tenant, sku, location) = self.entry(index);
+        self.item_hash(tenant, sku, location)
     }
 
     /// The hash of (tenant, sku) that the per-SKU index starts from.
@@ -207,30 +250,61 @@ impl ShardItems {
 
     /// Whether the item at `index` is (tenant, sku, location). Bytes, not &str: the keys were
     /// validated on the way in, so no UTF-8 check here.
-    fn is(&self, index: u32, tenant: TenantId, sku: &str, location: &str) -> bool {
-        let key = self.slot(index).key;
-        key.tenant == tenant && self.names.get(key.names) == (sku.as_bytes(), location.as_bytes())
+    fn is(&self, index: u32, entry: &[u8]) -> bool {
+        self.names.is(self.cell(index).key(), entry)
     }
 
     pub fn find(&self, tenant: TenantId, sku: &str, location: &str) -> Option<u32> {
+        if sku.len() > NAME_BYTES_MAX || location.len() > NAME_BYTES_MAX || tenant.0 as usize >= TENANTS_MAX {
+            return None; // no such item can have been made
+        }
         let hash = self.item_hash(tenant, sku.as_bytes(), location.as_bytes());
-        self.index.find(hash, |&index| self.is(index, tenant, sku, location)).copied()
+        let mut buffer = [0u8; NAME_ENTRY_BYTES_MAX];
+        let length = encode_entry(tenant, sku, location, &mut buffer);
+        let entry = &buffer[..length];
+        let found = self.index.find(hash, |&index| self.is(index, entry)).copied();
+        debug_assert!(found.is_none_or(|index| self.entry(index) == (tenant, sku.as_bytes(), location.as_bytes())));
+        found
     }
 
-    pub fn tenant_items(&self, tenant: TenantId) -> &[u32] {
-        self.by_tenant.get(&tenant).map(Vec::as_slice).unwrap_or(&[])
+    /// The tenant's items in creation order, from its first, or from `from` on when that is one
+    /// of its items (`None` when it is not: an index out of range or another tenant's item
+    /// starts nothing, so a forged cursor never reads across tenants).
+    pub fn tenant_items(&self, tenant: TenantId, from: Option<u32>) -> Option<impl Iterator<Item = u32> + '_> {
+        let start = match from {
+            None => self.by_tenant.get(&tenant).map_or(NO_ITEM, |list| list.first),
+            Some(index) if (index as usize) < self.len && self.entry(index).0 == tenant => index,
+            Some(_) => return None,
+        };
+        let mut at = start;
+        Some(std::iter::from_fn(move || {
+            if at == NO_ITEM {
+                return None;
+            }
+            let item = at;
+            at = self.next_of(item);
+            debug_assert!(at == NO_ITEM || at > item, "a tenant's list runs in creation order");
+            Some(item)
+        }))
+    }
+
+    /// The next item of the same tenant after `index`.
+    fn next_of(&self, index: u32) -> u32 {
+        let index = index as usize;
+        assert!(index < self.len, "item index {index} out of range");
+        self.next[index / CHUNK_ITEMS][index % CHUNK_ITEMS]
     }
 
     /// The per-SKU index's hash of the SKU of the item at `index`, from its stored key.
     fn sku_key_hash_of(&self, index: u32) -> u64 {
-        let key = self.slot(index).key;
-        self.sku_key_hash(key.tenant, self.names.get(key.names).0)
+        let (tenant, sku, _) = self.entry(index);
+        self.sku_key_hash(tenant, sku)
     }
 
     /// Whether the item at `index` is a location of (tenant, sku).
     fn is_sku(&self, index: u32, tenant: TenantId, sku: &[u8]) -> bool {
-        let key = self.slot(index).key;
-        key.tenant == tenant && self.names.get(key.names).0 == sku
+        let (its_tenant, its_sku, _) = self.entry(index);
+        its_tenant == tenant && its_sku == sku
     }
 
     /// The items of (tenant, sku) in `table`, in creation order: ordinals 0, 1, ... until one
@@ -251,10 +325,9 @@ impl ShardItems {
 
     /// Adds the item at `index` to `table` as the next location of its SKU.
     fn index_by_sku(&self, table: &mut HashTable<SkuEntry>, index: u32) {
-        let key = self.slot(index).key;
-        let sku = self.names.get(key.names).0;
-        let sku_key_hash = self.sku_key_hash(key.tenant, sku);
-        let ordinal = self.sku_items_in(table, key.tenant, sku, sku_key_hash).len() as u32;
+        let (tenant, sku, _) = self.entry(index);
+        let sku_key_hash = self.sku_key_hash(tenant, sku);
+        let ordinal = self.sku_items_in(table, tenant, sku, sku_key_hash).len() as u32;
         let hash = self.sku_location_hash(sku_key_hash, ordinal);
         table.insert_unique(hash, SkuEntry { item: index, ordinal }, |entry| {
             self.sku_location_hash(self.sku_key_hash_of(entry.item), entry.ordinal)
@@ -284,15 +357,26 @@ impl ShardItems {
         if self.len >= ITEMS_PER_SHARD_MAX {
             return None;
         }
-        let names = self.names.push(sku, location)?;
+        let names = self.names.push(tenant, sku, location)?;
         let index = self.len as u32;
         if self.len % CHUNK_ITEMS == 0 {
-            let chunk: Vec<Slot> = (0..CHUNK_ITEMS).map(|_| Slot::default()).collect();
+            let chunk: Vec<ItemCell> = (0..CHUNK_ITEMS).map(|_| ItemCell::default()).collect();
             self.chunks.push(chunk.into_boxed_slice());
+            self.next.push(vec![NO_ITEM; CHUNK_ITEMS].into_boxed_slice());
         }
-        self.chunks[self.len / CHUNK_ITEMS][self.len % CHUNK_ITEMS].key = ItemKey { tenant, names };
+        self.chunks[self.len / CHUNK_ITEMS][self.len % CHUNK_ITEMS].set_key(names);
         self.len += 1;
-        self.by_tenant.entry(tenant).or_default().push(index);
+        match self.by_tenant.entry(tenant) {
+            hashbrown::hash_map::Entry::Occupied(mut list) => {
+                let last = list.get().last as usize;
+                debug_assert_eq!(self.next[last / CHUNK_ITEMS][last % CHUNK_ITEMS], NO_ITEM);
+                self.next[last / CHUNK_ITEMS][last % CHUNK_ITEMS] = index;
+                list.get_mut().last = index;
+            }
+            hashbrown::hash_map::Entry::Vacant(vacant) => {
+                vacant.insert(TenantList { first: index, last: index });
+            }
+        }
         if let Some(mut table) = self.by_sku.take() {
             self.index_by_sku(&mut table, index);
             self.by_sku = std::sync::OnceLock::from(table);
@@ -324,9 +408,11 @@ impl ShardItems {
             return None;
         }
         let hash = self.item_hash(tenant, sku.as_bytes(), location.as_bytes());
+        let mut buffer = [0u8; NAME_ENTRY_BYTES_MAX];
+        let length = encode_entry(tenant, sku, location, &mut buffer);
+        let names = &buffer[..length];
         let mut index_table = std::mem::take(&mut self.index);
-        let entry =
-            index_table.entry(hash, |&other| self.is(other, tenant, sku, location), |&other| self.rehash(other));
+        let entry = index_table.entry(hash, |&other| self.is(other, names), |&other| self.rehash(other));
         let outcome = match entry {
             hashbrown::hash_table::Entry::Occupied(_) => Some(Err(ItemPresent)),
             hashbrown::hash_table::Entry::Vacant(vacant) => match self.push(tenant, sku, location) {
@@ -347,22 +433,24 @@ impl ShardItems {
     /// by one was a tenth of a cold start).
     pub fn reserve(&mut self, items: usize, name_bytes: usize) {
         self.chunks.reserve(items.div_ceil(CHUNK_ITEMS));
+        self.next.reserve(items.div_ceil(CHUNK_ITEMS));
         self.names.pages.reserve(name_bytes.div_ceil(NAME_PAGE_BYTES - NAME_ENTRY_BYTES_MAX));
         let mut index_table = std::mem::take(&mut self.index);
         index_table.reserve(items, |&other| self.rehash(other));
         self.index = index_table;
     }
 
-    /// Heap bytes this shard holds (for the memory benchmark): slots, names, the index and
+    /// Heap bytes this shard holds (for the memory benchmark): cells, names, the index and
     /// the per-tenant lists with their map.
     pub fn heap_bytes(&self) -> usize {
-        let by_tenant_entry = std::mem::size_of::<(TenantId, Vec<u32>)>() + 1;
-        self.chunks.len() * CHUNK_ITEMS * std::mem::size_of::<Slot>()
-            + self.chunks.capacity() * std::mem::size_of::<Box<[Slot]>>()
+        let by_tenant_entry = std::mem::size_of::<(TenantId, TenantList)>() + 1;
+        self.chunks.len() * CHUNK_ITEMS * std::mem::size_of::<ItemCell>()
+            + self.chunks.capacity() * std::mem::size_of::<Box<[ItemCell]>>()
+            + self.next.len() * CHUNK_ITEMS * std::mem::size_of::<u32>()
+            + self.next.capacity() * std::mem::size_of::<Box<[u32]>>()
             + self.names.heap_bytes()
             + self.index.capacity() * (std::mem::size_of::<u32>() + 1)
             + self.by_tenant.capacity() * by_tenant_entry
-            + self.by_tenant.values().map(|v| v.capacity() * 4).sum::<usize>()
             + self.by_sku.get().map_or(0, |table| table.capacity() * (std::mem::size_of::<SkuEntry>() + 1))
     }
 }
@@ -450,7 +538,7 @@ mod tests {
     fn the_per_sku_index_finds_every_location_and_only_the_tenants_own() {
         let mut shard = ShardItems::default();
         let scan = |shard: &ShardItems, tenant: TenantId, sku: &str| -> Vec<u32> {
-            shard.tenant_items(tenant).iter().copied().filter(|&index| shard.sku(index) == sku).collect()
+            shard.tenant_items(tenant, None).expect("from the first").filter(|&index| shard.sku(index) == sku).collect()
         };
         let skus: Vec<String> = (0..40).map(|number| format!("S{number}")).collect();
         let create = |shard: &mut ShardItems, round: usize| {
@@ -495,8 +583,8 @@ mod tests {
             let (sku, location) = name(number);
             assert_eq!(shard.insert(tenant, &sku, &location), Some(number as u32));
         }
-        // 2 + 64 + 2 bytes per item: about 963 per page.
-        assert_eq!(shard.names.pages.len(), items.div_ceil(NAME_PAGE_BYTES / 68));
+        // 1 + 2 + 64 + 2 bytes per item (a tenant id below 128 takes one byte): about 949 per page.
+        assert_eq!(shard.names.pages.len(), items.div_ceil(NAME_PAGE_BYTES / 69));
         for number in 0..items {
             let tenant = TenantId((number % 3) as u32);
             let (sku, location) = name(number);
@@ -513,8 +601,37 @@ mod tests {
         assert_eq!(shard.insert_if_absent(tenant, &sku, &location), Some(Err(ItemPresent)));
         let placed = shard.insert_if_absent(TenantId(9), &sku, &location);
         assert_eq!(placed, Some(Ok(items as u32)));
-        assert_eq!(shard.tenant_items(TenantId(9)), &[items as u32]);
+        assert_eq!(shard.tenant_items(TenantId(9), None).expect("first").collect::<Vec<_>>(), [items as u32]);
         assert_eq!(shard.len(), items + 1);
+    }
+
+    /// The tenant id in a name entry, at each width of its LEB128 (1, 2 and 3 bytes) and at
+    /// `TENANTS_MAX`: every item reads back its own tenant, and one tenant never finds
+    /// another's item of the same names (the tenant left the cell for the names, to give the
+    /// cell's spare word to where the names are).
+    #[test]
+    fn tenant_ids_of_every_width_come_back_from_the_name_entries() {
+        let tenants = [0, 1, 127, 128, 16_383, 16_384, TENANTS_MAX as u32 - 1];
+        let mut shard = ShardItems::default();
+        let mut used = 0;
+        for (index, &tenant) in tenants.iter().enumerate() {
+            assert_eq!(shard.insert(TenantId(tenant), "SKU", "L"), Some(index as u32));
+            let width = shard.names.last_used - used - 2 - "SKU".len() - "L".len();
+            used = shard.names.last_used;
+            assert_eq!(width, [1, 1, 1, 2, 2, 3, 3][index], "tenant {tenant}");
+        }
+        for (index, &tenant) in tenants.iter().enumerate() {
+            let index = index as u32;
+            assert_eq!(shard.key(index).tenant, TenantId(tenant));
+            assert_eq!((shard.sku(index), shard.location(index)), ("SKU", "L"));
+            assert_eq!(shard.find(TenantId(tenant), "SKU", "L"), Some(index));
+            assert_eq!(shard.tenant_items(TenantId(tenant), None).expect("first").collect::<Vec<_>>(), [index]);
+            // An item of another tenant does not start this tenant's walk.
+            let other = (index + 1) % tenants.len() as u32;
+            assert!(shard.tenant_items(TenantId(tenant), Some(other)).is_none());
+        }
+        assert_eq!(shard.find(TenantId(2), "SKU", "L"), None);
+        assert!(shard.tenant_items(TenantId(0), Some(tenants.len() as u32)).is_none(), "past the end");
     }
 
     /// Regression: the in-shard index hashed FNV(FNV(tenant, sku), location), which anyone can

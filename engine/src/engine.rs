@@ -1397,24 +1397,30 @@ impl Engine {
         SkuView { locations, location_count: indexes.len(), total: total.ok_or(ResultCode::QuantityOverflow) }
     }
 
-    /// A page of a tenant's items. `cursor` 0 starts; pages are in a stable order.
+    /// A page of a tenant's items. `cursor` 0 starts; pages are in a stable order (shard by
+    /// shard, each in creation order). A cursor is the shard in its high 32 bits and, in its low
+    /// 32, 0 for the shard's first item of the tenant or 1 + the index of the item to go on
+    /// from. A cursor that names no item of this tenant (forged, or of another tenant) goes on
+    /// from the next shard: it never reads another tenant's items.
     pub fn tenant_items(&self, tenant: TenantId, cursor: u64, limit: usize) -> Page {
         let limit = limit.clamp(1, PAGE_ITEMS_MAX);
-        let (mut shard_id, mut position) = ((cursor >> 32) as usize, (cursor & 0xffff_ffff) as usize);
+        let (mut shard_id, mut from) = ((cursor >> 32) as usize, (cursor & 0xffff_ffff) as u32);
         let mut items = Vec::new();
         while shard_id < self.catalog.shard_count() {
             let shard = self.catalog.read_shard(shard_id as u32);
-            let list = shard.tenant_items(tenant);
-            while position < list.len() {
+            let start = from.checked_sub(1);
+            for index in shard.tenant_items(tenant, start).into_iter().flatten() {
                 if items.len() == limit {
-                    return Page { items, next_cursor: Some(((shard_id as u64) << 32) | position as u64) };
+                    let next_cursor = ((shard_id as u64) << 32) | (u64::from(index) + 1);
+                    return Page { items, next_cursor: Some(next_cursor) };
                 }
-                items.push(view(&shard, ItemId { shard: shard_id as u32, index: list[position] }));
-                position += 1;
+                debug_assert_eq!(shard.key(index).tenant, tenant, "a tenant's list holds only its items");
+                items.push(view(&shard, ItemId { shard: shard_id as u32, index }));
             }
             shard_id += 1;
-            position = 0;
+            from = 0;
         }
+        debug_assert!(items.len() <= limit);
         Page { items, next_cursor: None }
     }
 

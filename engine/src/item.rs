@@ -10,7 +10,7 @@
 //! with each item's update order. That is what makes a crash-cut log prefix a state the
 //! ledger was really in (docs/ARCHITECTURE.md, "Why it cannot oversell").
 
-use crate::sync::{backoff, fence, AtomicI64, AtomicU64, Ordering};
+use crate::sync::{backoff, fence, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use crate::types::{POLICY_MAX, STOCK_MAX};
 
 /// A consistent copy of an item's counters.
@@ -65,11 +65,19 @@ impl Counters {
 /// Every mutation still computes `on_hand` and the totals separately, and the latch checks they
 /// agree ([`Counters::holds`]) before it publishes, so the ledger check keeps its teeth while
 /// the cell is a word smaller. Safety stock and backorder limit share one word, 32 bits each
-/// ([`POLICY_MAX`]): 40 bytes in all, not 56 (160 MB less at 10 M items).
+/// ([`POLICY_MAX`]). The version is 32 bits, and the other half of its word holds the owner's
+/// [`ItemCell::key`]: 40 bytes in all, with the key, not 56 plus an 8-byte key (240 MB less at
+/// 10 M items).
 #[derive(Debug, Default)]
 pub struct ItemCell {
-    /// Even: free. Odd: a writer holds the latch.
-    version: AtomicU64,
+    /// Even: free. Odd: a writer holds the latch. 32 bits, as Linux's `seqcount_t`: a reader is
+    /// fooled only if it stalls between its two loads of the version while exactly a multiple
+    /// of 2^31 writes go through the item (minutes of writes to one item at any real rate), and
+    /// the latch's compare-and-swap is on the current value, so wrapping never admits two writers.
+    version: AtomicU32,
+    /// The owner's word for this item (the catalog keeps where its tenant and names are),
+    /// set once before the cell is shared and never changed: no latch guards it.
+    key: u32,
     reserved: AtomicI64,
     /// Safety stock in the low 32 bits, backorder limit in the high 32.
     policy: AtomicU64,
@@ -84,7 +92,22 @@ fn policy_word(counters: &Counters) -> u64 {
     u64::from(safety_stock) | (u64::from(backorder_limit) << 32)
 }
 
+// Under loom the atomics are loom's, of other sizes.
+#[cfg(not(loom))]
+const _: () = assert!(std::mem::size_of::<ItemCell>() == 40, "an item cell changed size: update docs/benchmarks.md");
+
 impl ItemCell {
+    /// The owner's word, as set by [`ItemCell::set_key`] (0 until then).
+    pub fn key(&self) -> u32 {
+        self.key
+    }
+
+    /// Sets the owner's word. `&mut`: only while nobody else can see the cell (a guard borrows
+    /// it, so no latch is held either).
+    pub fn set_key(&mut self, key: u32) {
+        self.key = key;
+    }
+
     pub fn new(counters: Counters) -> ItemCell {
         assert!(counters.holds(), "new item breaks the ledger invariant: {counters:?}");
         let cell = ItemCell::default();
@@ -117,13 +140,13 @@ impl ItemCell {
             if version & 1 == 0
                 && self
                     .version
-                    .compare_exchange_weak(version, version + 1, Ordering::Acquire, Ordering::Relaxed)
+                    .compare_exchange_weak(version, version.wrapping_add(1), Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
             {
                 // Orders the counter stores below after the odd version for seqlock readers.
                 fence(Ordering::Release);
                 let counters = self.load();
-                return ItemGuard { cell: self, version: version + 1, counters, original: counters };
+                return ItemGuard { cell: self, version: version.wrapping_add(1), counters, original: counters };
             }
             backoff(&mut spins);
         }
@@ -176,7 +199,7 @@ impl ItemCell {
 /// when the guard drops.
 pub struct ItemGuard<'a> {
     cell: &'a ItemCell,
-    version: u64,
+    version: u32,
     /// The working copy. Write here.
     pub counters: Counters,
     original: Counters,
@@ -203,7 +226,7 @@ impl Drop for ItemGuard<'_> {
             self.cell.store_changed(self.original, self.counters);
         }
         debug_assert_eq!(self.version & 1, 1);
-        self.cell.version.store(self.version + 1, Ordering::Release);
+        self.cell.version.store(self.version.wrapping_add(1), Ordering::Release);
         assert!(holds, "ledger invariant broken: {:?} -> {:?}", self.original, self.counters);
     }
 }

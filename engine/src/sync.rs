@@ -3,9 +3,9 @@
 //! (see `engine/tests/loom.rs`).
 
 #[cfg(loom)]
-pub use loom::sync::atomic::{fence, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+pub use loom::sync::atomic::{fence, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 #[cfg(not(loom))]
-pub use std::sync::atomic::{fence, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+pub use std::sync::atomic::{fence, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// Spins this many times on a held latch before yielding the thread.
 pub const LATCH_SPINS_BEFORE_YIELD_MAX: u32 = 64;
