@@ -385,7 +385,9 @@ impl ShardItems {
         Some(index)
     }
 
-    /// Appends an item. The caller holds the shard's write lock and has checked it is absent.
+    /// Appends an item. The caller holds the shard's write lock and has checked it is absent,
+    /// and that the tenant exists and the names are valid (below `TENANTS_MAX`, at most
+    /// `NAME_BYTES_MAX`): past those it panics.
     pub fn insert(&mut self, tenant: TenantId, sku: &str, location: &str) -> Option<u32> {
         debug_assert!(self.find(tenant, sku, location).is_none());
         let index = self.push(tenant, sku, location)?;
@@ -397,7 +399,8 @@ impl ShardItems {
     }
 
     /// Appends an item unless it is already there (one hash and one probe: a snapshot's
-    /// restore, where a repeated item means a corrupt file). `None` when the shard is full.
+    /// restore, where a repeated item means a corrupt file). `None` when the shard is full. The
+    /// tenant and names are checked by the caller, as for [`ShardItems::insert`].
     pub fn insert_if_absent(
         &mut self,
         tenant: TenantId,
@@ -428,13 +431,15 @@ impl ShardItems {
         outcome
     }
 
-    /// Makes room for `items` more items with `name_bytes` more name bytes, so that a restore
+    /// Makes room for `items` more items with `name_bytes` more name bytes (the names alone: the
+    /// entries' tenant and length bytes are added here), so that a restore
     /// grows nothing item by item (regression: rehashing while 10 M items were restored one
     /// by one was a tenth of a cold start).
     pub fn reserve(&mut self, items: usize, name_bytes: usize) {
         self.chunks.reserve(items.div_ceil(CHUNK_ITEMS));
         self.next.reserve(items.div_ceil(CHUNK_ITEMS));
-        self.names.pages.reserve(name_bytes.div_ceil(NAME_PAGE_BYTES - NAME_ENTRY_BYTES_MAX));
+        let entry_bytes = name_bytes + items * (TENANT_BYTES_MAX + 2);
+        self.names.pages.reserve(entry_bytes.div_ceil(NAME_PAGE_BYTES - NAME_ENTRY_BYTES_MAX));
         let mut index_table = std::mem::take(&mut self.index);
         index_table.reserve(items, |&other| self.rehash(other));
         self.index = index_table;
@@ -605,8 +610,8 @@ mod tests {
         assert_eq!(shard.len(), items + 1);
     }
 
-    /// The tenant id in a name entry, at each width of its LEB128 (1, 2 and 3 bytes) and at
-    /// `TENANTS_MAX`: every item reads back its own tenant, and one tenant never finds
+    /// The tenant id in a name entry, at each width of its LEB128 (1, 2 and 3 bytes) up to
+    /// `TENANTS_MAX` - 1: every item reads back its own tenant, and one tenant never finds
     /// another's item of the same names (the tenant left the cell for the names, to give the
     /// cell's spare word to where the names are).
     #[test]
@@ -631,7 +636,22 @@ mod tests {
             assert!(shard.tenant_items(TenantId(tenant), Some(other)).is_none());
         }
         assert_eq!(shard.find(TenantId(2), "SKU", "L"), None);
+        assert_eq!(shard.find(TenantId(TENANTS_MAX as u32), "SKU", "L"), None, "past TENANTS_MAX: none, no panic");
         assert!(shard.tenant_items(TenantId(0), Some(tenants.len() as u32)).is_none(), "past the end");
+        // The compare a lookup makes of each candidate, directly (the hash includes the tenant,
+        // so `find` alone seldom compares against another tenant's entry): equal names of
+        // another tenant are another entry.
+        for (index, _) in tenants.iter().enumerate() {
+            for (other, &tenant) in tenants.iter().enumerate() {
+                let mut buffer = [0u8; NAME_ENTRY_BYTES_MAX];
+                let length = encode_entry(TenantId(tenant), "SKU", "L", &mut buffer);
+                assert_eq!(
+                    shard.is(index as u32, &buffer[..length]),
+                    index == other,
+                    "item {index} as tenant {tenant}"
+                );
+            }
+        }
     }
 
     /// Regression: the in-shard index hashed FNV(FNV(tenant, sku), location), which anyone can

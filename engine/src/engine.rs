@@ -1201,6 +1201,11 @@ impl Engine {
                 tenants.insert(name).ok_or_else(|| mismatch("too many tenants".into()))?;
             }
             Body::ItemCreated { item, tenant, sku, location } => {
+                // Regression: a tenant past TENANTS_MAX (the record's field is any u32) reached
+                // the catalog's assertion and panicked replay, where a foreign log is an error.
+                if tenant.0 as usize >= self.catalog.tenants.read().len() {
+                    return Err(mismatch(format!("item {sku}@{location} of unknown tenant {}", tenant.0)));
+                }
                 let hash = sku_hash(*tenant, sku);
                 if self.catalog.shard_of(hash) != item.shard || item.shard as usize >= self.catalog.shard_count() {
                     return Err(mismatch(format!("item {sku}@{location} is not in shard {}", item.shard)));

@@ -66,9 +66,10 @@ impl Counters {
 /// agree ([`Counters::holds`]) before it publishes, so the ledger check keeps its teeth while
 /// the cell is a word smaller. Safety stock and backorder limit share one word, 32 bits each
 /// ([`POLICY_MAX`]). The version is 32 bits, and the other half of its word holds the owner's
-/// [`ItemCell::key`]: 40 bytes in all, with the key, not 56 plus an 8-byte key (240 MB less at
-/// 10 M items).
+/// [`ItemCell::key`] (`repr(C)`: the two share the first 8 bytes): 40 bytes in all with the key,
+/// where a 40 B cell sat beside an 8 B key before (80 MB less at 10 M items).
 #[derive(Debug, Default)]
+#[repr(C)]
 pub struct ItemCell {
     /// Even: free. Odd: a writer holds the latch. 32 bits, as Linux's `seqcount_t`: a reader is
     /// fooled only if it stalls between its two loads of the version while exactly a multiple

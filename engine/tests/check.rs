@@ -846,6 +846,40 @@ fn replay_refuses_a_record_that_does_not_fit() {
     assert!(matches!(replica.apply(&forged), Err(reservoir_engine::EngineError::ReplayMismatch { .. })));
 }
 
+/// Regression: replay created an item for any tenant id an `ItemCreated` record named, and
+/// since tenant ids live in the items' name entries (LEB128, up to `TENANTS_MAX`) one past
+/// `TENANTS_MAX` panicked replay. An item of a tenant the log has not created is refused.
+#[test]
+fn replay_refuses_an_item_of_a_tenant_the_log_never_created() {
+    let (_, _, _, records) = acme_received_five();
+    let one_shard = Config { shards: 1, id_shards: 1, ..Config::default() };
+    let on_one_shard = |tenant: Option<TenantId>| {
+        let mut record = records[1].clone();
+        let reservoir_engine::Body::ItemCreated { item, tenant: its_tenant, .. } = &mut record.body else {
+            panic!("the second record creates the item: {record:?}");
+        };
+        item.shard = 0;
+        if let Some(tenant) = tenant {
+            *its_tenant = tenant;
+        }
+        record
+    };
+    // The control: the item as logged, placed on a one-shard replica, is applied.
+    let replica = Engine::new(one_shard.clone());
+    replica.apply(&records[0]).unwrap();
+    replica.apply(&on_one_shard(None)).unwrap();
+    for tenant in [TenantId(1), TenantId(1 << 20), TenantId(u32::MAX)] {
+        let replica = Engine::new(one_shard.clone());
+        replica.apply(&records[0]).unwrap();
+        let outcome = replica.apply(&on_one_shard(Some(tenant)));
+        assert!(
+            matches!(outcome, Err(reservoir_engine::EngineError::ReplayMismatch { .. })),
+            "{tenant:?}: {outcome:?}"
+        );
+        assert_eq!(replica.dump().items.len(), 0, "nothing created");
+    }
+}
+
 /// The memory keeps replies in a smaller form (a reserve's without `on_hand` and `count`,
 /// others with one value) and `u64::MAX` ms as "still open", and an item's cell keeps its
 /// policy in 32 bits a field: a record those cannot hold is refused with a precise error, never
