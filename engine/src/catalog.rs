@@ -295,6 +295,13 @@ impl ShardItems {
         self.next[index / CHUNK_ITEMS][index % CHUNK_ITEMS]
     }
 
+    /// The link from `index` to the next item of its tenant, to set.
+    fn next_of_mut(&mut self, index: u32) -> &mut u32 {
+        let index = index as usize;
+        assert!(index < self.len, "item index {index} out of range");
+        &mut self.next[index / CHUNK_ITEMS][index % CHUNK_ITEMS]
+    }
+
     /// The per-SKU index's hash of the SKU of the item at `index`, from its stored key.
     fn sku_key_hash_of(&self, index: u32) -> u64 {
         let (tenant, sku, _) = self.entry(index);
@@ -368,10 +375,10 @@ impl ShardItems {
         self.len += 1;
         match self.by_tenant.entry(tenant) {
             hashbrown::hash_map::Entry::Occupied(mut list) => {
-                let last = list.get().last as usize;
-                debug_assert_eq!(self.next[last / CHUNK_ITEMS][last % CHUNK_ITEMS], NO_ITEM);
-                self.next[last / CHUNK_ITEMS][last % CHUNK_ITEMS] = index;
-                list.get_mut().last = index;
+                let last = std::mem::replace(&mut list.get_mut().last, index);
+                let link = self.next_of_mut(last);
+                assert_eq!(*link, NO_ITEM, "a tenant's last item links to nothing");
+                *link = index;
             }
             hashbrown::hash_map::Entry::Vacant(vacant) => {
                 vacant.insert(TenantList { first: index, last: index });
