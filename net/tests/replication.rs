@@ -1573,3 +1573,73 @@ async fn a_promotion_goes_past_an_epoch_heard_from_a_fenced_primary() {
     let _ = a.stop().await;
     let _ = primary.stop().await;
 }
+
+/// Appends one `EpochChanged` record per epoch of `epochs` to a stopped node's log, as that
+/// many promotions would have (offline: the directory's own writer, real files and fsync).
+fn append_epochs(directory: &Path, epochs: impl IntoIterator<Item = u64>) {
+    let config = ServerOptions::new(directory.to_owned()).engine;
+    let opened =
+        reservoir_wal::open_data_directory(directory, config, reservoir_wal::WalOptions::default(), |_| {}).unwrap();
+    let mut records = Vec::new();
+    for epoch in epochs {
+        let reply =
+            opened.engine.execute(&reservoir_engine::Command::BeginEpoch { epoch }, 1_700_000_000_000, &mut records);
+        assert_eq!(reply.code, ResultCode::Ok, "epoch {epoch}");
+    }
+    opened.wal.append(records).unwrap();
+    opened.wal.close().unwrap();
+}
+
+/// A standby sends the primary only the last `EPOCHS_SENT_MAX` epochs of its history. One
+/// whose own history went through more epochs than that since it parted from the primary's
+/// (here 65 promotions in term 1, the primary in term 2) sends a tail the primary never had:
+/// no common point is known (`Fork::Unknown`), so the primary sends a base backup, and the
+/// standby replaces its log with it and converges, its own epochs gone. Without the fallback
+/// the standby, holding records past the primary's durable LSN, is refused and never catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_whose_history_tail_the_primary_never_had_takes_a_base_backup() {
+    use reservoir_engine::epoch::epoch_after;
+    use reservoir_net::replication::wire::EPOCHS_SENT_MAX;
+    let primary_directory = tempfile::tempdir().unwrap();
+    let primary_options = options(primary_directory.path(), free_port(), StartRole::Primary, ReplicationMode::Async);
+    let (primary, tokens) = Node::start(primary_options.clone()).await;
+    let tokens = tokens.unwrap();
+    let writer = primary.client(&tokens.demo).await;
+    writer.request(vec![receive("before", "SKU-1", 10)]).await.unwrap();
+    writer.close().await;
+    let standby_directory = standby_directory(primary_directory.path());
+    let standby_options =
+        options(standby_directory.path(), free_port(), follow(&primary, &tokens.replication), ReplicationMode::Async);
+    let (standby, _) = Node::start(standby_options.clone()).await;
+    let durable = primary.durable_lsn(&tokens.admin).await;
+    standby.wait_status(&tokens.admin, "caught up", caught_up(durable)).await;
+    let _ = standby.stop().await;
+    let _ = primary.stop().await;
+
+    // The standby's log goes through more term-1 epochs than a `Start` carries; the primary's
+    // goes to term 2 (above all of them, so the standby follows it).
+    let standby_epochs = (1..=EPOCHS_SENT_MAX as u32 + 1).map(|tag| epoch_after(1, tag).unwrap());
+    append_epochs(standby_directory.path(), standby_epochs);
+    let primary_epoch = epoch_after(epoch_after(1, 1).unwrap(), 7).unwrap();
+    append_epochs(primary_directory.path(), [primary_epoch]);
+
+    let (primary, _) = Node::start(on_a_new_port(primary_options)).await;
+    let writer = primary.client(&tokens.demo).await;
+    let reply = writer.request(vec![receive("after", "SKU-1", 3)]).await.unwrap();
+    assert_eq!((reply.results[0].code(), reply.epoch), (ResultCode::Ok, primary_epoch));
+    writer.close().await;
+    let replaced = standby_directory.path().join("replaced");
+    let moved_aside = || std::fs::read_dir(&replaced).map_or(0, |entries| entries.count());
+    let before = moved_aside();
+    let mut following = on_a_new_port(standby_options);
+    following.role = follow(&primary, &tokens.replication);
+    let (standby, _) = Node::start(following).await;
+    let durable = primary.durable_lsn(&tokens.admin).await;
+    standby.wait_status(&tokens.admin, "caught up by a base backup", caught_up(durable)).await;
+    assert_eq!(moved_aside(), before + 1, "the standby's log was replaced by a base backup");
+    assert_eq!(standby.sku_on_hand(&tokens.demo, "SKU-1").await, 13);
+    let standby_engine = standby.stop().await;
+    let primary_engine = primary.stop().await;
+    assert_eq!(standby_engine.epoch(), primary_epoch);
+    assert_same(&standby_engine.dump(), &primary_engine.dump());
+}
