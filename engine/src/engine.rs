@@ -1164,13 +1164,35 @@ impl Engine {
         high_ms
     }
 
+    /// Forgets, in each table, every entry logged before the table's first entry (in LSN
+    /// order, over all its shards, among those logged before `lsn`) that is not older than
+    /// `before_ms`. Times are not monotone in LSN order (`now` is read before the LSN is taken,
+    /// and clocks step back), and which shard holds an id depends on a key each engine draws
+    /// for itself: a bound per shard would forget different entries on the engine that made
+    /// the `Forgotten` record and on the ones that replay it. This bound is the same on all of
+    /// them: every entry logged before `lsn` is in its shard once the shard's lock is taken
+    /// here (LSNs are taken under the locks of the shards their entries go to), and each
+    /// engine holds the same entries.
     fn forget_before(&self, before_ms: u64, lsn: Lsn) -> usize {
+        let below_reservations = self
+            .reservations
+            .all()
+            .iter()
+            .filter_map(|shard| shard.lock().first_young(before_ms, lsn))
+            .fold(lsn, Lsn::min);
+        let below_operations = self
+            .operations
+            .all()
+            .iter()
+            .filter_map(|shard| shard.lock().first_young(before_ms, lsn))
+            .fold(lsn, Lsn::min);
+        assert!(below_reservations <= lsn && below_operations <= lsn);
         let mut forgotten = 0;
         for shard in self.reservations.all() {
-            forgotten += shard.lock().forget(before_ms, lsn);
+            forgotten += shard.lock().forget(before_ms, below_reservations);
         }
         for shard in self.operations.all() {
-            forgotten += shard.lock().forget(before_ms, lsn);
+            forgotten += shard.lock().forget(before_ms, below_operations);
         }
         forgotten
     }

@@ -614,14 +614,23 @@ impl ReservationShard {
         self.map.get_key_value(&KeyRef(tenant, id)).expect("reservation present").0 .1.clone()
     }
 
-    /// Forgets reservations closed before `before_ms` by records before `lsn`. The LSN bound
-    /// makes replay forget exactly what the live engine forgot.
-    pub fn forget(&mut self, before_ms: u64, lsn: Lsn) -> usize {
+    /// The LSN of the first reservation in the retention queue, among those closed by records
+    /// before `lsn`, that closed at or after `before_ms`; `None` if all of them closed before.
+    pub fn first_young(&self, before_ms: u64, lsn: Lsn) -> Option<Lsn> {
+        let mut closed = self.closed.iter().take_while(|(_, closed_lsn, _, _)| *closed_lsn < lsn);
+        closed.find(|(closed_ms, _, _, _)| *closed_ms >= before_ms).map(|(_, closed_lsn, _, _)| *closed_lsn)
+    }
+
+    /// Forgets the reservations closed by records before `below` (the engine's bound, the same
+    /// on every engine that applies one log: `Engine::forget_before`), all of which closed
+    /// before `before_ms`.
+    pub fn forget(&mut self, before_ms: u64, below: Lsn) -> usize {
         let mut forgotten = 0;
         while let Some((closed_ms, closed_lsn, _, _)) = self.closed.front() {
-            if *closed_ms >= before_ms || *closed_lsn >= lsn {
+            if *closed_lsn >= below {
                 break;
             }
+            assert!(*closed_ms < before_ms, "forgetting a reservation closed within the retention");
             let (_, _, tenant, id) = self.closed.pop_front().expect("front exists");
             let removed = self.map.remove(&Key(tenant, id));
             assert!(removed.is_some_and(|r| !r.state.is_open()), "forgot an open reservation");
@@ -686,12 +695,23 @@ impl OperationShard {
         self.order.push_back((at_ms, lsn, tenant, id));
     }
 
-    pub fn forget(&mut self, before_ms: u64, lsn: Lsn) -> usize {
+    /// The LSN of the first operation in the retention queue, among those remembered by
+    /// records before `lsn`, remembered at or after `before_ms`; `None` if all of them were
+    /// remembered before.
+    pub fn first_young(&self, before_ms: u64, lsn: Lsn) -> Option<Lsn> {
+        let mut order = self.order.iter().take_while(|(_, at_lsn, _, _)| *at_lsn < lsn);
+        order.find(|(at_ms, _, _, _)| *at_ms >= before_ms).map(|(_, at_lsn, _, _)| *at_lsn)
+    }
+
+    /// Forgets the operations remembered by records before `below` (see
+    /// [`ReservationShard::forget`]), all of which were remembered before `before_ms`.
+    pub fn forget(&mut self, before_ms: u64, below: Lsn) -> usize {
         let mut forgotten = 0;
         while let Some((at_ms, at_lsn, _, _)) = self.order.front() {
-            if *at_ms >= before_ms || *at_lsn >= lsn {
+            if *at_lsn >= below {
                 break;
             }
+            assert!(*at_ms < before_ms, "forgetting an operation remembered within the retention");
             let (_, _, tenant, id) = self.order.pop_front().expect("front exists");
             assert!(self.map.remove(&Key(tenant, id)).is_some(), "forgot an unknown operation");
             self.tenants.remove(tenant);
@@ -954,7 +974,8 @@ mod tests {
                         compactions += usize::from(shard.deadlines.len() < before);
                     }
                     (8, _) => {
-                        shard.forget(now_ms, Lsn(lsn + 1));
+                        let below = shard.first_young(now_ms, Lsn(lsn + 1)).unwrap_or(Lsn(lsn + 1));
+                        shard.forget(now_ms, below);
                     }
                     (9, _) if random.below(4) == 0 => {
                         now_ms += random.below(20);

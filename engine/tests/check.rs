@@ -997,3 +997,61 @@ fn epochs_only_grow_and_fit_a_frame() {
     assert!(replica.apply(&too_high).is_err(), "a record of an epoch past 2^32 - 1 does not replay");
     assert_eq!(replica.epoch(), reservoir_engine::EPOCH_FIRST);
 }
+
+/// Regression: `Forget` popped each id shard's retention queue up to its first entry not old
+/// enough. Times are not monotone in LSN order (`now` is read per request, before the LSN is
+/// taken; clocks step back), and each engine places ids in shards by a key of its own, so a
+/// primary and the engine replaying its log (a restart, a standby, the snapshotter) forgot
+/// different entries. A client reusing an id the primary forgot then stopped replay with
+/// "operation remembered twice". Now every engine forgets exactly the entries logged before
+/// the first one (in LSN order, over all shards) that is not old enough.
+#[test]
+fn replay_forgets_exactly_what_the_primary_forgot_when_times_go_back_in_lsn_order() {
+    const RETENTION_MS: u64 = 1_000;
+    const T_MS: u64 = 10_000;
+    let config = Config { shards: 2, id_shards: 4, idempotency_retention_ms: RETENTION_MS };
+    let engine = Engine::new(config.clone());
+    let mut records = Vec::new();
+    engine.execute(&Command::CreateTenant { name: Name::new("acme").unwrap() }, T_MS, &mut records);
+    let acme = engine.tenant_id("acme").unwrap();
+    let receive = |id: &str, quantity: i64| Command::Receive {
+        tenant: acme,
+        operation: op(id),
+        sku: Sku::new("S").unwrap(),
+        location: Location::new("A").unwrap(),
+        quantity: Quantity::new(quantity).unwrap(),
+    };
+    // One operation at T + 1, then a hundred at T (each on whichever shard this engine's key
+    // puts it): the hundred are older than the first, and logged after it.
+    assert!(engine.execute(&receive("young", 1), T_MS + 1, &mut records).is_ok());
+    let mut originals = Vec::new();
+    for index in 0..100 {
+        let reply = engine.execute(&receive(&format!("old-{index}"), 1), T_MS, &mut records);
+        assert!(reply.is_ok());
+        originals.push(reply);
+    }
+    // Everything before T + 1 may go, but the first entry in LSN order is at T + 1.
+    let reply = engine.execute(&Command::Forget, T_MS + 1 + RETENTION_MS, &mut records);
+    assert_eq!(reply.count, 0, "nothing logged before the first young entry: nothing forgotten");
+    for (index, original) in originals.iter().enumerate() {
+        let retry = engine.execute(&receive(&format!("old-{index}"), 1), T_MS + 2 + RETENTION_MS, &mut records);
+        assert_eq!(&retry, original, "old-{index} is still remembered");
+    }
+    let replica = Engine::new(config.clone());
+    for record in &records {
+        replica.apply(record).unwrap_or_else(|e| panic!("replay of {record:?}: {e}"));
+    }
+    assert_eq!(replica.dump(), engine.dump(), "replay differs");
+
+    // Once the first entry is old enough too, all of them go, on every engine alike; an id
+    // reused after that is new, and replays.
+    let reply = engine.execute(&Command::Forget, T_MS + 2 + RETENTION_MS, &mut records);
+    assert_eq!(reply.count, 101);
+    let reused = engine.execute(&receive("old-7", 2), T_MS + 3 + RETENTION_MS, &mut records);
+    assert_eq!(reused.on_hand, 103, "a forgotten id is a new operation");
+    let replica = Engine::new(config);
+    for record in &records {
+        replica.apply(record).unwrap_or_else(|e| panic!("replay of {record:?}: {e}"));
+    }
+    assert_eq!(replica.dump(), engine.dump(), "replay differs");
+}
