@@ -321,6 +321,13 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
             tracing::info!(lsn = lsn.0, "recovery in progress");
         })
     })?;
+    for (covers, why) in &opened.snapshots_skipped {
+        tracing::warn!(
+            covers_lsn = covers.0,
+            why = %why,
+            "a snapshot did not load: recovered from an older one and a longer replay instead"
+        );
+    }
     if let Some(kept_through) = opened.rewind_finished {
         tracing::warn!(
             kept_through = kept_through.0,

@@ -86,6 +86,15 @@ pub enum WalError {
          different data directories. Remove the foreign snapshot, or restore the directory"
     )]
     HistoryMismatch { snapshot: u64, log: u64 },
+    #[error(
+        "snapshot {path} covers up to LSN {} but does not load ({why}), and neither an older \
+         snapshot nor the log reaches that far (the state recovered ends at LSN {}): starting \
+         would serve a ledger with acknowledged records missing. If the error passes (out of \
+         memory, too many open files), start again; otherwise restore the directory \
+         (`reservoir restore`) or take a base backup from a replica",
+        covers.0, recovered.0
+    )]
+    SnapshotUnloadable { path: String, covers: Lsn, why: String, recovered: Lsn },
     #[error("cannot restore: {0}")]
     Restore(String),
     #[error(
@@ -300,6 +309,22 @@ pub fn open_data_directory(
     // may need archived segments. The writer appends to the live directory only.
     let layered = layered_storage(data_directory)?;
     let mut recovery = recover(&layered, &engine, progress)?;
+    // A snapshot that did not load is harmless only if what loaded instead reaches past it.
+    // Regression: the only snapshot of a restored or base-backup directory (whose log starts
+    // empty) failing to load left an empty engine and an empty log, and the server took
+    // writes on an empty ledger.
+    if let Some((covers, why)) = snapshots_skipped.iter().max_by_key(|(lsn, _)| *lsn) {
+        let recovered = Lsn(engine.next_lsn().0 - 1);
+        if recovered < *covers {
+            let path = snapshot_directory(data_directory).join(snapshot::snapshot_file_name(*covers));
+            return Err(WalError::SnapshotUnloadable {
+                path: path.display().to_string(),
+                covers: *covers,
+                why: why.clone(),
+                recovered,
+            });
+        }
+    }
     if recovery.scan.position.history.is_none() {
         // An empty log continues the snapshot's history.
         recovery.scan.position.history = snapshot.map(|(_, history)| history);

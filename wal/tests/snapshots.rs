@@ -77,6 +77,45 @@ fn a_corrupt_newest_snapshot_falls_back_to_the_previous_one() {
     assert_eq!(recovered.engine.dump(), expected, "the longer replay reaches the same state");
 }
 
+/// Regression (found by audit): a directory whose only snapshot covers records its log no
+/// longer holds (as `reservoir restore` and a base backup leave it: the snapshot, an empty
+/// log) started on an empty ledger, with a new history, when that snapshot failed to load.
+/// It refuses to start now, naming the snapshot, what it covers and why it did not load.
+#[test]
+fn an_unloadable_only_snapshot_with_an_empty_log_refuses_to_start() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut workload = Workload::new(8, "d", 10);
+    let opened = open(directory.path());
+    drive(&opened, &mut workload, 500, 1_000_000);
+    let written = snapshot_of(directory.path(), Some(opened.wal.durable_lsn()), 1);
+    let expected = opened.engine.dump();
+    opened.wal.close().unwrap();
+    let wal = reservoir_wal::wal_directory(directory.path());
+    std::fs::remove_dir_all(&wal).unwrap();
+    std::fs::create_dir_all(&wal).unwrap();
+
+    // The control: the snapshot alone recovers the state.
+    let recovered = open(directory.path());
+    assert_eq!(recovered.snapshot, Some(written.covers_lsn));
+    assert_eq!(recovered.engine.dump(), expected);
+    recovered.wal.close().unwrap();
+
+    let mut bytes = std::fs::read(&written.path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&written.path, bytes).unwrap();
+    let refused = open_data_directory(directory.path(), common::config(), WalOptions::default(), |_| {});
+    match refused {
+        Err(reservoir_wal::WalError::SnapshotUnloadable { covers, recovered, why, .. }) => {
+            assert_eq!(covers, written.covers_lsn);
+            assert!(recovered < covers, "{recovered:?}");
+            assert!(why.contains("checksum"), "{why}");
+        }
+        Err(other) => panic!("refused, but not as an unloadable snapshot: {other}"),
+        Ok(opened) => panic!("started at LSN {} on an empty ledger", opened.engine.next_lsn().0),
+    }
+}
+
 #[test]
 fn corrupt_snapshot_bytes_never_panic_even_past_the_checksum() {
     let directory = tempfile::tempdir().unwrap();
