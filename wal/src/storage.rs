@@ -52,6 +52,18 @@ pub struct FsStorage {
 /// Open segment files kept at once; older ones are closed (they are only read at recovery).
 const OPEN_FILES_MAX: usize = 4;
 
+/// Keeps `file` open as segment `sequence`, closing the lowest sequences past
+/// [`OPEN_FILES_MAX`] (the writer only appends to the highest). Regression: `create` kept
+/// every segment it made open, so a long-running writer held one descriptor per segment,
+/// archived and pruned ones too (their disk space never freed), until `EMFILE`.
+fn keep_open(open: &mut BTreeMap<u64, File>, sequence: u64, file: File) {
+    while open.len() >= OPEN_FILES_MAX {
+        open.pop_first();
+    }
+    open.insert(sequence, file);
+    assert!(open.len() <= OPEN_FILES_MAX);
+}
+
 impl FsStorage {
     /// Uses (and creates, if missing) `directory`.
     pub fn new(directory: &Path) -> io::Result<FsStorage> {
@@ -71,10 +83,7 @@ impl FsStorage {
         let mut open = self.open.lock();
         if open.get(&sequence).is_none() {
             let file = OpenOptions::new().read(true).write(true).open(self.path(sequence))?;
-            while open.len() >= OPEN_FILES_MAX {
-                open.pop_first();
-            }
-            open.insert(sequence, file);
+            keep_open(&mut open, sequence, file);
         }
         f(open.get(&sequence).expect("just opened"))
     }
@@ -130,7 +139,7 @@ impl Storage for FsStorage {
         file.sync_all()?;
         std::fs::rename(&temporary, &path)?;
         self.sync_directory()?;
-        self.open.lock().insert(sequence, file);
+        keep_open(&mut self.open.lock(), sequence, file);
         Ok(())
     }
 
@@ -398,5 +407,25 @@ impl Storage for CrashStorage {
 
     fn describe(&self, sequence: u64) -> String {
         format!("fake:{}", segment_file_name(sequence))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_writer_keeps_at_most_open_files_max_segments_open() {
+        let directory = tempfile::tempdir().unwrap();
+        let storage = FsStorage::new(directory.path()).unwrap();
+        for sequence in 1..=3 * OPEN_FILES_MAX as u64 {
+            storage.create(sequence, 4_096, b"header").unwrap();
+            storage.write(sequence, 6, b"frames").unwrap();
+            storage.sync(sequence).unwrap();
+            assert!(storage.open.lock().len() <= OPEN_FILES_MAX, "segment {sequence}");
+        }
+        let last = 3 * OPEN_FILES_MAX as u64;
+        assert!(storage.open.lock().contains_key(&last), "the segment being written stays open");
+        assert_eq!(&storage.read(1).unwrap()[..12], b"headerframes", "a closed segment reads back");
     }
 }
