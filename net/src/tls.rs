@@ -36,6 +36,11 @@ pub const STREAMS_PER_CONNECTION_MAX: u32 = 64;
 pub const IDLE_TIMEOUT_MS: u32 = 10_000;
 /// Bytes a stream may have unread in the receiver: bounds what a client can push ahead.
 pub const STREAM_RECEIVE_WINDOW_BYTES: u32 = 8 << 20;
+/// Bytes a connection may have unread in the receiver over all its streams, those the server
+/// never accepts included. Regression: quinn's default is unbounded (2^62), so a peer with no
+/// token could park `STREAMS_PER_CONNECTION_MAX` x `STREAM_RECEIVE_WINDOW_BYTES` (512 MiB) in
+/// the server's buffers per connection until its `Hello` timed out.
+pub const CONNECTION_RECEIVE_WINDOW_BYTES: u32 = 2 * STREAM_RECEIVE_WINDOW_BYTES;
 
 fn tls_error(what: &str, error: impl std::fmt::Display) -> NetError {
     NetError::Tls(format!("{what}: {error}"))
@@ -124,7 +129,8 @@ fn transport() -> quinn::TransportConfig {
         .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
         .max_idle_timeout(Some(quinn::VarInt::from_u32(IDLE_TIMEOUT_MS).into()))
         .keep_alive_interval(Some(Duration::from_millis(u64::from(IDLE_TIMEOUT_MS) / 3)))
-        .stream_receive_window(quinn::VarInt::from_u32(STREAM_RECEIVE_WINDOW_BYTES));
+        .stream_receive_window(quinn::VarInt::from_u32(STREAM_RECEIVE_WINDOW_BYTES))
+        .receive_window(quinn::VarInt::from_u32(CONNECTION_RECEIVE_WINDOW_BYTES));
     transport
 }
 

@@ -375,6 +375,53 @@ async fn raw_unauthenticated(running: &Running) -> Raw {
     Raw { connection, send, recv, decoder: FrameDecoder::new() }
 }
 
+/// Regression (found by audit): the connection's receive window was quinn's default (2^62),
+/// so a peer that never sent its `Hello` could park 64 streams x 8 MiB in the server's
+/// buffers. A client with a small send buffer opens the stream the server reads the `Hello`
+/// from, sends nothing on it, and writes to eight more (which the server never accepts)
+/// until every write stalls: the server took at most `CONNECTION_RECEIVE_WINDOW_BYTES`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_connection_cannot_push_more_than_the_connection_window() {
+    const CHUNK_BYTES: usize = 256 << 10;
+    const STALL_MS: u64 = 300;
+    let running = start().await;
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse::<SocketAddr>().unwrap()).unwrap();
+    let mut config = reservoir_net::tls::client_config(&running.ca).unwrap();
+    let mut transport = quinn::TransportConfig::default();
+    transport.send_window(64 << 10);
+    config.transport_config(std::sync::Arc::new(transport));
+    endpoint.set_default_client_config(config);
+    let connection = endpoint.connect(running.server.local_addr(), "localhost").unwrap().await.unwrap();
+    let (_hello_stream, _) = connection.open_bi().await.unwrap();
+    let mut streams = Vec::new();
+    for _ in 0..8 {
+        streams.push(connection.open_bi().await.unwrap().0);
+    }
+    let window = reservoir_net::tls::CONNECTION_RECEIVE_WINDOW_BYTES as usize;
+    let chunk = vec![7u8; CHUNK_BYTES];
+    let mut written = 0;
+    'writing: loop {
+        let mut progressed = false;
+        for send in &mut streams {
+            let write = tokio::time::timeout(Duration::from_millis(STALL_MS), send.write_all(&chunk)).await;
+            if let Ok(outcome) = write {
+                outcome.expect("the connection stays open until its Hello times out");
+                written += CHUNK_BYTES;
+                progressed = true;
+            }
+            if written > 2 * window {
+                break 'writing;
+            }
+        }
+        if !progressed {
+            break;
+        }
+    }
+    assert!(written >= window / 2, "the writes went through at first: {written} bytes");
+    assert!(written <= window + 2 * CHUNK_BYTES, "{written} bytes taken past a {window}-byte window");
+    connection.close(0u32.into(), b"done");
+}
+
 /// A raw connection that has sent its `Hello` (with these versions) and read nothing yet.
 async fn raw_hello(running: &Running, token: &str, version_min: u16, version_max: u16) -> Raw {
     let mut raw = raw_unauthenticated(running).await;
