@@ -1308,9 +1308,13 @@ fn handle_request(
     }
     core.counters.requests.fetch_add(1, Ordering::Relaxed);
     core.counters.operations.fetch_add(results.len() as u64, Ordering::Relaxed);
-    // A reply waits until what it reflects is durable: its own records, or for a read-only
-    // request everything it may have seen (no client ever sees a state a crash could undo).
-    let reflects = records.iter().map(|record| record.lsn).max().unwrap_or(Lsn(core.engine.next_lsn().0 - 1));
+    // A reply waits until what it reflects is durable: everything it may have seen, its own
+    // records included (no client ever sees a state a crash could undo). Regression (found by
+    // audit): a request with records of its own waited for those only, so a retry batched
+    // beside them and answered from the idempotency memory, or a query beside them, could
+    // reflect another connection's record not yet durable; a crash then undid an answer.
+    let reflects = Lsn(core.engine.next_lsn().0 - 1);
+    debug_assert!(records.iter().all(|record| record.lsn <= reflects));
     // Admin requests are about the node, not the ledger: they wait for nothing but their own
     // records' local durability (a promotion's reply must not wait for a standby that a new
     // primary may not have yet).
