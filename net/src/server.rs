@@ -269,6 +269,11 @@ impl Core {
         }
     }
 
+    /// Whether a restart (or a stop) was requested and not yet carried out.
+    pub(crate) fn restart_pending(&self) -> bool {
+        self.restart.lock().is_some()
+    }
+
     pub(crate) fn request_restart(&self, restart: Restart) {
         *self.restart.lock() = Some(restart);
         self.restart_notify.notify_waiters();
@@ -1449,6 +1454,9 @@ pub async fn run(
             () = &mut stop => return handle.shutdown().await,
         };
         handle.shutdown().await?;
+        if let Restart::Stop { why } = restart {
+            return Err(NetError::Replication(why));
+        }
         let directory = options.data_directory.clone();
         tokio::task::spawn_blocking(move || apply_restart(&directory, &restart))
             .await
@@ -1478,6 +1486,7 @@ pub fn apply_restart(data_directory: &std::path::Path, restart: &Restart) -> Res
                 Ok(())
             }
         },
+        Restart::Stop { why } => Err(NetError::Replication(why.clone())),
         Restart::BaseBackup { snapshot } => {
             let replaced = rejoin::install_base_backup(data_directory, snapshot, now_ms())?;
             tracing::warn!(replaced = %replaced.display(), "installed a base backup from the primary; the old log and snapshots were moved aside");

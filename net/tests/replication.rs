@@ -1643,3 +1643,115 @@ async fn a_standby_whose_history_tail_the_primary_never_had_takes_a_base_backup(
     assert_eq!(standby_engine.epoch(), primary_epoch);
     assert_same(&standby_engine.dump(), &primary_engine.dump());
 }
+
+/// A primary that accepts one standby's `Start` and ships it one record that cannot apply to
+/// its state (a tenant created under an id the log never reaches), with a valid frame
+/// checksum and the LSN the standby expects. Returns the address.
+async fn a_primary_shipping_a_record_that_does_not_apply(primary_directory: &Path) -> String {
+    use reservoir_net::replication::wire::{read_message, write_message, PrimaryMessage, StandbyMessage};
+    use reservoir_net::{decode_client_frame, ClientFrame, FrameDecoder, HelloReply, Role, ServerFrame, ServerLimits};
+    let files = reservoir_net::tls::ensure_generated(primary_directory, &[]).unwrap();
+    let endpoint =
+        quinn::Endpoint::server(reservoir_net::tls::server_config(&files).unwrap(), "127.0.0.1:0".parse().unwrap())
+            .unwrap();
+    let address = endpoint.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let connection = endpoint.accept().await.expect("the standby connects").await.unwrap();
+        let (mut send, mut recv) = connection.accept_bi().await.unwrap();
+        let mut decoder = FrameDecoder::new();
+        let mut chunk = [0u8; 512];
+        let hello = loop {
+            if let Some(frame) = decoder.pop() {
+                break decode_client_frame(frame).unwrap();
+            }
+            let count = recv.read(&mut chunk).await.unwrap().expect("a Hello");
+            decoder.push(&chunk[..count]).unwrap();
+        };
+        assert!(matches!(hello, ClientFrame::Hello(_)), "{hello:?}");
+        let mut bytes = Vec::new();
+        ServerFrame::HelloReply(HelloReply {
+            version: reservoir_net::PROTOCOL_VERSION_MAX,
+            role: Role::Replication,
+            epoch: 1,
+            limits: ServerLimits::THIS_BUILD,
+            node: NodeRole::Primary,
+        })
+        .encode(&mut bytes)
+        .unwrap();
+        send.write_all(&bytes).await.unwrap();
+        let start = read_message(&mut recv).await.unwrap().expect("a Start");
+        let StandbyMessage::Start { next_lsn, history, .. } = StandbyMessage::decode(&start).unwrap() else {
+            panic!("not a Start");
+        };
+        let accept = PrimaryMessage::Accept { epoch: 1, history, durable_lsn: next_lsn };
+        write_message(&mut send, |out| accept.encode(out)).await.unwrap();
+        let record = reservoir_engine::Record {
+            lsn: reservoir_engine::Lsn(next_lsn),
+            timestamp_ms: 1,
+            body: reservoir_engine::Body::TenantCreated {
+                tenant: reservoir_engine::TenantId(999),
+                name: "ghost".into(),
+            },
+        };
+        let mut frames = Vec::new();
+        reservoir_wal::format::encode_frame(&record, record.lsn, 1, &mut frames);
+        let wal = PrimaryMessage::Wal { durable_lsn: next_lsn, now_ms: 1, frames };
+        write_message(&mut send, |out| wal.encode(out)).await.unwrap();
+        connection.closed().await;
+        endpoint.close(0u32.into(), b"done");
+    });
+    address
+}
+
+/// Regression (found by audit): a replicated record that did not apply panicked the follower
+/// task alone; the node went on serving reads from an engine in doubt, its status still
+/// "streaming", never following again. Now the node stops, with an error that names the
+/// record, and its log, which holds only what applied before, recovers and verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_record_that_does_not_apply_stops_the_standby_with_the_error() {
+    let primary_directory = tempfile::tempdir().unwrap();
+    let (primary, tokens) =
+        Node::start(options(primary_directory.path(), free_port(), StartRole::Primary, ReplicationMode::Async)).await;
+    let tokens = tokens.unwrap();
+    let writer = primary.client(&tokens.demo).await;
+    writer.request(vec![receive("before", "SKU-1", 10)]).await.unwrap();
+    writer.close().await;
+    let standby_directory = standby_directory(primary_directory.path());
+    let standby_options =
+        options(standby_directory.path(), free_port(), follow(&primary, &tokens.replication), ReplicationMode::Async);
+    let (standby, _) = Node::start(standby_options.clone()).await;
+    let durable = primary.durable_lsn(&tokens.admin).await;
+    standby.wait_status(&tokens.admin, "caught up", caught_up(durable)).await;
+    let expected = standby.stop().await.dump();
+    let ca = primary.ca();
+    let _ = primary.stop().await;
+
+    let fake = a_primary_shipping_a_record_that_does_not_apply(primary_directory.path()).await;
+    let mut following = on_a_new_port(standby_options);
+    following.role = StartRole::Standby(FollowOptions {
+        primary: fake,
+        token: tokens.replication.clone(),
+        ca_pem: ca,
+        token_file: None,
+        server_name: None,
+    });
+    let (mut standby, _) = Node::start(following).await;
+    let task = standby.task.take().unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(30), task).await.expect("the standby stops").unwrap();
+    match ended {
+        Err(NetError::Replication(why)) => assert!(why.contains("does not apply"), "{why}"),
+        Err(other) => panic!("stopped, with another error: {other}"),
+        Ok(_) => panic!("ended without an error"),
+    }
+    let config = ServerOptions::new(standby_directory.path().to_owned()).engine;
+    let opened = reservoir_wal::open_data_directory(
+        standby_directory.path(),
+        config,
+        reservoir_wal::WalOptions::default(),
+        |_| {},
+    )
+    .unwrap();
+    assert!(opened.engine.verify().violations.is_empty());
+    assert_same(&opened.engine.dump(), &expected);
+    opened.wal.close().unwrap();
+}

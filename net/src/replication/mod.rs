@@ -161,6 +161,9 @@ pub enum Restart {
     Rewind { keep_through: u64 },
     /// Install this snapshot file as the only state ([`reservoir_wal::rejoin::install_base_backup`]).
     BaseBackup { snapshot: PathBuf },
+    /// Stop the node with this error: a replicated record did not apply, so the engine is not
+    /// a state to serve reads from (its log, which holds only what applied before, is intact).
+    Stop { why: String },
 }
 
 /// Standbys one primary serves at once.

@@ -109,6 +109,10 @@ pub(crate) async fn follow(core: Arc<Core>, options: FollowOptions) {
                 return;
             }
             Err(error) => {
+                if core.restart_pending() {
+                    // Stopping (a record that does not apply): no more following.
+                    return;
+                }
                 {
                     let mut following = core.following.lock();
                     following.connected = false;
@@ -367,10 +371,21 @@ fn apply(core: &Core, frames: &[u8]) -> Result<bool, NetError> {
             return Err(NetError::Protocol(format!("shipped LSN {} where {} was next", record.lsn.0, expected.0)));
         }
         // A record that does not fit this engine means the two logs differ: a broken
-        // invariant, never a state to serve from.
-        core.engine
-            .apply(record)
-            .unwrap_or_else(|error| panic!("replicated record {} does not apply: {error}", record.lsn.0));
+        // invariant, never a state to serve from. The node stops with the error (its WAL holds
+        // only what applied before this message). Regression (found by audit): a panic here
+        // ended the follower task alone, and the node went on serving reads, its status
+        // still "streaming".
+        if let Err(error) = core.engine.apply(record) {
+            let why = format!("replicated record {} does not apply to this standby's state: {error}", record.lsn.0);
+            tracing::error!(%why, "stopping: this node cannot follow its primary's log");
+            {
+                let mut following = core.following.lock();
+                following.state = "failed";
+                following.last_error = Some(why.clone());
+            }
+            core.request_restart(super::Restart::Stop { why: why.clone() });
+            return Err(NetError::Replication(why));
+        }
         if let Body::EpochChanged { epoch: new } = record.body {
             epoch = Some(new);
         }
