@@ -1144,6 +1144,48 @@ async fn a_standby_lagging_within_the_rpo_is_not_warned_about() {
     stalled.stop().await;
 }
 
+/// A QUIC endpoint with `primary_directory`'s TLS files (the standby trusts its CA), for a
+/// primary played by hand; and its address.
+fn fake_primary_endpoint(primary_directory: &Path) -> (quinn::Endpoint, String) {
+    let files = reservoir_net::tls::ensure_generated(primary_directory, &[]).unwrap();
+    let endpoint =
+        quinn::Endpoint::server(reservoir_net::tls::server_config(&files).unwrap(), "127.0.0.1:0".parse().unwrap())
+            .unwrap();
+    let address = endpoint.local_addr().unwrap().to_string();
+    (endpoint, address)
+}
+
+/// Accepts one standby's connection on `endpoint` and answers its `Hello` as the primary of
+/// epoch 1; returns the connection and its replication stream, the `Start` not yet read.
+async fn accept_a_standby(endpoint: &quinn::Endpoint) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
+    use reservoir_net::{decode_client_frame, ClientFrame, FrameDecoder, HelloReply, Role, ServerFrame, ServerLimits};
+    let connection = endpoint.accept().await.expect("the standby connects").await.unwrap();
+    let (mut send, mut recv) = connection.accept_bi().await.unwrap();
+    // The standby sends nothing after its Hello until it has the HelloReply.
+    let mut decoder = FrameDecoder::new();
+    let mut chunk = [0u8; 512];
+    let hello = loop {
+        if let Some(frame) = decoder.pop() {
+            break decode_client_frame(frame).unwrap();
+        }
+        let count = recv.read(&mut chunk).await.unwrap().expect("a Hello");
+        decoder.push(&chunk[..count]).unwrap();
+    };
+    assert!(matches!(hello, ClientFrame::Hello(_)), "{hello:?}");
+    let mut bytes = Vec::new();
+    ServerFrame::HelloReply(HelloReply {
+        version: reservoir_net::PROTOCOL_VERSION_MAX,
+        role: Role::Replication,
+        epoch: 1,
+        limits: ServerLimits::THIS_BUILD,
+        node: NodeRole::Primary,
+    })
+    .encode(&mut bytes)
+    .unwrap();
+    send.write_all(&bytes).await.unwrap();
+    (connection, send, recv)
+}
+
 /// A primary that answers one standby's `Start` with a base backup, sends the first half of
 /// it, and sends the rest only when `release` fires with `true` (with `false` it closes the
 /// connection instead, the backup cut short): the standby sits in its `base_backup` state
@@ -1156,37 +1198,9 @@ async fn half_a_base_backup(
     release: tokio::sync::oneshot::Receiver<bool>,
 ) -> String {
     use reservoir_net::replication::wire::{read_message, write_message, PrimaryMessage};
-    use reservoir_net::{decode_client_frame, ClientFrame, FrameDecoder, HelloReply, Role, ServerFrame, ServerLimits};
-    let files = reservoir_net::tls::ensure_generated(primary_directory, &[]).unwrap();
-    let endpoint =
-        quinn::Endpoint::server(reservoir_net::tls::server_config(&files).unwrap(), "127.0.0.1:0".parse().unwrap())
-            .unwrap();
-    let address = endpoint.local_addr().unwrap().to_string();
+    let (endpoint, address) = fake_primary_endpoint(primary_directory);
     tokio::spawn(async move {
-        let connection = endpoint.accept().await.expect("the standby connects").await.unwrap();
-        let (mut send, mut recv) = connection.accept_bi().await.unwrap();
-        // The standby sends nothing after its Hello until it has the HelloReply.
-        let mut decoder = FrameDecoder::new();
-        let mut chunk = [0u8; 512];
-        let hello = loop {
-            if let Some(frame) = decoder.pop() {
-                break decode_client_frame(frame).unwrap();
-            }
-            let count = recv.read(&mut chunk).await.unwrap().expect("a Hello");
-            decoder.push(&chunk[..count]).unwrap();
-        };
-        assert!(matches!(hello, ClientFrame::Hello(_)), "{hello:?}");
-        let mut bytes = Vec::new();
-        ServerFrame::HelloReply(HelloReply {
-            version: reservoir_net::PROTOCOL_VERSION_MAX,
-            role: Role::Replication,
-            epoch: 1,
-            limits: ServerLimits::THIS_BUILD,
-            node: NodeRole::Primary,
-        })
-        .encode(&mut bytes)
-        .unwrap();
-        send.write_all(&bytes).await.unwrap();
+        let (connection, mut send, mut recv) = accept_a_standby(&endpoint).await;
         let _start = read_message(&mut recv).await.unwrap().expect("a Start");
         let header = PrimaryMessage::BaseBackup { covers_lsn, bytes: snapshot.len() as u64 };
         write_message(&mut send, |out| header.encode(out)).await.unwrap();
@@ -1649,36 +1663,9 @@ async fn a_standby_whose_history_tail_the_primary_never_had_takes_a_base_backup(
 /// checksum and the LSN the standby expects. Returns the address.
 async fn a_primary_shipping_a_record_that_does_not_apply(primary_directory: &Path) -> String {
     use reservoir_net::replication::wire::{read_message, write_message, PrimaryMessage, StandbyMessage};
-    use reservoir_net::{decode_client_frame, ClientFrame, FrameDecoder, HelloReply, Role, ServerFrame, ServerLimits};
-    let files = reservoir_net::tls::ensure_generated(primary_directory, &[]).unwrap();
-    let endpoint =
-        quinn::Endpoint::server(reservoir_net::tls::server_config(&files).unwrap(), "127.0.0.1:0".parse().unwrap())
-            .unwrap();
-    let address = endpoint.local_addr().unwrap().to_string();
+    let (endpoint, address) = fake_primary_endpoint(primary_directory);
     tokio::spawn(async move {
-        let connection = endpoint.accept().await.expect("the standby connects").await.unwrap();
-        let (mut send, mut recv) = connection.accept_bi().await.unwrap();
-        let mut decoder = FrameDecoder::new();
-        let mut chunk = [0u8; 512];
-        let hello = loop {
-            if let Some(frame) = decoder.pop() {
-                break decode_client_frame(frame).unwrap();
-            }
-            let count = recv.read(&mut chunk).await.unwrap().expect("a Hello");
-            decoder.push(&chunk[..count]).unwrap();
-        };
-        assert!(matches!(hello, ClientFrame::Hello(_)), "{hello:?}");
-        let mut bytes = Vec::new();
-        ServerFrame::HelloReply(HelloReply {
-            version: reservoir_net::PROTOCOL_VERSION_MAX,
-            role: Role::Replication,
-            epoch: 1,
-            limits: ServerLimits::THIS_BUILD,
-            node: NodeRole::Primary,
-        })
-        .encode(&mut bytes)
-        .unwrap();
-        send.write_all(&bytes).await.unwrap();
+        let (connection, mut send, mut recv) = accept_a_standby(&endpoint).await;
         let start = read_message(&mut recv).await.unwrap().expect("a Start");
         let StandbyMessage::Start { next_lsn, history, .. } = StandbyMessage::decode(&start).unwrap() else {
             panic!("not a Start");
