@@ -1186,6 +1186,58 @@ async fn accept_a_standby(endpoint: &quinn::Endpoint) -> (quinn::Connection, qui
     (connection, send, recv)
 }
 
+/// A primary with 10 of SKU-1 received, and a standby that followed it until it caught up
+/// and was then stopped: it holds the primary's data, credentials and log history.
+struct FollowedOnce {
+    primary: Node,
+    primary_directory: tempfile::TempDir,
+    primary_options: ServerOptions,
+    tokens: Tokens,
+    standby_directory: tempfile::TempDir,
+    standby_options: ServerOptions,
+    standby_engine: Engine,
+}
+
+async fn a_standby_that_followed_once() -> FollowedOnce {
+    let primary_directory = tempfile::tempdir().unwrap();
+    let primary_options = options(primary_directory.path(), free_port(), StartRole::Primary, ReplicationMode::Async);
+    let (primary, tokens) = Node::start(primary_options.clone()).await;
+    let tokens = tokens.unwrap();
+    let writer = primary.client(&tokens.demo).await;
+    writer.request(vec![receive("before", "SKU-1", 10)]).await.unwrap();
+    writer.close().await;
+    let standby_directory = standby_directory(primary_directory.path());
+    let standby_options =
+        options(standby_directory.path(), free_port(), follow(&primary, &tokens.replication), ReplicationMode::Async);
+    let (standby, _) = Node::start(standby_options.clone()).await;
+    let durable = primary.durable_lsn(&tokens.admin).await;
+    standby.wait_status(&tokens.admin, "caught up", caught_up(durable)).await;
+    let standby_engine = standby.stop().await;
+    FollowedOnce {
+        primary,
+        primary_directory,
+        primary_options,
+        tokens,
+        standby_directory,
+        standby_options,
+        standby_engine,
+    }
+}
+
+/// A standby's `options` on a new port, following the primary at `address` (one played by
+/// hand, too) whose certificate `ca_pem` signed.
+fn following_at(options: ServerOptions, address: String, token: &str, ca_pem: Vec<u8>) -> ServerOptions {
+    let mut options = on_a_new_port(options);
+    options.role = StartRole::Standby(FollowOptions {
+        primary: address,
+        token: token.to_owned(),
+        ca_pem,
+        token_file: None,
+        server_name: None,
+    });
+    options
+}
+
 /// A primary that answers one standby's `Start` with a base backup, sends the first half of
 /// it, and sends the rest only when `release` fires with `true` (with `false` it closes the
 /// connection instead, the backup cut short): the standby sits in its `base_backup` state
@@ -1235,20 +1287,8 @@ async fn a_standby_half_way_through_a_base_backup(
 ) -> (Node, tempfile::TempDir, Tokens, tokio::sync::oneshot::Sender<bool>) {
     // A standby that followed a primary once (so it knows the admin token), and a snapshot of
     // the primary's to send it.
-    let primary_directory = tempfile::tempdir().unwrap();
-    let (primary, tokens) =
-        Node::start(options(primary_directory.path(), free_port(), StartRole::Primary, ReplicationMode::Async)).await;
-    let tokens = tokens.unwrap();
-    let writer = primary.client(&tokens.demo).await;
-    writer.request(vec![receive("before", "SKU-1", 10)]).await.unwrap();
-    writer.close().await;
-    let standby_directory = standby_directory(primary_directory.path());
-    let standby_options =
-        options(standby_directory.path(), free_port(), follow(&primary, &tokens.replication), ReplicationMode::Async);
-    let (standby, _) = Node::start(standby_options.clone()).await;
-    let durable = primary.durable_lsn(&tokens.admin).await;
-    standby.wait_status(&tokens.admin, "caught up", caught_up(durable)).await;
-    let _ = standby.stop().await;
+    let FollowedOnce { primary, primary_directory, tokens, standby_directory, standby_options, .. } =
+        a_standby_that_followed_once().await;
     let admin = primary.client(&tokens.admin).await;
     admin.request(vec![Operation::TakeSnapshot]).await.unwrap();
     admin.close().await;
@@ -1267,15 +1307,7 @@ async fn a_standby_half_way_through_a_base_backup(
     // The standby, started against a primary that sends half a base backup and then waits.
     let (release, released) = tokio::sync::oneshot::channel();
     let fake = half_a_base_backup(primary_directory.path(), snapshot, covers.0, released).await;
-    let mut receiving = on_a_new_port(standby_options);
-    receiving.role = StartRole::Standby(FollowOptions {
-        primary: fake,
-        token: tokens.replication.clone(),
-        ca_pem: ca,
-        token_file: None,
-        server_name: None,
-    });
-    let (standby, _) = Node::start(receiving).await;
+    let (standby, _) = Node::start(following_at(standby_options, fake, &tokens.replication, ca)).await;
     standby
         .wait_status(&tokens.admin, "the base backup arrives", |status| status["following"]["state"] == "base_backup")
         .await;
@@ -1614,20 +1646,9 @@ fn append_epochs(directory: &Path, epochs: impl IntoIterator<Item = u64>) {
 async fn a_standby_whose_history_tail_the_primary_never_had_takes_a_base_backup() {
     use reservoir_engine::epoch::epoch_after;
     use reservoir_net::replication::wire::EPOCHS_SENT_MAX;
-    let primary_directory = tempfile::tempdir().unwrap();
-    let primary_options = options(primary_directory.path(), free_port(), StartRole::Primary, ReplicationMode::Async);
-    let (primary, tokens) = Node::start(primary_options.clone()).await;
-    let tokens = tokens.unwrap();
-    let writer = primary.client(&tokens.demo).await;
-    writer.request(vec![receive("before", "SKU-1", 10)]).await.unwrap();
-    writer.close().await;
-    let standby_directory = standby_directory(primary_directory.path());
-    let standby_options =
-        options(standby_directory.path(), free_port(), follow(&primary, &tokens.replication), ReplicationMode::Async);
-    let (standby, _) = Node::start(standby_options.clone()).await;
-    let durable = primary.durable_lsn(&tokens.admin).await;
-    standby.wait_status(&tokens.admin, "caught up", caught_up(durable)).await;
-    let _ = standby.stop().await;
+    let FollowedOnce {
+        primary, primary_directory, primary_options, tokens, standby_directory, standby_options, ..
+    } = a_standby_that_followed_once().await;
     let _ = primary.stop().await;
 
     // The standby's log goes through more term-1 epochs than a `Start` carries; the primary's
@@ -1696,33 +1717,14 @@ async fn a_primary_shipping_a_record_that_does_not_apply(primary_directory: &Pat
 /// record, and its log, which holds only what applied before, recovers and verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replicated_record_that_does_not_apply_stops_the_standby_with_the_error() {
-    let primary_directory = tempfile::tempdir().unwrap();
-    let (primary, tokens) =
-        Node::start(options(primary_directory.path(), free_port(), StartRole::Primary, ReplicationMode::Async)).await;
-    let tokens = tokens.unwrap();
-    let writer = primary.client(&tokens.demo).await;
-    writer.request(vec![receive("before", "SKU-1", 10)]).await.unwrap();
-    writer.close().await;
-    let standby_directory = standby_directory(primary_directory.path());
-    let standby_options =
-        options(standby_directory.path(), free_port(), follow(&primary, &tokens.replication), ReplicationMode::Async);
-    let (standby, _) = Node::start(standby_options.clone()).await;
-    let durable = primary.durable_lsn(&tokens.admin).await;
-    standby.wait_status(&tokens.admin, "caught up", caught_up(durable)).await;
-    let expected = standby.stop().await.dump();
+    let FollowedOnce { primary, primary_directory, tokens, standby_directory, standby_options, standby_engine, .. } =
+        a_standby_that_followed_once().await;
+    let expected = standby_engine.dump();
     let ca = primary.ca();
     let _ = primary.stop().await;
 
     let fake = a_primary_shipping_a_record_that_does_not_apply(primary_directory.path()).await;
-    let mut following = on_a_new_port(standby_options);
-    following.role = StartRole::Standby(FollowOptions {
-        primary: fake,
-        token: tokens.replication.clone(),
-        ca_pem: ca,
-        token_file: None,
-        server_name: None,
-    });
-    let (mut standby, _) = Node::start(following).await;
+    let (mut standby, _) = Node::start(following_at(standby_options, fake, &tokens.replication, ca)).await;
     let task = standby.task.take().unwrap();
     let ended = tokio::time::timeout(Duration::from_secs(30), task).await.expect("the standby stops").unwrap();
     match ended {
