@@ -330,7 +330,7 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
         tracing::warn!(
             covers_lsn = covers.0,
             why = %why,
-            "a snapshot did not load: recovered from an older one and a longer replay instead"
+            "a snapshot did not load: recovered from an older snapshot or the log instead"
         );
     }
     if let Some(kept_through) = opened.rewind_finished {
