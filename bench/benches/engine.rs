@@ -3,7 +3,9 @@
 //! reserved.
 //!
 //! Group `reserve` measures issue #2's two throughput targets as they are worded: single-line
-//! reserves alone (no settle), uniform on one thread, and all on one hot SKU with 2 threads.
+//! reserves alone (no settle), uniform over the catalog and all on one hot SKU, on 1, 2 and
+//! then powers of two up to the machine's cores (issue #2 speaks of 1 thread uniform and 2
+//! threads on one hot SKU; the larger counts show how the engine scales).
 //! One element = one reserve; between samples (untimed) the clock jumps past the deadlines and
 //! the retention, and `Expire` then `Forget` drop what the sample left behind.
 //!
@@ -198,16 +200,30 @@ fn reserve_sample(setup: &Setup, one_hot: bool, threads: usize, iters: u64) -> D
     elapsed
 }
 
+/// Thread counts of group `reserve`: 1, 2, then powers of two up to the machine's cores, at
+/// most `RESERVE_THREADS_MAX` (how the engine scales past the 2 cores of the CI machine).
+fn reserve_thread_counts() -> Vec<usize> {
+    const RESERVE_THREADS_MAX: usize = 64;
+    let cores = std::thread::available_parallelism().map_or(2, |cores| cores.get()).clamp(2, RESERVE_THREADS_MAX);
+    let counts: Vec<usize> = std::iter::successors(Some(1usize), |threads| Some(threads * 2))
+        .take_while(|threads| *threads <= cores)
+        .collect();
+    assert!(counts.starts_with(&[1, 2]));
+    counts
+}
+
 /// Issue #2's targets: >= 3 M single-line reserves/s on one core uncontended, >= 1 M/s on one
 /// hot SKU with 2 threads.
 fn reserve(c: &mut Criterion) {
     let setup = setup();
     let mut group = c.benchmark_group("reserve");
     group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    for (variant, one_hot, threads) in [("uniform", false, 1usize), ("uniform", false, 2), ("onehot", true, 2)] {
-        group.throughput(Throughput::Elements(threads as u64));
-        let id = BenchmarkId::new(format!("1line/{variant}"), format!("{threads}t"));
-        group.bench_function(id, |b| b.iter_custom(|iters| reserve_sample(&setup, one_hot, threads, iters)));
+    for (variant, one_hot) in [("uniform", false), ("onehot", true)] {
+        for threads in reserve_thread_counts() {
+            group.throughput(Throughput::Elements(threads as u64));
+            let id = BenchmarkId::new(format!("1line/{variant}"), format!("{threads}t"));
+            group.bench_function(id, |b| b.iter_custom(|iters| reserve_sample(&setup, one_hot, threads, iters)));
+        }
     }
     group.finish();
 }

@@ -35,6 +35,8 @@ use crate::{
 pub const CONNS_MAX: usize = 256;
 /// Requests in flight per connection.
 pub const IN_FLIGHT_MAX: usize = 4_096;
+/// Most worker threads of the runtime that runs the server, the standby and the clients.
+pub const WORKERS_MAX: usize = 256;
 
 #[derive(Clone, Debug)]
 pub struct QuicSettings {
@@ -60,6 +62,9 @@ pub struct QuicSettings {
     pub replication: Option<ReplicationMode>,
     /// Offered rate (operations/s over all connections); `None`: as fast as replies come.
     pub rate_ops_per_s: Option<f64>,
+    /// Worker threads of the one runtime that runs the server, the standby and the clients
+    /// (2 on the 2-core reference machine; more to see how the server scales).
+    pub workers: usize,
 }
 
 /// What W4 measured (`replication` runs).
@@ -115,6 +120,7 @@ impl Default for QuicSettings {
             snapshots: false,
             replication: None,
             rate_ops_per_s: None,
+            workers: 2,
         }
     }
 }
@@ -177,8 +183,11 @@ pub fn run_w1_quic(settings: &QuicSettings) -> Result<QuicRun, BenchError> {
     if settings.tenants == 0 || settings.skus_per_tenant < HOT_SKUS_MAX {
         return Err(BenchError::Settings(format!("at least 1 tenant and {HOT_SKUS_MAX} SKUs")));
     }
+    if settings.workers == 0 || settings.workers > WORKERS_MAX {
+        return Err(BenchError::Settings(format!("workers must be 1..={WORKERS_MAX}")));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(settings.workers)
         .enable_all()
         .build()
         .map_err(|error| load_error("start a runtime", error))?;

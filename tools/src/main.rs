@@ -230,6 +230,9 @@ struct ServerBenchArgs {
     /// Offered rate, operations per second over all connections (default: closed loop)
     #[arg(long, value_name = "OPS")]
     rate: Option<f64>,
+    /// Worker threads of the runtime that runs the server and the clients
+    #[arg(long, default_value_t = QuicSettings::default().workers)]
+    workers: usize,
     /// Print only the JSON object of workload.md
     #[arg(long)]
     json: bool,
@@ -393,6 +396,7 @@ fn run_bench_server(args: ServerBenchArgs) -> anyhow::Result<()> {
             crate::serve::ReplicationArg::Sync => reservoir_net::replication::ReplicationMode::Sync,
         }),
         rate_ops_per_s: args.rate,
+        workers: args.workers,
         ..QuicSettings::default()
     };
     let progress = (!args.json).then(|| {
