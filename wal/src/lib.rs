@@ -8,6 +8,7 @@ pub mod archive;
 pub mod codec;
 pub mod feed;
 pub mod format;
+mod reader;
 pub mod rejoin;
 pub mod restore;
 mod scan;
@@ -25,6 +26,7 @@ use reservoir_engine::{Engine, EngineError, Lsn};
 pub use archive::{DiskUsage, RetentionPolicy, RetentionReport};
 pub use feed::RecordTimes;
 pub use format::{RECORD_PAYLOAD_BYTES_MAX, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
+pub use reader::{FrameReader, READ_WINDOW_BYTES};
 pub use scan::{scan, scan_until, AppendPosition, Flow, ScanEnd, TornTail};
 pub use snapshotter::{SnapshotPolicy, Snapshotter, SnapshotterStats, SNAPSHOT_POLL_MS};
 pub use storage::{CrashStorage, FsStorage, LayeredStorage, Storage};
@@ -233,6 +235,11 @@ pub fn layered_storage(data_directory: &Path) -> Result<LayeredStorage, WalError
     let live = wal_directory(data_directory);
     LayeredStorage::new(&archive::archive_wal_directory(data_directory), &live)
         .map_err(|source| WalError::io(live.display().to_string(), source))
+}
+
+/// A [`FrameReader`] over a data directory's log, archive included, from `from` on.
+pub fn frame_reader(data_directory: &Path, from: Lsn) -> Result<FrameReader, WalError> {
+    Ok(FrameReader::new(Box::new(layered_storage(data_directory)?), from))
 }
 
 /// An exclusive lock on a data directory (`DATA_DIR/LOCK`, flock), so that two servers never

@@ -26,6 +26,13 @@ pub trait Storage: Send + Sync + 'static {
         whole.truncate(bytes);
         Ok(whole)
     }
+    /// `bytes` bytes of a segment from `offset` on (fewer where the segment ends first).
+    fn read_range(&self, sequence: u64, offset: u64, bytes: usize) -> io::Result<Vec<u8>> {
+        let whole = self.read(sequence)?;
+        let start = (offset as usize).min(whole.len());
+        let end = start.saturating_add(bytes).min(whole.len());
+        Ok(whole[start..end].to_vec())
+    }
     /// Creates a segment of `bytes` zero bytes starting with `header`, durably (file and
     /// directory entry synced) before returning.
     fn create(&self, sequence: u64, bytes: u64, header: &[u8]) -> io::Result<()>;
@@ -127,6 +134,15 @@ impl Storage for FsStorage {
         Ok(prefix)
     }
 
+    fn read_range(&self, sequence: u64, offset: u64, bytes: usize) -> io::Result<Vec<u8>> {
+        let file = File::open(self.path(sequence))?;
+        let length = file.metadata()?.len();
+        let bytes = length.saturating_sub(offset).min(bytes as u64) as usize;
+        let mut range = vec![0u8; bytes];
+        file.read_exact_at(&mut range, offset)?;
+        Ok(range)
+    }
+
     fn create(&self, sequence: u64, bytes: u64, header: &[u8]) -> io::Result<()> {
         assert!(header.len() as u64 <= bytes);
         let path = self.path(sequence);
@@ -210,6 +226,10 @@ impl Storage for LayeredStorage {
 
     fn read_prefix(&self, sequence: u64, bytes: usize) -> io::Result<Vec<u8>> {
         self.holder(sequence).read_prefix(sequence, bytes)
+    }
+
+    fn read_range(&self, sequence: u64, offset: u64, bytes: usize) -> io::Result<Vec<u8>> {
+        self.holder(sequence).read_range(sequence, offset, bytes)
     }
 
     fn create(&self, sequence: u64, bytes: u64, header: &[u8]) -> io::Result<()> {

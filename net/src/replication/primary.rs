@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reservoir_engine::epoch::Fork;
-use reservoir_engine::{Lsn, Record};
+use reservoir_engine::Lsn;
 use reservoir_wal::feed::FeedRead;
-use reservoir_wal::{Flow, RecordTimes, WalError};
+use reservoir_wal::{RecordTimes, WalError};
 
 use super::wire::{
     read_message, write_message, PrimaryMessage, StandbyMessage, SNAPSHOT_CHUNK_BYTES_MAX, WAL_CHUNK_BYTES_MAX,
@@ -187,7 +187,8 @@ async fn ship(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut credentials_generation = u64::MAX;
     let reader = core.wal.durable_lsn_reader();
-    let epoch_u32 = u32::try_from(core.epoch()).unwrap_or(u32::MAX);
+    // Where the last read from the segments stopped (a standby behind the feed).
+    let mut disk: Option<reservoir_wal::FrameReader> = None;
     // Feedback arrives on the same stream; a separate task reads it so writes never wait on it.
     let (feedback_sender, mut feedback) = tokio::sync::mpsc::channel::<Result<(u64, u64), NetError>>(64);
     let reader_task = tokio::spawn(async move {
@@ -233,17 +234,35 @@ async fn ship(
         let mut failed = None;
         while cursor <= durable {
             let (last_lsn, frames, durable_ms) = match reader.feed_read(cursor, WAL_CHUNK_BYTES_MAX) {
-                FeedRead::Frames { last_lsn, frames, durable_ms } => (last_lsn, frames, Some(durable_ms)),
+                FeedRead::Frames { last_lsn, frames, durable_ms } => {
+                    disk = None;
+                    (last_lsn, frames, Some(durable_ms))
+                }
                 FeedRead::Nothing => break,
                 FeedRead::NotHeld => {
+                    // Behind the feed: read from the segments, continuing the last disk read
+                    // when it stopped at the cursor (one pass over the log, not a scan from the
+                    // segment's start per chunk).
                     let directory = core.data_directory.clone();
+                    let continued = disk.take().filter(|reader| reader.next_lsn() == cursor);
                     let from = cursor;
-                    match tokio::task::spawn_blocking(move || read_from_disk(&directory, from, durable, epoch_u32))
-                        .await
-                    {
+                    let read = tokio::task::spawn_blocking(move || -> Result<_, WalError> {
+                        let mut reader = match continued {
+                            Some(reader) => reader,
+                            None => reservoir_wal::frame_reader(&directory, from)?,
+                        };
+                        let mut frames = Vec::new();
+                        let last_lsn = reader.read(durable, WAL_CHUNK_BYTES_MAX, &mut frames)?;
+                        Ok((reader, last_lsn, frames))
+                    })
+                    .await;
+                    match read {
                         // Read back from the segments: durable long ago, when is not kept (the
                         // lag then counts from the record's execution, an upper bound).
-                        Ok(Ok((last_lsn, frames))) => (last_lsn, frames, None),
+                        Ok(Ok((reader, last_lsn, frames))) => {
+                            disk = Some(reader);
+                            (last_lsn, frames, None)
+                        }
                         Ok(Err(error)) => {
                             failed = Some(NetError::Wal(error));
                             break;
@@ -292,31 +311,6 @@ async fn ship(
     };
     reader_task.abort();
     outcome
-}
-
-/// Records `from ..= through` (at most about `WAL_CHUNK_BYTES_MAX` of them) read from the
-/// segments, as frames.
-fn read_from_disk(
-    data_directory: &std::path::Path,
-    from: Lsn,
-    through: Lsn,
-    epoch: u32,
-) -> Result<(Lsn, Vec<u8>), WalError> {
-    let storage = reservoir_wal::layered_storage(data_directory)?;
-    let mut frames = Vec::new();
-    let mut last = Lsn(0);
-    reservoir_wal::scan_until(&storage, from, from, |record: &Record| {
-        if record.lsn > through {
-            return Ok(Flow::Stop);
-        }
-        reservoir_wal::format::encode_frame(record, record.lsn, epoch, &mut frames);
-        last = record.lsn;
-        Ok(if frames.len() >= WAL_CHUNK_BYTES_MAX || record.lsn == through { Flow::Stop } else { Flow::Continue })
-    })?;
-    if last < from {
-        return Err(WalError::MissingRecords { needed: from, first: Lsn(last.0 + 1) });
-    }
-    Ok((last, frames))
 }
 
 /// Sends the newest snapshot (asking the snapshotter for one if there is none yet).
