@@ -126,6 +126,10 @@ pub enum Frame {
     Zeros,
     /// Not a valid frame (torn, corrupt, or a leftover): why.
     Invalid(String),
+    /// A frame whose checksum holds but whose fields or payload do not decode: written whole
+    /// by a different (buggy or newer) encoder, never by a torn write. Recovery refuses it
+    /// wherever it is, the end of the log included.
+    Undecodable(String),
 }
 
 /// The timestamp in the header of a frame already validated (the feed's, a chunk shipped).
@@ -199,7 +203,7 @@ pub fn decode_frame(bytes: &[u8]) -> (Frame, usize) {
         kind: head[36],
     };
     if header.lsn.0 == 0 || header.batch_lsn.0 == 0 || header.batch_lsn.0 > header.lsn.0 {
-        return (Frame::Invalid("LSN fields out of range".into()), 0);
+        return (Frame::Undecodable("checksum-valid frame with LSN fields out of range".into()), 0);
     }
     match codec::decode(header.kind, &bytes[FRAME_HEADER_BYTES..payload_end]) {
         Ok(body) => {
@@ -208,7 +212,7 @@ pub fn decode_frame(bytes: &[u8]) -> (Frame, usize) {
         }
         // A checksum-valid frame whose payload does not decode was written by a different
         // (buggy or newer) encoder: never a torn write.
-        Err(error) => (Frame::Invalid(format!("checksum-valid record that does not decode: {error}")), 0),
+        Err(error) => (Frame::Undecodable(format!("checksum-valid record that does not decode: {error}")), 0),
     }
 }
 

@@ -118,7 +118,7 @@ impl FrameReader {
                 }
                 other => {
                     let why = match other {
-                        Frame::Invalid(why) => why,
+                        Frame::Invalid(why) | Frame::Undecodable(why) => why,
                         Frame::Record { record, .. } => {
                             format!("LSN {} where {} was expected", record.lsn.0, place.next_in_segment.0)
                         }

@@ -214,9 +214,25 @@ pub fn scan_until(
                     };
                     break;
                 }
+                // Regression (found by audit): a checksum-valid frame that does not decode was
+                // cut as a torn tail when it was the last one, though no torn write produces a
+                // frame whose checksum holds: a newer or buggy encoder wrote it whole, and
+                // cutting it would drop an acknowledged record. Refused wherever it is.
+                Frame::Undecodable(why) => {
+                    return Err(WalError::Corrupt {
+                        segment: storage.describe(sequence),
+                        offset: offset as u64,
+                        after_lsn: Lsn(next.0 - 1),
+                        why: format!(
+                            "{why}; the frame is whole (its checksum holds), so it is no torn write: \
+                             it was written by another version of Reservoir, or by a bug"
+                        ),
+                    });
+                }
                 other => {
                     let why = match other {
                         Frame::Invalid(why) => why,
+                        Frame::Undecodable(_) => unreachable!("refused above"),
                         Frame::Record { record, .. } => format!("LSN {} where {} was expected", record.lsn.0, next.0),
                         // Leftovers of a torn group after a lost sector: cut them too, so that
                         // they can never be read as records that continue a later log.

@@ -144,6 +144,36 @@ fn a_flipped_bit_in_the_last_record_is_cut_as_a_torn_tail() {
     assert_eq!(recovery.scan.last_lsn.0, last.0 - 1);
 }
 
+/// Regression (found by audit): a last frame whose checksum holds but whose payload does not
+/// decode was cut as a torn tail. No torn write leaves a checksum-valid frame: another encoder
+/// (a newer version, a bug) wrote it whole, and cutting it would drop an acknowledged record.
+#[test]
+fn a_checksum_valid_last_record_that_does_not_decode_refuses_to_start() {
+    let directory = tempfile::tempdir().unwrap();
+    let (_, per_command) = common::history(15, 500);
+    let last = write_log(directory.path(), &per_command);
+    let (sequence, offset, lsn) = *frames(directory.path()).last().unwrap();
+    assert_eq!(lsn, last.0);
+    let path = directory.path().join(segment_file_name(sequence));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let frame = &mut bytes[offset..];
+    frame[36] = 0xEE; // a record kind no version has written
+    let payload_bytes = u32::from_le_bytes(frame[4..8].try_into().unwrap()) as usize;
+    let checksum = crc32c::crc32c(&frame[4..reservoir_wal::format::FRAME_HEADER_BYTES + payload_bytes]);
+    frame[0..4].copy_from_slice(&checksum.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    match recover_into_new(directory.path()) {
+        Err(WalError::Corrupt { segment, offset: at, after_lsn, why }) => {
+            assert!(segment.ends_with(&segment_file_name(sequence)), "{segment}");
+            assert_eq!((at, after_lsn), (offset as u64, Lsn(lsn - 1)));
+            assert!(why.contains("checksum holds"), "{why}");
+        }
+        Err(other) => panic!("expected Corrupt, got {other}"),
+        Ok((_, recovery)) => panic!("the record was cut: {:?}", recovery.scan.torn),
+    }
+    assert!(std::fs::read(&path).unwrap() == bytes, "nothing was cut");
+}
+
 #[test]
 fn a_flipped_bit_in_a_middle_record_refuses_to_start_and_names_the_place() {
     let directory = tempfile::tempdir().unwrap();

@@ -356,7 +356,9 @@ fn apply(core: &Core, frames: &[u8]) -> Result<bool, NetError> {
                 offset += length;
             }
             (Frame::Zeros, _) => return Err(NetError::Protocol("zeros inside shipped WAL".into())),
-            (Frame::Invalid(why), _) => return Err(NetError::Protocol(format!("shipped WAL frame: {why}"))),
+            (Frame::Invalid(why) | Frame::Undecodable(why), _) => {
+                return Err(NetError::Protocol(format!("shipped WAL frame: {why}")))
+            }
         }
     }
     let _guard = core.apply_lock.lock();
