@@ -491,7 +491,7 @@ pub fn decode(map: &[u8], name: &str) -> Result<Loaded, WalError> {
     }
     let archived = rkyv::access::<ArchivedSnapState, rancor::Error>(archive)
         .map_err(|error| bad(format!("rkyv validation failed: {error}")))?;
-    if archived.next_lsn.to_native() != covers_lsn + 1 {
+    if covers_lsn.checked_add(1) != Some(archived.next_lsn.to_native()) {
         return Err(bad("header and archive disagree on the LSN".into()));
     }
     let history = field(48..56);

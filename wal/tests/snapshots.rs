@@ -9,7 +9,7 @@ use std::path::Path;
 use reservoir_engine::workload::{SplitMix64, Workload};
 use reservoir_engine::{Engine, Lsn};
 use reservoir_wal::snapshot::{self, snapshot_file_name};
-use reservoir_wal::{build_snapshot, open_data_directory, snapshot_directory, RetentionPolicy, WalOptions};
+use reservoir_wal::{build_snapshot, open_data_directory, snapshot_directory, RetentionPolicy, WalError, WalOptions};
 
 fn open(directory: &Path) -> reservoir_wal::Opened {
     open_data_directory(directory, common::config(), WalOptions::default(), |_| {}).unwrap()
@@ -147,6 +147,31 @@ fn corrupt_snapshot_bytes_never_panic_even_past_the_checksum() {
         }
     }
     assert!(refused >= 150, "every checksum-guarded flip is refused: {refused}");
+}
+
+/// Regression (found by audit): a header whose checksum holds and which says it covers LSN
+/// `u64::MAX` overflowed `covers_lsn + 1` (a panic in debug builds, the test profile's) instead
+/// of being refused.
+#[test]
+fn a_snapshot_header_covering_the_largest_lsn_is_refused_without_a_panic() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut workload = Workload::new(8, "m", 10);
+    let opened = open(directory.path());
+    drive(&opened, &mut workload, 50, 1_000_000);
+    let written = snapshot_of(directory.path(), Some(opened.wal.durable_lsn()), 1);
+    opened.wal.close().unwrap();
+    let mut bytes = std::fs::read(&written.path).unwrap();
+    bytes[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+    bytes[12..16].fill(0);
+    let header_crc = crc32c::crc32c(&bytes[..snapshot::SNAPSHOT_HEADER_BYTES]);
+    bytes[12..16].copy_from_slice(&header_crc.to_le_bytes());
+    let path = directory.path().join("probe.snap");
+    std::fs::write(&path, &bytes).unwrap();
+    match snapshot::load(&path) {
+        Err(WalError::Snapshot { why, .. }) => assert!(why.contains("disagree on the LSN"), "{why}"),
+        Err(other) => panic!("expected a Snapshot error, got {other}"),
+        Ok(_) => panic!("a header covering LSN u64::MAX must be refused"),
+    }
 }
 
 #[test]

@@ -274,9 +274,13 @@ impl StandbyEntry {
         let records = durable_lsn.saturating_sub(self.applied_lsn);
         let unsent = durable_lsn.saturating_sub(self.sent_lsn);
         let mean = self.bytes_sent.checked_div(self.records_sent).unwrap_or(128).max(1);
-        let bytes =
-            self.chunks.iter().filter(|chunk| chunk.last_lsn > self.applied_lsn).map(|chunk| chunk.bytes).sum::<u64>()
-                + unsent * mean;
+        let bytes = self
+            .chunks
+            .iter()
+            .filter(|chunk| chunk.last_lsn > self.applied_lsn)
+            .map(|chunk| chunk.bytes)
+            .sum::<u64>()
+            .saturating_add(unsent.saturating_mul(mean));
         // The first record not shipped: the feed's times (clamped: a wall clock stepped back
         // between execution and sync must not make `ms` exceed `ms_since_execution`). Not in
         // the feed at all, it was durable before the feed was turned on for this standby:
@@ -396,7 +400,7 @@ impl Following {
         let mean = self.bytes_received / self.records_received.max(1);
         Lag {
             records,
-            bytes: records * mean.max(1),
+            bytes: records.saturating_mul(mean.max(1)),
             ms: self.primary_now_ms.saturating_sub(self.last_applied_timestamp_ms),
             ms_since_execution: self.primary_now_ms.saturating_sub(self.last_applied_timestamp_ms),
             flush_ms: 0,
@@ -483,6 +487,23 @@ mod tests {
         let standbys = hub.standbys.lock();
         let entry = standbys.iter().find(|entry| entry.id == id).expect("registered");
         entry.lag(durable_lsn, now_ms, |_| unsent)
+    }
+
+    /// Regression (found by audit): the standby's lag in bytes multiplied the records behind
+    /// (from the primary's durable LSN, as the primary says it) by the mean record size
+    /// unchecked, which overflows (a panic in debug builds) for an LSN far ahead.
+    #[test]
+    fn a_standby_lag_far_behind_saturates_instead_of_overflowing() {
+        let following = Following {
+            primary_durable_lsn: u64::MAX,
+            bytes_received: 4 << 20,
+            records_received: 1,
+            primary_now_ms: 5_000,
+            last_applied_timestamp_ms: 1_000,
+            ..Following::default()
+        };
+        let lag = following.lag(1);
+        assert_eq!((lag.records, lag.bytes, lag.ms), (u64::MAX - 1, u64::MAX, 4_000));
     }
 
     #[test]
