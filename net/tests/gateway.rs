@@ -498,6 +498,10 @@ async fn a_token_reaches_only_its_tenant_through_the_gateway() {
     let unknown = setup.post(&format!("{DEMO}/receipts"), "rsv_0000", "k", scan.clone()).await;
     unknown.assert_problem(401, "unauthenticated");
     assert_eq!(unknown.body["number"], 105, "the protocol's code");
+    // Regression (found by audit): a token longer than any token (the protocol's 4 KiB
+    // bound) failed to encode upstream and was answered 502, as if the server were down.
+    let oversized = format!("rsv_{}", "0".repeat(reservoir_net::TOKEN_BYTES_MAX));
+    setup.get(&format!("{DEMO}/stock/A"), &oversized).await.assert_problem(401, "unauthenticated");
     // Another tenant's URL with demo's token, and the admin token on a tenant URL: 403.
     setup.post("/v1/tenants/acme/receipts", &setup.demo, "k", scan.clone()).await.assert_problem(403, "forbidden");
     setup.get("/v1/tenants/acme/stock/A", &setup.demo).await.assert_problem(403, "forbidden");

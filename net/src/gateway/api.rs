@@ -364,7 +364,13 @@ fn bearer(headers: &HeaderMap) -> Result<String, Problem> {
     let text = value.to_str().map_err(|_| unauthenticated("the Authorization header is not visible ASCII"))?;
     match text.trim().split_once(' ') {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
-            Ok(token.trim().to_owned())
+            let token = token.trim();
+            // No token is longer (the protocol's bound): unknown, not a failure to reach the
+            // server (regression: it failed to encode upstream and was answered 502).
+            if token.len() > crate::wire::TOKEN_BYTES_MAX {
+                return Err(unauthenticated("no token is that long: this is not a Reservoir token"));
+            }
+            Ok(token.to_owned())
         }
         _ => Err(unauthenticated("the Authorization header is not `Bearer <token>`")),
     }
