@@ -1003,28 +1003,15 @@ fn log_field(line: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in {line:?}"))
 }
 
-/// A standby that starts streaming from the primary's durable LSN and then applies nothing (it
-/// reads what the primary ships and never sends feedback): its lag grows with every write on
-/// the primary and with time, as a stalled standby's would. Dropping the connection ends it.
-async fn stalled_standby(primary: &Node, tokens: &Tokens, name: &str) -> quinn::Connection {
-    use reservoir_net::replication::wire::{read_message, write_message, PrimaryMessage, StandbyMessage};
+/// A replication stream to `primary`, past its `Hello` with `token`: the `Start` not yet sent.
+async fn replication_stream(primary: &Node, token: &str) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
     use reservoir_net::{decode_server_frame, ClientFrame, FrameDecoder, Hello, Role, ServerFrame};
-    let status = primary.status(&tokens.admin).await;
-    let history = u64::from_str_radix(status["history"].as_str().unwrap(), 16).unwrap();
-    let durable = status["durable_lsn"].as_u64().unwrap();
-    let epoch = status["epoch"].as_u64().unwrap();
-    let epochs: Vec<(u64, u64)> = status["epochs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|entry| (entry["epoch"].as_u64().unwrap(), entry["first_lsn"].as_u64().unwrap()))
-        .collect();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(reservoir_net::tls::client_config(&primary.ca()).unwrap());
     let connection = endpoint.connect(primary.address.parse().unwrap(), "127.0.0.1").unwrap().await.unwrap();
     let (mut send, mut recv) = connection.open_bi().await.unwrap();
     let mut bytes = Vec::new();
-    ClientFrame::Hello(Hello { version_min: 1, version_max: 1, token: tokens.replication.as_bytes().to_vec() })
+    ClientFrame::Hello(Hello { version_min: 1, version_max: 1, token: token.as_bytes().to_vec() })
         .encode(&mut bytes)
         .unwrap();
     send.write_all(&bytes).await.unwrap();
@@ -1039,6 +1026,25 @@ async fn stalled_standby(primary: &Node, tokens: &Tokens, name: &str) -> quinn::
         decoder.push(&chunk[..count]).unwrap();
     };
     assert!(matches!(&hello, ServerFrame::HelloReply(reply) if reply.role == Role::Replication), "{hello:?}");
+    (connection, send, recv)
+}
+
+/// A standby that starts streaming from the primary's durable LSN and then applies nothing (it
+/// reads what the primary ships and never sends feedback): its lag grows with every write on
+/// the primary and with time, as a stalled standby's would. Dropping the connection ends it.
+async fn stalled_standby(primary: &Node, tokens: &Tokens, name: &str) -> quinn::Connection {
+    use reservoir_net::replication::wire::{read_message, write_message, PrimaryMessage, StandbyMessage};
+    let status = primary.status(&tokens.admin).await;
+    let history = u64::from_str_radix(status["history"].as_str().unwrap(), 16).unwrap();
+    let durable = status["durable_lsn"].as_u64().unwrap();
+    let epoch = status["epoch"].as_u64().unwrap();
+    let epochs: Vec<(u64, u64)> = status["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| (entry["epoch"].as_u64().unwrap(), entry["first_lsn"].as_u64().unwrap()))
+        .collect();
+    let (connection, mut send, mut recv) = replication_stream(primary, &tokens.replication).await;
     let start = StandbyMessage::Start {
         next_lsn: durable + 1,
         history,
@@ -1088,6 +1094,37 @@ impl Stalled {
         self.standby.close(0u32.into(), b"done");
         let _ = self.primary.stop().await;
     }
+}
+
+/// Regression (found by audit): a primary read what a standby sent with the bound of what a
+/// primary sends (33 MiB), so a replication-token holder could make it wait for, and allocate,
+/// 33 MiB a stream. A standby's message over `STANDBY_MESSAGE_BYTES_MAX` now ends the stream at
+/// its length, before its body, and the primary goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_message_over_its_bound_ends_the_stream_at_its_length() {
+    use reservoir_net::replication::wire::{read_message, STANDBY_MESSAGE_BYTES_MAX};
+    let directory = tempfile::tempdir().unwrap();
+    let (primary, tokens) =
+        Node::start(options(directory.path(), free_port(), StartRole::Primary, ReplicationMode::Async)).await;
+    let tokens = tokens.unwrap();
+    let (connection, mut send, mut recv) = replication_stream(&primary, &tokens.replication).await;
+    // A length of 1 MiB, under the 33 MiB a primary sends, and no body.
+    let announced = (1u32 << 20).max(STANDBY_MESSAGE_BYTES_MAX as u32 + 1);
+    send.write_all(&announced.to_le_bytes()).await.unwrap();
+    // Well under the primary's 10 s wait for a first message, which would end it too.
+    let ended = tokio::time::timeout(Duration::from_secs(5), read_message(&mut recv)).await;
+    // The stream ends (or the connection with it); before, the primary waited for the body.
+    assert!(
+        matches!(ended, Ok(Ok(None) | Err(_))),
+        "the primary must end the stream, not wait for the body: {ended:?}"
+    );
+    connection.close(0u32.into(), b"done");
+    // Still serving.
+    let writer = primary.client(&tokens.demo).await;
+    let reply = writer.request(vec![receive("after", "SKU-1", 1)]).await.unwrap();
+    assert_eq!(reply.results[0].code(), ResultCode::Ok);
+    writer.close().await;
+    let _ = primary.stop().await;
 }
 
 /// Issue #5: the primary warns when a standby's lag passes the RPO, naming the standby and

@@ -11,7 +11,8 @@ use reservoir_wal::feed::FeedRead;
 use reservoir_wal::{RecordTimes, WalError};
 
 use super::wire::{
-    read_message, write_message, PrimaryMessage, StandbyMessage, SNAPSHOT_CHUNK_BYTES_MAX, WAL_CHUNK_BYTES_MAX,
+    read_message_at_most, write_message, PrimaryMessage, StandbyMessage, SNAPSHOT_CHUNK_BYTES_MAX,
+    STANDBY_MESSAGE_BYTES_MAX, WAL_CHUNK_BYTES_MAX,
 };
 use crate::credentials::{Grant, TokenDigest};
 use crate::message::NodeRole;
@@ -21,6 +22,8 @@ use crate::NetError;
 
 /// How long a base backup waits for the snapshotter to write a first snapshot.
 pub const BASE_BACKUP_WAIT_MS_MAX: u64 = 120_000;
+/// How long a primary waits for a replication stream's first message.
+pub const START_WAIT_MS_MAX: u64 = 10_000;
 
 /// Serves a replication stream (after `HelloReply` with the replication role). `token` is
 /// the digest of the replication token it was opened with: a stream whose token is revoked
@@ -32,9 +35,21 @@ pub(crate) async fn serve(
     mut recv: quinn::RecvStream,
     token: TokenDigest,
 ) {
-    let first = match read_message(&mut recv).await {
-        Ok(Some(body)) => StandbyMessage::decode(&body),
-        _ => return,
+    // A standby sends its `Start` (or `Fence`) at once: one that does not within
+    // `START_WAIT_MS_MAX` holds a stream for nothing.
+    let start_wait = Duration::from_millis(START_WAIT_MS_MAX);
+    let first = match tokio::time::timeout(start_wait, read_message_at_most(&mut recv, STANDBY_MESSAGE_BYTES_MAX)).await
+    {
+        Ok(Ok(Some(body))) => StandbyMessage::decode(&body),
+        Ok(Err(error)) => {
+            tracing::info!(%error, "replication stream refused before its start");
+            return;
+        }
+        Ok(Ok(None)) => return,
+        Err(_) => {
+            tracing::info!("replication stream sent no start within {START_WAIT_MS_MAX} ms");
+            return;
+        }
     };
     let outcome = match first {
         Ok(StandbyMessage::Start { next_lsn, history, epoch, epochs, epochs_complete, name }) => {
@@ -193,7 +208,7 @@ async fn ship(
     let (feedback_sender, mut feedback) = tokio::sync::mpsc::channel::<Result<(u64, u64), NetError>>(64);
     let reader_task = tokio::spawn(async move {
         loop {
-            let message = match read_message(&mut recv).await {
+            let message = match read_message_at_most(&mut recv, STANDBY_MESSAGE_BYTES_MAX).await {
                 Ok(Some(body)) => StandbyMessage::decode(&body).map_err(|error| NetError::Protocol(error.to_string())),
                 Ok(None) => Err(NetError::Connection("the standby closed the stream".into())),
                 Err(error) => Err(error),

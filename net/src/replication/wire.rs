@@ -344,9 +344,21 @@ impl PrimaryMessage {
     }
 }
 
+/// The largest message a standby sends: a `Start` with [`EPOCHS_SENT_MAX`] epochs and the
+/// longest name is about 1.3 KB. What a primary reads from a standby is bounded by it, not by
+/// [`REPLICATION_MESSAGE_BYTES_MAX`] (regression, found by audit: a replication-token holder
+/// could make the primary allocate 33 MiB per stream).
+pub const STANDBY_MESSAGE_BYTES_MAX: usize = 4_096;
+
 /// Reads one message's body from `recv` (`None` at a clean end of the stream). The length is
 /// checked before anything is allocated.
 pub async fn read_message(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, NetError> {
+    read_message_at_most(recv, REPLICATION_MESSAGE_BYTES_MAX).await
+}
+
+/// [`read_message`], refusing a message over `bytes_max`.
+pub async fn read_message_at_most(recv: &mut quinn::RecvStream, bytes_max: usize) -> Result<Option<Vec<u8>>, NetError> {
+    assert!(bytes_max <= REPLICATION_MESSAGE_BYTES_MAX);
     let mut header = [0u8; 4];
     match recv.read_exact(&mut header).await {
         Ok(()) => {}
@@ -354,7 +366,7 @@ pub async fn read_message(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>
         Err(error) => return Err(NetError::Connection(error.to_string())),
     }
     let length = u32::from_le_bytes(header) as usize;
-    if length == 0 || length > REPLICATION_MESSAGE_BYTES_MAX {
+    if length == 0 || length > bytes_max {
         return Err(NetError::Protocol(format!("replication message of {length} bytes")));
     }
     let mut body = vec![0u8; length];
@@ -370,4 +382,40 @@ pub async fn write_message(
     let mut bytes = Vec::new();
     encode(&mut bytes).map_err(|error| NetError::Protocol(error.to_string()))?;
     send.write_all(&bytes).await.map_err(|error| NetError::Connection(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_largest_standby_message_fits_the_bound_a_primary_reads() {
+        // A valid history of the most epochs (each epoch after the one before it, each
+        // beginning at a later record).
+        let mut epochs = vec![(reservoir_engine::epoch::epoch_after(reservoir_engine::EPOCH_FIRST, 1).unwrap(), 1u64)];
+        while epochs.len() < EPOCHS_SENT_MAX {
+            let &(epoch, lsn) = epochs.last().unwrap();
+            epochs.push((reservoir_engine::epoch::epoch_after(epoch, 1).unwrap(), lsn + 1_000_000));
+        }
+        let start = StandbyMessage::Start {
+            next_lsn: u64::MAX,
+            history: u64::MAX,
+            epoch: epochs.last().unwrap().0,
+            epochs,
+            epochs_complete: false,
+            name: "n".repeat(crate::wire::STRING_BYTES_MAX),
+        };
+        let mut bytes = Vec::new();
+        start.encode(&mut bytes).unwrap();
+        let fence = StandbyMessage::Fence {
+            epoch: reservoir_engine::epoch::EPOCH_MAX,
+            primary: "p".repeat(crate::wire::STRING_BYTES_MAX),
+        };
+        let mut fence_bytes = Vec::new();
+        fence.encode(&mut fence_bytes).unwrap();
+        // Each message is a 4-byte length and its body.
+        assert!(bytes.len() - 4 <= STANDBY_MESSAGE_BYTES_MAX, "{} bytes", bytes.len());
+        assert!(fence_bytes.len() - 4 <= STANDBY_MESSAGE_BYTES_MAX);
+        assert_eq!(u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize, bytes.len() - 4);
+    }
 }
