@@ -1016,7 +1016,11 @@ fn limiter(core: &Core, tenant: &str) -> Arc<governor::DefaultDirectRateLimiter>
         .allow_burst(NonZeroU32::new(rate.burst.max(1)).expect("at least 1"));
     let mut limiters = core.limiters.write();
     if limiters.len() >= RATE_LIMITERS_MAX {
-        limiters.clear();
+        // Drop only the limiters no session holds. Regression (found by audit): all were
+        // dropped, and a tenant's open sessions kept its old bucket while new ones got a
+        // fresh one, two rates for one tenant. What stays is bounded by the sessions open
+        // (the connection and stream caps).
+        limiters.retain(|_, limiter| Arc::strong_count(limiter) > 1);
     }
     limiters.entry(tenant.to_owned()).or_insert_with(|| Arc::new(governor::RateLimiter::direct(quota))).clone()
 }
@@ -1256,7 +1260,9 @@ fn handle_request(
         }
     }
     if let Principal::Tenant { limiter, .. } = &session.principal {
-        if let Some(count) = NonZeroU32::new(request.operations.len() as u32) {
+        let units =
+            request.operations.iter().fold(0u32, |units, operation| units.saturating_add(operation.rate_units()));
+        if let Some(count) = NonZeroU32::new(units) {
             let refused = match limiter.check_n(count) {
                 Ok(Ok(())) => None,
                 Ok(Err(not_until)) => {
@@ -1269,7 +1275,7 @@ fn handle_request(
                 core.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
                 // Larger than the burst: waiting cannot help, so no retry_after (split it).
                 let (message, retry_after_ms) = if wait_ms == u32::MAX {
-                    ("a request with more operations than the tenant's burst: split it", None)
+                    ("a request with more operations (import rows) than the tenant's burst: split it", None)
                 } else {
                     ("over the tenant's rate", Some(wait_ms.clamp(1, RETRY_AFTER_MS_MAX)))
                 };

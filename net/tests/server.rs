@@ -318,6 +318,50 @@ async fn a_tenant_over_its_rate_gets_rate_limited_with_a_retry_after() {
     assert!(admin.request(vec![Operation::ListTenants; 20]).await.is_ok());
 }
 
+/// Regression (found by audit): the tenant rate counted an import as one operation whatever
+/// its rows, so a tenant could write `IMPORT_ROWS_MAX` (10,000) items for one unit of rate.
+/// An import's rows count each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_costs_its_rows_against_the_tenant_rate() {
+    let running = start_with(|options| {
+        options.rate_per_tenant.insert("demo".into(), Rate { operations_per_second: 5, burst: 50 });
+    })
+    .await;
+    let demo = running.client(&running.demo).await.unwrap();
+    let import = |name: &str, count: usize| Operation::Import {
+        operation: name.into(),
+        rows: (0..count)
+            .map(|row| reservoir_net::WireImportRow {
+                sku: format!("{name}-{row}"),
+                location: "DC1".into(),
+                on_hand: 1,
+                safety_stock: None,
+                backorder_limit: None,
+            })
+            .collect(),
+    };
+    // More rows than the burst can never pass: split the import.
+    match demo.request(vec![import("large", 51)]).await {
+        Err(reservoir_net::NetError::Refused(error)) => {
+            assert_eq!(error.code, ProtocolErrorCode::RateLimited);
+            assert_eq!(error.retry_after_ms, None, "waiting cannot help an import larger than the burst");
+        }
+        other => panic!("an import of 51 rows must cost 51 of a burst of 50: {other:?}"),
+    }
+    // 40 rows pass and leave 10 of the burst: the next 40 must wait 30 rows at 5 a second.
+    let reply = demo.request(vec![import("first", 40)]).await.unwrap();
+    assert_eq!(reply_of(&reply.results[0]).code, ResultCode::Ok);
+    let mut raw = raw(&running, &running.demo).await;
+    match raw.request(1, vec![import("second", 40)]).await {
+        Some(ServerFrame::Error(error)) => {
+            assert_eq!(error.code, ProtocolErrorCode::RateLimited, "{error:?}");
+            assert!(error.retry_after_ms.is_some_and(|wait| wait >= 5_000), "30 rows at 5 a second: {error:?}");
+        }
+        other => panic!("the second import must wait for its 40 rows: {other:?}"),
+    }
+    running.server.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_idempotency_memory_answers_memory_full_and_applies_nothing() {
     // 4 id shards holding 2 reservations each at most.
