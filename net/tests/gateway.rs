@@ -938,3 +938,48 @@ async fn made_up_tokens_evict_no_connection_from_the_gateway_pool() {
     assert!(std::sync::Arc::ptr_eq(&pool.upstream(second).await.unwrap(), &adopted), "adopted");
     pool.clear();
 }
+
+/// Regression (found by audit): the gateway's cap on requests in flight was global only, so one
+/// tenant holding `REQUESTS_IN_FLIGHT_MAX` slow requests shut every other tenant out. Each
+/// token now has at most `REQUESTS_IN_FLIGHT_PER_TOKEN_MAX`: past it that token gets 503
+/// `too_many_in_flight` while another tenant is served, and its slots come back as its
+/// requests end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tokens_requests_in_flight_leave_room_for_other_tenants() {
+    use tokio::io::AsyncWriteExt as _;
+    let setup = start().await;
+    let acme = setup.tenant("acme").await;
+    // Requests whose bodies never come: each holds its slot until its deadline.
+    let mut slow = Vec::new();
+    for index in 0..gateway::REQUESTS_IN_FLIGHT_PER_TOKEN_MAX {
+        let mut socket = tokio::net::TcpStream::connect(setup.gateway.local_addr()).await.unwrap();
+        let head = format!(
+            "POST {DEMO}/receipts HTTP/1.1\r\nhost: gateway\r\nauthorization: Bearer {}\r\n\
+             idempotency-key: slow-{index}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n",
+            setup.demo
+        );
+        socket.write_all(head.as_bytes()).await.unwrap();
+        slow.push(socket);
+    }
+    // Once they are all admitted, demo's next request is refused at once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = setup.get(&format!("{DEMO}/stock/A"), &setup.demo).await;
+        if answer.status == 503 {
+            answer.assert_problem(503, "too_many_in_flight");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "demo's requests in flight were never capped: {answer:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Another tenant is served meanwhile.
+    let other = setup.get("/v1/tenants/acme/stock/A", &acme).await;
+    assert_ne!(other.status, 503, "{other:?}");
+    // The slots come back when the slow requests end.
+    drop(slow);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while setup.get(&format!("{DEMO}/stock/A"), &setup.demo).await.status == 503 {
+        assert!(std::time::Instant::now() < deadline, "demo's slots did not come back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

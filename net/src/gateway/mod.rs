@@ -35,6 +35,11 @@ pub use problem::{GatewayCode, Problem};
 pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// Requests the gateway serves at once; more are answered 503 `too_many_in_flight` at once.
 pub const REQUESTS_IN_FLIGHT_MAX: usize = 4_096;
+/// Requests with one `Authorization` header (one tenant's scanners, usually: they share its
+/// token) the gateway serves at once: a flood from one tenant leaves the rest of
+/// [`REQUESTS_IN_FLIGHT_MAX`] to the others. Regression (found by audit): the cap was global
+/// only, so one tenant holding 4,096 slow requests shut every other tenant out.
+pub const REQUESTS_IN_FLIGHT_PER_TOKEN_MAX: usize = 256;
 /// Bytes of a JSON request body.
 pub const JSON_BODY_BYTES_MAX: usize = 64 << 10;
 /// Bytes of an import body (CSV or JSON lines).
@@ -87,7 +92,46 @@ pub struct Gateway {
     pool: pool::Pool,
     request_timeout: Duration,
     in_flight: Arc<Semaphore>,
+    /// Requests in flight per `Authorization` header (keyed by its hash; an entry lives while
+    /// its count is above zero, so at most `REQUESTS_IN_FLIGHT_MAX` entries).
+    in_flight_per_token: parking_lot::Mutex<std::collections::HashMap<u64, usize>>,
+    token_hasher: std::collections::hash_map::RandomState,
     openapi_json: String,
+}
+
+/// One request's place among its token's requests in flight; given back when dropped.
+struct TokenSlot {
+    gateway: Arc<Gateway>,
+    key: u64,
+}
+
+impl Drop for TokenSlot {
+    fn drop(&mut self) {
+        let mut counts = self.gateway.in_flight_per_token.lock();
+        let count = counts.get_mut(&self.key).expect("a slot's token is counted");
+        assert!(*count > 0 && *count <= REQUESTS_IN_FLIGHT_PER_TOKEN_MAX);
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(&self.key);
+        }
+    }
+}
+
+impl Gateway {
+    /// A slot for a request with these `Authorization` bytes (none: the empty key), or `None`
+    /// when that token has [`REQUESTS_IN_FLIGHT_PER_TOKEN_MAX`] in flight.
+    fn token_slot(self: &Arc<Self>, authorization: &[u8]) -> Option<TokenSlot> {
+        use std::hash::BuildHasher as _;
+        let key = self.token_hasher.hash_one(authorization);
+        let mut counts = self.in_flight_per_token.lock();
+        let count = counts.entry(key).or_insert(0);
+        if *count >= REQUESTS_IN_FLIGHT_PER_TOKEN_MAX {
+            return None;
+        }
+        *count += 1;
+        debug_assert!(counts.len() <= REQUESTS_IN_FLIGHT_MAX);
+        Some(TokenSlot { gateway: self.clone(), key })
+    }
 }
 
 /// When the request must be answered by (set by the outermost layer).
@@ -148,6 +192,8 @@ pub fn router(options: &GatewayOptions) -> (Router, Arc<Gateway>) {
         ),
         request_timeout: Duration::from_millis(options.request_timeout_ms.max(1)),
         in_flight: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
+        in_flight_per_token: parking_lot::Mutex::new(std::collections::HashMap::new()),
+        token_hasher: std::collections::hash_map::RandomState::new(),
         openapi_json: openapi.to_json().unwrap_or_else(|_| "{}".into()),
     });
     let router = routes
@@ -196,6 +242,15 @@ async fn admit(State(gateway): State<Arc<Gateway>>, mut request: Request, next: 
         return Problem::protocol(
             crate::ProtocolErrorCode::TooManyInFlight,
             format!("the gateway serves {REQUESTS_IN_FLIGHT_MAX} requests at once"),
+        )
+        .into_response();
+    };
+    let authorization =
+        request.headers().get(axum::http::header::AUTHORIZATION).map_or(&[][..], |value| value.as_bytes());
+    let Some(_slot) = gateway.token_slot(authorization) else {
+        return Problem::protocol(
+            crate::ProtocolErrorCode::TooManyInFlight,
+            format!("this token has {REQUESTS_IN_FLIGHT_PER_TOKEN_MAX} requests in flight at the gateway"),
         )
         .into_response();
     };
