@@ -361,6 +361,8 @@ impl DurableLsnReader {
 pub struct Writer {
     storage: Arc<dyn Storage>,
     options: WalOptions,
+    /// The current segment's size, from its header (new segments: `options.segment_bytes`).
+    segment_bytes: u64,
     sequence: u64,
     offset: u64,
     segment_exists: bool,
@@ -530,9 +532,24 @@ impl Writer {
     pub fn new(storage: Arc<dyn Storage>, options: WalOptions, position: AppendPosition) -> Writer {
         assert!(position.next_lsn.0 >= 1);
         assert!(position.offset >= SEGMENT_HEADER_BYTES as u64);
+        // The current segment's size is its header's, which may differ from the options' (a
+        // restart with another `segment_bytes`). Regression (found by audit): the options'
+        // size was used, and a larger one wrote past the preallocated end, which the next
+        // start refused as a bad header. The scan has just read this header, so it reads.
+        let segment_bytes = if position.segment_exists {
+            storage
+                .read_prefix(position.sequence, SEGMENT_HEADER_BYTES)
+                .ok()
+                .and_then(|bytes| SegmentHeader::decode(&bytes).ok())
+                .map_or(options.segment_bytes, |header| header.segment_bytes)
+        } else {
+            options.segment_bytes
+        };
+        assert!(position.offset <= segment_bytes, "the append position is inside its segment");
         Writer {
             storage,
             options,
+            segment_bytes,
             sequence: position.sequence,
             offset: position.offset,
             segment_exists: position.segment_exists,
@@ -601,7 +618,7 @@ impl Writer {
             let before = self.buffer.len();
             encode_frame(&record, batch_lsn, self.options.epoch, &mut self.buffer);
             let frame_bytes = self.buffer.len() - before;
-            if !self.segment_exists || self.offset + (self.buffer.len() as u64) > self.options.segment_bytes {
+            if !self.segment_exists || self.offset + (self.buffer.len() as u64) > self.segment_bytes {
                 // The frame does not fit: write what is buffered to this segment, start the next.
                 let carried = self.buffer.split_off(before);
                 if !self.buffer.is_empty() {
@@ -681,7 +698,7 @@ impl Writer {
 
     fn flush_buffer(&mut self, touched: &mut Vec<u64>) -> Result<u64, WalError> {
         assert!(self.segment_exists);
-        assert!(self.offset + self.buffer.len() as u64 <= self.options.segment_bytes);
+        assert!(self.offset + self.buffer.len() as u64 <= self.segment_bytes);
         self.storage
             .write(self.sequence, self.offset, &self.buffer)
             .map_err(|source| WalError::io(self.storage.describe(self.sequence), source))?;
@@ -716,6 +733,7 @@ impl Writer {
             .create(self.sequence, self.options.segment_bytes, &header.encode())
             .map_err(|source| WalError::io(self.storage.describe(self.sequence), source))?;
         self.segment_exists = true;
+        self.segment_bytes = self.options.segment_bytes;
         self.offset = SEGMENT_HEADER_BYTES as u64;
         Ok(())
     }

@@ -457,3 +457,32 @@ fn a_frame_reader_reports_damage_and_missing_records() {
     let missing = reader(1).read(last, 1 << 20, &mut Vec::new());
     assert!(matches!(missing, Err(WalError::MissingRecords { needed: Lsn(1), .. })), "{missing:?}");
 }
+
+/// Regression (found by audit): a writer restarted with a larger `segment_bytes` sized the
+/// segment it resumed by its options, not its header, wrote past the file's preallocated end,
+/// and the next start refused the segment as a bad header. It now fills the resumed segment to
+/// its own size and makes new segments of the new one; both starts recover every record.
+#[test]
+fn a_restart_with_another_segment_size_keeps_each_segment_to_its_own() {
+    let directory = tempfile::tempdir().unwrap();
+    let (engine, per_command) = common::history(16, 30_000);
+    let (first, second) = per_command.split_at(per_command.len() / 4);
+    write_log(directory.path(), first);
+    let larger = WalOptions { segment_bytes: 2 * SEGMENT_BYTES_MIN, ..WalOptions::default() };
+    let storage = Arc::new(FsStorage::new(directory.path()).unwrap());
+    let recovery = recover(storage.as_ref(), &Engine::new(common::config()), |_| {}).unwrap();
+    let wal = Wal::start(storage, larger, recovery.scan.position).unwrap();
+    for records in second {
+        wal.append(records.clone()).unwrap();
+    }
+    let last = wal.close().unwrap();
+    assert!(frames(directory.path()).last().unwrap().0 >= 1, "the log went on into a new segment");
+    let sizes: Vec<u64> = (0..=frames(directory.path()).last().unwrap().0)
+        .map(|sequence| std::fs::metadata(directory.path().join(segment_file_name(sequence))).unwrap().len())
+        .collect();
+    assert_eq!(sizes[0], SEGMENT_BYTES_MIN, "the resumed segment kept its size: {sizes:?}");
+    assert!(sizes[1..].iter().all(|&size| size == 2 * SEGMENT_BYTES_MIN), "{sizes:?}");
+    let (recovered, recovery) = recover_into_new(directory.path()).unwrap();
+    assert_eq!(recovery.scan.last_lsn, last);
+    assert_eq!(recovered.dump(), engine.dump());
+}
