@@ -154,9 +154,9 @@ pub fn recover(storage: &dyn Storage, engine: &Engine, mut progress: impl FnMut(
         }
         Ok(())
     })?;
-    if scan.last_lsn.0 + 1 < from.0 && scan.first_lsn.is_some() {
-        return Err(WalError::MissingRecords { needed: from, first: Lsn(scan.last_lsn.0 + 1) });
-    }
+    // A log that starts after `from` was refused by the scan (`MissingRecords`). One that ends
+    // before it lost records the engine holds (regression, found by audit: this was reported
+    // as `MissingRecords` too, naming the log's end as its start).
     if scan.position.next_lsn < from {
         // Checked before any cut, so the damaged segment stays as it was found.
         return Err(WalError::LogBehindSnapshot { covered: Lsn(from.0 - 1), log_next: scan.position.next_lsn });

@@ -486,3 +486,26 @@ fn a_restart_with_another_segment_size_keeps_each_segment_to_its_own() {
     assert_eq!(recovery.scan.last_lsn, last);
     assert_eq!(recovered.dump(), engine.dump());
 }
+
+/// Regression (found by audit): a log that ends before what the engine already holds (a
+/// snapshot covering records whose segments were lost) was reported as `MissingRecords`, "the
+/// WAL starts at LSN N", naming its end as its start. It is `LogBehindSnapshot`: the log's
+/// end and what the snapshot covers.
+#[test]
+fn a_log_ending_before_the_snapshot_is_reported_as_behind_it_not_as_starting_late() {
+    let directory = tempfile::tempdir().unwrap();
+    let (_, per_command) = common::history(17, 2_000);
+    let all: Vec<Record> = per_command.iter().flatten().cloned().collect();
+    let on_disk = write_log(directory.path(), &per_command[..1_000]);
+    let covered = on_disk.0 as usize + 100;
+    assert!(covered < all.len());
+    let engine = common::replayed(&all, covered);
+    let storage = FsStorage::new(directory.path()).unwrap();
+    match recover(&storage, &engine, |_| {}) {
+        Err(WalError::LogBehindSnapshot { covered: said_covered, log_next }) => {
+            assert_eq!((said_covered, log_next), (Lsn(covered as u64), Lsn(on_disk.0 + 1)));
+        }
+        Err(other) => panic!("expected LogBehindSnapshot, got {other}"),
+        Ok(_) => panic!("a log behind the snapshot must not recover"),
+    }
+}
