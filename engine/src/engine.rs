@@ -256,9 +256,9 @@ impl Engine {
     }
 
     /// Whether a new id of `tenant` is refused by an id shard that holds `entries`, counted per
-    /// tenant in `tenants`: at the shard's share of the limit; and past 90% of it, if another
+    /// tenant in `tenants`: at the shard's share of the limit; past 90% of it, if another
     /// tenant holds some entries and this one holds at least an even share (its entries times
-    /// the tenants holding entries reach the shard's entries).
+    /// the tenants holding entries reach the shard's entries); and past 95% if it is alone.
     /// Without the second rule one tenant's flood of new ids, all younger than the retention
     /// floor so that none may be forgotten, filled the memory and every tenant's new ids were
     /// refused; with it the flood stops at 90% and the other tenants keep the rest (see
@@ -269,9 +269,16 @@ impl Engine {
         if entries >= shard_max {
             return true;
         }
-        entries >= forget_target(shard_max)
-            && tenants.tenants() >= 2
-            && tenants.of(tenant).saturating_mul(tenants.tenants()) >= entries
+        let target = forget_target(shard_max);
+        if tenants.tenants() <= 1 && tenants.of(tenant) == entries {
+            // Alone in the shard: it stops halfway between the target and the limit, leaving
+            // the rest to the next tenant. Above the target, so that `forget` (which trims a
+            // shard back to the target) still makes room for it. Regression (found by audit):
+            // a tenant alone filled the shard, with open reservations (never forgotten), and
+            // a latecomer's first new id there was refused.
+            return entries >= target + (shard_max - target).div_ceil(2);
+        }
+        entries >= target && tenants.of(tenant).saturating_mul(tenants.tenants()) >= entries
     }
 
     /// What one id shard may hold.

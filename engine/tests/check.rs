@@ -665,8 +665,20 @@ fn a_tenant_flooding_new_ids_leaves_the_others_room() {
             reserves("initech", "t", 1..=5)
         ),
     );
-    // One tenant alone may use the whole share (there is nobody to leave room for).
-    run(&["acme"], &format!("{}reserve acme r21 SKU1@A:1 => memory_full", reserves("acme", "r", 1..=20)));
+    // Regression (found by audit): one tenant alone used the whole share, and the first tenant
+    // to come later was refused its first id. Alone, a tenant stops halfway between 90% and
+    // the limit (19 of 20 here); a newcomer gets the rest.
+    run(
+        &["acme", "globex"],
+        &format!(
+            "{}reserve acme r20 SKU1@A:1 => memory_full
+             reserve globex s1 SKU1@A:1 => ok
+             reserve globex s2 SKU1@A:1 => memory_full
+             stock acme SKU1@A on_hand=100 reserved=19
+             stock globex SKU1@A on_hand=100 reserved=1",
+            reserves("acme", "r", 1..=19)
+        ),
+    );
 }
 
 #[test]
