@@ -402,8 +402,9 @@ fn engine_lines(lines: &[WireLine]) -> Result<Vec<Line>, ResultCode> {
 impl Operation {
     /// What the operation costs against its tenant's rate: one per row of an import (each
     /// row writes an item, and an import may carry `IMPORT_ROWS_MAX` of them), one for any
-    /// other operation. Regression (found by audit): an import of 10,000 rows cost one, so a
-    /// tenant could write 10,000 times its rate.
+    /// other operation. The server caps an import's cost at the tenant's burst and charges a
+    /// retried one (its id remembered) one. Regression (found by audit): an import of 10,000
+    /// rows cost one, so a tenant could write 10,000 times its rate.
     pub fn rate_units(&self) -> u32 {
         match self {
             Operation::Import { rows, .. } => u32::try_from(rows.len()).unwrap_or(u32::MAX).max(1),

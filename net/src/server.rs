@@ -1259,9 +1259,21 @@ fn handle_request(
             return Err(error);
         }
     }
-    if let Principal::Tenant { limiter, .. } = &session.principal {
-        let units =
-            request.operations.iter().fold(0u32, |units, operation| units.saturating_add(operation.rate_units()));
+    if let Principal::Tenant { id: tenant, name, limiter } = &session.principal {
+        // What the request costs: an import one per row, at most the tenant's burst (an import
+        // larger than the burst, as the clients cut them, passes once the bucket is full and
+        // takes all of it), and one if its id is remembered (a retry is answered from memory;
+        // charging its rows again would keep a retried large import from getting past the
+        // parts it already did); any other operation one.
+        let burst = core.rate_per_tenant.get(name).copied().unwrap_or(core.rate_default).burst.max(1);
+        let units = request
+            .operations
+            .iter()
+            .map(|operation| match operation {
+                crate::Operation::Import { operation: id, .. } if core.engine.operation(*tenant, id).is_some() => 1,
+                _ => operation.rate_units().min(burst),
+            })
+            .fold(0u32, u32::saturating_add);
         if let Some(count) = NonZeroU32::new(units) {
             let refused = match limiter.check_n(count) {
                 Ok(Ok(())) => None,
@@ -1275,7 +1287,7 @@ fn handle_request(
                 core.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
                 // Larger than the burst: waiting cannot help, so no retry_after (split it).
                 let (message, retry_after_ms) = if wait_ms == u32::MAX {
-                    ("a request with more operations (import rows) than the tenant's burst: split it", None)
+                    ("a request with more operations than the tenant's burst: split it", None)
                 } else {
                     ("over the tenant's rate", Some(wait_ms.clamp(1, RETRY_AFTER_MS_MAX)))
                 };

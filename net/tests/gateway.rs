@@ -972,6 +972,18 @@ async fn one_tokens_requests_in_flight_leave_room_for_other_tenants() {
         assert!(std::time::Instant::now() < deadline, "demo's requests in flight were never capped: {answer:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The same token spelt another way is the same share (review: the key was the raw header).
+    let respelt = setup
+        .send(
+            setup
+                .http
+                .get(setup.url(&format!("{DEMO}/stock/A")))
+                .header("authorization", format!("bEaReR   {}  ", setup.demo)),
+        )
+        .await;
+    respelt.assert_problem(503, "too_many_in_flight");
+    // Requests with no token at all are not this token's, nor capped per token.
+    assert_eq!(setup.send(setup.http.get(setup.url("/healthz"))).await.status, 200);
     // Another tenant is served meanwhile.
     let other = setup.get("/v1/tenants/acme/stock/A", &acme).await;
     assert_ne!(other.status, 503, "{other:?}");

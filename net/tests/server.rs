@@ -319,8 +319,10 @@ async fn a_tenant_over_its_rate_gets_rate_limited_with_a_retry_after() {
 }
 
 /// Regression (found by audit): the tenant rate counted an import as one operation whatever
-/// its rows, so a tenant could write `IMPORT_ROWS_MAX` (10,000) items for one unit of rate.
-/// An import's rows count each.
+/// its rows, so a tenant could write `IMPORT_ROWS_MAX` (10,000) items for one unit of rate. An
+/// import's rows count each, up to the tenant's burst (so that an import larger than the burst
+/// still passes, taking all of it); a retried import, answered from memory, costs one (a
+/// retried multi-part import must get past the parts it already did).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_import_costs_its_rows_against_the_tenant_rate() {
     let running = start_with(|options| {
@@ -340,24 +342,26 @@ async fn an_import_costs_its_rows_against_the_tenant_rate() {
             })
             .collect(),
     };
-    // More rows than the burst can never pass: split the import.
-    match demo.request(vec![import("large", 51)]).await {
-        Err(reservoir_net::NetError::Refused(error)) => {
-            assert_eq!(error.code, ProtocolErrorCode::RateLimited);
-            assert_eq!(error.retry_after_ms, None, "waiting cannot help an import larger than the burst");
-        }
-        other => panic!("an import of 51 rows must cost 51 of a burst of 50: {other:?}"),
-    }
-    // 40 rows pass and leave 10 of the burst: the next 40 must wait 30 rows at 5 a second.
-    let reply = demo.request(vec![import("first", 40)]).await.unwrap();
+    // 60 rows, more than the burst: it passes on the full bucket and takes all of it.
+    let reply = demo.request(vec![import("large", 60)]).await.unwrap();
     assert_eq!(reply_of(&reply.results[0]).code, ResultCode::Ok);
     let mut raw = raw(&running, &running.demo).await;
+    // The next 40 rows wait for 40 units at 5 a second; before, they cost one.
     match raw.request(1, vec![import("second", 40)]).await {
         Some(ServerFrame::Error(error)) => {
             assert_eq!(error.code, ProtocolErrorCode::RateLimited, "{error:?}");
-            assert!(error.retry_after_ms.is_some_and(|wait| wait >= 5_000), "30 rows at 5 a second: {error:?}");
+            assert!(error.retry_after_ms.is_some_and(|wait| wait >= 7_000), "40 rows at 5 a second: {error:?}");
         }
         other => panic!("the second import must wait for its 40 rows: {other:?}"),
+    }
+    // A retry of the first import waits for one unit only.
+    match raw.request(2, vec![import("large", 60)]).await {
+        Some(ServerFrame::Error(error)) => {
+            assert_eq!(error.code, ProtocolErrorCode::RateLimited, "{error:?}");
+            assert!(error.retry_after_ms.is_some_and(|wait| wait <= 1_000), "a retry costs one unit: {error:?}");
+        }
+        Some(ServerFrame::Reply(reply)) => assert_eq!(reply_of(&reply.results[0]).code, ResultCode::Ok),
+        other => panic!("{other:?}"),
     }
     running.server.shutdown().await.unwrap();
 }

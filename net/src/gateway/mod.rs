@@ -35,8 +35,8 @@ pub use problem::{GatewayCode, Problem};
 pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// Requests the gateway serves at once; more are answered 503 `too_many_in_flight` at once.
 pub const REQUESTS_IN_FLIGHT_MAX: usize = 4_096;
-/// Requests with one `Authorization` header (one tenant's scanners, usually: they share its
-/// token) the gateway serves at once: a flood from one tenant leaves the rest of
+/// Requests with one bearer token (one tenant's scanners, usually: they share its token) the
+/// gateway serves at once: a flood from one tenant leaves the rest of
 /// [`REQUESTS_IN_FLIGHT_MAX`] to the others. Regression (found by audit): the cap was global
 /// only, so one tenant holding 4,096 slow requests shut every other tenant out.
 pub const REQUESTS_IN_FLIGHT_PER_TOKEN_MAX: usize = 256;
@@ -92,11 +92,21 @@ pub struct Gateway {
     pool: pool::Pool,
     request_timeout: Duration,
     in_flight: Arc<Semaphore>,
-    /// Requests in flight per `Authorization` header (keyed by its hash; an entry lives while
-    /// its count is above zero, so at most `REQUESTS_IN_FLIGHT_MAX` entries).
+    /// Requests in flight per bearer token (keyed by the hash of [`token_key`]; an entry lives
+    /// while its count is above zero, so at most `REQUESTS_IN_FLIGHT_MAX` entries).
     in_flight_per_token: parking_lot::Mutex<std::collections::HashMap<u64, usize>>,
     token_hasher: std::collections::hash_map::RandomState,
     openapi_json: String,
+}
+
+/// The token of an `Authorization` header as the handlers read it: after a `Bearer` scheme in
+/// any case, spaces trimmed; a header of another form is its own key (it is refused 401).
+fn token_key(authorization: &[u8]) -> &[u8] {
+    let trimmed = authorization.trim_ascii();
+    match trimmed.iter().position(|&byte| byte == b' ') {
+        Some(space) if trimmed[..space].eq_ignore_ascii_case(b"bearer") => trimmed[space..].trim_ascii(),
+        _ => trimmed,
+    }
 }
 
 /// One request's place among its token's requests in flight; given back when dropped.
@@ -118,11 +128,11 @@ impl Drop for TokenSlot {
 }
 
 impl Gateway {
-    /// A slot for a request with these `Authorization` bytes (none: the empty key), or `None`
-    /// when that token has [`REQUESTS_IN_FLIGHT_PER_TOKEN_MAX`] in flight.
-    fn token_slot(self: &Arc<Self>, authorization: &[u8]) -> Option<TokenSlot> {
+    /// A slot for a request with this token (see [`token_key`]), or `None` when that token
+    /// has [`REQUESTS_IN_FLIGHT_PER_TOKEN_MAX`] in flight.
+    fn token_slot(self: &Arc<Self>, token: &[u8]) -> Option<TokenSlot> {
         use std::hash::BuildHasher as _;
-        let key = self.token_hasher.hash_one(authorization);
+        let key = self.token_hasher.hash_one(token);
         let mut counts = self.in_flight_per_token.lock();
         let count = counts.entry(key).or_insert(0);
         if *count >= REQUESTS_IN_FLIGHT_PER_TOKEN_MAX {
@@ -245,14 +255,22 @@ async fn admit(State(gateway): State<Arc<Gateway>>, mut request: Request, next: 
         )
         .into_response();
     };
-    let authorization =
-        request.headers().get(axum::http::header::AUTHORIZATION).map_or(&[][..], |value| value.as_bytes());
-    let Some(_slot) = gateway.token_slot(authorization) else {
-        return Problem::protocol(
-            crate::ProtocolErrorCode::TooManyInFlight,
-            format!("this token has {REQUESTS_IN_FLIGHT_PER_TOKEN_MAX} requests in flight at the gateway"),
-        )
-        .into_response();
+    // Keyed by the token as the handlers read it (any case of "Bearer", spaces trimmed), so
+    // that spelling the header another way is not another share. Requests without one (health
+    // probes, the OpenAPI document, and requests refused 401 at once) have the global cap only.
+    let token = request.headers().get(axum::http::header::AUTHORIZATION).map(|value| token_key(value.as_bytes()));
+    let _slot = match token {
+        None => None,
+        Some(token) => match gateway.token_slot(token) {
+            Some(slot) => Some(slot),
+            None => {
+                return Problem::protocol(
+                    crate::ProtocolErrorCode::TooManyInFlight,
+                    format!("this token has {REQUESTS_IN_FLIGHT_PER_TOKEN_MAX} requests in flight at the gateway"),
+                )
+                .into_response()
+            }
+        },
     };
     let deadline = Instant::now() + gateway.request_timeout;
     request.extensions_mut().insert(Deadline(deadline));
