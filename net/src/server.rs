@@ -1259,6 +1259,12 @@ fn handle_request(
             return Err(error);
         }
     }
+    // Taken before the rate is charged: a request refused for the cap costs no rate (review).
+    let Ok(permit) = session.in_flight.clone().try_acquire_owned() else {
+        let mut error = error_frame(id, ProtocolErrorCode::TooManyInFlight, "wait for replies before sending more");
+        error.retry_after_ms = Some(10);
+        return Err(error);
+    };
     if let Principal::Tenant { id: tenant, name, limiter } = &session.principal {
         // What the request costs: an import one per row, at most the tenant's burst (an import
         // larger than the burst, as the clients cut them, passes once the bucket is full and
@@ -1297,11 +1303,6 @@ fn handle_request(
             }
         }
     }
-    let Ok(permit) = session.in_flight.clone().try_acquire_owned() else {
-        let mut error = error_frame(id, ProtocolErrorCode::TooManyInFlight, "wait for replies before sending more");
-        error.retry_after_ms = Some(10);
-        return Err(error);
-    };
     let tenant = match &session.principal {
         Principal::Tenant { id, .. } => *id,
         // Admin operations name their tenant themselves.

@@ -6,7 +6,8 @@
 //! from the segment's start up to the chunk. A 1 MiB chunk cost about a segment's worth of
 //! reading and decoding, so a standby that fell behind the feed caught up at ~80 k records/s
 //! while the primary wrote 800 k/s: it never caught up. A reader positions once, then reads
-//! each part of the log once, through a window of [`READ_WINDOW_BYTES`].
+//! the log forward through a window of [`READ_WINDOW_BYTES`], refilled when less than the
+//! largest frame is left in it: each byte is read at most twice.
 
 use reservoir_engine::Lsn;
 
