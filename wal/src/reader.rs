@@ -161,8 +161,16 @@ impl FrameReader {
     fn next_segment(&self) -> Result<Place, WalError> {
         let place = self.place.as_ref().expect("a current segment");
         let sequence = place.sequence + 1;
-        let exists =
-            self.storage.list().map_err(|source| WalError::io("list the WAL directory", source))?.contains(&sequence);
+        // Listed twice before giving up: retention moves segments from the live directory to
+        // the archive, and one moved between the two directories' listings is in neither.
+        let mut exists = false;
+        for _ in 0..2 {
+            let sequences = self.storage.list().map_err(|source| WalError::io("list the WAL directory", source))?;
+            exists = sequences.contains(&sequence);
+            if exists {
+                break;
+            }
+        }
         if !exists {
             return Err(WalError::Corrupt {
                 segment: self.storage.describe(place.sequence),
