@@ -42,6 +42,25 @@ pub trait Storage: Send + Sync + 'static {
     fn sync(&self, sequence: u64) -> io::Result<()>;
     /// Removes a segment, durably.
     fn remove(&self, sequence: u64) -> io::Result<()>;
+    /// Drops the segment's pages from the operating system's cache (after syncing it), so that
+    /// the next read sees what is on the disk. Nothing to do where there is no such cache.
+    fn evict_cached(&self, sequence: u64) -> io::Result<()> {
+        let _ = sequence;
+        Ok(())
+    }
+    /// Records, durably, that a write or sync failed: the page cache may hold pages of this log
+    /// that never reached the disk (fsyncgate), which the next recovery must not trust.
+    fn mark_write_failed(&self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Whether [`Storage::mark_write_failed`] was called and not cleared since.
+    fn write_failed_marked(&self) -> bool {
+        false
+    }
+    /// Clears the mark, durably (after a recovery that read the disk).
+    fn clear_write_failed(&self) -> io::Result<()> {
+        Ok(())
+    }
     /// A readable name for messages: the path of the segment file.
     fn describe(&self, sequence: u64) -> String;
 }
@@ -49,6 +68,9 @@ pub trait Storage: Send + Sync + 'static {
 pub fn segment_file_name(sequence: u64) -> String {
     format!("{sequence:016}.wal")
 }
+
+/// In a WAL directory: a write or sync of its log failed (see [`Storage::mark_write_failed`]).
+pub const WRITE_FAILED_FILE: &str = "WRITE_FAILED";
 
 /// The real thing.
 pub struct FsStorage {
@@ -173,6 +195,43 @@ impl Storage for FsStorage {
         self.sync_directory()
     }
 
+    fn mark_write_failed(&self) -> io::Result<()> {
+        let mut file = File::create(self.directory.join(WRITE_FAILED_FILE))?;
+        std::io::Write::write_all(
+            &mut file,
+            b"a write or fdatasync of this log failed; the next start reads the log from the disk\n",
+        )?;
+        file.sync_all()?;
+        self.sync_directory()
+    }
+
+    fn write_failed_marked(&self) -> bool {
+        self.directory.join(WRITE_FAILED_FILE).exists()
+    }
+
+    fn clear_write_failed(&self) -> io::Result<()> {
+        match std::fs::remove_file(self.directory.join(WRITE_FAILED_FILE)) {
+            Ok(()) => self.sync_directory(),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    fn evict_cached(&self, sequence: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd as _;
+        let file = File::open(self.path(sequence))?;
+        // Dirty pages first (POSIX_FADV_DONTNEED drops only clean ones); an error here is a
+        // write the kernel could not make durable.
+        file.sync_data()?;
+        // SAFETY: the descriptor is open for the duration of the call; posix_fadvise only
+        // reads its arguments.
+        let result = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        match result {
+            0 | libc::ENOSYS | libc::EINVAL => Ok(()),
+            code => Err(io::Error::from_raw_os_error(code)),
+        }
+    }
+
     fn describe(&self, sequence: u64) -> String {
         self.path(sequence).display().to_string()
     }
@@ -252,6 +311,22 @@ impl Storage for LayeredStorage {
 
     fn remove(&self, sequence: u64) -> io::Result<()> {
         self.holder(sequence).remove(sequence)
+    }
+
+    fn evict_cached(&self, sequence: u64) -> io::Result<()> {
+        self.holder(sequence).evict_cached(sequence)
+    }
+
+    fn mark_write_failed(&self) -> io::Result<()> {
+        self.live.mark_write_failed()
+    }
+
+    fn write_failed_marked(&self) -> bool {
+        self.live.write_failed_marked()
+    }
+
+    fn clear_write_failed(&self) -> io::Result<()> {
+        self.live.clear_write_failed()
     }
 
     fn describe(&self, sequence: u64) -> String {

@@ -407,7 +407,12 @@ fn run(mut writer: Writer, receiver: Receiver<Vec<Record>>, shared: Arc<Shared>)
             panic.downcast_ref::<String>().map(String::as_str).or(panic.downcast_ref::<&str>().copied()).unwrap_or("?")
         )),
     };
-    if let Some(failure) = failure {
+    if let Some(mut failure) = failure {
+        // Best effort: a disk that failed a sync may fail this too, and the failure stands
+        // either way (the next recovery then trusts the page cache, as before the mark).
+        if let Err(error) = writer.storage.mark_write_failed() {
+            failure = format!("{failure} (and marking the log for the next start failed: {error})");
+        }
         let mut state = shared.state.lock();
         // fsyncgate: after a failed write or fsync nothing is retried or acknowledged.
         state.failed = Some(failure);

@@ -509,3 +509,151 @@ fn a_log_ending_before_the_snapshot_is_reported_as_behind_it_not_as_starting_lat
         Ok(_) => panic!("a log behind the snapshot must not recover"),
     }
 }
+
+/// Storage that logs which segments were evicted from the cache and which were read whole.
+struct Recording {
+    inner: FsStorage,
+    log: std::sync::Mutex<Vec<(&'static str, u64)>>,
+}
+
+impl Storage for Recording {
+    fn list(&self) -> std::io::Result<Vec<u64>> {
+        self.inner.list()
+    }
+    fn read(&self, sequence: u64) -> std::io::Result<Vec<u8>> {
+        self.log.lock().unwrap().push(("read", sequence));
+        self.inner.read(sequence)
+    }
+    fn read_prefix(&self, sequence: u64, bytes: usize) -> std::io::Result<Vec<u8>> {
+        self.inner.read_prefix(sequence, bytes)
+    }
+    fn create(&self, sequence: u64, bytes: u64, header: &[u8]) -> std::io::Result<()> {
+        self.inner.create(sequence, bytes, header)
+    }
+    fn write(&self, sequence: u64, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        self.inner.write(sequence, offset, bytes)
+    }
+    fn sync(&self, sequence: u64) -> std::io::Result<()> {
+        self.inner.sync(sequence)
+    }
+    fn remove(&self, sequence: u64) -> std::io::Result<()> {
+        self.inner.remove(sequence)
+    }
+    fn evict_cached(&self, sequence: u64) -> std::io::Result<()> {
+        self.log.lock().unwrap().push(("evict", sequence));
+        self.inner.evict_cached(sequence)
+    }
+    fn mark_write_failed(&self) -> std::io::Result<()> {
+        self.inner.mark_write_failed()
+    }
+    fn write_failed_marked(&self) -> bool {
+        self.inner.write_failed_marked()
+    }
+    fn clear_write_failed(&self) -> std::io::Result<()> {
+        self.inner.clear_write_failed()
+    }
+    fn describe(&self, sequence: u64) -> String {
+        self.inner.describe(sequence)
+    }
+}
+
+/// fsyncgate: after a failed fdatasync the kernel may keep pages it never wrote, marked clean,
+/// and a restart on the same boot would replay them (records a reboot then loses, with later
+/// ones after the hole). A writer that fails marks the log; the next recovery then syncs and
+/// evicts every segment it replays from the page cache before it reads it, so that replay reads
+/// the disk, and clears the mark. Segments wholly before the start are left alone, and without
+/// the mark nothing is evicted (it made every restart's replay ~1.6x slower).
+#[test]
+fn after_a_marked_write_failure_recovery_reads_the_segments_it_replays_from_the_disk() {
+    let directory = tempfile::tempdir().unwrap();
+    let (engine, per_command) = common::history(18, 30_000);
+    let all: Vec<Record> = per_command.iter().flatten().cloned().collect();
+    let last = write_log(directory.path(), &per_command);
+    let placed = frames(directory.path());
+    let segments = placed.last().unwrap().0 + 1;
+    assert!(segments >= 2, "the log must span two segments");
+    let recording = || Recording { inner: FsStorage::new(directory.path()).unwrap(), log: Default::default() };
+    let evictions = |storage: &Recording| storage.log.lock().unwrap().iter().filter(|event| event.0 == "evict").count();
+    // No mark: the cache is trusted.
+    let storage = recording();
+    recover(&storage, &Engine::new(common::config()), |_| {}).unwrap();
+    assert_eq!(evictions(&storage), 0);
+    // Marked: every segment is evicted before it is read, and the mark is cleared.
+    let storage = recording();
+    storage.mark_write_failed().unwrap();
+    assert!(directory.path().join(reservoir_wal::storage::WRITE_FAILED_FILE).exists());
+    let recovered = Engine::new(common::config());
+    let recovery = recover(&storage, &recovered, |_| {}).unwrap();
+    assert_eq!((recovery.scan.last_lsn, recovered.dump()), (last, engine.dump()));
+    let log = storage.log.lock().unwrap().clone();
+    for sequence in 0..segments {
+        let evicted = log.iter().position(|&event| event == ("evict", sequence));
+        let read = log.iter().position(|&event| event == ("read", sequence));
+        assert!(evicted.is_some() && evicted < read, "segment {sequence}: {log:?}");
+    }
+    assert!(!storage.write_failed_marked(), "cleared after the recovery");
+    // From the last segment's first record (as after a snapshot): only that one.
+    let from = placed.iter().find(|frame| frame.0 == segments - 1).unwrap().2;
+    let storage = recording();
+    storage.mark_write_failed().unwrap();
+    recover(&storage, &common::replayed(&all, from as usize - 1), |_| {}).unwrap();
+    let evicted: Vec<u64> =
+        storage.log.lock().unwrap().iter().filter(|event| event.0 == "evict").map(|event| event.1).collect();
+    assert_eq!(evicted, vec![segments - 1]);
+}
+
+/// Storage whose fdatasync fails from the `fail_from`-th call on.
+struct FailingSync {
+    inner: FsStorage,
+    syncs: std::sync::atomic::AtomicUsize,
+    fail_from: usize,
+}
+
+impl Storage for FailingSync {
+    fn list(&self) -> std::io::Result<Vec<u64>> {
+        self.inner.list()
+    }
+    fn read(&self, sequence: u64) -> std::io::Result<Vec<u8>> {
+        self.inner.read(sequence)
+    }
+    fn create(&self, sequence: u64, bytes: u64, header: &[u8]) -> std::io::Result<()> {
+        self.inner.create(sequence, bytes, header)
+    }
+    fn write(&self, sequence: u64, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        self.inner.write(sequence, offset, bytes)
+    }
+    fn sync(&self, sequence: u64) -> std::io::Result<()> {
+        if self.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 >= self.fail_from {
+            return Err(std::io::Error::other("injected EIO"));
+        }
+        self.inner.sync(sequence)
+    }
+    fn remove(&self, sequence: u64) -> std::io::Result<()> {
+        self.inner.remove(sequence)
+    }
+    fn mark_write_failed(&self) -> std::io::Result<()> {
+        self.inner.mark_write_failed()
+    }
+    fn describe(&self, sequence: u64) -> String {
+        self.inner.describe(sequence)
+    }
+}
+
+/// The writer marks its log when an fdatasync fails, so that the next start distrusts the
+/// page cache (above).
+#[test]
+fn a_failed_sync_marks_the_log_for_the_next_start() {
+    let directory = tempfile::tempdir().unwrap();
+    let (_, per_command) = common::history(19, 200);
+    let storage = Arc::new(FailingSync {
+        inner: FsStorage::new(directory.path()).unwrap(),
+        syncs: Default::default(),
+        fail_from: 20,
+    });
+    let recovery = recover(storage.as_ref(), &Engine::new(common::config()), |_| {}).unwrap();
+    let wal = Wal::start(storage, options(), recovery.scan.position).unwrap();
+    let failed = per_command.iter().any(|records| wal.append(records.clone()).is_err());
+    assert!(failed, "the injected EIO fails an append");
+    let _ = wal.close();
+    assert!(FsStorage::new(directory.path()).unwrap().write_failed_marked());
+}
