@@ -188,17 +188,13 @@ pub fn recover(storage: &dyn Storage, engine: &Engine, mut progress: impl FnMut(
 /// directory at crash recovery for the same reason). Records before `from` are covered by the
 /// snapshot recovery started from, which only ever covers durable records. A segment with no
 /// unsynced data costs one cheap fdatasync.
-/// Syncs the segments recovery will replay (the last one back to the one holding `from`) and
-/// drops them from the page cache, so that the scan reads what is on the disk. After a failed
-/// fdatasync the kernel may keep pages it never wrote, marked clean (fsyncgate): replaying
-/// them would serve records a reboot loses, and later records would then follow a hole. Done
-/// only after a failure was marked: reading from the disk made a restart's replay ~1.6x
-/// slower on ci-2c when done every time. A header that does not decode ends the pass: the
-/// scan reports it.
-fn evict_segments_to_replay(storage: &dyn Storage, from: Lsn) -> Result<(), WalError> {
+/// The segments recovery replays: the last one back to the one holding `from`, newest first.
+/// A header that does not decode ends the list (the scan reports it, with its place).
+fn replayed_segments(storage: &dyn Storage, from: Lsn) -> Result<Vec<u64>, WalError> {
     let sequences = storage.list().map_err(|source| WalError::io("list the WAL directory", source))?;
+    let mut replayed = Vec::new();
     for &sequence in sequences.iter().rev() {
-        storage.evict_cached(sequence).map_err(|source| WalError::io(storage.describe(sequence), source))?;
+        replayed.push(sequence);
         let header = storage
             .read_prefix(sequence, format::SEGMENT_HEADER_BYTES)
             .ok()
@@ -207,22 +203,27 @@ fn evict_segments_to_replay(storage: &dyn Storage, from: Lsn) -> Result<(), WalE
             break;
         }
     }
+    debug_assert!(replayed.windows(2).all(|pair| pair[0] > pair[1]));
+    Ok(replayed)
+}
+
+/// Syncs the segments recovery will replay and drops them from the page cache, so that the
+/// scan reads what is on the disk. After a failed fdatasync the kernel may keep pages it never
+/// wrote, marked clean (fsyncgate): replaying them would serve records a reboot loses, and
+/// later records would then follow a hole. Done only after a failure was marked: reading from
+/// the disk made a restart's replay ~1.6x slower on ci-2c when done every time.
+fn evict_segments_to_replay(storage: &dyn Storage, from: Lsn) -> Result<(), WalError> {
+    for sequence in replayed_segments(storage, from)? {
+        storage.evict_cached(sequence).map_err(|source| WalError::io(storage.describe(sequence), source))?;
+    }
     Ok(())
 }
 
+/// Step 7 of recovery (docs/wal.md): what was replayed is made durable before the writer
+/// starts (a killed process may have left it in the page cache only).
 fn sync_replayed_segments(storage: &dyn Storage, from: Lsn) -> Result<(), WalError> {
-    let sequences = storage.list().map_err(|source| WalError::io("list the WAL directory", source))?;
-    for &sequence in sequences.iter().rev() {
+    for sequence in replayed_segments(storage, from)? {
         storage.sync(sequence).map_err(|source| WalError::io(storage.describe(sequence), source))?;
-        let bytes = storage
-            .read_prefix(sequence, format::SEGMENT_HEADER_BYTES)
-            .map_err(|source| WalError::io(storage.describe(sequence), source))?;
-        let header = format::SegmentHeader::decode(&bytes)
-            .map_err(|why| WalError::BadSegmentHeader { segment: storage.describe(sequence), why: why.into() })?;
-        assert_eq!(header.sequence, sequence, "the scan checked every header it read");
-        if header.first_lsn <= from {
-            break;
-        }
     }
     Ok(())
 }

@@ -301,25 +301,44 @@ fn frames_on_disk(directory: &Path, from: u64, through: u64) -> Vec<u8> {
     out
 }
 
-/// Storage that counts the bytes read from it.
-struct Counting {
-    inner: FsStorage,
-    bytes_read: Arc<std::sync::atomic::AtomicU64>,
+/// What [`Instrumented`] saw: bytes read, and which segments were evicted or read whole.
+#[derive(Default)]
+struct Seen {
+    bytes_read: std::sync::atomic::AtomicU64,
+    events: std::sync::Mutex<Vec<(&'static str, u64)>>,
+    syncs: std::sync::atomic::AtomicUsize,
 }
 
-impl Counting {
+/// Real files, watched: counts the bytes read, logs evictions and whole-segment reads, and
+/// fails every fdatasync from the `fail_syncs_from`-th on (an injected EIO).
+struct Instrumented {
+    inner: FsStorage,
+    seen: Arc<Seen>,
+    fail_syncs_from: usize,
+}
+
+impl Instrumented {
+    fn new(directory: &Path) -> Instrumented {
+        Instrumented { inner: FsStorage::new(directory).unwrap(), seen: Arc::default(), fail_syncs_from: usize::MAX }
+    }
+
     fn count(&self, bytes: &std::io::Result<Vec<u8>>) {
         if let Ok(bytes) = bytes {
-            self.bytes_read.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            self.seen.bytes_read.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    fn log(&self, event: &'static str, sequence: u64) {
+        self.seen.events.lock().unwrap().push((event, sequence));
     }
 }
 
-impl Storage for Counting {
+impl Storage for Instrumented {
     fn list(&self) -> std::io::Result<Vec<u64>> {
         self.inner.list()
     }
     fn read(&self, sequence: u64) -> std::io::Result<Vec<u8>> {
+        self.log("read", sequence);
         let read = self.inner.read(sequence);
         self.count(&read);
         read
@@ -341,10 +360,26 @@ impl Storage for Counting {
         self.inner.write(sequence, offset, bytes)
     }
     fn sync(&self, sequence: u64) -> std::io::Result<()> {
+        if self.seen.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 >= self.fail_syncs_from {
+            return Err(std::io::Error::other("injected EIO"));
+        }
         self.inner.sync(sequence)
     }
     fn remove(&self, sequence: u64) -> std::io::Result<()> {
         self.inner.remove(sequence)
+    }
+    fn evict_cached(&self, sequence: u64) -> std::io::Result<()> {
+        self.log("evict", sequence);
+        self.inner.evict_cached(sequence)
+    }
+    fn mark_write_failed(&self) -> std::io::Result<()> {
+        self.inner.mark_write_failed()
+    }
+    fn write_failed_marked(&self) -> bool {
+        self.inner.write_failed_marked()
+    }
+    fn clear_write_failed(&self) -> std::io::Result<()> {
+        self.inner.clear_write_failed()
     }
     fn describe(&self, sequence: u64) -> String {
         self.inner.describe(sequence)
@@ -390,12 +425,12 @@ fn a_frame_reader_reads_every_record_once_in_chunks_across_segments() {
         (second_segment_first, 1 << 20),
         (last.0, 4_096),
     ] {
-        let bytes_read = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let storage = Counting { inner: FsStorage::new(directory.path()).unwrap(), bytes_read: bytes_read.clone() };
+        let storage = Instrumented::new(directory.path());
+        let seen = storage.seen.clone();
         let mut reader = FrameReader::new(Box::new(storage), Lsn(from));
         let read = read_in_chunks(&mut reader, last, bytes_max);
         assert!(read == frames_on_disk(directory.path(), from, last.0), "from {from}, chunks of {bytes_max}");
-        let read_bytes = bytes_read.load(std::sync::atomic::Ordering::Relaxed);
+        let read_bytes = seen.bytes_read.load(std::sync::atomic::Ordering::Relaxed);
         let bound = log_bytes + segments * (reservoir_wal::READ_WINDOW_BYTES as u64 + 4_096);
         assert!(
             read_bytes <= bound,
@@ -510,53 +545,6 @@ fn a_log_ending_before_the_snapshot_is_reported_as_behind_it_not_as_starting_lat
     }
 }
 
-/// Storage that logs which segments were evicted from the cache and which were read whole.
-struct Recording {
-    inner: FsStorage,
-    log: std::sync::Mutex<Vec<(&'static str, u64)>>,
-}
-
-impl Storage for Recording {
-    fn list(&self) -> std::io::Result<Vec<u64>> {
-        self.inner.list()
-    }
-    fn read(&self, sequence: u64) -> std::io::Result<Vec<u8>> {
-        self.log.lock().unwrap().push(("read", sequence));
-        self.inner.read(sequence)
-    }
-    fn read_prefix(&self, sequence: u64, bytes: usize) -> std::io::Result<Vec<u8>> {
-        self.inner.read_prefix(sequence, bytes)
-    }
-    fn create(&self, sequence: u64, bytes: u64, header: &[u8]) -> std::io::Result<()> {
-        self.inner.create(sequence, bytes, header)
-    }
-    fn write(&self, sequence: u64, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
-        self.inner.write(sequence, offset, bytes)
-    }
-    fn sync(&self, sequence: u64) -> std::io::Result<()> {
-        self.inner.sync(sequence)
-    }
-    fn remove(&self, sequence: u64) -> std::io::Result<()> {
-        self.inner.remove(sequence)
-    }
-    fn evict_cached(&self, sequence: u64) -> std::io::Result<()> {
-        self.log.lock().unwrap().push(("evict", sequence));
-        self.inner.evict_cached(sequence)
-    }
-    fn mark_write_failed(&self) -> std::io::Result<()> {
-        self.inner.mark_write_failed()
-    }
-    fn write_failed_marked(&self) -> bool {
-        self.inner.write_failed_marked()
-    }
-    fn clear_write_failed(&self) -> std::io::Result<()> {
-        self.inner.clear_write_failed()
-    }
-    fn describe(&self, sequence: u64) -> String {
-        self.inner.describe(sequence)
-    }
-}
-
 /// fsyncgate: after a failed fdatasync the kernel may keep pages it never wrote, marked clean,
 /// and a restart on the same boot would replay them (records a reboot then loses, with later
 /// ones after the hole). A writer that fails marks the log; the next recovery then syncs and
@@ -572,12 +560,14 @@ fn after_a_marked_write_failure_recovery_reads_the_segments_it_replays_from_the_
     let placed = frames(directory.path());
     let segments = placed.last().unwrap().0 + 1;
     assert!(segments >= 2, "the log must span two segments");
-    let recording = || Recording { inner: FsStorage::new(directory.path()).unwrap(), log: Default::default() };
-    let evictions = |storage: &Recording| storage.log.lock().unwrap().iter().filter(|event| event.0 == "evict").count();
+    let recording = || Instrumented::new(directory.path());
+    let evicted = |storage: &Instrumented| -> Vec<u64> {
+        storage.seen.events.lock().unwrap().iter().filter(|event| event.0 == "evict").map(|event| event.1).collect()
+    };
     // No mark: the cache is trusted.
     let storage = recording();
     recover(&storage, &Engine::new(common::config()), |_| {}).unwrap();
-    assert_eq!(evictions(&storage), 0);
+    assert!(evicted(&storage).is_empty());
     // Marked: every segment is evicted before it is read, and the mark is cleared.
     let storage = recording();
     storage.mark_write_failed().unwrap();
@@ -585,7 +575,7 @@ fn after_a_marked_write_failure_recovery_reads_the_segments_it_replays_from_the_
     let recovered = Engine::new(common::config());
     let recovery = recover(&storage, &recovered, |_| {}).unwrap();
     assert_eq!((recovery.scan.last_lsn, recovered.dump()), (last, engine.dump()));
-    let log = storage.log.lock().unwrap().clone();
+    let log = storage.seen.events.lock().unwrap().clone();
     for sequence in 0..segments {
         let evicted = log.iter().position(|&event| event == ("evict", sequence));
         let read = log.iter().position(|&event| event == ("read", sequence));
@@ -597,46 +587,7 @@ fn after_a_marked_write_failure_recovery_reads_the_segments_it_replays_from_the_
     let storage = recording();
     storage.mark_write_failed().unwrap();
     recover(&storage, &common::replayed(&all, from as usize - 1), |_| {}).unwrap();
-    let evicted: Vec<u64> =
-        storage.log.lock().unwrap().iter().filter(|event| event.0 == "evict").map(|event| event.1).collect();
-    assert_eq!(evicted, vec![segments - 1]);
-}
-
-/// Storage whose fdatasync fails from the `fail_from`-th call on.
-struct FailingSync {
-    inner: FsStorage,
-    syncs: std::sync::atomic::AtomicUsize,
-    fail_from: usize,
-}
-
-impl Storage for FailingSync {
-    fn list(&self) -> std::io::Result<Vec<u64>> {
-        self.inner.list()
-    }
-    fn read(&self, sequence: u64) -> std::io::Result<Vec<u8>> {
-        self.inner.read(sequence)
-    }
-    fn create(&self, sequence: u64, bytes: u64, header: &[u8]) -> std::io::Result<()> {
-        self.inner.create(sequence, bytes, header)
-    }
-    fn write(&self, sequence: u64, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
-        self.inner.write(sequence, offset, bytes)
-    }
-    fn sync(&self, sequence: u64) -> std::io::Result<()> {
-        if self.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 >= self.fail_from {
-            return Err(std::io::Error::other("injected EIO"));
-        }
-        self.inner.sync(sequence)
-    }
-    fn remove(&self, sequence: u64) -> std::io::Result<()> {
-        self.inner.remove(sequence)
-    }
-    fn mark_write_failed(&self) -> std::io::Result<()> {
-        self.inner.mark_write_failed()
-    }
-    fn describe(&self, sequence: u64) -> String {
-        self.inner.describe(sequence)
-    }
+    assert_eq!(evicted(&storage), vec![segments - 1]);
 }
 
 /// The writer marks its log when an fdatasync fails, so that the next start distrusts the
@@ -645,11 +596,7 @@ impl Storage for FailingSync {
 fn a_failed_sync_marks_the_log_for_the_next_start() {
     let directory = tempfile::tempdir().unwrap();
     let (_, per_command) = common::history(19, 200);
-    let storage = Arc::new(FailingSync {
-        inner: FsStorage::new(directory.path()).unwrap(),
-        syncs: Default::default(),
-        fail_from: 20,
-    });
+    let storage = Arc::new(Instrumented { fail_syncs_from: 20, ..Instrumented::new(directory.path()) });
     let recovery = recover(storage.as_ref(), &Engine::new(common::config()), |_| {}).unwrap();
     let wal = Wal::start(storage, options(), recovery.scan.position).unwrap();
     let failed = per_command.iter().any(|records| wal.append(records.clone()).is_err());
