@@ -62,6 +62,10 @@ pub enum ResultCode {
     /// The idempotency memory is full of ids too young to forget. Not remembered: retrying
     /// later can succeed.
     MemoryFull = 61,
+    /// A query of a request whose earlier queries already fill what one reply may carry
+    /// (`QUERY_ITEMS_PER_REQUEST_MAX` items, a reservation's lines counted as items). Not run:
+    /// ask it again in a request of its own, where it always fits.
+    ReplyBudgetSpent = 62,
 }
 
 impl ResultCode {
@@ -97,6 +101,7 @@ impl ResultCode {
         ResultCode::NegativeStock,
         ResultCode::CapacityExceeded,
         ResultCode::MemoryFull,
+        ResultCode::ReplyBudgetSpent,
     ];
 
     pub fn number(self) -> u16 {
@@ -144,6 +149,7 @@ impl ResultCode {
             ResultCode::NegativeStock => "negative_stock",
             ResultCode::CapacityExceeded => "capacity_exceeded",
             ResultCode::MemoryFull => "memory_full",
+            ResultCode::ReplyBudgetSpent => "reply_budget_spent",
         }
     }
 }

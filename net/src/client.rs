@@ -51,7 +51,7 @@ use crate::message::{ClientFrame, ErrorFrame, Hello, HelloReply, NodeRole, Reque
 use crate::operation::{Operation, OperationResult};
 use crate::wire::{ProtocolErrorCode, OPERATIONS_PER_REQUEST_MAX, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
 use crate::{decode_server_frame, FrameDecoder, NetError};
-use reservoir_engine::PAGE_ITEMS_MAX;
+use reservoir_engine::{ResultCode, PAGE_ITEMS_MAX};
 
 /// Streams a client opens on its connection at most.
 pub const CLIENT_STREAMS_MAX: usize = 16;
@@ -251,8 +251,9 @@ async fn batcher(
 /// Sends the operations of unrelated `call`s as one request, and keeps each caller's answer
 /// what it would be alone: a batch that cannot be encoded (one caller's over-long name) is sent
 /// again one operation at a time, so only that caller gets `Unencodable`; and a SKU summary
-/// that the request's shared item budget (`QUERY_ITEMS_PER_REQUEST_MAX`) cut short is asked
-/// again alone (a page cut short carries its cursor and needs nothing).
+/// that the request's shared item budget (`QUERY_ITEMS_PER_REQUEST_MAX`) cut short, or a
+/// reservation it left out (`reply_budget_spent`), is asked again alone (a page cut short
+/// carries its cursor and needs nothing).
 async fn batch_request(
     inner: &Inner,
     operations: &[Operation],
@@ -274,8 +275,9 @@ async fn batch_request(
     let mut results = Vec::with_capacity(reply.results.len());
     for (index, result) in reply.results.into_iter().enumerate() {
         let cut_short = operations.len() > 1
-            && matches!(&result, OperationResult::Sku(Ok(summary))
-                if summary.locations.len() < (summary.location_count as usize).min(PAGE_ITEMS_MAX));
+            && (matches!(&result, OperationResult::Sku(Ok(summary))
+                if summary.locations.len() < (summary.location_count as usize).min(PAGE_ITEMS_MAX))
+                || matches!(&result, OperationResult::Reservation(Err(ResultCode::ReplyBudgetSpent))));
         results.push(Ok(if cut_short {
             inner.request(std::slice::from_ref(&operations[index])).await?.results.pop().expect("one result")
         } else {

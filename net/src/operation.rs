@@ -858,12 +858,13 @@ pub enum OperationResult {
 }
 
 impl OperationResult {
-    /// Items this result carries (a page's, or a SKU summary's named locations): what counts
-    /// against [`QUERY_ITEMS_PER_REQUEST_MAX`].
+    /// Items this result carries (a page's, a SKU summary's named locations, a reservation's
+    /// lines and its reply's line results): what counts against [`QUERY_ITEMS_PER_REQUEST_MAX`].
     pub fn items(&self) -> usize {
         match self {
             OperationResult::Items(Ok(page)) => page.items.len(),
             OperationResult::Sku(Ok(summary)) => summary.locations.len(),
+            OperationResult::Reservation(Ok(view)) => reservation_items(view),
             _ => 0,
         }
     }
@@ -1114,11 +1115,29 @@ pub fn run_query(engine: &Engine, query: &Query, items_max: usize) -> OperationR
                 next_cursor: page.next_cursor,
             }))
         }
-        Query::Reservation { tenant, reservation } => OperationResult::Reservation(
-            engine.reservation(*tenant, reservation.as_str()).ok_or(ResultCode::UnknownReservation),
-        ),
+        Query::Reservation { tenant, reservation } => {
+            let Some(view) = engine.reservation(*tenant, reservation.as_str()) else {
+                return OperationResult::Reservation(Err(ResultCode::UnknownReservation));
+            };
+            // Regression (audit): a reservation cost the budget nothing, so one 30 KB request of
+            // 1,024 `get_reservation` of 64-line reservations had the server build and hold a
+            // ~12 MB reply. Past the budget, a reservation is not sent; alone it always fits.
+            if reservation_items(&view) > items_max {
+                return OperationResult::Reservation(Err(ResultCode::ReplyBudgetSpent));
+            }
+            OperationResult::Reservation(Ok(view))
+        }
     }
 }
+
+/// What a reservation's view counts against a request's item budget: itself, its lines and
+/// its reply's line results (each about an item's bytes on the wire).
+fn reservation_items(view: &ReservationView) -> usize {
+    1 + view.lines.len() + view.reply.lines.len()
+}
+
+// A reservation asked for alone always fits the budget.
+const _: () = assert!(1 + 2 * LINES_PER_RESERVATION_MAX <= QUERY_ITEMS_PER_REQUEST_MAX);
 
 fn decode_code(reader: &mut Reader<'_>) -> Result<ResultCode, WireError> {
     let at = reader.at();

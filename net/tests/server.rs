@@ -981,6 +981,65 @@ async fn the_queries_of_one_request_return_one_page_of_items_in_all() {
     running.server.shutdown().await.unwrap();
 }
 
+/// Regression (audit): a `get_reservation` cost the request's item budget nothing, so one
+/// ~30 KB request of 1,024 of them, each of a 64-line reservation, had the server build (and
+/// hold, for a client that need not read it) a reply of ~12 MB. Now a reservation counts its
+/// lines against `QUERY_ITEMS_PER_REQUEST_MAX`, and those past it are answered
+/// `reply_budget_spent`; the client asks such a query again alone, where it is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reservations_one_request_returns_keep_to_its_item_budget() {
+    use reservoir_net::message::encode_reply;
+    use reservoir_net::operation::QUERY_ITEMS_PER_REQUEST_MAX;
+    let running = start().await;
+    let client = running.client(&running.demo).await.unwrap();
+    const LINES: usize = reservoir_engine::LINES_PER_RESERVATION_MAX;
+    import_locations(&client, "SKU", LINES, 10).await;
+    let lines = (0..LINES).map(|row| WireLine { sku: "SKU".into(), location: format!("L{row}"), quantity: 1 }).collect();
+    let reply = client.request(vec![reserve("big", lines)]).await.unwrap();
+    assert_eq!(reply_of(&reply.results[0]).code, ResultCode::Ok);
+
+    let asked = reservoir_net::wire::OPERATIONS_PER_REQUEST_MAX;
+    let reply = client.request(vec![Operation::GetReservation { reservation: "big".into() }; asked]).await.unwrap();
+    let whole = reply.results.iter().filter(|result| matches!(result, OperationResult::Reservation(Ok(_)))).count();
+    let spent = reply
+        .results
+        .iter()
+        .filter(|result| matches!(result, OperationResult::Reservation(Err(ResultCode::ReplyBudgetSpent))))
+        .count();
+    let each = 1 + 2 * LINES; // the reservation, its lines, its reply's line results
+    assert_eq!(whole, QUERY_ITEMS_PER_REQUEST_MAX / each, "as many as the budget holds");
+    assert_eq!(whole + spent, asked, "the others are left out, in order, past the budget");
+    assert!(matches!(reply.results[asked - 1], OperationResult::Reservation(Err(ResultCode::ReplyBudgetSpent))));
+    let mut bytes = Vec::new();
+    encode_reply(1, 1, 1, &reply.results, &mut bytes).unwrap();
+    assert!(bytes.len() < 2 << 20, "the reply is {} bytes; every reservation whole would be ~12 MB", bytes.len());
+
+    // Calls batched into one request each get the whole reservation, as alone.
+    client.close().await;
+    let options = ClientOptions::new(vec![running.address()], running.ca.clone(), running.demo.clone());
+    let outcomes = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let client = Client::connect(options).await.unwrap();
+            let mut calls = tokio::task::JoinSet::new();
+            for _ in 0..200 {
+                let client = client.clone();
+                calls.spawn(async move { client.call(Operation::GetReservation { reservation: "big".into() }).await });
+            }
+            let outcomes = calls.join_all().await;
+            client.close().await;
+            outcomes
+        })
+    })
+    .await
+    .unwrap();
+    for outcome in outcomes {
+        let Ok(OperationResult::Reservation(Ok(view))) = outcome else { panic!("{outcome:?}") };
+        assert_eq!(view.lines.len(), LINES);
+    }
+    running.server.shutdown().await.unwrap();
+}
+
 /// Regression, two parts of one fix: `Client::call` puts unrelated callers' operations into one
 /// request, so (a) one caller's name too long for the wire failed every call of its batch with
 /// `Unencodable`, and (b) a `get_sku` batched behind pages had its locations cut by the

@@ -107,6 +107,8 @@ pub fn result_status(code: ResultCode) -> StatusCode {
         ResultCode::UnknownTenant | ResultCode::UnknownItem | ResultCode::UnknownReservation => StatusCode::NOT_FOUND,
         // Not remembered: the same request, retried later, can pass.
         ResultCode::MemoryFull => StatusCode::SERVICE_UNAVAILABLE,
+        // Never seen here in practice: the client asks such a query again alone.
+        ResultCode::ReplyBudgetSpent => StatusCode::SERVICE_UNAVAILABLE,
         code => match code.number() {
             0..=9 => StatusCode::OK,
             10..=29 => StatusCode::CONFLICT,
