@@ -116,6 +116,19 @@ pub enum Command {
     },
 }
 
+/// An import row's optional policy field into a fingerprint. `None` is hashed as -1 and a
+/// value as itself, as they always were (remembered fingerprints, in snapshots and logs, stay
+/// valid); a negative value (refused, but still part of the request) adds a marker after it.
+/// Regression (audit): `Some(-1)` hashed like `None`, so a retry that changed one into the
+/// other was taken for the same request and given the original outcome.
+fn optional_policy(hash: Fnv64, value: Option<i64>) -> Fnv64 {
+    match value {
+        None => hash.i64(-1),
+        Some(value) if value >= 0 => hash.i64(value),
+        Some(value) => hash.i64(value).u64(u64::MAX),
+    }
+}
+
 impl Command {
     pub fn kind(&self) -> &'static str {
         match self {
@@ -188,12 +201,8 @@ impl Command {
             Command::Import { tenant, rows, .. } => {
                 let mut hash = hash.u64(u64::from(tenant.0)).u64(rows.len() as u64);
                 for row in rows {
-                    hash = hash
-                        .str(row.sku.as_str())
-                        .str(row.location.as_str())
-                        .i64(row.on_hand)
-                        .i64(row.safety_stock.unwrap_or(-1))
-                        .i64(row.backorder_limit.unwrap_or(-1));
+                    hash = hash.str(row.sku.as_str()).str(row.location.as_str()).i64(row.on_hand);
+                    hash = optional_policy(optional_policy(hash, row.safety_stock), row.backorder_limit);
                 }
                 hash
             }

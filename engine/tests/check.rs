@@ -338,6 +338,38 @@ fn a_retry_returns_the_original_outcome_and_a_changed_request_is_refused() {
     );
 }
 
+/// Regression (audit): an import row's absent policy field and a field of -1 gave the same
+/// fingerprint, so a retry that changed one into the other got the original outcome instead of
+/// `id_reused_with_different_request`. Fingerprints of every other row are what they were.
+#[test]
+fn an_import_retried_with_an_absent_policy_field_given_is_another_request() {
+    let engine = check("tenant acme => ok");
+    let acme = tenant(&engine, "acme");
+    let import = |safety_stock: Option<i64>| Command::Import {
+        tenant: acme,
+        operation: op("i"),
+        rows: vec![ImportRow {
+            sku: Sku::new("S").unwrap(),
+            location: Location::new("A").unwrap(),
+            on_hand: 5,
+            safety_stock,
+            backorder_limit: None,
+        }],
+    };
+    let mut records = Vec::new();
+    assert_eq!(engine.execute(&import(None), 0, &mut records).code, ResultCode::Ok);
+    assert_eq!(engine.execute(&import(None), 0, &mut records).code, ResultCode::Ok, "a retry");
+    for changed in [Some(-1), Some(0), Some(-2)] {
+        assert_eq!(
+            engine.execute(&import(changed), 0, &mut records).code,
+            ResultCode::IdReusedWithDifferentRequest,
+            "safety stock {changed:?} where the first request had none"
+        );
+    }
+    assert_ne!(import(Some(-1)).fingerprint(), import(None).fingerprint());
+    assert_eq!(import(Some(3)).fingerprint(), import(Some(3)).fingerprint());
+}
+
 #[test]
 fn commit_and_release_whole_or_by_line() {
     check(
