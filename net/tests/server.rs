@@ -994,7 +994,8 @@ async fn the_reservations_one_request_returns_keep_to_its_item_budget() {
     let client = running.client(&running.demo).await.unwrap();
     const LINES: usize = reservoir_engine::LINES_PER_RESERVATION_MAX;
     import_locations(&client, "SKU", LINES, 10).await;
-    let lines = (0..LINES).map(|row| WireLine { sku: "SKU".into(), location: format!("L{row}"), quantity: 1 }).collect();
+    let lines =
+        (0..LINES).map(|row| WireLine { sku: "SKU".into(), location: format!("L{row}"), quantity: 1 }).collect();
     let reply = client.request(vec![reserve("big", lines)]).await.unwrap();
     assert_eq!(reply_of(&reply.results[0]).code, ResultCode::Ok);
 
