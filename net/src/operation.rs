@@ -1136,8 +1136,8 @@ fn reservation_items(view: &ReservationView) -> usize {
     1 + view.lines.len() + view.reply.lines.len()
 }
 
-// A reservation asked for alone always fits the budget.
-const _: () = assert!(1 + 2 * LINES_PER_RESERVATION_MAX <= QUERY_ITEMS_PER_REQUEST_MAX);
+// A reservation asked for alone always fits the budget (1 + 2 × its lines at most).
+const _: () = assert!(2 * LINES_PER_RESERVATION_MAX < QUERY_ITEMS_PER_REQUEST_MAX);
 
 fn decode_code(reader: &mut Reader<'_>) -> Result<ResultCode, WireError> {
     let at = reader.at();
