@@ -1223,6 +1223,11 @@ impl Engine {
         }
         match &record.body {
             Body::TenantCreated { tenant, name } => {
+                // As `restore` checks (review: a name it refuses, replayed, left every later
+                // snapshot unloadable).
+                if crate::types::validate_name(name).is_err() {
+                    return Err(mismatch(format!("tenant name {name:?} is not a name")));
+                }
                 let mut tenants = self.catalog.tenants.write();
                 if tenants.get(name).is_some() || tenants.len() != tenant.0 as usize {
                     return Err(mismatch(format!("tenant {name} cannot be {tenant:?}")));
@@ -1247,13 +1252,38 @@ impl Engine {
             }
             Body::Stock { tenant, memo, changes } => {
                 // Checked before any item changes: a refused record leaves nothing behind.
+                self.replayed_tenant(*tenant, lsn)?;
                 memo_fits(memo, lsn)?;
                 self.apply_changes(lsn, changes)?;
                 self.remember_replayed(*tenant, memo, record.timestamp_ms, lsn)?;
             }
             Body::Reserved { tenant, reservation, fingerprint, deadline_ms, reply, lines, changes } => {
+                self.replayed_tenant(*tenant, lsn)?;
                 if !HeldReservation::holds_reply(reply) {
                     return Err(mismatch(format!("reservation {reservation}: its reply is not a reserve's")));
+                }
+                // What `execute` writes (review: a record it never writes reached assertions, or
+                // left counts that only a later command tripped over): lines exactly when the
+                // reply is a success, each within its request, and the items' reserved counts
+                // moved by what the lines reserved on them, nothing else.
+                if reply.is_ok() == lines.is_empty() || lines.len() > LINES_PER_RESERVATION_MAX {
+                    return Err(mismatch(format!("reservation {reservation}: reply and lines disagree")));
+                }
+                let mut reserved_by_item: SmallVec<[(ItemId, i64); SMALL]> = SmallVec::new();
+                for line in lines.iter() {
+                    if !(1..=QUANTITY_MAX).contains(&line.requested) || !(0..=line.requested).contains(&line.reserved) {
+                        return Err(mismatch(format!("reservation {reservation}: a line of {line:?}")));
+                    }
+                    add_to_item(&mut reserved_by_item, line.item, line.reserved);
+                }
+                let expected = reserved_by_item.iter().copied().filter(|(_, reserved)| *reserved != 0);
+                if !same_item_deltas(
+                    expected,
+                    changes,
+                    |change| (change.reserved_delta, change.on_hand_delta),
+                    |r| (r, 0),
+                ) {
+                    return Err(mismatch(format!("reservation {reservation}: its item changes are not its lines'")));
                 }
                 self.apply_changes(lsn, changes)?;
                 let mut shard = self.reservations.shard(*tenant, reservation).lock();
@@ -1275,10 +1305,12 @@ impl Engine {
                 );
             }
             Body::Settled { tenant, reservation, kind, memo, deadline_ms, state, line_changes, changes } => {
+                self.replayed_tenant(*tenant, lsn)?;
                 if let Some(memo) = memo {
                     memo_fits(memo, lsn)?;
                 }
-                self.apply_changes(lsn, changes)?;
+                // The reservation first (the order `execute` locks in), so that every check of
+                // the record comes before any item changes.
                 let mut shard = self.reservations.shard(*tenant, reservation).lock();
                 let key = KeyRef(*tenant, reservation);
                 let Some(current) = shard.map.get_mut(&key) else {
@@ -1287,17 +1319,52 @@ impl Engine {
                 if !current.state.is_open() {
                     return Err(mismatch(format!("reservation {reservation} not open")));
                 }
-                let old_deadline = current.deadline_ms;
+                // Each line settles at most what it holds, by amounts of zero or more, and the
+                // items move by what their lines settled: reserved down by all of it, on_hand by
+                // the committed part (review: a negative release was taken, and the item's
+                // counts were never compared with the lines').
+                let mut settled_by_item: SmallVec<[(ItemId, (i64, i64)); SMALL]> = SmallVec::new();
+                let mut settled_by_line: SmallVec<[(usize, i64, i64); SMALL]> = SmallVec::new();
                 for change in line_changes {
-                    let line = current
-                        .lines
-                        .get_mut(change.line as usize)
-                        .ok_or_else(|| mismatch(format!("reservation {reservation} has no line {}", change.line)))?;
-                    line.committed += change.committed;
-                    line.released += change.released;
-                    if line.reserved - line.committed - line.released < 0 {
+                    let index = change.line as usize;
+                    let Some(line) = current.lines.get(index) else {
+                        return Err(mismatch(format!("reservation {reservation} has no line {}", change.line)));
+                    };
+                    let (committed, released) = settled_by_line
+                        .iter()
+                        .find(|(at, _, _)| *at == index)
+                        .map_or((change.committed, change.released), |(_, c, r)| {
+                            (c + change.committed, r + change.released)
+                        });
+                    if change.committed < 0 || change.released < 0 || committed + released > line.open() {
                         return Err(mismatch(format!("reservation {reservation} line {} over-settled", change.line)));
                     }
+                    match settled_by_line.iter_mut().find(|(at, _, _)| *at == index) {
+                        Some(entry) => *entry = (index, committed, released),
+                        None => settled_by_line.push((index, committed, released)),
+                    }
+                    match settled_by_item.iter_mut().find(|(item, _)| *item == line.item) {
+                        Some((_, (c, r))) => (*c, *r) = (*c + change.committed, *r + change.released),
+                        None => settled_by_item.push((line.item, (change.committed, change.released))),
+                    }
+                }
+                let expected = settled_by_item.iter().filter(|(_, (c, r))| c + r != 0).map(|(item, cr)| (*item, *cr));
+                if !same_item_deltas(
+                    expected,
+                    changes,
+                    |change| (change.reserved_delta, change.on_hand_delta),
+                    |(c, r)| (-(c + r), -c),
+                ) {
+                    return Err(mismatch(format!("reservation {reservation}: its item changes are not its lines'")));
+                }
+                self.apply_changes(lsn, changes)?;
+                let current = shard.map.get_mut(&key).expect("present");
+                let old_deadline = current.deadline_ms;
+                for change in line_changes {
+                    let line = &mut current.lines[change.line as usize];
+                    line.committed += change.committed;
+                    line.released += change.released;
+                    assert!(line.open() >= 0, "checked above");
                 }
                 let derived = current.derived_state((*kind == SettleKind::Expire).then_some(ReservationState::Expired));
                 if derived != *state {
@@ -1321,7 +1388,10 @@ impl Engine {
                     self.remember_replayed(*tenant, memo, record.timestamp_ms, lsn)?;
                 }
             }
-            Body::Refused { tenant, memo } => self.remember_replayed(*tenant, memo, record.timestamp_ms, lsn)?,
+            Body::Refused { tenant, memo } => {
+                self.replayed_tenant(*tenant, lsn)?;
+                self.remember_replayed(*tenant, memo, record.timestamp_ms, lsn)?;
+            }
             Body::Forgotten { before_ms } => {
                 self.forget_before(*before_ms, lsn);
             }
@@ -1339,6 +1409,11 @@ impl Engine {
     }
 
     fn apply_changes(&self, lsn: Lsn, changes: &[ItemChange]) -> Result<(), EngineError> {
+        // `with_items` latches at most this many (review: a longer list, which the decoder
+        // takes, reached its assertion).
+        if changes.len() > IMPORT_ROWS_MAX * 2 {
+            return Err(EngineError::ReplayMismatch { lsn: lsn.0, what: format!("{} item changes", changes.len()) });
+        }
         let mut items: Vec<ItemId> = changes.iter().map(|change| change.item).collect();
         items.sort_unstable();
         items.dedup();
@@ -1391,6 +1466,16 @@ impl Engine {
         }
         operations.remember(tenant, &memo.operation, memo.fingerprint, memo.reply.clone(), at_ms, lsn);
         Ok(())
+    }
+
+    /// A replayed record's tenant exists (review: records of a tenant the log never created
+    /// were taken, and `restore` then refused every later snapshot).
+    fn replayed_tenant(&self, tenant: TenantId, lsn: Lsn) -> Result<(), EngineError> {
+        if self.tenant_exists(tenant) {
+            Ok(())
+        } else {
+            Err(EngineError::ReplayMismatch { lsn: lsn.0, what: format!("unknown tenant {}", tenant.0) })
+        }
     }
 
     // ---------------------------------------------------------------------------------------
@@ -1498,16 +1583,27 @@ impl Engine {
     pub fn verify(&self) -> VerifyReport {
         let mut report = VerifyReport::default();
         // Hashed, not ordered: one entry per item with open lines, looked up once per item.
-        let mut open_by_item: hashbrown::HashMap<ItemId, i64> = hashbrown::HashMap::new();
+        // Summed in 128 bits: the lines of millions of reservations cannot wrap them.
+        let mut open_by_item: hashbrown::HashMap<ItemId, i128> = hashbrown::HashMap::new();
         for shard in self.reservations.all() {
             let shard = shard.lock();
             let mut open_in_shard = 0;
-            for (Key(_, id), reservation) in &shard.map {
-                let open: i64 = reservation.lines.iter().map(ReservationLineState::open).sum();
+            for (Key(tenant, id), reservation) in &shard.map {
+                let open: i128 = reservation.lines.iter().map(|line| i128::from(line.open())).sum();
                 if reservation.state.is_open() {
                     open_in_shard += 1;
                     for line in &reservation.lines {
-                        *open_by_item.entry(line.item).or_default() += line.open();
+                        *open_by_item.entry(line.item).or_default() += i128::from(line.open());
+                        // A reservation holds its own tenant's items only.
+                        let owner = self.catalog.shards.get(line.item.shard as usize).and_then(|items| {
+                            let items = items.items.read();
+                            ((line.item.index as usize) < items.len()).then(|| items.key(line.item.index).tenant)
+                        });
+                        if owner.is_some_and(|owner| owner != *tenant) {
+                            report
+                                .violations
+                                .push(format!("reservation {id} of tenant {} holds another tenant's item", tenant.0));
+                        }
                     }
                 } else if open != 0 {
                     report.violations.push(format!("closed reservation {id} still holds {open}"));
@@ -1555,7 +1651,7 @@ impl Engine {
                     ));
                 }
                 let open = open_by_item.remove(&item).unwrap_or(0);
-                if open != counters.reserved {
+                if open != i128::from(counters.reserved) {
                     report.violations.push(format!(
                         "item {}@{}: reserved {} but open reservation lines hold {open}",
                         shard.sku(index),
@@ -1565,7 +1661,7 @@ impl Engine {
                 }
             }
         }
-        let mut unknown: Vec<(ItemId, i64)> = open_by_item.into_iter().collect();
+        let mut unknown: Vec<(ItemId, i128)> = open_by_item.into_iter().collect();
         unknown.sort_unstable();
         for (item, open) in unknown {
             report.violations.push(format!("reservations hold {open} on unknown item {item:?}"));
@@ -1650,6 +1746,29 @@ fn recall(operations: &OperationShard, tenant: TenantId, id: &str, fingerprint: 
 }
 
 #[allow(clippy::too_many_arguments)]
+/// Adds `amount` to `item`'s entry of a short list, made on first use.
+fn add_to_item(by_item: &mut SmallVec<[(ItemId, i64); SMALL]>, item: ItemId, amount: i64) {
+    match by_item.iter_mut().find(|(at, _)| *at == item) {
+        Some((_, total)) => *total += amount,
+        None => by_item.push((item, amount)),
+    }
+}
+
+/// Whether `changes` name exactly the items of `expected`, once each, each with the (reserved,
+/// on_hand) deltas `delta` makes of its value.
+fn same_item_deltas<V: Copy>(
+    expected: impl Iterator<Item = (ItemId, V)> + Clone,
+    changes: &[ItemChange],
+    deltas_of: impl Fn(&ItemChange) -> (i64, i64),
+    delta: impl Fn(V) -> (i64, i64),
+) -> bool {
+    expected.clone().count() == changes.len()
+        && expected.into_iter().all(|(item, value)| {
+            let mut named = changes.iter().filter(|change| change.item == item);
+            matches!((named.next(), named.next()), (Some(change), None) if deltas_of(change) == delta(value))
+        })
+}
+
 fn install_reservation(
     shard: &mut ReservationShard,
     tenant: TenantId,

@@ -155,7 +155,11 @@ impl Engine {
     /// [`Engine::restore`], restoring item shards on `threads` threads.
     pub fn restore_on_threads(state: &State, threads: usize) -> Result<Engine, EngineError> {
         let config = &state.config;
-        if !config.shards.is_power_of_two() || state.shards.len() != config.shards {
+        // Regression (review): a count past SHARDS_MAX reached `Engine::new`'s assertion.
+        if !config.shards.is_power_of_two()
+            || config.shards > crate::types::SHARDS_MAX
+            || state.shards.len() != config.shards
+        {
             return Err(refuse(format!("{} item shards for a config of {}", state.shards.len(), config.shards)));
         }
         if !config.id_shards.is_power_of_two() || config.id_shards > crate::types::SHARDS_MAX {
@@ -218,11 +222,7 @@ impl Engine {
             if saved.tenant.0 >= tenant_count || crate::types::validate_name(&saved.id).is_err() {
                 return Err(refuse(format!("reservation {:?}: bad tenant or id", saved.id)));
             }
-            if reservation
-                .lines
-                .iter()
-                .any(|line| !item_exists(line.item) || line.committed + line.released > line.reserved)
-            {
+            if reservation.lines.iter().any(|line| !item_exists(line.item) || !line_holds(line)) {
                 return Err(refuse(format!("reservation {}: bad line", saved.id)));
             }
             if reservation.state.is_open() == saved.closed_lsn.is_some()
@@ -326,4 +326,15 @@ fn restore_items(
         return Err(refuse(format!("shard {shard_number}: {} unused name bytes", saved.names.len() - at)));
     }
     Ok(())
+}
+
+/// A restored reservation line is one `execute` could have made: it requested 1 to
+/// `QUANTITY_MAX` units, reserved at most that, and settled at most what it reserved, in
+/// amounts of zero or more. Regression (review): only `committed + released <= reserved` was
+/// checked, unchecked, so lines of 2^62 units wrapped the sums `verify` makes and passed it.
+fn line_holds(line: &crate::memory::ReservationLineState) -> bool {
+    (1..=crate::types::QUANTITY_MAX).contains(&line.requested)
+        && (0..=line.requested).contains(&line.reserved)
+        && (0..=line.reserved).contains(&line.committed)
+        && (0..=line.reserved - line.committed).contains(&line.released)
 }

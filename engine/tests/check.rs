@@ -1001,6 +1001,94 @@ fn replay_refuses_a_record_the_held_forms_cannot_keep() {
     assert_eq!(replica.execute(&receive, 1, &mut Vec::new()), engine.execute(&receive, 1, &mut Vec::new()));
 }
 
+/// Regression (review): replay took records `execute` never writes as long as each item's
+/// counts added up: a reserve whose success had no lines (an assertion panicked), a release of
+/// a negative amount (a later release then panicked on the ledger), item changes that were not
+/// what the lines reserved or settled, a record of a tenant the log never created or a tenant
+/// name `restore` refuses (every later snapshot then failed to load). Each is refused, with
+/// nothing applied.
+#[test]
+fn replay_refuses_records_whose_lines_and_item_changes_disagree() {
+    let (engine, acme, _, mut records) = acme_received_five();
+    let reserve = Command::Reserve {
+        tenant: acme,
+        reservation: ReservationId::new("r").unwrap(),
+        lines: vec![line("S@A:2")],
+        ttl_ms: 60_000,
+        allow_partial: false,
+    };
+    assert_eq!(engine.execute(&reserve, 0, &mut records).code, ResultCode::Ok);
+    let release = Command::Release {
+        tenant: acme,
+        operation: op("rel"),
+        reservation: ReservationId::new("r").unwrap(),
+        lines: None,
+    };
+    assert_eq!(engine.execute(&release, 0, &mut records).code, ResultCode::Ok);
+    let (reserve_at, release_at) = (records.len() - 2, records.len() - 1);
+    let refused = |forged: &Record, before: usize, why: &str| {
+        let replica = Engine::new(Config::default());
+        for record in &records[..before] {
+            replica.apply(record).unwrap();
+        }
+        let untouched = replica.dump();
+        let outcome = replica.apply(forged);
+        assert!(matches!(outcome, Err(reservoir_engine::EngineError::ReplayMismatch { .. })), "{why}: {outcome:?}");
+        assert_eq!(replica.dump(), untouched, "{why}: a refused record leaves nothing behind");
+    };
+    let reserved =
+        |change: &dyn Fn(&mut Vec<reservoir_engine::ReservedLine>, &mut Vec<reservoir_engine::ItemChange>)| {
+            let mut forged = records[reserve_at].clone();
+            let reservoir_engine::Body::Reserved { lines, changes, .. } = &mut forged.body else { panic!() };
+            change(lines, changes);
+            forged
+        };
+    refused(
+        &reserved(&|lines, changes| {
+            lines.clear();
+            changes.clear();
+        }),
+        reserve_at,
+        "a success without lines",
+    );
+    refused(&reserved(&|lines, _| lines[0].reserved = 1), reserve_at, "a line reserving less than its item moved");
+    refused(&reserved(&|lines, _| lines[0].reserved = 3), reserve_at, "a line reserving more than it requested");
+    refused(&reserved(&|_, changes| changes[0].on_hand_delta = 1), reserve_at, "a reserve moving on_hand");
+    refused(&reserved(&|_, changes| changes.clear()), reserve_at, "a reserve moving no item");
+    let mut forged = records[reserve_at].clone();
+    if let reservoir_engine::Body::Reserved { tenant, .. } = &mut forged.body {
+        *tenant = TenantId(7);
+    }
+    refused(&forged, reserve_at, "a tenant the log never created");
+    let settled = |change: &dyn Fn(&mut Vec<reservoir_engine::LineChange>, &mut Vec<reservoir_engine::ItemChange>)| {
+        let mut forged = records[release_at].clone();
+        let reservoir_engine::Body::Settled { line_changes, changes, .. } = &mut forged.body else { panic!() };
+        change(line_changes, changes);
+        forged
+    };
+    refused(
+        &settled(&|lines, _| {
+            lines[0].released = -2;
+            lines.push(reservoir_engine::LineChange { line: 0, committed: 0, released: 4 });
+        }),
+        release_at,
+        "a negative release made up by a second",
+    );
+    refused(&settled(&|_, changes| changes[0].on_hand_delta = -2), release_at, "a release moving on_hand");
+    refused(&settled(&|lines, _| lines[0].line = 1), release_at, "a line the reservation does not have");
+    let mut forged = records[0].clone();
+    if let reservoir_engine::Body::TenantCreated { name, .. } = &mut forged.body {
+        *name = "a b".into();
+    }
+    refused(&forged, 0, "a tenant name restore refuses");
+    // The records as written apply.
+    let replica = Engine::new(Config::default());
+    for record in &records {
+        replica.apply(record).unwrap();
+    }
+    assert_eq!(replica.dump(), engine.dump());
+}
+
 /// Keeps `docs/protocol.md`'s code table and `ResultCode` in step: every code is listed with
 /// its number and name, and the table lists nothing else.
 #[test]

@@ -134,6 +134,25 @@ fn a_state_that_breaks_an_invariant_is_refused() {
     saved.entry.reply.count = 1;
     let error = Engine::restore(&two_values).err().expect("refused");
     assert!(error.to_string().contains("more than one value"), "{error}");
+
+    // Regression (review): lines of any size passed where `committed + released <= reserved`
+    // (so a line of 2^62 units wrapped `verify`'s sums), and a shard count past SHARDS_MAX
+    // reached an assertion. Both are refused.
+    let mut huge = state.clone();
+    let saved = huge.reservations.iter_mut().find(|saved| !saved.reservation.lines.is_empty()).unwrap();
+    let line = &mut saved.reservation.lines[0];
+    (line.requested, line.reserved, line.committed) = (1 << 62, 1 << 62, (1 << 62) - line.released);
+    let error = Engine::restore(&huge).err().expect("refused");
+    assert!(error.to_string().contains("bad line"), "{error}");
+    let mut negative = state.clone();
+    let saved = negative.reservations.iter_mut().find(|saved| !saved.reservation.lines.is_empty()).unwrap();
+    saved.reservation.lines[0].released = -1;
+    let error = Engine::restore(&negative).err().expect("refused");
+    assert!(error.to_string().contains("bad line"), "{error}");
+    let mut too_many_shards = state.clone();
+    too_many_shards.config.shards = reservoir_engine::SHARDS_MAX * 2;
+    too_many_shards.shards = vec![Default::default(); reservoir_engine::SHARDS_MAX * 2];
+    assert!(matches!(Engine::restore(&too_many_shards), Err(EngineError::BadState { .. })));
 }
 
 /// Regression: id shards are chosen under a random key per engine, so a state's lists cannot
