@@ -1544,6 +1544,11 @@ impl Engine {
     }
 
     /// The remembered reply of an operation id, if it is still remembered.
+    /// Whether operation `id` of `tenant` is remembered: one probe, its reply left packed.
+    pub fn remembers_operation(&self, tenant: TenantId, id: &str) -> bool {
+        self.operations.shard(tenant, id).lock().map.contains_key(&KeyRef(tenant, id))
+    }
+
     pub fn operation(&self, tenant: TenantId, id: &str) -> Option<Reply> {
         let shard = self.operations.shard(tenant, id).lock();
         shard.map.get(&KeyRef(tenant, id)).map(|entry| entry.reply.reply())

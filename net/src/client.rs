@@ -249,8 +249,9 @@ async fn batcher(
 }
 
 /// Sends the operations of unrelated `call`s as one request, and keeps each caller's answer
-/// what it would be alone: a batch that cannot be encoded (one caller's over-long name) is sent
-/// again one operation at a time, so only that caller gets `Unencodable`; and a SKU summary
+/// what it would be alone: a batch that cannot be encoded (one caller's over-long name), or
+/// that costs more than the tenant's burst (`rate_limited` with no retry-after), is sent again
+/// one operation at a time, so only a caller whose own operation fails gets the error; and a SKU summary
 /// that the request's shared item budget (`QUERY_ITEMS_PER_REQUEST_MAX`) cut short, or a
 /// reservation it left out (`reply_budget_spent`), is asked again alone (a page cut short
 /// carries its cursor and needs nothing).
@@ -258,13 +259,22 @@ async fn batch_request(
     inner: &Inner,
     operations: &[Operation],
 ) -> Result<Vec<Result<OperationResult, NetError>>, NetError> {
+    let alone_would_differ = |error: &NetError| match error {
+        NetError::Unencodable(_) => true,
+        // Regression (review): the batch cost more than the tenant's burst, which no wait can
+        // pay, so every caller in it failed for good though each alone would pass.
+        NetError::Refused(refusal) => {
+            refusal.code == ProtocolErrorCode::RateLimited && refusal.retry_after_ms.is_none()
+        }
+        _ => false,
+    };
     let reply = match inner.request(operations).await {
-        Err(NetError::Unencodable(_)) if operations.len() > 1 => {
+        Err(error) if operations.len() > 1 && alone_would_differ(&error) => {
             let mut results = Vec::with_capacity(operations.len());
             for operation in operations {
                 results.push(match inner.request(std::slice::from_ref(operation)).await {
                     Ok(mut alone) => Ok(alone.results.pop().expect("one result")),
-                    Err(NetError::Unencodable(wire)) => Err(NetError::Unencodable(wire)),
+                    Err(error) if alone_would_differ(&error) => Err(error),
                     Err(error) => return Err(error),
                 });
             }

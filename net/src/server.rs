@@ -201,7 +201,7 @@ pub(crate) struct Core {
     shutting_down: AtomicBool,
     /// Set once, when a graceful shutdown starts: every stream then sends `Goodbye`.
     goodbye: watch::Sender<bool>,
-    counters: ServerCounters,
+    pub(crate) counters: ServerCounters,
 }
 
 impl Core {
@@ -648,6 +648,16 @@ impl ServerHandle {
 async fn accept_loop(core: Arc<Core>, endpoint: quinn::Endpoint) {
     let connections = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     while let Some(incoming) = endpoint.accept().await {
+        // A stateless retry before anything is kept: a connection takes a slot only once its
+        // peer has shown it receives at its address (review: Initial packets from forged
+        // addresses, ~1,000 a second, each held a slot through its 10 s handshake timeout and
+        // kept every real client out). It costs a new connection one round trip.
+        if !incoming.remote_address_validated() {
+            if let Err(refused) = incoming.retry() {
+                refused.into_incoming().refuse();
+            }
+            continue;
+        }
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             incoming.refuse();
             continue;
@@ -1154,6 +1164,11 @@ async fn serve_stream(
                     return;
                 }
             }
+            // The peer is gone: its queued replies can never be sent. Regression (review): a
+            // task whose replies waited on a standby's acknowledgement outlived its closed
+            // connection, holding them and its buffers, and a client reconnecting and doing it
+            // again grew the server's memory without bound.
+            _ = connection.closed() => return,
             // The sender lives in `core`, which this task holds: `changed` fails only if that
             // were dropped, and then there is no Goodbye to send.
             changed = goodbye.changed(), if !goodbye_sent => {
@@ -1276,7 +1291,15 @@ fn handle_request(
             .operations
             .iter()
             .map(|operation| match operation {
-                crate::Operation::Import { operation: id, .. } if core.engine.operation(*tenant, id).is_some() => 1,
+                // Looked up only where the answer changes the cost, and without unpacking the
+                // remembered reply (review: 1,024 empty imports naming a 10,000-row import's id
+                // unpacked 1,024 replies of 320 KB each under its id shard's lock, before the
+                // limiter refused anything).
+                crate::Operation::Import { operation: id, rows }
+                    if rows.len() > 1 && core.engine.remembers_operation(*tenant, id) =>
+                {
+                    1
+                }
                 _ => operation.rate_units().min(burst),
             })
             .fold(0u32, u32::saturating_add);

@@ -459,6 +459,44 @@ async fn sync_mode_waits_for_a_standby_and_falls_back_only_when_configured() {
     let _ = primary.stop().await;
 }
 
+/// Regression (review): a stream's task waited for its queued replies' acknowledgement and
+/// for nothing else once its connection was gone, so in sync mode with no standby each closed
+/// connection left a task holding its replies and buffers, and a client reconnecting grew the
+/// server's memory without bound. A closed connection's requests now leave the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_connections_waiting_replies_leave_the_server() {
+    let directory = tempfile::tempdir().unwrap();
+    let (primary, tokens) =
+        Node::start(options(directory.path(), free_port(), StartRole::Primary, ReplicationMode::Sync)).await;
+    let tokens = tokens.unwrap();
+    for round in 0..3 {
+        let writer = primary.client(&tokens.demo).await;
+        let pending = tokio::spawn({
+            let writer = writer.clone();
+            async move { writer.request(vec![receive(&format!("waits-{round}"), "SKU-1", 1)]).await }
+        });
+        let in_flight = |status: serde_json::Value| status["requests_in_flight"].as_u64().expect("a count");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while in_flight(primary.status(&tokens.admin).await) == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the write never reached the server");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!pending.is_finished(), "acknowledged with no standby in sync mode");
+        writer.close().await;
+        pending.abort();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let waiting = in_flight(primary.status(&tokens.admin).await);
+            if waiting == 0 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "round {round}: {waiting} requests of a closed connection");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let _ = primary.stop().await;
+}
+
 /// Regression: the standby read replication messages inside a `select!` beside its timers, and
 /// a timer firing mid-message dropped the bytes read so far; the stream was misread from there
 /// on (a reconnection each time, and in sync mode seconds of stalled acknowledgements). With a

@@ -318,6 +318,42 @@ async fn a_tenant_over_its_rate_gets_rate_limited_with_a_retry_after() {
     assert!(admin.request(vec![Operation::ListTenants; 20]).await.is_ok());
 }
 
+/// Regression (review): `Client::call` batched unrelated callers into one request that cost
+/// more than the tenant's burst; the server answered `rate_limited` with no retry-after (no
+/// wait can pay it), and every caller failed for good, though each alone would pass. The calls
+/// are made on a single-threaded runtime of their own, so that one request holds them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_calls_over_the_tenant_burst_each_pass_alone() {
+    let running = start_with(|options| {
+        options.rate_per_tenant.insert("demo".into(), Rate { operations_per_second: 100, burst: 4 });
+    })
+    .await;
+    let options = ClientOptions::new(vec![running.address()], running.ca.clone(), running.demo.clone());
+    let outcomes = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let client = Client::connect(options).await.unwrap();
+            let mut calls = tokio::task::JoinSet::new();
+            for index in 0..12 {
+                let client = client.clone();
+                calls.spawn(async move { client.call(receive(&format!("op-{index}"), "SKU", 1)).await });
+            }
+            let outcomes = calls.join_all().await;
+            client.close().await;
+            outcomes
+        })
+    })
+    .await
+    .unwrap();
+    for outcome in &outcomes {
+        let Ok(result) = outcome else { panic!("{outcome:?}") };
+        assert_eq!(reply_of(result).code, ResultCode::Ok);
+    }
+    let engine = running.server.shutdown().await.unwrap();
+    let tenant = engine.tenant_id("demo").unwrap();
+    assert_eq!(engine.sku(tenant, "SKU", 0).total.unwrap().on_hand, 12, "each call applied once");
+}
+
 /// Regression (found by audit): the tenant rate counted an import as one operation whatever
 /// its rows, so a tenant could write `IMPORT_ROWS_MAX` (10,000) items for one unit of rate. An
 /// import's rows count each, up to the tenant's burst (so that an import larger than the burst

@@ -430,6 +430,7 @@ pub(crate) fn status(core: &Core) -> serde_json::Value {
         "applied_lsn": applied,
         "durable_lsn": durable,
         "acknowledged_lsn": acknowledged,
+        "requests_in_flight": core.counters.in_flight.load(std::sync::atomic::Ordering::Acquire),
         "wal": {
             "durability": core.wal.durability().name(),
             "sync_interval_ms": match core.wal.durability() {
