@@ -1750,7 +1750,6 @@ fn recall(operations: &OperationShard, tenant: TenantId, id: &str, fingerprint: 
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 /// Adds `amount` to `item`'s entry of a short list, made on first use.
 fn add_to_item(by_item: &mut SmallVec<[(ItemId, i64); SMALL]>, item: ItemId, amount: i64) {
     match by_item.iter_mut().find(|(at, _)| *at == item) {
@@ -1774,6 +1773,7 @@ fn same_item_deltas<V: Copy>(
         })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn install_reservation(
     shard: &mut ReservationShard,
     tenant: TenantId,

@@ -87,7 +87,9 @@ pub fn resolve(data_directory: &Path, target: RestoreTarget, inclusive: bool) ->
         RestoreTarget::Time { unix_ms } => {
             let storage = layered_storage(data_directory)?;
             let mut first_excluded = None;
+            let mut first_on_disk = None;
             let end = scan_until(&storage, Lsn(1), Lsn(0), |record| {
+                first_on_disk.get_or_insert(record.lsn);
                 let past = if inclusive { record.timestamp_ms > unix_ms } else { record.timestamp_ms >= unix_ms };
                 if past {
                     first_excluded = Some((record.lsn, record.timestamp_ms));
@@ -100,6 +102,46 @@ pub fn resolve(data_directory: &Path, target: RestoreTarget, inclusive: bool) ->
                 None => end.last_lsn,
             };
             assert!(first_excluded.is_none_or(|(excluded, _)| excluded.0 == lsn.0 + 1));
+            // No record on disk is at or before the target: the state at it is the one just
+            // before the log's first record (the newest snapshot's, with no log at all), which
+            // only a snapshot of that very LSN, taken at or before the target, shows. Regression
+            // (review): this resolved to that LSN (or to 0, an empty ledger, with no log) whatever
+            // the snapshot's time, so a time before the oldest reachable state restored a later
+            // one without a word.
+            let none_before = match first_on_disk {
+                Some(first) => first_excluded.is_some_and(|(excluded, _)| excluded == first) && first.0 > 1,
+                None => true,
+            };
+            if none_before {
+                let snapshots = all_snapshots(data_directory)?;
+                let wanted = match first_on_disk {
+                    Some(first) => Some(Lsn(first.0 - 1)),
+                    None => snapshots.iter().map(|(lsn, _)| *lsn).max(),
+                };
+                if let Some(wanted) = wanted {
+                    let taken_ms = match snapshots.iter().find(|(lsn, _)| *lsn == wanted) {
+                        Some((_, path)) => Some(snapshot::created_ms(path)?),
+                        None => None,
+                    };
+                    let in_time = |taken: u64| if inclusive { taken <= unix_ms } else { taken < unix_ms };
+                    match taken_ms {
+                        Some(taken) if in_time(taken) => {}
+                        Some(taken) => {
+                            return Err(refuse(format!(
+                                "the oldest state this directory holds is its snapshot of LSN {} taken at {} ms                                  (the log before it is gone): a time before that cannot be restored from here",
+                                wanted.0, taken
+                            )));
+                        }
+                        None => {
+                            return Err(refuse(format!(
+                                "no record on disk is at or before that time and no snapshot covers LSN {}                                  (the log before it is gone): that time cannot be restored from here",
+                                wanted.0
+                            )));
+                        }
+                    }
+                    return Ok(ResolvedTarget { lsn: wanted, first_excluded });
+                }
+            }
             Ok(ResolvedTarget { lsn, first_excluded })
         }
     }

@@ -304,6 +304,72 @@ fn a_restored_directory_is_a_new_history_that_recovers_and_takes_writes() {
     assert_ne!(source_history, new_history, "a restore is a new history");
 }
 
+/// Regression (review): a time with no record at or before it on disk resolved to the LSN
+/// just before the log's first record, or to 0 (an empty ledger) when the directory had a
+/// snapshot and no log yet, whatever the snapshot's time: a restored directory, restored
+/// again to a time before its snapshot, gave a later state or nothing, without a word. A time
+/// at or after the snapshot's gives its state; one before it is refused.
+#[test]
+fn a_restore_to_a_time_before_the_oldest_reachable_state_is_refused() {
+    let (source, into) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut run = Run::new(source.path(), 9);
+    run.drive(2_000);
+    run.opened.wal.close().unwrap();
+    let target = Lsn(1_500);
+    let restored = restore(source.path(), common::config(), RestoreTarget::Lsn(target), true, |_, _| {}).unwrap();
+    let expected = restored.engine.dump();
+    const TAKEN_MS: u64 = 5_000_000;
+    write_data_directory(&restored, into.path(), TAKEN_MS, "test restore\n").unwrap();
+    let at = |unix_ms: u64| restore(into.path(), common::config(), RestoreTarget::Time { unix_ms }, true, |_, _| {});
+    let refused = |outcome: Result<reservoir_wal::restore::Restored, WalError>| match outcome {
+        Err(WalError::Restore(why)) => assert!(why.contains("cannot be restored from here"), "{why}"),
+        other => panic!("a time before the snapshot: {:?}", other.map(|restored| restored.target)),
+    };
+
+    // A snapshot and no log yet.
+    let restored = at(TAKEN_MS).unwrap();
+    assert_eq!((restored.target.lsn, restored.engine.dump()), (target, expected.clone()));
+    refused(at(TAKEN_MS - 1));
+
+    // The log starts after the snapshot, its records stamped later than the time asked for.
+    let mut again = Run {
+        opened: open(into.path()),
+        workload: Workload::new(71, "n", 200),
+        records: Vec::new(),
+        now_ms: 9_000_000,
+    };
+    again.drive(300);
+    again.opened.wal.close().unwrap();
+    let restored = at(TAKEN_MS + 1).unwrap();
+    assert_eq!((restored.target.lsn, restored.engine.dump()), (target, expected));
+    refused(at(TAKEN_MS - 1));
+}
+
+/// Regression (review): an offline snapshot (`reservoir snapshot --data-dir`) after a failed
+/// write or sync read the log through the page cache, which may hold records the disk lost;
+/// the snapshot covered them, recovery (reading the disk) cut them, and the directory refused
+/// to start. With the log marked, the offline snapshot is refused until a start has read the
+/// log back and cleared the mark.
+#[test]
+fn an_offline_snapshot_of_a_log_marked_write_failed_is_refused_until_a_start() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut run = Run::new(directory.path(), 10);
+    run.drive(500);
+    run.opened.wal.close().unwrap();
+    let live = FsStorage::new(&wal_directory(directory.path())).unwrap();
+    reservoir_wal::Storage::mark_write_failed(&live).unwrap();
+    let policy = RetentionPolicy::default();
+    match build_snapshot(directory.path(), common::config(), None, 1, &policy) {
+        Err(WalError::Config(why)) => assert!(why.contains("WRITE_FAILED"), "{why}"),
+        other => panic!("a snapshot of a marked log: {:?}", other.map(|(written, _)| written.covers_lsn)),
+    }
+    let reopened = open(directory.path());
+    reopened.wal.close().unwrap();
+    assert!(!reservoir_wal::Storage::write_failed_marked(&live), "the start read the log back and cleared the mark");
+    let (written, _) = build_snapshot(directory.path(), common::config(), None, 1, &policy).unwrap();
+    assert!(written.covers_lsn.0 > 0);
+}
+
 #[test]
 fn the_snapshotter_follows_its_record_policy_and_takes_one_on_demand() {
     let directory = tempfile::tempdir().unwrap();
