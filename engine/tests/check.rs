@@ -924,6 +924,20 @@ fn replay_refuses_an_item_of_a_tenant_the_log_never_created() {
     }
 }
 
+/// Applies `records[..before]` to a new replica, then `forged`, which must be refused as a
+/// replay mismatch (`why` says what it forges) with nothing of it applied.
+fn assert_replay_refuses(records: &[Record], forged: &Record, before: usize, why: &str) {
+    let replica = Engine::new(Config::default());
+    for record in &records[..before] {
+        replica.apply(record).unwrap();
+    }
+    let untouched = replica.dump();
+    let outcome = replica.apply(forged);
+    assert!(matches!(outcome, Err(reservoir_engine::EngineError::ReplayMismatch { .. })), "{why}: {outcome:?}");
+    // Regression: a receive whose reply the memory cannot hold changed the item first.
+    assert_eq!(replica.dump(), untouched, "{why}: a refused record leaves nothing behind");
+}
+
 /// The memory keeps replies in a smaller form (a reserve's without `on_hand` and `count`,
 /// others with one value) and `u64::MAX` ms as "still open", and an item's cell keeps its
 /// policy in 32 bits a field: a record those cannot hold is refused with a precise error, never
@@ -941,17 +955,7 @@ fn replay_refuses_a_record_the_held_forms_cannot_keep() {
     assert_eq!(engine.execute(&reserve, 0, &mut records).code, ResultCode::Ok);
     let (receive_at, reserve_at) = (records.len() - 2, records.len() - 1);
     // Each forgery against a replica that applied everything before it.
-    let refused = |forged: &Record, before: usize| {
-        let replica = Engine::new(Config::default());
-        for record in &records[..before] {
-            replica.apply(record).unwrap();
-        }
-        let untouched = replica.dump();
-        let outcome = replica.apply(forged);
-        assert!(matches!(outcome, Err(reservoir_engine::EngineError::ReplayMismatch { .. })), "{outcome:?}");
-        // Regression: a receive whose reply the memory cannot hold changed the item first.
-        assert_eq!(replica.dump(), untouched, "a refused record leaves nothing behind");
-    };
+    let refused = |forged: &Record, before: usize| assert_replay_refuses(&records, forged, before, "forged");
     let mut forged = records[reserve_at].clone();
     if let reservoir_engine::Body::Reserved { reply, .. } = &mut forged.body {
         reply.count = 1;
@@ -1026,16 +1030,7 @@ fn replay_refuses_records_whose_lines_and_item_changes_disagree() {
     };
     assert_eq!(engine.execute(&release, 0, &mut records).code, ResultCode::Ok);
     let (reserve_at, release_at) = (records.len() - 2, records.len() - 1);
-    let refused = |forged: &Record, before: usize, why: &str| {
-        let replica = Engine::new(Config::default());
-        for record in &records[..before] {
-            replica.apply(record).unwrap();
-        }
-        let untouched = replica.dump();
-        let outcome = replica.apply(forged);
-        assert!(matches!(outcome, Err(reservoir_engine::EngineError::ReplayMismatch { .. })), "{why}: {outcome:?}");
-        assert_eq!(replica.dump(), untouched, "{why}: a refused record leaves nothing behind");
-    };
+    let refused = |forged: &Record, before: usize, why: &str| assert_replay_refuses(&records, forged, before, why);
     let reserved =
         |change: &dyn Fn(&mut Vec<reservoir_engine::ReservedLine>, &mut Vec<reservoir_engine::ItemChange>)| {
             let mut forged = records[reserve_at].clone();
