@@ -137,8 +137,8 @@ pub fn retain(data_directory: &Path, policy: &RetentionPolicy, now_ms: u64) -> R
     let snapshots_live = snapshot_directory(data_directory);
     let snapshots_archive = archive_snapshot_directory(data_directory);
     let wal_archive = archive_wal_directory(data_directory);
-    std::fs::create_dir_all(&snapshots_archive).map_err(io(&snapshots_archive))?;
-    std::fs::create_dir_all(&wal_archive).map_err(io(&wal_archive))?;
+    crate::storage::create_directory_durably(&snapshots_archive).map_err(io(&snapshots_archive))?;
+    crate::storage::create_directory_durably(&wal_archive).map_err(io(&wal_archive))?;
     let mut moves_left = RETAIN_FILES_PER_PASS_MAX;
 
     // 1. Snapshots beyond the kept ones go to the archive.

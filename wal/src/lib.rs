@@ -142,7 +142,29 @@ pub const PROGRESS_RECORDS_INTERVAL: u64 = 100_000;
 /// Replays the log into `engine` (which holds the state up to `engine.next_lsn() - 1`, from a
 /// snapshot or empty), cuts a torn tail, and returns where a writer continues. `progress` is
 /// called every [`PROGRESS_RECORDS_INTERVAL`] records with the LSN reached.
-pub fn recover(storage: &dyn Storage, engine: &Engine, mut progress: impl FnMut(Lsn)) -> Result<Recovery, WalError> {
+pub fn recover(storage: &dyn Storage, engine: &Engine, progress: impl FnMut(Lsn)) -> Result<Recovery, WalError> {
+    recover_past(storage, engine, None, progress)
+}
+
+/// A newer snapshot than the one recovery starts from, which did not load: recovery must reach
+/// past what it covers, or the directory is refused before anything on disk changes.
+#[derive(Clone, Debug)]
+pub struct SkippedSnapshot {
+    pub covers: Lsn,
+    pub path: String,
+    pub why: String,
+}
+
+/// [`recover`], refusing with [`WalError::SnapshotUnloadable`] (before it cuts a torn tail)
+/// a log that ends before `skipped` covers. Regression (review): the refusal came after the
+/// cut, so a damaged tail that the unloadable snapshot covered was zeroed before the
+/// directory was refused, and `restore --to-lsn` into it was no longer possible.
+pub fn recover_past(
+    storage: &dyn Storage,
+    engine: &Engine,
+    skipped: Option<&SkippedSnapshot>,
+    mut progress: impl FnMut(Lsn),
+) -> Result<Recovery, WalError> {
     let started = Instant::now();
     let from = engine.next_lsn();
     // After a failed write or sync (the writer marked it), read the log from the disk, not
@@ -166,6 +188,17 @@ pub fn recover(storage: &dyn Storage, engine: &Engine, mut progress: impl FnMut(
     if scan.position.next_lsn < from {
         // Checked before any cut, so the damaged segment stays as it was found.
         return Err(WalError::LogBehindSnapshot { covered: Lsn(from.0 - 1), log_next: scan.position.next_lsn });
+    }
+    if let Some(skipped) = skipped {
+        let recovered = Lsn(engine.next_lsn().0 - 1);
+        if recovered < skipped.covers {
+            return Err(WalError::SnapshotUnloadable {
+                path: skipped.path.clone(),
+                covers: skipped.covers,
+                why: skipped.why.clone(),
+                recovered,
+            });
+        }
     }
     if let Some(torn) = &scan.torn {
         cut_torn_tail(storage, torn)?;
@@ -288,7 +321,7 @@ pub fn lock_data_directory(data_directory: &Path) -> Result<DirectoryLock, WalEr
     use std::os::fd::AsRawFd as _;
     let path = data_directory.join("LOCK");
     let io = |source| WalError::io(path.display().to_string(), source);
-    std::fs::create_dir_all(data_directory).map_err(io)?;
+    storage::create_directory_durably(data_directory).map_err(io)?;
     let mut file =
         std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
     // SAFETY: flock only reads its arguments; the descriptor is open for the call.
@@ -347,23 +380,17 @@ pub fn open_data_directory(
     // Recovery reads the archive and the live log as one: a fallback to an older snapshot
     // may need archived segments. The writer appends to the live directory only.
     let layered = layered_storage(data_directory)?;
-    let mut recovery = recover(&layered, &engine, progress)?;
     // A snapshot that did not load is harmless only if what loaded instead reaches past it.
     // Regression: the only snapshot of a restored or base-backup directory (whose log starts
     // empty) failing to load left an empty engine and an empty log, and the server took
     // writes on an empty ledger.
-    if let Some((covers, why)) = snapshots_skipped.iter().max_by_key(|(lsn, _)| *lsn) {
-        let recovered = Lsn(engine.next_lsn().0 - 1);
-        if recovered < *covers {
-            let path = snapshot_directory(data_directory).join(snapshot::snapshot_file_name(*covers));
-            return Err(WalError::SnapshotUnloadable {
-                path: path.display().to_string(),
-                covers: *covers,
-                why: why.clone(),
-                recovered,
-            });
-        }
-    }
+    let skipped = snapshots_skipped.iter().max_by_key(|(lsn, _)| *lsn).map(|(covers, why)| SkippedSnapshot {
+        covers: *covers,
+        path: snapshot_directory(data_directory).join(snapshot::snapshot_file_name(*covers)).display().to_string(),
+        why: why.clone(),
+    });
+    let mut recovery = recover_past(&layered, &engine, skipped.as_ref(), progress)?;
+    assert!(skipped.is_none_or(|skipped| engine.next_lsn().0 > skipped.covers.0), "recovery reached past it");
     if recovery.scan.position.history.is_none() {
         // An empty log continues the snapshot's history.
         recovery.scan.position.history = snapshot.map(|(_, history)| history);

@@ -149,7 +149,7 @@ pub fn rewind(data_directory: &Path, keep_through: Lsn, now_ms: u64) -> Result<R
     }
     let archived_saved_in = saved_in.join("archived");
     if !archived_past.is_empty() {
-        std::fs::create_dir_all(&archived_saved_in).map_err(io(&archived_saved_in))?;
+        crate::storage::create_directory_durably(&archived_saved_in).map_err(io(&archived_saved_in))?;
     }
     for &lsn in &archived_past {
         let name = snapshot::snapshot_file_name(lsn);
@@ -378,7 +378,7 @@ pub fn set_aside(data_directory: &Path, now_ms: u64) -> Result<PathBuf, WalError
 
 fn move_aside(data_directory: &Path, now_ms: u64) -> Result<PathBuf, WalError> {
     let replaced = data_directory.join("replaced").join(now_ms.to_string());
-    std::fs::create_dir_all(&replaced).map_err(io(&replaced))?;
+    crate::storage::create_directory_durably(&replaced).map_err(io(&replaced))?;
     for part in ["wal", "snapshots", "archive"] {
         let from = data_directory.join(part);
         if from.exists() {
@@ -406,7 +406,7 @@ pub fn install_base_backup(data_directory: &Path, snapshot_file: &Path, now_ms: 
     drop(loaded);
     let replaced = move_aside(data_directory, now_ms)?;
     let snapshots_directory = snapshot_directory(data_directory);
-    std::fs::create_dir_all(&snapshots_directory).map_err(io(&snapshots_directory))?;
+    crate::storage::create_directory_durably(&snapshots_directory).map_err(io(&snapshots_directory))?;
     let target = snapshots_directory.join(snapshot::snapshot_file_name(covers));
     std::fs::rename(snapshot_file, &target).map_err(io(&target))?;
     sync_directory(&snapshots_directory)?;

@@ -237,7 +237,7 @@ pub fn write_data_directory(
     if into.exists() && std::fs::read_dir(into).map_err(io)?.next().is_some() {
         return Err(refuse(format!("{} exists and is not empty: restore into a new directory", into.display())));
     }
-    std::fs::create_dir_all(crate::wal_directory(into)).map_err(io)?;
+    crate::storage::create_directory_durably(&crate::wal_directory(into)).map_err(io)?;
     let history = new_history();
     assert_ne!(Some(history), restored.source_history, "a restore starts a new history");
     let written = snapshot::write(&crate::snapshot_directory(into), &restored.engine, history, created_ms)?;

@@ -365,7 +365,8 @@ pub struct SnapshotWritten {
 pub fn write(directory: &Path, engine: &Engine, history: u64, created_ms: u64) -> Result<SnapshotWritten, WalError> {
     assert!(history != 0, "a snapshot belongs to a history");
     let started = std::time::Instant::now();
-    std::fs::create_dir_all(directory).map_err(|source| WalError::io(directory.display().to_string(), source))?;
+    crate::storage::create_directory_durably(directory)
+        .map_err(|source| WalError::io(directory.display().to_string(), source))?;
     remove_leftovers(directory)?;
     let state = engine.export();
     let covers_lsn = Lsn(state.next_lsn.0 - 1);

@@ -116,6 +116,45 @@ fn an_unloadable_only_snapshot_with_an_empty_log_refuses_to_start() {
     }
 }
 
+/// Regression (review): when the newest snapshot did not load and recovery fell back to an
+/// older one, a damaged last record (which the newest snapshot covers) was cut as a torn tail
+/// before the directory was refused as `SnapshotUnloadable`: the refusal left the disk changed,
+/// and `restore --to-lsn` into the cut range impossible. Now it refuses first, the segment
+/// left as it was found.
+#[test]
+fn an_unloadable_newest_snapshot_refuses_before_cutting_what_it_covers() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut workload = Workload::new(9, "u", 10);
+    let opened = open(directory.path());
+    drive(&opened, &mut workload, 300, 1_000_000);
+    snapshot_of(directory.path(), Some(opened.wal.durable_lsn()), 1);
+    drive(&opened, &mut workload, 300, 2_000_000);
+    let newest = snapshot_of(directory.path(), Some(opened.wal.durable_lsn()), 2);
+    opened.wal.close().unwrap();
+
+    let wal = reservoir_wal::wal_directory(directory.path());
+    let (sequence, offset, lsn) = *common::frames(&wal).last().unwrap();
+    assert_eq!(lsn, newest.covers_lsn.0, "the newest snapshot covers the last record");
+    let segment = wal.join(reservoir_wal::storage::segment_file_name(sequence));
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[offset + 45] ^= 0x10;
+    std::fs::write(&segment, &bytes).unwrap();
+    let mut snapshot_bytes = std::fs::read(&newest.path).unwrap();
+    let middle = snapshot_bytes.len() / 2;
+    snapshot_bytes[middle] ^= 0x01;
+    std::fs::write(&newest.path, snapshot_bytes).unwrap();
+
+    match open_data_directory(directory.path(), common::config(), WalOptions::default(), |_| {}) {
+        Err(reservoir_wal::WalError::SnapshotUnloadable { covers, recovered, .. }) => {
+            assert_eq!(covers, newest.covers_lsn);
+            assert_eq!(recovered.0, covers.0 - 1, "the older snapshot and the log reach the record before");
+        }
+        Err(other) => panic!("refused, but not as an unloadable snapshot: {other}"),
+        Ok(opened) => panic!("started at LSN {}", opened.engine.next_lsn().0),
+    }
+    assert!(std::fs::read(&segment).unwrap() == bytes, "the damaged segment is left as it was found");
+}
+
 #[test]
 fn corrupt_snapshot_bytes_never_panic_even_past_the_checksum() {
     let directory = tempfile::tempdir().unwrap();
