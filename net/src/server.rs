@@ -72,6 +72,9 @@ pub const SHUTDOWN_WAIT_MS_MAX: u64 = 10_000;
 pub const GOODBYE_GRACE_MS: u64 = 50;
 /// Connections served at once; more are refused at the QUIC handshake.
 pub const CONNECTIONS_MAX: usize = 10_000;
+/// Connections one tenant may hold open by default ([`ServerOptions::connections_per_tenant_max`]):
+/// a tenth of [`CONNECTIONS_MAX`], so that one tenant's idle connections leave the others room.
+pub const CONNECTIONS_PER_TENANT_MAX_DEFAULT: usize = CONNECTIONS_MAX / 10;
 /// The longest `retry_after_ms` the server asks for.
 pub const RETRY_AFTER_MS_MAX: u32 = 60_000;
 /// Tenants with a rate limiter in memory at once (one per tenant that has connected).
@@ -110,6 +113,8 @@ pub struct ServerOptions {
     pub replication: ReplicationOptions,
     /// Reservations, and operation ids, remembered at most (`Engine::set_idempotency_entries_max`).
     pub idempotency_entries_max: usize,
+    /// Connections one tenant's tokens hold open at once, at most (of `CONNECTIONS_MAX`).
+    pub connections_per_tenant_max: usize,
 }
 
 impl ServerOptions {
@@ -128,6 +133,7 @@ impl ServerOptions {
             role: StartRole::Primary,
             replication: ReplicationOptions::default(),
             idempotency_entries_max: reservoir_engine::IDEMPOTENCY_ENTRIES_MAX_DEFAULT,
+            connections_per_tenant_max: CONNECTIONS_PER_TENANT_MAX_DEFAULT,
         }
     }
 }
@@ -198,6 +204,9 @@ pub(crate) struct Core {
     rate_default: Rate,
     rate_per_tenant: HashMap<String, Rate>,
     limiters: RwLock<HashMap<String, Arc<governor::DefaultDirectRateLimiter>>>,
+    /// Open connections per tenant (an entry only while one is open).
+    tenant_connections: parking_lot::Mutex<HashMap<TenantId, usize>>,
+    connections_per_tenant_max: usize,
     shutting_down: AtomicBool,
     /// Set once, when a graceful shutdown starts: every stream then sends `Goodbye`.
     goodbye: watch::Sender<bool>,
@@ -482,6 +491,8 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
         rate_default: options.rate_default,
         rate_per_tenant: options.rate_per_tenant.clone(),
         limiters: RwLock::new(HashMap::new()),
+        tenant_connections: parking_lot::Mutex::new(HashMap::new()),
+        connections_per_tenant_max: options.connections_per_tenant_max.clamp(1, CONNECTIONS_MAX),
         shutting_down: AtomicBool::new(false),
         goodbye: watch::Sender::new(false),
         counters: ServerCounters::default(),
@@ -862,6 +873,42 @@ struct Session {
     /// The store's generation read before the token was looked up at the handshake.
     credentials_generation: u64,
     in_flight: Arc<Semaphore>,
+    /// A tenant's session holds one of its connection slots until the connection's last stream
+    /// ends.
+    _tenant_connection: Option<TenantConnection>,
+}
+
+/// One of a tenant's open connections, counted against `connections_per_tenant_max`.
+struct TenantConnection {
+    core: Arc<Core>,
+    tenant: TenantId,
+}
+
+impl TenantConnection {
+    /// Counts a new connection of `tenant`, or refuses it at the tenant's cap. Regression
+    /// (review): a tenant with a valid token could hold every one of the server's 10,000
+    /// connection slots with idle connections, keeping every other tenant out.
+    fn open(core: &Arc<Core>, tenant: TenantId) -> Option<TenantConnection> {
+        let mut open = core.tenant_connections.lock();
+        let count = open.entry(tenant).or_insert(0);
+        if *count >= core.connections_per_tenant_max {
+            return None;
+        }
+        *count += 1;
+        Some(TenantConnection { core: core.clone(), tenant })
+    }
+}
+
+impl Drop for TenantConnection {
+    fn drop(&mut self) {
+        let mut open = self.core.tenant_connections.lock();
+        let count = open.get_mut(&self.tenant).expect("counted when opened");
+        assert!(*count > 0, "tenant connection count underflow");
+        *count -= 1;
+        if *count == 0 {
+            open.remove(&self.tenant);
+        }
+    }
 }
 
 fn error_frame(request_id: Option<u64>, code: ProtocolErrorCode, message: impl Into<String>) -> ErrorFrame {
@@ -986,7 +1033,7 @@ async fn read_hello(recv: &mut quinn::RecvStream, decoder: &mut FrameDecoder) ->
     }
 }
 
-fn authenticate(core: &Core, hello: &Hello) -> Result<Session, ErrorFrame> {
+fn authenticate(core: &Arc<Core>, hello: &Hello) -> Result<Session, ErrorFrame> {
     if negotiate_version(hello).is_none() {
         return Err(error_frame(
             None,
@@ -999,10 +1046,25 @@ fn authenticate(core: &Core, hello: &Hello) -> Result<Session, ErrorFrame> {
     // connection's next request checks the token again.
     let credentials_generation = core.credentials.generation();
     let (grant, token) = core.credentials.authenticate(&hello.token).ok_or_else(unauthenticated)?;
+    let mut tenant_connection = None;
     let principal = match &grant {
         Grant::Admin => Principal::Admin,
         Grant::Tenant { tenant } => {
             let id = core.engine.tenant_id(tenant).ok_or_else(unauthenticated)?;
+            let Some(slot) = TenantConnection::open(core, id) else {
+                let mut error = error_frame(
+                    None,
+                    ProtocolErrorCode::RateLimited,
+                    format!(
+                        "tenant {tenant} has {} connections open, its most: share one (a client multiplexes \
+                         streams) or close one",
+                        core.connections_per_tenant_max
+                    ),
+                );
+                error.retry_after_ms = Some(1_000);
+                return Err(error);
+            };
+            tenant_connection = Some(slot);
             Principal::Tenant { id, limiter: limiter(core, tenant), name: tenant.clone() }
         }
         Grant::Replication => Principal::Replication,
@@ -1013,6 +1075,7 @@ fn authenticate(core: &Core, hello: &Hello) -> Result<Session, ErrorFrame> {
         grant,
         credentials_generation,
         in_flight: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
+        _tenant_connection: tenant_connection,
     })
 }
 
@@ -1362,10 +1425,15 @@ fn handle_request(
     // reflect another connection's record not yet durable; a crash then undid an answer.
     let reflects = Lsn(core.engine.next_lsn().0 - 1);
     debug_assert!(records.iter().all(|record| record.lsn <= reflects));
-    // Admin requests are about the node, not the ledger: they wait for nothing but their own
-    // records' local durability (a promotion's reply must not wait for a standby that a new
-    // primary may not have yet).
-    let admin_only = admin && request.operations.iter().all(|operation| operation.kind().is_admin());
+    // Admin requests about the node wait for nothing but their own records' local durability:
+    // a promotion's reply must not wait for a standby that a new primary may not have yet, and
+    // `status` must answer on a node whose acknowledgements are frozen (fenced, or `sync` with
+    // no standby). One that changes the ledger (`create_tenant`) waits like any other write.
+    // Regression (review): `create_tenant` was acknowledged in `sync` mode before a standby had
+    // it, so a failover could lose an acknowledged tenant.
+    let admin_only = admin
+        && request.operations.iter().all(|operation| operation.kind().is_admin())
+        && !request.operations.iter().any(|operation| operation.kind() == OperationKind::CreateTenant);
     let highest = records.iter().map(|record| record.lsn).max();
     if !submit(core, records) {
         return Err(error_frame(

@@ -427,6 +427,15 @@ async fn sync_mode_waits_for_a_standby_and_falls_back_only_when_configured() {
     assert!(!pending.is_finished(), "acknowledged with no standby in sync mode");
     let status = primary.status(&tokens.admin).await;
     assert_eq!(status["replication"]["sync_state"], "waiting_for_standby");
+    // A new tenant is a write too (regression, review: admin requests waited for local
+    // durability only, so `create_tenant` was acknowledged before any standby had it).
+    let admin = primary.client(&tokens.admin).await;
+    let creating = tokio::spawn({
+        let admin = admin.clone();
+        async move { admin.request(vec![Operation::CreateTenant { name: "waits-too".into() }]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!creating.is_finished(), "a tenant acknowledged with no standby in sync mode");
     // A standby arrives: the write is acknowledged once the standby has it durable.
     let standby_directory = standby_directory(directory.path());
     let (standby, _) = Node::start(options(
@@ -440,6 +449,14 @@ async fn sync_mode_waits_for_a_standby_and_falls_back_only_when_configured() {
     assert_eq!(reply.results[0].code(), ResultCode::Ok);
     let status = standby.status(&tokens.admin).await;
     assert!(status["durable_lsn"].as_u64().unwrap() >= reply.lsn, "acknowledged before the standby had it");
+    let created = creating.await.unwrap().unwrap();
+    assert_eq!(created.results[0].code(), ResultCode::Ok);
+    let status = standby.status(&tokens.admin).await;
+    assert!(
+        status["durable_lsn"].as_u64().unwrap() >= created.lsn,
+        "the tenant acknowledged before the standby had it"
+    );
+    admin.close().await;
     writer.close().await;
     let _ = standby.stop().await;
     let _ = primary.stop().await;

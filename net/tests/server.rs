@@ -328,23 +328,8 @@ async fn batched_calls_over_the_tenant_burst_each_pass_alone() {
         options.rate_per_tenant.insert("demo".into(), Rate { operations_per_second: 100, burst: 4 });
     })
     .await;
-    let options = ClientOptions::new(vec![running.address()], running.ca.clone(), running.demo.clone());
-    let outcomes = tokio::task::spawn_blocking(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async move {
-            let client = Client::connect(options).await.unwrap();
-            let mut calls = tokio::task::JoinSet::new();
-            for index in 0..12 {
-                let client = client.clone();
-                calls.spawn(async move { client.call(receive(&format!("op-{index}"), "SKU", 1)).await });
-            }
-            let outcomes = calls.join_all().await;
-            client.close().await;
-            outcomes
-        })
-    })
-    .await
-    .unwrap();
+    let operations = (0..12).map(|index| receive(&format!("op-{index}"), "SKU", 1)).collect();
+    let outcomes = calls_batched_into_one_request(&running, operations).await;
     for outcome in &outcomes {
         let Ok(result) = outcome else { panic!("{outcome:?}") };
         assert_eq!(reply_of(result).code, ResultCode::Ok);
@@ -352,6 +337,57 @@ async fn batched_calls_over_the_tenant_burst_each_pass_alone() {
     let engine = running.server.shutdown().await.unwrap();
     let tenant = engine.tenant_id("demo").unwrap();
     assert_eq!(engine.sku(tenant, "SKU", 0).total.unwrap().on_hand, 12, "each call applied once");
+}
+
+/// Regression (review): one tenant's tokens could hold all of the server's 10,000 connection
+/// slots with idle connections, and every other tenant was refused. A tenant holds at most
+/// `connections_per_tenant_max`; past it its next connection is refused with `rate_limited`
+/// and a retry-after, while other tenants and the admin still connect, and closing one
+/// connection gives its slot back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_holds_at_most_its_share_of_the_connections() {
+    let running = start_with(|options| options.connections_per_tenant_max = 2).await;
+    let first = running.client(&running.demo).await.unwrap();
+    let second = running.client(&running.demo).await.unwrap();
+    match running.client(&running.demo).await {
+        Err(reservoir_net::NetError::Refused(error)) => {
+            assert_eq!(error.code, ProtocolErrorCode::RateLimited);
+            assert_eq!(error.retry_after_ms, Some(1_000));
+        }
+        other => panic!("a third connection of the tenant: {:?}", other.map(|_| "connected")),
+    }
+    let admin = running.client(&running.admin).await.unwrap();
+    let OperationResult::Token(Ok(other_token)) = admin
+        .request(vec![
+            Operation::CreateTenant { name: "other".into() },
+            Operation::IssueToken { tenant: "other".into(), revoke_others: false },
+        ])
+        .await
+        .unwrap()
+        .results[1]
+        .clone()
+    else {
+        panic!("no token for the other tenant")
+    };
+    let other = running.client(&other_token).await.expect("another tenant still connects");
+    assert_eq!(reply_of(&other.call(receive("o-1", "SKU", 1)).await.unwrap()).code, ResultCode::Ok);
+    first.close().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let third = loop {
+        match running.client(&running.demo).await {
+            Ok(client) => break client,
+            Err(error) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the closed connection's slot never came back: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(reply_of(&third.call(receive("d-1", "SKU", 1)).await.unwrap()).code, ResultCode::Ok);
+    drop(second);
+    running.server.shutdown().await.unwrap();
 }
 
 /// Regression (found by audit): the tenant rate counted an import as one operation whatever
@@ -1017,6 +1053,33 @@ async fn the_queries_of_one_request_return_one_page_of_items_in_all() {
     running.server.shutdown().await.unwrap();
 }
 
+/// Makes one `Client::call` per operation, all queued before the client's batcher runs (on a
+/// single-threaded runtime of their own), so that one request carries them together; returns
+/// each call's outcome in the order of `operations`.
+async fn calls_batched_into_one_request(
+    running: &Running,
+    operations: Vec<Operation>,
+) -> Vec<Result<OperationResult, reservoir_net::NetError>> {
+    let options = ClientOptions::new(vec![running.address()], running.ca.clone(), running.demo.clone());
+    tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let client = Client::connect(options).await.unwrap();
+            let mut calls = tokio::task::JoinSet::new();
+            for (index, operation) in operations.into_iter().enumerate() {
+                let client = client.clone();
+                calls.spawn(async move { (index, client.call(operation).await) });
+            }
+            let mut outcomes = calls.join_all().await;
+            client.close().await;
+            outcomes.sort_by_key(|(index, _)| *index);
+            outcomes.into_iter().map(|(_, outcome)| outcome).collect()
+        })
+    })
+    .await
+    .unwrap()
+}
+
 /// Regression (audit): a `get_reservation` cost the request's item budget nothing, so one
 /// ~30 KB request of 1,024 of them, each of a 64-line reservation, had the server build (and
 /// hold, for a client that need not read it) a reply of ~12 MB. Now a reservation counts its
@@ -1053,23 +1116,9 @@ async fn the_reservations_one_request_returns_keep_to_its_item_budget() {
 
     // Calls batched into one request each get the whole reservation, as alone.
     client.close().await;
-    let options = ClientOptions::new(vec![running.address()], running.ca.clone(), running.demo.clone());
-    let outcomes = tokio::task::spawn_blocking(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async move {
-            let client = Client::connect(options).await.unwrap();
-            let mut calls = tokio::task::JoinSet::new();
-            for _ in 0..200 {
-                let client = client.clone();
-                calls.spawn(async move { client.call(Operation::GetReservation { reservation: "big".into() }).await });
-            }
-            let outcomes = calls.join_all().await;
-            client.close().await;
-            outcomes
-        })
-    })
-    .await
-    .unwrap();
+    let outcomes =
+        calls_batched_into_one_request(&running, vec![Operation::GetReservation { reservation: "big".into() }; 200])
+            .await;
     for outcome in outcomes {
         let Ok(OperationResult::Reservation(Ok(view))) = outcome else { panic!("{outcome:?}") };
         assert_eq!(view.lines.len(), LINES);
@@ -1091,30 +1140,16 @@ async fn batched_calls_each_get_what_they_would_get_alone() {
     import_locations(&client, "SKU", ITEMS, 1).await;
 
     client.close().await;
-    let options = ClientOptions::new(vec![running.address()], running.ca.clone(), running.demo.clone());
-    let outcomes = tokio::task::spawn_blocking(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async move {
-            let client = Client::connect(options).await.unwrap();
-            let mut calls = tokio::task::JoinSet::new();
-            for index in 0..40 {
-                let client = client.clone();
-                let operation = match index % 4 {
-                    0 => Operation::ListItems { cursor: 0, limit: 10_000 },
-                    1 => Operation::GetSku { sku: "SKU".into() },
-                    2 => receive(&format!("ok-{index}"), "OTHER", 1),
-                    _ => receive(&format!("bad-{index}"), &"S".repeat(300), 1),
-                };
-                calls.spawn(async move { (index, client.call(operation).await) });
-            }
-            let outcomes = calls.join_all().await;
-            client.close().await;
-            outcomes
+    let operations = (0..40)
+        .map(|index| match index % 4 {
+            0 => Operation::ListItems { cursor: 0, limit: 10_000 },
+            1 => Operation::GetSku { sku: "SKU".into() },
+            2 => receive(&format!("ok-{index}"), "OTHER", 1),
+            _ => receive(&format!("bad-{index}"), &"S".repeat(300), 1),
         })
-    })
-    .await
-    .unwrap();
-    for (index, outcome) in outcomes {
+        .collect();
+    let outcomes = calls_batched_into_one_request(&running, operations).await;
+    for (index, outcome) in outcomes.into_iter().enumerate() {
         match (index % 4, outcome) {
             (0, Ok(OperationResult::Items(Ok(_)))) => {}
             (1, Ok(OperationResult::Sku(Ok(summary)))) => {

@@ -77,6 +77,9 @@ pub struct ServeArgs {
     /// than 5 min are forgotten early, and new mutations get memory_full [default: 20000000]
     #[arg(long, value_name = "N", env = "RESERVOIR_IDEMPOTENCY_ENTRIES_MAX")]
     idempotency_entries_max: Option<usize>,
+    /// Connections one tenant's tokens may hold open at once (of the server's 10,000)
+    #[arg(long, value_name = "N", env = "RESERVOIR_CONNECTIONS_PER_TENANT_MAX", default_value_t = reservoir_net::server::CONNECTIONS_PER_TENANT_MAX_DEFAULT)]
+    connections_per_tenant_max: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -235,6 +238,13 @@ pub fn options(args: &ServeArgs) -> anyhow::Result<ServerOptions> {
         );
         options.idempotency_entries_max = entries_max;
     }
+    anyhow::ensure!(
+        (1..=reservoir_net::server::CONNECTIONS_MAX).contains(&args.connections_per_tenant_max),
+        "--connections-per-tenant-max {}: 1 to {}",
+        args.connections_per_tenant_max,
+        reservoir_net::server::CONNECTIONS_MAX
+    );
+    options.connections_per_tenant_max = args.connections_per_tenant_max;
     let defaults = SnapshotPolicy::default();
     let snapshot = file.snapshot.unwrap_or_default();
     let archive = file.archive.unwrap_or_default();
@@ -442,6 +452,7 @@ mod tests {
             advertise: None,
             peers: Vec::new(),
             idempotency_entries_max: None,
+            connections_per_tenant_max: reservoir_net::server::CONNECTIONS_PER_TENANT_MAX_DEFAULT,
         }
     }
 
