@@ -924,6 +924,21 @@ fn replay_refuses_an_item_of_a_tenant_the_log_never_created() {
     }
 }
 
+/// [`acme_received_five`], then reservation `r` of 2 units of that item; returns the reserve
+/// command too.
+fn acme_received_five_and_reserved_two() -> (Engine, TenantId, Command, Command, Vec<Record>) {
+    let (engine, acme, receive, mut records) = acme_received_five();
+    let reserve = Command::Reserve {
+        tenant: acme,
+        reservation: ReservationId::new("r").unwrap(),
+        lines: vec![line("S@A:2")],
+        ttl_ms: 60_000,
+        allow_partial: false,
+    };
+    assert_eq!(engine.execute(&reserve, 0, &mut records).code, ResultCode::Ok);
+    (engine, acme, receive, reserve, records)
+}
+
 /// Applies `records[..before]` to a new replica, then `forged`, which must be refused as a
 /// replay mismatch (`why` says what it forges) with nothing of it applied.
 fn assert_replay_refuses(records: &[Record], forged: &Record, before: usize, why: &str) {
@@ -944,15 +959,7 @@ fn assert_replay_refuses(records: &[Record], forged: &Record, before: usize, why
 /// applied with its values cut.
 #[test]
 fn replay_refuses_a_record_the_held_forms_cannot_keep() {
-    let (engine, acme, receive, mut records) = acme_received_five();
-    let reserve = Command::Reserve {
-        tenant: acme,
-        reservation: ReservationId::new("r").unwrap(),
-        lines: vec![line("S@A:2")],
-        ttl_ms: 60_000,
-        allow_partial: false,
-    };
-    assert_eq!(engine.execute(&reserve, 0, &mut records).code, ResultCode::Ok);
+    let (engine, _, receive, reserve, records) = acme_received_five_and_reserved_two();
     let (receive_at, reserve_at) = (records.len() - 2, records.len() - 1);
     // Each forgery against a replica that applied everything before it.
     let refused = |forged: &Record, before: usize| assert_replay_refuses(&records, forged, before, "forged");
@@ -1013,15 +1020,7 @@ fn replay_refuses_a_record_the_held_forms_cannot_keep() {
 /// nothing applied.
 #[test]
 fn replay_refuses_records_whose_lines_and_item_changes_disagree() {
-    let (engine, acme, _, mut records) = acme_received_five();
-    let reserve = Command::Reserve {
-        tenant: acme,
-        reservation: ReservationId::new("r").unwrap(),
-        lines: vec![line("S@A:2")],
-        ttl_ms: 60_000,
-        allow_partial: false,
-    };
-    assert_eq!(engine.execute(&reserve, 0, &mut records).code, ResultCode::Ok);
+    let (engine, acme, _, _, mut records) = acme_received_five_and_reserved_two();
     let release = Command::Release {
         tenant: acme,
         operation: op("rel"),
