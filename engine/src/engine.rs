@@ -1589,7 +1589,9 @@ impl Engine {
         let mut report = VerifyReport::default();
         // Hashed, not ordered: one entry per item with open lines, looked up once per item.
         // Summed in 128 bits: the lines of millions of reservations cannot wrap them.
-        let mut open_by_item: hashbrown::HashMap<ItemId, i128> = hashbrown::HashMap::new();
+        // Per item: the units its open lines hold, and the tenant of their reservations (None
+        // once two tenants' reservations hold it), checked against the item's own tenant below.
+        let mut open_by_item: hashbrown::HashMap<ItemId, (i128, Option<TenantId>)> = hashbrown::HashMap::new();
         for shard in self.reservations.all() {
             let shard = shard.lock();
             let mut open_in_shard = 0;
@@ -1598,16 +1600,10 @@ impl Engine {
                 if reservation.state.is_open() {
                     open_in_shard += 1;
                     for line in &reservation.lines {
-                        *open_by_item.entry(line.item).or_default() += i128::from(line.open());
-                        // A reservation holds its own tenant's items only.
-                        let owner = self.catalog.shards.get(line.item.shard as usize).and_then(|items| {
-                            let items = items.items.read();
-                            ((line.item.index as usize) < items.len()).then(|| items.key(line.item.index).tenant)
-                        });
-                        if owner.is_some_and(|owner| owner != *tenant) {
-                            report
-                                .violations
-                                .push(format!("reservation {id} of tenant {} holds another tenant's item", tenant.0));
+                        let entry = open_by_item.entry(line.item).or_insert((0, Some(*tenant)));
+                        entry.0 += i128::from(line.open());
+                        if entry.1 != Some(*tenant) {
+                            entry.1 = None;
                         }
                     }
                 } else if open != 0 {
@@ -1655,7 +1651,16 @@ impl Engine {
                         shard.location(index)
                     ));
                 }
-                let open = open_by_item.remove(&item).unwrap_or(0);
+                let owner = shard.key(index).tenant;
+                let (open, holder) = open_by_item.remove(&item).unwrap_or((0, Some(owner)));
+                // A reservation holds its own tenant's items only.
+                if holder != Some(owner) {
+                    report.violations.push(format!(
+                        "item {}@{}: held by a reservation of another tenant",
+                        shard.sku(index),
+                        shard.location(index)
+                    ));
+                }
                 if open != i128::from(counters.reserved) {
                     report.violations.push(format!(
                         "item {}@{}: reserved {} but open reservation lines hold {open}",
@@ -1666,7 +1671,7 @@ impl Engine {
                 }
             }
         }
-        let mut unknown: Vec<(ItemId, i128)> = open_by_item.into_iter().collect();
+        let mut unknown: Vec<(ItemId, i128)> = open_by_item.into_iter().map(|(item, (open, _))| (item, open)).collect();
         unknown.sort_unstable();
         for (item, open) in unknown {
             report.violations.push(format!("reservations hold {open} on unknown item {item:?}"));

@@ -890,6 +890,34 @@ fn replay_refuses_a_record_that_does_not_fit() {
     assert!(matches!(replica.apply(&forged), Err(reservoir_engine::EngineError::ReplayMismatch { .. })));
 }
 
+/// `verify` finds a reservation holding another tenant's item (a forged or foreign record:
+/// `execute` never writes one, and replay does not look up each line's tenant, to stay cheap).
+#[test]
+fn verify_finds_a_reservation_holding_another_tenants_item() {
+    let (engine, _, _, _, records) = acme_received_five_and_reserved_two();
+    let mut more = Vec::new();
+    engine.execute(&Command::CreateTenant { name: Name::new("other").unwrap() }, 0, &mut more);
+    let other = engine.tenant_id("other").unwrap();
+    let replica = Engine::new(Config::default());
+    let reserve_at = records.len() - 1;
+    for record in &records[..reserve_at] {
+        replica.apply(record).unwrap();
+    }
+    replica.apply(&Record { lsn: records[reserve_at].lsn, ..more[0].clone() }).unwrap();
+    let mut forged = records[reserve_at].clone();
+    forged.lsn = reservoir_engine::Lsn(forged.lsn.0 + 1);
+    let reservoir_engine::Body::Reserved { tenant, .. } = &mut forged.body else { panic!() };
+    *tenant = other;
+    replica.apply(&forged).unwrap();
+    let report = replica.verify();
+    assert!(
+        report.violations.iter().any(|violation| violation.contains("held by a reservation of another tenant")),
+        "{:?}",
+        report.violations
+    );
+    assert!(engine.verify().violations.is_empty());
+}
+
 /// Regression: replay created an item for any tenant id an `ItemCreated` record named, and
 /// since tenant ids live in the items' name entries (LEB128, up to `TENANTS_MAX`) one past
 /// `TENANTS_MAX` panicked replay. An item of a tenant the log has not created is refused.
