@@ -1330,13 +1330,19 @@ impl Engine {
                     let Some(line) = current.lines.get(index) else {
                         return Err(mismatch(format!("reservation {reservation} has no line {}", change.line)));
                     };
+                    // Bounded before any sum: a line holds at most QUANTITY_MAX, and a record
+                    // has fewer line changes than its 4 MiB hold, so no sum below overflows.
+                    if !(0..=QUANTITY_MAX).contains(&change.committed) || !(0..=QUANTITY_MAX).contains(&change.released)
+                    {
+                        return Err(mismatch(format!("reservation {reservation} line {} over-settled", change.line)));
+                    }
                     let (committed, released) = settled_by_line
                         .iter()
                         .find(|(at, _, _)| *at == index)
                         .map_or((change.committed, change.released), |(_, c, r)| {
                             (c + change.committed, r + change.released)
                         });
-                    if change.committed < 0 || change.released < 0 || committed + released > line.open() {
+                    if committed + released > line.open() {
                         return Err(mismatch(format!("reservation {reservation} line {} over-settled", change.line)));
                     }
                     match settled_by_line.iter_mut().find(|(at, _, _)| *at == index) {

@@ -1097,6 +1097,13 @@ fn replay_refuses_records_whose_lines_and_item_changes_disagree() {
         "a negative release made up by a second",
     );
     refused(&settled(&|_, changes| changes[0].on_hand_delta = -2), release_at, "a release moving on_hand");
+    refused(
+        &settled(&|lines, _| {
+            lines.push(reservoir_engine::LineChange { line: 0, committed: i64::MAX, released: i64::MAX })
+        }),
+        release_at,
+        "amounts whose sums would overflow",
+    );
     refused(&settled(&|lines, _| lines[0].line = 1), release_at, "a line the reservation does not have");
     let mut forged = records[0].clone();
     if let reservoir_engine::Body::TenantCreated { name, .. } = &mut forged.body {
