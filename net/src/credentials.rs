@@ -252,8 +252,11 @@ mod tests {
         let json = credentials.export();
         assert!(json.len() <= CREDENTIALS_BYTES_MAX, "a full store is {} bytes", json.len());
         let mut bytes = Vec::new();
-        PrimaryMessage::Credentials { json: json.clone() }.encode(&mut bytes).unwrap();
+        PrimaryMessage::Credentials { generation: u64::MAX, json: json.clone() }.encode(&mut bytes).unwrap();
         assert!(bytes.len() - 4 <= REPLICATION_MESSAGE_BYTES_MAX);
-        assert_eq!(PrimaryMessage::decode(&bytes[4..]).unwrap(), PrimaryMessage::Credentials { json });
+        assert_eq!(
+            PrimaryMessage::decode(&bytes[4..]).unwrap(),
+            PrimaryMessage::Credentials { generation: u64::MAX, json }
+        );
     }
 }

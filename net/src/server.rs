@@ -182,6 +182,10 @@ pub(crate) struct Core {
     /// What may be acknowledged: the local durable LSN, or in `sync` mode the lower of it and
     /// a standby's.
     pub(crate) durable: watch::Receiver<Lsn>,
+    /// The credential store's generation that may be acknowledged: the local one, or on a
+    /// `sync` primary the newest a standby holds (a token's rotation waits for it, as a write
+    /// waits for `durable`).
+    pub(crate) credentials_acknowledged: watch::Receiver<u64>,
     /// The local WAL's durable LSN (what a primary ships).
     pub(crate) local_durable: watch::Receiver<Lsn>,
     /// The local WAL's acknowledgeable LSN: `local_durable`, or ahead of it in `relaxed` mode.
@@ -435,6 +439,7 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
     let local_addr = endpoint.local_addr().map_err(|source| NetError::io("the bound address", source))?;
 
     let (durable_sender, durable) = watch::channel(opened.wal.durable_lsn());
+    let (credentials_sender, credentials_acknowledged) = watch::channel(credentials.generation());
     let (local_sender, local_durable) = watch::channel(opened.wal.durable_lsn());
     let (acknowledgeable_sender, local_acknowledgeable) = watch::channel(opened.wal.acknowledgeable_lsn());
     let stop_notifier = Arc::new(AtomicBool::new(false));
@@ -476,6 +481,7 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
         node: RwLock::new(node),
         node_changed: tokio::sync::Notify::new(),
         durable,
+        credentials_acknowledged,
         local_durable,
         local_acknowledgeable,
         hub: Hub::default(),
@@ -500,7 +506,7 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
     let mut tasks = vec![
         tokio::spawn(accept_loop(core.clone(), endpoint.clone())),
         tokio::spawn(timers(core.clone())),
-        tokio::spawn(acknowledge(core.clone(), durable_sender)),
+        tokio::spawn(acknowledge(core.clone(), durable_sender, credentials_sender)),
         tokio::spawn(watch_lag(core.clone())),
     ];
     if let StartRole::Standby(follow) = &options.role {
@@ -740,8 +746,9 @@ async fn timers(core: Arc<Core>) {
 
 /// Publishes what may be acknowledged: the local WAL's acknowledgeable LSN (durable, or only
 /// written in `relaxed` mode), or in `sync` mode on a primary the lower of it and the best
-/// standby's written LSN (with the configured fallback when no standby streams).
-async fn acknowledge(core: Arc<Core>, sender: watch::Sender<Lsn>) {
+/// standby's written LSN (with the configured fallback when no standby streams); and likewise
+/// the credential store's generation (the local one, or the newest a standby stored).
+async fn acknowledge(core: Arc<Core>, sender: watch::Sender<Lsn>, credentials_sender: watch::Sender<u64>) {
     let mut local = core.local_acknowledgeable.clone();
     let mut alone_since: Option<std::time::Instant> = None;
     let mut warned: Option<std::time::Instant> = None;
@@ -749,15 +756,21 @@ async fn acknowledge(core: Arc<Core>, sender: watch::Sender<Lsn>) {
         let changed = core.hub.changed.notified();
         let local_lsn = *local.borrow_and_update();
         let current = *sender.borrow();
+        let credentials_current = *credentials_sender.borrow();
+        let credentials_local = core.credentials.generation();
+        // A standby that stored a store holds it after its stream ends (a rotated replication
+        // token ends it): not only streaming standbys count.
+        let credentials_stored =
+            core.hub.best_credentials_stored().map_or(credentials_current, |stored| stored.min(credentials_local));
         let role = core.role();
         let sync = core.replication.mode == ReplicationMode::Sync && role == NodeRole::Primary;
-        let target = if role == NodeRole::Fenced {
+        let (target, credentials_target) = if role == NodeRole::Fenced {
             // A fenced node acknowledges nothing more: what it has not acknowledged yet was
             // never confirmed by the new primary (regression: it acknowledged, after the fence,
             // writes that a sync standby never had).
-            current
+            (current, credentials_current)
         } else if !sync {
-            local_lsn
+            (local_lsn, credentials_local)
         } else {
             match core.hub.best_written() {
                 Some(written) => {
@@ -765,7 +778,7 @@ async fn acknowledge(core: Arc<Core>, sender: watch::Sender<Lsn>) {
                     if core.sync_degraded.swap(false, Ordering::AcqRel) {
                         tracing::warn!("a standby streams again: acknowledgements are synchronous again");
                     }
-                    local_lsn.min(Lsn(written))
+                    (local_lsn.min(Lsn(written)), credentials_stored)
                 }
                 None => {
                     let since = *alone_since.get_or_insert_with(std::time::Instant::now);
@@ -782,15 +795,18 @@ async fn acknowledge(core: Arc<Core>, sender: watch::Sender<Lsn>) {
                                      after the local fsync only; a failover now may lose acknowledged writes"
                                 );
                             }
-                            local_lsn
+                            (local_lsn, credentials_local)
                         }
-                        _ => current,
+                        _ => (current, credentials_stored),
                     }
                 }
             }
         };
         if target > current {
             sender.send_replace(target);
+        }
+        if credentials_target > credentials_current {
+            credentials_sender.send_replace(credentials_target);
         }
         tokio::select! {
             result = local.changed() => if result.is_err() { return },
@@ -1103,6 +1119,9 @@ fn limiter(core: &Core, tenant: &str) -> Arc<governor::DefaultDirectRateLimiter>
 /// with its connection.
 struct QueuedReply {
     lsn: Lsn,
+    /// The credential store's generation the reply waits for (0: none; a token's issue or
+    /// rotation on a `sync` primary waits until a standby holds it).
+    credentials: u64,
     bytes: Vec<u8>,
     _permit: OwnedSemaphorePermit,
     _counted: InFlight,
@@ -1134,6 +1153,7 @@ async fn serve_stream(
     mut decoder: FrameDecoder,
 ) {
     let mut durable = core.durable.clone();
+    let mut credentials = core.credentials_acknowledged.clone();
     let mut goodbye = core.goodbye.subscribe();
     let mut goodbye_sent = false;
     let mut queued: VecDeque<QueuedReply> = VecDeque::new();
@@ -1148,7 +1168,11 @@ async fn serve_stream(
         // Write every queued reply whose records are durable (in LSN order: they were queued
         // in execution order, and LSNs grow with it).
         let durable_lsn = *durable.borrow_and_update();
-        while queued.front().is_some_and(|reply| reply.lsn <= durable_lsn) {
+        let credentials_generation = *credentials.borrow_and_update();
+        while queued
+            .front()
+            .is_some_and(|reply| reply.lsn <= durable_lsn && reply.credentials <= credentials_generation)
+        {
             let reply = queued.pop_front().expect("a front");
             queued_bytes -= reply.bytes.len();
             if send.write_all(&reply.bytes).await.is_err() {
@@ -1182,8 +1206,8 @@ async fn serve_stream(
             let Some(frame) = decoder.pop() else { continue };
             match handle_frame(&core, &session, &mut credentials_checked, frame) {
                 Outcome::Reply(reply) => {
-                    let needed = reply.lsn;
-                    if needed <= *durable.borrow() && queued.is_empty() {
+                    let ready = reply.lsn <= *durable.borrow() && reply.credentials <= *credentials.borrow();
+                    if ready && queued.is_empty() {
                         if send.write_all(&reply.bytes).await.is_err() {
                             return;
                         }
@@ -1223,6 +1247,11 @@ async fn serve_stream(
                 }
             }
             changed = durable.changed(), if !queued.is_empty() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            changed = credentials.changed(), if !queued.is_empty() => {
                 if changed.is_err() {
                     return;
                 }
@@ -1435,6 +1464,21 @@ fn handle_request(
         && request.operations.iter().all(|operation| operation.kind().is_admin())
         && !request.operations.iter().any(|operation| operation.kind() == OperationKind::CreateTenant);
     let highest = records.iter().map(|record| record.lsn).max();
+    // A token issued or rotated on a `sync` primary is answered once a standby holds the
+    // store (the generation read after the change covers it). Regression (review): it was
+    // answered once the primary's file was fsynced, so a failover in the next heartbeat
+    // brought a revoked token back on the new primary.
+    let changes_credentials = request
+        .operations
+        .iter()
+        .any(|operation| matches!(operation.kind(), OperationKind::IssueToken | OperationKind::IssueServiceToken));
+    let credentials =
+        if changes_credentials && core.replication.mode == ReplicationMode::Sync && core.role() == NodeRole::Primary {
+            core.hub.changed.notify_waiters();
+            core.credentials.generation()
+        } else {
+            0
+        };
     if !submit(core, records) {
         return Err(error_frame(
             id,
@@ -1456,7 +1500,7 @@ fn handle_request(
     } else {
         reflects
     };
-    Ok(QueuedReply { lsn: wait, bytes, _permit: permit, _counted: InFlight::new(core) })
+    Ok(QueuedReply { lsn: wait, credentials, bytes, _permit: permit, _counted: InFlight::new(core) })
 }
 
 /// Credential operations (not engine commands: tokens are the server's, not the ledger's).

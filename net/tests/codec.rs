@@ -965,6 +965,7 @@ mod replication_messages {
             (any::<u64>(), any::<u64>())
                 .prop_map(|(written_lsn, applied_lsn)| StandbyMessage::Feedback { written_lsn, applied_lsn }),
             (0..=EPOCH_MAX, name()).prop_map(|(epoch, primary)| StandbyMessage::Fence { epoch, primary }),
+            any::<u64>().prop_map(|generation| StandbyMessage::CredentialsStored { generation }),
         ]
     }
 
@@ -985,7 +986,7 @@ mod replication_messages {
             }),
             (any::<u64>(), any::<u64>())
                 .prop_map(|(durable_lsn, now_ms)| PrimaryMessage::Heartbeat { durable_lsn, now_ms }),
-            bytes.prop_map(|json| PrimaryMessage::Credentials { json }),
+            (any::<u64>(), bytes).prop_map(|(generation, json)| PrimaryMessage::Credentials { generation, json }),
             (prop::sample::select(ProtocolErrorCode::ALL), "[ -~]{0,40}", proptest::option::of(name()))
                 .prop_map(|(code, message, primary)| PrimaryMessage::Refused { code, message, primary }),
             (0..=EPOCH_MAX, name()).prop_map(|(epoch, primary)| PrimaryMessage::Fenced { epoch, primary }),

@@ -476,6 +476,67 @@ async fn sync_mode_waits_for_a_standby_and_falls_back_only_when_configured() {
     let _ = primary.stop().await;
 }
 
+/// Regression (review): a token's rotation was answered once the primary's credential file was
+/// fsynced, before any standby had the store, so a failover in the next heartbeat brought the
+/// revoked token back on the new primary. On a `sync` primary a rotation is now answered once
+/// a standby reports the store durable (`CredentialsStored`), as a write waits for its LSN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_rotation_on_a_sync_primary_is_answered_once_a_standby_holds_it() {
+    let directory = tempfile::tempdir().unwrap();
+    let (primary, tokens) =
+        Node::start(options(directory.path(), free_port(), StartRole::Primary, ReplicationMode::Sync)).await;
+    let tokens = tokens.unwrap();
+    let admin = primary.client(&tokens.admin).await;
+    let rotating = tokio::spawn({
+        let admin = admin.clone();
+        async move { admin.call(Operation::IssueToken { tenant: "demo".into(), revoke_others: true }).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!rotating.is_finished(), "a rotation answered with no standby in sync mode");
+    // A standby arrives: the rotation is answered once the standby holds the new store, so
+    // the revoked token is refused there at once, and the new one is let in.
+    let standby_directory = standby_directory(directory.path());
+    let (standby, _) = Node::start(options(
+        standby_directory.path(),
+        free_port(),
+        follow(&primary, &tokens.replication),
+        ReplicationMode::Sync,
+    ))
+    .await;
+    let result = rotating.await.unwrap().unwrap();
+    let OperationResult::Token(Ok(rotated)) = result else { panic!("{result:?}") };
+    match Client::connect(ClientOptions::new(vec![standby.address.clone()], standby.ca(), tokens.demo.clone())).await {
+        Err(NetError::Refused(error)) => assert_eq!(error.code, ProtocolErrorCode::Unauthenticated, "{error:?}"),
+        Err(error) => panic!("{error}"),
+        Ok(_) => panic!("the rotation was answered while the standby still let the revoked token in"),
+    }
+    let fresh = standby.client(&rotated).await;
+    fresh.close().await;
+    // The replication token rotated away from under the only standby: the primary reads the
+    // standby's `CredentialsStored` before it ends the stream, so the rotation is answered
+    // (its answer carries the token the standby needs to come back; no deadlock).
+    let rotate = Operation::IssueServiceToken { service: Service::Replication, revoke_others: true };
+    let answered = tokio::time::timeout(Duration::from_secs(20), admin.call(rotate))
+        .await
+        .expect("the rotation of the only standby's replication token was never answered")
+        .unwrap();
+    let OperationResult::ServiceToken(Ok(replication)) = answered else { panic!("{answered:?}") };
+    let _ = standby.stop().await;
+    let (standby, _) = Node::start(options(
+        standby_directory.path(),
+        free_port(),
+        follow(&primary, &replication),
+        ReplicationMode::Sync,
+    ))
+    .await;
+    let writer = primary.client(&rotated).await;
+    assert_eq!(writer.request(vec![receive("after", "SKU-1", 1)]).await.unwrap().results[0].code(), ResultCode::Ok);
+    writer.close().await;
+    admin.close().await;
+    let _ = standby.stop().await;
+    let _ = primary.stop().await;
+}
+
 /// Regression (review): a stream's task waited for its queued replies' acknowledgement and
 /// for nothing else once its connection was gone, so in sync mode with no standby each closed
 /// connection left a task holding its replies and buffers, and a client reconnecting grew the

@@ -193,6 +193,10 @@ pub(crate) struct StandbyEntry {
     /// Chunks sent and not yet applied, oldest first.
     pub chunks: VecDeque<SentChunk>,
     pub warned_ms: u64,
+    /// The generation of the credential store last shipped on this stream, and the highest
+    /// one the standby reported durable (never above what was shipped).
+    pub credentials_sent: Option<u64>,
+    pub credentials_stored: Option<u64>,
 }
 
 /// A chunk of WAL shipped to a standby and not yet applied there.
@@ -257,6 +261,16 @@ impl StandbyEntry {
         while self.chunks.front().is_some_and(|chunk| chunk.last_lsn <= caught_up) {
             self.chunks.pop_front();
         }
+    }
+
+    /// The standby reported the credential store of `generation` durable. A report past what
+    /// this stream shipped is held to it (a standby cannot vouch for a store it never got).
+    fn credentials_stored(&mut self, generation: u64) -> Option<u64> {
+        let sent = self.credentials_sent?;
+        let stored = generation.min(sent);
+        self.credentials_stored = Some(self.credentials_stored.map_or(stored, |before| before.max(stored)));
+        assert!(self.credentials_stored <= self.credentials_sent);
+        self.credentials_stored
     }
 
     /// Every record up to it is both durable and applied on the standby (it applies a message
@@ -324,6 +338,9 @@ impl StandbyEntry {
 pub(crate) struct Hub {
     pub standbys: Mutex<Vec<StandbyEntry>>,
     pub changed: tokio::sync::Notify,
+    /// The newest credential store a standby reported durable, kept past its stream's end (a
+    /// standby whose replication token was rotated away holds the store that revoked it).
+    credentials_stored: Mutex<Option<u64>>,
     next_id: std::sync::atomic::AtomicU64,
 }
 
@@ -351,6 +368,8 @@ impl Hub {
             records_sent: 0,
             chunks: VecDeque::new(),
             warned_ms: 0,
+            credentials_sent: None,
+            credentials_stored: None,
         });
         Some(id)
     }
@@ -370,6 +389,24 @@ impl Hub {
     /// The highest LSN durable on a connected standby (`None`: no standby streaming).
     pub fn best_written(&self) -> Option<u64> {
         self.standbys.lock().iter().filter(|entry| entry.state == "streaming").map(|entry| entry.written_lsn).max()
+    }
+
+    /// Standby `id` reported the credential store of `generation` durable; returns what it
+    /// holds (`None`: nothing was shipped to it yet).
+    pub fn credentials_stored(&self, id: u64, generation: u64) -> Option<u64> {
+        let mut stored = None;
+        self.update(id, |entry| stored = entry.credentials_stored(generation));
+        if let Some(generation) = stored {
+            let mut best = self.credentials_stored.lock();
+            *best = Some(best.map_or(generation, |before| before.max(generation)));
+        }
+        self.changed.notify_waiters();
+        stored
+    }
+
+    /// The newest credential store a standby reported durable (`None`: none has reported).
+    pub fn best_credentials_stored(&self) -> Option<u64> {
+        *self.credentials_stored.lock()
     }
 }
 
@@ -526,6 +563,26 @@ mod tests {
         let lag = check(&hub, id, 25, 121, Some(times(117, 118)));
         assert_eq!((lag.records, lag.ms, lag.ms_since_execution, lag.flush_ms), (5, 3, 4, 3));
         assert_eq!(check(&hub, id, 20, 121, None), Lag::default(), "caught up");
+    }
+
+    #[test]
+    fn a_standby_vouches_only_for_credential_stores_shipped_to_it() {
+        let hub = Hub::default();
+        let id = hub.register("standby".into(), "127.0.0.1:1".into(), 1, 0).expect("room");
+        assert_eq!(hub.credentials_stored(id, 7), None);
+        assert_eq!(hub.best_credentials_stored(), None, "nothing shipped yet");
+        hub.update(id, |entry| entry.credentials_sent = Some(3));
+        assert_eq!(hub.credentials_stored(id, 9), Some(3));
+        assert_eq!(hub.best_credentials_stored(), Some(3), "held to what was shipped");
+        hub.update(id, |entry| entry.credentials_sent = Some(5));
+        assert_eq!(hub.credentials_stored(id, 2), Some(3));
+        assert_eq!(hub.best_credentials_stored(), Some(3), "never goes back");
+        // A standby that stored a store and left (its token rotated away) still holds it.
+        let second = hub.register("second".into(), "127.0.0.1:2".into(), 1, 0).expect("room");
+        hub.update(second, |entry| entry.credentials_sent = Some(5));
+        assert_eq!(hub.credentials_stored(second, 5), Some(5));
+        hub.unregister(second);
+        assert_eq!(hub.best_credentials_stored(), Some(5));
     }
 
     #[test]

@@ -70,7 +70,9 @@ pub(crate) async fn serve(
             let answer = PrimaryMessage::Fenced { epoch, primary };
             write_message(&mut send, |out| answer.encode(out)).await
         }
-        Ok(StandbyMessage::Feedback { .. }) => Err(NetError::Protocol("feedback before start".into())),
+        Ok(StandbyMessage::Feedback { .. } | StandbyMessage::CredentialsStored { .. }) => {
+            Err(NetError::Protocol("feedback before start".into()))
+        }
         Err(error) => Err(NetError::Protocol(error.to_string())),
     };
     if let Err(error) = outcome {
@@ -186,6 +188,45 @@ async fn stream(
     result
 }
 
+/// Messages from a standby read ahead of the shipping loop at most.
+const FEEDBACK_QUEUED_MAX: usize = 64;
+
+/// What a standby said on its stream, past its `Start`.
+enum Heard {
+    /// `written_lsn`, `applied_lsn`.
+    Feedback(u64, u64),
+    /// The credential store of this generation is durable there.
+    CredentialsStored(u64),
+}
+
+/// How long a stream whose replication token was revoked waits for the standby to store the
+/// credential store that revoked it, before the stream ends.
+pub const CREDENTIALS_STORED_WAIT_MS_MAX: u64 = 5_000;
+
+/// Reads the standby's messages until it reports the credential store of `generation` (or
+/// later) durable, at most [`CREDENTIALS_STORED_WAIT_MS_MAX`].
+async fn wait_for_credentials_stored(
+    core: &Arc<Core>,
+    id: u64,
+    feedback: &mut tokio::sync::mpsc::Receiver<Result<Heard, NetError>>,
+    generation: u64,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(CREDENTIALS_STORED_WAIT_MS_MAX);
+    loop {
+        match tokio::time::timeout_at(deadline, feedback.recv()).await {
+            Ok(Some(Ok(Heard::CredentialsStored(stored)))) => {
+                if core.hub.credentials_stored(id, stored).is_some_and(|held| held >= generation) {
+                    return;
+                }
+            }
+            Ok(Some(Ok(Heard::Feedback(written, applied)))) => {
+                core.hub.update(id, |entry| entry.acknowledged(written, applied));
+            }
+            Ok(Some(Err(_)) | None) | Err(_) => return,
+        }
+    }
+}
+
 /// Ships WAL from `cursor` on, forever: durable records as they become durable, heartbeats
 /// when idle, the credential store when it changes; and reads the standby's feedback. Ends
 /// when the stream's replication token is revoked.
@@ -205,7 +246,7 @@ async fn ship(
     // Where the last read from the segments stopped (a standby behind the feed).
     let mut disk: Option<reservoir_wal::FrameReader> = None;
     // Feedback arrives on the same stream; a separate task reads it so writes never wait on it.
-    let (feedback_sender, mut feedback) = tokio::sync::mpsc::channel::<Result<(u64, u64), NetError>>(64);
+    let (feedback_sender, mut feedback) = tokio::sync::mpsc::channel::<Result<Heard, NetError>>(FEEDBACK_QUEUED_MAX);
     let reader_task = tokio::spawn(async move {
         loop {
             let message = match read_message_at_most(&mut recv, STANDBY_MESSAGE_BYTES_MAX).await {
@@ -214,7 +255,10 @@ async fn ship(
                 Err(error) => Err(error),
             };
             let item = match message {
-                Ok(StandbyMessage::Feedback { written_lsn, applied_lsn }) => Ok((written_lsn, applied_lsn)),
+                Ok(StandbyMessage::Feedback { written_lsn, applied_lsn }) => {
+                    Ok(Heard::Feedback(written_lsn, applied_lsn))
+                }
+                Ok(StandbyMessage::CredentialsStored { generation }) => Ok(Heard::CredentialsStored(generation)),
                 Ok(other) => Err(NetError::Protocol(format!("unexpected {other:?}"))),
                 Err(error) => Err(error),
             };
@@ -234,12 +278,19 @@ async fn ship(
             credentials_generation = generation;
             // Shipped first even when this stream's own token was revoked: the standby then
             // refuses every other token revoked by now too.
-            let message = PrimaryMessage::Credentials { json: core.credentials.export() };
+            // Exported after the generation was read: the store shipped holds every change up
+            // to it (a change updates the store before it moves the generation).
+            let message = PrimaryMessage::Credentials { generation, json: core.credentials.export() };
             if let Err(error) = write_message(send, |out| message.encode(out)).await {
                 break Err(error);
             }
+            core.hub.update(id, |entry| entry.credentials_sent = Some(generation));
             // The store is updated before its generation moves: this lookup sees the change.
             if !core.credentials.still_grants(token, &Grant::Replication) {
+                // Its `CredentialsStored` first, for a while: a `sync` primary answers the
+                // rotation once a standby holds the store, and this may be its only standby
+                // (the rotation's answer carries the token it needs to come back).
+                wait_for_credentials_stored(core, id, &mut feedback, generation).await;
                 tracing::warn!(standby = id, "the standby's replication token was revoked: its stream ends");
                 let why = "the replication token was revoked (or rotated): give the standby a current one";
                 break refuse(send, ProtocolErrorCode::Unauthenticated, why.into(), None).await;
@@ -317,7 +368,10 @@ async fn ship(
                 core.hub.update(id, |entry| if entry.sent_lsn >= durable.0 { entry.state = "streaming" });
             }
             item = feedback.recv() => match item {
-                Some(Ok((written, applied))) => core.hub.update(id, |entry| entry.acknowledged(written, applied)),
+                Some(Ok(Heard::Feedback(written, applied))) => core.hub.update(id, |entry| entry.acknowledged(written, applied)),
+                Some(Ok(Heard::CredentialsStored(generation))) => {
+                    core.hub.credentials_stored(id, generation);
+                }
                 Some(Err(error)) => break Err(error),
                 None => break Err(NetError::Connection("the feedback reader stopped".into())),
             },

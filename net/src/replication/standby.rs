@@ -316,7 +316,13 @@ async fn follow_stream(
                         following.primary_durable_lsn = durable_lsn;
                         following.primary_now_ms = now_ms;
                     }
-                    PrimaryMessage::Credentials { json } => core.credentials.replace(&json)?,
+                    PrimaryMessage::Credentials { generation, json } => {
+                        // Durable (fsynced) before it is reported: a `sync` primary answers a
+                        // token's rotation only once a standby holds it.
+                        core.credentials.replace(&json)?;
+                        let stored = StandbyMessage::CredentialsStored { generation };
+                        write_message(send, |out| stored.encode(out)).await?;
+                    }
                     PrimaryMessage::Refused { code, message, primary } => {
                         return Err(NetError::Replication(format!("{} ({message}){}", code.name(), primary.map(|p| format!(", primary {p}")).unwrap_or_default())));
                     }

@@ -41,6 +41,7 @@ mod message_type {
     pub const START: u8 = 0x21;
     pub const FEEDBACK: u8 = 0x22;
     pub const FENCE: u8 = 0x23;
+    pub const CREDENTIALS_STORED: u8 = 0x24;
     pub const ACCEPT: u8 = 0xA1;
     pub const REWIND: u8 = 0xA2;
     pub const BASE_BACKUP: u8 = 0xA3;
@@ -66,6 +67,10 @@ pub enum StandbyMessage {
     /// Sent by the primary of `epoch` (reachable at `primary`) to a node of a lower epoch:
     /// stop taking writes.
     Fence { epoch: u64, primary: String },
+    /// The credential store shipped as `generation` is durable on the standby (it answers each
+    /// `Credentials` once its file is fsynced). A `sync` primary answers a credential change
+    /// only once a standby has stored it.
+    CredentialsStored { generation: u64 },
 }
 
 /// What a primary sends on a replication stream.
@@ -103,8 +108,10 @@ pub enum PrimaryMessage {
         durable_lsn: u64,
         now_ms: u64,
     },
-    /// The primary's credential store (`credentials.json`), whole.
+    /// The primary's credential store (`credentials.json`), whole, as of the primary's store
+    /// `generation` (a count of changes since the primary started; it only grows on a stream).
     Credentials {
+        generation: u64,
         json: Vec<u8>,
     },
     /// The stream cannot go on (not a primary, standby ahead of the primary ...).
@@ -197,6 +204,9 @@ impl StandbyMessage {
                 w.u64(*epoch);
                 w.string("primary address", primary);
             })?,
+            StandbyMessage::CredentialsStored { generation } => {
+                encode_with(out, message_type::CREDENTIALS_STORED, |w| w.u64(*generation))?
+            }
         }
         debug_assert_eq!(StandbyMessage::decode(&out[start + 4..]).as_ref(), Ok(self), "encode/decode disagree");
         Ok(())
@@ -243,6 +253,7 @@ impl StandbyMessage {
             message_type::FENCE => {
                 StandbyMessage::Fence { epoch: epoch(&mut reader)?, primary: reader.string("primary address")? }
             }
+            message_type::CREDENTIALS_STORED => StandbyMessage::CredentialsStored { generation: reader.u64()? },
             other => return Err(WireError::BadValue { what: "replication message type", value: u64::from(other), at }),
         };
         reader.finish()?;
@@ -279,9 +290,10 @@ impl PrimaryMessage {
                 w.u64(*durable_lsn);
                 w.u64(*now_ms);
             })?,
-            PrimaryMessage::Credentials { json } => {
-                encode_with(out, message_type::CREDENTIALS, |w| bytes_u32(w, json))?
-            }
+            PrimaryMessage::Credentials { generation, json } => encode_with(out, message_type::CREDENTIALS, |w| {
+                w.u64(*generation);
+                bytes_u32(w, json);
+            })?,
             PrimaryMessage::Refused { code, message, primary } => encode_with(out, message_type::REFUSED, |w| {
                 w.u16(code.number());
                 w.bytes_u16("message", message.as_bytes(), ERROR_MESSAGE_BYTES_MAX);
@@ -318,9 +330,10 @@ impl PrimaryMessage {
                 frames: read_bytes_u32(&mut reader, "frames", REPLICATION_MESSAGE_BYTES_MAX)?,
             },
             message_type::HEARTBEAT => PrimaryMessage::Heartbeat { durable_lsn: reader.u64()?, now_ms: reader.u64()? },
-            message_type::CREDENTIALS => {
-                PrimaryMessage::Credentials { json: read_bytes_u32(&mut reader, "credentials", CREDENTIALS_BYTES_MAX)? }
-            }
+            message_type::CREDENTIALS => PrimaryMessage::Credentials {
+                generation: reader.u64()?,
+                json: read_bytes_u32(&mut reader, "credentials", CREDENTIALS_BYTES_MAX)?,
+            },
             message_type::REFUSED => {
                 let at = reader.at();
                 let number = reader.u16()?;
