@@ -104,6 +104,11 @@ impl Node {
         }
     }
 
+    /// A standby of `primary` in `directory`, on a free port, following with `token`.
+    async fn start_standby(directory: &Path, primary: &Node, token: &str, mode: ReplicationMode) -> Node {
+        Node::start(options(directory, free_port(), follow(primary, token), mode)).await.0
+    }
+
     async fn stop(mut self) -> Engine {
         let _ = self.stop.take().unwrap().send(());
         self.task.take().unwrap().await.unwrap().unwrap()
@@ -438,13 +443,8 @@ async fn sync_mode_waits_for_a_standby_and_falls_back_only_when_configured() {
     assert!(!creating.is_finished(), "a tenant acknowledged with no standby in sync mode");
     // A standby arrives: the write is acknowledged once the standby has it durable.
     let standby_directory = standby_directory(directory.path());
-    let (standby, _) = Node::start(options(
-        standby_directory.path(),
-        free_port(),
-        follow(&primary, &tokens.replication),
-        ReplicationMode::Sync,
-    ))
-    .await;
+    let standby =
+        Node::start_standby(standby_directory.path(), &primary, &tokens.replication, ReplicationMode::Sync).await;
     let reply = pending.await.unwrap().unwrap();
     assert_eq!(reply.results[0].code(), ResultCode::Ok);
     let status = standby.status(&tokens.admin).await;
@@ -496,13 +496,8 @@ async fn a_token_rotation_on_a_sync_primary_is_answered_once_a_standby_holds_it(
     // A standby arrives: the rotation is answered once the standby holds the new store, so
     // the revoked token is refused there at once, and the new one is let in.
     let standby_directory = standby_directory(directory.path());
-    let (standby, _) = Node::start(options(
-        standby_directory.path(),
-        free_port(),
-        follow(&primary, &tokens.replication),
-        ReplicationMode::Sync,
-    ))
-    .await;
+    let standby =
+        Node::start_standby(standby_directory.path(), &primary, &tokens.replication, ReplicationMode::Sync).await;
     let result = rotating.await.unwrap().unwrap();
     let OperationResult::Token(Ok(rotated)) = result else { panic!("{result:?}") };
     match Client::connect(ClientOptions::new(vec![standby.address.clone()], standby.ca(), tokens.demo.clone())).await {
@@ -522,13 +517,7 @@ async fn a_token_rotation_on_a_sync_primary_is_answered_once_a_standby_holds_it(
         .unwrap();
     let OperationResult::ServiceToken(Ok(replication)) = answered else { panic!("{answered:?}") };
     let _ = standby.stop().await;
-    let (standby, _) = Node::start(options(
-        standby_directory.path(),
-        free_port(),
-        follow(&primary, &replication),
-        ReplicationMode::Sync,
-    ))
-    .await;
+    let standby = Node::start_standby(standby_directory.path(), &primary, &replication, ReplicationMode::Sync).await;
     let writer = primary.client(&rotated).await;
     assert_eq!(writer.request(vec![receive("after", "SKU-1", 1)]).await.unwrap().results[0].code(), ResultCode::Ok);
     writer.close().await;
@@ -867,13 +856,8 @@ async fn a_token_rotated_on_the_primary_stops_its_open_connections_to_a_standby(
     let writer = primary.client(&tokens.demo).await;
     assert_eq!(writer.request(vec![receive("r1", "SKU-1", 3)]).await.unwrap().results[0].code(), ResultCode::Ok);
     let standby_directory = standby_directory(primary_directory.path());
-    let (standby, _) = Node::start(options(
-        standby_directory.path(),
-        free_port(),
-        follow(&primary, &tokens.replication),
-        ReplicationMode::Async,
-    ))
-    .await;
+    let standby =
+        Node::start_standby(standby_directory.path(), &primary, &tokens.replication, ReplicationMode::Async).await;
     let durable = primary.status(&tokens.admin).await["durable_lsn"].as_u64().unwrap();
     standby
         .wait_status(&tokens.admin, "the standby catches up", |status| status["applied_lsn"].as_u64() >= Some(durable))
