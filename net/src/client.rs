@@ -360,6 +360,14 @@ impl Inner {
                 // connection, and cost the shared connection, 8 reconnects and ~2.5 s of waits
                 // before the caller heard anything (a gateway answered 502).
                 Err(error @ NetError::Unencodable(_)) => return Err(error),
+                // A token's issue has no id to answer a resend from the first outcome: resent,
+                // it would mint (and with `revoke_others` revoke) again. Its outcome is unknown,
+                // and the caller hears so. Regression (review): a reply held past the timeout
+                // (a `sync` primary waiting for a standby) was resent every 30 s.
+                Err(error) if operations.iter().any(Operation::mints_a_token) => {
+                    self.drop_session(&session).await;
+                    return Err(error);
+                }
                 Err(error) => {
                     // The reply was lost with the connection: resend, same ids, maybe elsewhere.
                     self.drop_session(&session).await;

@@ -67,6 +67,8 @@ pub struct Credentials {
     /// Bumped at every change, after the change is visible: a primary ships the store to its
     /// standbys when it moves, and a connection checks its token again when it moved.
     generation: std::sync::atomic::AtomicU64,
+    /// Notified after every change (a primary's shipping loops wake on it).
+    pub changed: tokio::sync::Notify,
 }
 
 fn sorted(entries: &HashMap<TokenDigest, Entry>) -> Vec<Entry> {
@@ -116,7 +118,12 @@ impl Credentials {
             let key = unhex(&entry.sha256).ok_or_else(|| bad(format!("bad digest {:?}", entry.sha256)))?;
             entries.insert(key, entry);
         }
-        Ok(Credentials { path, entries: RwLock::new(entries), generation: std::sync::atomic::AtomicU64::new(0) })
+        Ok(Credentials {
+            path,
+            entries: RwLock::new(entries),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            changed: tokio::sync::Notify::new(),
+        })
     }
 
     /// Changes with every change to the store.
@@ -146,6 +153,8 @@ impl Credentials {
         self.persist(&next)?;
         *entries = next;
         self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        drop(entries);
+        self.changed.notify_waiters();
         Ok(())
     }
 
@@ -189,6 +198,8 @@ impl Credentials {
         *entries = next;
         self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         assert!(entries.contains_key(&key));
+        drop(entries);
+        self.changed.notify_waiters();
         Ok(token)
     }
 

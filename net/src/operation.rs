@@ -400,6 +400,12 @@ fn engine_lines(lines: &[WireLine]) -> Result<Vec<Line>, ResultCode> {
 }
 
 impl Operation {
+    /// Whether it mints a token: not idempotent (it carries no id), so never resent when its
+    /// outcome is unknown.
+    pub fn mints_a_token(&self) -> bool {
+        matches!(self, Operation::IssueToken { .. } | Operation::IssueServiceToken { .. })
+    }
+
     /// What the operation costs against its tenant's rate: one per row of an import (each
     /// row writes an item, and an import may carry `IMPORT_ROWS_MAX` of them), one for any
     /// other operation. The server caps an import's cost at the tenant's burst and charges a

@@ -30,7 +30,8 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use crate::credentials::{Credentials, Grant, TokenDigest};
 use crate::message::{ClientFrame, ErrorFrame, Hello, HelloReply, NodeRole, Request, Role, ServerFrame, ServerLimits};
 use crate::operation::{
-    run_query, Action, AdminAction, OperationKind, OperationResult, TenantEntry, QUERY_ITEMS_PER_REQUEST_MAX,
+    run_query, Action, AdminAction, Operation, OperationKind, OperationResult, Service, TenantEntry,
+    QUERY_ITEMS_PER_REQUEST_MAX,
 };
 use crate::replication::{
     FencedFile, Following, Hub, NodeState, ReplicationMode, ReplicationOptions, Restart, StartRole,
@@ -1464,16 +1465,21 @@ fn handle_request(
         && request.operations.iter().all(|operation| operation.kind().is_admin())
         && !request.operations.iter().any(|operation| operation.kind() == OperationKind::CreateTenant);
     let highest = records.iter().map(|record| record.lsn).max();
-    // A token issued or rotated on a `sync` primary is answered once a standby holds the
-    // store (the generation read after the change covers it). Regression (review): it was
-    // answered once the primary's file was fsynced, so a failover in the next heartbeat
-    // brought a revoked token back on the new primary.
-    let changes_credentials = request
-        .operations
-        .iter()
-        .any(|operation| matches!(operation.kind(), OperationKind::IssueToken | OperationKind::IssueServiceToken));
+    // A tenant or admin token issued or rotated on a `sync` primary is answered once a
+    // standby holds the store (the generation read after the change covers it), as a write
+    // waits for its LSN. Regression (review): it was answered once the primary's file was
+    // fsynced, so a failover in the next heartbeat brought a revoked token back on the new
+    // primary. Not a replication token: its answer carries what a standby cut off by the
+    // rotation needs to come back, so waiting for a standby could wait forever.
+    let changed_credentials = request.operations.iter().zip(&results).any(|(operation, result)| match result {
+        OperationResult::Token(Ok(_)) => true,
+        OperationResult::ServiceToken(Ok(_)) => {
+            !matches!(operation, Operation::IssueServiceToken { service: Service::Replication, .. })
+        }
+        _ => false,
+    });
     let credentials =
-        if changes_credentials && core.replication.mode == ReplicationMode::Sync && core.role() == NodeRole::Primary {
+        if changed_credentials && core.replication.mode == ReplicationMode::Sync && core.role() == NodeRole::Primary {
             core.hub.changed.notify_waiters();
             core.credentials.generation()
         } else {

@@ -1133,6 +1133,22 @@ async fn replication_stream(primary: &Node, token: &str) -> (quinn::Connection, 
 /// reads what the primary ships and never sends feedback): its lag grows with every write on
 /// the primary and with time, as a stalled standby's would. Dropping the connection ends it.
 async fn stalled_standby(primary: &Node, tokens: &Tokens, name: &str) -> quinn::Connection {
+    use reservoir_net::replication::wire::read_message;
+    let (connection, send, mut recv) = accepted_standby(primary, tokens, name).await;
+    tokio::spawn(async move {
+        let _send = send;
+        while let Ok(Some(_)) = read_message(&mut recv).await {}
+    });
+    connection
+}
+
+/// A replication stream to `primary` from its durable LSN on, past its `Accept`: a standby
+/// the test plays by hand with the wire codec.
+async fn accepted_standby(
+    primary: &Node,
+    tokens: &Tokens,
+    name: &str,
+) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
     use reservoir_net::replication::wire::{read_message, write_message, PrimaryMessage, StandbyMessage};
     let status = primary.status(&tokens.admin).await;
     let history = u64::from_str_radix(status["history"].as_str().unwrap(), 16).unwrap();
@@ -1156,11 +1172,92 @@ async fn stalled_standby(primary: &Node, tokens: &Tokens, name: &str) -> quinn::
     write_message(&mut send, |out| start.encode(out)).await.unwrap();
     let accept = PrimaryMessage::decode(&read_message(&mut recv).await.unwrap().unwrap()).unwrap();
     assert!(matches!(accept, PrimaryMessage::Accept { .. }), "{accept:?}");
+    (connection, send, recv)
+}
+
+/// Review of the fix above: with a standby streaming, whose feedback acknowledges every write,
+/// a tenant token's rotation is still held until that standby reports the new credential store
+/// durable (`CredentialsStored`), and answered once it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_waits_for_the_standbys_credentials_stored_not_for_its_feedback() {
+    use reservoir_net::replication::wire::{read_message, write_message, PrimaryMessage, StandbyMessage};
+    let directory = tempfile::tempdir().unwrap();
+    let (primary, tokens) =
+        Node::start(options(directory.path(), free_port(), StartRole::Primary, ReplicationMode::Sync)).await;
+    let tokens = tokens.unwrap();
+    let (connection, mut send, mut recv) = accepted_standby(&primary, &tokens, "by-hand").await;
+    // Whole messages off the stream (reading is not cancel-safe), into a channel.
+    let (message_sender, mut messages) = tokio::sync::mpsc::channel::<PrimaryMessage>(4);
     tokio::spawn(async move {
-        let _send = send;
-        while let Ok(Some(_)) = read_message(&mut recv).await {}
+        while let Ok(Some(body)) = read_message(&mut recv).await {
+            if message_sender.send(PrimaryMessage::decode(&body).unwrap()).await.is_err() {
+                return;
+            }
+        }
     });
-    connection
+    // The standby: feedback after every message (the primary holds it to what it sent); the
+    // first store reported stored at once, later ones only when the test releases them.
+    let (release_sender, mut release) = tokio::sync::mpsc::channel::<()>(1);
+    let (shipped_sender, mut shipped) = tokio::sync::mpsc::channel::<u64>(8);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        let mut first = true;
+        loop {
+            let mut answers = Vec::new();
+            tokio::select! {
+                message = messages.recv() => {
+                    let Some(message) = message else { return };
+                    if let PrimaryMessage::Credentials { generation, .. } = message {
+                        if first {
+                            first = false;
+                            answers.push(StandbyMessage::CredentialsStored { generation });
+                        } else {
+                            held.push(generation);
+                            let _ = shipped_sender.send(generation).await;
+                        }
+                    }
+                    answers.push(StandbyMessage::Feedback { written_lsn: u64::MAX, applied_lsn: u64::MAX });
+                }
+                Some(()) = release.recv() => {
+                    answers.extend(held.drain(..).map(|generation| StandbyMessage::CredentialsStored { generation }));
+                }
+            }
+            for answer in answers {
+                if write_message(&mut send, |out| answer.encode(out)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    // Writes are acknowledged: the standby streams and vouches for every record.
+    let writer = primary.client(&tokens.demo).await;
+    let reply = tokio::time::timeout(Duration::from_secs(10), writer.request(vec![receive("w1", "SKU-1", 1)]))
+        .await
+        .expect("a write acknowledged with a standby streaming")
+        .unwrap();
+    assert_eq!(reply.results[0].code(), ResultCode::Ok);
+    writer.close().await;
+    let admin = primary.client(&tokens.admin).await;
+    let rotating = tokio::spawn({
+        let admin = admin.clone();
+        async move { admin.call(Operation::IssueToken { tenant: "demo".into(), revoke_others: true }).await }
+    });
+    let generation = tokio::time::timeout(Duration::from_secs(10), shipped.recv())
+        .await
+        .expect("the new store shipped without a write to carry it")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!rotating.is_finished(), "the rotation answered before the standby stored store {generation}");
+    release_sender.send(()).await.unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(10), rotating)
+        .await
+        .expect("the rotation answered once the store is stored")
+        .unwrap()
+        .unwrap();
+    assert!(matches!(result, OperationResult::Token(Ok(_))), "{result:?}");
+    admin.close().await;
+    connection.close(0u32.into(), b"done");
+    let _ = primary.stop().await;
 }
 
 /// A primary with a stalled standby behind it.

@@ -273,6 +273,13 @@ async fn ship(
             let why = format!("this node is now a {}", core.role().name());
             break refuse(send, ProtocolErrorCode::NotPrimary, why, core.primary_address()).await;
         }
+        // Registered before the generation is read, so a change after the read still wakes
+        // the wait below (a token change writes no record to wake it otherwise).
+        let credentials_changed = core.credentials.changed.notified();
+        // Read before the generation: a record durable by now was written after any change the
+        // generation below misses, so the store always goes out ahead of the records that
+        // followed its change.
+        let durable = *local.borrow_and_update();
         let generation = core.credentials.generation();
         if generation != credentials_generation {
             credentials_generation = generation;
@@ -296,7 +303,6 @@ async fn ship(
                 break refuse(send, ProtocolErrorCode::Unauthenticated, why.into(), None).await;
             }
         }
-        let durable = *local.borrow_and_update();
         let mut failed = None;
         while cursor <= durable {
             let (last_lsn, frames, durable_ms) = match reader.feed_read(cursor, WAL_CHUNK_BYTES_MAX) {
@@ -376,6 +382,7 @@ async fn ship(
                 None => break Err(NetError::Connection("the feedback reader stopped".into())),
             },
             _ = core.node_changed.notified() => {}
+            _ = credentials_changed => {}
         }
     };
     reader_task.abort();

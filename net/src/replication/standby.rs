@@ -318,8 +318,16 @@ async fn follow_stream(
                     }
                     PrimaryMessage::Credentials { generation, json } => {
                         // Durable (fsynced) before it is reported: a `sync` primary answers a
-                        // token's rotation only once a standby holds it.
-                        core.credentials.replace(&json)?;
+                        // token's rotation only once a standby holds it. Under the apply lock,
+                        // as a standby only: a promotion in between must not have a token just
+                        // issued on the new primary overwritten (review).
+                        {
+                            let _guard = core.apply_lock.lock();
+                            if core.role() != NodeRole::Standby {
+                                return Ok(Ended::Promoted);
+                            }
+                            core.credentials.replace(&json)?;
+                        }
                         let stored = StandbyMessage::CredentialsStored { generation };
                         write_message(send, |out| stored.encode(out)).await?;
                     }
