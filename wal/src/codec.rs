@@ -23,6 +23,11 @@ pub mod kind {
     pub const EPOCH_CHANGED: u8 = 8;
 }
 
+/// Whether `kind` names a body variant ([`decode`] refuses every other).
+pub fn is_kind(kind: u8) -> bool {
+    (kind::TENANT_CREATED..=kind::EPOCH_CHANGED).contains(&kind)
+}
+
 /// Why a payload does not decode. Carried inside [`crate::WalError`] with its position.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -5,7 +5,7 @@
 use reservoir_engine::{Lsn, Record};
 
 use crate::format::{
-    decode_frame, Frame, SegmentHeader, FRAME_ALIGNMENT_BYTES, FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    self, decode_frame, Frame, SegmentHeader, FRAME_ALIGNMENT_BYTES, FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
 use crate::storage::Storage;
 use crate::WalError;
@@ -331,6 +331,12 @@ fn find_later_batch(
     let later_in = |bytes: &[u8], from: usize| -> Option<(usize, Lsn)> {
         let mut at = from.next_multiple_of(FRAME_ALIGNMENT_BYTES);
         while at + FRAME_HEADER_BYTES <= bytes.len() {
+            // The checksum is the search's cost: only where the header's fields could pass.
+            let plausible = format::could_begin_record_after(&bytes[at..at + FRAME_HEADER_BYTES], expected);
+            if !plausible {
+                at += FRAME_ALIGNMENT_BYTES;
+                continue;
+            }
             if let (Frame::Record { header, .. }, _) = decode_frame(&bytes[at..]) {
                 if header.batch_lsn > expected {
                     return Some((at, header.lsn));
