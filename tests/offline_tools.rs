@@ -237,3 +237,35 @@ fn an_interrupted_rewind_with_a_snapshot_at_the_kept_lsn_is_verified_refused_by_
     let text = String::from_utf8_lossy(&verify.stdout);
     assert!(verify.status.success() && !text.contains("rewind"), "{text}");
 }
+
+/// Regression (review): an offline `snapshot` pruned the archive by the built-in bounds
+/// (168 h, 64 GiB), whatever the server's configuration file kept: weeks of restore history
+/// could be deleted by the command the docs tell an operator to run. It now reads `--config`
+/// (or `RESERVOIR_CONFIG`) for `[archive]`, and a flag still wins over the file.
+#[test]
+fn an_offline_snapshot_prunes_the_archive_by_the_configuration_files_bounds() {
+    let pruned = |extra: &[&str]| -> String {
+        let directory = tempfile::tempdir().unwrap();
+        // Three snapshots here and a fourth by the command: one more than are kept, so the
+        // oldest moves to the archive, where the bounds then apply.
+        for _ in 0..3 {
+            snapshot_then_more(directory.path(), 100);
+        }
+        let config = directory.path().join("reservoir.toml");
+        std::fs::write(&config, "[archive]\nbytes_max_gib = 0\n").unwrap();
+        let data = directory.path().to_str().unwrap();
+        let mut arguments = vec!["snapshot", "--data-dir", data];
+        let config = config.to_str().unwrap().to_owned();
+        arguments.extend(extra.iter().map(|argument| if *argument == "CONFIG" { config.as_str() } else { argument }));
+        let output = run(binary(), &arguments);
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
+        text.lines().find(|line| line.starts_with("archive    moved")).expect("an archive line").to_owned()
+    };
+    let kept = pruned(&[]);
+    assert!(kept.ends_with("pruned 0 segments and 0 snapshots"), "the defaults keep the archive: {kept}");
+    let by_file = pruned(&["--config", "CONFIG"]);
+    assert!(!by_file.ends_with("pruned 0 segments and 0 snapshots"), "the file's 0 GiB prunes: {by_file}");
+    let by_flag = pruned(&["--config", "CONFIG", "--archive-bytes-max-gib", "64"]);
+    assert!(by_flag.ends_with("pruned 0 segments and 0 snapshots"), "the flag wins over the file: {by_flag}");
+}

@@ -139,4 +139,28 @@ fn restore_to_just_before_a_bad_import_and_export_one_tenant() {
         run(binary(), &["restore", "--from", source_text, "--to-lsn", "3", "--into", restored.to_str().unwrap()]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+    // ... and says so before it replays anything (regression, review: after the whole replay).
+    assert!(!String::from_utf8_lossy(&again.stdout).contains("replayed"), "{again:?}");
+    // Built beside the target and renamed into place (regression, review: written in place, so
+    // an interrupted restore left a directory that verified as an empty ledger): nothing of
+    // the build is left beside a finished restore or export, and a build a crash left behind
+    // is replaced.
+    let leftovers: Vec<_> = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let crashed = work.path().join(".second.restoring");
+    std::fs::create_dir_all(crashed.join("wal")).unwrap();
+    std::fs::write(crashed.join("wal").join("half-written"), b"x").unwrap();
+    let second = work.path().join("second");
+    let output =
+        run(binary(), &["restore", "--from", source_text, "--to-lsn", "36", "--into", second.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(!crashed.exists());
+    assert!(!second.join("wal").join("half-written").exists());
+    let verify = run(binary(), &["verify", "--data-dir", second.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&verify.stdout);
+    assert!(text.contains("acme                            20000              140"), "{text}");
 }

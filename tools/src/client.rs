@@ -429,17 +429,33 @@ async fn run_async(connection: Connection, command: ClientCommand) -> anyhow::Re
             }
         },
     };
+    // A generated id is said with any failure: with no answer, the outcome is unknown, and a
+    // retry with the same id gets the original outcome where a new id would apply it twice.
+    // Regression (review): the id was printed only after an answer, so exactly the run that
+    // needed a retry lost it.
+    let generated =
+        extra.iter().find(|(key, _)| key == "operation_id").and_then(|(_, id)| id.as_str().map(str::to_owned));
+    let failed = |parts_answered: Option<usize>| {
+        let parts = parts_answered.map(|count| format!(", {count} import parts answered before")).unwrap_or_default();
+        match &generated {
+            Some(id) => format!(
+                "request (operation id {id}{parts}: retry with --op-id {id} to get the outcome without applying it \
+                 twice)"
+            ),
+            None => format!("request{parts}"),
+        }
+    };
     // One import request per 10,000 rows; everything else is one request.
     let mut results = Vec::new();
     let mut lsn = 0;
     if matches!(command, ClientCommand::Import(_)) {
-        for operation in operations {
-            let reply = client.request(vec![operation]).await.context("request")?;
+        for (part, operation) in operations.into_iter().enumerate() {
+            let reply = client.request(vec![operation]).await.with_context(|| failed(Some(part)))?;
             lsn = reply.lsn;
             results.extend(reply.results);
         }
     } else {
-        let reply = client.request(operations).await.context("request")?;
+        let reply = client.request(operations).await.with_context(|| failed(None))?;
         lsn = reply.lsn;
         results = reply.results;
     }

@@ -35,23 +35,36 @@ fn now_ms() -> anyhow::Result<u64> {
     Ok(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64)
 }
 
-/// The archive's bounds (docs/wal.md, "Retention and the archive").
+/// The archive's bounds (docs/wal.md, "Retention and the archive"): a flag, else the
+/// configuration file's `[archive]` (the one the server runs with), else the defaults.
 #[derive(Debug, Args)]
 pub struct RetentionArgs {
-    /// Archived segments and snapshots older than this are deleted
-    #[arg(long, value_name = "HOURS", default_value_t = RetentionPolicy::default().archive_age_max_ms / 3_600_000)]
-    archive_age_max_hours: u64,
-    /// The archive is pruned, oldest first, down to this size
-    #[arg(long, value_name = "GIB", default_value_t = RetentionPolicy::default().archive_bytes_max >> 30)]
-    archive_bytes_max_gib: u64,
+    /// The server's configuration file, for its `[archive]` bounds (README, "Configuration")
+    #[arg(long, value_name = "FILE", env = "RESERVOIR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Archived segments and snapshots older than this are deleted [default: the config
+    /// file's, else 168]
+    #[arg(long, value_name = "HOURS", requires = "data_dir")]
+    archive_age_max_hours: Option<u64>,
+    /// The archive is pruned, oldest first, down to this size [default: the config file's,
+    /// else 64]
+    #[arg(long, value_name = "GIB", requires = "data_dir")]
+    archive_bytes_max_gib: Option<u64>,
 }
 
 impl RetentionArgs {
-    pub fn policy(&self) -> RetentionPolicy {
-        RetentionPolicy {
-            archive_age_max_ms: self.archive_age_max_hours.saturating_mul(3_600_000),
-            archive_bytes_max: self.archive_bytes_max_gib.saturating_mul(1 << 30),
-        }
+    /// Regression (review): an offline `snapshot` pruned the archive by the defaults (168 h,
+    /// 64 GiB) whatever the server's configuration kept, deleting restore history for good.
+    pub fn policy(&self) -> anyhow::Result<RetentionPolicy> {
+        let configured = crate::serve::archive_retention(self.config.as_deref())?;
+        Ok(RetentionPolicy {
+            archive_age_max_ms: self
+                .archive_age_max_hours
+                .map_or(configured.archive_age_max_ms, |hours| hours.saturating_mul(3_600_000)),
+            archive_bytes_max: self
+                .archive_bytes_max_gib
+                .map_or(configured.archive_bytes_max, |gib| gib.saturating_mul(1 << 30)),
+        })
     }
 }
 
@@ -238,7 +251,7 @@ pub fn run_snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         println!("rewind     finished a rewind that a crash cut short: the log now ends at LSN {}", kept_through.0);
     }
     let (written, retention) =
-        reservoir_wal::build_snapshot(&data_directory, Config::default(), None, now_ms()?, &args.retention.policy())
+        reservoir_wal::build_snapshot(&data_directory, Config::default(), None, now_ms()?, &args.retention.policy()?)
             .context("snapshot")?;
     println!(
         "snapshot   {} covers LSN 1..={}: {:.1} MB in {:.2} s",
@@ -367,6 +380,11 @@ pub fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
         (None, Some(lsn)) => RestoreTarget::Lsn(Lsn(lsn)),
         _ => unreachable!("clap requires exactly one target"),
     };
+    // Before the replay, which may take long (regression, review: checked only after it).
+    match &args.tenant {
+        None => reservoir_wal::restore::check_restore_target(&args.into).context("restore")?,
+        Some(_) => anyhow::ensure!(!args.into.exists(), "{} exists: export into a new file", args.into.display()),
+    }
     let progress = Progress::new("restore");
     let restored = reservoir_wal::restore::restore(&args.from, Config::default(), target, !args.exclusive, |lsn, n| {
         progress.update(lsn, n)
@@ -461,7 +479,12 @@ fn write_tenant_export(restored: &Restored, tenant: &str, path: &Path) -> anyhow
     let engine = &restored.engine;
     let id = engine.tenant_id(tenant).with_context(|| format!("no tenant {tenant:?} at that point"))?;
     anyhow::ensure!(!path.exists(), "{} exists: export into a new file", path.display());
-    let file = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+    // Written beside `path` and renamed there once whole and synced: an export cut short
+    // leaves no shorter file that `import` would take for the tenant's state (regression,
+    // review).
+    let name = path.file_name().context("an export file name")?.to_string_lossy().into_owned();
+    let building = path.with_file_name(format!(".{name}.exporting"));
+    let file = std::fs::File::create(&building).with_context(|| format!("create {}", building.display()))?;
     let mut out = std::io::BufWriter::new(file);
     let header = ExportHeader {
         export: "reservoir-tenant".into(),
@@ -492,6 +515,10 @@ fn write_tenant_export(restored: &Restored, tenant: &str, path: &Path) -> anyhow
         }
     }
     out.into_inner().map_err(|error| error.into_error())?.sync_all()?;
+    anyhow::ensure!(!path.exists(), "{} appeared meanwhile: export into a new file", path.display());
+    std::fs::rename(&building, path).with_context(|| format!("rename {} to {}", building.display(), path.display()))?;
+    let parent = path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(parent).and_then(|directory| directory.sync_all())?;
     Ok(rows)
 }
 

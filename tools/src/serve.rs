@@ -174,15 +174,38 @@ struct ArchiveConfig {
 /// The data directory `serve` uses when nothing says otherwise.
 pub const DATA_DIRECTORY_DEFAULT: &str = "reservoir-data";
 
-/// Merges flags, environment, file and defaults.
-pub fn options(args: &ServeArgs) -> anyhow::Result<ServerOptions> {
-    let file = match &args.config {
+/// Reads a configuration file (none: every default).
+fn read_config(path: Option<&std::path::Path>) -> anyhow::Result<FileConfig> {
+    match path {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-            toml::from_str::<FileConfig>(&text).with_context(|| format!("parse {}", path.display()))?
+            toml::from_str::<FileConfig>(&text).with_context(|| format!("parse {}", path.display()))
         }
-        None => FileConfig::default(),
-    };
+        None => Ok(FileConfig::default()),
+    }
+}
+
+/// The archive's bounds a configuration file sets, the defaults where it is silent.
+fn retention_of(archive: Option<ArchiveConfig>) -> RetentionPolicy {
+    let archive = archive.unwrap_or_default();
+    let retention = RetentionPolicy::default();
+    RetentionPolicy {
+        archive_age_max_ms: archive
+            .age_max_hours
+            .map_or(retention.archive_age_max_ms, |hours| hours.saturating_mul(3_600_000)),
+        archive_bytes_max: archive.bytes_max_gib.map_or(retention.archive_bytes_max, |gib| gib.saturating_mul(1 << 30)),
+    }
+}
+
+/// The archive's bounds of the configuration file at `path` (an offline `snapshot` prunes by
+/// what the server keeps).
+pub fn archive_retention(path: Option<&std::path::Path>) -> anyhow::Result<RetentionPolicy> {
+    Ok(retention_of(read_config(path)?.archive))
+}
+
+/// Merges flags, environment, file and defaults.
+pub fn options(args: &ServeArgs) -> anyhow::Result<ServerOptions> {
+    let file = read_config(args.config.as_deref())?;
     let data_directory =
         args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(DATA_DIRECTORY_DEFAULT));
     let mut options = ServerOptions::new(data_directory);
@@ -247,19 +270,10 @@ pub fn options(args: &ServeArgs) -> anyhow::Result<ServerOptions> {
     options.connections_per_tenant_max = args.connections_per_tenant_max;
     let defaults = SnapshotPolicy::default();
     let snapshot = file.snapshot.unwrap_or_default();
-    let archive = file.archive.unwrap_or_default();
-    let retention = RetentionPolicy::default();
     options.snapshot = SnapshotPolicy {
         every_records: snapshot.every_records.unwrap_or(defaults.every_records),
         every_ms: snapshot.every_seconds.map_or(defaults.every_ms, |seconds| seconds.saturating_mul(1_000)),
-        retention: RetentionPolicy {
-            archive_age_max_ms: archive
-                .age_max_hours
-                .map_or(retention.archive_age_max_ms, |hours| hours.saturating_mul(3_600_000)),
-            archive_bytes_max: archive
-                .bytes_max_gib
-                .map_or(retention.archive_bytes_max, |gib| gib.saturating_mul(1 << 30)),
-        },
+        retention: retention_of(file.archive),
     };
     let replication = file.replication.unwrap_or_default();
     let role = match (args.role, replication.role.as_deref()) {
@@ -302,6 +316,13 @@ pub fn options(args: &ServeArgs) -> anyhow::Result<ServerOptions> {
         ),
         None => args.replication_token.clone().or(replication.token.clone()),
     };
+    // Regression (review): `--primary` without `--role standby` started a writable primary,
+    // on a standby's directory a second primary of the same history and epoch.
+    anyhow::ensure!(
+        role == RoleArg::Standby || (args.primary.is_none() && replication.primary.is_none()),
+        "--primary (or [replication] primary) names a standby's primary, but the role is primary: add \
+         --role standby to follow it, or drop --primary to serve as a primary"
+    );
     if role == RoleArg::Primary && !options.replication.peers.is_empty() {
         let token = token.clone().context("--peers needs --replication-token (to ask the peers who is primary)")?;
         let ca_pem = std::fs::read(&primary_ca_path)
@@ -387,15 +408,20 @@ async fn serve(options: ServerOptions) -> anyhow::Result<()> {
         }
     };
     let on_start = |server: &reservoir_net::server::ServerHandle| {
+        // Not `println!`: it panics when stdout is closed (`reservoir serve | head -2`), and a
+        // panic aborts the serving process (regression, review).
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
         if let Some(first) = server.first_start() {
-            println!("reservoir: a new data directory at {}", data_directory.display());
-            println!("admin token (shown once, keep it): {}", first.admin_token);
-            println!("tenant {:?} token (shown once, keep it): {}", first.demo_tenant, first.demo_token);
-            println!("replication token for standbys (shown once, keep it): {}", first.replication_token);
-            println!("clients trust: {}", reservoir_net::tls::ca_path(&data_directory).display());
-            println!("try: RESERVOIR_TOKEN={} reservoir receive SKU-1@DC1 100", first.demo_token);
+            let _ = writeln!(out, "reservoir: a new data directory at {}", data_directory.display());
+            let _ = writeln!(out, "admin token (shown once, keep it): {}", first.admin_token);
+            let _ = writeln!(out, "tenant {:?} token (shown once, keep it): {}", first.demo_tenant, first.demo_token);
+            let _ = writeln!(out, "replication token for standbys (shown once, keep it): {}", first.replication_token);
+            let _ = writeln!(out, "clients trust: {}", reservoir_net::tls::ca_path(&data_directory).display());
+            let _ = writeln!(out, "try: RESERVOIR_TOKEN={} reservoir receive SKU-1@DC1 100", first.demo_token);
         }
-        println!(
+        let _ = writeln!(
+            out,
             "reservoir: serving {} on {} as {} of epoch {} ({}, recovered up to LSN {})",
             data_directory.display(),
             server.local_addr(),
@@ -407,8 +433,8 @@ async fn serve(options: ServerOptions) -> anyhow::Result<()> {
             },
             server.recovered_lsn().0
         );
-        use std::io::Write as _;
-        let _ = std::io::stdout().flush();
+        let _ = out.flush();
+        drop(out);
         if std::env::var_os(FAILPOINT_PANIC_WHILE_SERVING).is_some() {
             tokio::spawn(async { panic!("failpoint {FAILPOINT_PANIC_WHILE_SERVING}: a task panics while serving") });
         }
@@ -583,6 +609,22 @@ entries_max = 1000000
         flags.replication_token_file = Some(directory.path().join("missing"));
         let error = format!("{:#}", options(&flags).unwrap_err());
         assert!(error.contains("missing"), "{error}");
+    }
+
+    /// Regression (review): `--primary` without `--role standby` was ignored, and the node
+    /// started as a writable primary (on a standby's directory, a second primary).
+    #[test]
+    fn a_primary_address_with_the_primary_role_is_refused() {
+        let mut flags = args(None);
+        flags.primary = Some("10.0.0.1:7878".into());
+        flags.replication_token = Some("rsv_x".into());
+        let error = format!("{:#}", options(&flags).unwrap_err());
+        assert!(error.contains("--role standby"), "{error}");
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("reservoir.toml");
+        std::fs::write(&path, "[replication]\nprimary = \"10.0.0.1:7878\"\n").unwrap();
+        let error = format!("{:#}", options(&args(Some(path))).unwrap_err());
+        assert!(error.contains("--role standby"), "{error}");
     }
 
     #[test]

@@ -35,7 +35,11 @@ pub fn parse_rfc3339_ms(text: &str) -> Result<u64, String> {
         return Err(bad());
     }
     let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    // Regression (review): any day up to 31 was taken, so February 31st restored to March 3rd.
+    if !(1..=12).contains(&month) || !(1..=days_in_month(year, month)).contains(&day) {
+        return Err(bad());
+    }
+    if hour > 23 || minute > 59 || second > 60 {
         return Err(bad());
     }
     let mut at = 19;
@@ -55,7 +59,8 @@ pub fn parse_rfc3339_ms(text: &str) -> Result<u64, String> {
     }
     let offset_minutes = match &text[at..] {
         "Z" | "z" => 0,
-        zone if zone.len() == 6 && (zone.starts_with('+') || zone.starts_with('-')) && &zone[3..4] == ":" => {
+        // Bytes, not `&zone[3..4]`: that panicked on a multi-byte character (regression, review).
+        zone if zone.len() == 6 && (zone.starts_with('+') || zone.starts_with('-')) && zone.as_bytes()[3] == b':' => {
             let sign = if zone.starts_with('-') { -1 } else { 1 };
             sign * (number(at + 1..at + 3)? * 60 + number(at + 4..at + 6)?)
         }
@@ -64,6 +69,15 @@ pub fn parse_rfc3339_ms(text: &str) -> Result<u64, String> {
     let days = days_from_civil(year, month, day);
     let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_minutes * 60;
     u64::try_from(seconds * 1000 + millis).map_err(|_| bad())
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
 }
 
 fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
@@ -121,6 +135,26 @@ mod tests {
         }
         for bad in ["", "2026-11-22", "2026-13-01T00:00:00Z", "2026-11-22T10:14:59", "2026-11-22T10:14:59+0100"] {
             assert!(parse_rfc3339_ms(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Regression (review): days past a month's end were taken (rolling into the next month),
+    /// and a zone with a multi-byte character panicked the command.
+    #[test]
+    fn days_past_a_months_end_and_odd_zones_are_refused_without_a_panic() {
+        for bad in [
+            "2026-02-31T10:00:00Z",
+            "2026-02-29T10:00:00Z",
+            "2100-02-29T10:00:00Z",
+            "2026-04-31T10:00:00Z",
+            "2026-11-22T10:14:59+0\u{e9}00",
+            "2026-11-22T10:14:59\u{e9}",
+            "2026-11-22T10:14:59.\u{e9}",
+        ] {
+            assert!(parse_rfc3339_ms(bad).is_err(), "{bad}");
+        }
+        for good in ["2024-02-29T10:00:00Z", "2000-02-29T10:00:00Z", "2026-04-30T10:00:00Z", "2026-12-31T23:59:59Z"] {
+            assert!(parse_rfc3339_ms(good).is_ok(), "{good}");
         }
     }
 }

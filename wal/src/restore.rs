@@ -234,15 +234,48 @@ pub fn write_data_directory(
     provenance: &str,
 ) -> Result<SnapshotWritten, WalError> {
     let io = |source| WalError::io(into.display().to_string(), source);
-    if into.exists() && std::fs::read_dir(into).map_err(io)?.next().is_some() {
-        return Err(refuse(format!("{} exists and is not empty: restore into a new directory", into.display())));
+    check_restore_target(into)?;
+    // Built beside `into` and renamed into place once whole and synced: a restore cut short
+    // (Ctrl-C, a full disk) leaves no directory at `into` that could start as an empty ledger.
+    // Regression (review): the directory was written in place, and an interrupted restore
+    // left `wal/` and a half-written snapshot that `verify` passed as an empty ledger.
+    let building = building_path(into);
+    if building.exists() {
+        std::fs::remove_dir_all(&building).map_err(io)?;
     }
-    crate::storage::create_directory_durably(&crate::wal_directory(into)).map_err(io)?;
+    crate::storage::create_directory_durably(&crate::wal_directory(&building)).map_err(io)?;
     let history = new_history();
     assert_ne!(Some(history), restored.source_history, "a restore starts a new history");
-    let written = snapshot::write(&crate::snapshot_directory(into), &restored.engine, history, created_ms)?;
+    let written = snapshot::write(&crate::snapshot_directory(&building), &restored.engine, history, created_ms)?;
     assert_eq!(written.covers_lsn, restored.target.lsn, "the snapshot covers exactly the target");
-    std::fs::write(into.join("RESTORED.txt"), provenance).map_err(io)?;
-    std::fs::File::open(into).and_then(|directory| directory.sync_all()).map_err(io)?;
-    Ok(written)
+    {
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(building.join("RESTORED.txt")).map_err(io)?;
+        file.write_all(provenance.as_bytes()).map_err(io)?;
+        file.sync_all().map_err(io)?;
+    }
+    std::fs::File::open(&building).and_then(|directory| directory.sync_all()).map_err(io)?;
+    // Over an empty directory, or where none is: rename(2) takes either.
+    std::fs::rename(&building, into).map_err(io)?;
+    let parent = into.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(parent).and_then(|directory| directory.sync_all()).map_err(io)?;
+    let path = crate::snapshot_directory(into).join(written.path.file_name().expect("a snapshot file"));
+    assert!(path.exists(), "the snapshot moved with its directory");
+    Ok(SnapshotWritten { path, ..written })
+}
+
+/// Refuses a restore target that exists and is not an empty directory: checked before the
+/// replay (which may take long) and again before writing.
+pub fn check_restore_target(into: &Path) -> Result<(), WalError> {
+    let io = |source| WalError::io(into.display().to_string(), source);
+    if into.exists() && (!into.is_dir() || std::fs::read_dir(into).map_err(io)?.next().is_some()) {
+        return Err(refuse(format!("{} exists and is not empty: restore into a new directory", into.display())));
+    }
+    Ok(())
+}
+
+/// Where a restore into `into` is built before it is renamed there: a hidden sibling.
+fn building_path(into: &Path) -> std::path::PathBuf {
+    let name = into.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_else(|| "restore".into());
+    into.with_file_name(format!(".{name}.restoring"))
 }
