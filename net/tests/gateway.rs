@@ -995,3 +995,44 @@ async fn one_tokens_requests_in_flight_leave_room_for_other_tenants() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Regression (review): `axum::serve` gave hyper no timer, so a connection that sent its
+/// header a byte at a time, or nothing at all, was held forever, before any in-flight cap:
+/// enough of them shut every tenant out. Both are now closed after `HEADER_READ_TIMEOUT_MS`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_dripped_a_byte_at_a_time_and_an_idle_connection_are_closed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let setup = start().await;
+    let address = setup.gateway.local_addr();
+    // Closed when a read ends (EOF or reset); the wait is bounded well past the timeout.
+    async fn closed_within(stream: &mut (impl tokio::io::AsyncRead + Unpin), limit: Duration) -> bool {
+        let mut chunk = [0u8; 1024];
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+    let limit = Duration::from_millis(gateway::HEADER_READ_TIMEOUT_MS * 3);
+    let idle = tokio::spawn(async move {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        closed_within(&mut stream, limit).await
+    });
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (mut reading, mut writing) = stream.into_split();
+    let drip = tokio::spawn(async move {
+        let _ = writing.write_all(b"GET /healthz HTTP/1.1\r\nx-slow: ").await;
+        while writing.write_all(b"a").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let dripped_closed = closed_within(&mut reading, limit).await;
+    drip.abort();
+    assert!(dripped_closed, "a header dripped a byte at a time held its connection");
+    assert!(idle.await.unwrap(), "an idle connection was held");
+    // The gateway still serves.
+    assert_eq!(setup.get("/healthz", &setup.demo.clone()).await.status, 200);
+}

@@ -48,6 +48,18 @@ pub const IMPORT_BODY_BYTES_MAX: usize = 32 << 20;
 pub const IMPORT_BODY_ROWS_MAX: usize = 10 * reservoir_engine::IMPORT_ROWS_MAX;
 /// Bytes of one line of an import body.
 pub const IMPORT_LINE_BYTES_MAX: usize = 4_096;
+/// HTTP connections the gateway holds open at once; one past it is closed at once. Each holds
+/// a task and up to hyper's ~400 KB header buffer.
+pub const CONNECTIONS_MAX: usize = 8_192;
+/// How long a connection may take to send a request's headers, counted from when the gateway
+/// waits for them: it also closes a keep-alive connection idle that long. Regression (review):
+/// `axum::serve` gives hyper no timer, so a client sending a header a byte at a time, or
+/// opening connections and sending nothing, held them forever, before any in-flight cap.
+pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// How long one connection lives: past it the gateway closes it after its request in flight
+/// (a client then reconnects), and a request-timeout later closes it whatever it does (a
+/// client that never reads its answer).
+pub const CONNECTION_LIFETIME_MS_MAX: u64 = 600_000;
 /// How long `/readyz` waits for an upstream's handshake.
 pub const READY_PROBE_TIMEOUT_MS: u64 = 2_000;
 /// Headers of every answer the server gave: the LSN and epoch the reply reflects.
@@ -226,13 +238,8 @@ pub async fn start(options: GatewayOptions) -> Result<GatewayHandle, NetError> {
     let local_addr = listener.local_addr().map_err(|error| NetError::io("the bound address", error))?;
     let (router, gateway) = router(&options);
     let (stop, stopped) = oneshot::channel::<()>();
-    let served = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let request_timeout = Duration::from_millis(options.request_timeout_ms.max(1));
+    let served = tokio::spawn(serve_http(listener, router, stopped, request_timeout));
     let sweeping = gateway.clone();
     let sweeper = tokio::spawn(async move {
         let mut interval = tokio::time::interval(Duration::from_millis(pool::POOL_SWEEP_INTERVAL_MS));
@@ -243,6 +250,69 @@ pub async fn start(options: GatewayOptions) -> Result<GatewayHandle, NetError> {
     });
     tracing::info!(%local_addr, upstreams = ?options.upstreams, "gateway serving");
     Ok(GatewayHandle { local_addr, gateway, stop: Some(stop), served, sweeper })
+}
+
+/// Accepts HTTP/1.1 connections, at most [`CONNECTIONS_MAX`] at once, each with a header-read
+/// timer and a lifetime; on `stopped`, stops accepting and lets each connection finish the
+/// request it is serving.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    mut stopped: oneshot::Receiver<()>,
+    request_timeout: Duration,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let connections = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    // Each connection task holds a receiver; `closed()` on the sender waits for them all.
+    let (shutdown, watching) = tokio::sync::watch::channel(false);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = &mut stopped => break,
+        };
+        let (stream, _peer) = match accepted {
+            Ok(accepted) => accepted,
+            // Out of descriptors, or a connection reset before it was accepted: go on, after a
+            // pause that keeps a full descriptor table from spinning this loop.
+            Err(error) => {
+                tracing::warn!(%error, "the gateway could not accept a connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            // Closed at once: the client sees a reset and may retry; the others keep theirs.
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        // A `Router` serves any request body: hyper's goes in as it is.
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let mut watching = watching.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(Duration::from_millis(HEADER_READ_TIMEOUT_MS));
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let lifetime = tokio::time::sleep(Duration::from_millis(CONNECTION_LIFETIME_MS_MAX));
+            tokio::pin!(lifetime);
+            let closing = tokio::select! {
+                result = connection.as_mut() => return drop(result),
+                _ = &mut lifetime => true,
+                _ = watching.wait_for(|stop| *stop) => true,
+            };
+            debug_assert!(closing);
+            connection.as_mut().graceful_shutdown();
+            // The request in flight finishes within its deadline; a client that does not read
+            // its answer is dropped after it.
+            let _ = tokio::time::timeout(request_timeout + Duration::from_secs(1), connection).await;
+        });
+    }
+    shutdown.send_replace(true);
+    drop(watching);
+    shutdown.closed().await;
+    Ok(())
 }
 
 /// The outermost layer: bounds the requests in flight (shedding, not queueing) and gives each
