@@ -585,7 +585,7 @@ async fn imports_stream_csv_and_json_lines_with_a_result_per_row() {
     answer.assert_problem(422, "invalid_import");
     assert_eq!(answer.body["line"], 3);
     setup.get(&format!("{DEMO}/stock/E"), &token).await.assert_problem(404, "unknown_item");
-    // More rows than one import operation holds: parts KEY-1, KEY-2.
+    // More rows than one import operation holds: parts KEY#1, KEY#2.
     let mut big = String::from("sku,location,on_hand\n");
     for index in 0..reservoir_engine::IMPORT_ROWS_MAX + 5 {
         big.push_str(&format!("BULK-{index},DC1,1\n"));
@@ -594,8 +594,14 @@ async fn imports_stream_csv_and_json_lines_with_a_result_per_row() {
     let body = answer.assert_ok();
     let parts: Vec<&str> =
         body["parts"].as_array().unwrap().iter().map(|part| part["operation_id"].as_str().unwrap()).collect();
-    assert_eq!(parts, vec!["bulk-1", "bulk-2"]);
+    assert_eq!(parts, vec!["bulk#1", "bulk#2"]);
     assert_eq!(body["applied"], reservoir_engine::IMPORT_ROWS_MAX + 5);
+    // A client's key cannot name a part (regression, review: parts were `KEY-n`, so the key
+    // `bulk-2` collided with part 2 of `bulk`).
+    setup
+        .send(import("sku,on_hand\nH,1\n".into(), "text/csv", "bulk#2"))
+        .await
+        .assert_problem(400, "malformed_request");
     // Every row refused: the problem carries the per-row results.
     let answer = setup.send(import("sku,on_hand\nG,-5\n".into(), "text/csv", "import-4")).await;
     answer.assert_problem(422, "negative_stock");

@@ -399,13 +399,19 @@ async fn run_async(connection: Connection, command: ClientCommand) -> anyhow::Re
         ClientCommand::Import(args) => {
             let rows = read_import(&args.file)?;
             let base = operation_id(&args.op_id, &mut extra);
+            // The parts' ids are the gateway's (`ID#1`, `ID#2`, ...), so no id names a part.
+            let separator = reservoir_net::gateway::api::IMPORT_PART_SEPARATOR;
+            anyhow::ensure!(
+                !base.contains(separator),
+                "--op-id may not contain {separator:?}: it names an import's parts"
+            );
             let chunks: Vec<_> = rows.chunks(IMPORT_ROWS_PER_REQUEST_MAX).collect();
             let single = chunks.len() == 1;
             chunks
                 .into_iter()
                 .enumerate()
                 .map(|(index, chunk)| Operation::Import {
-                    operation: if single { base.clone() } else { format!("{base}-{}", index + 1) },
+                    operation: if single { base.clone() } else { format!("{base}{separator}{}", index + 1) },
                     rows: chunk.to_vec(),
                 })
                 .collect()

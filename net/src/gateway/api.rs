@@ -38,6 +38,9 @@ use crate::{Operation, OperationResult, ProtocolErrorCode, WireImportRow, WireLi
 pub const RESERVE_TTL_MS_DEFAULT: u64 = 15 * 60_000;
 /// The header whose value becomes the operation id.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+/// Between an import's key and its part number in the operation ids of an import of more
+/// than `IMPORT_ROWS_MAX` rows; no client key contains it.
+pub const IMPORT_PART_SEPARATOR: char = '#';
 
 type Shared = Arc<Gateway>;
 
@@ -244,7 +247,7 @@ pub struct ImportRowReply {
 /// One import operation of an import body (`IMPORT_ROWS_MAX` rows each).
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ImportPart {
-    /// Its operation id: the `Idempotency-Key`, or `KEY-1`, `KEY-2`, ... for a body of more
+    /// Its operation id: the `Idempotency-Key`, or `KEY#1`, `KEY#2`, ... for a body of more
     /// than one part.
     pub operation_id: String,
     pub code: String,
@@ -393,6 +396,17 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, Problem> {
     let text = text.strip_prefix('"').and_then(|rest| rest.strip_suffix('"')).unwrap_or(text);
     if text.is_empty() {
         return Err(missing());
+    }
+    // Reserved for the parts of a multi-part import (`KEY#1`, `KEY#2`, ...). Regression
+    // (review): parts were `KEY-1`, `KEY-2`, so a client's own key `batch-2` was part 2 of the
+    // import `batch`, which was then refused after part 1 was applied, and answered 200.
+    if text.contains(IMPORT_PART_SEPARATOR) {
+        return Err(Problem::gateway(
+            GatewayCode::MalformedRequest,
+            format!(
+                "an Idempotency-Key may not contain {IMPORT_PART_SEPARATOR:?}: it names the parts of a large import"
+            ),
+        ));
     }
     Ok(text.to_owned())
 }
@@ -1025,7 +1039,7 @@ async fn read_import(body: Body, format: ImportFormat) -> Result<Vec<(usize, Wir
 #[utoipa::path(
     post, path = "/v1/tenants/{tenant}/imports", tag = "imports",
     summary = "Import stock: a CSV or JSON-lines body streamed through, a result per row",
-    params(("tenant" = String, Path), ("Idempotency-Key" = String, Header, description = "the operation id (KEY-1, KEY-2, ... for a body over 10,000 rows)")),
+    params(("tenant" = String, Path), ("Idempotency-Key" = String, Header, description = "the operation id (KEY#1, KEY#2, ... for a body over 10,000 rows; no `#` in a key)")),
     request_body(content = String, content_type = "text/csv", description = "CSV with a header (sku,location,on_hand[,safety_stock,backorder_limit]), or JSON lines (Content-Type: application/x-ndjson) with those fields"),
     responses(
         (status = 200, description = "imported (ok, or ok_partial with per-row codes)", body = ImportReply),
@@ -1071,7 +1085,7 @@ async fn run_import(scope: &Scope, key: &str, rows: Vec<(usize, WireImportRow)>)
     };
     let mut first_refusal = None;
     for (index, part) in parts.into_iter().enumerate() {
-        let operation_id = if single { key.to_owned() } else { format!("{key}-{}", index + 1) };
+        let operation_id = if single { key.to_owned() } else { format!("{key}{IMPORT_PART_SEPARATOR}{}", index + 1) };
         let operation = Operation::Import {
             operation: operation_id.clone(),
             rows: part.iter().map(|(_, row)| row.clone()).collect(),
