@@ -988,6 +988,17 @@ async fn one_tokens_requests_in_flight_leave_room_for_other_tenants() {
         )
         .await;
     respelt.assert_problem(503, "too_many_in_flight");
+    // Another token of the same tenant shares the tenant's cap (regression, review: the cap
+    // was per token, and a tenant may hold any number of tokens).
+    let second = {
+        let admin = setup.client(&setup.admin).await;
+        let result = admin.call(Operation::IssueToken { tenant: "demo".into(), revoke_others: false }).await.unwrap();
+        let OperationResult::Token(Ok(token)) = result else { panic!("{result:?}") };
+        token
+    };
+    let answer = setup.get(&format!("{DEMO}/stock/A"), &second).await;
+    answer.assert_problem(503, "too_many_in_flight");
+    assert!(answer.body["detail"].as_str().unwrap_or_default().contains("all its tokens"), "{answer:?}");
     // Requests with no token at all are not this token's, nor capped per token.
     assert_eq!(setup.send(setup.http.get(setup.url("/healthz"))).await.status, 200);
     // Another tenant is served meanwhile.

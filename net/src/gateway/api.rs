@@ -417,6 +417,8 @@ struct Scope {
     upstream: Arc<Upstream>,
     token: String,
     deadline: Instant,
+    /// The tenant's share of the gateway, held until the answer.
+    _tenant_slot: super::TokenSlot,
 }
 
 async fn scope(gateway: &Shared, tenant: &str, parts: &Parts) -> Result<Scope, Problem> {
@@ -446,7 +448,16 @@ async fn scope(gateway: &Shared, tenant: &str, parts: &Parts) -> Result<Scope, P
             ))
         }
     }
-    Ok(Scope { gateway: gateway.clone(), upstream, token, deadline })
+    let tenant_slot = gateway.tenant_slot(tenant).ok_or_else(|| {
+        Problem::protocol(
+            ProtocolErrorCode::TooManyInFlight,
+            format!(
+                "tenant {tenant:?} has {} requests in flight at the gateway, with all its tokens",
+                super::REQUESTS_IN_FLIGHT_PER_TOKEN_MAX
+            ),
+        )
+    })?;
+    Ok(Scope { gateway: gateway.clone(), upstream, token, deadline, _tenant_slot: tenant_slot })
 }
 
 /// The answer to one operation: its result and the reply's LSN and epoch.

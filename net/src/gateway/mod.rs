@@ -122,7 +122,7 @@ fn token_key(authorization: &[u8]) -> &[u8] {
 }
 
 /// One request's place among its token's requests in flight; given back when dropped.
-struct TokenSlot {
+pub(crate) struct TokenSlot {
     gateway: Arc<Gateway>,
     key: u64,
 }
@@ -144,14 +144,27 @@ impl Gateway {
     /// has [`REQUESTS_IN_FLIGHT_PER_TOKEN_MAX`] in flight.
     fn token_slot(self: &Arc<Self>, token: &[u8]) -> Option<TokenSlot> {
         use std::hash::BuildHasher as _;
-        let key = self.token_hasher.hash_one(token);
+        self.counted_slot(self.token_hasher.hash_one((0u8, token)))
+    }
+
+    /// A slot for a request of `tenant` (after its token was checked), or `None` when that
+    /// tenant has [`REQUESTS_IN_FLIGHT_PER_TOKEN_MAX`] in flight with all its tokens together.
+    /// Regression (review): the cap was per token only, and a tenant holds as many tokens as
+    /// it likes (`issue_token` without revoking), so 16 tokens of one tenant took all 4,096.
+    pub(crate) fn tenant_slot(self: &Arc<Self>, tenant: &str) -> Option<TokenSlot> {
+        use std::hash::BuildHasher as _;
+        self.counted_slot(self.token_hasher.hash_one((1u8, tenant.as_bytes())))
+    }
+
+    fn counted_slot(self: &Arc<Self>, key: u64) -> Option<TokenSlot> {
         let mut counts = self.in_flight_per_token.lock();
         let count = counts.entry(key).or_insert(0);
         if *count >= REQUESTS_IN_FLIGHT_PER_TOKEN_MAX {
             return None;
         }
         *count += 1;
-        debug_assert!(counts.len() <= REQUESTS_IN_FLIGHT_MAX);
+        // Each request holds a token's and a tenant's slot at most.
+        debug_assert!(counts.len() <= 2 * REQUESTS_IN_FLIGHT_MAX);
         Some(TokenSlot { gateway: self.clone(), key })
     }
 }
