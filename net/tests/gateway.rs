@@ -1053,3 +1053,64 @@ async fn a_header_dripped_a_byte_at_a_time_and_an_idle_connection_are_closed() {
     // The gateway still serves.
     assert_eq!(setup.get("/healthz", &setup.demo.clone()).await.status, 200);
 }
+
+/// Regression (review): only requests in flight were capped, and each import holds its body
+/// several times over (up to ~250 MB at 32 MiB), so one token's 256 imports could take the
+/// gateway's memory. A tenant reads `IMPORTS_IN_FLIGHT_PER_TENANT_MAX` at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_imports_in_flight_are_capped_and_leave_room_for_others() {
+    use tokio::io::AsyncWriteExt as _;
+    let setup = start().await;
+    let acme = setup.tenant("acme").await;
+    let import = |tenant: &str, token: &str, key: &str| {
+        setup
+            .http
+            .post(setup.url(&format!("/v1/tenants/{tenant}/imports")))
+            .bearer_auth(token)
+            .header("idempotency-key", key)
+            .header("content-type", "text/csv")
+            .body("sku,location,on_hand\nA,DC1,1\n")
+    };
+    // demo's upstream connection first, so that the slow imports below share it.
+    setup.send(import("demo", &setup.demo, "first")).await.assert_ok();
+    // Imports whose bodies never come: each holds its slot until its deadline.
+    let mut slow = Vec::new();
+    for index in 0..gateway::IMPORTS_IN_FLIGHT_PER_TENANT_MAX {
+        let mut socket = tokio::net::TcpStream::connect(setup.gateway.local_addr()).await.unwrap();
+        let head = format!(
+            "POST {DEMO}/imports HTTP/1.1\r\nhost: gateway\r\nauthorization: Bearer {}\r\n\
+             idempotency-key: slow-import-{index}\r\ncontent-type: text/csv\r\ncontent-length: 1000\r\n\r\n",
+            setup.demo
+        );
+        socket.write_all(head.as_bytes()).await.unwrap();
+        slow.push(socket);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    for attempt in 0.. {
+        let answer = setup.send(import("demo", &setup.demo, &format!("third-{attempt}"))).await;
+        if answer.status == 503 {
+            answer.assert_problem(503, "too_many_in_flight");
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            use tokio::io::AsyncReadExt as _;
+            let mut chunk = [0u8; 2048];
+            let got = tokio::time::timeout(Duration::from_millis(200), slow[0].read(&mut chunk)).await;
+            let got = got.map(|read| read.map(|count| String::from_utf8_lossy(&chunk[..count]).into_owned()));
+            panic!("demo's imports were never capped: {answer:?}; a slow one got {got:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Another tenant imports meanwhile, and demo's other requests pass.
+    setup.send(import("acme", &acme, "acme-import")).await.assert_ok();
+    assert_ne!(setup.get(&format!("{DEMO}/stock/A"), &setup.demo).await.status, 503);
+    drop(slow);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    for attempt in 0.. {
+        if setup.send(import("demo", &setup.demo, &format!("after-{attempt}"))).await.status != 503 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "demo's import slots did not come back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1069,6 +1069,19 @@ async fn import(
         let scope = scope(&gateway, &tenant, &parts).await?;
         let key = idempotency_key(&parts.headers)?;
         let format = import_format(&parts.headers)?;
+        // Before the body is read: a tenant's share, then the gateway's.
+        let busy = |what: String| Problem::protocol(ProtocolErrorCode::TooManyInFlight, what);
+        let _tenant_import = gateway.tenant_import_slot(&tenant).ok_or_else(|| {
+            busy(format!(
+                "tenant {tenant:?} has {} imports in flight at the gateway",
+                super::IMPORTS_IN_FLIGHT_PER_TENANT_MAX
+            ))
+        })?;
+        let _import = gateway
+            .imports_in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| busy(format!("the gateway reads {} imports at once", super::IMPORTS_IN_FLIGHT_MAX)))?;
         if content_length_over(&parts.headers, IMPORT_BODY_BYTES_MAX) {
             return Err(too_large(IMPORT_BODY_BYTES_MAX));
         }

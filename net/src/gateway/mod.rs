@@ -40,6 +40,13 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 4_096;
 /// [`REQUESTS_IN_FLIGHT_MAX`] to the others. Regression (found by audit): the cap was global
 /// only, so one tenant holding 4,096 slow requests shut every other tenant out.
 pub const REQUESTS_IN_FLIGHT_PER_TOKEN_MAX: usize = 256;
+/// Import bodies the gateway reads and sends at once, over all tenants, and per tenant: each
+/// holds up to `IMPORT_BODY_BYTES_MAX` of rows several times over (parsed, per part, results,
+/// the reply), ~150-250 MB at the largest. More are 503 `too_many_in_flight` at once.
+/// Regression (review): only the requests in flight were capped, and 256 large imports of one
+/// token could take the gateway's memory.
+pub const IMPORTS_IN_FLIGHT_MAX: usize = 8;
+pub const IMPORTS_IN_FLIGHT_PER_TENANT_MAX: usize = 2;
 /// Bytes of a JSON request body.
 pub const JSON_BODY_BYTES_MAX: usize = 64 << 10;
 /// Bytes of an import body (CSV or JSON lines).
@@ -104,6 +111,7 @@ pub struct Gateway {
     pool: pool::Pool,
     request_timeout: Duration,
     in_flight: Arc<Semaphore>,
+    pub(crate) imports_in_flight: Arc<Semaphore>,
     /// Requests in flight per bearer token (keyed by the hash of [`token_key`]; an entry lives
     /// while its count is above zero, so at most `REQUESTS_IN_FLIGHT_MAX` entries).
     in_flight_per_token: parking_lot::Mutex<std::collections::HashMap<u64, usize>>,
@@ -144,7 +152,14 @@ impl Gateway {
     /// has [`REQUESTS_IN_FLIGHT_PER_TOKEN_MAX`] in flight.
     fn token_slot(self: &Arc<Self>, token: &[u8]) -> Option<TokenSlot> {
         use std::hash::BuildHasher as _;
-        self.counted_slot(self.token_hasher.hash_one((0u8, token)))
+        self.counted_slot(self.token_hasher.hash_one((0u8, token)), REQUESTS_IN_FLIGHT_PER_TOKEN_MAX)
+    }
+
+    /// A slot for an import of `tenant`, or `None` when it has
+    /// [`IMPORTS_IN_FLIGHT_PER_TENANT_MAX`] in flight.
+    pub(crate) fn tenant_import_slot(self: &Arc<Self>, tenant: &str) -> Option<TokenSlot> {
+        use std::hash::BuildHasher as _;
+        self.counted_slot(self.token_hasher.hash_one((2u8, tenant.as_bytes())), IMPORTS_IN_FLIGHT_PER_TENANT_MAX)
     }
 
     /// A slot for a request of `tenant` (after its token was checked), or `None` when that
@@ -153,18 +168,19 @@ impl Gateway {
     /// it likes (`issue_token` without revoking), so 16 tokens of one tenant took all 4,096.
     pub(crate) fn tenant_slot(self: &Arc<Self>, tenant: &str) -> Option<TokenSlot> {
         use std::hash::BuildHasher as _;
-        self.counted_slot(self.token_hasher.hash_one((1u8, tenant.as_bytes())))
+        self.counted_slot(self.token_hasher.hash_one((1u8, tenant.as_bytes())), REQUESTS_IN_FLIGHT_PER_TOKEN_MAX)
     }
 
-    fn counted_slot(self: &Arc<Self>, key: u64) -> Option<TokenSlot> {
+    fn counted_slot(self: &Arc<Self>, key: u64, count_max: usize) -> Option<TokenSlot> {
+        assert!(count_max <= REQUESTS_IN_FLIGHT_PER_TOKEN_MAX);
         let mut counts = self.in_flight_per_token.lock();
         let count = counts.entry(key).or_insert(0);
-        if *count >= REQUESTS_IN_FLIGHT_PER_TOKEN_MAX {
+        if *count >= count_max {
             return None;
         }
         *count += 1;
-        // Each request holds a token's and a tenant's slot at most.
-        debug_assert!(counts.len() <= 2 * REQUESTS_IN_FLIGHT_MAX);
+        // Each request holds a token's, a tenant's and an import's slot at most.
+        debug_assert!(counts.len() <= 3 * REQUESTS_IN_FLIGHT_MAX);
         Some(TokenSlot { gateway: self.clone(), key })
     }
 }
@@ -227,6 +243,7 @@ pub fn router(options: &GatewayOptions) -> (Router, Arc<Gateway>) {
         ),
         request_timeout: Duration::from_millis(options.request_timeout_ms.max(1)),
         in_flight: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
+        imports_in_flight: Arc::new(Semaphore::new(IMPORTS_IN_FLIGHT_MAX)),
         in_flight_per_token: parking_lot::Mutex::new(std::collections::HashMap::new()),
         token_hasher: std::collections::hash_map::RandomState::new(),
         openapi_json: openapi.to_json().unwrap_or_else(|_| "{}".into()),
