@@ -94,8 +94,10 @@ fn the_readme_quickstart_works_with_embedded_defaults() {
     assert_eq!(value["results"][0]["total"]["available"], 70, "{value}");
     assert_eq!(value["results"][0]["total"]["reserved"], 30, "{value}");
 
-    let output = cli(&["commit", "--id", "order-1001", "--op-id", "pick-1"], &token);
-    assert!(output.status.success());
+    // A token with the trailing newline of a mounted secret file works (regression, review:
+    // it was sent as is and refused `unauthenticated`).
+    let output = cli(&["commit", "--id", "order-1001", "--op-id", "pick-1"], &format!("{token}\n"));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let output = cli(&["reservation", "order-1001"], &token);
     assert!(String::from_utf8_lossy(&output.stdout).contains("reservation order-1001 committed"));
 

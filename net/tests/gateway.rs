@@ -619,8 +619,8 @@ async fn a_tenant_over_its_rate_gets_429_with_retry_after() {
         |_| {},
     )
     .await;
-    // 20 lookups at once against a rate of 4/s: the client library waits out a few
-    // rate_limited answers (up to its ATTEMPTS_MAX), then the gateway answers 429.
+    // 20 lookups at once against a rate of 4/s: past the burst, the gateway answers 429 at
+    // once (its upstream connections do not wait refusals out).
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let (http, url, token) = (setup.http.clone(), setup.url(&format!("{DEMO}/stock/A")), setup.demo.clone());

@@ -316,7 +316,14 @@ pub fn run(connection: Connection, command: ClientCommand) -> u8 {
 }
 
 async fn connect(connection: &Connection) -> anyhow::Result<Client> {
-    let token = connection.token.clone().context("no token: pass --token or set RESERVOIR_TOKEN")?;
+    // Trimmed: a secret mounted as a file and read into RESERVOIR_TOKEN keeps its trailing
+    // newline, which made every handshake `unauthenticated` (regression, review).
+    let token = connection
+        .token
+        .as_deref()
+        .map(|token| token.trim().to_owned())
+        .filter(|token| !token.is_empty())
+        .context("no token: pass --token or set RESERVOIR_TOKEN")?;
     let ca = connection.ca_path();
     let ca_pem = std::fs::read(&ca).with_context(|| format!("read the CA certificate {} (--ca)", ca.display()))?;
     let endpoints =

@@ -52,7 +52,9 @@ pub struct ServeArgs {
     replication_token: Option<String>,
     /// A file holding the replication token instead, read again at every connection attempt:
     /// a rotated token written there is picked up without a restart
-    #[arg(long, value_name = "FILE", env = "RESERVOIR_REPLICATION_TOKEN_FILE", conflicts_with = "replication_token")]
+    /// (over --replication-token when both are given: clap counts an environment variable as
+    /// given, so `conflicts_with` refused a file flag beside RESERVOIR_REPLICATION_TOKEN)
+    #[arg(long, value_name = "FILE", env = "RESERVOIR_REPLICATION_TOKEN_FILE")]
     replication_token_file: Option<PathBuf>,
     /// The CA that signed the primary's certificate [default: DATA_DIR/tls/ca.pem]
     #[arg(long, value_name = "FILE", env = "RESERVOIR_PRIMARY_CA")]
@@ -219,7 +221,12 @@ pub fn options(args: &ServeArgs) -> anyhow::Result<ServerOptions> {
         (None, Some("none")) => Durability::None,
         (None, Some(other)) => anyhow::bail!("durability {other:?}: durable, relaxed or none"),
     };
-    if let Some(interval_ms) = args.sync_interval_ms.or(file.sync_interval_ms) {
+    // The file's interval applies only if the durability in force is relaxed: a flag's
+    // `--durability durable` wins over a file's relaxed mode and its interval (regression,
+    // review: it refused to start). A flag's interval with another durability is an error.
+    let overridden = args.durability.is_some() && !matches!(options.durability, Durability::Relaxed { .. });
+    let file_interval = file.sync_interval_ms.filter(|_| !overridden);
+    if let Some(interval_ms) = args.sync_interval_ms.or(file_interval) {
         let Durability::Relaxed { sync_interval_ms } = &mut options.durability else {
             anyhow::bail!("sync_interval_ms applies to durability \"relaxed\" only");
         };
@@ -314,7 +321,8 @@ pub fn options(args: &ServeArgs) -> anyhow::Result<ServerOptions> {
             reservoir_net::replication::read_token_file(path)
                 .with_context(|| format!("read the replication token file {}", path.display()))?,
         ),
-        None => args.replication_token.clone().or(replication.token.clone()),
+        // Trimmed like a token file's (a value from a mounted secret ends in a newline).
+        None => args.replication_token.clone().or(replication.token.clone()).map(|token| token.trim().to_owned()),
     };
     // Regression (review): `--primary` without `--role standby` started a writable primary,
     // on a standby's directory a second primary of the same history and epoch.
@@ -561,6 +569,15 @@ entries_max = 1000000
         flags.sync_interval_ms = Some(20);
         let error = options(&flags).unwrap_err().to_string();
         assert!(error.contains("relaxed"), "{error}");
+        // A flag's durability wins over the file's relaxed mode, interval and all (regression,
+        // review: it refused to start); the file's own durable mode with an interval is still
+        // a mistake.
+        let mut flags = args(Some(path));
+        flags.durability = Some(DurabilityArg::Durable);
+        assert_eq!(options(&flags).unwrap().durability, Durability::Durable);
+        let contradiction = directory.path().join("contradiction.toml");
+        std::fs::write(&contradiction, "durability = \"durable\"\nsync_interval_ms = 50\n").unwrap();
+        assert!(options(&args(Some(contradiction))).is_err());
     }
 
     #[test]
