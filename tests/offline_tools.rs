@@ -65,6 +65,12 @@ fn verify_and_dump_read_back_what_a_durable_run_wrote() {
         .lines()
         .filter(|line| !line.contains("tenant_created"))
         .all(|line| line.contains("tenant=tenant-0001")));
+    // A tenant that is nowhere is an error, not an empty dump with exit 0 (regression,
+    // review), and the range read stops at --to-lsn.
+    let nobody = run(binary(), &["wal", "dump", "--data-dir", data, "--tenant", "nobody"]);
+    assert!(!nobody.status.success());
+    assert!(String::from_utf8_lossy(&nobody.stderr).contains("no tenant \"nobody\""), "{nobody:?}");
+    assert!(String::from_utf8_lossy(&dump.stderr).contains("read LSN 1..=3 of the log (--to-lsn)"), "{dump:?}");
 }
 
 #[test]
@@ -160,7 +166,18 @@ fn verify_and_dump_of_a_directory_with_an_interrupted_rewind_read_the_log_up_to_
 fn snapshot_then_more(directory: &Path, commands: usize) -> (reservoir_engine::Lsn, reservoir_engine::Lsn) {
     use reservoir_wal::{build_snapshot, open_data_directory, Durability, RetentionPolicy, WalOptions};
     let options = WalOptions { durability: Durability::None, ..WalOptions::default() };
-    let opened = open_data_directory(directory, reservoir_engine::Config::default(), options, |_| {}).unwrap();
+    // Retried while Locked: a child process another test forks in the moment holds a copy of
+    // the lock's descriptor until its exec closes it (the lock is an flock).
+    let mut attempts = 0;
+    let opened = loop {
+        match open_data_directory(directory, reservoir_engine::Config::default(), options.clone(), |_| {}) {
+            Err(reservoir_wal::WalError::Locked { .. }) if attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => break result.unwrap(),
+        }
+    };
     let mut workload = reservoir_engine::workload::Workload::new(3, "t", 20);
     let mut now_ms = 1_000_000;
     let mut drive = |count: usize| {

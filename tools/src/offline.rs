@@ -124,18 +124,34 @@ pub fn run_wal_dump(args: DumpArgs) -> anyhow::Result<()> {
             keep_through.0, keep_through.0
         );
     }
-    let limit = keep_through.unwrap_or(Lsn(u64::MAX));
-    // From the start of the log on disk, so that tenant names are known for the filter.
+    // Up to `--to-lsn` only (regression, review: the scan read the whole log whatever the range).
+    let limit = keep_through.unwrap_or(Lsn(u64::MAX)).min(Lsn(to));
+    // The filter's tenant: from the newest snapshot (a log that begins after the tenant was
+    // created, after a base backup or a pruned archive, does not name it), else from the log.
+    // Regression (review): only the log was read, so such a dump printed nothing, exit 0.
+    let mut filter: Option<u32> = None;
+    if let Some(name) = &args.tenant {
+        let (engine, _, _) =
+            reservoir_wal::load_base(&args.data_dir, Config::default()).context("load a snapshot for tenant names")?;
+        filter = engine.tenant_id(name).map(|tenant| tenant.0);
+        if let Some(tenant) = filter {
+            names.insert(tenant, name.clone());
+        }
+    }
+    // From the start of the log on disk, so that tenant names are known.
     let end = reservoir_wal::scan_until(&storage, Lsn(1), Lsn(0), |record| {
         if record.lsn > limit {
             return Ok(Flow::Stop);
         }
         if let Body::TenantCreated { tenant, name } = &record.body {
             names.insert(tenant.0, name.to_string());
+            if args.tenant.as_deref() == Some(&**name) {
+                filter = Some(tenant.0);
+            }
         }
         let wanted_tenant = match (&args.tenant, record.tenant()) {
             (None, _) => true,
-            (Some(name), Some(tenant)) => names.get(&tenant.0) == Some(name),
+            (Some(_), Some(tenant)) => filter == Some(tenant.0),
             (Some(_), None) => false,
         };
         if record.lsn.0 >= args.from_lsn && record.lsn.0 <= to && wanted_tenant {
@@ -146,7 +162,20 @@ pub fn run_wal_dump(args: DumpArgs) -> anyhow::Result<()> {
         Ok(if record.lsn == limit { Flow::Stop } else { Flow::Continue })
     })
     .context("read the WAL")?;
-    eprintln!("{printed} records printed; {}", summary(&end));
+    match (args.to_lsn, end.first_lsn) {
+        // Stopped at the range's end: what lies past it was not read.
+        (Some(to), Some(first)) if end.stopped && end.last_lsn.0 >= to => {
+            eprintln!("{printed} records printed; read LSN {}..={} of the log (--to-lsn)", first.0, end.last_lsn.0)
+        }
+        _ => eprintln!("{printed} records printed; {}", summary(&end)),
+    }
+    if let (Some(name), None) = (&args.tenant, filter) {
+        anyhow::bail!(
+            "no tenant {name:?} in {}'s snapshot or log (up to LSN {})",
+            args.data_dir.display(),
+            end.last_lsn.0
+        );
+    }
     Ok(())
 }
 
