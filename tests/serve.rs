@@ -203,6 +203,11 @@ fn the_admin_token_rotates_online_and_a_lost_one_is_replaced_offline() {
     server.signal("TERM");
     assert!(server.wait().success());
     drop(server);
+    // Each online change of the store left its mark in the log, where a standby furthest ahead
+    // proves it holds the store (docs/protocol.md, "Tokens and failover"); the restart below
+    // replays them.
+    let dump = offline_dump(directory.path());
+    assert_eq!(dump.matches(" credentials_changed").count(), 2, "one mark per issue and rotation: {dump}");
     // The rotated admin token is lost: a new one is minted offline, revoking the others.
     let output = offline(&["rotate", "admin"]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -228,6 +233,13 @@ fn the_admin_token_rotates_online_and_a_lost_one_is_replaced_offline() {
     let output = run_in(binary(), &["token", "issue", "admin", "--data-dir", "."], empty.path());
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("start the server once first"));
+}
+
+/// `reservoir wal dump` of the data directory under `directory` (stopped).
+fn offline_dump(directory: &Path) -> String {
+    let output = run_in(binary(), &["wal", "dump", "--data-dir", "reservoir-data"], directory);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
 }
 
 /// SIGKILLs of the server under load in the CI-size run: what was acknowledged is there after

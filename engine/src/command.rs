@@ -114,6 +114,9 @@ pub enum Command {
     BeginEpoch {
         epoch: u64,
     },
+    /// Marks a change of the server's credential store in the log (`Body::CredentialsChanged`).
+    /// The server runs it after every token issue or revocation; the ledger is unchanged.
+    MarkCredentialsChanged,
 }
 
 /// An import row's optional policy field into a fingerprint. `None` is hashed as -1 and a
@@ -146,6 +149,7 @@ impl Command {
             Command::Expire { .. } => "expire",
             Command::Forget => "forget",
             Command::BeginEpoch { .. } => "begin_epoch",
+            Command::MarkCredentialsChanged => "mark_credentials_changed",
         }
     }
 
@@ -209,6 +213,7 @@ impl Command {
             Command::Expire { limit } => hash.u64(*limit as u64),
             Command::Forget => hash,
             Command::BeginEpoch { epoch } => hash.u64(*epoch),
+            Command::MarkCredentialsChanged => hash,
         };
         hash.finish()
     }

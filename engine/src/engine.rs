@@ -374,6 +374,11 @@ impl Engine {
             Command::Expire { limit } => self.expire(*limit, now_ms, records),
             Command::Forget => self.forget(now_ms, records),
             Command::BeginEpoch { epoch } => self.begin_epoch(*epoch, now_ms, records),
+            Command::MarkCredentialsChanged => {
+                let lsn = self.take_lsn();
+                records.push(Record { lsn, timestamp_ms: now_ms, body: Body::CredentialsChanged });
+                Reply { count: lsn.0, ..Reply::code(ResultCode::Ok) }
+            }
         };
         debug_assert!(records[records_before..].windows(2).all(|w| w[0].lsn < w[1].lsn));
         debug_assert!(records[records_before..].iter().all(|r| r.timestamp_ms == now_ms));
@@ -1409,6 +1414,8 @@ impl Engine {
                 }
                 epochs.push((*epoch, lsn));
             }
+            // A mark in the log for the server (its credential store lives beside the ledger).
+            Body::CredentialsChanged => {}
         }
         self.next_lsn.store(expected + 1, Ordering::Release);
         Ok(())

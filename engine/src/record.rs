@@ -75,6 +75,12 @@ pub enum Body {
     EpochChanged {
         epoch: u64,
     },
+    /// The server's credential store changed (a token issued or revoked) just before this
+    /// record. It changes nothing in the ledger: it marks the place in the log past which
+    /// every node holds the new store (a standby gets the store ahead of the records that
+    /// follow its change), so an answer that waits for this record's LSN waits for a standby
+    /// that holds the store, and the standby furthest ahead always holds the newest one.
+    CredentialsChanged,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,7 +172,7 @@ impl Record {
             | Body::Reserved { tenant, .. }
             | Body::Settled { tenant, .. }
             | Body::Refused { tenant, .. } => Some(*tenant),
-            Body::Forgotten { .. } | Body::EpochChanged { .. } => None,
+            Body::Forgotten { .. } | Body::EpochChanged { .. } | Body::CredentialsChanged => None,
         }
     }
 }

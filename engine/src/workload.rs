@@ -222,7 +222,8 @@ impl Workload {
                 Command::Import { tenant, operation, rows }
             }
             91..=97 => Command::Expire { limit: 64 },
-            98 => Command::Forget,
+            98 if self.random.chance(50) => Command::Forget,
+            98 => Command::MarkCredentialsChanged,
             _ => {
                 // A commit of an unknown reservation: a refusal that must be remembered too.
                 let tenant = self.tenant();

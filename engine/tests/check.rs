@@ -246,6 +246,7 @@ fn check_on(engine: Engine, script: &str) -> Engine {
                         | Command::Forget
                         | Command::CreateTenant { .. }
                         | Command::BeginEpoch { .. }
+                        | Command::MarkCredentialsChanged
                 ) {
                     let again = engine.execute(&command, now_ms, &mut records);
                     if records.len() == before {

@@ -183,10 +183,6 @@ pub(crate) struct Core {
     /// What may be acknowledged: the local durable LSN, or in `sync` mode the lower of it and
     /// a standby's.
     pub(crate) durable: watch::Receiver<Lsn>,
-    /// The credential store's generation that may be acknowledged: the local one, or on a
-    /// `sync` primary the newest a standby holds (a token's rotation waits for it, as a write
-    /// waits for `durable`).
-    pub(crate) credentials_acknowledged: watch::Receiver<u64>,
     /// The local WAL's durable LSN (what a primary ships).
     pub(crate) local_durable: watch::Receiver<Lsn>,
     /// The local WAL's acknowledgeable LSN: `local_durable`, or ahead of it in `relaxed` mode.
@@ -440,7 +436,6 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
     let local_addr = endpoint.local_addr().map_err(|source| NetError::io("the bound address", source))?;
 
     let (durable_sender, durable) = watch::channel(opened.wal.durable_lsn());
-    let (credentials_sender, credentials_acknowledged) = watch::channel(credentials.generation());
     let (local_sender, local_durable) = watch::channel(opened.wal.durable_lsn());
     let (acknowledgeable_sender, local_acknowledgeable) = watch::channel(opened.wal.acknowledgeable_lsn());
     let stop_notifier = Arc::new(AtomicBool::new(false));
@@ -482,7 +477,6 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
         node: RwLock::new(node),
         node_changed: tokio::sync::Notify::new(),
         durable,
-        credentials_acknowledged,
         local_durable,
         local_acknowledgeable,
         hub: Hub::default(),
@@ -507,7 +501,7 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
     let mut tasks = vec![
         tokio::spawn(accept_loop(core.clone(), endpoint.clone())),
         tokio::spawn(timers(core.clone())),
-        tokio::spawn(acknowledge(core.clone(), durable_sender, credentials_sender)),
+        tokio::spawn(acknowledge(core.clone(), durable_sender)),
         tokio::spawn(watch_lag(core.clone())),
     ];
     if let StartRole::Standby(follow) = &options.role {
@@ -747,9 +741,9 @@ async fn timers(core: Arc<Core>) {
 
 /// Publishes what may be acknowledged: the local WAL's acknowledgeable LSN (durable, or only
 /// written in `relaxed` mode), or in `sync` mode on a primary the lower of it and the best
-/// standby's written LSN (with the configured fallback when no standby streams); and likewise
-/// the credential store's generation (the local one, or the newest a standby stored).
-async fn acknowledge(core: Arc<Core>, sender: watch::Sender<Lsn>, credentials_sender: watch::Sender<u64>) {
+/// standby's written LSN (with the configured fallback when no standby streams). A token's
+/// change waits here too, for its mark record (`mark_credentials_changed`).
+async fn acknowledge(core: Arc<Core>, sender: watch::Sender<Lsn>) {
     let mut local = core.local_acknowledgeable.clone();
     let mut alone_since: Option<std::time::Instant> = None;
     let mut warned: Option<std::time::Instant> = None;
@@ -757,21 +751,15 @@ async fn acknowledge(core: Arc<Core>, sender: watch::Sender<Lsn>, credentials_se
         let changed = core.hub.changed.notified();
         let local_lsn = *local.borrow_and_update();
         let current = *sender.borrow();
-        let credentials_current = *credentials_sender.borrow();
-        let credentials_local = core.credentials.generation();
-        // A standby that stored a store holds it after its stream ends (a rotated replication
-        // token ends it): not only streaming standbys count.
-        let credentials_stored =
-            core.hub.best_credentials_stored().map_or(credentials_current, |stored| stored.min(credentials_local));
         let role = core.role();
         let sync = core.replication.mode == ReplicationMode::Sync && role == NodeRole::Primary;
-        let (target, credentials_target) = if role == NodeRole::Fenced {
+        let target = if role == NodeRole::Fenced {
             // A fenced node acknowledges nothing more: what it has not acknowledged yet was
             // never confirmed by the new primary (regression: it acknowledged, after the fence,
             // writes that a sync standby never had).
-            (current, credentials_current)
+            current
         } else if !sync {
-            (local_lsn, credentials_local)
+            local_lsn
         } else {
             match core.hub.best_written() {
                 Some(written) => {
@@ -779,7 +767,7 @@ async fn acknowledge(core: Arc<Core>, sender: watch::Sender<Lsn>, credentials_se
                     if core.sync_degraded.swap(false, Ordering::AcqRel) {
                         tracing::warn!("a standby streams again: acknowledgements are synchronous again");
                     }
-                    (local_lsn.min(Lsn(written)), credentials_stored)
+                    local_lsn.min(Lsn(written))
                 }
                 None => {
                     let since = *alone_since.get_or_insert_with(std::time::Instant::now);
@@ -796,18 +784,15 @@ async fn acknowledge(core: Arc<Core>, sender: watch::Sender<Lsn>, credentials_se
                                      after the local fsync only; a failover now may lose acknowledged writes"
                                 );
                             }
-                            (local_lsn, credentials_local)
+                            local_lsn
                         }
-                        _ => (current, credentials_stored),
+                        _ => current,
                     }
                 }
             }
         };
         if target > current {
             sender.send_replace(target);
-        }
-        if credentials_target > credentials_current {
-            credentials_sender.send_replace(credentials_target);
         }
         tokio::select! {
             result = local.changed() => if result.is_err() { return },
@@ -1120,9 +1105,6 @@ fn limiter(core: &Core, tenant: &str) -> Arc<governor::DefaultDirectRateLimiter>
 /// with its connection.
 struct QueuedReply {
     lsn: Lsn,
-    /// The credential store's generation the reply waits for (0: none; a token's issue or
-    /// rotation on a `sync` primary waits until a standby holds it).
-    credentials: u64,
     bytes: Vec<u8>,
     _permit: OwnedSemaphorePermit,
     _counted: InFlight,
@@ -1154,7 +1136,6 @@ async fn serve_stream(
     mut decoder: FrameDecoder,
 ) {
     let mut durable = core.durable.clone();
-    let mut credentials = core.credentials_acknowledged.clone();
     let mut goodbye = core.goodbye.subscribe();
     let mut goodbye_sent = false;
     let mut queued: VecDeque<QueuedReply> = VecDeque::new();
@@ -1169,11 +1150,7 @@ async fn serve_stream(
         // Write every queued reply whose records are durable (in LSN order: they were queued
         // in execution order, and LSNs grow with it).
         let durable_lsn = *durable.borrow_and_update();
-        let credentials_generation = *credentials.borrow_and_update();
-        while queued
-            .front()
-            .is_some_and(|reply| reply.lsn <= durable_lsn && reply.credentials <= credentials_generation)
-        {
+        while queued.front().is_some_and(|reply| reply.lsn <= durable_lsn) {
             let reply = queued.pop_front().expect("a front");
             queued_bytes -= reply.bytes.len();
             if send.write_all(&reply.bytes).await.is_err() {
@@ -1207,7 +1184,7 @@ async fn serve_stream(
             let Some(frame) = decoder.pop() else { continue };
             match handle_frame(&core, &session, &mut credentials_checked, frame) {
                 Outcome::Reply(reply) => {
-                    let ready = reply.lsn <= *durable.borrow() && reply.credentials <= *credentials.borrow();
+                    let ready = reply.lsn <= *durable.borrow();
                     if ready && queued.is_empty() {
                         if send.write_all(&reply.bytes).await.is_err() {
                             return;
@@ -1248,11 +1225,6 @@ async fn serve_stream(
                 }
             }
             changed = durable.changed(), if !queued.is_empty() => {
-                if changed.is_err() {
-                    return;
-                }
-            }
-            changed = credentials.changed(), if !queued.is_empty() => {
                 if changed.is_err() {
                     return;
                 }
@@ -1461,16 +1433,15 @@ fn handle_request(
     // no standby). One that changes the ledger (`create_tenant`) waits like any other write.
     // Regression (review): `create_tenant` was acknowledged in `sync` mode before a standby had
     // it, so a failover could lose an acknowledged tenant.
-    let admin_only = admin
-        && request.operations.iter().all(|operation| operation.kind().is_admin())
-        && !request.operations.iter().any(|operation| operation.kind() == OperationKind::CreateTenant);
-    let highest = records.iter().map(|record| record.lsn).max();
-    // A tenant or admin token issued or rotated on a `sync` primary is answered once a
-    // standby holds the store (the generation read after the change covers it), as a write
-    // waits for its LSN. Regression (review): it was answered once the primary's file was
-    // fsynced, so a failover in the next heartbeat brought a revoked token back on the new
-    // primary. Not a replication token: its answer carries what a standby cut off by the
-    // rotation needs to come back, so waiting for a standby could wait forever.
+    //
+    // A tenant or admin token issued or rotated waits like a write too: for its mark's LSN
+    // (`mark_credentials_changed`), so on a `sync` primary until a standby whose log holds the
+    // mark, and with it the new store, has it durable. Regression (review): it was answered
+    // once the primary's file was fsynced, so a failover in the next heartbeat brought a
+    // revoked token back on the new primary; then (review) once any standby reported the
+    // store, which with several standbys need not be the one furthest ahead on the log, the
+    // one an operator promotes. Not a replication token: its answer carries what a standby cut
+    // off by the rotation needs to come back, so waiting for a standby could wait forever.
     let changed_credentials = request.operations.iter().zip(&results).any(|(operation, result)| match result {
         OperationResult::Token(Ok(_)) => true,
         OperationResult::ServiceToken(Ok(_)) => {
@@ -1478,13 +1449,11 @@ fn handle_request(
         }
         _ => false,
     });
-    let credentials =
-        if changed_credentials && core.replication.mode == ReplicationMode::Sync && core.role() == NodeRole::Primary {
-            core.hub.changed.notify_waiters();
-            core.credentials.generation()
-        } else {
-            0
-        };
+    let admin_only = admin
+        && request.operations.iter().all(|operation| operation.kind().is_admin())
+        && !request.operations.iter().any(|operation| operation.kind() == OperationKind::CreateTenant)
+        && !changed_credentials;
+    let highest = records.iter().map(|record| record.lsn).max();
     if !submit(core, records) {
         return Err(error_frame(
             id,
@@ -1506,7 +1475,18 @@ fn handle_request(
     } else {
         reflects
     };
-    Ok(QueuedReply { lsn: wait, credentials, bytes, _permit: permit, _counted: InFlight::new(core) })
+    Ok(QueuedReply { lsn: wait, bytes, _permit: permit, _counted: InFlight::new(core) })
+}
+
+/// Writes the mark of a credential store change (`Body::CredentialsChanged`) after the
+/// change: every standby gets the new store ahead of the records that follow the change (the
+/// shipping loop), so one whose log holds the mark holds the store, and an answer that waits
+/// for the mark's LSN waits, in `sync` mode, for a standby holding the store.
+fn mark_credentials_changed(core: &Core, now: u64, records: &mut Vec<Record>) {
+    let before = records.len();
+    let reply = core.engine.execute(&Command::MarkCredentialsChanged, now, records);
+    assert!(reply.is_ok(), "a mark is never refused: {reply:?}");
+    assert_eq!(records.len(), before + 1, "a mark is one record");
 }
 
 /// Credential operations (not engine commands: tokens are the server's, not the ledger's).
@@ -1531,6 +1511,7 @@ fn run_admin(core: &Arc<Core>, action: &AdminAction, now: u64, records: &mut Vec
             match core.credentials.issue(grant, *revoke_others, now) {
                 Ok(token) => {
                     tracing::info!(tenant = tenant.as_str(), revoke_others, "token issued");
+                    mark_credentials_changed(core, now, records);
                     OperationResult::Token(Ok(token))
                 }
                 Err(error) => {
@@ -1544,6 +1525,7 @@ fn run_admin(core: &Arc<Core>, action: &AdminAction, now: u64, records: &mut Vec
                 Ok(token) => {
                     // Which service and whether it revoked: never the token.
                     tracing::warn!(service = service.name(), revoke_others, "a service token issued");
+                    mark_credentials_changed(core, now, records);
                     OperationResult::ServiceToken(Ok(token))
                 }
                 Err(error) => {

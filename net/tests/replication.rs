@@ -479,7 +479,8 @@ async fn sync_mode_waits_for_a_standby_and_falls_back_only_when_configured() {
 /// Regression (review): a token's rotation was answered once the primary's credential file was
 /// fsynced, before any standby had the store, so a failover in the next heartbeat brought the
 /// revoked token back on the new primary. On a `sync` primary a rotation is now answered once
-/// a standby reports the store durable (`CredentialsStored`), as a write waits for its LSN.
+/// a standby's log holds its `credentials_changed` record (shipped after the store), as a
+/// write waits for its LSN.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_rotation_on_a_sync_primary_is_answered_once_a_standby_holds_it() {
     let directory = tempfile::tempdir().unwrap();
@@ -1175,12 +1176,24 @@ async fn accepted_standby(
     (connection, send, recv)
 }
 
-/// Review of the fix above: with a standby streaming, whose feedback acknowledges every write,
-/// a tenant token's rotation is still held until that standby reports the new credential store
-/// durable (`CredentialsStored`), and answered once it does.
+/// What the hand-played standby below saw, in order.
+#[derive(Debug)]
+enum Seen {
+    Credentials(u64),
+    Record(u64, reservoir_engine::Body),
+}
+
+/// Regression (review, third pass): a tenant token's rotation on a `sync` primary was answered
+/// once any standby reported the new store (`CredentialsStored`), though with several standbys
+/// another one, further ahead on the log and the one to promote, need not hold it yet. Now the
+/// rotation writes a `credentials_changed` record after the store changed and is answered once
+/// a standby's log holds that record. This standby reports every store stored at once, and
+/// its feedback is held below the record: the rotation must wait. It also checks the order on
+/// the stream: the new store comes ahead of the record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rotation_waits_for_the_standbys_credentials_stored_not_for_its_feedback() {
+async fn a_rotation_waits_for_a_standbys_log_past_its_mark_not_for_a_stored_store() {
     use reservoir_net::replication::wire::{read_message, write_message, PrimaryMessage, StandbyMessage};
+    use reservoir_wal::format::{decode_frame, Frame};
     let directory = tempfile::tempdir().unwrap();
     let (primary, tokens) =
         Node::start(options(directory.path(), free_port(), StartRole::Primary, ReplicationMode::Sync)).await;
@@ -1195,36 +1208,46 @@ async fn a_rotation_waits_for_the_standbys_credentials_stored_not_for_its_feedba
             }
         }
     });
-    // The standby: feedback after every message (the primary holds it to what it sent); the
-    // first store reported stored at once, later ones only when the test releases them.
-    let (release_sender, mut release) = tokio::sync::mpsc::channel::<()>(1);
-    let (shipped_sender, mut shipped) = tokio::sync::mpsc::channel::<u64>(8);
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        let mut first = true;
-        loop {
-            let mut answers = Vec::new();
-            tokio::select! {
-                message = messages.recv() => {
-                    let Some(message) = message else { return };
-                    if let PrimaryMessage::Credentials { generation, .. } = message {
-                        if first {
-                            first = false;
-                            answers.push(StandbyMessage::CredentialsStored { generation });
-                        } else {
-                            held.push(generation);
-                            let _ = shipped_sender.send(generation).await;
+    // The standby: every store reported stored at once; feedback after every message, of what
+    // it received but never past `cap`.
+    let (cap_sender, mut cap) = tokio::sync::watch::channel(u64::MAX);
+    let (seen_sender, mut seen) = tokio::sync::mpsc::channel::<Seen>(1_024);
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    tokio::spawn({
+        let received = received.clone();
+        async move {
+            loop {
+                let mut answers = Vec::new();
+                tokio::select! {
+                    message = messages.recv() => {
+                        let Some(message) = message else { return };
+                        match message {
+                            PrimaryMessage::Credentials { generation, .. } => {
+                                let _ = seen_sender.send(Seen::Credentials(generation)).await;
+                                answers.push(StandbyMessage::CredentialsStored { generation });
+                            }
+                            PrimaryMessage::Wal { frames, .. } => {
+                                let mut at = 0;
+                                while at < frames.len() {
+                                    let (Frame::Record { record, .. }, length) = decode_frame(&frames[at..]) else {
+                                        panic!("a shipped frame does not decode");
+                                    };
+                                    at += length;
+                                    received.fetch_max(record.lsn.0, std::sync::atomic::Ordering::SeqCst);
+                                    let _ = seen_sender.send(Seen::Record(record.lsn.0, record.body)).await;
+                                }
+                            }
+                            _ => {}
                         }
                     }
-                    answers.push(StandbyMessage::Feedback { written_lsn: u64::MAX, applied_lsn: u64::MAX });
+                    changed = cap.changed() => if changed.is_err() { return },
                 }
-                Some(()) = release.recv() => {
-                    answers.extend(held.drain(..).map(|generation| StandbyMessage::CredentialsStored { generation }));
-                }
-            }
-            for answer in answers {
-                if write_message(&mut send, |out| answer.encode(out)).await.is_err() {
-                    return;
+                let written = received.load(std::sync::atomic::Ordering::SeqCst).min(*cap.borrow());
+                answers.push(StandbyMessage::Feedback { written_lsn: written, applied_lsn: written });
+                for answer in answers {
+                    if write_message(&mut send, |out| answer.encode(out)).await.is_err() {
+                        return;
+                    }
                 }
             }
         }
@@ -1237,21 +1260,29 @@ async fn a_rotation_waits_for_the_standbys_credentials_stored_not_for_its_feedba
         .unwrap();
     assert_eq!(reply.results[0].code(), ResultCode::Ok);
     writer.close().await;
+    // Held where it is: nothing it receives from now on is reported written.
+    cap_sender.send_replace(received.load(std::sync::atomic::Ordering::SeqCst));
     let admin = primary.client(&tokens.admin).await;
     let rotating = tokio::spawn({
         let admin = admin.clone();
         async move { admin.call(Operation::IssueToken { tenant: "demo".into(), revoke_others: true }).await }
     });
-    let generation = tokio::time::timeout(Duration::from_secs(10), shipped.recv())
-        .await
-        .expect("the new store shipped without a write to carry it")
-        .unwrap();
+    // Up to the mark: a new store must come first.
+    let mut stores = Vec::new();
+    let mark = loop {
+        match tokio::time::timeout(Duration::from_secs(10), seen.recv()).await.expect("the mark shipped").unwrap() {
+            Seen::Credentials(generation) => stores.push(generation),
+            Seen::Record(lsn, reservoir_engine::Body::CredentialsChanged) => break lsn,
+            Seen::Record(..) => {}
+        }
+    };
+    assert!(stores.len() >= 2, "the store that the rotation made was shipped ahead of its mark: {stores:?}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!rotating.is_finished(), "the rotation answered before the standby stored store {generation}");
-    release_sender.send(()).await.unwrap();
+    assert!(!rotating.is_finished(), "the rotation answered before a standby's log held its mark (LSN {mark})");
+    cap_sender.send_replace(u64::MAX);
     let result = tokio::time::timeout(Duration::from_secs(10), rotating)
         .await
-        .expect("the rotation answered once the store is stored")
+        .expect("the rotation answered once the standby's log holds the mark")
         .unwrap()
         .unwrap();
     assert!(matches!(result, OperationResult::Token(Ok(_))), "{result:?}");

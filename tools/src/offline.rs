@@ -252,6 +252,7 @@ fn describe(record: &Record, names: &BTreeMap<u32, String>) -> String {
         ),
         Body::Forgotten { before_ms } => format!("{head} forgotten before={}", format_ms(*before_ms)),
         Body::EpochChanged { epoch } => format!("{head} epoch_changed epoch={epoch}"),
+        Body::CredentialsChanged => format!("{head} credentials_changed"),
     }
 }
 

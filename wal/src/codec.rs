@@ -21,11 +21,12 @@ pub mod kind {
     pub const REFUSED: u8 = 6;
     pub const FORGOTTEN: u8 = 7;
     pub const EPOCH_CHANGED: u8 = 8;
+    pub const CREDENTIALS_CHANGED: u8 = 9;
 }
 
 /// Whether `kind` names a body variant ([`decode`] refuses every other).
 pub fn is_kind(kind: u8) -> bool {
-    (kind::TENANT_CREATED..=kind::EPOCH_CHANGED).contains(&kind)
+    (kind::TENANT_CREATED..=kind::CREDENTIALS_CHANGED).contains(&kind)
 }
 
 /// Why a payload does not decode. Carried inside [`crate::WalError`] with its position.
@@ -55,6 +56,7 @@ pub fn kind_of(body: &Body) -> u8 {
         Body::Refused { .. } => kind::REFUSED,
         Body::Forgotten { .. } => kind::FORGOTTEN,
         Body::EpochChanged { .. } => kind::EPOCH_CHANGED,
+        Body::CredentialsChanged => kind::CREDENTIALS_CHANGED,
     }
 }
 
@@ -119,8 +121,10 @@ pub fn encode(body: &Body, out: &mut Vec<u8>) {
         }
         Body::Forgotten { before_ms } => writer.u64(*before_ms),
         Body::EpochChanged { epoch } => writer.u64(*epoch),
+        // A mark: the kind says everything.
+        Body::CredentialsChanged => {}
     }
-    assert!(out.len() > start, "every body has a payload");
+    assert_eq!(out.len() == start, matches!(body, Body::CredentialsChanged), "every body but a mark has a payload");
     // Pair assertion: what was written reads back as what was meant (debug builds; the
     // round-trip property test and the fuzzer cover release builds' decoder).
     debug_assert_eq!(decode(kind_of(body), &out[start..]).as_ref(), Ok(body), "encode/decode disagree");
@@ -200,6 +204,7 @@ pub fn decode(kind: u8, payload: &[u8]) -> Result<Body, DecodeError> {
             }
             Body::EpochChanged { epoch }
         }
+        kind::CREDENTIALS_CHANGED => Body::CredentialsChanged,
         other => return Err(DecodeError::UnknownKind(other)),
     };
     if reader.at != payload.len() {

@@ -366,6 +366,7 @@ fn describe(body: &Body) -> String {
         Body::Refused { tenant, memo } => format!("refused tenant={} op={}", tenant.0, memo.operation),
         Body::Forgotten { before_ms } => format!("forgotten before_ms={before_ms}"),
         Body::EpochChanged { epoch } => format!("epoch_changed epoch={epoch}"),
+        Body::CredentialsChanged => "credentials_changed".to_owned(),
     }
 }
 

@@ -338,9 +338,6 @@ impl StandbyEntry {
 pub(crate) struct Hub {
     pub standbys: Mutex<Vec<StandbyEntry>>,
     pub changed: tokio::sync::Notify,
-    /// The newest credential store a standby reported durable, kept past its stream's end (a
-    /// standby whose replication token was rotated away holds the store that revoked it).
-    credentials_stored: Mutex<Option<u64>>,
     next_id: std::sync::atomic::AtomicU64,
 }
 
@@ -396,17 +393,7 @@ impl Hub {
     pub fn credentials_stored(&self, id: u64, generation: u64) -> Option<u64> {
         let mut stored = None;
         self.update(id, |entry| stored = entry.credentials_stored(generation));
-        if let Some(generation) = stored {
-            let mut best = self.credentials_stored.lock();
-            *best = Some(best.map_or(generation, |before| before.max(generation)));
-        }
-        self.changed.notify_waiters();
         stored
-    }
-
-    /// The newest credential store a standby reported durable (`None`: none has reported).
-    pub fn best_credentials_stored(&self) -> Option<u64> {
-        *self.credentials_stored.lock()
     }
 }
 
@@ -569,20 +556,12 @@ mod tests {
     fn a_standby_vouches_only_for_credential_stores_shipped_to_it() {
         let hub = Hub::default();
         let id = hub.register("standby".into(), "127.0.0.1:1".into(), 1, 0).expect("room");
-        assert_eq!(hub.credentials_stored(id, 7), None);
-        assert_eq!(hub.best_credentials_stored(), None, "nothing shipped yet");
+        assert_eq!(hub.credentials_stored(id, 7), None, "nothing shipped yet");
         hub.update(id, |entry| entry.credentials_sent = Some(3));
-        assert_eq!(hub.credentials_stored(id, 9), Some(3));
-        assert_eq!(hub.best_credentials_stored(), Some(3), "held to what was shipped");
+        assert_eq!(hub.credentials_stored(id, 9), Some(3), "held to what was shipped");
         hub.update(id, |entry| entry.credentials_sent = Some(5));
-        assert_eq!(hub.credentials_stored(id, 2), Some(3));
-        assert_eq!(hub.best_credentials_stored(), Some(3), "never goes back");
-        // A standby that stored a store and left (its token rotated away) still holds it.
-        let second = hub.register("second".into(), "127.0.0.1:2".into(), 1, 0).expect("room");
-        hub.update(second, |entry| entry.credentials_sent = Some(5));
-        assert_eq!(hub.credentials_stored(second, 5), Some(5));
-        hub.unregister(second);
-        assert_eq!(hub.best_credentials_stored(), Some(5));
+        assert_eq!(hub.credentials_stored(id, 2), Some(3), "never goes back");
+        assert_eq!(hub.credentials_stored(id, 5), Some(5));
     }
 
     #[test]

@@ -68,8 +68,9 @@ pub enum StandbyMessage {
     /// stop taking writes.
     Fence { epoch: u64, primary: String },
     /// The credential store shipped as `generation` is durable on the standby (it answers each
-    /// `Credentials` once its file is fsynced). A `sync` primary answers a credential change
-    /// only once a standby has stored it.
+    /// `Credentials` once its file is fsynced). A primary ending a stream whose replication
+    /// token was revoked reads it first, for a while; a tenant or admin token's change waits
+    /// instead for its `credentials_changed` record, like a write.
     CredentialsStored { generation: u64 },
 }
 
