@@ -197,6 +197,12 @@ impl Client {
         receiver.await.map_err(|_| NetError::Shutdown("the client's batcher dropped the call".into()))?
     }
 
+    /// Whether the client holds a connection that is open now (false after [`Client::close`],
+    /// or once the server closed it, until the next call reconnects).
+    pub async fn is_open(&self) -> bool {
+        self.inner.session.lock().await.as_ref().is_some_and(|session| session.connection.close_reason().is_none())
+    }
+
     /// Says goodbye and closes the connection.
     pub async fn close(&self) {
         if let Some(session) = self.inner.session.lock().await.take() {

@@ -945,6 +945,83 @@ async fn made_up_tokens_evict_no_connection_from_the_gateway_pool() {
     pool.clear();
 }
 
+/// Regression (review, fourth pass): a handshake took a pool slot while in progress, so a flood
+/// of made-up tokens filled the pool, and a tenant's new connection then evicted another
+/// tenant's pooled one (the least recently used). Handshakes now take no pool room: during a
+/// flood the pool holds only connections whose tokens shook hands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_of_made_up_tokens_take_no_pool_room() {
+    use reservoir_net::gateway::pool::{Pool, POOL_HANDSHAKES_SHARED_MAX};
+    let setup = start().await;
+    let address = setup.server.as_ref().unwrap().local_addr().to_string();
+    let pool = std::sync::Arc::new(Pool::new(vec![address], setup.ca.clone(), None, 30_000, 3));
+    let demo = pool.upstream(&setup.demo).await.unwrap();
+    let flooding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flood: Vec<_> = (0..16)
+        .map(|task| {
+            let (pool, flooding) = (pool.clone(), flooding.clone());
+            tokio::spawn(async move {
+                let mut index = 0;
+                while flooding.load(std::sync::atomic::Ordering::Relaxed) {
+                    assert!(pool.upstream(&format!("rsv_made_up_{task}_{index}")).await.is_err());
+                    index += 1;
+                }
+                index
+            })
+        })
+        .collect();
+    let (mut pooled_max, mut shared_max) = (0, 0);
+    for _ in 0..200 {
+        pooled_max = pooled_max.max(pool.len());
+        shared_max = shared_max.max(pool.handshakes_shared());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // A tenant's first connection during the flood: room for it without evicting demo's.
+    let admin = pool.upstream(&setup.admin).await.unwrap();
+    flooding.store(false, std::sync::atomic::Ordering::Relaxed);
+    let mut handshakes = 0;
+    for task in flood {
+        handshakes += task.await.unwrap();
+    }
+    assert!(handshakes > 16, "the flood ran: {handshakes} handshakes");
+    assert_eq!(pooled_max, 1, "only demo's connection is pooled during the flood");
+    assert!(shared_max <= POOL_HANDSHAKES_SHARED_MAX);
+    assert_eq!(pool.len(), 2);
+    assert!(std::sync::Arc::ptr_eq(&pool.upstream(&setup.demo).await.unwrap(), &demo), "demo's still pooled");
+    assert!(std::sync::Arc::ptr_eq(&pool.upstream(&setup.admin).await.unwrap(), &admin), "admin's pooled");
+    assert_eq!(pool.handshakes_shared(), 0, "a failed handshake is not kept");
+    pool.clear();
+}
+
+/// Regression (review, fourth pass): a connection that aged out of the pool was closed at
+/// once, under the requests still using it (resent on a new connection, whose handshake could
+/// outlast the deadline: 408 for an applied mutation). It now serves them and closes when its
+/// last user lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aged_connection_serves_its_requests_and_closes_with_its_last_user() {
+    use reservoir_net::gateway::pool::Pool;
+    let setup = start().await;
+    let address = setup.server.as_ref().unwrap().local_addr().to_string();
+    let pool = Pool::new(vec![address], setup.ca.clone(), None, 30_000, 4).with_connection_age_ms_max(200);
+    let aged = pool.upstream(&setup.demo).await.unwrap();
+    let aged_client = aged.client.clone();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fresh = pool.upstream(&setup.demo).await.unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&aged, &fresh), "an aged connection is replaced");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(aged_client.is_open().await, "the aged connection was closed under its user");
+    let reply = aged.client.call(Operation::GetSku { sku: "SKU-1".into() }).await.unwrap();
+    assert!(matches!(reply, OperationResult::Sku(_)), "{reply:?}");
+    drop(aged);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while aged_client.is_open().await {
+        assert!(std::time::Instant::now() < deadline, "the aged connection outlived its last user");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(fresh.client.is_open().await);
+    pool.clear();
+}
+
 /// Regression (found by audit): the gateway's cap on requests in flight was global only, so one
 /// tenant holding `REQUESTS_IN_FLIGHT_MAX` slow requests shut every other tenant out. Each
 /// token now has at most `REQUESTS_IN_FLIGHT_PER_TOKEN_MAX`: past it that token gets 503
@@ -1071,11 +1148,14 @@ async fn a_tenants_imports_in_flight_are_capped_and_leave_room_for_others() {
             .header("content-type", "text/csv")
             .body("sku,location,on_hand\nA,DC1,1\n")
     };
-    // demo's upstream connection first, so that the slow imports below share it.
-    setup.send(import("demo", &setup.demo, "first")).await.assert_ok();
-    // Imports whose bodies never come: each holds its slot until its deadline.
+    // Imports whose bodies never come: each holds its slot until its deadline. Each is seen
+    // holding it (no answer for a while) before the next request: a refused one is answered
+    // at once. (The first one also makes demo's upstream connection.) Found while writing
+    // this test: sent back to back, before the token's handshake, the second slow import could
+    // reach its slot after the first import of the loop below took it, and was refused.
     let mut slow = Vec::new();
     for index in 0..gateway::IMPORTS_IN_FLIGHT_PER_TENANT_MAX {
+        use tokio::io::AsyncReadExt as _;
         let mut socket = tokio::net::TcpStream::connect(setup.gateway.local_addr()).await.unwrap();
         let head = format!(
             "POST {DEMO}/imports HTTP/1.1\r\nhost: gateway\r\nauthorization: Bearer {}\r\n\
@@ -1083,6 +1163,9 @@ async fn a_tenants_imports_in_flight_are_capped_and_leave_room_for_others() {
             setup.demo
         );
         socket.write_all(head.as_bytes()).await.unwrap();
+        let mut chunk = [0u8; 2048];
+        let answered = tokio::time::timeout(Duration::from_millis(500), socket.read(&mut chunk)).await;
+        assert!(answered.is_err(), "slow import {index} was answered: {answered:?}");
         slow.push(socket);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(5);

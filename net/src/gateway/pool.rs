@@ -3,8 +3,9 @@
 //! the connection's client (it re-sends it when it reconnects) and is never logged or written.
 //!
 //! Bounded: at most `connections_max` entries (the least recently used goes first), an entry
-//! idle for `POOL_IDLE_MS_MAX` is closed, and none lives longer than
-//! `POOL_CONNECTION_AGE_MS_MAX`. A revoked token does not wait for that age: the server checks
+//! idle for `POOL_IDLE_MS_MAX` leaves it, and none stays longer than
+//! `POOL_CONNECTION_AGE_MS_MAX`; a connection out of the pool closes when its last request is
+//! answered. Handshakes in progress take no pool room. A revoked token does not wait for that age: the server checks
 //! an open connection's token again after every change of its credentials, answers the next
 //! request of a revoked one `unauthenticated` and closes it, and the gateway answers 401 and
 //! [`Pool::forget`]s the entry.
@@ -22,6 +23,10 @@ use crate::{NetError, Role};
 
 /// Upstream connections (tokens) kept at once, by default.
 pub const POOL_CONNECTIONS_MAX: usize = 1_024;
+/// Handshakes of tokens not pooled yet that later requests of the same token may join (one
+/// handshake for all of them). Past it a request shakes hands alone: a flood of made-up tokens
+/// costs handshakes, which the gateway's in-flight caps bound, never pool room.
+pub const POOL_HANDSHAKES_SHARED_MAX: usize = 256;
 /// A connection unused for this long is closed.
 pub const POOL_IDLE_MS_MAX: u64 = 300_000;
 /// A connection is replaced (a new handshake, the token checked again) after this long.
@@ -29,39 +34,56 @@ pub const POOL_CONNECTION_AGE_MS_MAX: u64 = 60_000;
 /// How often idle and old connections are swept.
 pub const POOL_SWEEP_INTERVAL_MS: u64 = 5_000;
 
-/// An authenticated connection and whose it is.
+/// An authenticated connection and whose it is. Its last user closes it: a connection that
+/// leaves the pool (aged, idle, evicted) still serves the requests that hold it.
 pub struct Upstream {
     pub client: Client,
     /// The token's tenant; `None` for the admin token.
     pub tenant: Option<String>,
 }
 
-struct Slot {
-    upstream: tokio::sync::OnceCell<Arc<Upstream>>,
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let client = self.client.clone();
+            runtime.spawn(async move { client.close().await });
+        }
+    }
+}
+
+/// A pooled connection: one whose token shook hands.
+struct Pooled {
+    upstream: Arc<Upstream>,
     created: Instant,
     last_used_ms: AtomicU64,
 }
 
+/// A handshake in progress, which requests of the same token join.
+type Handshake = Arc<tokio::sync::OnceCell<Arc<Upstream>>>;
+
 type Key = [u8; 32];
 
+#[derive(Default)]
+struct Slots {
+    /// At most `connections_max`; only connections that shook hands.
+    pooled: HashMap<Key, Pooled>,
+    /// At most `POOL_HANDSHAKES_SHARED_MAX`.
+    handshakes: HashMap<Key, Handshake>,
+}
+
 pub struct Pool {
-    slots: Mutex<HashMap<Key, Arc<Slot>>>,
+    slots: Mutex<Slots>,
     endpoints: Vec<String>,
     ca_pem: Vec<u8>,
     server_name: Option<String>,
     request_timeout_ms: u64,
     connections_max: usize,
+    connection_age_ms_max: u64,
     epoch: Instant,
 }
 
 fn key(token: &str) -> Key {
     Sha256::digest(token.as_bytes()).into()
-}
-
-fn close(slot: Arc<Slot>) {
-    if let Some(upstream) = slot.upstream.get().cloned() {
-        tokio::spawn(async move { upstream.client.close().await });
-    }
 }
 
 impl Pool {
@@ -74,99 +96,102 @@ impl Pool {
     ) -> Pool {
         assert!(!endpoints.is_empty(), "at least one upstream");
         Pool {
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(Slots::default()),
             endpoints,
             ca_pem,
             server_name,
             request_timeout_ms,
             connections_max: connections_max.max(1),
+            connection_age_ms_max: POOL_CONNECTION_AGE_MS_MAX,
             epoch: Instant::now(),
         }
+    }
+
+    /// The age past which a connection is replaced (`POOL_CONNECTION_AGE_MS_MAX` unless set).
+    pub fn with_connection_age_ms_max(mut self, connection_age_ms_max: u64) -> Pool {
+        self.connection_age_ms_max = connection_age_ms_max.max(1);
+        self
     }
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    fn aged(&self, pooled: &Pooled) -> bool {
+        pooled.created.elapsed() >= Duration::from_millis(self.connection_age_ms_max)
+    }
+
     /// The connection for `token`: the pooled one, or a new one (one handshake, however many
-    /// requests wait for it). A failed handshake is not kept: the next request tries again.
+    /// requests wait for it). A connection enters the pool only once its token shook hands
+    /// (evicting the least recently used when the pool is full), so made-up tokens never take
+    /// pool room from tenants. A failed handshake is not kept: the next request tries again.
+    /// Regressions (review): a handshake took a pool slot while in progress, so a flood of
+    /// made-up tokens filled the pool and a tenant's new connection then evicted another
+    /// tenant's; and an aged connection was closed under the requests still using it.
     pub async fn upstream(&self, token: &str) -> Result<Arc<Upstream>, NetError> {
         let key = key(token);
-        let (slot, pooled) = self.slot(key);
-        let result = slot.upstream.get_or_try_init(|| self.connect(token)).await.cloned();
-        match &result {
-            Err(_) if pooled => self.forget_slot(&key, &slot),
-            Ok(_) if !pooled => self.adopt(key, slot),
-            _ => {}
+        let handshake = {
+            let mut slots = self.slots.lock();
+            if let Some(pooled) = slots.pooled.get(&key) {
+                if !self.aged(pooled) {
+                    pooled.last_used_ms.store(self.now_ms(), Ordering::Relaxed);
+                    return Ok(pooled.upstream.clone());
+                }
+                // Out of the pool; its last user closes it.
+                slots.pooled.remove(&key);
+            }
+            match slots.handshakes.get(&key) {
+                Some(handshake) => handshake.clone(),
+                None => {
+                    let handshake = Handshake::default();
+                    if slots.handshakes.len() < POOL_HANDSHAKES_SHARED_MAX {
+                        slots.handshakes.insert(key, handshake.clone());
+                    }
+                    handshake
+                }
+            }
+        };
+        let result = handshake.get_or_try_init(|| self.connect(token)).await.cloned();
+        let mut slots = self.slots.lock();
+        if slots.handshakes.get(&key).is_some_and(|shared| Arc::ptr_eq(shared, &handshake)) {
+            slots.handshakes.remove(&key);
         }
+        if let Ok(upstream) = &result {
+            self.adopt(&mut slots, key, upstream);
+        }
+        debug_assert!(slots.pooled.len() <= self.connections_max);
+        debug_assert!(slots.handshakes.len() <= POOL_HANDSHAKES_SHARED_MAX);
         result
     }
 
-    /// Pools a connection made while the pool was full, now that its token has shaken hands:
-    /// only an authenticated connection evicts another.
-    fn adopt(&self, key: Key, slot: Arc<Slot>) {
-        assert!(slot.upstream.initialized(), "only a connection that shook hands is adopted");
-        let mut slots = self.slots.lock();
-        if slots.contains_key(&key) {
-            // Another request pooled one for this token meanwhile; this one serves its request
-            // and closes when dropped.
+    /// Pools `upstream`, whose token shook hands, unless the pool holds one for the token
+    /// already (that one stays; this one serves its requests and closes with them).
+    fn adopt(&self, slots: &mut Slots, key: Key, upstream: &Arc<Upstream>) {
+        if slots.pooled.contains_key(&key) {
             return;
         }
-        while slots.len() >= self.connections_max {
+        while slots.pooled.len() >= self.connections_max {
             let oldest = slots
+                .pooled
                 .iter()
-                .min_by_key(|(_, slot)| slot.last_used_ms.load(Ordering::Relaxed))
+                .min_by_key(|(_, pooled)| pooled.last_used_ms.load(Ordering::Relaxed))
                 .map(|(key, _)| *key)
                 .expect("not empty");
-            let evicted = slots.remove(&oldest).expect("present");
-            close(evicted);
+            slots.pooled.remove(&oldest).expect("present");
         }
-        slots.insert(key, slot);
-        debug_assert!(slots.len() <= self.connections_max);
+        let pooled = Pooled { upstream: upstream.clone(), created: Instant::now(), last_used_ms: self.now_ms().into() };
+        slots.pooled.insert(key, pooled);
+        assert!(slots.pooled.len() <= self.connections_max);
     }
 
-    /// Drops `token`'s connection (the server refused it: revoked, or the connection broke).
+    /// Drops `token`'s connection and closes it now (the server refused it: revoked, or the
+    /// connection broke).
     pub fn forget(&self, token: &str) {
-        let removed = self.slots.lock().remove(&key(token));
-        if let Some(slot) = removed {
-            close(slot);
+        let removed = self.slots.lock().pooled.remove(&key(token));
+        if let Some(pooled) = removed {
+            let client = pooled.upstream.client.clone();
+            tokio::spawn(async move { client.close().await });
         }
-    }
-
-    fn forget_slot(&self, key: &Key, slot: &Arc<Slot>) {
-        let mut slots = self.slots.lock();
-        if slots.get(key).is_some_and(|current| Arc::ptr_eq(current, slot)) {
-            slots.remove(key);
-        }
-    }
-
-    /// The token's slot, and whether it is in the pool. A new token gets a pooled slot while
-    /// the pool has room; when it is full, an unpooled one, adopted (evicting the least
-    /// recently used) only once its handshake passed ([`Pool::adopt`]). Regression: a new slot
-    /// evicted one before its token was checked, so 1,024 requests with made-up tokens closed
-    /// every tenant's pooled connection (their requests in flight failed and reconnected).
-    fn slot(&self, key: Key) -> (Arc<Slot>, bool) {
-        let now_ms = self.now_ms();
-        let mut slots = self.slots.lock();
-        if let Some(slot) = slots.get(&key) {
-            if slot.created.elapsed() < Duration::from_millis(POOL_CONNECTION_AGE_MS_MAX) {
-                slot.last_used_ms.store(now_ms, Ordering::Relaxed);
-                return (slot.clone(), true);
-            }
-            let old = slots.remove(&key).expect("present");
-            close(old);
-        }
-        let slot = Arc::new(Slot {
-            upstream: tokio::sync::OnceCell::new(),
-            created: Instant::now(),
-            last_used_ms: now_ms.into(),
-        });
-        if slots.len() >= self.connections_max {
-            return (slot, false);
-        }
-        slots.insert(key, slot.clone());
-        debug_assert!(slots.len() <= self.connections_max);
-        (slot, true)
     }
 
     async fn connect(&self, token: &str) -> Result<Arc<Upstream>, NetError> {
@@ -176,46 +201,50 @@ impl Pool {
         // The gateway answers 429 with Retry-After itself; the scanner decides when to retry.
         options.retry_rate_limited = false;
         let client = Client::connect(options).await?;
-        let tenant = match client.hello().await?.role {
-            Role::Tenant { name } => Some(name),
-            Role::Admin | Role::Replication => None,
+        let tenant = match client.hello().await {
+            Ok(hello) => match hello.role {
+                Role::Tenant { name } => Some(name),
+                Role::Admin | Role::Replication => None,
+            },
+            Err(error) => {
+                client.close().await;
+                return Err(error);
+            }
         };
         Ok(Arc::new(Upstream { client, tenant }))
     }
 
-    /// Closes connections idle past `POOL_IDLE_MS_MAX` or older than
-    /// `POOL_CONNECTION_AGE_MS_MAX`; returns how many are left.
+    /// Drops connections idle past `POOL_IDLE_MS_MAX` or older than the age limit from the
+    /// pool (each closes once its last request is answered); returns how many are left.
     pub fn sweep(&self) -> usize {
         let now_ms = self.now_ms();
         let mut slots = self.slots.lock();
-        let stale: Vec<Key> = slots
-            .iter()
-            .filter(|(_, slot)| {
-                now_ms.saturating_sub(slot.last_used_ms.load(Ordering::Relaxed)) > POOL_IDLE_MS_MAX
-                    || slot.created.elapsed() > Duration::from_millis(POOL_CONNECTION_AGE_MS_MAX)
-            })
-            .map(|(key, _)| *key)
-            .collect();
-        for key in stale {
-            close(slots.remove(&key).expect("present"));
-        }
-        slots.len()
+        slots.pooled.retain(|_, pooled| {
+            now_ms.saturating_sub(pooled.last_used_ms.load(Ordering::Relaxed)) <= POOL_IDLE_MS_MAX && !self.aged(pooled)
+        });
+        slots.pooled.len()
     }
 
-    /// Connections held now.
+    /// Connections pooled now (handshakes in progress are not).
     pub fn len(&self) -> usize {
-        self.slots.lock().len()
+        self.slots.lock().pooled.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Closes every connection (shutdown).
+    /// Handshakes in progress that later requests may join.
+    pub fn handshakes_shared(&self) -> usize {
+        self.slots.lock().handshakes.len()
+    }
+
+    /// Closes every pooled connection now (shutdown).
     pub fn clear(&self) {
-        let slots: Vec<_> = self.slots.lock().drain().map(|(_, slot)| slot).collect();
-        for slot in slots {
-            close(slot);
+        let pooled: Vec<Pooled> = self.slots.lock().pooled.drain().map(|(_, pooled)| pooled).collect();
+        for pooled in pooled {
+            let client = pooled.upstream.client.clone();
+            tokio::spawn(async move { client.close().await });
         }
     }
 
