@@ -353,6 +353,63 @@ fn kill_under_load(extra: &[&str], kills: usize) -> String {
     serving
 }
 
+/// Regression (review, fourth pass): `serve` listened for SIGINT only once recovery was done
+/// (before, the default action killed it), and SIGTERM waited for recovery's end, minutes for
+/// a long log. Either signal during recovery now ends the process at once, with 128 + the
+/// signal's number and a line that says so, and the next start recovers.
+#[test]
+fn a_signal_during_recovery_ends_the_process_at_once() {
+    use std::io::BufRead as _;
+    let directory = tempfile::tempdir().unwrap();
+    for (signal, code) in [("TERM", 143), ("INT", 130)] {
+        let mut child = Command::new(binary())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .current_dir(directory.path())
+            .env("RUST_LOG", "warn")
+            .env("RESERVOIR_FAILPOINT_RECOVERY_PAUSE_MS", "60000")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let paused = std::iter::from_fn(|| receiver.recv_timeout(START_DURATION_MAX).ok())
+            .any(|line| line.contains("failpoint: recovery paused"));
+        if !paused {
+            let _ = child.kill();
+        }
+        assert!(paused, "recovery never paused");
+        let sent = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("SIG{signal} during recovery did not end the process");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(code), "SIG{signal}: {status:?}");
+        // Up to the end of its stderr (closed at its exit).
+        let said: Vec<String> = std::iter::from_fn(|| receiver.recv_timeout(Duration::from_secs(5)).ok()).collect();
+        assert!(said.iter().any(|line| line.contains("during recovery: stopping at once")), "{said:?}");
+    }
+    // The next start recovers and serves.
+    let mut server = Server::start(directory.path(), &["--listen", "127.0.0.1:0"]);
+    server.signal("TERM");
+    assert!(server.wait().success());
+}
+
 /// Regression: a panic in a server task ended that task and the server went on without it;
 /// a command that panicked after taking its LSN left a gap that held every later write in the
 /// WAL writer, a node alive but acknowledging nothing. Now any panic stops the process

@@ -116,6 +116,10 @@ pub struct ServerOptions {
     pub idempotency_entries_max: usize,
     /// Connections one tenant's tokens hold open at once, at most (of `CONNECTIONS_MAX`).
     pub connections_per_tenant_max: usize,
+    /// A failpoint for tests: recovery holds the data directory this much longer (0: none),
+    /// as a long replay would (`reservoir serve` sets it from
+    /// `RESERVOIR_FAILPOINT_RECOVERY_PAUSE_MS`).
+    pub failpoint_recovery_pause_ms: u64,
 }
 
 impl ServerOptions {
@@ -135,6 +139,7 @@ impl ServerOptions {
             replication: ReplicationOptions::default(),
             idempotency_entries_max: reservoir_engine::IDEMPOTENCY_ENTRIES_MAX_DEFAULT,
             connections_per_tenant_max: CONNECTIONS_PER_TENANT_MAX_DEFAULT,
+            failpoint_recovery_pause_ms: 0,
         }
     }
 }
@@ -332,9 +337,14 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
     std::fs::create_dir_all(&directory).map_err(|source| NetError::io(directory.display().to_string(), source))?;
     let wal_options = WalOptions { durability: options.durability, segment_bytes: options.segment_bytes, epoch: 1 };
     let opened = tokio::task::block_in_place(|| {
-        reservoir_wal::open_data_directory(&directory, options.engine.clone(), wal_options, |lsn| {
+        let opened = reservoir_wal::open_data_directory(&directory, options.engine.clone(), wal_options, |lsn| {
             tracing::info!(lsn = lsn.0, "recovery in progress");
-        })
+        });
+        if options.failpoint_recovery_pause_ms > 0 {
+            tracing::warn!(pause_ms = options.failpoint_recovery_pause_ms, "failpoint: recovery paused");
+            std::thread::sleep(Duration::from_millis(options.failpoint_recovery_pause_ms));
+        }
+        opened
     })?;
     for (covers, why) in &opened.snapshots_skipped {
         tracing::warn!(

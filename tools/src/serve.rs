@@ -378,7 +378,10 @@ pub fn init_logging() {
 }
 
 pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
-    let options = options(&args)?;
+    let mut options = options(&args)?;
+    if let Some(pause_ms) = std::env::var(FAILPOINT_RECOVERY_PAUSE_MS).ok().and_then(|text| text.parse().ok()) {
+        options.failpoint_recovery_pause_ms = pause_ms;
+    }
     init_logging();
     abort_on_panic();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("reservoir").build()?;
@@ -388,6 +391,11 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
 /// Set (to anything) in the environment of `reservoir serve`, a task panics once the server
 /// serves: the failpoint of the end-to-end test that a panic stops the process.
 pub const FAILPOINT_PANIC_WHILE_SERVING: &str = "RESERVOIR_FAILPOINT_PANIC_WHILE_SERVING";
+
+/// Set to a number of milliseconds in the environment of `reservoir serve`, recovery holds the
+/// data directory that much longer: the failpoint of the end-to-end test that a signal during
+/// recovery ends the process at once.
+pub const FAILPOINT_RECOVERY_PAUSE_MS: &str = "RESERVOIR_FAILPOINT_RECOVERY_PAUSE_MS";
 
 /// A panic anywhere in the server is a broken invariant (the engine asserts its ledger; the
 /// decoders never panic on any input, which the fuzzers check): the process stops at once,
@@ -408,14 +416,40 @@ fn abort_on_panic() {
 async fn serve(options: ServerOptions) -> anyhow::Result<()> {
     let data_directory = options.data_directory.clone();
     let durability = options.durability;
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let stop = async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
-            _ = terminate.recv() => tracing::info!("terminated: shutting down"),
+    // SIGINT and SIGTERM, both listened for from here on: once the server serves, the first
+    // stops it gracefully (requests in flight answered, the log synced); before that, during
+    // recovery, it ends the process at once, as a crash would (recovery is crash-safe, and
+    // nothing was served). Regression (review): SIGINT had no handler until recovery was done,
+    // and SIGTERM waited for its end, minutes for a long log.
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut interrupt, mut terminate) = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
+    let serving = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (stop_sender, stop_receiver) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn({
+        let serving = serving.clone();
+        async move {
+            let (name, code) = tokio::select! {
+                _ = interrupt.recv() => ("interrupted", 130),
+                _ = terminate.recv() => ("terminated", 143),
+            };
+            if !serving.load(std::sync::atomic::Ordering::Acquire) {
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "reservoir: {name} during recovery: stopping at once (nothing was served; the next start \
+                     recovers again)"
+                );
+                std::process::exit(code);
+            }
+            tracing::info!("{name}: shutting down");
+            let _ = stop_sender.send(());
         }
+    });
+    let stop = async move {
+        let _ = stop_receiver.await;
     };
     let on_start = |server: &reservoir_net::server::ServerHandle| {
+        serving.store(true, std::sync::atomic::Ordering::Release);
         // Not `println!`: it panics when stdout is closed (`reservoir serve | head -2`), and a
         // panic aborts the serving process (regression, review).
         use std::io::Write as _;
