@@ -353,6 +353,35 @@ fn kill_under_load(extra: &[&str], kills: usize) -> String {
     serving
 }
 
+/// `reservoir serve --listen 127.0.0.1:0` in `directory` with `failpoint` set (to "1", or the
+/// value given), stdout and stderr piped.
+fn serve_with_failpoint(directory: &Path, failpoint: (&str, &str)) -> std::process::Child {
+    Command::new(binary())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(directory)
+        .env("RUST_LOG", "warn")
+        .env(failpoint.0, failpoint.1)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits at most `within` for `child` to exit; kills it and panics with `what` past that.
+fn exit_within(child: &mut std::process::Child, within: Duration, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Regression (review, fourth pass): `serve` listened for SIGINT only once recovery was done
 /// (before, the default action killed it), and SIGTERM waited for recovery's end, minutes for
 /// a long log. Either signal during recovery now ends the process at once, with 128 + the
@@ -362,15 +391,7 @@ fn a_signal_during_recovery_ends_the_process_at_once() {
     use std::io::BufRead as _;
     let directory = tempfile::tempdir().unwrap();
     for (signal, code) in [("TERM", 143), ("INT", 130)] {
-        let mut child = Command::new(binary())
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .current_dir(directory.path())
-            .env("RUST_LOG", "warn")
-            .env("RESERVOIR_FAILPOINT_RECOVERY_PAUSE_MS", "60000")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = serve_with_failpoint(directory.path(), ("RESERVOIR_FAILPOINT_RECOVERY_PAUSE_MS", "60000"));
         let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -388,17 +409,8 @@ fn a_signal_during_recovery_ends_the_process_at_once() {
         assert!(paused, "recovery never paused");
         let sent = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
         assert!(sent.success());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("SIG{signal} during recovery did not end the process");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let what = format!("SIG{signal} during recovery did not end the process");
+        let status = exit_within(&mut child, Duration::from_secs(10), &what);
         assert_eq!(status.code(), Some(code), "SIG{signal}: {status:?}");
         // Up to the end of its stderr (closed at its exit).
         let said: Vec<String> = std::iter::from_fn(|| receiver.recv_timeout(Duration::from_secs(5)).ok()).collect();
@@ -419,15 +431,7 @@ fn a_panic_in_the_server_stops_the_process_and_a_restart_recovers() {
     use std::io::BufRead as _;
     use std::os::unix::process::ExitStatusExt as _;
     let directory = tempfile::tempdir().unwrap();
-    let mut child = Command::new(binary())
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .current_dir(directory.path())
-        .env("RUST_LOG", "warn")
-        .env("RESERVOIR_FAILPOINT_PANIC_WHILE_SERVING", "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = serve_with_failpoint(directory.path(), ("RESERVOIR_FAILPOINT_PANIC_WHILE_SERVING", "1"));
     // Read on a thread, so that a server that never serves fails the test instead of hanging it.
     let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let (sender, receiver) = std::sync::mpsc::channel();
@@ -440,17 +444,7 @@ fn a_panic_in_the_server_stops_the_process_and_a_restart_recovers() {
         let _ = child.kill();
     }
     assert!(served, "the server never served");
-    let deadline = Instant::now() + START_DURATION_MAX;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the server went on serving after a task panicked");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = exit_within(&mut child, START_DURATION_MAX, "the server went on serving after a task panicked");
     assert_eq!(status.signal(), Some(6), "stopped by SIGABRT: {status:?}");
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
