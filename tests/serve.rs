@@ -126,6 +126,13 @@ fn the_readme_quickstart_works_with_embedded_defaults() {
     )
     .unwrap();
     assert!(cli(&["import", "stock.jsonl"], &token).status.success());
+    // A row whose name the server refuses: the CLI names it and sends nothing.
+    let long = "L".repeat(300);
+    std::fs::write(directory.path().join("bad.csv"), format!("sku,on_hand\nSKU-10,1\n{long},2\n")).unwrap();
+    let output = cli(&["import", "bad.csv"], &token);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("row 2: name_too_long"), "{output:?}");
+    assert_eq!(cli(&["stock", "SKU-10"], &token).status.code(), Some(1), "nothing was sent");
     let output = cli(&["stock", "SKU-7", "--json"], &token);
     let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(value["results"][0]["total"]["available"], 35, "40 on hand less 5 safety stock: {value}");

@@ -8,6 +8,27 @@ use crate::operation::WireImportRow;
 /// Where a SKU is when a row names no location.
 pub const LOCATION_DEFAULT: &str = "main";
 
+/// Why the server would refuse `row`'s names (`name_too_long`, `invalid_name` ...), if it
+/// would. The server refuses an import whose rows name anything it does not take as a whole,
+/// so the gateway answers such rows itself, row by row, and sends the rest; the CLI refuses
+/// the file before it sends anything.
+pub fn row_name_refusal(row: &WireImportRow) -> Option<reservoir_engine::ResultCode> {
+    let sku = reservoir_engine::Sku::new(&row.sku).err();
+    let location = reservoir_engine::Location::new(&row.location).err();
+    sku.or(location).map(reservoir_engine::ResultCode::from)
+}
+
+/// What a 10,000-row part of rows whose names pass [`row_name_refusal`] encodes to at most,
+/// in bytes: each row is two names of at most `NAME_BYTES_MAX` with a length byte each, an
+/// `i64` and two optional `i64`s. Such a part always fits a frame (asserted below), so only
+/// names decide whether a part can be sent.
+pub const IMPORT_PART_BYTES_MAX: usize = IMPORT_REQUEST_OVERHEAD_BYTES_MAX
+    + reservoir_engine::IMPORT_ROWS_MAX * (2 * (1 + reservoir_engine::NAME_BYTES_MAX) + 8 + 2 * 9);
+/// An import request's bytes besides its rows: the frame header, type, request id, operation
+/// count and kind, the operation id (at most `STRING_BYTES_MAX`) and the row count, rounded up.
+const IMPORT_REQUEST_OVERHEAD_BYTES_MAX: usize = 1_024;
+const _: () = assert!(IMPORT_PART_BYTES_MAX <= crate::wire::FRAME_BYTES_MAX);
+
 /// How the lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ImportFormat {
@@ -154,6 +175,34 @@ pub fn parse_import(text: &str, format: ImportFormat) -> Result<Vec<WireImportRo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bound that lets the gateway cut parts by rows alone: the largest part of rows whose
+    /// names the server takes encodes within `IMPORT_PART_BYTES_MAX`, within a frame.
+    #[test]
+    fn a_part_of_rows_with_names_the_server_takes_always_fits_a_frame() {
+        let longest = "S".repeat(reservoir_engine::NAME_BYTES_MAX);
+        let row = WireImportRow {
+            sku: longest.clone(),
+            location: longest.clone(),
+            on_hand: i64::MAX,
+            safety_stock: Some(i64::MAX),
+            backorder_limit: Some(i64::MAX),
+        };
+        assert_eq!(row_name_refusal(&row), None);
+        let operation = crate::Operation::Import {
+            operation: "K".repeat(crate::wire::STRING_BYTES_MAX),
+            rows: vec![row.clone(); reservoir_engine::IMPORT_ROWS_MAX],
+        };
+        let request = crate::message::Request { request_id: u64::MAX, operations: vec![operation] };
+        let mut bytes = Vec::new();
+        crate::message::ClientFrame::Request(request).encode(&mut bytes).unwrap();
+        assert!(bytes.len() <= IMPORT_PART_BYTES_MAX, "{} bytes", bytes.len());
+        // One byte longer, and the server refuses the row's name.
+        let long = WireImportRow { sku: format!("{longest}S"), ..row };
+        assert_eq!(row_name_refusal(&long), Some(reservoir_engine::ResultCode::NameTooLong));
+        let unprintable = WireImportRow { location: "DC\u{7}".into(), ..long.clone() };
+        assert!(row_name_refusal(&WireImportRow { sku: "A".into(), ..unprintable }).is_some());
+    }
 
     #[test]
     fn csv_and_json_lines_give_the_same_rows() {

@@ -97,6 +97,16 @@ impl Setup {
         format!("http://{}{path}", self.gateway.local_addr())
     }
 
+    /// A `POST` of `body` to demo's imports with `token` and the Idempotency-Key `key`.
+    fn import_request(&self, token: &str, key: &str, content_type: &str, body: String) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.url(&format!("{DEMO}/imports")))
+            .bearer_auth(token)
+            .header("idempotency-key", key)
+            .header("content-type", content_type)
+            .body(body)
+    }
+
     async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
         let response = request.send().await.expect("an HTTP answer");
         let status = response.status().as_u16();
@@ -551,13 +561,7 @@ async fn imports_stream_csv_and_json_lines_with_a_result_per_row() {
     let setup = start().await;
     let token = setup.demo.clone();
     let import = |body: String, content_type: &'static str, key: &'static str| {
-        setup
-            .http
-            .post(setup.url(&format!("{DEMO}/imports")))
-            .bearer_auth(&token)
-            .header("idempotency-key", key)
-            .header("content-type", content_type)
-            .body(body)
+        setup.import_request(&token, key, content_type, body)
     };
     // CSV: one row of three is refused (negative stock), the others applied: ok_partial.
     let csv = "sku,location,on_hand,safety_stock\nA,DC1,10,\nB,DC1,-1,\nC,,5,1\n".to_owned();
@@ -608,6 +612,39 @@ async fn imports_stream_csv_and_json_lines_with_a_result_per_row() {
     assert_eq!(answer.body["result"]["results"][0]["code"], "negative_stock");
     setup.send(import("sku,on_hand\n".into(), "text/csv", "import-5")).await.assert_problem(422, "invalid_import");
     setup.send(import("x".into(), "text/plain", "import-6")).await.assert_problem(415, "unsupported_media_type");
+}
+
+/// Regression (review, fourth pass): a row whose name the server refuses (over 64 bytes, or
+/// over 255, which a request cannot even carry) refused its whole part of up to 10,000 rows,
+/// with `name_too_long` or a 422. Each such row is now answered on its own and the others
+/// are applied; a retry with the same key gets the same answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_row_with_a_name_the_server_refuses_is_refused_alone() {
+    let setup = start().await;
+    let token = setup.demo.clone();
+    let import = |body: String, key: &'static str| setup.import_request(&token, key, "text/csv", body);
+    let (long, longer) = ("L".repeat(65), "X".repeat(300));
+    let csv = format!("sku,location,on_hand\nN-1,DC1,3\n{longer},DC1,1\nN-2,{long},1\nN-3,DC1,4\n");
+    let answer = setup.send(import(csv.clone(), "names")).await;
+    let body = answer.assert_ok();
+    assert_eq!(
+        (body["code"].as_str(), body["rows"].as_u64(), body["applied"].as_u64()),
+        (Some("ok_partial"), Some(4), Some(2)),
+        "{body}"
+    );
+    let codes: Vec<&str> =
+        body["results"].as_array().unwrap().iter().map(|row| row["code"].as_str().unwrap()).collect();
+    assert_eq!(codes, vec!["ok", "name_too_long", "name_too_long", "ok"]);
+    let lines: Vec<u64> = body["results"].as_array().unwrap().iter().map(|row| row["line"].as_u64().unwrap()).collect();
+    assert_eq!(lines, vec![2, 3, 4, 5]);
+    assert_eq!(body["results"][3]["on_hand"], 4);
+    assert_eq!(setup.get(&format!("{DEMO}/stock/N-3"), &token).await.assert_ok()["total"]["on_hand"], 4);
+    let again = setup.send(import(csv, "names")).await;
+    assert_eq!(again.assert_ok()["results"], answer.body["results"], "a retry answers the same");
+    // Every row refused: nothing is sent, and the problem carries the per-row results.
+    let answer = setup.send(import(format!("sku,on_hand\n{longer},1\n"), "names-2")).await;
+    answer.assert_problem(422, "name_too_long");
+    assert_eq!(answer.body["result"]["results"][0]["code"], "name_too_long");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -499,6 +499,24 @@ fn read_import(path: &std::path::Path) -> anyhow::Result<Vec<WireImportRow>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     let rows = reservoir_net::import::parse_import(&text, ImportFormat::Detect)?;
     anyhow::ensure!(!rows.is_empty(), "{} has no rows", path.display());
+    // The server refuses a part with such a row as a whole: say which rows, send nothing (the
+    // gateway, which answers row by row, answers these rows alone).
+    /// Refused rows named in the error, at most.
+    const REFUSED_ROWS_SHOWN_MAX: usize = 10;
+    let refused: Vec<String> = rows
+        .iter()
+        .enumerate()
+        .filter_map(|(index, row)| {
+            reservoir_net::import::row_name_refusal(row).map(|code| format!("row {}: {}", index + 1, code.name()))
+        })
+        .collect();
+    anyhow::ensure!(
+        refused.is_empty(),
+        "{} has {} rows whose names the server refuses (at most 64 bytes, printable), nothing was sent: {}",
+        path.display(),
+        refused.len(),
+        refused[..refused.len().min(REFUSED_ROWS_SHOWN_MAX)].join("; ")
+    );
     Ok(rows)
 }
 

@@ -31,7 +31,7 @@ use super::problem::{GatewayCode, Problem, ProblemDetails};
 use super::{
     Deadline, Gateway, IMPORT_BODY_BYTES_MAX, IMPORT_BODY_ROWS_MAX, IMPORT_LINE_BYTES_MAX, JSON_BODY_BYTES_MAX,
 };
-use crate::import::{ImportFormat, ImportParser};
+use crate::import::{row_name_refusal, ImportFormat, ImportParser};
 use crate::{Operation, OperationResult, ProtocolErrorCode, WireImportRow, WireLine};
 
 /// A reservation's time to live when a reserve names none: 15 minutes.
@@ -242,6 +242,20 @@ pub struct ImportRowReply {
     /// on_hand after the row, when it was applied.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_hand: Option<i64>,
+}
+
+impl ImportRowReply {
+    fn new(line: usize, row: &WireImportRow, code: ResultCode, on_hand: Option<i64>) -> ImportRowReply {
+        debug_assert!(on_hand.is_none() || code.is_ok(), "on_hand only for an applied row");
+        ImportRowReply {
+            line,
+            sku: row.sku.clone(),
+            location: row.location.clone(),
+            code: code.name().to_owned(),
+            number: code.number(),
+            on_hand,
+        }
+    }
 }
 
 /// One import operation of an import body (`IMPORT_ROWS_MAX` rows each).
@@ -1110,10 +1124,27 @@ async fn run_import(scope: &Scope, key: &str, rows: Vec<(usize, WireImportRow)>)
     let mut first_refusal = None;
     for (index, part) in parts.into_iter().enumerate() {
         let operation_id = if single { key.to_owned() } else { format!("{key}{IMPORT_PART_SEPARATOR}{}", index + 1) };
-        let operation = Operation::Import {
-            operation: operation_id.clone(),
-            rows: part.iter().map(|(_, row)| row.clone()).collect(),
-        };
+        // Rows whose names the server refuses are answered here, row by row; the part carries
+        // the others (its cut stays where it was, so a part the server remembers is the same
+        // part on a retry). Regression (review): one such row refused its whole part of 10,000
+        // (a name of 256 bytes or more could not even be encoded: 422 for the part).
+        let refusals: Vec<Option<ResultCode>> = part.iter().map(|(_, row)| row_name_refusal(row)).collect();
+        let sent: Vec<WireImportRow> = part
+            .iter()
+            .zip(&refusals)
+            .filter(|(_, refusal)| refusal.is_none())
+            .map(|((_, row), _)| row.clone())
+            .collect();
+        if sent.is_empty() {
+            for ((line, row), refusal) in part.iter().zip(&refusals) {
+                let code = refusal.expect("every row of this part refused");
+                first_refusal.get_or_insert(code);
+                reply.results.push(ImportRowReply::new(*line, row, code, None));
+            }
+            continue;
+        }
+        let sent_count = sent.len();
+        let operation = Operation::Import { operation: operation_id.clone(), rows: sent };
         let answer = scope.run(operation).await.map_err(|mut problem| {
             if index > 0 {
                 problem.detail = format!(
@@ -1131,24 +1162,28 @@ async fn run_import(scope: &Scope, key: &str, rows: Vec<(usize, WireImportRow)>)
         if !code.is_ok() && first_refusal.is_none() {
             first_refusal = Some(code);
         }
-        for (position, (line, row)) in part.iter().enumerate() {
+        let mut position = 0;
+        for ((line, row), refusal) in part.iter().zip(&refusals) {
             // A part refused as a whole (a bad operation id, too many rows) has no row results.
-            let (row_code, on_hand) = match engine_reply.lines.get(position) {
-                Some(result) => (result.code, result.code.is_ok().then_some(result.applied)),
-                None => (code, None),
+            let (row_code, on_hand) = match refusal {
+                Some(refusal) => {
+                    first_refusal.get_or_insert(*refusal);
+                    (*refusal, None)
+                }
+                None => {
+                    position += 1;
+                    match engine_reply.lines.get(position - 1) {
+                        Some(result) => (result.code, result.code.is_ok().then_some(result.applied)),
+                        None => (code, None),
+                    }
+                }
             };
             if row_code.is_ok() {
                 reply.applied += 1;
             }
-            reply.results.push(ImportRowReply {
-                line: *line,
-                sku: row.sku.clone(),
-                location: row.location.clone(),
-                code: row_code.name().to_owned(),
-                number: row_code.number(),
-                on_hand,
-            });
+            reply.results.push(ImportRowReply::new(*line, row, row_code, on_hand));
         }
+        assert_eq!(position, sent_count, "every row sent has its place in the part's answer");
         reply.parts.push(ImportPart {
             operation_id,
             code: code.name().to_owned(),
