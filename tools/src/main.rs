@@ -285,8 +285,44 @@ struct MemoryArgs {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The connection flags (global, so that they may come before or after a client command):
+/// their ids, as typed.
+const CONNECTION_FLAGS: [&str; 5] = ["server", "token", "ca", "json", "tenant"];
+
+/// The connection flags given on the command line that `command` would ignore.
+/// Regression (review): every subcommand took them and most ignored them, so `reservoir serve
+/// --token T` or `verify --json` ran as if they were not there. A subcommand with a flag of
+/// its own by that name (`restore --tenant`, `wal dump --tenant`, `bench ... --json`) takes
+/// it as its own (clap merges the two).
+fn ignored_connection_flags(matches: &clap::ArgMatches, command: &Commands) -> Vec<&'static str> {
+    let uses: &[&str] = match command {
+        Commands::Client(_) => &CONNECTION_FLAGS,
+        Commands::Snapshot(args) if args.data_dir.is_none() => &CONNECTION_FLAGS,
+        Commands::Token(args) if args.command.parts().0.data_dir.is_none() => &CONNECTION_FLAGS,
+        Commands::Gateway(_) => &["ca"],
+        Commands::Restore(_) | Commands::Wal(_) => &["tenant"],
+        Commands::Bench(_) => &["json"],
+        _ => &[],
+    };
+    CONNECTION_FLAGS
+        .into_iter()
+        .filter(|id| !uses.contains(id))
+        .filter(|id| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+        .collect()
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    let ignored = ignored_connection_flags(&matches, &cli.command);
+    if !ignored.is_empty() {
+        let name = matches.subcommand_name().unwrap_or("this command");
+        let flags: Vec<String> = ignored.iter().map(|id| format!("--{id}")).collect();
+        let (verb, pronoun) = if flags.len() == 1 { ("is", "it") } else { ("are", "them") };
+        eprintln!("reservoir: {} {verb} for client commands: `{name}` does not use {pronoun}", flags.join(", "));
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Commands::Client(command) => return ExitCode::from(client::run(cli.connection, command)),
         Commands::Serve(args) => serve::run_serve(*args),
@@ -522,5 +558,35 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    /// Regression (review): the connection flags were taken by every subcommand and ignored
+    /// by most (`serve --token`, `verify --json`); they are refused there now, and still taken
+    /// where they mean something, before or after the subcommand.
+    #[test]
+    fn connection_flags_are_refused_where_they_would_be_ignored() {
+        use clap::FromArgMatches as _;
+        let ignored = |line: &str| {
+            let matches = Cli::command().try_get_matches_from(line.split_whitespace()).expect("parses");
+            let cli = Cli::from_arg_matches(&matches).expect("parses");
+            ignored_connection_flags(&matches, &cli.command)
+        };
+        assert_eq!(ignored("reservoir serve --token t"), vec!["token"]);
+        assert_eq!(ignored("reservoir --json verify --data-dir d"), vec!["json"]);
+        assert_eq!(ignored("reservoir wal dump --data-dir d --server s --ca c"), vec!["server", "ca"]);
+        assert_eq!(ignored("reservoir snapshot --data-dir d --token t"), vec!["token"]);
+        assert_eq!(ignored("reservoir gateway --json"), vec!["json"]);
+        for used in [
+            "reservoir --tenant demo stock SKU-1",
+            "reservoir stock SKU-1 --json --server s --token t --ca c",
+            "reservoir snapshot --token t",
+            "reservoir token rotate admin --json",
+            "reservoir gateway --ca c",
+            "reservoir restore --tenant demo --from a --to-lsn 5 --into b",
+            "reservoir wal dump --data-dir d --tenant demo",
+            "reservoir bench memory --json",
+        ] {
+            assert!(ignored(used).is_empty(), "{used}: {:?}", ignored(used));
+        }
     }
 }
