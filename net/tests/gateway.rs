@@ -612,6 +612,23 @@ async fn imports_stream_csv_and_json_lines_with_a_result_per_row() {
     assert_eq!(answer.body["result"]["results"][0]["code"], "negative_stock");
     setup.send(import("sku,on_hand\n".into(), "text/csv", "import-5")).await.assert_problem(422, "invalid_import");
     setup.send(import("x".into(), "text/plain", "import-6")).await.assert_problem(415, "unsupported_media_type");
+    // A body sent a byte at a time (chunked), CRLF line ends cut in two: the same rows.
+    let body = b"sku,location,on_hand\r\nP-1,DC1,5\r\nP-2,,7\n";
+    let mut request = format!(
+        "POST {DEMO}/imports HTTP/1.1\r\nhost: gateway\r\nauthorization: Bearer {token}\r\n\
+         idempotency-key: import-7\r\ncontent-type: text/csv\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for byte in body {
+        request.extend_from_slice(b"1\r\n");
+        request.push(*byte);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let head = raw_http(setup.gateway.local_addr(), &request).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(setup.get(&format!("{DEMO}/stock/P-1"), &token).await.assert_ok()["total"]["on_hand"], 5);
+    assert_eq!(setup.get(&format!("{DEMO}/stock/P-2"), &token).await.assert_ok()["total"]["on_hand"], 7);
 }
 
 /// Regression (review, fourth pass): a row whose name the server refuses (over 64 bytes, or

@@ -1038,12 +1038,19 @@ async fn read_import(body: Body, format: ImportFormat) -> Result<Vec<(usize, Wir
         if bytes_read > IMPORT_BODY_BYTES_MAX {
             return Err(too_large(IMPORT_BODY_BYTES_MAX));
         }
+        // What `pending` held before holds no line end: only the new bytes are searched, so a
+        // body costs one pass however it is cut. Regression (review): the partial line was
+        // searched again for every frame, quadratic in a line sent a byte at a time.
+        let mut searched = pending.len();
         pending.extend_from_slice(&data);
         let mut start = 0;
-        while let Some(offset) = pending[start..].iter().position(|&byte| byte == b'\n') {
-            feed(&mut parser, &mut rows, &pending[start..start + offset])?;
-            start += offset + 1;
+        while let Some(offset) = pending[searched..].iter().position(|&byte| byte == b'\n') {
+            let end = searched + offset;
+            feed(&mut parser, &mut rows, &pending[start..end])?;
+            start = end + 1;
+            searched = start;
         }
+        debug_assert!(!pending[start..].contains(&b'\n'), "every complete line was fed");
         pending.drain(..start);
         if pending.len() > IMPORT_LINE_BYTES_MAX {
             let mut problem = Problem::gateway(
