@@ -120,6 +120,9 @@ pub struct ServerOptions {
     /// as a long replay would (`reservoir serve` sets it from
     /// `RESERVOIR_FAILPOINT_RECOVERY_PAUSE_MS`).
     pub failpoint_recovery_pause_ms: u64,
+    /// Set once the data directory is recovered, before anything else happens in it (first-start
+    /// tokens, serving): until then a stop may simply end the process (`reservoir serve` does).
+    pub recovered: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl ServerOptions {
@@ -140,6 +143,7 @@ impl ServerOptions {
             idempotency_entries_max: reservoir_engine::IDEMPOTENCY_ENTRIES_MAX_DEFAULT,
             connections_per_tenant_max: CONNECTIONS_PER_TENANT_MAX_DEFAULT,
             failpoint_recovery_pause_ms: 0,
+            recovered: None,
         }
     }
 }
@@ -346,6 +350,9 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
         }
         opened
     })?;
+    if let Some(recovered) = &options.recovered {
+        recovered.store(true, Ordering::Release);
+    }
     for (covers, why) in &opened.snapshots_skipped {
         tracing::warn!(
             covers_lsn = covers.0,

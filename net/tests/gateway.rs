@@ -1047,6 +1047,25 @@ async fn handshakes_of_made_up_tokens_take_no_pool_room() {
     pool.clear();
 }
 
+/// Regression (review of the fix above): a request that stopped waiting for a shared handshake
+/// (its deadline, its client gone) left the handshake in the pool's map, and 256 of them (an
+/// upstream outage, one-off tokens) ended all sharing for good. The wait's end takes it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_whose_waiters_gave_up_leaves_the_pool() {
+    use reservoir_net::gateway::pool::Pool;
+    let setup = start().await;
+    // An address that takes the datagrams and never answers: every handshake hangs.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let pool = Pool::new(vec![silent.local_addr().unwrap().to_string()], setup.ca.clone(), None, 30_000, 4);
+    for index in 0..8 {
+        let waited =
+            tokio::time::timeout(Duration::from_millis(100), pool.upstream(&format!("rsv_gone_{index}"))).await;
+        assert!(waited.is_err(), "a handshake with a silent address answered");
+    }
+    assert_eq!(pool.handshakes_shared(), 0, "handshakes nobody waits for stay in the map");
+    assert_eq!(pool.len(), 0);
+}
+
 /// Regression (review, fourth pass): a connection that aged out of the pool was closed at
 /// once, under the requests still using it (resent on a new connection, whose handshake could
 /// outlast the deadline: 408 for an applied mutation). It now serves them and closes when its

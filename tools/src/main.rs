@@ -297,8 +297,9 @@ const CONNECTION_FLAGS: [&str; 5] = ["server", "token", "ca", "json", "tenant"];
 fn ignored_connection_flags(matches: &clap::ArgMatches, command: &Commands) -> Vec<&'static str> {
     let uses: &[&str] = match command {
         Commands::Client(_) => &CONNECTION_FLAGS,
-        Commands::Snapshot(args) if args.data_dir.is_none() => &CONNECTION_FLAGS,
-        Commands::Token(args) if args.command.parts().0.data_dir.is_none() => &CONNECTION_FLAGS,
+        // Admin commands: `--tenant` checks a tenant token, which they never take.
+        Commands::Snapshot(args) if args.data_dir.is_none() => &["server", "token", "ca", "json"],
+        Commands::Token(args) if args.command.parts().0.data_dir.is_none() => &["server", "token", "ca", "json"],
         Commands::Gateway(_) => &["ca"],
         Commands::Restore(_) | Commands::Wal(_) => &["tenant"],
         Commands::Bench(_) => &["json"],
@@ -576,6 +577,8 @@ mod tests {
         assert_eq!(ignored("reservoir wal dump --data-dir d --server s --ca c"), vec!["server", "ca"]);
         assert_eq!(ignored("reservoir snapshot --data-dir d --token t"), vec!["token"]);
         assert_eq!(ignored("reservoir gateway --json"), vec!["json"]);
+        assert_eq!(ignored("reservoir snapshot --tenant demo"), vec!["tenant"]);
+        assert_eq!(ignored("reservoir token rotate admin --tenant demo"), vec!["tenant"]);
         for used in [
             "reservoir --tenant demo stock SKU-1",
             "reservoir stock SKU-1 --json --server s --token t --ca c",

@@ -416,40 +416,45 @@ fn abort_on_panic() {
 async fn serve(options: ServerOptions) -> anyhow::Result<()> {
     let data_directory = options.data_directory.clone();
     let durability = options.durability;
-    // SIGINT and SIGTERM, both listened for from here on: once the server serves, the first
-    // stops it gracefully (requests in flight answered, the log synced); before that, during
-    // recovery, it ends the process at once, as a crash would (recovery is crash-safe, and
-    // nothing was served). Regression (review): SIGINT had no handler until recovery was done,
-    // and SIGTERM waited for its end, minutes for a long log.
+    // SIGINT and SIGTERM, both listened for from here on. During recovery the first ends the
+    // process at once, as a crash would (recovery is crash-safe, and nothing was served);
+    // once the directory is recovered it stops the server gracefully (requests in flight
+    // answered, the log synced, first-start tokens shown), and a second one ends the process
+    // at once. Regression (review): SIGINT had no handler until recovery was done, and SIGTERM
+    // waited for its end, minutes for a long log; then (review) a signal between recovery and
+    // serving ended the process after a first start had stored tokens it never showed.
     use tokio::signal::unix::{signal, SignalKind};
     let (mut interrupt, mut terminate) = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
-    let serving = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let recovered = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut options = options;
+    options.recovered = Some(recovered.clone());
     let (stop_sender, stop_receiver) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn({
-        let serving = serving.clone();
-        async move {
+    tokio::spawn(async move {
+        let mut stop_sender = Some(stop_sender);
+        loop {
             let (name, code) = tokio::select! {
                 _ = interrupt.recv() => ("interrupted", 130),
                 _ = terminate.recv() => ("terminated", 143),
             };
-            if !serving.load(std::sync::atomic::Ordering::Acquire) {
+            let sender = if recovered.load(std::sync::atomic::Ordering::Acquire) { stop_sender.take() } else { None };
+            let Some(sender) = sender else {
                 use std::io::Write as _;
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "reservoir: {name} during recovery: stopping at once (nothing was served; the next start \
-                     recovers again)"
-                );
+                let why = if stop_sender.is_some() {
+                    "during recovery: stopping at once (nothing was served; the next start recovers again)"
+                } else {
+                    "again: stopping at once (the next start recovers)"
+                };
+                let _ = writeln!(std::io::stderr(), "reservoir: {name} {why}");
                 std::process::exit(code);
-            }
+            };
             tracing::info!("{name}: shutting down");
-            let _ = stop_sender.send(());
+            let _ = sender.send(());
         }
     });
     let stop = async move {
         let _ = stop_receiver.await;
     };
     let on_start = |server: &reservoir_net::server::ServerHandle| {
-        serving.store(true, std::sync::atomic::Ordering::Release);
         // Not `println!`: it panics when stdout is closed (`reservoir serve | head -2`), and a
         // panic aborts the serving process (regression, review).
         use std::io::Write as _;

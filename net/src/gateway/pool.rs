@@ -61,6 +61,23 @@ struct Pooled {
 /// A handshake in progress, which requests of the same token join.
 type Handshake = Arc<tokio::sync::OnceCell<Arc<Upstream>>>;
 
+/// A wait on a handshake, which takes the handshake out of the map when it ends (only that
+/// handshake: a later one for the token may have replaced it).
+struct SharedHandshake<'a> {
+    pool: &'a Pool,
+    key: Key,
+    handshake: Handshake,
+}
+
+impl Drop for SharedHandshake<'_> {
+    fn drop(&mut self) {
+        let mut slots = self.pool.slots.lock();
+        if slots.handshakes.get(&self.key).is_some_and(|shared| Arc::ptr_eq(shared, &self.handshake)) {
+            slots.handshakes.remove(&self.key);
+        }
+    }
+}
+
 type Key = [u8; 32];
 
 #[derive(Default)]
@@ -151,11 +168,13 @@ impl Pool {
                 }
             }
         };
-        let result = handshake.get_or_try_init(|| self.connect(token)).await.cloned();
+        // Leaves the map however this wait ends: answered, failed, or dropped (the request's
+        // deadline, a client gone). Regression (review): a dropped wait left its entry, and
+        // 256 of them (an upstream outage, one-off tokens) ended all sharing for good.
+        let shared = SharedHandshake { pool: self, key, handshake };
+        let result = shared.handshake.get_or_try_init(|| self.connect(token)).await.cloned();
+        drop(shared);
         let mut slots = self.slots.lock();
-        if slots.handshakes.get(&key).is_some_and(|shared| Arc::ptr_eq(shared, &handshake)) {
-            slots.handshakes.remove(&key);
-        }
         if let Ok(upstream) = &result {
             self.adopt(&mut slots, key, upstream);
         }

@@ -227,6 +227,40 @@ async fn wait_for_credentials_stored(
     }
 }
 
+/// Ships the credential store if it changed since `shipped` (which it updates). `Ok(false)`:
+/// the change revoked this stream's own replication token; the standby has been given a while
+/// to store the store that revoked it, and the caller ends the stream.
+async fn ship_credentials(
+    core: &Arc<Core>,
+    send: &mut quinn::SendStream,
+    token: &TokenDigest,
+    id: u64,
+    feedback: &mut tokio::sync::mpsc::Receiver<Result<Heard, NetError>>,
+    shipped: &mut u64,
+) -> Result<bool, NetError> {
+    let generation = core.credentials.generation();
+    if generation == *shipped {
+        return Ok(true);
+    }
+    *shipped = generation;
+    // Shipped first even when this stream's own token was revoked: the standby then refuses
+    // every other token revoked by now too. Exported after the generation was read: the store
+    // shipped holds every change up to it (a change updates the store before it moves the
+    // generation).
+    let message = PrimaryMessage::Credentials { generation, json: core.credentials.export() };
+    write_message(send, |out| message.encode(out)).await?;
+    core.hub.update(id, |entry| entry.credentials_sent = Some(generation));
+    // The store is updated before its generation moves: this lookup sees the change.
+    if core.credentials.still_grants(token, &Grant::Replication) {
+        return Ok(true);
+    }
+    // Its `CredentialsStored` first, for a while: the rotation's answer carries the token this
+    // standby needs to come back, and it may be the only one.
+    wait_for_credentials_stored(core, id, feedback, generation).await;
+    tracing::warn!(standby = id, "the standby's replication token was revoked: its stream ends");
+    Ok(false)
+}
+
 /// Ships WAL from `cursor` on, forever: durable records as they become durable, heartbeats
 /// when idle, the credential store when it changes; and reads the standby's feedback. Ends
 /// when the stream's replication token is revoked.
@@ -274,36 +308,20 @@ async fn ship(
             break refuse(send, ProtocolErrorCode::NotPrimary, why, core.primary_address()).await;
         }
         // Registered before the generation is read, so a change after the read still wakes
-        // the wait below (a token change writes no record to wake it otherwise).
+        // the wait below at once (not only once its `credentials_changed` record is durable).
         let credentials_changed = core.credentials.changed.notified();
         // Read before the generation: a record durable by now was written after any change the
-        // generation below misses, so the store always goes out ahead of the records that
-        // followed its change.
+        // generation read misses, so the store goes out ahead of the records that followed its
+        // change (frames from the feed may reach further: checked again before each chunk).
         let durable = *local.borrow_and_update();
-        let generation = core.credentials.generation();
-        if generation != credentials_generation {
-            credentials_generation = generation;
-            // Shipped first even when this stream's own token was revoked: the standby then
-            // refuses every other token revoked by now too.
-            // Exported after the generation was read: the store shipped holds every change up
-            // to it (a change updates the store before it moves the generation).
-            let message = PrimaryMessage::Credentials { generation, json: core.credentials.export() };
-            if let Err(error) = write_message(send, |out| message.encode(out)).await {
-                break Err(error);
-            }
-            core.hub.update(id, |entry| entry.credentials_sent = Some(generation));
-            // The store is updated before its generation moves: this lookup sees the change.
-            if !core.credentials.still_grants(token, &Grant::Replication) {
-                // Its `CredentialsStored` first, for a while: a `sync` primary answers the
-                // rotation once a standby holds the store, and this may be its only standby
-                // (the rotation's answer carries the token it needs to come back).
-                wait_for_credentials_stored(core, id, &mut feedback, generation).await;
-                tracing::warn!(standby = id, "the standby's replication token was revoked: its stream ends");
-                let why = "the replication token was revoked (or rotated): give the standby a current one";
-                break refuse(send, ProtocolErrorCode::Unauthenticated, why.into(), None).await;
-            }
+        let revoked = "the replication token was revoked (or rotated): give the standby a current one";
+        match ship_credentials(core, send, token, id, &mut feedback, &mut credentials_generation).await {
+            Ok(true) => {}
+            Ok(false) => break refuse(send, ProtocolErrorCode::Unauthenticated, revoked.into(), None).await,
+            Err(error) => break Err(error),
         }
         let mut failed = None;
+        let mut token_revoked = false;
         while cursor <= durable {
             let (last_lsn, frames, durable_ms) = match reader.feed_read(cursor, WAL_CHUNK_BYTES_MAX) {
                 FeedRead::Frames { last_lsn, frames, durable_ms } => {
@@ -347,6 +365,22 @@ async fn ship(
                 }
             };
             assert!(last_lsn >= cursor && !frames.is_empty(), "a chunk holds the cursor's record");
+            // The feed's frames may reach past `durable` (read before the generation above), to
+            // a `credentials_changed` record whose store that read missed: the store goes out
+            // again first if it changed, so a standby never holds such a record without its
+            // store. Regression (review): the record could be shipped, written and reported
+            // ahead of the store, and the rotation answered.
+            match ship_credentials(core, send, token, id, &mut feedback, &mut credentials_generation).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    token_revoked = true;
+                    break;
+                }
+                Err(error) => {
+                    failed = Some(error);
+                    break;
+                }
+            }
             let timestamp_ms = reservoir_wal::format::frame_timestamp_ms(&frames);
             let first = RecordTimes { timestamp_ms, durable_ms: durable_ms.unwrap_or(timestamp_ms) };
             let bytes = frames.len() as u64;
@@ -363,6 +397,9 @@ async fn ship(
         }
         if let Some(error) = failed {
             break Err(error);
+        }
+        if token_revoked {
+            break refuse(send, ProtocolErrorCode::Unauthenticated, revoked.into(), None).await;
         }
         tokio::select! {
             changed = local.changed() => if changed.is_err() { break Ok(()) },

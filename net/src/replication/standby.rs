@@ -297,6 +297,12 @@ async fn follow_stream(
     let mut tick = tokio::time::interval(Duration::from_millis(core.replication.heartbeat_ms.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reported = (0u64, 0u64);
+    // No feedback before the stream's first store (the primary ships it first) is stored here:
+    // what this node holds may predate a credential change its log already covers (a base
+    // backup's snapshot, a reconnect after the change), and a `sync` primary answers a token's
+    // change once a standby's written LSN passes its record. Regression (review): the first
+    // tick's feedback could report a base backup's LSN before the store that came with it.
+    let mut stored_first = false;
     loop {
         tokio::select! {
             body = messages.recv() => {
@@ -328,6 +334,7 @@ async fn follow_stream(
                             }
                             core.credentials.replace(&json)?;
                         }
+                        stored_first = true;
                         let stored = StandbyMessage::CredentialsStored { generation };
                         write_message(send, |out| stored.encode(out)).await?;
                     }
@@ -350,7 +357,7 @@ async fn follow_stream(
         }
         let written = local.borrow().0;
         let applied = core.engine.next_lsn().0 - 1;
-        if (written, applied) != reported {
+        if stored_first && (written, applied) != reported {
             reported = (written, applied);
             let feedback = StandbyMessage::Feedback { written_lsn: written, applied_lsn: applied };
             write_message(send, |out| feedback.encode(out)).await?;
