@@ -204,6 +204,17 @@ impl Measured {
 
 impl Connection {
     async fn open(shared: &Shared, name: String, seed: u64, tenants: usize) -> Result<Connection, BenchError> {
+        Ok(Connection {
+            send: Self::connect(shared).await?,
+            random: Xoshiro256PlusPlus::seed_from_u64(seed),
+            name,
+            next_id: 0,
+            open: (0..tenants).map(|_| VecDeque::new()).collect(),
+        })
+    }
+
+    /// A new HTTP/1.1 keep-alive connection to the gateway.
+    async fn connect(shared: &Shared) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, BenchError> {
         let stream =
             tokio::net::TcpStream::connect(shared.address).await.map_err(|error| setup_error("connect", error))?;
         stream.set_nodelay(true).map_err(|error| setup_error("nodelay", error))?;
@@ -211,13 +222,7 @@ impl Connection {
             .await
             .map_err(|error| setup_error("HTTP handshake", error))?;
         tokio::spawn(connection);
-        Ok(Connection {
-            send,
-            random: Xoshiro256PlusPlus::seed_from_u64(seed),
-            name,
-            next_id: 0,
-            open: (0..tenants).map(|_| VecDeque::new()).collect(),
-        })
+        Ok(send)
     }
 
     /// The next W1 scan: a reserve (70%, or when nothing is open), else the commit (20%) or
@@ -270,7 +275,13 @@ impl Connection {
     /// Sends one scan and reads its whole answer; the HTTP status.
     async fn scan(&mut self, shared: &Shared) -> Result<u16, BenchError> {
         let (request, asked) = self.next_request(shared);
-        self.send.ready().await.map_err(|error| setup_error("connection", error))?;
+        // The gateway closes a keep-alive connection idle for `HEADER_READ_TIMEOUT_MS` (the
+        // spare connections of the half-rate phase wait through the capacity phase): open a
+        // new one, as an HTTP client's pool does. Nothing was sent on the closed one.
+        if self.send.ready().await.is_err() {
+            self.send = Self::connect(shared).await?;
+            self.send.ready().await.map_err(|error| setup_error("connection", error))?;
+        }
         let response = self.send.send_request(request).await.map_err(|error| setup_error("request", error))?;
         let status = response.status().as_u16();
         response.into_body().collect().await.map_err(|error| setup_error("answer", error))?;
