@@ -42,12 +42,20 @@ pub struct Upstream {
     pub tenant: Option<String>,
 }
 
-impl Drop for Upstream {
-    fn drop(&mut self) {
+impl Upstream {
+    /// Closes the connection from a task of its own (outside a runtime, quinn closes it when
+    /// its last handle drops), whoever still holds it.
+    fn close_soon(&self) {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let client = self.client.clone();
             runtime.spawn(async move { client.close().await });
         }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.close_soon();
     }
 }
 
@@ -208,8 +216,7 @@ impl Pool {
     pub fn forget(&self, token: &str) {
         let removed = self.slots.lock().pooled.remove(&key(token));
         if let Some(pooled) = removed {
-            let client = pooled.upstream.client.clone();
-            tokio::spawn(async move { client.close().await });
+            pooled.upstream.close_soon();
         }
     }
 
@@ -262,8 +269,7 @@ impl Pool {
     pub fn clear(&self) {
         let pooled: Vec<Pooled> = self.slots.lock().pooled.drain().map(|(_, pooled)| pooled).collect();
         for pooled in pooled {
-            let client = pooled.upstream.client.clone();
-            tokio::spawn(async move { client.close().await });
+            pooled.upstream.close_soon();
         }
     }
 
