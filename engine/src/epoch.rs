@@ -22,6 +22,21 @@ pub const EPOCH_TAG_MAX: u32 = (1 << EPOCH_TAG_BITS) - 1;
 /// The highest epoch there is.
 pub const EPOCH_MAX: u64 = u32::MAX as u64;
 
+/// How many terms past its own epoch a node believes an epoch that a replication peer names
+/// (in a `Fence`, or as its log's last epoch): each promotion goes one term past the highest
+/// epoch its node knows of, so this many promotions must have followed one another, each
+/// unseen by this node, to reach further. A peer naming an epoch further ahead is refused
+/// rather than believed: believed, it would fence this node and, relayed, use up the terms
+/// (one named [`EPOCH_MAX`] would leave no term for any promotion).
+pub const EPOCH_TERMS_AHEAD_MAX: u64 = 16;
+
+/// Whether `theirs`, an epoch a peer names, lies within [`EPOCH_TERMS_AHEAD_MAX`] terms of
+/// `own` (any epoch at or below `own` does).
+pub fn epoch_within_reach(own: u64, theirs: u64) -> bool {
+    assert!(own <= EPOCH_MAX, "epoch {own} past {EPOCH_MAX}");
+    theirs <= EPOCH_MAX && epoch_term(theirs) <= epoch_term(own) + EPOCH_TERMS_AHEAD_MAX
+}
+
 /// How many promotions lie behind `epoch`.
 pub fn epoch_term(epoch: u64) -> u64 {
     epoch >> EPOCH_TAG_BITS
@@ -127,6 +142,21 @@ mod tests {
         assert_eq!(last, epoch_after(last - 5 - (1 << EPOCH_TAG_BITS), 5).unwrap());
         assert!(last <= EPOCH_MAX, "the last term's epochs fit a frame's 4 bytes");
         assert_eq!(epoch_after(last, 1), None, "the terms are used up");
+    }
+
+    #[test]
+    fn an_epoch_is_within_reach_up_to_the_terms_ahead_max() {
+        let own = epoch_after(1, 9).unwrap();
+        let mut reached = own;
+        for _ in 0..EPOCH_TERMS_AHEAD_MAX {
+            reached = epoch_after(reached, EPOCH_TAG_MAX).unwrap();
+            assert!(epoch_within_reach(own, reached), "{reached} after {own}");
+        }
+        assert!(!epoch_within_reach(own, epoch_after(reached, 1).unwrap()), "one term further");
+        assert!(!epoch_within_reach(own, EPOCH_MAX));
+        assert!(!epoch_within_reach(own, EPOCH_MAX + 1));
+        assert!(epoch_within_reach(own, 1) && epoch_within_reach(own, own));
+        assert!(epoch_within_reach(EPOCH_MAX, EPOCH_MAX));
     }
 
     #[test]

@@ -1885,6 +1885,70 @@ async fn a_promotion_goes_past_an_epoch_heard_from_a_fenced_primary() {
     let _ = primary.stop().await;
 }
 
+/// Regression (review, third pass): a replication-token holder could send a `Fence` (or a
+/// `Start`) naming `EPOCH_MAX`, and the primary believed it: fenced for good, and relaying an
+/// epoch past which no promotion can go. An epoch more than `EPOCH_TERMS_AHEAD_MAX` terms
+/// ahead is now refused (`forbidden`) and changes nothing; one within reach still fences.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_naming_an_epoch_no_chain_of_promotions_reaches_is_refused() {
+    use reservoir_engine::epoch::{epoch_after, EPOCH_MAX, EPOCH_TAG_MAX, EPOCH_TERMS_AHEAD_MAX};
+    use reservoir_net::replication::wire::{read_message, write_message, PrimaryMessage, StandbyMessage};
+    let directory = tempfile::tempdir().unwrap();
+    let (primary, tokens) =
+        Node::start(options(directory.path(), free_port(), StartRole::Primary, ReplicationMode::Async)).await;
+    let tokens = tokens.unwrap();
+    let own = primary.status(&tokens.admin).await["epoch"].as_u64().unwrap();
+    let mut furthest = own;
+    for _ in 0..EPOCH_TERMS_AHEAD_MAX {
+        furthest = epoch_after(furthest, EPOCH_TAG_MAX).unwrap();
+    }
+    let past_reach = epoch_after(furthest, 1).unwrap();
+    let send_and_read = |message: StandbyMessage| {
+        let primary = &primary;
+        let token = tokens.replication.clone();
+        async move {
+            let (connection, mut send, mut recv) = replication_stream(primary, &token).await;
+            write_message(&mut send, |out| message.encode(out)).await.unwrap();
+            let answer = PrimaryMessage::decode(&read_message(&mut recv).await.unwrap().unwrap()).unwrap();
+            connection.close(0u32.into(), b"done");
+            answer
+        }
+    };
+    for epoch in [EPOCH_MAX, past_reach] {
+        let fence = StandbyMessage::Fence { epoch, primary: "127.0.0.1:9".into() };
+        let start = StandbyMessage::Start {
+            next_lsn: 2,
+            history: 1,
+            epoch,
+            epochs: vec![(epoch, 1)],
+            epochs_complete: true,
+            name: "forged".into(),
+        };
+        for message in [fence, start] {
+            match send_and_read(message).await {
+                PrimaryMessage::Refused { code, message, .. } => {
+                    assert_eq!(code, ProtocolErrorCode::Forbidden, "{message}");
+                    assert!(message.contains("refused, not believed"), "{message}");
+                }
+                other => panic!("epoch {epoch}: {other:?}"),
+            }
+        }
+        let status = primary.status(&tokens.admin).await;
+        assert_eq!((status["role"].as_str(), status["epoch"].as_u64()), (Some("primary"), Some(own)), "{status:#}");
+    }
+    let writer = primary.client(&tokens.demo).await;
+    let reply = writer.request(vec![receive("after-forged-fences", "SKU-1", 1)]).await.unwrap();
+    assert_eq!((reply.results[0].code(), reply.epoch), (ResultCode::Ok, own));
+    writer.close().await;
+    // The furthest epoch within reach is believed: the primary is fenced by it.
+    match send_and_read(StandbyMessage::Fence { epoch: furthest, primary: "127.0.0.1:9".into() }).await {
+        PrimaryMessage::Fenced { epoch, .. } => assert_eq!(epoch, furthest),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(primary.status(&tokens.admin).await["role"], "fenced");
+    let _ = primary.stop().await;
+}
+
 /// Appends one `EpochChanged` record per epoch of `epochs` to a stopped node's log, as that
 /// many promotions would have (offline: the directory's own writer, real files and fsync).
 fn append_epochs(directory: &Path, epochs: impl IntoIterator<Item = u64>) {

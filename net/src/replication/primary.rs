@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reservoir_engine::epoch::Fork;
+use reservoir_engine::epoch::{epoch_within_reach, Fork, EPOCH_TERMS_AHEAD_MAX};
 use reservoir_engine::Lsn;
 use reservoir_wal::feed::FeedRead;
 use reservoir_wal::{RecordTimes, WalError};
@@ -62,6 +62,10 @@ pub(crate) async fn serve(
             };
             stream(&core, &mut send, recv, token, next_lsn, history, epochs, name, address).await
         }
+        Ok(StandbyMessage::Fence { epoch, primary: _ }) if !epoch_within_reach(core.epoch(), epoch) => {
+            let why = out_of_reach(core.epoch(), epoch, "a fence");
+            refuse(&mut send, ProtocolErrorCode::Forbidden, why, None).await
+        }
         Ok(StandbyMessage::Fence { epoch, primary }) => {
             if epoch > core.epoch() {
                 core.fence(epoch, Some(primary).filter(|primary| !primary.is_empty()));
@@ -80,6 +84,18 @@ pub(crate) async fn serve(
     }
     let _ = send.finish();
     let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
+}
+
+/// Why a peer's epoch `theirs` is not believed (`what` names the message), logged as an error:
+/// either a promotion chain this node never heard of, or a replication token in the wrong hands.
+fn out_of_reach(own: u64, theirs: u64, what: &str) -> String {
+    debug_assert!(!epoch_within_reach(own, theirs));
+    let why = format!(
+        "{what} names epoch {theirs}, more than {EPOCH_TERMS_AHEAD_MAX} promotions past this node's epoch {own}: \
+         refused, not believed"
+    );
+    tracing::error!(own_epoch = own, their_epoch = theirs, "{why}; check who holds the replication token");
+    why
 }
 
 async fn refuse(
@@ -132,6 +148,10 @@ async fn stream(
     if core.role() != NodeRole::Primary {
         let why = format!("this node is a {}, not a primary", core.role().name());
         return refuse(send, ProtocolErrorCode::NotPrimary, why, core.primary_address()).await;
+    }
+    if !epoch_within_reach(own_epoch, epoch) {
+        let why = out_of_reach(own_epoch, epoch, "a standby's start");
+        return refuse(send, ProtocolErrorCode::Forbidden, why, None).await;
     }
     if epoch > own_epoch {
         core.fence(epoch, None);
