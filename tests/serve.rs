@@ -126,6 +126,19 @@ fn the_readme_quickstart_works_with_embedded_defaults() {
     )
     .unwrap();
     assert!(cli(&["import", "stock.jsonl"], &token).status.success());
+    // Regression (review): an import with refused rows exited 0. A row below what is reserved
+    // is refused (exit 1, the row named); the others are applied.
+    let output = cli(&["reserve", "--id", "hold-sku-9", "--line", "SKU-9@DC1:2"], &token);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    std::fs::write(directory.path().join("short.csv"), "sku,location,on_hand\nSKU-9,DC1,1\nSKU-11,DC1,4\n").unwrap();
+    let output = cli(&["import", "short.csv"], &token);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("import ok_partial") && text.contains("line 2 ok"), "{text}");
+    let output = cli(&["stock", "SKU-11", "--json"], &token);
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(value["results"][0]["total"]["on_hand"], 4, "the row that was not refused applied: {value}");
+    assert!(cli(&["release", "--id", "hold-sku-9"], &token).status.success());
     // A row whose name the server refuses: the CLI names it and sends nothing.
     let long = "L".repeat(300);
     std::fs::write(directory.path().join("bad.csv"), format!("sku,on_hand\nSKU-10,1\n{long},2\n")).unwrap();

@@ -3,8 +3,8 @@
 //!
 //! | exit | meaning |
 //! | ---: | --- |
-//! | 0 | done (`ok` or `ok_partial`) |
-//! | 1 | the server refused the operation (its result code is printed) |
+//! | 0 | done (`ok`, or `ok_partial` for a reserve that allowed it) |
+//! | 1 | the server refused the operation, or some rows of an import (its result codes are printed) |
 //! | 2 | bad usage (clap) |
 //! | 3 | no answer: cannot connect, not authenticated, protocol or file error |
 
@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use reservoir_engine::ReservationState;
+use reservoir_engine::{ReservationState, ResultCode};
 use reservoir_net::client::{Client, ClientOptions};
 use reservoir_net::import::ImportFormat;
 use reservoir_net::{Operation, OperationKind, OperationResult, Role, Service, WireImportRow, WireLine};
@@ -473,7 +473,11 @@ async fn run_async(connection: Connection, command: ClientCommand) -> anyhow::Re
         results = reply.results;
     }
     client.close().await;
-    let ok = results.iter().all(|result| result.code().is_ok());
+    // An import's `ok_partial` means rows were refused: a script must see it (regression,
+    // review: it exited 0, as a reserve that asked for `--allow-partial` does).
+    let is_import = matches!(command, ClientCommand::Import(_));
+    let ok =
+        results.iter().all(|result| if is_import { result.code() == ResultCode::Ok } else { result.code().is_ok() });
     let mut object = serde_json::Map::new();
     for (key, value) in extra {
         object.insert(key, value);
