@@ -160,6 +160,17 @@ async fn wait_for(address: &str, ca: &[u8], admin: &str, what: &str, check: impl
     }
 }
 
+/// Asks `address` for SKU `index`'s total on hand with `token`, and checks it.
+async fn assert_on_hand(address: &str, ca: &[u8], token: &str, index: usize, expected: i64) {
+    let reader = connect(&[address], ca, token).await;
+    let reply = reader.request(vec![Operation::GetSku { sku: sku(index) }]).await.unwrap();
+    match &reply.results[0] {
+        OperationResult::Sku(Ok(summary)) => assert_eq!(summary.total.on_hand, expected, "SKU {index} on {address}"),
+        other => panic!("{other:?}"),
+    }
+    reader.close().await;
+}
+
 fn reserve(id: &str, lines: Vec<(usize, i64)>) -> Operation {
     Operation::Reserve {
         reservation: id.into(),
@@ -433,13 +444,7 @@ async fn the_old_primary_refuses_writes_after_a_promotion_and_rejoins_as_a_stand
         status["role"] == "standby" && status["term"] == 1 && status["applied_lsn"].as_u64() >= Some(target)
     })
     .await;
-    let reader = connect(&[&primary_address], &ca, &demo).await;
-    let reply = reader.request(vec![Operation::GetSku { sku: sku(2) }]).await.unwrap();
-    match &reply.results[0] {
-        OperationResult::Sku(Ok(summary)) => assert_eq!(summary.total.on_hand, 7),
-        other => panic!("{other:?}"),
-    }
-    reader.close().await;
+    assert_on_hand(&primary_address, &ca, &demo, 2, 7).await;
     writer.close().await;
 }
 
@@ -491,13 +496,7 @@ async fn a_standby_cut_off_by_sigstop_catches_up() {
         status["applied_lsn"].as_u64() >= Some(target)
     })
     .await;
-    let reader = connect(&[&standby_address], &ca, &demo).await;
-    let reply = reader.request(vec![Operation::GetSku { sku: sku(3) }]).await.unwrap();
-    match &reply.results[0] {
-        OperationResult::Sku(Ok(summary)) => assert_eq!(summary.total.on_hand, 2_000),
-        other => panic!("{other:?}"),
-    }
-    reader.close().await;
+    assert_on_hand(&standby_address, &ca, &demo, 3, 2_000).await;
     client.close().await;
 }
 
@@ -549,4 +548,85 @@ async fn a_primary_restarted_after_a_failover_it_missed_starts_fenced_when_given
         "{refused:?}"
     );
     old.close().await;
+}
+
+/// Regression (review): a signal to a standby while it restarted itself to change its data
+/// directory (here the base backup every new standby takes) waited for the whole restart,
+/// the install and the recovery after it, before it stopped the node. It now ends the process
+/// at once, as during recovery (exit 143), and the next start takes the base backup again
+/// and follows. The restart pauses at a failpoint so that the signal lands inside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_during_a_standbys_restart_ends_the_process_at_once() {
+    let root = tempfile::tempdir().unwrap();
+    let (primary_directory, standby_directory) = (root.path().join("primary"), root.path().join("standby"));
+    let primary_address = format!("127.0.0.1:{}", free_port());
+    let standby_address = format!("127.0.0.1:{}", free_port());
+    let primary = Server::start(&primary_directory, &["--listen", &primary_address]);
+    let (admin, demo, replication) =
+        (primary.token("admin token"), primary.token("tenant \"demo\" token"), primary.token("replication token"));
+    let ca = std::fs::read(primary_directory.join("tls/ca.pem")).unwrap();
+    let client = connect(&[&primary_address], &ca, &demo).await;
+    let receive = Operation::Receive { operation: "stock".into(), sku: sku(1), location: "DC1".into(), quantity: 7 };
+    client.request(vec![receive]).await.unwrap();
+    client.close().await;
+    copy_tls(&primary_directory, &standby_directory);
+    let standby_arguments = [
+        "--listen",
+        &standby_address,
+        "--role",
+        "standby",
+        "--primary",
+        &primary_address,
+        "--replication-token",
+        &replication,
+    ];
+    let mut child = Command::new(binary())
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(&standby_directory)
+        .args(standby_arguments)
+        .env("RUST_LOG", "warn")
+        .env("RESERVOIR_FAILPOINT_RESTART_PAUSE_MS", "60000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let paused =
+        std::iter::from_fn(|| receiver.recv_timeout(WAIT_MAX).ok()).any(|line| line.contains("restart paused"));
+    if !paused {
+        let _ = child.kill();
+    }
+    assert!(paused, "the standby never restarted for its base backup");
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("SIGTERM during the standby's restart did not end the process");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(exit.code(), Some(143), "{exit:?}");
+    let said: Vec<String> = std::iter::from_fn(|| receiver.recv_timeout(Duration::from_secs(5)).ok()).collect();
+    assert!(said.iter().any(|line| line.contains("stopping at once")), "{said:?}");
+    // The next start follows, from a base backup.
+    let _standby = Server::start(&standby_directory, &standby_arguments);
+    let target = status(&primary_address, &ca, &admin).await.unwrap()["durable_lsn"].as_u64().unwrap();
+    wait_for(&standby_address, &ca, &admin, "the standby catches up", |status| {
+        status["applied_lsn"].as_u64() >= Some(target)
+    })
+    .await;
+    assert_on_hand(&standby_address, &ca, &demo, 1, 7).await;
 }

@@ -434,7 +434,10 @@ fn a_signal_during_recovery_ends_the_process_at_once() {
         assert_eq!(status.code(), Some(code), "SIG{signal}: {status:?}");
         // Up to the end of its stderr (closed at its exit).
         let said: Vec<String> = std::iter::from_fn(|| receiver.recv_timeout(Duration::from_secs(5)).ok()).collect();
-        assert!(said.iter().any(|line| line.contains("during recovery: stopping at once")), "{said:?}");
+        assert!(
+            said.iter().any(|line| line.contains("during recovery") && line.contains("stopping at once")),
+            "{said:?}"
+        );
     }
     // The next start recovers and serves.
     let mut server = Server::start(directory.path(), &["--listen", "127.0.0.1:0"]);

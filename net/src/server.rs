@@ -120,6 +120,10 @@ pub struct ServerOptions {
     /// as a long replay would (`reservoir serve` sets it from
     /// `RESERVOIR_FAILPOINT_RECOVERY_PAUSE_MS`).
     pub failpoint_recovery_pause_ms: u64,
+    /// A failpoint for tests: a standby's restart to change its data directory (a rewind, a
+    /// base backup) pauses this long between stopping and changing it (0: none; `reservoir
+    /// serve` sets it from `RESERVOIR_FAILPOINT_RESTART_PAUSE_MS`).
+    pub failpoint_restart_pause_ms: u64,
     /// Set once the data directory is recovered, before anything else happens in it (first-start
     /// tokens, serving): until then a stop may simply end the process (`reservoir serve` does).
     pub recovered: Option<Arc<std::sync::atomic::AtomicBool>>,
@@ -143,6 +147,7 @@ impl ServerOptions {
             idempotency_entries_max: reservoir_engine::IDEMPOTENCY_ENTRIES_MAX_DEFAULT,
             connections_per_tenant_max: CONNECTIONS_PER_TENANT_MAX_DEFAULT,
             failpoint_recovery_pause_ms: 0,
+            failpoint_restart_pause_ms: 0,
             recovered: None,
         }
     }
@@ -1609,10 +1614,24 @@ pub async fn run(
         };
         on_start(&handle);
         let restart = tokio::select! {
-            restart = handle.restart_requested() => restart,
+            // A stop asked for before a restart wins it: the restart may take minutes.
+            biased;
             () = &mut stop => return handle.shutdown().await,
+            restart = handle.restart_requested() => restart,
         };
+        // From here until the next start has recovered, the node is as during recovery: a
+        // stop may end the process at once (`reservoir serve` does), as a crash would; the
+        // rewind and the base backup's install are crash-safe, and the primary asks for them
+        // again. Regression (review): a signal waited for the whole restart, a base backup's
+        // install and the recovery after it.
+        if let Some(recovered) = &options.recovered {
+            recovered.store(false, Ordering::Release);
+        }
         handle.shutdown().await?;
+        if options.failpoint_restart_pause_ms > 0 {
+            tracing::warn!(pause_ms = options.failpoint_restart_pause_ms, "failpoint: restart paused");
+            tokio::time::sleep(Duration::from_millis(options.failpoint_restart_pause_ms)).await;
+        }
         if let Restart::Stop { why } = restart {
             return Err(NetError::Replication(why));
         }

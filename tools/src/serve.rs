@@ -382,6 +382,9 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(pause_ms) = std::env::var(FAILPOINT_RECOVERY_PAUSE_MS).ok().and_then(|text| text.parse().ok()) {
         options.failpoint_recovery_pause_ms = pause_ms;
     }
+    if let Some(pause_ms) = std::env::var(FAILPOINT_RESTART_PAUSE_MS).ok().and_then(|text| text.parse().ok()) {
+        options.failpoint_restart_pause_ms = pause_ms;
+    }
     init_logging();
     abort_on_panic();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("reservoir").build()?;
@@ -396,6 +399,11 @@ pub const FAILPOINT_PANIC_WHILE_SERVING: &str = "RESERVOIR_FAILPOINT_PANIC_WHILE
 /// data directory that much longer: the failpoint of the end-to-end test that a signal during
 /// recovery ends the process at once.
 pub const FAILPOINT_RECOVERY_PAUSE_MS: &str = "RESERVOIR_FAILPOINT_RECOVERY_PAUSE_MS";
+
+/// Set to a number of milliseconds in the environment of `reservoir serve --role standby`, a
+/// restart to change the data directory (a rewind, a base backup) pauses that long once the
+/// server stopped: the failpoint of the end-to-end test that a signal then ends the process.
+pub const FAILPOINT_RESTART_PAUSE_MS: &str = "RESERVOIR_FAILPOINT_RESTART_PAUSE_MS";
 
 /// A panic anywhere in the server is a broken invariant (the engine asserts its ledger; the
 /// decoders never panic on any input, which the fuzzers check): the process stops at once,
@@ -416,8 +424,10 @@ fn abort_on_panic() {
 async fn serve(options: ServerOptions) -> anyhow::Result<()> {
     let data_directory = options.data_directory.clone();
     let durability = options.durability;
-    // SIGINT and SIGTERM, both listened for from here on. During recovery the first ends the
-    // process at once, as a crash would (recovery is crash-safe, and nothing was served);
+    // SIGINT and SIGTERM, both listened for from here on. During recovery (and a standby's
+    // restart to change its data directory, which ends in a recovery) the first ends the
+    // process at once, as a crash would (recovery, a rewind and a base backup's install are
+    // crash-safe, and until the first recovery nothing was served);
     // once the directory is recovered it stops the server gracefully (requests in flight
     // answered, the log synced, first-start tokens shown), and a second one ends the process
     // at once. Regression (review): SIGINT had no handler until recovery was done, and SIGTERM
@@ -440,7 +450,8 @@ async fn serve(options: ServerOptions) -> anyhow::Result<()> {
             let Some(sender) = sender else {
                 use std::io::Write as _;
                 let why = if stop_sender.is_some() {
-                    "during recovery: stopping at once (nothing was served; the next start recovers again)"
+                    "during recovery (or a standby's restart to change its data directory): stopping at once \
+                     (the next start recovers again)"
                 } else {
                     "again: stopping at once (the next start recovers)"
                 };
