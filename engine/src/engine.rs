@@ -727,7 +727,19 @@ impl Engine {
                 .filter(|(_, line)| line.open() > 0)
                 .map(|(position, line)| LineChange { line: position as u16, committed: 0, released: line.open() })
                 .collect();
-            (SettleKind::Expire, changes, Vec::new(), ResultCode::ReservationExpired)
+            // The reply says of each line asked for that it is expired, nothing applied
+            // (regression, review: the lines were the released ones, each `ok`, as if applied).
+            let results = lines
+                .unwrap_or_default()
+                .iter()
+                .map(|line| LineResult {
+                    code: ResultCode::ReservationExpired,
+                    requested: line.quantity.get(),
+                    applied: 0,
+                    available: 0,
+                })
+                .collect();
+            (SettleKind::Expire, changes, results, ResultCode::ReservationExpired)
         } else if kind == SettleKind::Extend {
             (SettleKind::Extend, Vec::new(), Vec::new(), ResultCode::Ok)
         } else {
@@ -768,7 +780,14 @@ impl Engine {
         });
         let (changes, lsn) = match outcome {
             Ok(done) => done,
-            Err(code) => return refuse(code, results, records, &mut operations),
+            Err(code) => {
+                // Nothing was applied (regression, review: the lines kept their planned amounts).
+                let mut results = results;
+                for result in &mut results {
+                    result.applied = 0;
+                }
+                return refuse(code, results, records, &mut operations);
+            }
         };
 
         let current = shard.map.get_mut(&key).expect("present");
@@ -791,7 +810,7 @@ impl Engine {
             shard.map.get_mut(&key).expect("present").close(now_ms);
             shard.close(tenant, id, now_ms, lsn);
         }
-        let reply_lines: LineResults = if results.is_empty() {
+        let reply_lines: LineResults = if results.is_empty() && kind != SettleKind::Expire {
             line_changes
                 .iter()
                 .map(|change| LineResult {

@@ -471,6 +471,31 @@ fn backorders_up_to_the_limit_and_no_further() {
     );
 }
 
+/// Regression (review): a commit refused for `insufficient_on_hand` answered its lines with
+/// the quantities it had planned as `applied`, though nothing was; and a commit or release
+/// past the deadline answered the reservation's released lines, each `ok` and applied, not
+/// the request's. Both replies now say of each line asked for that nothing was applied.
+#[test]
+fn a_refused_or_expired_settle_says_nothing_was_applied() {
+    check(
+        "at 1000000
+         tenant acme => ok
+         receive acme op1 SKU1@A 2 => ok
+         receive acme op2 SKU2@A 10 => ok
+         policy acme op3 SKU1@A safety=0 backorder=3 => ok
+         reserve acme r1 SKU1@A:4 => ok
+         commit acme c1 r1 SKU1@A:3 => insufficient_on_hand lines=ok applied=0
+         stock acme SKU1@A on_hand=2 reserved=4
+         reserve acme r2 SKU1@A:1 SKU2@A:4 ttl=10000 => ok
+         at 1010000
+         commit acme c2 r2 SKU2@A:1 => reservation_expired lines=reservation_expired applied=0
+         reserve acme r3 SKU2@A:2 ttl=10000 => ok
+         at 1020000
+         release acme c3 r3 => reservation_expired lines= applied=
+         stock acme SKU2@A on_hand=10 reserved=0",
+    );
+}
+
 #[test]
 fn bad_input_gets_its_own_code() {
     check(
