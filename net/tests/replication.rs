@@ -2008,36 +2008,100 @@ async fn a_standby_whose_history_tail_the_primary_never_had_takes_a_base_backup(
     assert_same(&standby_engine.dump(), &primary_engine.dump());
 }
 
+/// Plays a primary by hand on `endpoint`: accepts one standby, reads its `Start`, and ships it
+/// one record with `body` at the LSN it expects (a valid frame). Returns the stream and that LSN.
+async fn accept_and_ship_one_record(
+    endpoint: &quinn::Endpoint,
+    body: reservoir_engine::Body,
+) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream, u64) {
+    use reservoir_net::replication::wire::{read_message, write_message, PrimaryMessage, StandbyMessage};
+    let (connection, mut send, mut recv) = accept_a_standby(endpoint).await;
+    let start = read_message(&mut recv).await.unwrap().expect("a Start");
+    let StandbyMessage::Start { next_lsn, history, .. } = StandbyMessage::decode(&start).unwrap() else {
+        panic!("not a Start");
+    };
+    let accept = PrimaryMessage::Accept { epoch: 1, history, durable_lsn: next_lsn };
+    write_message(&mut send, |out| accept.encode(out)).await.unwrap();
+    let record = reservoir_engine::Record { lsn: reservoir_engine::Lsn(next_lsn), timestamp_ms: 1, body };
+    let mut frames = Vec::new();
+    reservoir_wal::format::encode_frame(&record, record.lsn, 1, &mut frames);
+    let wal = PrimaryMessage::Wal { durable_lsn: next_lsn, now_ms: 1, frames };
+    write_message(&mut send, |out| wal.encode(out)).await.unwrap();
+    (connection, send, recv, next_lsn)
+}
+
 /// A primary that accepts one standby's `Start` and ships it one record that cannot apply to
 /// its state (a tenant created under an id the log never reaches), with a valid frame
 /// checksum and the LSN the standby expects. Returns the address.
 async fn a_primary_shipping_a_record_that_does_not_apply(primary_directory: &Path) -> String {
-    use reservoir_net::replication::wire::{read_message, write_message, PrimaryMessage, StandbyMessage};
     let (endpoint, address) = fake_primary_endpoint(primary_directory);
     tokio::spawn(async move {
-        let (connection, mut send, mut recv) = accept_a_standby(&endpoint).await;
-        let start = read_message(&mut recv).await.unwrap().expect("a Start");
-        let StandbyMessage::Start { next_lsn, history, .. } = StandbyMessage::decode(&start).unwrap() else {
-            panic!("not a Start");
-        };
-        let accept = PrimaryMessage::Accept { epoch: 1, history, durable_lsn: next_lsn };
-        write_message(&mut send, |out| accept.encode(out)).await.unwrap();
-        let record = reservoir_engine::Record {
-            lsn: reservoir_engine::Lsn(next_lsn),
-            timestamp_ms: 1,
-            body: reservoir_engine::Body::TenantCreated {
-                tenant: reservoir_engine::TenantId(999),
-                name: "ghost".into(),
-            },
-        };
-        let mut frames = Vec::new();
-        reservoir_wal::format::encode_frame(&record, record.lsn, 1, &mut frames);
-        let wal = PrimaryMessage::Wal { durable_lsn: next_lsn, now_ms: 1, frames };
-        write_message(&mut send, |out| wal.encode(out)).await.unwrap();
+        let ghost =
+            reservoir_engine::Body::TenantCreated { tenant: reservoir_engine::TenantId(999), name: "ghost".into() };
+        let (connection, ..) = accept_and_ship_one_record(&endpoint, ghost).await;
         connection.closed().await;
         endpoint.close(0u32.into(), b"done");
     });
     address
+}
+
+/// Regression (review of the eighth session's fixes): a standby's first feedback on a stream
+/// could report what it held (a base backup's LSN, a reconnect's) before it had stored the
+/// stream's first credential store, which the primary ships ahead of every record; a `sync`
+/// primary answers a token's change once a standby's written LSN passes its record. A primary
+/// played by hand ships a record and holds the store back: the standby, ticking every 20 ms,
+/// says nothing for a second; once the store comes, it reports it stored, then its feedback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_sends_no_feedback_before_the_streams_first_credential_store() {
+    use reservoir_net::replication::wire::{read_message, write_message, PrimaryMessage, StandbyMessage};
+    // (The standby's directory is bound, not dropped: it lives as long as the standby.)
+    let FollowedOnce {
+        primary, primary_directory, tokens, standby_directory: _standby_directory, standby_options, ..
+    } = a_standby_that_followed_once().await;
+    let ca = primary.ca();
+    let _ = primary.stop().await;
+    let store = std::fs::read(primary_directory.path().join("credentials.json")).unwrap();
+    let (endpoint, address) = fake_primary_endpoint(primary_directory.path());
+    let (heard_sender, mut heard) = tokio::sync::mpsc::channel::<StandbyMessage>(64);
+    let (go_sender, go) = tokio::sync::oneshot::channel::<()>();
+    let (lsn_sender, lsn) = tokio::sync::oneshot::channel::<u64>();
+    tokio::spawn(async move {
+        let (connection, mut send, mut recv, next_lsn) =
+            accept_and_ship_one_record(&endpoint, reservoir_engine::Body::CredentialsChanged).await;
+        lsn_sender.send(next_lsn).unwrap();
+        tokio::spawn(async move {
+            while let Ok(Some(body)) = read_message(&mut recv).await {
+                if heard_sender.send(StandbyMessage::decode(&body).unwrap()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        go.await.unwrap();
+        let credentials = PrimaryMessage::Credentials { generation: 1, json: store };
+        write_message(&mut send, |out| credentials.encode(out)).await.unwrap();
+        connection.closed().await;
+        endpoint.close(0u32.into(), b"done");
+    });
+    let (standby, _) = Node::start(following_at(standby_options, address, &tokens.replication, ca)).await;
+    let record_lsn = lsn.await.unwrap();
+    standby
+        .wait_status(&tokens.admin, "the standby applied the record", |status| {
+            status["applied_lsn"].as_u64() >= Some(record_lsn)
+        })
+        .await;
+    let early = tokio::time::timeout(Duration::from_secs(1), heard.recv()).await;
+    assert!(early.is_err(), "the standby spoke before the stream's first store: {early:?}");
+    go_sender.send(()).unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), heard.recv()).await.unwrap().unwrap();
+    assert_eq!(first, StandbyMessage::CredentialsStored { generation: 1 });
+    let second = tokio::time::timeout(Duration::from_secs(10), heard.recv()).await.unwrap().unwrap();
+    match second {
+        StandbyMessage::Feedback { written_lsn, applied_lsn } => {
+            assert_eq!((written_lsn, applied_lsn), (record_lsn, record_lsn));
+        }
+        other => panic!("{other:?}"),
+    }
+    let _ = standby.stop().await;
 }
 
 /// Regression (found by audit): a replicated record that did not apply panicked the follower
