@@ -549,6 +549,7 @@ pub(crate) fn status(core: &Core) -> serde_json::Value {
         "durable_lsn": durable,
         "acknowledged_lsn": acknowledged,
         "requests_in_flight": core.counters.in_flight.load(std::sync::atomic::Ordering::Acquire),
+        "reply_bytes_held": core.counters.reply_bytes_held.load(std::sync::atomic::Ordering::Acquire),
         "wal": {
             "durability": core.wal.durability().name(),
             "sync_interval_ms": match core.wal.durability() {
