@@ -330,6 +330,51 @@ fn sku_query(c: &mut Criterion) {
     group.finish();
 }
 
+/// Locations of the one SKU the location-adding benchmark imports.
+const SKU_LOCATIONS_ADDED: usize = 10_000;
+
+/// Adding locations to one SKU whose shard's per-SKU index is built (a query of the SKU came
+/// first): one import of 10,000 rows, each a new location of the same SKU, in a fresh engine
+/// per iteration. One element = one location added. Each new location looks up how many the
+/// SKU has (regression: by walking them all, so the n-th cost n lookups).
+fn sku_locations(c: &mut Criterion) {
+    let mut group = c.benchmark_group("sku_locations");
+    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
+    let rows: Vec<ImportRow> = (0..SKU_LOCATIONS_ADDED)
+        .map(|location| ImportRow {
+            sku: Sku::new("SKU-1").unwrap(),
+            location: Location::new(&format!("BIN-{location:05}")).unwrap(),
+            on_hand: 1,
+            safety_stock: None,
+            backorder_limit: None,
+        })
+        .collect();
+    group.throughput(Throughput::Elements(SKU_LOCATIONS_ADDED as u64));
+    group.bench_function(BenchmarkId::new("import_of_one_sku", SKU_LOCATIONS_ADDED), |b| {
+        b.iter_batched(
+            || {
+                let engine = Engine::new(Config::default());
+                let mut records: Vec<Record> = Vec::new();
+                let name = Name::new("tenant").unwrap();
+                let tenant =
+                    TenantId(engine.execute(&Command::CreateTenant { name }, NOW_MS_BASE, &mut records).count as u32);
+                assert_eq!(engine.sku(tenant, "SKU-1", PAGE_ITEMS_MAX).location_count, 0, "builds the index");
+                (engine, tenant)
+            },
+            |(engine, tenant)| {
+                let mut records: Vec<Record> = Vec::new();
+                let operation = OperationId::new("load").unwrap();
+                let command = Command::Import { tenant, operation, rows: rows.clone() };
+                assert_eq!(engine.execute(&command, NOW_MS_BASE, &mut records).code, ResultCode::Ok);
+                black_box(records.len());
+                engine
+            },
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
 /// Tenants and SKUs per tenant of the paging benchmark: W2's shape at a tenth of its tenants
 /// (1 M items), every tenant's items spread over every shard among the others'.
 const PAGE_TENANTS: usize = 100;
@@ -391,5 +436,5 @@ fn tenant_pages(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, reserve, reserve_commit, reserve_release, sku_query, tenant_pages);
+criterion_group!(benches, reserve, reserve_commit, reserve_release, sku_query, sku_locations, tenant_pages);
 criterion_main!(benches);

@@ -1525,6 +1525,14 @@ impl Engine {
     /// caller kept the first `PAGE_ITEMS_MAX`). The total is `quantity_overflow` when a sum does
     /// not fit 64 bits: one item's counters are at most `STOCK_MAX` (2^50), but a SKU may have
     /// any number of locations (8,192 of them at `STOCK_MAX` reach 2^63).
+    /// How many locations (tenant, sku) has: O(log n) lookups, for charging a query of it
+    /// by the work it takes (a walk of every location) before running it.
+    pub fn sku_location_count(&self, tenant: TenantId, sku: &str) -> usize {
+        let hash = sku_hash(tenant, sku);
+        let shard = self.catalog.read_shard(self.catalog.shard_of(hash));
+        shard.sku_location_count(tenant, sku)
+    }
+
     pub fn sku(&self, tenant: TenantId, sku: &str, locations_max: usize) -> SkuView {
         let hash = sku_hash(tenant, sku);
         let shard_id = self.catalog.shard_of(hash);
