@@ -68,6 +68,13 @@ pub const REPLY_BYTES_HELD_MAX: usize = 2 << 30;
 /// then wake 64,000 times a second, not millions).
 const REPLY_BYTES_RECHECK_MS: u64 = 10;
 const REPLY_BYTES_RECHECK_MS_MAX: u64 = 1_000;
+/// Frames one connection may send that are refused as a client's mistake (an unknown frame
+/// type or operation, too many operations, `forbidden`) before it is closed with
+/// `malformed_frame`: each costs a decode and a reply, and none reaches the rate limiter, so a
+/// connection sending nothing else could spend a worker for free (review). A correct client
+/// sends none; the flow-control refusals (`rate_limited`, `too_many_in_flight`,
+/// `not_primary`, `shutting_down`) are not counted.
+pub const REFUSED_FRAMES_PER_CONNECTION_MAX: u32 = 64;
 /// Bytes read from a stream at once.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 /// A connection must send its `Hello` within this long.
@@ -927,6 +934,9 @@ struct Session {
     tenant_connection: Option<TenantConnection>,
     /// Reply bytes the connection's streams hold together.
     reply_bytes_held: AtomicUsize,
+    /// Frames of the connection refused as a client's mistake, at most
+    /// [`REFUSED_FRAMES_PER_CONNECTION_MAX`] before it is closed.
+    refused_frames: std::sync::atomic::AtomicU32,
 }
 
 impl Session {
@@ -1142,6 +1152,12 @@ async fn read_hello(recv: &mut quinn::RecvStream, decoder: &mut FrameDecoder) ->
         Ok(_) | Err(WireError::UnknownFrameType { .. }) => {
             Err(error_frame(None, ProtocolErrorCode::Unauthenticated, "the first frame must be Hello"))
         }
+        // A first frame of another type is `unauthenticated` however it decodes (regression,
+        // review: a request that failed to decode got its own error, `too_many_operations` or
+        // `unknown_operation`, a code that does not close, and the connection was closed).
+        Err(_) if frame.get(crate::wire::FRAME_HEADER_BYTES) != Some(&crate::wire::frame_type::HELLO) => {
+            Err(error_frame(None, ProtocolErrorCode::Unauthenticated, "the first frame must be Hello"))
+        }
         Err(error) => Err(ErrorFrame::from_wire_error(&error)),
     }
 }
@@ -1190,6 +1206,7 @@ fn authenticate(core: &Arc<Core>, hello: &Hello) -> Result<Session, ErrorFrame> 
         in_flight: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
         tenant_connection,
         reply_bytes_held: AtomicUsize::new(0),
+        refused_frames: std::sync::atomic::AtomicU32::new(0),
     })
 }
 
@@ -1318,6 +1335,27 @@ async fn serve_stream(
                     core.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
                     if error.code.closes_connection() {
                         return refuse(&connection, &mut send, error).await;
+                    }
+                    let mistake = matches!(
+                        error.code,
+                        ProtocolErrorCode::UnknownFrameType
+                            | ProtocolErrorCode::UnknownOperation
+                            | ProtocolErrorCode::TooManyOperations
+                            | ProtocolErrorCode::Forbidden
+                    );
+                    if mistake
+                        && session.refused_frames.fetch_add(1, Ordering::AcqRel) + 1 > REFUSED_FRAMES_PER_CONNECTION_MAX
+                    {
+                        let why = format!(
+                            "more than {REFUSED_FRAMES_PER_CONNECTION_MAX} frames refused on this connection (the last: {})",
+                            error.code.name()
+                        );
+                        return refuse(
+                            &connection,
+                            &mut send,
+                            error_frame(None, ProtocolErrorCode::MalformedFrame, why),
+                        )
+                        .await;
                     }
                     if send.write_all(&encode(&ServerFrame::Error(error))).await.is_err() {
                         return;
@@ -1498,9 +1536,17 @@ fn handle_request(
                 {
                     1
                 }
+                // A SKU's total walks every location of it: one unit per location, as an
+                // import's rows (regression, review: 1,024 queries of a SKU at 10,000
+                // locations were 10 M lookups on a worker for 1,024 units).
+                crate::Operation::GetSku { sku } => {
+                    u32::try_from(core.engine.sku_location_count(*tenant, sku)).unwrap_or(u32::MAX).clamp(1, burst)
+                }
                 _ => operation.rate_units().min(burst),
             })
-            .fold(0u32, u32::saturating_add);
+            .fold(0u32, u32::saturating_add)
+            // A request of no operation costs one all the same (review: pings were free).
+            .max(1);
         if let Some(count) = NonZeroU32::new(units) {
             let refused = match limiter.check_n(count) {
                 Ok(Ok(())) => None,

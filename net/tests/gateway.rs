@@ -664,6 +664,30 @@ async fn an_import_row_with_a_name_the_server_refuses_is_refused_alone() {
     assert_eq!(answer.body["result"]["results"][0]["code"], "name_too_long");
 }
 
+/// Regression (review, ninth session): an import's parts are `KEY#1` .. `KEY#n`, and a key of
+/// 62 bytes named parts 1-9 (64 bytes) but not part 10 (65): nine parts were applied, the
+/// tenth refused row by row, 200 `ok_partial`, and no retry could finish it. Such a key is
+/// now refused (400) before any part is sent; a key one byte shorter does the whole import.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_key_too_long_for_its_part_ids_is_refused_before_any_part() {
+    use std::fmt::Write as _;
+    let setup = start().await;
+    let token = setup.demo.clone();
+    let rows = 9 * reservoir_engine::IMPORT_ROWS_MAX + 1;
+    let mut csv = String::from("sku,on_hand\n");
+    for row in 0..rows {
+        writeln!(csv, "K-{row},1").unwrap();
+    }
+    let key = "k".repeat(reservoir_engine::NAME_BYTES_MAX - 2);
+    let answer = setup.send(setup.import_request(&token, &key, "text/csv", csv.clone())).await;
+    answer.assert_problem(400, "malformed_request");
+    setup.get(&format!("{DEMO}/stock/K-0"), &token).await.assert_problem(404, "unknown_item");
+    let key = "k".repeat(reservoir_engine::NAME_BYTES_MAX - 3);
+    let answer = setup.send(setup.import_request(&token, &key, "text/csv", csv)).await;
+    let body = answer.assert_ok();
+    assert_eq!((body["code"].as_str(), body["applied"].as_u64()), (Some("ok"), Some(rows as u64)), "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_over_its_rate_gets_429_with_retry_after() {
     let setup = start_with(

@@ -1322,3 +1322,80 @@ async fn in_relaxed_mode_a_tenant_is_created_once_synced() {
     admin.close().await;
     running.server.shutdown().await.unwrap();
 }
+
+/// Regression (review, ninth session): a SKU's total walks every location of it, but a query
+/// of it cost one rate unit (1,024 queries of a SKU at 10,000 locations: 10 M lookups for
+/// 1,024 units), and a request of no operation cost nothing. A query now costs one unit per
+/// location of its SKU, and an empty request one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sku_query_costs_a_unit_per_location_and_an_empty_request_one() {
+    let running = start_with(|options| {
+        options.rate_per_tenant.insert("demo".into(), Rate { operations_per_second: 1, burst: 1_000 });
+    })
+    .await;
+    let demo = running.client(&running.demo).await.unwrap();
+    import_locations(&demo, "S", 400, 1).await;
+    // 600 units left: one query of S (400) passes, a second does not.
+    let query = || vec![Operation::GetSku { sku: "S".into() }];
+    assert_eq!(demo.request(query()).await.unwrap().results[0].code(), ResultCode::Ok);
+    let mut raw = raw(&running, &running.demo).await;
+    match raw.request(1, query()).await {
+        Some(ServerFrame::Error(error)) => assert_eq!(error.code, ProtocolErrorCode::RateLimited, "{error:?}"),
+        other => panic!("a second query of 400 locations with 200 units left: {other:?}"),
+    }
+    // The 200 units left (and the one a second refills) go one per empty request.
+    let mut passed = 0;
+    for request_id in 2..220 {
+        match raw.request(request_id, Vec::new()).await {
+            Some(ServerFrame::Reply(reply)) => {
+                assert!(reply.results.is_empty());
+                passed += 1;
+            }
+            Some(ServerFrame::Error(error)) if error.code == ProtocolErrorCode::RateLimited => break,
+            other => panic!("empty request {request_id}: {other:?}"),
+        }
+    }
+    assert!((200..=205).contains(&passed), "{passed} empty requests passed on 200 units");
+    raw.connection.close(0u32.into(), b"done");
+    running.server.shutdown().await.unwrap();
+}
+
+/// Regression (review, ninth session): frames refused as a client's mistake (an unknown
+/// frame type here) cost a decode and a reply each and never reached the rate limiter, so a
+/// connection could send nothing else, for ever. Past `REFUSED_FRAMES_PER_CONNECTION_MAX` of
+/// them it is closed with `malformed_frame`; another connection of the tenant is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_past_its_refused_frames_max_is_closed() {
+    let running = start().await;
+    let mut junk = raw(&running, &running.demo).await;
+    let unknown_frame = [1u8, 0, 0, 0, 0x7f];
+    for _ in 0..server::REFUSED_FRAMES_PER_CONNECTION_MAX {
+        junk.send.write_all(&unknown_frame).await.unwrap();
+        assert_eq!(error_code(junk.frame().await), ProtocolErrorCode::UnknownFrameType);
+    }
+    junk.send.write_all(&unknown_frame).await.unwrap();
+    assert_eq!(error_code(junk.frame().await), ProtocolErrorCode::MalformedFrame);
+    assert!(junk.frame().await.is_none(), "the connection is closed");
+    let demo = running.client(&running.demo).await.unwrap();
+    assert_eq!(demo.call(receive("after", "SKU", 1)).await.unwrap().code(), ResultCode::Ok);
+    running.server.shutdown().await.unwrap();
+}
+
+/// Regression (review, ninth session): a first frame that was a request failing to decode
+/// got its decode error (`too_many_operations`, a code that does not close) and the
+/// connection was closed; docs/protocol.md says anything but `Hello` first is
+/// `unauthenticated`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_frame_that_is_a_request_that_does_not_decode_is_unauthenticated() {
+    let running = start().await;
+    let mut first = raw_unauthenticated(&running).await;
+    let mut bytes = Vec::new();
+    ClientFrame::Request(Request { request_id: 7, operations: Vec::new() }).encode(&mut bytes).unwrap();
+    let count_at = 4 + 1 + 8;
+    bytes[count_at..count_at + 2]
+        .copy_from_slice(&(reservoir_net::OPERATIONS_PER_REQUEST_MAX as u16 + 1).to_le_bytes());
+    first.send.write_all(&bytes).await.unwrap();
+    assert_eq!(error_code(first.frame().await), ProtocolErrorCode::Unauthenticated);
+    assert!(first.frame().await.is_none(), "the connection is closed");
+    running.server.shutdown().await.unwrap();
+}
