@@ -286,3 +286,73 @@ fn an_offline_snapshot_prunes_the_archive_by_the_configuration_files_bounds() {
     let by_flag = pruned(&["--config", "CONFIG", "--archive-bytes-max-gib", "64"]);
     assert!(by_flag.ends_with("pruned 0 segments and 0 snapshots"), "the flag wins over the file: {by_flag}");
 }
+
+/// Regression (review, ninth session): `verify` exited 0 on directories start-up refuses,
+/// though docs/operations.md says exit 0 means the directory will start. Two of them here:
+/// a snapshot that does not load while the log does not reach what it covers (verify read
+/// an empty ledger and said "ok"), and a snapshot of another history beside the log.
+#[test]
+fn verify_refuses_what_start_up_refuses() {
+    let data = |directory: &tempfile::TempDir| directory.path().to_str().unwrap().to_owned();
+    // The only snapshot, damaged, and an empty log: start-up refuses (SnapshotUnloadable).
+    let damaged = tempfile::tempdir().unwrap();
+    let (covers, _) = snapshot_then_more(damaged.path(), 400);
+    let wal = reservoir_wal::wal_directory(damaged.path());
+    std::fs::remove_dir_all(&wal).unwrap();
+    std::fs::create_dir_all(&wal).unwrap();
+    let verify = run(binary(), &["verify", "--data-dir", &data(&damaged)]);
+    assert!(verify.status.success(), "the control: {}", String::from_utf8_lossy(&verify.stderr));
+    let snapshots = damaged.path().join("snapshots");
+    let file = std::fs::read_dir(&snapshots).unwrap().next().unwrap().unwrap().path();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&file, bytes).unwrap();
+    let verify = run(binary(), &["verify", "--data-dir", &data(&damaged)]);
+    let said = String::from_utf8_lossy(&verify.stderr);
+    assert!(!verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    assert!(said.contains(&format!("covering LSN {}", covers.0)) && said.contains("could not be loaded"), "{said}");
+
+    // A snapshot of another directory's history copied beside a log (HistoryMismatch).
+    let (one, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    snapshot_then_more(one.path(), 200);
+    snapshot_then_more(other.path(), 400);
+    let snapshots = other.path().join("snapshots");
+    std::fs::remove_dir_all(&snapshots).unwrap();
+    std::fs::create_dir_all(&snapshots).unwrap();
+    for entry in std::fs::read_dir(one.path().join("snapshots")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), snapshots.join(entry.file_name())).unwrap();
+    }
+    let verify = run(binary(), &["verify", "--data-dir", &data(&other)]);
+    let said = String::from_utf8_lossy(&verify.stderr);
+    assert!(!verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    assert!(said.contains("history"), "{said}");
+}
+
+/// Regression (review, ninth session): `verify`, `wal dump` and `restore` created
+/// `archive/wal/` in the directory they read, so a backup on a read-only mount that had
+/// never archived a segment could not be verified or restored from. They create nothing now.
+#[test]
+fn the_reading_tools_create_nothing_in_the_directory_they_read() {
+    let directory = tempfile::tempdir().unwrap();
+    bench_into(directory.path());
+    let archive = directory.path().join("archive");
+    if archive.exists() {
+        let archived = std::fs::read_dir(archive.join("wal")).map_or(0, |entries| entries.count());
+        assert_eq!(archived, 0, "a short run archives nothing");
+        std::fs::remove_dir_all(&archive).unwrap();
+    }
+    let data = directory.path().to_str().unwrap();
+    let into = tempfile::tempdir().unwrap();
+    let restored = into.path().join("restored");
+    for arguments in [
+        vec!["verify", "--data-dir", data],
+        vec!["wal", "dump", "--data-dir", data, "--from-lsn", "1", "--to-lsn", "3"],
+        vec!["restore", "--from", data, "--to-lsn", "5", "--into", restored.to_str().unwrap()],
+    ] {
+        let output = run(binary(), &arguments);
+        assert!(output.status.success(), "{arguments:?}: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(!archive.exists(), "{arguments:?} created {}", archive.display());
+    }
+}

@@ -16,8 +16,22 @@ pub fn format_ms(unix_ms: u64) -> String {
     )
 }
 
-/// Parses `YYYY-MM-DDTHH:MM:SS[.fff][Z|+HH:MM|-HH:MM]` to Unix milliseconds.
+/// Parses `YYYY-MM-DDTHH:MM:SS[.fff][Z|+HH:MM|-HH:MM]` to Unix milliseconds, a finer fraction
+/// truncated (the millisecond it falls in).
 pub fn parse_rfc3339_ms(text: &str) -> Result<u64, String> {
+    parse_rfc3339_ms_rounding(text, false)
+}
+
+/// [`parse_rfc3339_ms`], but a fraction finer than a millisecond rounds up to the next one:
+/// the bound of an exclusive target (records stamped before it are kept, and a record's stamp
+/// is in milliseconds, so one stamped in the millisecond the time falls in lies before it).
+/// Regression (review): `--to-time ...59.9995Z --exclusive` truncated to 59.999 and left out a
+/// record stamped 59.999, before the target.
+pub fn parse_rfc3339_ms_ceiling(text: &str) -> Result<u64, String> {
+    parse_rfc3339_ms_rounding(text, true)
+}
+
+fn parse_rfc3339_ms_rounding(text: &str, round_up: bool) -> Result<u64, String> {
     let bad = || format!("{text:?} is not an RFC 3339 time like 2026-11-22T10:14:59Z");
     let bytes = text.as_bytes();
     if bytes.len() < 20 || bytes[4] != b'-' || bytes[7] != b'-' || !matches!(bytes[10], b'T' | b't' | b' ') {
@@ -55,6 +69,9 @@ pub fn parse_rfc3339_ms(text: &str) -> Result<u64, String> {
         }
         let digits = &text[start..end.min(start + 3)];
         millis = digits.parse::<i64>().map_err(|_| bad())? * 10i64.pow(3 - digits.len() as u32);
+        if round_up && text[start..end].bytes().skip(3).any(|digit| digit != b'0') {
+            millis += 1;
+        }
         at = end;
     }
     let offset_minutes = match &text[at..] {
@@ -128,6 +145,13 @@ mod tests {
         assert_eq!(format_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(format_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
         assert_eq!(parse_rfc3339_ms("2023-11-14T22:13:20.123Z"), Ok(1_700_000_000_123));
+        // Finer than a millisecond: truncated for an inclusive bound, rounded up for an
+        // exclusive one (whole milliseconds are both).
+        assert_eq!(parse_rfc3339_ms("2023-11-14T22:13:20.1235Z"), Ok(1_700_000_000_123));
+        assert_eq!(parse_rfc3339_ms_ceiling("2023-11-14T22:13:20.1235Z"), Ok(1_700_000_000_124));
+        assert_eq!(parse_rfc3339_ms_ceiling("2023-11-14T22:13:20.123000Z"), Ok(1_700_000_000_123));
+        assert_eq!(parse_rfc3339_ms_ceiling("2023-11-14T22:13:20.999999Z"), Ok(1_700_000_001_000));
+        assert_eq!(parse_rfc3339_ms_ceiling("2023-11-14T22:13:20Z"), Ok(1_700_000_000_000));
         assert_eq!(parse_rfc3339_ms("2023-11-14T23:13:20.123+01:00"), Ok(1_700_000_000_123));
         assert_eq!(parse_rfc3339_ms("2024-02-29T00:00:00Z").map(format_ms).unwrap(), "2024-02-29T00:00:00.000Z");
         for ms in [1u64, 951_782_400_000, 4_102_444_799_999, 1_795_000_000_000] {

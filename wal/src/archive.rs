@@ -293,8 +293,8 @@ pub fn disk_usage(data_directory: &Path) -> Result<DiskUsage, WalError> {
     let archived = snapshot::list(&archive_snapshot_directory(data_directory))?;
     let live = snapshot::list(&snapshot_directory(data_directory))?;
     usage.oldest_snapshot = archived.first().or(live.first()).copied();
-    let storage = crate::LayeredStorage::new(&archive_wal_directory(data_directory), &wal_directory(data_directory))
-        .map_err(io(data_directory))?;
+    // Reads only: `verify` reports this of a directory that may be a read-only backup.
+    let storage = crate::layered_storage_existing(data_directory);
     if let Some(&first) = storage.list().map_err(io(data_directory))?.first() {
         usage.log_first_lsn = Some(segment_first_lsn(&storage, first)?);
     }

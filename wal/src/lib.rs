@@ -302,6 +302,13 @@ pub fn layered_storage(data_directory: &Path) -> Result<LayeredStorage, WalError
         .map_err(|source| WalError::io(live.display().to_string(), source))
 }
 
+/// A data directory's whole log for reading only: creates nothing in it (regression, review:
+/// `verify`, `wal dump` and `restore` created `archive/wal/` in the directory they read, and
+/// failed on a read-only backup that never archived).
+pub fn layered_storage_existing(data_directory: &Path) -> LayeredStorage {
+    LayeredStorage::existing(&archive::archive_wal_directory(data_directory), &wal_directory(data_directory))
+}
+
 /// A [`FrameReader`] over a data directory's log, archive included, from `from` on.
 pub fn frame_reader(data_directory: &Path, from: Lsn) -> Result<FrameReader, WalError> {
     Ok(FrameReader::new(Box::new(layered_storage(data_directory)?), from))

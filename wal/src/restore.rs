@@ -17,7 +17,7 @@ use crate::archive::all_snapshots;
 use crate::format::new_history;
 use crate::scan::{scan_until, Flow};
 use crate::snapshot::{self, SnapshotWritten};
-use crate::{layered_storage, log_history, WalError, PROGRESS_RECORDS_INTERVAL};
+use crate::{layered_storage_existing, log_history, WalError, PROGRESS_RECORDS_INTERVAL};
 
 /// Where to stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,7 +85,7 @@ pub fn resolve(data_directory: &Path, target: RestoreTarget, inclusive: bool) ->
             Ok(ResolvedTarget { lsn, first_excluded: None })
         }
         RestoreTarget::Time { unix_ms } => {
-            let storage = layered_storage(data_directory)?;
+            let storage = layered_storage_existing(data_directory);
             let mut first_excluded = None;
             let mut first_on_disk = None;
             let end = scan_until(&storage, Lsn(1), Lsn(0), |record| {
@@ -159,7 +159,7 @@ pub fn restore(
 ) -> Result<Restored, WalError> {
     let started = Instant::now();
     refuse_pending_rewind(data_directory)?;
-    let storage = layered_storage(data_directory)?;
+    let storage = layered_storage_existing(data_directory);
     let source_history = log_history(&storage)?;
     let resolved = resolve(data_directory, target, inclusive)?;
 

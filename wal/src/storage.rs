@@ -76,6 +76,8 @@ pub const WRITE_FAILED_FILE: &str = "WRITE_FAILED";
 pub struct FsStorage {
     directory: PathBuf,
     open: Mutex<BTreeMap<u64, File>>,
+    /// A missing directory lists no segments ([`FsStorage::existing`]), instead of an error.
+    missing_is_empty: bool,
 }
 
 /// Open segment files kept at once; older ones are closed (they are only read at recovery).
@@ -130,7 +132,13 @@ impl FsStorage {
     /// Uses (and creates durably, if missing) `directory`.
     pub fn new(directory: &Path) -> io::Result<FsStorage> {
         create_directory_durably(directory)?;
-        Ok(FsStorage { directory: directory.to_owned(), open: Mutex::new(BTreeMap::new()) })
+        Ok(FsStorage { directory: directory.to_owned(), open: Mutex::new(BTreeMap::new()), missing_is_empty: false })
+    }
+
+    /// Uses `directory` as it is and creates nothing: for reading a data directory that may be
+    /// a read-only backup (`verify`, `wal dump`, `restore`). Missing, it lists no segments.
+    pub fn existing(directory: &Path) -> FsStorage {
+        FsStorage { directory: directory.to_owned(), open: Mutex::new(BTreeMap::new()), missing_is_empty: true }
     }
 
     pub fn directory(&self) -> &Path {
@@ -158,7 +166,11 @@ impl FsStorage {
 impl Storage for FsStorage {
     fn list(&self) -> io::Result<Vec<u64>> {
         let mut sequences = Vec::new();
-        for entry in std::fs::read_dir(&self.directory)? {
+        let entries = match std::fs::read_dir(&self.directory) {
+            Err(error) if error.kind() == io::ErrorKind::NotFound && self.missing_is_empty => return Ok(sequences),
+            entries => entries?,
+        };
+        for entry in entries {
             let name = entry?.file_name();
             let Some(name) = name.to_str() else { continue };
             if let Some(stem) = name.strip_suffix(".wal") {
@@ -294,6 +306,12 @@ impl LayeredStorage {
         Ok(LayeredStorage { archive: FsStorage::new(archive_directory)?, live: FsStorage::new(live_directory)? })
     }
 
+    /// Both directories as they are, creating neither ([`FsStorage::existing`]).
+    pub fn existing(archive_directory: &Path, live_directory: &Path) -> LayeredStorage {
+        assert_ne!(archive_directory, live_directory, "two distinct directories");
+        LayeredStorage { archive: FsStorage::existing(archive_directory), live: FsStorage::existing(live_directory) }
+    }
+
     fn holder(&self, sequence: u64) -> &FsStorage {
         if self.live.contains(sequence) || !self.archive.contains(sequence) {
             &self.live
@@ -305,8 +323,12 @@ impl LayeredStorage {
 
 impl Storage for LayeredStorage {
     fn list(&self) -> io::Result<Vec<u64>> {
-        let mut sequences = self.archive.list()?;
-        sequences.extend(self.live.list()?);
+        // The live directory first: segments move only from it to the archive, so one moved
+        // between the two listings is in the second. Regression (review): listed the other
+        // way round, such a segment was in neither, and a reader reported the log corrupt or
+        // a segment missing.
+        let mut sequences = self.live.list()?;
+        sequences.extend(self.archive.list()?);
         sequences.sort_unstable();
         sequences.dedup();
         Ok(sequences)
