@@ -1059,19 +1059,30 @@ async fn refuse(connection: &quinn::Connection, send: &mut quinn::SendStream, er
     connection.close(quinn::VarInt::from_u32(u32::from(code.number())), code.name().as_bytes());
 }
 
-/// Reads one whole frame (the handshake's `Hello`). The client must wait for `HelloReply`
-/// before it sends more, so bytes after the frame are a protocol error.
-async fn read_frame(recv: &mut quinn::RecvStream, decoder: &mut FrameDecoder) -> Result<Vec<u8>, ErrorFrame> {
+/// Reads one whole frame (the handshake's `Hello`), and returns it with the bytes read after
+/// it (at most one read's worth): frames a client sent before its `HelloReply`, which wait
+/// for it. Regression (review): such bytes were refused (`malformed_frame`) when they came in
+/// the `Hello`'s read, and served when they came in a later one, by how the packets split.
+async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    decoder: &mut FrameDecoder,
+) -> Result<(Vec<u8>, Vec<u8>), ErrorFrame> {
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     loop {
         match recv.read(&mut chunk).await {
             Ok(Some(read)) => {
                 let taken = decoder.push(&chunk[..read]).map_err(|error| ErrorFrame::from_wire_error(&error))?;
-                if taken < read {
-                    return Err(error_frame(None, ProtocolErrorCode::MalformedFrame, "requests before HelloReply"));
-                }
                 if let Some(frame) = decoder.pop() {
-                    return Ok(frame.to_vec());
+                    let after = chunk[taken..read].to_vec();
+                    debug_assert!(after.len() <= READ_CHUNK_BYTES);
+                    return Ok((frame.to_vec(), after));
+                }
+                if taken < read {
+                    return Err(error_frame(
+                        None,
+                        ProtocolErrorCode::MalformedFrame,
+                        "a first frame the decoder did not take",
+                    ));
                 }
             }
             Ok(None) | Err(_) => return Err(error_frame(None, ProtocolErrorCode::Unauthenticated, "no Hello")),
@@ -1090,11 +1101,11 @@ async fn serve_connection(core: Arc<Core>, incoming: quinn::Incoming) {
     // Regression: the Hello was read with the 2 MiB frame cap, so an unauthenticated peer could
     // make the server hold 2 MiB for each of its connections by announcing a big "Hello".
     let mut decoder = FrameDecoder::with_frame_bytes_max(HELLO_FRAME_BYTES_MAX);
-    let hello =
+    let (hello, after_hello) =
         match tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), read_hello(&mut recv, &mut decoder))
             .await
         {
-            Ok(Ok(hello)) => hello,
+            Ok(Ok(read)) => read,
             Ok(Err(error)) => return refuse(&connection, &mut send, error).await,
             Err(_) => {
                 let error = error_frame(None, ProtocolErrorCode::Unauthenticated, "no Hello in time");
@@ -1123,11 +1134,17 @@ async fn serve_connection(core: Arc<Core>, incoming: quinn::Incoming) {
         return;
     }
     if matches!(session.principal, Principal::Replication) {
+        // A standby sends its `Start` after the `HelloReply` (the stream then carries
+        // replication messages, not frames): anything read with the `Hello` is refused.
+        if !after_hello.is_empty() {
+            let error = error_frame(None, ProtocolErrorCode::MalformedFrame, "replication messages before HelloReply");
+            return refuse(&connection, &mut send, error).await;
+        }
         crate::replication::primary::serve(core, connection, send, recv, session.token).await;
         return;
     }
     let session = Arc::new(session);
-    tokio::spawn(serve_stream(core.clone(), session.clone(), connection.clone(), send, recv, decoder));
+    tokio::spawn(serve_stream(core.clone(), session.clone(), connection.clone(), send, recv, decoder, after_hello));
     loop {
         match connection.accept_bi().await {
             Ok((send, recv)) => {
@@ -1138,6 +1155,7 @@ async fn serve_connection(core: Arc<Core>, incoming: quinn::Incoming) {
                     send,
                     recv,
                     FrameDecoder::new(),
+                    Vec::new(),
                 ));
             }
             Err(_) => return,
@@ -1145,10 +1163,11 @@ async fn serve_connection(core: Arc<Core>, incoming: quinn::Incoming) {
     }
 }
 
-async fn read_hello(recv: &mut quinn::RecvStream, decoder: &mut FrameDecoder) -> Result<Hello, ErrorFrame> {
-    let frame = read_frame(recv, decoder).await?;
+/// The connection's `Hello`, and the bytes read after it (see [`read_frame`]).
+async fn read_hello(recv: &mut quinn::RecvStream, decoder: &mut FrameDecoder) -> Result<(Hello, Vec<u8>), ErrorFrame> {
+    let (frame, after) = read_frame(recv, decoder).await?;
     match decode_client_frame(&frame) {
-        Ok(ClientFrame::Hello(hello)) => Ok(hello),
+        Ok(ClientFrame::Hello(hello)) => Ok((hello, after)),
         Ok(_) | Err(WireError::UnknownFrameType { .. }) => {
             Err(error_frame(None, ProtocolErrorCode::Unauthenticated, "the first frame must be Hello"))
         }
@@ -1263,7 +1282,10 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     mut decoder: FrameDecoder,
+    // Bytes already read and not yet decoded (those that came with the `Hello`).
+    mut unread: Vec<u8>,
 ) {
+    assert!(unread.len() <= READ_CHUNK_BYTES, "at most one read is held undecoded");
     let mut durable = core.durable.clone();
     let mut goodbye = core.goodbye.subscribe();
     let mut goodbye_sent = false;
@@ -1274,8 +1296,6 @@ async fn serve_stream(
     let mut held = HeldReplies { core: core.clone(), session: session.clone(), bytes: 0 };
     let mut recheck_ms = REPLY_BYTES_RECHECK_MS;
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
-    // Bytes read and not yet decoded: at most one read's worth.
-    let mut unread: Vec<u8> = Vec::new();
     let mut reading = true;
     // The credential store's generation this stream last saw the token valid at.
     let mut credentials_checked = session.credentials_generation;

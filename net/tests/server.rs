@@ -1399,3 +1399,32 @@ async fn a_first_frame_that_is_a_request_that_does_not_decode_is_unauthenticated
     assert!(first.frame().await.is_none(), "the connection is closed");
     running.server.shutdown().await.unwrap();
 }
+
+/// Regression (review, ninth session): requests sent with the `Hello`, before the
+/// `HelloReply`, were refused (`malformed_frame`) when they arrived in the same read as the
+/// `Hello`, and served when they arrived in a later one: the outcome hung on how the packets
+/// split. They now wait for the `HelloReply` and are served, however they arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_sent_with_the_hello_are_served_after_the_hello_reply() {
+    let running = start().await;
+    let mut eager = raw_unauthenticated(&running).await;
+    let mut bytes = Vec::new();
+    ClientFrame::Hello(Hello { version_min: 1, version_max: 1, token: running.demo.as_bytes().to_vec() })
+        .encode(&mut bytes)
+        .unwrap();
+    for request_id in 1..=3u64 {
+        let operations = vec![receive(&format!("eager-{request_id}"), "SKU", 1)];
+        ClientFrame::Request(Request { request_id, operations }).encode(&mut bytes).unwrap();
+    }
+    eager.send.write_all(&bytes).await.unwrap();
+    assert!(matches!(eager.frame().await, Some(ServerFrame::HelloReply(_))));
+    for request_id in 1..=3u64 {
+        match eager.frame().await {
+            Some(ServerFrame::Reply(reply)) => {
+                assert_eq!((reply.request_id, reply.results[0].code()), (request_id, ResultCode::Ok));
+            }
+            other => panic!("request {request_id}: {other:?}"),
+        }
+    }
+    running.server.shutdown().await.unwrap();
+}
