@@ -444,15 +444,59 @@ pub const RESTORE_THREADS_MAX: usize = 16;
 
 /// Loads and checks one snapshot file into an engine.
 pub fn load(path: &Path) -> Result<Loaded, WalError> {
-    let file = File::open(path).map_err(|source| WalError::io(path.display().to_string(), source))?;
+    let name = path.display().to_string();
+    let file = File::open(path).map_err(|source| WalError::io(name.clone(), source))?;
+    let length = file.metadata().map_err(|source| WalError::io(name.clone(), source))?.len();
+    let length = usize::try_from(length)
+        .map_err(|_| WalError::Snapshot { path: name.clone(), why: format!("{length} bytes do not fit memory") })?;
+    if length == 0 {
+        return decode(&[], &name);
+    }
+    let map = map_readable(&file, length).map_err(|error| WalError::Snapshot {
+        path: name.clone(),
+        why: format!("cannot be read from the disk ({error}); an older snapshot and a longer replay are used"),
+    })?;
+    decode(&map, &name)
+}
+
+/// Maps `length` bytes of `file` and reads every page in before anything touches one, so
+/// that a page the disk cannot give back (a bad sector; bytes past the end of a file cut
+/// short under us) is an error here, which recovery answers with an older snapshot, not a
+/// SIGBUS at the first touch. Regression: `MAP_POPULATE` ignores a page it cannot read, and
+/// start-up then died of SIGBUS in the checksum pass.
+///
+/// `MADV_POPULATE_READ` (Linux 5.14) reads the pages in and reports the failure; an older
+/// kernel answers `EINVAL`, and the file is then read once through `read(2)`, which reports
+/// it too and leaves the pages in the page cache for the map.
+fn map_readable(file: &File, length: usize) -> std::io::Result<memmap2::Mmap> {
+    assert!(length > 0, "an empty file has nothing to map");
     // SAFETY: the file is opened read-only and snapshots are never modified after the rename
-    // that publishes them; a concurrent truncation by another process would be outside the
-    // documented use of a data directory.
-    // Populated: the whole file is read (checksum, then restore), and faulting it in with one
-    // call is cheaper than a fault per page.
-    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
-        .map_err(|source| WalError::io(path.display().to_string(), source))?;
-    decode(&map, &path.display().to_string())
+    // that publishes them. A page that cannot be read would be a SIGBUS on access: every
+    // page is read in below before the map is returned, and a failure is an error.
+    let map = unsafe { memmap2::MmapOptions::new().len(length).map(file) }?;
+    match map.advise(memmap2::Advice::PopulateRead) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::InvalidInput => read_through(file, length)?,
+        Err(error) => return Err(error),
+    }
+    debug_assert_eq!(map.len(), length);
+    Ok(map)
+}
+
+/// Reads the first `length` bytes of `file` through `read(2)`, in chunks: an error for a
+/// page the disk cannot give back, or for a file shorter than `length`.
+fn read_through(file: &File, length: usize) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    const CHUNK_BYTES: usize = 1 << 20;
+    let mut chunk = vec![0u8; CHUNK_BYTES.min(length)];
+    let mut offset = 0usize;
+    while offset < length {
+        let want = chunk.len().min(length - offset);
+        file.read_exact_at(&mut chunk[..want], offset as u64)?;
+        offset += want;
+    }
+    assert_eq!(offset, length);
+    Ok(())
 }
 
 /// When the snapshot at `path` was taken (ms since the epoch), from its checked header alone.
@@ -498,6 +542,11 @@ pub fn decode(map: &[u8], name: &str) -> Result<Loaded, WalError> {
     if word(8..12) != SNAPSHOT_FORMAT_VERSION || word(36..40) != RKYV_FORMAT {
         return Err(bad("written by an incompatible version (format or rkyv layout)".into()));
     }
+    if field(56..64) != 0 {
+        // Regression: the header's zero bytes were ignored; a later format that used them
+        // would have been read as this one.
+        return Err(bad("header bytes documented as zero are set: written by a later format".into()));
+    }
     let covers_lsn = field(16..24);
     let archive_bytes = field(24..32);
     if archive_bytes != (map.len() - SNAPSHOT_HEADER_BYTES) as u64 {
@@ -536,4 +585,69 @@ pub fn load_newest(directory: &Path) -> Result<(Option<Loaded>, Vec<(Lsn, String
         }
     }
     Ok((None, skipped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE_BYTES: usize = 4096;
+
+    fn file_of(directory: &Path, bytes: usize) -> File {
+        let path = directory.join("snapshot");
+        std::fs::write(&path, vec![7u8; bytes]).expect("write");
+        File::open(&path).expect("open")
+    }
+
+    /// Regression: a snapshot page the disk cannot give back ended start-up with SIGBUS (the
+    /// map was populated with `MAP_POPULATE`, which ignores such a page, and the checksum pass
+    /// touched it). Pages past the end of a file fail as a bad sector does; the map of them is
+    /// now an error, and a readable file maps whole.
+    #[test]
+    fn a_snapshot_page_that_cannot_be_read_is_an_error_not_a_sigbus() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let file = file_of(directory.path(), PAGE_BYTES);
+        match map_readable(&file, 3 * PAGE_BYTES) {
+            Err(error) => assert_ne!(error.kind(), std::io::ErrorKind::InvalidInput, "{error}"),
+            Ok(map) => {
+                // Without the fix this touch is the SIGBUS that ends the test process.
+                let sum: u64 = map.iter().map(|&byte| u64::from(byte)).sum();
+                panic!("a map reaching past the file's end was taken (its bytes sum to {sum})");
+            }
+        }
+        let map = map_readable(&file, PAGE_BYTES).expect("a readable file maps");
+        assert!(map.iter().all(|&byte| byte == 7));
+    }
+
+    /// Regression: the snapshot header's last 8 bytes, documented as zero, were not checked;
+    /// a later format that used them would have been read as this one. Set (under a checksum
+    /// that holds), the snapshot is refused, naming why; zero, it loads.
+    #[test]
+    fn a_snapshot_header_with_its_zero_bytes_set_is_refused() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let written = write(directory.path(), &Engine::new(Config::default()), 1, 0).expect("written");
+        assert!(load(&written.path).is_ok());
+        let mut bytes = std::fs::read(&written.path).expect("read");
+        assert_eq!(bytes[56..64], [0; 8]);
+        bytes[60] = 1;
+        bytes[12..16].fill(0);
+        let crc = crc32c::crc32c(&bytes[..SNAPSHOT_HEADER_BYTES]);
+        bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&written.path, &bytes).expect("write");
+        match load(&written.path) {
+            Err(WalError::Snapshot { why, .. }) => assert!(why.contains("documented as zero"), "{why}"),
+            Err(other) => panic!("expected a refused snapshot, got {other}"),
+            Ok(_) => panic!("a snapshot with its zero bytes set was loaded"),
+        }
+    }
+
+    /// The path for kernels without `MADV_POPULATE_READ` reports the same failure.
+    #[test]
+    fn reading_a_snapshot_through_read_reports_what_cannot_be_read() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let file = file_of(directory.path(), 3 * 1024 * 1024 + 5);
+        read_through(&file, 3 * 1024 * 1024 + 5).expect("the whole file reads");
+        let error = read_through(&file, 3 * 1024 * 1024 + 6).expect_err("one byte past the end");
+        assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
 }

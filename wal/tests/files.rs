@@ -174,6 +174,50 @@ fn a_checksum_valid_last_record_that_does_not_decode_refuses_to_start() {
     assert!(std::fs::read(&path).unwrap() == bytes, "nothing was cut");
 }
 
+/// Regression: header bytes documented as zero (segment bytes 36..40 and 56..64, frame bytes
+/// 37..40) were not checked, so a later format that used them would have been read as this
+/// one. Set under a checksum that holds, each refuses to start, naming why and where; nothing
+/// is cut.
+#[test]
+fn header_bytes_documented_as_zero_refuse_to_start_when_set() {
+    for (case, at) in [("segment", 36), ("segment", 57), ("frame", 37), ("frame", 39)] {
+        let directory = tempfile::tempdir().unwrap();
+        let (_, per_command) = common::history(17, 200);
+        write_log(directory.path(), &per_command);
+        let (sequence, offset, lsn) = *frames(directory.path()).last().unwrap();
+        let path = directory.path().join(segment_file_name(sequence));
+        let mut bytes = std::fs::read(&path).unwrap();
+        if case == "segment" {
+            let header = &mut bytes[..reservoir_wal::format::SEGMENT_HEADER_BYTES];
+            assert_eq!(header[at], 0, "byte {at} is documented as zero");
+            header[at] = 1;
+            header[12..16].fill(0);
+            let checksum = crc32c::crc32c(header);
+            header[12..16].copy_from_slice(&checksum.to_le_bytes());
+        } else {
+            let frame = &mut bytes[offset..];
+            assert_eq!(frame[at], 0, "byte {at} is documented as zero");
+            frame[at] = 1;
+            let payload_bytes = u32::from_le_bytes(frame[4..8].try_into().unwrap()) as usize;
+            let checksum = crc32c::crc32c(&frame[4..reservoir_wal::format::FRAME_HEADER_BYTES + payload_bytes]);
+            frame[0..4].copy_from_slice(&checksum.to_le_bytes());
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        match (case, recover_into_new(directory.path())) {
+            ("segment", Err(WalError::BadSegmentHeader { why, .. })) => {
+                assert!(why.contains("documented as zero"), "{why}")
+            }
+            ("frame", Err(WalError::Corrupt { offset: found, after_lsn, why, .. })) => {
+                assert_eq!((found, after_lsn), (offset as u64, Lsn(lsn - 1)));
+                assert!(why.contains("documented as zero"), "{why}");
+            }
+            (_, Err(other)) => panic!("{case} byte {at}: unexpected error {other}"),
+            (_, Ok(_)) => panic!("{case} byte {at}: recovered with a byte documented as zero set"),
+        }
+        assert!(std::fs::read(&path).unwrap() == bytes, "{case} byte {at}: nothing was cut");
+    }
+}
+
 #[test]
 fn a_flipped_bit_in_a_middle_record_refuses_to_start_and_names_the_place() {
     let directory = tempfile::tempdir().unwrap();
