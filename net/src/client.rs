@@ -11,7 +11,13 @@
 //!   after `not_primary`, on the next endpoint (the standby names its primary). Never after
 //!   `unauthenticated` (an unknown token, or one revoked while its connection was open): that
 //!   refusal is returned at once; nor after a request that cannot be encoded
-//!   ([`NetError::Unencodable`]: a string over 255 bytes, a list over its maximum).
+//!   ([`NetError::Unencodable`]: a string over 255 bytes, a list over its maximum); nor a
+//!   token's issue once it may have minted one (a lost reply, `internal`).
+//! - **says when the outcome is unknown**: once an attempt of a request with mutations lost
+//!   its reply (it may have run), the error is [`NetError::Timeout`] or
+//!   [`NetError::Connection`], whatever a later attempt was refused with (the refusal is named
+//!   in it): retry with the same ids, never new ones. A [`NetError::Refused`] means the
+//!   request did not run.
 //! - **moves on after `Goodbye`** (the server's graceful shutdown): requests in flight are
 //!   answered on the old connection; new ones open a new one (with several endpoints, to
 //!   whichever answers as primary with the highest epoch).
@@ -120,6 +126,10 @@ type Waiter = oneshot::Sender<Result<Reply, NetError>>;
 struct Pending {
     waiter: Waiter,
     results: Vec<OperationResult>,
+    /// The request's operations: a reply brings exactly one result for each (regression,
+    /// review, tenth session: a reply with fewer or more was taken, and a caller's
+    /// `expect("one result")` panicked, or a request collected parts without bound).
+    operations: usize,
 }
 
 /// One open connection and its streams.
@@ -269,19 +279,24 @@ async fn batch_request(
         NetError::Unencodable(_) => true,
         // Regression (review): the batch cost more than the tenant's burst, which no wait can
         // pay, so every caller in it failed for good though each alone would pass.
+        // Regression (review, tenth session): one caller's operation its token may not run
+        // (`forbidden` refuses the whole request) failed every other caller's with it.
         NetError::Refused(refusal) => {
-            refusal.code == ProtocolErrorCode::RateLimited && refusal.retry_after_ms.is_none()
+            (refusal.code == ProtocolErrorCode::RateLimited && refusal.retry_after_ms.is_none())
+                || refusal.code == ProtocolErrorCode::Forbidden
         }
         _ => false,
     };
     let reply = match inner.request(operations).await {
         Err(error) if operations.len() > 1 && alone_would_differ(&error) => {
             let mut results = Vec::with_capacity(operations.len());
+            // Each caller gets its own operation's answer, an error included (regression,
+            // review, tenth session: the first error failed every caller, those whose
+            // operations had already run alone too).
             for operation in operations {
                 results.push(match inner.request(std::slice::from_ref(operation)).await {
-                    Ok(mut alone) => Ok(alone.results.pop().expect("one result")),
-                    Err(error) if alone_would_differ(&error) => Err(error),
-                    Err(error) => return Err(error),
+                    Ok(mut alone) => Ok(alone.results.pop().expect("one result: checked as read")),
+                    Err(error) => Err(error),
                 });
             }
             return Ok(results);
@@ -294,13 +309,30 @@ async fn batch_request(
             && (matches!(&result, OperationResult::Sku(Ok(summary))
                 if summary.locations.len() < (summary.location_count as usize).min(PAGE_ITEMS_MAX))
                 || matches!(&result, OperationResult::Reservation(Err(ResultCode::ReplyBudgetSpent))));
-        results.push(Ok(if cut_short {
-            inner.request(std::slice::from_ref(&operations[index])).await?.results.pop().expect("one result")
+        // A re-ask that fails fails its own caller only (regression, review, tenth session:
+        // it failed the whole batch, a reserve applied in it included).
+        results.push(if cut_short {
+            match inner.request(std::slice::from_ref(&operations[index])).await {
+                Ok(mut alone) => Ok(alone.results.pop().expect("one result: checked as read")),
+                Err(error) => Err(error),
+            }
         } else {
-            result
-        }));
+            Ok(result)
+        });
     }
     Ok(results)
+}
+
+/// The error for a request that an earlier attempt may have run, when a later one was
+/// refused: of the earlier attempt's kind (`Timeout` or `Connection`: the outcome is
+/// unknown, retry with the same ids), naming the refusal too.
+fn outcome_unknown(earlier: &NetError, refusal: &NetError) -> NetError {
+    let why =
+        format!("{earlier}; a later attempt: {refusal}. The earlier attempt may have run: retry with the same ids");
+    match earlier {
+        NetError::Timeout(_) => NetError::Timeout(why),
+        _ => NetError::Connection(why),
+    }
 }
 
 fn retry_wait(error: &ErrorFrame, attempt: u32) -> Duration {
@@ -317,13 +349,23 @@ impl Inner {
             )));
         }
         let mut last_error = None;
+        // An attempt whose request may have run (its reply lost): from then on, a refusal
+        // that means "not run" speaks for the later attempt only, and the caller must hear
+        // that the outcome is unknown (regression, review, tenth session: a reserve applied,
+        // its reply lost in a failover, then `not_primary` from the nodes asked after it was
+        // returned, and a caller that took it at its word reserved again under a new id).
+        let mut unknown: Option<NetError> = None;
+        let answer = |error: NetError, unknown: &Option<NetError>| match (unknown, &error) {
+            (Some(earlier), NetError::Refused(_)) => outcome_unknown(earlier, &error),
+            _ => error,
+        };
         for attempt in 0..ATTEMPTS_MAX {
             let session = match self.session().await {
                 Ok(session) => session,
                 // The token is unknown or was revoked (the server closed the connection it had
                 // for it): another handshake with the same token cannot pass.
                 Err(NetError::Refused(error)) if error.code == ProtocolErrorCode::Unauthenticated => {
-                    return Err(NetError::Refused(error));
+                    return Err(answer(NetError::Refused(error), &unknown));
                 }
                 Err(error) => {
                     last_error = Some(error);
@@ -343,7 +385,15 @@ impl Inner {
                     ProtocolErrorCode::RateLimited
                         if error.retry_after_ms.is_none() || !self.options.retry_rate_limited =>
                     {
-                        return Err(NetError::Refused(error));
+                        return Err(answer(NetError::Refused(error), &unknown));
+                    }
+                    // A token's issue that failed past the point where the token was stored
+                    // (`internal`: the log's write failed) may have minted it: resent, it
+                    // would mint again (regression, review, tenth session: up to 8 live
+                    // tokens no one was shown).
+                    ProtocolErrorCode::Internal if operations.iter().any(Operation::mints_a_token) => {
+                        self.drop_session(&session).await;
+                        return Err(answer(NetError::Refused(error), &unknown));
                     }
                     ProtocolErrorCode::RateLimited
                     | ProtocolErrorCode::TooManyInFlight
@@ -360,7 +410,7 @@ impl Inner {
                         tokio::time::sleep(retry_wait(&error, attempt)).await;
                         last_error = Some(NetError::Refused(error));
                     }
-                    _ => return Err(NetError::Refused(error)),
+                    _ => return Err(answer(NetError::Refused(error), &unknown)),
                 },
                 // Regression: an over-long name failed to encode, was taken for a lost
                 // connection, and cost the shared connection, 8 reconnects and ~2.5 s of waits
@@ -378,19 +428,29 @@ impl Inner {
                     // The reply was lost with the connection: resend, same ids, maybe elsewhere.
                     self.drop_session(&session).await;
                     tokio::time::sleep(Duration::from_millis((10u64 << attempt).min(RETRY_WAIT_MS_MAX))).await;
+                    // Queries change nothing: whether they ran does not matter.
+                    if !operations.iter().all(|operation| operation.kind().is_read_only()) {
+                        unknown = Some(match &error {
+                            NetError::Timeout(why) => NetError::Timeout(why.clone()),
+                            other => NetError::Connection(other.to_string()),
+                        });
+                    }
                     last_error = Some(error);
                 }
             }
         }
-        Err(last_error.unwrap_or_else(|| NetError::Connect("no attempt made".into())))
+        let error = last_error.unwrap_or_else(|| NetError::Connect("no attempt made".into()));
+        Err(answer(error, &unknown))
     }
 
     async fn send(&self, session: &Session, operations: Vec<Operation>) -> Result<Reply, NetError> {
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let operations_count = operations.len();
         let mut bytes = Vec::new();
         ClientFrame::Request(Request { request_id, operations }).encode(&mut bytes).map_err(NetError::Unencodable)?;
         let (waiter, receiver) = oneshot::channel();
-        session.pending.lock().insert(request_id, Pending { waiter, results: Vec::new() });
+        let pending = Pending { waiter, results: Vec::new(), operations: operations_count };
+        session.pending.lock().insert(request_id, pending);
         let stream = session.next_stream.fetch_add(1, Ordering::Relaxed) % session.senders.len();
         let written = session.senders[stream].lock().await.write_all(&bytes).await;
         if let Err(error) = written {
@@ -615,6 +675,14 @@ async fn read_replies(
                     let Some(entry) = pending.get_mut(&part.request_id) else { continue };
                     if usize::from(part.first_operation) != entry.results.len() {
                         broken = Some(format!("reply part of request {} out of order", part.request_id));
+                        break;
+                    }
+                    let results = entry.results.len() + part.results.len();
+                    if results > entry.operations || (part.is_final && results != entry.operations) {
+                        broken = Some(format!(
+                            "the reply to request {} has {results} results for its {} operations",
+                            part.request_id, entry.operations
+                        ));
                         break;
                     }
                     entry.results.extend(part.results);

@@ -54,6 +54,8 @@ struct Columns {
     location: Option<usize>,
     safety_stock: Option<usize>,
     backorder_limit: Option<usize>,
+    /// Columns in the header.
+    count: usize,
 }
 
 /// Parses an import a line at a time.
@@ -64,13 +66,23 @@ pub struct ImportParser {
     line: usize,
 }
 
+/// The columns a CSV header may name (matched without regard to ASCII case), in their order.
+pub const CSV_COLUMNS: [&str; 5] = ["sku", "location", "on_hand", "safety_stock", "backorder_limit"];
+
+/// A JSON line's row. Regression (review, tenth session): unknown keys were ignored, so a row
+/// that misspelt `location` (`"loc"`) set the stock of the SKU at `main`, overwriting it; they
+/// are refused now. `reserved` is what a tenant export adds: read, not imported (an import
+/// sets stock and policy, never reservations).
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct JsonRow {
     sku: String,
     location: Option<String>,
     on_hand: i64,
     safety_stock: Option<i64>,
     backorder_limit: Option<i64>,
+    #[serde(rename = "reserved")]
+    _reserved: Option<i64>,
 }
 
 impl ImportParser {
@@ -107,7 +119,9 @@ impl ImportParser {
 
     fn json_line(&self, text: &str) -> Result<Option<WireImportRow>, ImportError> {
         let value: serde_json::Value = serde_json::from_str(text).map_err(|error| self.error(error.to_string()))?;
-        if value.get("export").is_some() {
+        if value.get("export").and_then(|export| export.as_str()) == Some("reservoir-tenant")
+            && value.get("sku").is_none()
+        {
             return Ok(None); // the header line of a tenant export
         }
         let row: JsonRow = serde_json::from_value(value).map_err(|error| self.error(error.to_string()))?;
@@ -123,7 +137,21 @@ impl ImportParser {
     fn csv_line(&mut self, text: &str) -> Result<Option<WireImportRow>, ImportError> {
         let fields: Vec<&str> = text.split(',').map(str::trim).collect();
         let Some(columns) = &self.columns else {
-            let column = |name: &str| fields.iter().position(|column| *column == name);
+            // Regression (review, tenth session): columns the parser did not know were
+            // ignored, so a header that misspelt `location` (`Location` was not matched,
+            // `warehouse`, `loc`) set every row's stock at `main`, overwriting it.
+            for (index, name) in fields.iter().enumerate() {
+                if !CSV_COLUMNS.iter().any(|known| known.eq_ignore_ascii_case(name)) {
+                    return Err(self.error(format!(
+                        "the CSV header names an unknown column {name:?} (the columns are {})",
+                        CSV_COLUMNS.join(", ")
+                    )));
+                }
+                if fields[..index].iter().any(|earlier| earlier.eq_ignore_ascii_case(name)) {
+                    return Err(self.error(format!("the CSV header names column {name:?} twice")));
+                }
+            }
+            let column = |name: &str| fields.iter().position(|column| column.eq_ignore_ascii_case(name));
             let sku = column("sku").ok_or_else(|| self.error("the CSV header has no sku column"))?;
             let on_hand = column("on_hand").ok_or_else(|| self.error("the CSV header has no on_hand column"))?;
             self.columns = Some(Columns {
@@ -132,9 +160,15 @@ impl ImportParser {
                 location: column("location"),
                 safety_stock: column("safety_stock"),
                 backorder_limit: column("backorder_limit"),
+                count: fields.len(),
             });
             return Ok(None);
         };
+        if fields.len() > columns.count {
+            // A field past the header's columns would be dropped: a name with a comma in it,
+            // or a shifted row.
+            return Err(self.error(format!("{} fields, but the header names {} columns", fields.len(), columns.count)));
+        }
         let field = |index: usize| fields.get(index).copied().unwrap_or_default();
         let number_at = |index: usize| -> Result<i64, ImportError> {
             field(index).parse().map_err(|_| self.error(format!("{:?} is not a number", field(index))))
@@ -207,11 +241,38 @@ mod tests {
     #[test]
     fn csv_and_json_lines_give_the_same_rows() {
         let csv = "sku, location,on_hand,safety_stock\nA,DC1,5,\r\nB,,7,2\n\n";
-        let json = "{\"export\":\"demo\"}\n{\"sku\":\"A\",\"location\":\"DC1\",\"on_hand\":5}\n{\"sku\":\"B\",\"on_hand\":7,\"safety_stock\":2}\n";
+        let json = "{\"export\":\"reservoir-tenant\",\"version\":1,\"tenant\":\"demo\",\"lsn\":3}\n{\"sku\":\"A\",\"location\":\"DC1\",\"on_hand\":5}\n{\"sku\":\"B\",\"on_hand\":7,\"safety_stock\":2}\n";
         let rows = parse_import(csv, ImportFormat::Detect).unwrap();
         assert_eq!(rows, parse_import(json, ImportFormat::Detect).unwrap());
         assert_eq!(rows.len(), 2);
         assert_eq!((rows[1].location.as_str(), rows[1].safety_stock), (LOCATION_DEFAULT, Some(2)));
+    }
+
+    /// Regression (review, tenth session): a misspelt column or key was ignored, and every
+    /// row went to location `main`, overwriting its stock. Now it is refused, naming the
+    /// line; header names match without regard to case; a row with more fields than the
+    /// header has columns is refused; a tenant export (with its header line and `reserved`)
+    /// still reads.
+    #[test]
+    fn a_misspelt_column_or_key_is_refused_not_sent_to_main() {
+        for csv in ["sku,warehouse,on_hand\nA,DC1,5\n", "sku,loc,on_hand\nA,DC1,5\n", "sku,location,location,on_hand\n"]
+        {
+            let error = parse_import(csv, ImportFormat::Csv).unwrap_err();
+            assert_eq!(error.line, 1, "{csv}: {error}");
+        }
+        let rows = parse_import("SKU,Location,On_Hand\nA,DC1,5\n", ImportFormat::Csv).unwrap();
+        assert_eq!((rows[0].sku.as_str(), rows[0].location.as_str(), rows[0].on_hand), ("A", "DC1", 5));
+        let error = parse_import("sku,location,on_hand\nA,DC1,5\nB,DC,2,5\n", ImportFormat::Csv).unwrap_err();
+        assert_eq!(error.line, 3, "{error}");
+        for json in ["{\"sku\":\"A\",\"loc\":\"DC1\",\"on_hand\":5}", "{\"export\":\"x\",\"sku\":\"A\",\"on_hand\":5}"]
+        {
+            let error = parse_import(json, ImportFormat::JsonLines).unwrap_err();
+            assert!(error.message.contains("unknown field"), "{json}: {error}");
+        }
+        let export = "{\"export\":\"reservoir-tenant\",\"version\":1,\"tenant\":\"demo\",\"lsn\":7}\n\
+                      {\"sku\":\"A\",\"location\":\"DC1\",\"on_hand\":5,\"safety_stock\":0,\"backorder_limit\":0,\"reserved\":2}\n";
+        let rows = parse_import(export, ImportFormat::Detect).unwrap();
+        assert_eq!((rows.len(), rows[0].location.as_str(), rows[0].on_hand), (1, "DC1", 5));
     }
 
     #[test]

@@ -333,6 +333,19 @@ impl Core {
     }
 }
 
+/// The epoch kept in `EPOCH_HEARD.json` (0 without the file).
+fn read_epoch_heard(path: &std::path::Path) -> Result<u64, NetError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice::<crate::replication::EpochHeardFile>(&bytes)
+            .ok()
+            .map(|file| file.epoch)
+            .filter(|&epoch| epoch <= reservoir_engine::epoch::EPOCH_MAX)
+            .ok_or_else(|| NetError::Config(format!("{}: not an epoch this build can reach", path.display()))),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(source) => Err(NetError::io(path.display().to_string(), source)),
+    }
+}
+
 /// Writes `bytes` to `path` durably (temporary file, fsync, rename, directory fsync).
 pub(crate) fn write_synced(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
@@ -424,10 +437,23 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
         None
     };
     let fenced_path = crate::replication::fenced_path(&directory);
+    let epoch_heard_path = crate::replication::epoch_heard_path(&directory);
     let node = match &options.role {
         StartRole::Standby(follow) => {
-            // The operator rejoins this node as a standby: a fence no longer applies.
-            let _ = std::fs::remove_file(&fenced_path);
+            // The operator rejoins this node as a standby: a fence no longer applies, but the
+            // epoch that fenced it is kept (synced first) for a later promotion of it.
+            if let Ok(bytes) = std::fs::read(&fenced_path) {
+                let fenced: FencedFile = serde_json::from_slice(&bytes)
+                    .map_err(|error| NetError::Config(format!("{}: {error}", fenced_path.display())))?;
+                let heard = read_epoch_heard(&epoch_heard_path)?;
+                if fenced.epoch > heard {
+                    let file = crate::replication::EpochHeardFile { epoch: fenced.epoch };
+                    write_synced(&epoch_heard_path, &serde_json::to_vec_pretty(&file).expect("serializable"))
+                        .map_err(|source| NetError::io(epoch_heard_path.display().to_string(), source))?;
+                }
+                std::fs::remove_file(&fenced_path)
+                    .map_err(|source| NetError::io(fenced_path.display().to_string(), source))?;
+            }
             NodeState { role: NodeRole::Standby, primary: Some(follow.primary.clone()), fenced_by: 0 }
         }
         StartRole::Primary => match std::fs::read(&fenced_path) {
@@ -517,7 +543,7 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
     opened.engine.set_idempotency_entries_max(options.idempotency_entries_max.max(options.engine.id_shards));
     let core = Arc::new(Core {
         epoch: AtomicU64::new(opened.engine.epoch()),
-        epoch_heard: AtomicU64::new(node.fenced_by),
+        epoch_heard: AtomicU64::new(node.fenced_by.max(read_epoch_heard(&epoch_heard_path)?)),
         fence_lock: parking_lot::Mutex::new(()),
         engine: opened.engine,
         wal: opened.wal,
@@ -1134,6 +1160,8 @@ async fn serve_connection(core: Arc<Core>, incoming: quinn::Incoming) {
         return;
     }
     if matches!(session.principal, Principal::Replication) {
+        // The WAL feed may cross regions: a wider window than a client's (`tls.rs`).
+        connection.set_send_window(crate::tls::REPLICATION_SEND_WINDOW_BYTES);
         // A standby sends its `Start` after the `HelloReply` (the stream then carries
         // replication messages, not frames): anything read with the `Hello` is refused.
         if !after_hello.is_empty() {

@@ -34,13 +34,35 @@ pub const STREAMS_PER_CONNECTION_MAX: u32 = 64;
 /// peer that vanished without a word (SIGKILL, a lost host) takes to be noticed, unless a
 /// stateless reset says so sooner.
 pub const IDLE_TIMEOUT_MS: u32 = 10_000;
-/// Bytes a stream may have unread in the receiver: bounds what a client can push ahead.
+/// Bytes a stream may have unread in a client (a standby reading the WAL feed included).
 pub const STREAM_RECEIVE_WINDOW_BYTES: u32 = 8 << 20;
-/// Bytes a connection may have unread in the receiver over all its streams, those the server
-/// never accepts included. Regression: quinn's default is unbounded (2^62), so a peer with no
-/// token could park `STREAMS_PER_CONNECTION_MAX` x `STREAM_RECEIVE_WINDOW_BYTES` (512 MiB) in
-/// the server's buffers per connection until its `Hello` timed out.
+/// Bytes a connection may have unread in a client over all its streams.
 pub const CONNECTION_RECEIVE_WINDOW_BYTES: u32 = 2 * STREAM_RECEIVE_WINDOW_BYTES;
+
+// The server's windows. Each is memory one connection can make the server hold in quinn's
+// buffers, outside the reply caps (`server::REPLY_BYTES_HELD_*`), times `CONNECTIONS_MAX`
+// (10,000) connections: 256 KiB + 512 KiB is at most 7.5 GiB over every connection, 750 MiB
+// over one tenant's 1,000. Regression: the server took the client's 8 MiB + 16 MiB receive
+// windows and quinn's 10 MB send window, 260 GB over 10,000 connections (25 GB for one
+// tenant) that read no replies and send requests the server stops reading. At a LAN's
+// 0.5 ms round trip 256 KiB is ~500 MB/s a connection; across 100 ms, 2.5 MB/s (~60,000
+// W1 replies/s a connection): a client far away opens more connections.
+
+/// Bytes a stream may have unread in the server: what a client can push ahead of what the
+/// server reads (it stops reading a stream whose replies are over their caps).
+pub const SERVER_STREAM_RECEIVE_WINDOW_BYTES: u32 = 256 << 10;
+/// Bytes a connection may have unread in the server over all its streams, those the server
+/// never accepts included. Regression: quinn's default is unbounded (2^62), so a peer with no
+/// token could park `STREAMS_PER_CONNECTION_MAX` x the stream window in the server's buffers
+/// per connection until its `Hello` timed out.
+pub const SERVER_CONNECTION_RECEIVE_WINDOW_BYTES: u32 = 2 * SERVER_STREAM_RECEIVE_WINDOW_BYTES;
+/// Bytes of replies the server's quinn may hold for one connection, written and not yet
+/// acknowledged by the client (quinn's default is 10 MB): past it, the reply's write waits,
+/// and its bytes count against the reply caps.
+pub const SERVER_SEND_WINDOW_BYTES: u64 = 256 << 10;
+/// A replication connection's send window, set once its token is checked: the WAL feed to a
+/// standby in another region (32 MiB per 100 ms round trip is ~320 MB/s of log).
+pub const REPLICATION_SEND_WINDOW_BYTES: u64 = 32 << 20;
 
 fn tls_error(what: &str, error: impl std::fmt::Display) -> NetError {
     NetError::Tls(format!("{what}: {error}"))
@@ -122,15 +144,22 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, NetError> {
         .map_err(|error| tls_error(&format!("{}: no private key", path.display()), error))
 }
 
-fn transport() -> quinn::TransportConfig {
+fn transport(stream_receive_window_bytes: u32, connection_receive_window_bytes: u32) -> quinn::TransportConfig {
+    assert!(stream_receive_window_bytes <= connection_receive_window_bytes);
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(STREAMS_PER_CONNECTION_MAX))
         .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
         .max_idle_timeout(Some(quinn::VarInt::from_u32(IDLE_TIMEOUT_MS).into()))
         .keep_alive_interval(Some(Duration::from_millis(u64::from(IDLE_TIMEOUT_MS) / 3)))
-        .stream_receive_window(quinn::VarInt::from_u32(STREAM_RECEIVE_WINDOW_BYTES))
-        .receive_window(quinn::VarInt::from_u32(CONNECTION_RECEIVE_WINDOW_BYTES));
+        .stream_receive_window(quinn::VarInt::from_u32(stream_receive_window_bytes))
+        .receive_window(quinn::VarInt::from_u32(connection_receive_window_bytes));
+    transport
+}
+
+fn server_transport() -> quinn::TransportConfig {
+    let mut transport = transport(SERVER_STREAM_RECEIVE_WINDOW_BYTES, SERVER_CONNECTION_RECEIVE_WINDOW_BYTES);
+    transport.send_window(SERVER_SEND_WINDOW_BYTES);
     transport
 }
 
@@ -152,7 +181,7 @@ pub fn server_config(files: &CertificateFiles) -> Result<quinn::ServerConfig, Ne
     let crypto =
         quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(|error| tls_error("QUIC TLS", error))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport()));
+    config.transport_config(Arc::new(server_transport()));
     Ok(config)
 }
 
@@ -174,7 +203,7 @@ pub fn client_config(ca_pem: &[u8]) -> Result<quinn::ClientConfig, NetError> {
     let crypto =
         quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|error| tls_error("QUIC TLS", error))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport()));
+    config.transport_config(Arc::new(transport(STREAM_RECEIVE_WINDOW_BYTES, CONNECTION_RECEIVE_WINDOW_BYTES)));
     Ok(config)
 }
 

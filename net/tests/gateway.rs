@@ -579,7 +579,7 @@ async fn imports_stream_csv_and_json_lines_with_a_result_per_row() {
     let again = setup.send(import(csv, "text/csv", "import-1")).await;
     assert_eq!(again.assert_ok()["results"], answer.body["results"]);
     // JSON lines (a tenant export's header line is skipped).
-    let lines = "{\"export\":\"demo\"}\n{\"sku\":\"D\",\"location\":\"DC1\",\"on_hand\":4}\n".to_owned();
+    let lines = "{\"export\":\"reservoir-tenant\",\"version\":1,\"tenant\":\"demo\",\"lsn\":3}\n{\"sku\":\"D\",\"location\":\"DC1\",\"on_hand\":4}\n".to_owned();
     let answer = setup.send(import(lines, "application/x-ndjson", "import-2")).await;
     assert_eq!(answer.assert_ok()["code"], "ok");
     assert_eq!(setup.get(&format!("{DEMO}/stock/D"), &token).await.body["total"]["on_hand"], 4);

@@ -1885,6 +1885,40 @@ async fn a_promotion_goes_past_an_epoch_heard_from_a_fenced_primary() {
     let _ = primary.stop().await;
 }
 
+/// Regression (review, tenth session): a fenced primary rejoined as a standby removed its
+/// `FENCED.json`, and with it the epoch that fenced it. Rejoined to B while B is down (so it
+/// never applies B's epoch), then promoted with a lower tag than B's, it drew B's term again
+/// below B: once B came back, the node's acknowledged writes were cut. The epoch is now kept
+/// (`EPOCH_HEARD.json`), and the promotion goes past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejoined_primary_promoted_later_goes_past_the_epoch_that_fenced_it() {
+    let TwoTaggedStandbys { primary, a, b, tokens, a_directory: _a_directory, _directories, .. } =
+        a_primary_and_two_tagged_standbys().await;
+    let epoch_b = promote(&b, &tokens).await;
+    primary.wait_status(&tokens.admin, "the old primary is fenced by B", |status| status["role"] == "fenced").await;
+    let (b_address, b_ca) = (b.address.clone(), b.ca());
+    let primary_directory = primary.directory.clone();
+    let _ = a.stop().await;
+    let _ = b.stop().await;
+    let _ = primary.stop().await;
+    // The old primary rejoins B, which is down, with a tag below B's.
+    let rejoined = following_at(
+        tagged(options(&primary_directory, free_port(), StartRole::Primary, ReplicationMode::Async), 1),
+        b_address,
+        &tokens.replication,
+        b_ca,
+    );
+    let (rejoined, _) = Node::start(rejoined).await;
+    assert!(!primary_directory.join("FENCED.json").exists(), "a rejoined node is no longer fenced");
+    let admin = rejoined.client(&tokens.admin).await;
+    let reply = admin.request(vec![Operation::Promote]).await.unwrap();
+    assert_eq!(reply.results[0].code(), ResultCode::Ok);
+    admin.close().await;
+    assert!(reply.epoch > epoch_b, "promoted to {} at or below B's {epoch_b}, which fenced this node", reply.epoch);
+    assert_eq!(epoch_term(reply.epoch), epoch_term(epoch_b) + 1);
+    let _ = rejoined.stop().await;
+}
+
 /// Regression (review, third pass): a replication-token holder could send a `Fence` (or a
 /// `Start`) naming `EPOCH_MAX`, and the primary believed it: fenced for good, and relaying an
 /// epoch past which no promotion can go. An epoch more than `EPOCH_TERMS_AHEAD_MAX` terms

@@ -447,6 +447,20 @@ pub(crate) fn fenced_path(data_directory: &std::path::Path) -> PathBuf {
     data_directory.join("FENCED.json")
 }
 
+/// The highest epoch this node has been fenced by, kept when it rejoins as a standby (which
+/// removes `FENCED.json`): a later promotion of it goes past that epoch even if the node
+/// never hears of it again (regression, review, tenth session: the rejoined node forgot it,
+/// and a promotion of it while the node that fenced it was down could draw a lower epoch,
+/// whose writes were cut when that node came back).
+pub(crate) fn epoch_heard_path(data_directory: &std::path::Path) -> PathBuf {
+    data_directory.join("EPOCH_HEARD.json")
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct EpochHeardFile {
+    pub epoch: u64,
+}
+
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct FencedFile {
     pub epoch: u64,
