@@ -109,6 +109,14 @@ fn the_readme_quickstart_works_with_embedded_defaults() {
     assert_eq!(output.status.code(), Some(1), "acme has no SKU-1");
     let output = cli(&["stock", "SKU-1"], "rsv_wrong");
     assert_eq!(output.status.code(), Some(3), "a wrong token gets no answer");
+    // Adding a tenant that exists is refused and mints no token (regression, review, tenth
+    // session: the token was issued beside `tenant_exists`, live, and the run exited 1).
+    let output = cli(&["tenant", "add", "acme"], &admin);
+    assert_eq!(output.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("tenant_exists") && !text.contains("rsv_"), "{text}");
+    let output = cli(&["stock", "SKU-1"], &acme);
+    assert_eq!(output.status.code(), Some(1), "acme's token still works");
 
     // Imports: CSV with a header, and JSON lines (a tenant export's header line is skipped).
     std::fs::write(

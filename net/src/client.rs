@@ -511,7 +511,16 @@ impl Inner {
             let Ok((index, outcome)) = joined else { continue };
             match outcome {
                 Ok(session) => {
-                    let rank = |session: &Session| (session.hello.node == NodeRole::Primary, session.hello.epoch);
+                    // A fenced node answers only `status`: below any standby, whatever epoch it
+                    // names (regression, review, tenth session: it names the epoch that fenced
+                    // it, so it outranked the standbys that could serve the queries).
+                    let rank = |session: &Session| {
+                        (
+                            session.hello.node == NodeRole::Primary,
+                            session.hello.node != NodeRole::Fenced,
+                            session.hello.epoch,
+                        )
+                    };
                     if best.as_ref().is_none_or(|(_, held)| rank(&session) > rank(held)) {
                         if let Some((_, dropped)) = best.replace((index, session)) {
                             dropped.connection.close(quinn::VarInt::from_u32(0), b"another node");

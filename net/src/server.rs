@@ -377,6 +377,15 @@ pub struct ServerHandle {
 /// Opens (recovering) the data directory, makes first-start credentials and certificates,
 /// binds the QUIC endpoint and starts serving. Call within a tokio runtime.
 pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
+    // A standby's feedback says what it wrote as on disk, and a `sync` primary acknowledges
+    // on it: with no fsync that is a lie (regression, review, tenth session).
+    if matches!(options.role, StartRole::Standby(_)) && options.durability == reservoir_wal::Durability::None {
+        return Err(NetError::Config(
+            "a standby cannot run with durability none: it reports what it wrote as on disk, and a sync \
+             primary acknowledges on that; use durable (the default) or relaxed"
+                .into(),
+        ));
+    }
     if let Some(tag) = options.replication.promotion_tag {
         if !(1..=reservoir_engine::epoch::EPOCH_TAG_MAX).contains(&tag) {
             let max = reservoir_engine::epoch::EPOCH_TAG_MAX;

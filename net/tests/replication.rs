@@ -1885,6 +1885,27 @@ async fn a_promotion_goes_past_an_epoch_heard_from_a_fenced_primary() {
     let _ = primary.stop().await;
 }
 
+/// Regression (review, tenth session): a standby started with durability `none` reported the
+/// records it had only handed to the OS as written, and a `sync` primary acknowledged on it.
+/// Such a standby is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_with_durability_none_is_refused() {
+    let primary_directory = tempfile::tempdir().unwrap();
+    let (primary, tokens) =
+        Node::start(options(primary_directory.path(), free_port(), StartRole::Primary, ReplicationMode::Sync)).await;
+    let tokens = tokens.unwrap();
+    let standby_directory = tempfile::tempdir().unwrap();
+    let mut standby =
+        options(standby_directory.path(), free_port(), follow(&primary, &tokens.replication), ReplicationMode::Sync);
+    standby.durability = reservoir_wal::Durability::None;
+    match Node::try_start(standby).await {
+        Err(NetError::Config(why)) => assert!(why.contains("durability none"), "{why}"),
+        Err(other) => panic!("refused with another error: {other}"),
+        Ok(_) => panic!("a standby with durability none started"),
+    }
+    let _ = primary.stop().await;
+}
+
 /// Regression (review, tenth session): a fenced primary rejoined as a standby removed its
 /// `FENCED.json`, and with it the epoch that fenced it. Rejoined to B while B is down (so it
 /// never applies B's epoch), then promoted with a lower tag than B's, it drew B's term again
@@ -2135,6 +2156,54 @@ async fn a_standby_sends_no_feedback_before_the_streams_first_credential_store()
         }
         other => panic!("{other:?}"),
     }
+    let _ = standby.stop().await;
+}
+
+/// Regression (review, tenth session): a shipped message whose LSNs skip one inside it (n,
+/// n + 1, n + 3) had its first records applied to the engine before the gap was seen, and
+/// none written to the log: the engine ran ahead of its WAL, the standby reconnected from the
+/// engine's LSN, and its writer waited for records it would never get. The LSN run is now
+/// checked before anything applies: the message is refused whole, and the standby asks again
+/// from n.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shipped_message_with_a_gap_inside_applies_none_of_its_records() {
+    use reservoir_net::replication::wire::{read_message, write_message, PrimaryMessage, StandbyMessage};
+    let FollowedOnce {
+        primary, primary_directory, tokens, standby_directory: _standby_directory, standby_options, ..
+    } = a_standby_that_followed_once().await;
+    let ca = primary.ca();
+    let _ = primary.stop().await;
+    let (endpoint, address) = fake_primary_endpoint(primary_directory.path());
+    let (starts_sender, mut starts) = tokio::sync::mpsc::channel::<u64>(4);
+    tokio::spawn(async move {
+        for _ in 0..2 {
+            let (connection, mut send, mut recv) = accept_a_standby(&endpoint).await;
+            let start = read_message(&mut recv).await.unwrap().expect("a Start");
+            let StandbyMessage::Start { next_lsn, history, .. } = StandbyMessage::decode(&start).unwrap() else {
+                panic!("not a Start");
+            };
+            starts_sender.send(next_lsn).await.unwrap();
+            let accept = PrimaryMessage::Accept { epoch: 1, history, durable_lsn: next_lsn + 3 };
+            write_message(&mut send, |out| accept.encode(out)).await.unwrap();
+            let mut frames = Vec::new();
+            for lsn in [next_lsn, next_lsn + 1, next_lsn + 3] {
+                let body = reservoir_engine::Body::CredentialsChanged;
+                let record = reservoir_engine::Record { lsn: reservoir_engine::Lsn(lsn), timestamp_ms: 1, body };
+                reservoir_wal::format::encode_frame(&record, record.lsn, 1, &mut frames);
+            }
+            let wal = PrimaryMessage::Wal { durable_lsn: next_lsn + 3, now_ms: 1, frames };
+            write_message(&mut send, |out| wal.encode(out)).await.unwrap();
+            let _ = tokio::time::timeout(Duration::from_secs(10), connection.closed()).await;
+        }
+        endpoint.close(0u32.into(), b"done");
+    });
+    let (standby, _) = Node::start(following_at(standby_options, address, &tokens.replication, ca)).await;
+    let first = tokio::time::timeout(Duration::from_secs(10), starts.recv()).await.unwrap().unwrap();
+    let again =
+        tokio::time::timeout(Duration::from_secs(30), starts.recv()).await.expect("the standby asks again").unwrap();
+    assert_eq!(again, first, "the standby asked again from {again}, not {first}: part of the message applied");
+    let status = standby.status(&tokens.admin).await;
+    assert_eq!(status["applied_lsn"].as_u64(), Some(first - 1), "{status}");
     let _ = standby.stop().await;
 }
 

@@ -1011,6 +1011,16 @@ impl ScriptedNode {
         running: &Running,
         answer: impl Fn(u64, Request) -> Option<ServerFrame> + Send + Sync + 'static,
     ) -> ScriptedNode {
+        ScriptedNode::start_as(running, NodeRole::Primary, 1, answer)
+    }
+
+    /// A node that says it is `node`, of `epoch`.
+    fn start_as(
+        running: &Running,
+        node: NodeRole,
+        epoch: u64,
+        answer: impl Fn(u64, Request) -> Option<ServerFrame> + Send + Sync + 'static,
+    ) -> ScriptedNode {
         let files = reservoir_net::tls::ensure_generated(running.directory.path(), &[]).unwrap();
         let endpoint =
             quinn::Endpoint::server(reservoir_net::tls::server_config(&files).unwrap(), "127.0.0.1:0".parse().unwrap())
@@ -1029,9 +1039,9 @@ impl ScriptedNode {
                     let hello = HelloReply {
                         version: 1,
                         role: Role::Tenant { name: "demo".into() },
-                        epoch: 1,
+                        epoch,
                         limits: ServerLimits::THIS_BUILD,
-                        node: NodeRole::Primary,
+                        node,
                     };
                     send_frame(&mut send, ServerFrame::HelloReply(hello)).await;
                     while let Some(frame) = next_client_frame(&mut recv, &mut decoder).await {
@@ -1142,6 +1152,36 @@ async fn a_refusal_after_a_lost_reply_says_the_outcome_is_unknown() {
     assert!(node.requests.load(Ordering::SeqCst) > 2, "the request was retried");
     client.close().await;
     node.task.abort();
+    running.server.shutdown().await.unwrap();
+}
+
+/// Regression (review, tenth session): a client given several endpoints ranked a fenced node
+/// like a standby, and a fenced node names the (higher) epoch that fenced it: with no primary
+/// answering, the client kept the fenced node, which answers only `status`, over a standby
+/// that serves queries. A fenced node now ranks below every standby.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_keeps_a_standby_over_a_fenced_node_of_a_higher_epoch() {
+    let running = start().await;
+    let fenced = ScriptedNode::start_as(&running, NodeRole::Fenced, 9, |_, request| {
+        Some(refusal(&request, ProtocolErrorCode::NotPrimary))
+    });
+    let standby = ScriptedNode::start_as(&running, NodeRole::Standby, 5, |_, request| {
+        Some(refusal(&request, ProtocolErrorCode::NotPrimary))
+    });
+    for endpoints in [[fenced.address, standby.address], [standby.address, fenced.address]] {
+        let mut options = ClientOptions::new(
+            endpoints.iter().map(ToString::to_string).collect(),
+            running.ca.clone(),
+            running.demo.clone(),
+        );
+        options.streams = 1;
+        let client = Client::connect(options).await.unwrap();
+        let hello = client.hello().await.unwrap();
+        assert_eq!((hello.node, hello.epoch), (NodeRole::Standby, 5), "{endpoints:?}");
+        client.close().await;
+    }
+    fenced.task.abort();
+    standby.task.abort();
     running.server.shutdown().await.unwrap();
 }
 

@@ -297,8 +297,40 @@ fn operation_id(given: &Option<String>, out: &mut Vec<(String, serde_json::Value
     id
 }
 
+/// `available` of counters a server sent, saturating: the engine's `Counters::available`
+/// trusts its own ledger, and values off the wire are anything (regression, review, tenth
+/// session: `i64::MIN` on hand overflowed, a panic where overflow checks are on).
+fn shown_available(counters: &reservoir_engine::Counters) -> i64 {
+    counters.on_hand.saturating_sub(counters.reserved).saturating_sub(counters.safety_stock)
+}
+
+/// Exit code of a command line refused before anything is sent.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Why `command` cannot go to `connection`'s servers, if it cannot: a command about one node
+/// (`promote`, `status`, `snapshot`) names that node alone. Regression (review, tenth
+/// session): given a primary and its standbys (`RESERVOIR_SERVER=primary,standby`), it went
+/// to whichever the client ranked best: `promote` reached the primary, which answered "ok:
+/// the primary", and nothing was promoted; with the primary down, the standby it picked was
+/// promoted, whichever the operator meant.
+fn node_command_refusal(connection: &Connection, command: &ClientCommand) -> Option<String> {
+    let name = match command {
+        ClientCommand::Promote => "promote",
+        ClientCommand::Status => "status",
+        ClientCommand::TakeSnapshot => "snapshot",
+        _ => return None,
+    };
+    let servers = connection.server.split(',').filter(|text| !text.trim().is_empty()).count();
+    (servers > 1)
+        .then(|| format!("`{name}` is about one node: give --server that node's address alone ({servers} are given)"))
+}
+
 /// Runs one client command; returns the process exit code.
 pub fn run(connection: Connection, command: ClientCommand) -> u8 {
+    if let Some(why) = node_command_refusal(&connection, &command) {
+        eprintln!("reservoir: {why}");
+        return EXIT_USAGE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -467,6 +499,21 @@ async fn run_async(connection: Connection, command: ClientCommand) -> anyhow::Re
             lsn = reply.lsn;
             results.extend(reply.results);
         }
+    } else if matches!(&command, ClientCommand::Tenant(TenantArgs { command: TenantCommand::Add { .. } })) {
+        // The token only once the tenant was created by this run: the server runs each
+        // operation of a request alone, and a token issued beside `tenant_exists` (a rerun,
+        // a retry after a lost answer) was a live credential the run then called a failure
+        // (regression, review, tenth session). `tenant rotate-token` issues one for a tenant
+        // that exists.
+        for operation in operations {
+            let reply = client.request(vec![operation]).await.with_context(|| failed(None))?;
+            lsn = reply.lsn;
+            let created = reply.results.iter().all(|result| result.code().is_ok());
+            results.extend(reply.results);
+            if !created {
+                break;
+            }
+        }
     } else {
         let reply = client.request(operations).await.with_context(|| failed(None))?;
         lsn = reply.lsn;
@@ -530,7 +577,7 @@ fn state_name(state: ReservationState) -> &'static str {
 
 fn counters_json(counters: &reservoir_engine::Counters) -> serde_json::Value {
     json!({
-        "on_hand": counters.on_hand, "reserved": counters.reserved, "available": counters.available(),
+        "on_hand": counters.on_hand, "reserved": counters.reserved, "available": shown_available(counters),
         "safety_stock": counters.safety_stock, "backorder_limit": counters.backorder_limit,
     })
 }
@@ -613,7 +660,7 @@ fn describe_text(result: &OperationResult) -> String {
                     item.location,
                     item.counters.on_hand,
                     item.counters.reserved,
-                    item.counters.available()
+                    shown_available(&item.counters)
                 ));
             }
             text.push_str(&format!(
@@ -621,7 +668,7 @@ fn describe_text(result: &OperationResult) -> String {
                 "total",
                 summary.total.on_hand,
                 summary.total.reserved,
-                summary.total.available()
+                shown_available(&summary.total)
             ));
             text
         }
@@ -731,7 +778,39 @@ fn status_text(document: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::status_text;
+    use super::{node_command_refusal, status_text, ClientCommand, Connection};
+
+    fn servers(server: &str) -> Connection {
+        Connection { server: server.into(), token: None, ca: None, json: false, tenant: None }
+    }
+
+    #[test]
+    fn available_from_the_wire_saturates() {
+        let counters = reservoir_engine::Counters {
+            on_hand: i64::MIN,
+            reserved: i64::MAX,
+            safety_stock: i64::MAX,
+            ..Default::default()
+        };
+        assert_eq!(super::shown_available(&counters), i64::MIN);
+        let counters = reservoir_engine::Counters { on_hand: 10, reserved: 3, safety_stock: 2, ..Default::default() };
+        assert_eq!(super::shown_available(&counters), counters.available());
+    }
+
+    /// Regression (review, tenth session): `promote` given several servers went to the one
+    /// the client ranked best (the primary answered "ok", nothing promoted). A command about
+    /// one node is refused (exit 2) unless one server is named; the others take several.
+    #[test]
+    fn a_command_about_one_node_is_refused_with_several_servers() {
+        for command in [ClientCommand::Promote, ClientCommand::Status, ClientCommand::TakeSnapshot] {
+            let why = node_command_refusal(&servers("a:1, b:2"), &command).expect("refused");
+            assert!(why.contains("2 are given"), "{why}");
+            assert_eq!(node_command_refusal(&servers("a:1"), &command), None);
+            assert_eq!(node_command_refusal(&servers("a:1,"), &command), None);
+        }
+        let list = ClientCommand::Tenant(super::TenantArgs { command: super::TenantCommand::List });
+        assert_eq!(node_command_refusal(&servers("a:1,b:2"), &list), None);
+    }
 
     #[test]
     fn the_status_text_shows_the_wal_durability_and_how_far_it_wrote() {
