@@ -1885,6 +1885,53 @@ async fn a_promotion_goes_past_an_epoch_heard_from_a_fenced_primary() {
     let _ = primary.stop().await;
 }
 
+/// Regression (review, tenth session): a promotion fenced the former primary at once, before
+/// its own epoch record was durable: a crash in between left the former primary fenced by an
+/// epoch no log held, and no primary. A standby in `relaxed` mode (a sync every second) is
+/// promoted while the test watches the former primary: when it is first seen fenced, the
+/// promoted node's durable LSN already covers the epoch's record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_fences_the_former_primary_only_once_its_epoch_is_durable() {
+    let primary_directory = tempfile::tempdir().unwrap();
+    let (primary, tokens) =
+        Node::start(options(primary_directory.path(), free_port(), StartRole::Primary, ReplicationMode::Async)).await;
+    let tokens = tokens.unwrap();
+    let writer = primary.client(&tokens.demo).await;
+    writer.request(vec![receive("before", "SKU-1", 10)]).await.unwrap();
+    writer.close().await;
+    let standby_directory = standby_directory(primary_directory.path());
+    let mut standby_options =
+        options(standby_directory.path(), free_port(), follow(&primary, &tokens.replication), ReplicationMode::Async);
+    standby_options.durability = reservoir_wal::Durability::Relaxed { sync_interval_ms: 1_000 };
+    let (standby, _) = Node::start(standby_options).await;
+    let durable = primary.durable_lsn(&tokens.admin).await;
+    standby.wait_status(&tokens.admin, "the standby caught up", caught_up(durable)).await;
+
+    let admin = standby.client(&tokens.admin).await;
+    let promotion = tokio::spawn(async move {
+        let reply = admin.request(vec![Operation::Promote]).await.unwrap();
+        admin.close().await;
+        reply
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let durable_when_fenced = loop {
+        assert!(std::time::Instant::now() < deadline, "the former primary was never fenced");
+        if primary.status(&tokens.admin).await["role"] == "fenced" {
+            break standby.status(&tokens.admin).await["durable_lsn"].as_u64().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let reply = promotion.await.unwrap();
+    assert_eq!(reply.results[0].code(), ResultCode::Ok);
+    assert!(
+        durable_when_fenced >= reply.lsn,
+        "fenced while the epoch's record (LSN {}) was not durable (durable LSN {durable_when_fenced})",
+        reply.lsn
+    );
+    let _ = standby.stop().await;
+    let _ = primary.stop().await;
+}
+
 /// Regression (review, tenth session): a standby started with durability `none` reported the
 /// records it had only handed to the OS as written, and a `sync` primary acknowledged on it.
 /// Such a standby is refused at start.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reservoir_engine::epoch::{epoch_after, EPOCH_TAG_MAX};
-use reservoir_engine::{Body, Command, Record, Reply, ResultCode};
+use reservoir_engine::{Body, Command, Lsn, Record, Reply, ResultCode};
 use reservoir_wal::format::{decode_frame, Frame};
 
 use super::wire::{read_message, write_message, PrimaryMessage, StandbyMessage, EPOCHS_SENT_MAX};
@@ -451,6 +451,12 @@ pub(crate) fn promote(core: &Arc<Core>, now_ms: u64, records: &mut Vec<Record>) 
                 tracing::warn!(state, "promote refused: this standby restarts to change its data directory first");
                 return Reply::code(ResultCode::ExpectedMismatch);
             }
+            // A standby stopping (a record that did not apply) must not lead, nor fence the
+            // former primary on its way out (review, tenth session).
+            if state == "failed" || core.restart_pending() {
+                tracing::warn!(state, "promote refused: this standby is stopping");
+                return Reply::code(ResultCode::ExpectedMismatch);
+            }
         }
         NodeRole::Primary => return Reply { count: core.epoch(), ..Reply::code(ResultCode::Ok) },
         NodeRole::Fenced => return Reply::code(ResultCode::ExpectedMismatch),
@@ -463,6 +469,7 @@ pub(crate) fn promote(core: &Arc<Core>, now_ms: u64, records: &mut Vec<Record>) 
     };
     let reply = core.engine.execute(&Command::BeginEpoch { epoch }, now_ms, records);
     assert!(reply.code.is_ok(), "a standby's next epoch is new: {reply:?}");
+    let epoch_lsn = records.last().expect("the epoch's record").lsn;
     core.epoch.store(epoch, std::sync::atomic::Ordering::Release);
     core.set_node(NodeRole::Primary, None);
     drop(guard);
@@ -473,7 +480,7 @@ pub(crate) fn promote(core: &Arc<Core>, now_ms: u64, records: &mut Vec<Record>) 
     }
     tracing::warn!(epoch, "promoted: this node is the primary of epoch {epoch}");
     if let super::StartRole::Standby(follow) = &core.start_role {
-        tokio::spawn(fence_former_primary(Arc::downgrade(core), follow.clone(), epoch));
+        tokio::spawn(fence_former_primary(Arc::downgrade(core), follow.clone(), epoch, epoch_lsn));
     }
     reply
 }
@@ -484,7 +491,14 @@ pub(crate) fn promote(core: &Arc<Core>, now_ms: u64, records: &mut Vec<Record>) 
 /// standby was promoted beside this one, to a higher epoch (and fenced the former primary
 /// after this node did): this node is fenced in turn.
 /// Holds the node weakly: a shutdown is never kept waiting by it.
-async fn fence_former_primary(weak: std::sync::Weak<Core>, options: FollowOptions, epoch: u64) {
+/// Nothing is sent before the epoch's record (`epoch_lsn`) is durable here (regression,
+/// review, tenth session: the fence went out at once, and a crash before the sync left the
+/// former primary fenced by an epoch no log held, and no primary at all).
+async fn fence_former_primary(weak: std::sync::Weak<Core>, options: FollowOptions, epoch: u64, epoch_lsn: Lsn) {
+    let Some(mut local_durable) = weak.upgrade().map(|core| core.local_durable.clone()) else { return };
+    if local_durable.wait_for(|durable| *durable >= epoch_lsn).await.is_err() {
+        return; // the node stopped first
+    }
     let mut answered = false;
     for attempt in 0..FENCE_ATTEMPTS_MAX {
         let Some(core) = weak.upgrade() else { return };
