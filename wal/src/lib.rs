@@ -106,6 +106,12 @@ pub enum WalError {
     )]
     RewindIntent { path: String, why: String },
     #[error(
+        "{path}: {why}. A set-aside of the history (a base backup's install) was cut short and cannot \
+         be finished: the old history is under `replaced/`; move the rest there by hand and start \
+         the standby again (it takes a new base backup)"
+    )]
+    SetAsideIntent { path: String, why: String },
+    #[error(
         "{path} is in use by another process ({holder}): one server per data directory, and \
          offline tools that write (snapshot) only while no server runs"
     )]
@@ -372,7 +378,9 @@ pub fn open_data_directory(
     progress: impl FnMut(Lsn),
 ) -> Result<Opened, WalError> {
     let lock = lock_data_directory(data_directory)?;
-    // A rewind a crash cut short is finished before anything reads the log.
+    // A set-aside (a base backup's install) or a rewind a crash cut short is finished before
+    // anything reads the log.
+    rejoin::finish_interrupted_set_aside(data_directory)?;
     let rewind_finished = rejoin::finish_interrupted_rewind(data_directory)?;
     let (engine, snapshot, snapshots_skipped) = load_base(data_directory, config)?;
     let directory = wal_directory(data_directory);

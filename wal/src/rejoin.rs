@@ -374,26 +374,119 @@ fn describe(body: &Body) -> String {
 /// (the directory then holds no history: a standby takes a base backup). Returns where.
 pub fn set_aside(data_directory: &Path, now_ms: u64) -> Result<PathBuf, WalError> {
     let _lock = lock_data_directory(data_directory)?;
-    move_aside(data_directory, now_ms)
+    move_aside(data_directory, now_ms, None)
 }
 
-fn move_aside(data_directory: &Path, now_ms: u64) -> Result<PathBuf, WalError> {
-    let replaced = data_directory.join("replaced").join(now_ms.to_string());
+/// The parts of a data directory that hold its history, which a set-aside moves.
+const HISTORY_PARTS: [&str; 3] = ["wal", "snapshots", "archive"];
+
+fn move_aside(data_directory: &Path, now_ms: u64, install: Option<&Path>) -> Result<PathBuf, WalError> {
+    let replaced_name = now_ms.to_string();
+    let replaced = data_directory.join("replaced").join(&replaced_name);
     crate::storage::create_directory_durably(&replaced).map_err(io(&replaced))?;
-    for part in ["wal", "snapshots", "archive"] {
+    // Several renames: a crash between two must not leave a directory that holds pieces of
+    // its history (regression, review, tenth session: `wal/` moved and `snapshots/` not made
+    // start-up refuse the directory). The intent, durable first, lets the next start finish.
+    write_set_aside_intent(data_directory, &replaced_name, install)?;
+    finish_interrupted_set_aside(data_directory)?;
+    Ok(replaced)
+}
+
+/// The file that says a set-aside (and a base backup's install) has begun
+/// (`DATA_DIR/SET-ASIDE-INTENT`): where the history goes, and the snapshot to install, if any.
+pub const SET_ASIDE_INTENT_FILE: &str = "SET-ASIDE-INTENT";
+
+/// Bytes of a set-aside intent read at most (a header and two paths).
+const SET_ASIDE_INTENT_BYTES_MAX: u64 = 16 << 10;
+
+const SET_ASIDE_INTENT_HEADER: &str = "reservoir set-aside intent v1";
+
+/// Records, durably, that the history of `data_directory` is to move to
+/// `replaced/<replaced_name>/` and then, if given, `install` (a checked snapshot file) is to
+/// become its only snapshot.
+pub fn write_set_aside_intent(
+    data_directory: &Path,
+    replaced_name: &str,
+    install: Option<&Path>,
+) -> Result<(), WalError> {
+    assert!(!replaced_name.is_empty() && !replaced_name.contains(['/', '\n']), "a directory name");
+    let install = install.map(|path| path.to_str().expect("a UTF-8 path").to_owned()).unwrap_or_default();
+    assert!(!install.contains('\n'), "one line");
+    let path = data_directory.join(SET_ASIDE_INTENT_FILE);
+    let temporary = data_directory.join(format!("{SET_ASIDE_INTENT_FILE}.tmp"));
+    let text = format!("{SET_ASIDE_INTENT_HEADER}\ninto={replaced_name}\ninstall={install}\n");
+    std::fs::write(&temporary, &text).map_err(io(&temporary))?;
+    std::fs::File::open(&temporary).and_then(|file| file.sync_all()).map_err(io(&temporary))?;
+    std::fs::rename(&temporary, &path).map_err(io(&path))?;
+    sync_directory(data_directory)
+}
+
+/// Finishes a set-aside (and its install) a crash interrupted, if `data_directory` has its
+/// intent: every part of the history still in place moves to where the intent says, a
+/// rewind intent goes with the log, the snapshot to install (if it is still where it came
+/// from) becomes the only one; then the intent is removed. Every step is idempotent. Returns
+/// whether there was one. The caller holds the directory's lock; recovery calls it first.
+pub fn finish_interrupted_set_aside(data_directory: &Path) -> Result<bool, WalError> {
+    use std::io::Read as _;
+    let path = data_directory.join(SET_ASIDE_INTENT_FILE);
+    let file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(error) => return Err(WalError::io(path.display().to_string(), error)),
+    };
+    let mut bytes = Vec::new();
+    file.take(SET_ASIDE_INTENT_BYTES_MAX).read_to_end(&mut bytes).map_err(io(&path))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let parsed = text
+        .strip_prefix(SET_ASIDE_INTENT_HEADER)
+        .and_then(|rest| rest.strip_prefix("\ninto="))
+        .and_then(|rest| rest.strip_suffix('\n'))
+        .and_then(|rest| rest.split_once("\ninstall="))
+        .filter(|(into, _)| !into.is_empty() && !into.contains('/'));
+    let Some((into, install)) = parsed else {
+        return Err(WalError::SetAsideIntent {
+            path: path.display().to_string(),
+            why: format!("not a set-aside intent ({} bytes)", bytes.len()),
+        });
+    };
+    let replaced = data_directory.join("replaced").join(into);
+    crate::storage::create_directory_durably(&replaced).map_err(io(&replaced))?;
+    for part in HISTORY_PARTS {
         let from = data_directory.join(part);
         if from.exists() {
-            std::fs::rename(&from, replaced.join(part)).map_err(io(&from))?;
+            let to = replaced.join(part);
+            if to.exists() {
+                return Err(WalError::SetAsideIntent {
+                    path: path.display().to_string(),
+                    why: format!("{} and {} both exist", from.display(), to.display()),
+                });
+            }
+            std::fs::rename(&from, &to).map_err(io(&from))?;
         }
     }
     // A rewind that failed or was cut short has nothing left to cut: its log is gone.
-    let intent = rewind_intent_path(data_directory);
-    if intent.exists() {
-        std::fs::remove_file(&intent).map_err(io(&intent))?;
+    let rewind_intent = rewind_intent_path(data_directory);
+    if rewind_intent.exists() {
+        std::fs::remove_file(&rewind_intent).map_err(io(&rewind_intent))?;
     }
     sync_directory(&replaced)?;
     sync_directory(data_directory)?;
-    Ok(replaced)
+    if !install.is_empty() && Path::new(install).exists() {
+        let snapshot_file = Path::new(install);
+        let covers = snapshot::created_lsn_of(snapshot_file)?;
+        let snapshots_directory = snapshot_directory(data_directory);
+        crate::storage::create_directory_durably(&snapshots_directory).map_err(io(&snapshots_directory))?;
+        let target = snapshots_directory.join(snapshot::snapshot_file_name(covers));
+        std::fs::rename(snapshot_file, &target).map_err(io(&target))?;
+        sync_directory(&snapshots_directory)?;
+        if let Some(parent) = snapshot_file.parent() {
+            sync_directory(parent)?;
+        }
+    }
+    std::fs::remove_file(&path).map_err(io(&path))?;
+    sync_directory(data_directory)?;
+    assert!(!path.exists(), "the intent is gone once the set-aside is done");
+    Ok(true)
 }
 
 /// Replaces the log and snapshots of `data_directory` with the snapshot in `snapshot_file`
@@ -405,13 +498,9 @@ pub fn install_base_backup(data_directory: &Path, snapshot_file: &Path, now_ms: 
     let loaded = snapshot::load(snapshot_file)?;
     let covers = loaded.covers_lsn;
     drop(loaded);
-    let replaced = move_aside(data_directory, now_ms)?;
-    let snapshots_directory = snapshot_directory(data_directory);
-    crate::storage::create_directory_durably(&snapshots_directory).map_err(io(&snapshots_directory))?;
-    let target = snapshots_directory.join(snapshot::snapshot_file_name(covers));
-    std::fs::rename(snapshot_file, &target).map_err(io(&target))?;
-    sync_directory(&snapshots_directory)?;
-    sync_directory(data_directory)?;
-    assert!(target.exists());
+    let snapshot_file = std::path::absolute(snapshot_file).map_err(io(snapshot_file))?;
+    let replaced = move_aside(data_directory, now_ms, Some(&snapshot_file))?;
+    let target = snapshot_directory(data_directory).join(snapshot::snapshot_file_name(covers));
+    assert!(target.exists(), "the install put the snapshot in place");
     Ok(replaced)
 }

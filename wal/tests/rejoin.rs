@@ -10,7 +10,10 @@ use std::path::Path;
 use reservoir_engine::workload::Workload;
 use reservoir_engine::Lsn;
 use reservoir_wal::archive::{all_snapshots, archive_snapshot_directory};
-use reservoir_wal::rejoin::{install_base_backup, read_rewind_intent, rewind, write_rewind_intent, REWIND_INTENT_FILE};
+use reservoir_wal::rejoin::{
+    install_base_backup, read_rewind_intent, rewind, write_rewind_intent, write_set_aside_intent, REWIND_INTENT_FILE,
+    SET_ASIDE_INTENT_FILE,
+};
 use reservoir_wal::snapshot::{self, snapshot_file_name, SNAPSHOTS_KEPT_MAX};
 use reservoir_wal::storage::segment_file_name;
 use reservoir_wal::{
@@ -288,6 +291,50 @@ fn an_unreadable_rewind_intent_refuses_to_start_and_names_the_file() {
             Ok(_) => panic!("started with an unreadable rewind intent"),
         }
     }
+}
+
+/// Regression (review, tenth session): a base backup's install moved `wal/`, `snapshots/`
+/// and `archive/` aside one rename at a time, and a crash (or a signal, which ends a restart
+/// at once) between two left a directory whose start-up refused it: the old snapshot with no
+/// log, or an archive with no snapshot. The install now writes its intent first, and the next
+/// start finishes it: here the crash came after the first rename, before the others and the
+/// install, and the directory opens on the base backup alone, the old history under
+/// `replaced/`.
+#[test]
+fn a_base_backup_install_cut_short_by_a_crash_is_finished_at_the_next_start() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut run = Run::new(directory.path());
+    run.drive(200);
+    let old = run.snapshot(directory.path());
+    run.drive(100);
+    // The base backup is newer than anything the directory holds: taken here, then removed.
+    let covers = run.snapshot(directory.path());
+    run.opened.wal.close().unwrap();
+    let incoming = directory.path().join("incoming").join("base.snap");
+    copy_snapshot(directory.path(), covers, &incoming);
+    std::fs::remove_file(snapshot_directory(directory.path()).join(snapshot_file_name(covers))).unwrap();
+    assert!(old < covers);
+    // What the install does before the crash: its intent, then the first of its renames.
+    write_set_aside_intent(directory.path(), "7", Some(&incoming)).unwrap();
+    let replaced = directory.path().join("replaced").join("7");
+    std::fs::create_dir_all(&replaced).unwrap();
+    std::fs::rename(wal_directory(directory.path()), replaced.join("wal")).unwrap();
+
+    let opened = try_open(directory.path()).expect("the next start finishes the install");
+    assert_eq!(opened.engine.next_lsn(), Lsn(covers.0 + 1), "the base backup's state, nothing after it");
+    assert_eq!(opened.snapshot, Some(covers));
+    opened.wal.close().unwrap();
+    assert!(!directory.path().join(SET_ASIDE_INTENT_FILE).exists());
+    assert!(!incoming.exists(), "the base backup was moved in");
+    assert!(replaced.join("wal").exists() && replaced.join("snapshots").exists(), "the old history is kept");
+    let live: Vec<_> = std::fs::read_dir(snapshot_directory(directory.path())).unwrap().flatten().collect();
+    assert_eq!(live.len(), 1, "the base backup is the only live snapshot");
+    // A whole install (no crash) leaves the same shape, and a later start has nothing to finish.
+    let incoming = directory.path().join("incoming").join("again.snap");
+    copy_snapshot(directory.path(), covers, &incoming);
+    install_base_backup(directory.path(), &incoming, 8).unwrap();
+    assert!(!directory.path().join(SET_ASIDE_INTENT_FILE).exists());
+    assert_eq!(recovered_next_lsn(directory.path()), Lsn(covers.0 + 1));
 }
 
 /// Review finding: a rewind that failed (the caller then sets the log aside for a base
