@@ -1627,6 +1627,9 @@ async fn a_standby_whose_base_backup_was_cut_short_keeps_its_data_and_can_be_pro
     assert_eq!(epoch_term(reply.epoch), 1, "the first promotion's epoch");
     admin.close().await;
     assert_eq!(moved_aside(), before, "nothing of the standby's was moved aside");
+    // Regression (review, tenth session): the partial file stayed in `incoming/` for good.
+    let left: Vec<_> = std::fs::read_dir(standby_directory.path().join("incoming")).unwrap().flatten().collect();
+    assert!(left.is_empty(), "the cut-short transfer left {left:?}");
     assert_eq!(standby.sku_on_hand(&tokens.demo, "SKU-1").await, 10, "the standby's data is there");
     let writer = standby.client(&tokens.demo).await;
     let reply = writer.request(vec![receive("after", "SKU-1", 5)]).await.unwrap();

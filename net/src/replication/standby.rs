@@ -225,17 +225,41 @@ async fn receive_base_backup(
     covers_lsn: u64,
     bytes: u64,
 ) -> Result<std::path::PathBuf, NetError> {
-    use tokio::io::AsyncWriteExt as _;
     if bytes > BASE_BACKUP_BYTES_MAX {
         return Err(NetError::Replication(format!("a base backup of {bytes} bytes is over the limit")));
     }
     tracing::info!(covers_lsn, bytes, "receiving a base backup");
     let directory = core.data_directory.join("incoming");
     std::fs::create_dir_all(&directory).map_err(|source| NetError::io(directory.display().to_string(), source))?;
+    // One base backup at a time: whatever an earlier one left (cut short, or refused by its
+    // check) goes (regression, review, tenth session: each stayed, up to the 256 GiB cap
+    // each). Recovery has already finished any install that named a file here.
+    if let Ok(entries) = std::fs::read_dir(&directory) {
+        for entry in entries.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
     let temporary = directory.join(format!("base-{covers_lsn}.snap.tmp"));
     let path = directory.join(format!("base-{covers_lsn}.snap"));
+    let outcome = receive_into(recv, bytes, &temporary, &path).await;
+    if outcome.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+        let _ = std::fs::remove_file(&path);
+    }
+    outcome.map(|()| path)
+}
+
+/// Receives a base backup's `bytes` into `temporary`, syncs it, renames it to `path`, and
+/// checks it (on a blocking thread: loading a large snapshot takes seconds).
+async fn receive_into(
+    recv: &mut quinn::RecvStream,
+    bytes: u64,
+    temporary: &std::path::Path,
+    path: &std::path::Path,
+) -> Result<(), NetError> {
+    use tokio::io::AsyncWriteExt as _;
     let io = |source| NetError::io(temporary.display().to_string(), source);
-    let mut file = tokio::fs::File::create(&temporary).await.map_err(io)?;
+    let mut file = tokio::fs::File::create(temporary).await.map_err(io)?;
     let mut received = 0u64;
     while received < bytes {
         let body = read_message(recv).await?.ok_or_else(|| NetError::Connection("base backup cut short".into()))?;
@@ -252,11 +276,15 @@ async fn receive_base_backup(
     }
     file.sync_all().await.map_err(io)?;
     drop(file);
-    std::fs::rename(&temporary, &path).map_err(io)?;
+    std::fs::rename(temporary, path).map_err(io)?;
     // Checked before anything is replaced: a bad transfer never costs the standby its state.
-    reservoir_wal::snapshot::load(&path).map_err(NetError::Wal)?;
+    let checked = path.to_owned();
+    tokio::task::spawn_blocking(move || reservoir_wal::snapshot::load(&checked).map(drop))
+        .await
+        .map_err(|error| NetError::Replication(format!("the base backup's check ended: {error}")))?
+        .map_err(NetError::Wal)?;
     assert_eq!(received, bytes);
-    Ok(path)
+    Ok(())
 }
 
 /// Applies and persists shipped WAL; reports progress; ends when promoted.
