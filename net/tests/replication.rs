@@ -476,6 +476,70 @@ async fn sync_mode_waits_for_a_standby_and_falls_back_only_when_configured() {
     let _ = primary.stop().await;
 }
 
+/// Regression (review, tenth session): a `sync` primary degraded to local acknowledgements
+/// went back to `sync` as soon as a standby streamed again, before it had caught up: every
+/// write then waited for the standby's whole backlog (minutes after an hour's outage), and
+/// `status` said `sync` meanwhile. It now stays degraded until a standby has written to
+/// within `SYNC_RESUME_RECORDS_MAX` of what was acknowledged. A standby played by hand
+/// streams and reports nothing written: writes are still answered, the primary says it is
+/// degraded; once the standby reports the backlog written, writes wait for it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_degraded_sync_primary_waits_for_a_standby_only_once_it_caught_up() {
+    use reservoir_net::replication::wire::{read_message, write_message, StandbyMessage};
+    use reservoir_net::server::SYNC_RESUME_RECORDS_MAX;
+    let directory = tempfile::tempdir().unwrap();
+    let mut fallback = options(directory.path(), free_port(), StartRole::Primary, ReplicationMode::Sync);
+    fallback.replication.sync_fallback_ms = Some(200);
+    let (primary, tokens) = Node::start(fallback).await;
+    let tokens = tokens.unwrap();
+    let writer = primary.client(&tokens.demo).await;
+    for part in 0..2 {
+        let rows = (0..10_000)
+            .map(|row| reservoir_net::WireImportRow {
+                sku: format!("SKU-{part}-{row}"),
+                location: "DC1".into(),
+                on_hand: 5,
+                safety_stock: None,
+                backorder_limit: None,
+            })
+            .collect();
+        let reply = writer.request(vec![Operation::Import { operation: format!("load-{part}"), rows }]).await.unwrap();
+        assert!(reply.results[0].code().is_ok());
+    }
+    assert_eq!(primary.status(&tokens.admin).await["replication"]["sync_state"], "degraded_to_async");
+    let durable = primary.durable_lsn(&tokens.admin).await;
+    assert!(durable > SYNC_RESUME_RECORDS_MAX, "{durable}");
+
+    let (_connection, mut send, mut recv) = accepted_standby(&primary, &tokens, "far-behind").await;
+    tokio::spawn(async move { while let Ok(Some(_)) = read_message(&mut recv).await {} });
+    primary
+        .wait_status(&tokens.admin, "the standby streams", |status| {
+            status["standbys"].as_array().is_some_and(|all| all.iter().any(|standby| standby["state"] == "streaming"))
+        })
+        .await;
+    let reply = tokio::time::timeout(Duration::from_secs(10), writer.request(vec![receive("w1", "SKU-0-0", 1)]))
+        .await
+        .expect("a write waited for a standby that has written nothing")
+        .unwrap();
+    assert_eq!(reply.results[0].code(), ResultCode::Ok);
+    assert_eq!(primary.status(&tokens.admin).await["replication"]["sync_state"], "degraded_to_async");
+
+    // The standby reports everything written: acknowledgements wait for it again.
+    let written = reply.lsn;
+    let feedback = StandbyMessage::Feedback { written_lsn: written, applied_lsn: written };
+    write_message(&mut send, |out| feedback.encode(out)).await.unwrap();
+    primary.wait_status(&tokens.admin, "sync again", |status| status["replication"]["sync_state"] == "sync").await;
+    let waiting = tokio::spawn({
+        let writer = writer.clone();
+        async move { writer.request(vec![receive("w2", "SKU-0-0", 1)]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "a write answered in sync mode before the standby wrote it");
+    waiting.abort();
+    writer.close().await;
+    let _ = primary.stop().await;
+}
+
 /// Regression (review): a token's rotation was answered once the primary's credential file was
 /// fsynced, before any standby had the store, so a failover in the next heartbeat brought the
 /// revoked token back on the new primary. On a `sync` primary a rotation is now answered once
