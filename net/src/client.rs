@@ -323,6 +323,11 @@ async fn batch_request(
     Ok(results)
 }
 
+/// Whether every operation is a query (then whether an attempt ran does not matter).
+fn read_only(operations: &[Operation]) -> bool {
+    operations.iter().all(|operation| operation.kind().is_read_only())
+}
+
 /// The error for a request that an earlier attempt may have run, when a later one was
 /// refused: of the earlier attempt's kind (`Timeout` or `Connection`: the outcome is
 /// unknown, retry with the same ids), naming the refusal too.
@@ -408,6 +413,10 @@ impl Inner {
                         self.drop_session(&session).await;
                         self.preferred.fetch_add(1, Ordering::Relaxed);
                         tokio::time::sleep(retry_wait(&error, attempt)).await;
+                        // `internal`: the request's mutations may have run (docs/protocol.md).
+                        if error.code == ProtocolErrorCode::Internal && !read_only(operations) {
+                            unknown = Some(NetError::Connection(NetError::Refused(error.clone()).to_string()));
+                        }
                         last_error = Some(NetError::Refused(error));
                     }
                     _ => return Err(answer(NetError::Refused(error), &unknown)),
@@ -429,7 +438,7 @@ impl Inner {
                     self.drop_session(&session).await;
                     tokio::time::sleep(Duration::from_millis((10u64 << attempt).min(RETRY_WAIT_MS_MAX))).await;
                     // Queries change nothing: whether they ran does not matter.
-                    if !operations.iter().all(|operation| operation.kind().is_read_only()) {
+                    if !read_only(operations) {
                         unknown = Some(match &error {
                             NetError::Timeout(why) => NetError::Timeout(why.clone()),
                             other => NetError::Connection(other.to_string()),

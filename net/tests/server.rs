@@ -1152,6 +1152,21 @@ async fn a_refusal_after_a_lost_reply_says_the_outcome_is_unknown() {
     assert!(node.requests.load(Ordering::SeqCst) > 2, "the request was retried");
     client.close().await;
     node.task.abort();
+    // `internal` says the outcome is unknown too (docs/protocol.md): a `not_primary` after it
+    // does not make it "not run".
+    let node = ScriptedNode::start(&running, |count, request| {
+        let code = if count == 1 { ProtocolErrorCode::Internal } else { ProtocolErrorCode::NotPrimary };
+        Some(refusal(&request, code))
+    });
+    let client = Client::connect(node.client_options(&running)).await.unwrap();
+    match client.request(vec![receive("maybe-ran-too", "SKU", 1)]).await {
+        Err(reservoir_net::NetError::Connection(why)) => {
+            assert!(why.contains("internal") && why.contains("not_primary") && why.contains("same ids"), "{why}")
+        }
+        other => panic!("expected an unknown outcome, got {other:?}"),
+    }
+    client.close().await;
+    node.task.abort();
     running.server.shutdown().await.unwrap();
 }
 

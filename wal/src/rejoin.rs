@@ -473,7 +473,7 @@ pub fn finish_interrupted_set_aside(data_directory: &Path) -> Result<bool, WalEr
     sync_directory(data_directory)?;
     if !install.is_empty() && Path::new(install).exists() {
         let snapshot_file = Path::new(install);
-        let covers = snapshot::created_lsn_of(snapshot_file)?;
+        let covers = snapshot::covers_lsn_of(snapshot_file)?;
         let snapshots_directory = snapshot_directory(data_directory);
         crate::storage::create_directory_durably(&snapshots_directory).map_err(io(&snapshots_directory))?;
         let target = snapshots_directory.join(snapshot::snapshot_file_name(covers));

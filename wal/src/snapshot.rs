@@ -499,8 +499,9 @@ fn read_through(file: &File, length: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The LSN the snapshot at `path` covers, from its checked header alone.
-pub fn created_lsn_of(path: &Path) -> Result<Lsn, WalError> {
+/// The header of the snapshot at `path`, its magic and checksum checked (the archive is not
+/// read).
+fn read_checked_header(path: &Path) -> Result<[u8; SNAPSHOT_HEADER_BYTES], WalError> {
     use std::io::Read;
     let bad = |why: &str| WalError::Snapshot { path: path.display().to_string(), why: why.into() };
     let mut header = [0u8; SNAPSHOT_HEADER_BYTES];
@@ -511,32 +512,24 @@ pub fn created_lsn_of(path: &Path) -> Result<Lsn, WalError> {
         return Err(bad("not a Reservoir snapshot (bad magic)"));
     }
     let stored_crc = u32::from_le_bytes(header[12..16].try_into().expect("4 bytes"));
-    let covers = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
-    header[12..16].fill(0);
-    if crc32c::crc32c(&header) != stored_crc {
+    let mut zeroed = header;
+    zeroed[12..16].fill(0);
+    if crc32c::crc32c(&zeroed) != stored_crc {
         return Err(bad("header checksum mismatch"));
     }
-    Ok(Lsn(covers))
+    Ok(header)
+}
+
+/// The LSN the snapshot at `path` covers, from its checked header alone.
+pub fn covers_lsn_of(path: &Path) -> Result<Lsn, WalError> {
+    let header = read_checked_header(path)?;
+    Ok(Lsn(u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"))))
 }
 
 /// When the snapshot at `path` was taken (ms since the epoch), from its checked header alone.
 pub fn created_ms(path: &Path) -> Result<u64, WalError> {
-    use std::io::Read;
-    let bad = |why: &str| WalError::Snapshot { path: path.display().to_string(), why: why.into() };
-    let mut header = [0u8; SNAPSHOT_HEADER_BYTES];
-    File::open(path)
-        .and_then(|mut file| file.read_exact(&mut header))
-        .map_err(|source| WalError::io(path.display().to_string(), source))?;
-    if header[0..8] != SNAPSHOT_MAGIC {
-        return Err(bad("not a Reservoir snapshot (bad magic)"));
-    }
-    let stored_crc = u32::from_le_bytes(header[12..16].try_into().expect("4 bytes"));
-    let created_ms = u64::from_le_bytes(header[40..48].try_into().expect("8 bytes"));
-    header[12..16].fill(0);
-    if crc32c::crc32c(&header) != stored_crc {
-        return Err(bad("header checksum mismatch"));
-    }
-    Ok(created_ms)
+    let header = read_checked_header(path)?;
+    Ok(u64::from_le_bytes(header[40..48].try_into().expect("8 bytes")))
 }
 
 /// Checks and loads a snapshot's bytes (a whole file; `name` for messages). Never panics on
