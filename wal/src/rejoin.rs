@@ -233,17 +233,23 @@ pub fn write_rewind_intent(data_directory: &Path, keep_through: Lsn) -> Result<(
     Ok(())
 }
 
-/// The LSN an unfinished rewind keeps through, if `data_directory` has a rewind intent.
-pub fn read_rewind_intent(data_directory: &Path) -> Result<Option<Lsn>, WalError> {
+/// An intent file's first `bytes_max` bytes; `None` when there is no such file.
+fn read_intent(path: &Path, bytes_max: u64) -> Result<Option<Vec<u8>>, WalError> {
     use std::io::Read as _;
-    let path = rewind_intent_path(data_directory);
-    let file = match std::fs::File::open(&path) {
+    let file = match std::fs::File::open(path) {
         Ok(file) => file,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(WalError::io(path.display().to_string(), error)),
     };
     let mut bytes = Vec::new();
-    file.take(REWIND_INTENT_BYTES_MAX).read_to_end(&mut bytes).map_err(io(&path))?;
+    file.take(bytes_max).read_to_end(&mut bytes).map_err(io(path))?;
+    Ok(Some(bytes))
+}
+
+/// The LSN an unfinished rewind keeps through, if `data_directory` has a rewind intent.
+pub fn read_rewind_intent(data_directory: &Path) -> Result<Option<Lsn>, WalError> {
+    let path = rewind_intent_path(data_directory);
+    let Some(bytes) = read_intent(&path, REWIND_INTENT_BYTES_MAX)? else { return Ok(None) };
     // Not UTF-8 is as unreadable as a wrong line: the same typed error.
     let text = String::from_utf8_lossy(&bytes);
     let keep_through = text
@@ -427,15 +433,8 @@ pub fn write_set_aside_intent(
 /// from) becomes the only one; then the intent is removed. Every step is idempotent. Returns
 /// whether there was one. The caller holds the directory's lock; recovery calls it first.
 pub fn finish_interrupted_set_aside(data_directory: &Path) -> Result<bool, WalError> {
-    use std::io::Read as _;
     let path = data_directory.join(SET_ASIDE_INTENT_FILE);
-    let file = match std::fs::File::open(&path) {
-        Ok(file) => file,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(error) => return Err(WalError::io(path.display().to_string(), error)),
-    };
-    let mut bytes = Vec::new();
-    file.take(SET_ASIDE_INTENT_BYTES_MAX).read_to_end(&mut bytes).map_err(io(&path))?;
+    let Some(bytes) = read_intent(&path, SET_ASIDE_INTENT_BYTES_MAX)? else { return Ok(false) };
     let text = String::from_utf8_lossy(&bytes);
     let parsed = text
         .strip_prefix(SET_ASIDE_INTENT_HEADER)
