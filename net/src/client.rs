@@ -345,6 +345,27 @@ fn retry_wait(error: &ErrorFrame, attempt: u32) -> Duration {
     Duration::from_millis(error.retry_after_ms.map_or(backoff, u64::from).clamp(1, RETRY_WAIT_MS_MAX))
 }
 
+/// Closes its connection when dropped armed: a request's frame was cut part-way through its
+/// write (`Inner::send`).
+struct TornFrameGuard<'a> {
+    connection: &'a quinn::Connection,
+    armed: bool,
+}
+
+impl TornFrameGuard<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for TornFrameGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.connection.close(quinn::VarInt::from_u32(0), b"a request was cancelled in the middle of its frame");
+        }
+    }
+}
+
 impl Inner {
     async fn request(&self, operations: &[Operation]) -> Result<Reply, NetError> {
         if operations.len() > OPERATIONS_PER_REQUEST_MAX {
@@ -461,7 +482,16 @@ impl Inner {
         let pending = Pending { waiter, results: Vec::new(), operations: operations_count };
         session.pending.lock().insert(request_id, pending);
         let stream = session.next_stream.fetch_add(1, Ordering::Relaxed) % session.senders.len();
-        let written = session.senders[stream].lock().await.write_all(&bytes).await;
+        let mut sender = session.senders[stream].lock().await;
+        // A caller that gives up in the middle of the write (a gateway's timeout around a large
+        // import, the server slow to read) would leave part of a frame on the shared stream:
+        // the server would take the next request's bytes as the rest of it and answer neither.
+        // Until the last byte is out, the guard closes the connection if dropped; requests in
+        // flight on it are resent with their ids (regression, review, tenth session).
+        let guard = TornFrameGuard { connection: &session.connection, armed: true };
+        let written = sender.write_all(&bytes).await;
+        guard.disarm();
+        drop(sender);
         if let Err(error) = written {
             session.pending.lock().remove(&request_id);
             return Err(NetError::Connection(error.to_string()));

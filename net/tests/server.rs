@@ -1771,3 +1771,44 @@ async fn requests_sent_with_the_hello_are_served_after_the_hello_reply() {
     }
     running.server.shutdown().await.unwrap();
 }
+
+/// Regression (review, tenth session; a known limit until the eleventh): a request cancelled by
+/// its caller in the middle of its frame's write left part of the frame on the shared stream.
+/// The server took the next request's bytes as the rest of it and answered neither: the next
+/// request on that stream waited for its whole timeout. Now the client closes a connection
+/// whose frame was cut, and the next request goes out whole on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cancelled_in_the_middle_of_its_frame_leaves_no_torn_frame_behind() {
+    let running = start().await;
+    let mut options = ClientOptions::new(vec![running.address()], running.ca.clone(), running.demo.clone());
+    options.streams = 1;
+    let client = Client::connect(options).await.unwrap();
+    client.call(receive("before", "SKU-1", 5)).await.unwrap();
+    // ~1.3 MB: far past the server's 256 KiB stream window, so the first poll writes part of
+    // it and the zero timeout cancels the rest.
+    let rows: Vec<_> = (0..20_000)
+        .map(|row| reservoir_net::WireImportRow {
+            sku: format!("SKU-{row:0>40}"),
+            location: "DC1".into(),
+            on_hand: 1,
+            safety_stock: None,
+            backorder_limit: None,
+        })
+        .collect();
+    let cancelled =
+        tokio::time::timeout(Duration::ZERO, client.request(vec![Operation::Import { operation: "big".into(), rows }]))
+            .await;
+    assert!(cancelled.is_err(), "the import was cancelled, not finished: {cancelled:?}");
+
+    // Without the fix this waited for the client's 30 s request timeout (and then succeeded on
+    // a new connection); 20 s is a bound no healthy loopback reply comes near.
+    let next = tokio::time::timeout(Duration::from_secs(20), client.call(receive("after", "SKU-1", 3)))
+        .await
+        .expect("the next request is answered, not swallowed by a torn frame")
+        .unwrap();
+    assert_eq!(reply_of(&next).code, ResultCode::Ok);
+    let query = client.call(Operation::GetItem { sku: "SKU-1".into(), location: "DC1".into() }).await.unwrap();
+    let OperationResult::Item(Ok(item)) = query else { panic!("{query:?}") };
+    assert_eq!(item.counters.on_hand, 8, "both receives applied, each once");
+    running.server.shutdown().await.unwrap();
+}
