@@ -127,7 +127,7 @@ fn the_readme_quickstart_works_with_embedded_defaults() {
     let output = cli(&["import", "stock.csv", "--op-id", "import-1"], &token);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
     let text = String::from_utf8_lossy(&output.stdout);
-    assert!(text.contains("import ok") && text.contains("line 2 ok"), "{text}");
+    assert!(text.contains("import ok") && text.contains("row 2 ok"), "{text}");
     std::fs::write(
         directory.path().join("stock.jsonl"),
         "{\"export\":\"reservoir-tenant\",\"version\":1,\"tenant\":\"demo\",\"lsn\":9}\n{\"sku\":\"SKU-9\",\"location\":\"DC1\",\"on_hand\":3}\n",
@@ -142,7 +142,26 @@ fn the_readme_quickstart_works_with_embedded_defaults() {
     let output = cli(&["import", "short.csv"], &token);
     let text = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{text}");
-    assert!(text.contains("import ok_partial") && text.contains("line 2 ok"), "{text}");
+    assert!(text.contains("import ok_partial") && text.contains("row 2 ok"), "{text}");
+    // Regression (review, tenth session): rows were numbered within each part of 10,000, so a
+    // refusal in the second part was called row 1. They are numbered within the file now.
+    let mut long = String::from("sku,location,on_hand\n");
+    for row in 0..10_001 {
+        long.push_str(&format!("BULK-{row},DC1,1\n"));
+    }
+    long.push_str("SKU-9,DC1,1\n");
+    std::fs::write(directory.path().join("long.csv"), long).unwrap();
+    let output = cli(&["import", "long.csv"], &token);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{}", &text[text.len().saturating_sub(500)..]);
+    let refused: Vec<&str> =
+        text.lines().filter(|line| line.trim_start().starts_with("row ") && !line.contains(" ok ")).collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(refused[0].trim_start().starts_with("row 10002 "), "{refused:?}");
+    assert!(text.contains("row 10001 ok") && !text.contains("row 10003"), "the second part numbered on");
+    let output = cli(&["import", "long.csv", "--json"], &token);
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(value["results"][1]["first_row"], 10_001, "{}", value["results"][1]["code"]);
     let output = cli(&["stock", "SKU-11", "--json"], &token);
     let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(value["results"][0]["total"]["on_hand"], 4, "the row that was not refused applied: {value}");

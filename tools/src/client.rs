@@ -530,15 +530,25 @@ async fn run_async(connection: Connection, command: ClientCommand) -> anyhow::Re
         object.insert(key, value);
     }
     object.insert("lsn".into(), json!(lsn));
-    object.insert("results".into(), json!(results.iter().map(describe_json).collect::<Vec<_>>()));
+    let mut described: Vec<serde_json::Value> = results.iter().map(describe_json).collect();
+    if is_import {
+        for (index, value) in described.iter_mut().enumerate() {
+            value["first_row"] = json!(index * IMPORT_ROWS_PER_REQUEST_MAX + 1);
+        }
+    }
+    object.insert("results".into(), json!(described));
     if connection.json {
         println!("{}", serde_json::Value::Object(object));
     } else {
         if let Some(id) = object.get("operation_id") {
             println!("operation id {} (retry with --op-id to get this outcome again)", id.as_str().unwrap_or_default());
         }
-        for result in &results {
-            print!("{}", describe_text(result));
+        for (index, result) in results.iter().enumerate() {
+            // An import's rows are numbered within the file, not within their part of
+            // `IMPORT_ROWS_PER_REQUEST_MAX` (regression, review, tenth session: two parts
+            // each had a row 1).
+            let first_row = if is_import { index * IMPORT_ROWS_PER_REQUEST_MAX + 1 } else { 1 };
+            print!("{}", describe_text(result, first_row));
         }
     }
     Ok(if ok { 0 } else { EXIT_REFUSED })
@@ -621,7 +631,8 @@ fn describe_json(result: &OperationResult) -> serde_json::Value {
     }
 }
 
-fn describe_text(result: &OperationResult) -> String {
+/// `first_row`: the number of an import reply's first row within its file (1 elsewhere).
+fn describe_text(result: &OperationResult, first_row: usize) -> String {
     let code = result.code().name();
     match result {
         OperationResult::Reply { kind: OperationKind::Promote, reply } if reply.code.is_ok() => {
@@ -640,10 +651,11 @@ fn describe_text(result: &OperationResult) -> String {
                 text.push_str(&format!(" on_hand {}", reply.on_hand));
             }
             text.push('\n');
+            let unit = if *kind == OperationKind::Import { "row" } else { "line" };
             for (index, line) in reply.lines.iter().enumerate() {
                 text.push_str(&format!(
-                    "  line {} {} requested {} applied {} available {}\n",
-                    index + 1,
+                    "  {unit} {} {} requested {} applied {} available {}\n",
+                    first_row + index,
                     line.code.name(),
                     line.requested,
                     line.applied,
