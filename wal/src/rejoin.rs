@@ -407,6 +407,10 @@ const SET_ASIDE_INTENT_BYTES_MAX: u64 = 16 << 10;
 
 const SET_ASIDE_INTENT_HEADER: &str = "reservoir set-aside intent v1";
 
+/// The line a set-aside intent ends with once the history has moved: the next start then
+/// skips the moves, whose sources may by then be the installed snapshot's.
+const SET_ASIDE_MOVED_LINE: &str = "moved=yes\n";
+
 /// Records, durably, that the history of `data_directory` is to move to
 /// `replaced/<replaced_name>/` and then, if given, `install` (a checked snapshot file) is to
 /// become its only snapshot.
@@ -415,12 +419,23 @@ pub fn write_set_aside_intent(
     replaced_name: &str,
     install: Option<&Path>,
 ) -> Result<(), WalError> {
-    assert!(!replaced_name.is_empty() && !replaced_name.contains(['/', '\n']), "a directory name");
     let install = install.map(|path| path.to_str().expect("a UTF-8 path").to_owned()).unwrap_or_default();
+    write_set_aside_intent_text(data_directory, replaced_name, &install, false)
+}
+
+fn write_set_aside_intent_text(
+    data_directory: &Path,
+    replaced_name: &str,
+    install: &str,
+    moved: bool,
+) -> Result<(), WalError> {
+    assert!(!replaced_name.is_empty() && !replaced_name.contains(['/', '\n']), "a directory name");
     assert!(!install.contains('\n'), "one line");
     let path = data_directory.join(SET_ASIDE_INTENT_FILE);
     let temporary = data_directory.join(format!("{SET_ASIDE_INTENT_FILE}.tmp"));
-    let text = format!("{SET_ASIDE_INTENT_HEADER}\ninto={replaced_name}\ninstall={install}\n");
+    let moved_line = if moved { SET_ASIDE_MOVED_LINE } else { "" };
+    let text = format!("{SET_ASIDE_INTENT_HEADER}\ninto={replaced_name}\ninstall={install}\n{moved_line}");
+    assert!(text.len() as u64 <= SET_ASIDE_INTENT_BYTES_MAX, "a path far past PATH_MAX");
     std::fs::write(&temporary, &text).map_err(io(&temporary))?;
     std::fs::File::open(&temporary).and_then(|file| file.sync_all()).map_err(io(&temporary))?;
     std::fs::rename(&temporary, &path).map_err(io(&path))?;
@@ -429,63 +444,111 @@ pub fn write_set_aside_intent(
 
 /// Finishes a set-aside (and its install) a crash interrupted, if `data_directory` has its
 /// intent: every part of the history still in place moves to where the intent says, a
-/// rewind intent goes with the log, the snapshot to install (if it is still where it came
-/// from) becomes the only one; then the intent is removed. Every step is idempotent. Returns
-/// whether there was one. The caller holds the directory's lock; recovery calls it first.
+/// rewind intent goes with the log, the intent says so durably (`moved=yes`), the snapshot to
+/// install (if it is still where it came from) becomes the only one; then the intent is
+/// removed. Every step is idempotent, and a start after the moves does not move again (what
+/// it would find in place is the installed snapshot: regression, review, eleventh session).
+/// Returns whether there was one. The caller holds the directory's lock; recovery calls it
+/// first.
 pub fn finish_interrupted_set_aside(data_directory: &Path) -> Result<bool, WalError> {
+    Ok(finish_set_aside_steps(data_directory, usize::MAX)?.is_some())
+}
+
+/// The crash tests' entry: does at most `steps_max` of the steps of
+/// `finish_interrupted_set_aside` that change the directory, as a crash after that many would
+/// leave it. Returns the steps done (`None` without an intent); fewer than `steps_max` means
+/// the set-aside is finished.
+#[doc(hidden)]
+pub fn finish_set_aside_steps(data_directory: &Path, steps_max: usize) -> Result<Option<usize>, WalError> {
     let path = data_directory.join(SET_ASIDE_INTENT_FILE);
-    let Some(bytes) = read_intent(&path, SET_ASIDE_INTENT_BYTES_MAX)? else { return Ok(false) };
+    let Some(bytes) = read_intent(&path, SET_ASIDE_INTENT_BYTES_MAX)? else { return Ok(None) };
     let text = String::from_utf8_lossy(&bytes);
-    let parsed = text
+    let (body, moved) = match text.strip_suffix(SET_ASIDE_MOVED_LINE) {
+        Some(body) if body.ends_with('\n') => (body, true),
+        _ => (&text[..], false),
+    };
+    let parsed = body
         .strip_prefix(SET_ASIDE_INTENT_HEADER)
         .and_then(|rest| rest.strip_prefix("\ninto="))
         .and_then(|rest| rest.strip_suffix('\n'))
         .and_then(|rest| rest.split_once("\ninstall="))
-        .filter(|(into, _)| !into.is_empty() && !into.contains('/'));
+        .filter(|(into, install)| !into.is_empty() && !into.contains('/') && !install.contains('\n'));
     let Some((into, install)) = parsed else {
         return Err(WalError::SetAsideIntent {
             path: path.display().to_string(),
             why: format!("not a set-aside intent ({} bytes)", bytes.len()),
         });
     };
+    let mut steps = 0;
+    let mut step = || {
+        let go = steps < steps_max;
+        steps += usize::from(go);
+        go
+    };
     let replaced = data_directory.join("replaced").join(into);
-    crate::storage::create_directory_durably(&replaced).map_err(io(&replaced))?;
-    for part in HISTORY_PARTS {
-        let from = data_directory.join(part);
-        if from.exists() {
-            let to = replaced.join(part);
-            if to.exists() {
-                return Err(WalError::SetAsideIntent {
-                    path: path.display().to_string(),
-                    why: format!("{} and {} both exist", from.display(), to.display()),
-                });
-            }
-            std::fs::rename(&from, &to).map_err(io(&from))?;
+    if !moved {
+        if !step() {
+            return Ok(Some(steps));
         }
+        crate::storage::create_directory_durably(&replaced).map_err(io(&replaced))?;
+        for part in HISTORY_PARTS {
+            let from = data_directory.join(part);
+            if from.exists() {
+                let to = replaced.join(part);
+                if to.exists() {
+                    return Err(WalError::SetAsideIntent {
+                        path: path.display().to_string(),
+                        why: format!("{} and {} both exist", from.display(), to.display()),
+                    });
+                }
+                if !step() {
+                    return Ok(Some(steps));
+                }
+                std::fs::rename(&from, &to).map_err(io(&from))?;
+            }
+        }
+        // A rewind that failed or was cut short has nothing left to cut: its log is gone.
+        let rewind_intent = rewind_intent_path(data_directory);
+        if rewind_intent.exists() {
+            if !step() {
+                return Ok(Some(steps));
+            }
+            std::fs::remove_file(&rewind_intent).map_err(io(&rewind_intent))?;
+        }
+        sync_directory(&replaced)?;
+        sync_directory(data_directory)?;
+        if !step() {
+            return Ok(Some(steps));
+        }
+        write_set_aside_intent_text(data_directory, into, install, true)?;
     }
-    // A rewind that failed or was cut short has nothing left to cut: its log is gone.
-    let rewind_intent = rewind_intent_path(data_directory);
-    if rewind_intent.exists() {
-        std::fs::remove_file(&rewind_intent).map_err(io(&rewind_intent))?;
-    }
-    sync_directory(&replaced)?;
-    sync_directory(data_directory)?;
+    // Nothing makes a log or an archive before the intent is gone (recovery waits for it).
+    assert!(!data_directory.join("wal").exists() && !data_directory.join("archive").exists(), "the history moved");
     if !install.is_empty() && Path::new(install).exists() {
         let snapshot_file = Path::new(install);
         let covers = snapshot::covers_lsn_of(snapshot_file)?;
         let snapshots_directory = snapshot_directory(data_directory);
+        if !step() {
+            return Ok(Some(steps));
+        }
         crate::storage::create_directory_durably(&snapshots_directory).map_err(io(&snapshots_directory))?;
         let target = snapshots_directory.join(snapshot::snapshot_file_name(covers));
+        if !step() {
+            return Ok(Some(steps));
+        }
         std::fs::rename(snapshot_file, &target).map_err(io(&target))?;
         sync_directory(&snapshots_directory)?;
         if let Some(parent) = snapshot_file.parent() {
             sync_directory(parent)?;
         }
     }
+    if !step() {
+        return Ok(Some(steps));
+    }
     std::fs::remove_file(&path).map_err(io(&path))?;
     sync_directory(data_directory)?;
     assert!(!path.exists(), "the intent is gone once the set-aside is done");
-    Ok(true)
+    Ok(Some(steps))
 }
 
 /// Replaces the log and snapshots of `data_directory` with the snapshot in `snapshot_file`

@@ -11,8 +11,8 @@ use reservoir_engine::workload::Workload;
 use reservoir_engine::Lsn;
 use reservoir_wal::archive::{all_snapshots, archive_snapshot_directory};
 use reservoir_wal::rejoin::{
-    install_base_backup, read_rewind_intent, rewind, write_rewind_intent, write_set_aside_intent, REWIND_INTENT_FILE,
-    SET_ASIDE_INTENT_FILE,
+    finish_set_aside_steps, install_base_backup, read_rewind_intent, rewind, write_rewind_intent,
+    write_set_aside_intent, REWIND_INTENT_FILE, SET_ASIDE_INTENT_FILE,
 };
 use reservoir_wal::snapshot::{self, snapshot_file_name, SNAPSHOTS_KEPT_MAX};
 use reservoir_wal::storage::segment_file_name;
@@ -335,6 +335,53 @@ fn a_base_backup_install_cut_short_by_a_crash_is_finished_at_the_next_start() {
     install_base_backup(directory.path(), &incoming, 8).unwrap();
     assert!(!directory.path().join(SET_ASIDE_INTENT_FILE).exists());
     assert_eq!(recovered_next_lsn(directory.path()), Lsn(covers.0 + 1));
+}
+
+/// Regression (review, eleventh session): a crash after the install had made `snapshots/`
+/// anew, before the intent was gone, made the next start move again: it found `snapshots/` in
+/// both places and refused to start, or, where the old directory had none, moved the installed
+/// base backup aside and started on an empty ledger. The install now stops after every step
+/// in turn, as a crash there would, and each next start ends on the base backup's state.
+#[test]
+fn a_base_backup_install_cut_short_after_any_of_its_steps_is_finished_at_the_next_start() {
+    for old_has_snapshots in [true, false] {
+        let mut steps_max = 0;
+        loop {
+            let directory = tempfile::tempdir().unwrap();
+            let mut run = Run::new(directory.path());
+            run.drive(200);
+            let covers = run.snapshot(directory.path());
+            run.drive(50);
+            run.opened.wal.close().unwrap();
+            let incoming = directory.path().join("incoming").join("base.snap");
+            copy_snapshot(directory.path(), covers, &incoming);
+            let snapshots = snapshot_directory(directory.path());
+            if old_has_snapshots {
+                std::fs::remove_file(snapshots.join(snapshot_file_name(covers))).unwrap();
+            } else {
+                std::fs::remove_dir_all(&snapshots).unwrap();
+            }
+            write_rewind_intent(directory.path(), Lsn(covers.0 - 5)).unwrap();
+            write_set_aside_intent(directory.path(), "7", Some(&incoming)).unwrap();
+            let done = finish_set_aside_steps(directory.path(), steps_max).unwrap().expect("an intent");
+
+            let opened = try_open(directory.path())
+                .unwrap_or_else(|error| panic!("stopped after {done} steps (snapshots {old_has_snapshots}): {error}"));
+            assert_eq!(opened.engine.next_lsn(), Lsn(covers.0 + 1), "after {done} steps: the base backup's state");
+            assert_eq!(opened.snapshot, Some(covers), "after {done} steps");
+            assert_eq!(opened.rewind_finished, None, "the rewind intent went with the log");
+            opened.wal.close().unwrap();
+            assert!(!directory.path().join(SET_ASIDE_INTENT_FILE).exists());
+            let replaced = directory.path().join("replaced").join("7");
+            assert!(replaced.join("wal").exists(), "after {done} steps: the old log is kept");
+            assert_eq!(replaced.join("snapshots").exists(), old_has_snapshots, "after {done} steps");
+            if done < steps_max {
+                break;
+            }
+            steps_max += 1;
+        }
+        assert!(steps_max >= 5, "the install has its steps: {steps_max}");
+    }
 }
 
 /// Review finding: a rewind that failed (the caller then sets the log aside for a base
