@@ -356,3 +356,46 @@ fn the_reading_tools_create_nothing_in_the_directory_they_read() {
         assert!(!archive.exists(), "{arguments:?} created {}", archive.display());
     }
 }
+
+/// Regression (review, eleventh session): the offline tools read a directory whose base
+/// backup's install a crash had cut short as if it were whole: `verify` passed the old state
+/// the next start replaces with the base backup (or failed, the log moved, a directory that
+/// starts), and `restore` rebuilt that old state. They now refuse it, naming the way out, and
+/// an offline `snapshot` finishes the install as a start would.
+#[test]
+fn the_offline_tools_refuse_a_directory_whose_base_backup_install_was_cut_short() {
+    let directory = tempfile::tempdir().unwrap();
+    let (covers, last) = snapshot_then_more(directory.path(), 400);
+    assert!(last > covers);
+    let incoming = directory.path().join("incoming").join("base.snap");
+    std::fs::create_dir_all(incoming.parent().unwrap()).unwrap();
+    let snapshot_name = reservoir_wal::snapshot::snapshot_file_name(covers);
+    std::fs::copy(directory.path().join("snapshots").join(&snapshot_name), &incoming).unwrap();
+    reservoir_wal::rejoin::write_set_aside_intent(directory.path(), "7", Some(&incoming)).unwrap();
+    let data = directory.path().to_str().unwrap();
+
+    let into = directory.path().join("restored");
+    for arguments in [
+        vec!["verify", "--data-dir", data],
+        vec!["wal", "dump", "--data-dir", data],
+        vec!["restore", "--from", data, "--to-lsn", "1", "--into", into.to_str().unwrap()],
+    ] {
+        let output = run(binary(), &arguments);
+        let error = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{arguments:?} read a directory in pieces");
+        assert!(error.contains("cut short") && error.contains("SET-ASIDE-INTENT"), "{arguments:?}: {error}");
+    }
+    assert!(!into.exists());
+
+    let snapshot = run(binary(), &["snapshot", "--data-dir", data]);
+    let text = String::from_utf8_lossy(&snapshot.stdout);
+    assert!(snapshot.status.success(), "{text}\n{}", String::from_utf8_lossy(&snapshot.stderr));
+    assert!(text.contains("finished a base backup's install"), "{text}");
+    assert!(
+        text.contains(&format!("covers LSN 1..={}", covers.0)),
+        "the base backup's state, not the old log's: {text}"
+    );
+    let verify = run(binary(), &["verify", "--data-dir", data]);
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(directory.path().join("replaced").join("7").join("wal").exists(), "the old history is kept");
+}

@@ -21,6 +21,19 @@ pub fn wal_directory(data_directory: &Path) -> PathBuf {
 
 /// The whole log of a data directory: archived segments, then live ones.
 fn open_storage(data_directory: &Path) -> anyhow::Result<LayeredStorage> {
+    // A base backup's install a crash cut short: the history is in pieces until a start (or an
+    // offline `snapshot`) finishes it, which replaces it with the base backup. Regression
+    // (review, eleventh session): `verify` passed the old state the next start replaces, or
+    // failed a directory that starts.
+    let intent = data_directory.join(reservoir_wal::rejoin::SET_ASIDE_INTENT_FILE);
+    anyhow::ensure!(
+        !intent.exists(),
+        "{} holds a base backup's install (or a set-aside of its history) that a crash cut short ({}): \
+         start `reservoir serve` on it once, or run `reservoir snapshot --data-dir` on it, to finish it; \
+         until then its log and snapshots are in pieces",
+        data_directory.display(),
+        intent.display()
+    );
     let directory = wal_directory(data_directory);
     anyhow::ensure!(
         directory.is_dir(),
@@ -271,9 +284,22 @@ pub struct SnapshotArgs {
 /// archives what it covers and prunes the archive.
 pub fn run_snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     let data_directory = args.data_dir.context("--data-dir is needed offline")?;
-    open_storage(&data_directory)?;
+    let intent = data_directory.join(reservoir_wal::rejoin::SET_ASIDE_INTENT_FILE);
     // Offline only: a running server holds the lock (and snapshots by its own policy).
-    let _lock = reservoir_wal::lock_data_directory(&data_directory).context("snapshot")?;
+    let _lock = if intent.exists() {
+        // Finished first, as a server's start would: what it leaves is the base backup.
+        let lock = reservoir_wal::lock_data_directory(&data_directory).context("snapshot")?;
+        reservoir_wal::rejoin::finish_interrupted_set_aside(&data_directory).context("finish a set-aside")?;
+        println!("set-aside  finished a base backup's install that a crash cut short");
+        // An empty log after the base backup, as a start makes.
+        let wal = wal_directory(&data_directory);
+        reservoir_wal::storage::create_directory_durably(&wal).with_context(|| format!("create {}", wal.display()))?;
+        open_storage(&data_directory)?;
+        lock
+    } else {
+        open_storage(&data_directory)?;
+        reservoir_wal::lock_data_directory(&data_directory).context("snapshot")?
+    };
     // A rewind a crash cut short is finished first, as a server's start would: a snapshot of
     // the uncut log would cover the forked records.
     if let Some(kept_through) =

@@ -118,7 +118,14 @@ fn segment_first_lsn(storage: &dyn Storage, sequence: u64) -> Result<Lsn, WalErr
         .map_err(|source| WalError::io(storage.describe(sequence), source))?;
     let header = SegmentHeader::decode(&bytes)
         .map_err(|why| WalError::BadSegmentHeader { segment: storage.describe(sequence), why: why.into() })?;
-    assert_eq!(header.sequence, sequence, "{}: header and file name disagree", storage.describe(sequence));
+    // A file copied over another says so (regression, review, eleventh session: an assert
+    // panicked `verify` and the snapshotter's retention).
+    if header.sequence != sequence {
+        return Err(WalError::BadSegmentHeader {
+            segment: storage.describe(sequence),
+            why: format!("the header says segment {}, the file name {sequence}", header.sequence),
+        });
+    }
     Ok(header.first_lsn)
 }
 
@@ -194,6 +201,33 @@ pub fn retain(data_directory: &Path, policy: &RetentionPolicy, now_ms: u64) -> R
             report.segments_pruned += 1;
         } else {
             report.snapshots_pruned += 1;
+        }
+    }
+    // 4. Segments no remaining snapshot can start a replay of: once the log no longer starts at
+    // LSN 1, an archived segment whose every record the oldest remaining snapshot covers is
+    // read by nothing, and a restore to a time within it fails on the missing base
+    // (regression, review, eleventh session: pruning the oldest archived snapshot before the
+    // segments after it, step 3 stopped at the first of those within the policy and kept them
+    // for good, though docs/operations.md says a time reaches back as far as the log on disk).
+    let oldest_snapshot = snapshot::list(&snapshots_archive)?.first().or(live.first()).copied();
+    let layered_first = storage.layered.list().map_err(io(data_directory))?.first().copied();
+    let log_starts_at_one = match layered_first {
+        Some(first) => segment_first_lsn(&storage.layered, first)? == Lsn(1),
+        None => true,
+    };
+    if let (Some(oldest_snapshot), false) = (oldest_snapshot, log_starts_at_one) {
+        for entry in archive_entries(data_directory, &storage)? {
+            if moves_left == 0 || entry.last_lsn > oldest_snapshot {
+                break;
+            }
+            if !entry.is_segment {
+                continue;
+            }
+            assert!(guard.is_none_or(|guard| entry.last_lsn <= guard), "never what a fallback needs");
+            std::fs::remove_file(&entry.path).map_err(io(&entry.path))?;
+            pruned_any = true;
+            moves_left -= 1;
+            report.segments_pruned += 1;
         }
     }
     if pruned_any {
@@ -301,10 +335,14 @@ pub fn disk_usage(data_directory: &Path) -> Result<DiskUsage, WalError> {
     Ok(usage)
 }
 
-/// Every snapshot of a data directory, live and archived, newest first, with its path.
+/// Every snapshot of a data directory, live and archived, newest first, with its path. The
+/// live directory is listed first: snapshots only move from it to the archive, so one moved
+/// between the two listings is in the second (regression, review, eleventh session: the other
+/// order missed it, as `LayeredStorage::list` once missed a segment). Its path may then be
+/// gone by the time it is read: a reader tries [`archived_path`] next.
 pub fn all_snapshots(data_directory: &Path) -> Result<Vec<(Lsn, PathBuf)>, WalError> {
     let mut found = Vec::new();
-    for directory in [archive_snapshot_directory(data_directory), snapshot_directory(data_directory)] {
+    for directory in [snapshot_directory(data_directory), archive_snapshot_directory(data_directory)] {
         for lsn in snapshot::list(&directory)? {
             found.push((lsn, directory.join(snapshot_file_name(lsn))));
         }
@@ -312,4 +350,9 @@ pub fn all_snapshots(data_directory: &Path) -> Result<Vec<(Lsn, PathBuf)>, WalEr
     found.sort_by_key(|entry| std::cmp::Reverse(entry.0));
     found.dedup_by_key(|(lsn, _)| *lsn);
     Ok(found)
+}
+
+/// Where the snapshot of `lsn` is once retention has moved it to the archive.
+pub fn archived_path(data_directory: &Path, lsn: Lsn) -> PathBuf {
+    archive_snapshot_directory(data_directory).join(snapshot_file_name(lsn))
 }

@@ -61,6 +61,17 @@ fn refuse(why: String) -> WalError {
 /// Refuses a source directory with a rewind a crash cut short: its log past the kept LSN is
 /// half cut (valid records from the forked history, or zeros before them).
 fn refuse_pending_rewind(data_directory: &Path) -> Result<(), WalError> {
+    // A set-aside (a base backup's install) a crash cut short: the history is in pieces.
+    let intent = data_directory.join(crate::rejoin::SET_ASIDE_INTENT_FILE);
+    if intent.exists() {
+        return Err(refuse(format!(
+            "{} has a base backup's install (or a set-aside) that a crash cut short ({}): start \
+             `reservoir serve` on it once, or take `reservoir snapshot --data-dir` of it, to finish it, then \
+             restore",
+            data_directory.display(),
+            intent.display()
+        )));
+    }
     match crate::rejoin::read_rewind_intent(data_directory)? {
         None => Ok(()),
         Some(keep_through) => Err(refuse(format!(
@@ -86,6 +97,41 @@ pub fn resolve(data_directory: &Path, target: RestoreTarget, inclusive: bool) ->
         }
         RestoreTarget::Time { unix_ms } => {
             let storage = layered_storage_existing(data_directory);
+            let in_time = |taken: u64| if inclusive { taken <= unix_ms } else { taken < unix_ms };
+            // The newest snapshot taken by the target holds only records from before it: the
+            // search starts after it, and the state is at least its own (regression, review,
+            // eleventh session: the search read the log from LSN 1, so a log that ends inside
+            // what the newest snapshot covers, a start-up refusal that names `restore` as the
+            // way out, resolved to its last whole record and dropped the acknowledged records
+            // only the snapshot held; and one damaged byte in an archived segment every
+            // snapshot covers failed every restore to a time).
+            let mut floor = None;
+            for (lsn, path) in all_snapshots(data_directory)? {
+                // A snapshot whose header does not read is passed over, as `restore` passes it.
+                if snapshot::created_ms(&path).is_ok_and(in_time) {
+                    floor = Some(lsn);
+                    break;
+                }
+            }
+            if let Some(floor) = floor {
+                let mut first_excluded = None;
+                let from = Lsn(floor.0 + 1);
+                let end = scan_until(&storage, from, Lsn(0), |record| {
+                    assert!(record.lsn >= from, "the scan starts after the snapshot");
+                    let past = if inclusive { record.timestamp_ms > unix_ms } else { record.timestamp_ms >= unix_ms };
+                    if past {
+                        first_excluded = Some((record.lsn, record.timestamp_ms));
+                        return Ok(Flow::Stop);
+                    }
+                    Ok(Flow::Continue)
+                })?;
+                let lsn = match first_excluded {
+                    Some((lsn, _)) => Lsn(lsn.0 - 1),
+                    None => end.last_lsn.max(floor),
+                };
+                assert!(lsn >= floor, "never before the snapshot taken by the target");
+                return Ok(ResolvedTarget { lsn, first_excluded });
+            }
             let mut first_excluded = None;
             let mut first_on_disk = None;
             let end = scan_until(&storage, Lsn(1), Lsn(0), |record| {
@@ -123,18 +169,19 @@ pub fn resolve(data_directory: &Path, target: RestoreTarget, inclusive: bool) ->
                         Some((_, path)) => Some(snapshot::created_ms(path)?),
                         None => None,
                     };
-                    let in_time = |taken: u64| if inclusive { taken <= unix_ms } else { taken < unix_ms };
                     match taken_ms {
                         Some(taken) if in_time(taken) => {}
                         Some(taken) => {
                             return Err(refuse(format!(
-                                "the oldest state this directory holds is its snapshot of LSN {} taken at {} ms                                  (the log before it is gone): a time before that cannot be restored from here",
+                                "the oldest state this directory holds is its snapshot of LSN {} taken at {} ms \
+                                 (the log before it is gone): a time before that cannot be restored from here",
                                 wanted.0, taken
                             )));
                         }
                         None => {
                             return Err(refuse(format!(
-                                "no record on disk is at or before that time and no snapshot covers LSN {}                                  (the log before it is gone): that time cannot be restored from here",
+                                "no record on disk is at or before that time and no snapshot covers LSN {} \
+                                 (the log before it is gone): that time cannot be restored from here",
                                 wanted.0
                             )));
                         }
@@ -170,7 +217,13 @@ pub fn restore(
         if lsn > resolved.lsn {
             continue;
         }
-        match snapshot::load(&path) {
+        let archived = crate::archive::archived_path(data_directory, lsn);
+        let loaded = match snapshot::load(&path) {
+            // Moved to the archive since it was listed (a server's retention).
+            Err(_) if !path.exists() && archived.exists() => snapshot::load(&archived),
+            other => other,
+        };
+        match loaded {
             Ok(loaded) if loaded.covers_lsn == lsn => {
                 if let Some(log) = source_history.filter(|&log| log != loaded.history) {
                     return Err(WalError::HistoryMismatch { snapshot: loaded.history, log });
@@ -233,7 +286,12 @@ pub fn write_data_directory(
     created_ms: u64,
     provenance: &str,
 ) -> Result<SnapshotWritten, WalError> {
-    let io = |source| WalError::io(into.display().to_string(), source);
+    // Each error names the path it was about (regression, review, eleventh session: every one
+    // named `into`, which does not exist until the last rename).
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| WalError::io(path, source)
+    };
     check_restore_target(into)?;
     // Built beside `into` and renamed into place once whole and synced: a restore cut short
     // (Ctrl-C, a full disk) leaves no directory at `into` that could start as an empty ledger.
@@ -241,24 +299,26 @@ pub fn write_data_directory(
     // left `wal/` and a half-written snapshot that `verify` passed as an empty ledger.
     let building = building_path(into);
     if building.exists() {
-        std::fs::remove_dir_all(&building).map_err(io)?;
+        std::fs::remove_dir_all(&building).map_err(io(&building))?;
     }
-    crate::storage::create_directory_durably(&crate::wal_directory(&building)).map_err(io)?;
+    let wal = crate::wal_directory(&building);
+    crate::storage::create_directory_durably(&wal).map_err(io(&wal))?;
     let history = new_history();
     assert_ne!(Some(history), restored.source_history, "a restore starts a new history");
     let written = snapshot::write(&crate::snapshot_directory(&building), &restored.engine, history, created_ms)?;
     assert_eq!(written.covers_lsn, restored.target.lsn, "the snapshot covers exactly the target");
     {
         use std::io::Write as _;
-        let mut file = std::fs::File::create(building.join("RESTORED.txt")).map_err(io)?;
-        file.write_all(provenance.as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)?;
+        let provenance_path = building.join("RESTORED.txt");
+        let mut file = std::fs::File::create(&provenance_path).map_err(io(&provenance_path))?;
+        file.write_all(provenance.as_bytes()).map_err(io(&provenance_path))?;
+        file.sync_all().map_err(io(&provenance_path))?;
     }
-    std::fs::File::open(&building).and_then(|directory| directory.sync_all()).map_err(io)?;
+    std::fs::File::open(&building).and_then(|directory| directory.sync_all()).map_err(io(&building))?;
     // Over an empty directory, or where none is: rename(2) takes either.
-    std::fs::rename(&building, into).map_err(io)?;
+    std::fs::rename(&building, into).map_err(io(into))?;
     let parent = into.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::File::open(parent).and_then(|directory| directory.sync_all()).map_err(io)?;
+    std::fs::File::open(parent).and_then(|directory| directory.sync_all()).map_err(io(parent))?;
     let path = crate::snapshot_directory(into).join(written.path.file_name().expect("a snapshot file"));
     assert!(path.exists(), "the snapshot moved with its directory");
     Ok(SnapshotWritten { path, ..written })

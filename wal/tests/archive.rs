@@ -412,3 +412,142 @@ fn a_data_directory_has_one_writer_at_a_time() {
     let again = open(directory.path());
     drop(again);
 }
+
+/// Regression (review, eleventh session): a segment whose header names another sequence than
+/// its file (one copied over another) failed an `assert_eq!` where the archive reads a
+/// segment's first LSN, panicking `verify` and the snapshotter's retention. It is an error
+/// naming the file now.
+#[test]
+fn a_segment_whose_header_names_another_sequence_is_an_error_not_a_panic() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut run = Run::new(directory.path(), 4);
+    run.drive(COMMANDS_PER_PHASE);
+    run.opened.wal.close().unwrap();
+    let segments = live_segments(directory.path());
+    assert!(segments.len() >= 2, "{segments:?}");
+    let wal = wal_directory(directory.path());
+    let second = wal.join(reservoir_wal::storage::segment_file_name(segments[1]));
+    std::fs::copy(&second, wal.join(reservoir_wal::storage::segment_file_name(segments[0]))).unwrap();
+    let error = disk_usage(directory.path()).unwrap_err();
+    assert!(matches!(error, WalError::BadSegmentHeader { .. }), "{error}");
+    assert!(error.to_string().contains(&format!("the file name {}", segments[0])), "{error}");
+}
+
+/// Regression (review, eleventh session): a restore to a time read the log from LSN 1 and took
+/// the log's last whole record as the end, whatever the snapshots held. A log that ends inside
+/// what the newest snapshot covers (start-up refuses it, `LogBehindSnapshot`, and restore is
+/// the way out) resolved to its last whole record, dropping acknowledged records the snapshot
+/// held; and one damaged byte in a segment every snapshot covers failed every restore to a
+/// time. The newest snapshot taken by the target is now a floor, and the search starts after it.
+#[test]
+fn a_restore_to_a_time_starts_from_the_newest_snapshot_taken_by_it() {
+    // A log whose last record is gone, which the snapshot covers.
+    let directory = tempfile::tempdir().unwrap();
+    let mut run = Run::new(directory.path(), 8);
+    run.drive(2_000);
+    run.snapshot(directory.path(), &RetentionPolicy::default());
+    let covered = run.opened.wal.close().unwrap();
+    let records = run.records;
+    let storage = reservoir_wal::layered_storage_existing(directory.path());
+    let before_last = reservoir_wal::scan_until(&storage, Lsn(1), Lsn(1), |record| {
+        Ok(if record.lsn.0 + 1 == covered.0 { reservoir_wal::Flow::Stop } else { reservoir_wal::Flow::Continue })
+    })
+    .unwrap()
+    .position;
+    let end = reservoir_wal::scan(&storage, Lsn(1), Lsn(1), |_| Ok(())).unwrap().position;
+    assert_eq!((before_last.sequence, end.next_lsn), (end.sequence, Lsn(covered.0 + 1)));
+    let segment = storage.describe(end.sequence);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[before_last.offset as usize..end.offset as usize].fill(0);
+    std::fs::write(&segment, bytes).unwrap();
+    match open_data_directory(directory.path(), common::config(), options(), |_| {}) {
+        Err(WalError::LogBehindSnapshot { covered: through, .. }) => assert_eq!(through, covered),
+        other => panic!("expected LogBehindSnapshot, got {:?}", other.map(|opened| opened.engine.next_lsn())),
+    }
+    let restored =
+        restore(directory.path(), common::config(), RestoreTarget::Time { unix_ms: u64::MAX }, true, |_, _| {})
+            .unwrap();
+    assert_eq!(restored.target.lsn, covered, "every acknowledged record, the last one from the snapshot");
+    assert_eq!(restored.engine.dump(), reference(&records, covered.0 as usize));
+
+    // Damage in a segment the snapshot covers: a time after the snapshot needs none of it.
+    let directory = tempfile::tempdir().unwrap();
+    let mut run = Run::new(directory.path(), 9);
+    run.drive(COMMANDS_PER_PHASE);
+    run.snapshot(directory.path(), &RetentionPolicy::default());
+    let snapshot_lsn = run.opened.wal.durable_lsn();
+    run.drive(2_000);
+    run.opened.wal.close().unwrap();
+    let records = run.records;
+    let storage = reservoir_wal::layered_storage_existing(directory.path());
+    let first = storage.list().unwrap()[0];
+    corrupt(Path::new(&storage.describe(first)));
+    let within = records[snapshot_lsn.0 as usize + 500].timestamp_ms;
+    for unix_ms in [within, u64::MAX] {
+        let restored =
+            restore(directory.path(), common::config(), RestoreTarget::Time { unix_ms }, true, |_, _| {}).unwrap();
+        let expected = records.iter().position(|record| record.timestamp_ms > unix_ms).unwrap_or(records.len());
+        assert_eq!(restored.target.lsn, Lsn(expected as u64), "time {unix_ms}");
+        assert_eq!(restored.engine.dump(), reference(&records, expected));
+    }
+}
+
+/// Regression (review, eleventh session): pruning went oldest first and stopped at the first
+/// file within the policy, so the oldest archived snapshot could go while the segments after
+/// it stayed: segments no snapshot could start a replay of, kept for good, and a restore to a
+/// time within them failed on the missing base. Once the log no longer starts at LSN 1, the
+/// segments the oldest remaining snapshot covers are pruned with it.
+#[test]
+fn pruning_leaves_no_archived_segment_that_no_remaining_snapshot_can_start_from() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut run = Run::new(directory.path(), 10);
+    let mut snapshots = Vec::new();
+    for _ in 0..5 {
+        run.drive(COMMANDS_PER_PHASE);
+        run.snapshot(directory.path(), &RetentionPolicy::default());
+        snapshots.push(run.opened.wal.durable_lsn());
+    }
+    run.opened.wal.close().unwrap();
+    let archived_snapshots = snapshot::list(&archive_snapshot_directory(directory.path())).unwrap();
+    assert_eq!(archived_snapshots, snapshots[..2].to_vec());
+    // Each archived segment's last LSN: where the next one (archived or live) starts, less one.
+    let storage = reservoir_wal::layered_storage_existing(directory.path());
+    let first_lsn = |sequence: u64| {
+        let bytes = storage.read_prefix(sequence, reservoir_wal::format::SEGMENT_HEADER_BYTES).unwrap();
+        reservoir_wal::format::SegmentHeader::decode(&bytes).unwrap().first_lsn
+    };
+    let last_lsn = |sequence: u64| Lsn(first_lsn(sequence + 1).0 - 1);
+    let segments = archived_segments(directory.path());
+    // The oldest snapshot, and the segments that end by it, are a week old; the rest is new.
+    let week_ago = std::time::SystemTime::now() - Duration::from_secs(7 * 24 * 3_600);
+    let age = |path: &Path| std::fs::File::options().write(true).open(path).unwrap().set_modified(week_ago).unwrap();
+    age(&archive_snapshot_directory(directory.path()).join(snapshot_file_name(snapshots[0])));
+    let aged: Vec<u64> = segments.iter().copied().filter(|&sequence| last_lsn(sequence) <= snapshots[0]).collect();
+    for &sequence in &aged {
+        age(&archive_wal_directory(directory.path()).join(reservoir_wal::storage::segment_file_name(sequence)));
+    }
+    let covered_by_second: Vec<u64> = segments
+        .iter()
+        .copied()
+        .filter(|&sequence| last_lsn(sequence) > snapshots[0] && last_lsn(sequence) <= snapshots[1])
+        .collect();
+    assert!(!aged.is_empty() && !covered_by_second.is_empty(), "{segments:?} {snapshots:?}");
+
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let report = retain(
+        directory.path(),
+        &RetentionPolicy { archive_age_max_ms: 24 * 3_600_000, archive_bytes_max: u64::MAX },
+        now_ms,
+    )
+    .unwrap();
+    assert_eq!(report.snapshots_pruned, 1, "{report:?}");
+    assert_eq!(report.segments_pruned as usize, aged.len() + covered_by_second.len(), "{report:?}");
+    let left = archived_segments(directory.path());
+    assert!(left.iter().all(|&sequence| last_lsn(sequence) > snapshots[1]), "{left:?}");
+    // The archive's oldest state still restores, and the log from it reaches the end.
+    let restored =
+        restore(directory.path(), common::config(), RestoreTarget::Lsn(Lsn(snapshots[1].0 + 1)), true, |_, _| {})
+            .unwrap();
+    assert_eq!(restored.base_snapshot, Some(snapshots[1]));
+    assert_eq!(restored.engine.dump(), reference(&run.records, snapshots[1].0 as usize + 1));
+}

@@ -261,3 +261,24 @@ fn snapshots_from_another_history_are_refused_by_replay() {
     }
     let _ = Engine::new(common::config());
 }
+
+/// Regression (review, eleventh session): a file named with twenty digits past `u64::MAX`
+/// (`99999999999999999999.snap`) panicked every reader of the snapshots directory: start-up,
+/// restore, verify. It is a stray file, skipped like one.
+#[test]
+fn a_snapshot_name_past_the_largest_lsn_is_skipped_not_a_panic() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut workload = Workload::new(9, "s", 15);
+    let opened = open(directory.path());
+    drive(&opened, &mut workload, 200, 1_000_000);
+    let covered = opened.wal.durable_lsn();
+    snapshot_of(directory.path(), Some(covered), 7);
+    let expected = opened.engine.dump();
+    opened.wal.close().unwrap();
+    std::fs::write(reservoir_wal::snapshot_directory(directory.path()).join("99999999999999999999.snap"), b"x")
+        .unwrap();
+    assert_eq!(snapshot::list(&reservoir_wal::snapshot_directory(directory.path())).unwrap(), vec![covered]);
+    let recovered = open(directory.path());
+    assert_eq!(recovered.snapshot, Some(covered));
+    assert_eq!(recovered.engine.dump(), expected);
+}

@@ -464,7 +464,12 @@ async fn base_backup(core: &Arc<Core>, send: &mut quinn::SendStream, name: &str)
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let file = std::fs::File::open(&path).map_err(|source| NetError::io(path.display().to_string(), source))?;
+    // Retention may have moved it to the archive since it was listed.
+    let file = std::fs::File::open(&path)
+        .or_else(|error| {
+            std::fs::File::open(reservoir_wal::archive::archived_path(&core.data_directory, covers)).map_err(|_| error)
+        })
+        .map_err(|source| NetError::io(path.display().to_string(), source))?;
     let bytes = file.metadata().map_err(|source| NetError::io(path.display().to_string(), source))?.len();
     tracing::info!(standby = %name, covers_lsn = covers.0, bytes, "sending a base backup");
     let header = PrimaryMessage::BaseBackup { covers_lsn: covers.0, bytes };
