@@ -56,6 +56,10 @@ pub struct Engine {
     idempotency_entries_max: AtomicUsize,
     /// Its share per id shard (`entries_max / id_shards`, rounded up): what is enforced.
     idempotency_shard_max: AtomicUsize,
+    /// The id shard the next `expire` begins with: each begins after the shard where the one
+    /// before it ran out of its limit, so a backlog in one shard (one tenant's, say) does not
+    /// hold back what falls due in the others.
+    expire_next_shard: AtomicUsize,
 }
 
 /// The default of [`Engine::set_idempotency_entries_max`]: 20 M reservations and 20 M operation
@@ -197,6 +201,7 @@ impl Engine {
             epochs: parking_lot::RwLock::new(Vec::new()),
             idempotency_entries_max: AtomicUsize::new(IDEMPOTENCY_ENTRIES_MAX_DEFAULT),
             idempotency_shard_max: AtomicUsize::new(IDEMPOTENCY_ENTRIES_MAX_DEFAULT.div_ceil(config.id_shards)),
+            expire_next_shard: AtomicUsize::new(0),
             config,
         }
     }
@@ -1066,8 +1071,17 @@ impl Engine {
     fn expire(&self, limit: usize, now_ms: u64, records: &mut Vec<Record>) -> Reply {
         let limit = limit.min(EXPIRE_BATCH_MAX);
         let mut expired = 0u64;
-        for shard in self.reservations.all() {
-            let mut shard = shard.lock();
+        // Round robin over the id shards (regression, review, eleventh session: every call
+        // began with shard 0, so a backlog due there, a flood of one tenant's reservations,
+        // took each call's whole limit and what fell due in later shards stayed reserved).
+        let shards = self.reservations.all();
+        let first = self.expire_next_shard.load(Ordering::Relaxed) % shards.len();
+        for index in (first..shards.len()).chain(0..first) {
+            if expired as usize >= limit {
+                self.expire_next_shard.store(index, Ordering::Relaxed);
+                break;
+            }
+            let mut shard = shards[index].lock();
             while (expired as usize) < limit {
                 let Some((deadline_ms, tenant, id)) = shard.take_due(now_ms) else { break };
                 let key = Key(tenant, id.clone());
@@ -2011,5 +2025,70 @@ fn memo_fits(memo: &OperationMemo, lsn: Lsn) -> Result<(), EngineError> {
             lsn: lsn.0,
             what: format!("operation {}: its reply sets more than one value", memo.operation),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (review, eleventh session): every `expire` began with id shard 0, so one
+    /// tenant's backlog due there took each call's whole limit, and a reservation due in a
+    /// later shard stayed reserved (its stock unavailable) until the backlog was gone. Calls
+    /// now go round the shards: here, with a limit of one, the other tenant's reservation in
+    /// the last shard expires by the second call, not after the 40 in shard 0.
+    #[test]
+    fn expiry_goes_round_the_id_shards_so_one_backlog_does_not_hold_back_the_rest() {
+        let engine = Engine::new(Config { id_shards: 4, ..Config::default() });
+        let mut records = Vec::new();
+        let name = |text: &str| Name::new(text).unwrap();
+        let mut tenants = Vec::new();
+        for tenant in ["flood", "other"] {
+            let reply = engine.execute(&Command::CreateTenant { name: name(tenant) }, 1_000, &mut records);
+            assert_eq!(reply.code, ResultCode::Ok);
+            let tenant = engine.tenant_id(tenant).unwrap();
+            let receive = Command::Receive {
+                tenant,
+                operation: OperationId::new("stock").unwrap(),
+                sku: Sku::new("SKU").unwrap(),
+                location: Location::new("DC").unwrap(),
+                quantity: crate::types::Quantity::new(1_000).unwrap(),
+            };
+            assert_eq!(engine.execute(&receive, 1_000, &mut records).code, ResultCode::Ok);
+            tenants.push(tenant);
+        }
+        let (flood, other) = (tenants[0], tenants[1]);
+        let ids = |tenant: TenantId, shard: usize, count: usize| -> Vec<String> {
+            (0..)
+                .map(|n| format!("r{n}"))
+                .filter(|id| engine.reservations.index(tenant, id) == shard)
+                .take(count)
+                .collect()
+        };
+        let reserve = |tenant: TenantId, id: &str| Command::Reserve {
+            tenant,
+            reservation: ReservationId::new(id).unwrap(),
+            lines: vec![Line {
+                sku: Sku::new("SKU").unwrap(),
+                location: Location::new("DC").unwrap(),
+                quantity: crate::types::Quantity::new(1).unwrap(),
+            }],
+            ttl_ms: TTL_MS_MIN,
+            allow_partial: false,
+        };
+        for id in ids(flood, 0, 40) {
+            assert_eq!(engine.execute(&reserve(flood, &id), 2_000, &mut records).code, ResultCode::Ok);
+        }
+        let last = ids(other, 3, 1).remove(0);
+        assert_eq!(engine.execute(&reserve(other, &last), 2_000, &mut records).code, ResultCode::Ok);
+
+        let due_ms = 2_000 + TTL_MS_MIN;
+        for _ in 0..2 {
+            let reply = engine.execute(&Command::Expire { limit: 1 }, due_ms, &mut records);
+            assert_eq!(reply.count, 1);
+        }
+        let view = engine.reservation(other, &last).unwrap();
+        assert_eq!(view.state, ReservationState::Expired, "the other tenant's due reservation waited its turn");
+        assert!(engine.verify().violations.is_empty());
     }
 }
