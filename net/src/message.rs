@@ -231,8 +231,26 @@ impl ClientFrame {
             ClientFrame::Goodbye => encode_frame(out, frame_type::CLIENT_GOODBYE, |_| {})?,
         }
         // Pair assertion: what was written reads back as what was meant.
-        debug_assert_eq!(decode_client_frame(&out[start..]).as_ref(), Ok(self), "client frame encode/decode disagree");
+        if cfg!(debug_assertions) {
+            assert_eq!(
+                decode_client_frame(&out[start..]),
+                Ok(self.as_decoded()),
+                "client frame encode/decode disagree"
+            );
+        }
         Ok(())
+    }
+
+    /// The frame the decoder returns for this one: an operation's import rows or lines past one
+    /// more than their maximum are read and dropped (`Operation::as_decoded`).
+    pub fn as_decoded(&self) -> ClientFrame {
+        match self {
+            ClientFrame::Request(request) => ClientFrame::Request(Request {
+                request_id: request.request_id,
+                operations: request.operations.iter().map(Operation::as_decoded).collect(),
+            }),
+            other => other.clone(),
+        }
     }
 }
 

@@ -400,6 +400,21 @@ fn engine_lines(lines: &[WireLine]) -> Result<Vec<Line>, ResultCode> {
 }
 
 impl Operation {
+    /// This operation as the decoder returns it: import rows past `IMPORT_ROWS_MAX + 1` and
+    /// lines past `LINES_PER_RESERVATION_MAX + 1` are read and dropped (one past the maximum
+    /// is enough for `too_many_rows` and `too_many_lines`).
+    pub fn as_decoded(&self) -> Operation {
+        let mut operation = self.clone();
+        match &mut operation {
+            Operation::Import { rows, .. } => rows.truncate(IMPORT_ROWS_MAX + 1),
+            Operation::Reserve { lines, .. }
+            | Operation::Commit { lines: Some(lines), .. }
+            | Operation::Release { lines: Some(lines), .. } => lines.truncate(LINES_PER_RESERVATION_MAX + 1),
+            _ => {}
+        }
+        operation
+    }
+
     /// Whether it mints a token: not idempotent (it carries no id), so never resent when its
     /// outcome is unknown.
     pub fn mints_a_token(&self) -> bool {
@@ -734,16 +749,23 @@ impl Operation {
             OperationKind::Import => {
                 let operation = reader.string("operation")?;
                 let count = reader.count_u32("import rows", u32::MAX as usize, ROW_BYTES_MIN)?;
-                let mut rows = Vec::with_capacity(count);
+                // Rows past one more than `IMPORT_ROWS_MAX` are read and dropped: that one is
+                // enough for `too_many_rows` (regression, review, eleventh session: the
+                // capacity of a 2 MiB frame's ~170 k empty rows was reserved, ~7x the frame).
+                let mut rows = Vec::with_capacity(count.min(IMPORT_ROWS_MAX + 1));
                 for _ in 0..count {
-                    rows.push(WireImportRow {
+                    let row = WireImportRow {
                         sku: reader.string("sku")?,
                         location: reader.string("location")?,
                         on_hand: reader.i64()?,
                         safety_stock: reader.option_i64("safety_stock presence")?,
                         backorder_limit: reader.option_i64("backorder_limit presence")?,
-                    });
+                    };
+                    if rows.len() <= IMPORT_ROWS_MAX {
+                        rows.push(row);
+                    }
                 }
+                debug_assert!(rows.len() <= IMPORT_ROWS_MAX + 1 && rows.capacity() <= IMPORT_ROWS_MAX + 1);
                 Operation::Import { operation, rows }
             }
             OperationKind::GetItem => {
@@ -789,14 +811,15 @@ fn encode_lines(writer: &mut Writer<'_>, lines: &[WireLine]) {
 fn decode_lines(reader: &mut Reader<'_>) -> Result<Vec<WireLine>, WireError> {
     // The wire bound is the field's width (and the bytes left), not LINES_PER_RESERVATION_MAX:
     // more lines than that is the engine's `too_many_lines`, for this operation only.
+    // Past one more than the maximum, lines are read and dropped, as an import's rows are.
     let count = reader.count_u16("lines", usize::from(u16::MAX), LINE_BYTES_MIN)?;
-    let mut lines = Vec::with_capacity(count);
+    let mut lines = Vec::with_capacity(count.min(LINES_PER_RESERVATION_MAX + 1));
     for _ in 0..count {
-        lines.push(WireLine {
-            sku: reader.string("sku")?,
-            location: reader.string("location")?,
-            quantity: reader.i64()?,
-        });
+        let line =
+            WireLine { sku: reader.string("sku")?, location: reader.string("location")?, quantity: reader.i64()? };
+        if lines.len() <= LINES_PER_RESERVATION_MAX {
+            lines.push(line);
+        }
     }
     Ok(lines)
 }

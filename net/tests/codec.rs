@@ -301,7 +301,7 @@ proptest! {
     fn client_frames_round_trip(frame in client_frame()) {
         let bytes = encode_client(&frame);
         prop_assert_eq!(u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize, bytes.len() - FRAME_HEADER_BYTES);
-        prop_assert_eq!(decode_client_frame(&bytes), Ok(frame));
+        prop_assert_eq!(decode_client_frame(&bytes), Ok(frame.as_decoded()));
     }
 
     #[test]
@@ -407,7 +407,7 @@ proptest! {
             }
         }
         prop_assert_eq!(decoder.buffered_bytes(), 0);
-        prop_assert_eq!(decoded, frames);
+        prop_assert_eq!(decoded, frames.iter().map(ClientFrame::as_decoded).collect::<Vec<_>>());
     }
 
     /// A reply split by `encode_reply` reads back as the same results, in order, in parts
@@ -1017,4 +1017,45 @@ mod replication_messages {
             let _ = PrimaryMessage::decode(&bytes);
         }
     }
+}
+
+/// Regression (review, eleventh session): the decoder reserved room for every row or line the
+/// count announced, though no more than `IMPORT_ROWS_MAX` (`LINES_PER_RESERVATION_MAX`) can
+/// run: a 2 MiB frame of ~170 k empty import rows reserved ~15 MB before the conversion
+/// refused it. Past one more than the maximum, rows and lines are now read and dropped; the
+/// operation is still refused `too_many_rows` (`too_many_lines`).
+#[test]
+fn rows_and_lines_past_their_maximum_are_read_but_not_kept() {
+    let row = WireImportRow {
+        sku: String::new(),
+        location: String::new(),
+        on_hand: 0,
+        safety_stock: None,
+        backorder_limit: None,
+    };
+    let line = WireLine { sku: String::new(), location: String::new(), quantity: 1 };
+    let rows_announced = 100_000;
+    let request = Request {
+        request_id: 1,
+        operations: vec![
+            Operation::Import { operation: "big".into(), rows: vec![row; rows_announced] },
+            Operation::Reserve {
+                reservation: "r".into(),
+                ttl_ms: 60_000,
+                allow_partial: false,
+                lines: vec![line; 60_000],
+            },
+        ],
+    };
+    let bytes = encode_client(&ClientFrame::Request(request));
+    assert!(bytes.len() <= FRAME_BYTES_MAX, "{} bytes", bytes.len());
+    let ClientFrame::Request(decoded) = decode_client_frame(&bytes).unwrap() else { panic!("a request") };
+    let Operation::Import { rows, .. } = &decoded.operations[0] else { panic!("an import") };
+    assert_eq!(rows.len(), reservoir_engine::IMPORT_ROWS_MAX + 1);
+    assert!(rows.capacity() <= reservoir_engine::IMPORT_ROWS_MAX + 1, "{}", rows.capacity());
+    let Operation::Reserve { lines, .. } = &decoded.operations[1] else { panic!("a reserve") };
+    assert_eq!(lines.len(), reservoir_engine::LINES_PER_RESERVATION_MAX + 1);
+    assert!(lines.capacity() <= reservoir_engine::LINES_PER_RESERVATION_MAX + 1, "{}", lines.capacity());
+    assert!(matches!(decoded.operations[0].to_action(TenantId(0)), Err(ResultCode::TooManyRows)));
+    assert!(matches!(decoded.operations[1].to_action(TenantId(0)), Err(ResultCode::TooManyLines)));
 }

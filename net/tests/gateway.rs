@@ -611,6 +611,12 @@ async fn imports_stream_csv_and_json_lines_with_a_result_per_row() {
     answer.assert_problem(422, "negative_stock");
     assert_eq!(answer.body["result"]["results"][0]["code"], "negative_stock");
     setup.send(import("sku,on_hand\n".into(), "text/csv", "import-5")).await.assert_problem(422, "invalid_import");
+    // Regression (review, eleventh session): a line over the limit that came whole in one chunk
+    // was parsed (its row refused `name_too_long`); only a partial line was held to the limit.
+    let long = format!("sku,on_hand\n{},1\nY,1\n", "X".repeat(5_000));
+    let answer = setup.send(import(long, "text/csv", "import-7")).await;
+    answer.assert_problem(422, "invalid_import");
+    assert_eq!(answer.body["line"], 2, "{}", answer.body);
     setup.send(import("x".into(), "text/plain", "import-6")).await.assert_problem(415, "unsupported_media_type");
     // A body sent a byte at a time (chunked), CRLF line ends cut in two: the same rows.
     let body = b"sku,location,on_hand\r\nP-1,DC1,5\r\nP-2,,7\n";
