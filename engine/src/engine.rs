@@ -10,8 +10,8 @@ use crate::code::{LineResult, LineResults, Reply, ResultCode};
 use crate::command::{Command, ImportRow, Line};
 use crate::item::{Counters, ItemGuard};
 use crate::memory::{
-    HeldReservation, IdText, Key, KeyRef, OperationEntry, OperationShard, Reservation, ReservationLineState,
-    ReservationShard, Sharded, StoredReply, TenantEntries,
+    reservation_weight, HeldReservation, IdText, Key, KeyRef, OperationEntry, OperationShard, Reservation,
+    ReservationLineState, ReservationShard, Sharded, StoredReply, TenantEntries,
 };
 use crate::record::{Body, ItemChange, LineChange, OperationMemo, Record, ReservationState, ReservedLine, SettleKind};
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
@@ -76,7 +76,8 @@ pub const IDEMPOTENCY_FORGET_TARGET_PER_MILLE: usize = 900;
 /// How full the idempotency memory is (for status and the server's retention timer).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IdempotencyUsage {
-    /// Reservations remembered (open and closed).
+    /// Reservations remembered (open and closed), each counted as
+    /// [`crate::memory::reservation_weight`] entries (one, and one more per 6 lines).
     pub reservations: usize,
     /// Operation ids remembered.
     pub operations: usize,
@@ -249,7 +250,7 @@ impl Engine {
 
     /// How full the idempotency memory is. Takes every id shard's lock in turn.
     pub fn idempotency_usage(&self) -> IdempotencyUsage {
-        let reservations: Vec<usize> = self.reservations.all().iter().map(|shard| shard.lock().map.len()).collect();
+        let reservations: Vec<usize> = self.reservations.all().iter().map(|shard| shard.lock().weight()).collect();
         let operations: Vec<usize> = self.operations.all().iter().map(|shard| shard.lock().map.len()).collect();
         IdempotencyUsage {
             reservations: reservations.iter().sum(),
@@ -268,10 +269,14 @@ impl Engine {
     /// floor so that none may be forgotten, filled the memory and every tenant's new ids were
     /// refused; with it the flood stops at 90% and the other tenants keep the rest (see
     /// `a_tenant_flooding_new_ids_leaves_the_others_room`).
-    fn refuses_new_id(&self, entries: usize, tenants: &TenantEntries, tenant: TenantId) -> bool {
+    /// `weight`: the entries the new id counts as (a reservation's [`reservation_weight`]).
+    fn refuses_new_id(&self, entries: usize, weight: usize, tenants: &TenantEntries, tenant: TenantId) -> bool {
         let shard_max = self.idempotency_shard_max();
         debug_assert!(tenants.of(tenant) <= entries, "a tenant counted more entries than its shard holds");
-        if entries >= shard_max {
+        debug_assert!(weight >= 1);
+        // With a weight of one, `entries + weight > x` is the `entries >= x` it was.
+        let entries_after = entries + weight - 1;
+        if entries_after >= shard_max {
             return true;
         }
         let target = forget_target(shard_max);
@@ -281,9 +286,9 @@ impl Engine {
             // shard back to the target) still makes room for it. Regression (found by audit):
             // a tenant alone filled the shard, with open reservations (never forgotten), and
             // a latecomer's first new id there was refused.
-            return entries >= target + (shard_max - target).div_ceil(2);
+            return entries_after >= target + (shard_max - target).div_ceil(2);
         }
-        entries >= target && tenants.of(tenant).saturating_mul(tenants.tenants()) >= entries
+        entries_after >= target && tenants.of(tenant).saturating_mul(tenants.tenants()) >= entries
     }
 
     /// What one id shard may hold.
@@ -498,7 +503,7 @@ impl Engine {
                 Reply::code(ResultCode::IdReusedWithDifferentRequest)
             };
         }
-        if self.refuses_new_id(shard.map.len(), &shard.tenants, tenant) {
+        if self.refuses_new_id(shard.weight(), reservation_weight(lines.len()) as usize, &shard.tenants, tenant) {
             // Not remembered: a retry once memory is free is decided afresh.
             return Reply::code(ResultCode::MemoryFull);
         }
@@ -694,7 +699,7 @@ impl Engine {
         if let Some(reply) = recall(&operations, tenant, operation, fingerprint) {
             return reply;
         }
-        if self.refuses_new_id(operations.map.len(), &operations.tenants, tenant) {
+        if self.refuses_new_id(operations.map.len(), 1, &operations.tenants, tenant) {
             // Not remembered: a retry once memory is free is decided afresh.
             return Reply::code(ResultCode::MemoryFull);
         }
@@ -951,7 +956,7 @@ impl Engine {
         if let Some(reply) = recall(&operations, tenant, operation, fingerprint) {
             return reply;
         }
-        if self.refuses_new_id(operations.map.len(), &operations.tenants, tenant) {
+        if self.refuses_new_id(operations.map.len(), 1, &operations.tenants, tenant) {
             // Not remembered: a retry once memory is free is decided afresh.
             return Reply::code(ResultCode::MemoryFull);
         }
@@ -1180,7 +1185,7 @@ impl Engine {
         let enough = |before_ms: u64| -> bool {
             self.reservations.all().iter().all(|shard| {
                 let shard = shard.lock();
-                shard.map.len().saturating_sub(shard.closed.partition_point(|entry| entry.0 < before_ms)) <= target
+                shard.weight().saturating_sub(shard.closed_weight_before(before_ms)) <= target
             }) && self.operations.all().iter().all(|shard| {
                 let shard = shard.lock();
                 shard.map.len().saturating_sub(shard.order.partition_point(|entry| entry.0 < before_ms)) <= target
@@ -1670,13 +1675,14 @@ impl Engine {
             if shard.open_by_deadline().len() != open_in_shard || shard.open_count() != open_in_shard {
                 report.violations.push("deadline index and open reservations differ".into());
             }
-            if !shard.tenants.count(shard.map.keys()) {
+            let weights = shard.map.iter().map(|(key, held)| (key.0, reservation_weight(held.lines.len())));
+            if !shard.tenants.count(weights) {
                 report.violations.push("reservations counted per tenant differ from those remembered".into());
             }
         }
         for shard in self.operations.all() {
             let shard = shard.lock();
-            if !shard.tenants.count(shard.map.keys()) {
+            if !shard.tenants.count(shard.map.keys().map(|key| (key.0, 1))) {
                 report.violations.push("operation ids counted per tenant differ from those remembered".into());
             }
         }
@@ -1869,7 +1875,7 @@ fn install_reservation(
     if state.is_open() {
         shard.opened(deadline_ms, tenant, id);
     } else {
-        shard.closed.push_back((now_ms, lsn, tenant, id));
+        shard.push_closed(now_ms, lsn, tenant, id);
     }
 }
 
@@ -2090,5 +2096,59 @@ mod tests {
         let view = engine.reservation(other, &last).unwrap();
         assert_eq!(view.state, ReservationState::Expired, "the other tenant's due reservation waited its turn");
         assert!(engine.verify().violations.is_empty());
+    }
+
+    /// Regression (review, eleventh session): every reservation counted as one entry of the
+    /// idempotency memory, whatever its lines, though one of 64 lines holds ten times the
+    /// bytes the limit was sized for: a tenant reserving 64 lines of one unit each could hold
+    /// ~60 GB before `memory_full`. A reservation now counts `1 + lines / 6` entries.
+    #[test]
+    fn a_reservation_counts_against_the_idempotency_memory_by_its_lines() {
+        let accepted = |lines_per_reservation: usize| -> (usize, IdempotencyUsage) {
+            let engine = Engine::new(Config { id_shards: 1, ..Config::default() });
+            engine.set_idempotency_entries_max(100);
+            let mut records = Vec::new();
+            let name = Name::new("acme").unwrap();
+            assert_eq!(engine.execute(&Command::CreateTenant { name }, 1_000, &mut records).code, ResultCode::Ok);
+            let tenant = engine.tenant_id("acme").unwrap();
+            let receive = Command::Receive {
+                tenant,
+                operation: OperationId::new("stock").unwrap(),
+                sku: Sku::new("SKU").unwrap(),
+                location: Location::new("DC").unwrap(),
+                quantity: crate::types::Quantity::new(1_000_000).unwrap(),
+            };
+            assert_eq!(engine.execute(&receive, 1_000, &mut records).code, ResultCode::Ok);
+            let line = Line {
+                sku: Sku::new("SKU").unwrap(),
+                location: Location::new("DC").unwrap(),
+                quantity: crate::types::Quantity::new(1).unwrap(),
+            };
+            let mut accepted = 0;
+            for number in 0..200 {
+                let reserve = Command::Reserve {
+                    tenant,
+                    reservation: ReservationId::new(&format!("r{number}")).unwrap(),
+                    lines: vec![line.clone(); lines_per_reservation],
+                    ttl_ms: TTL_MS_MAX,
+                    allow_partial: false,
+                };
+                match engine.execute(&reserve, 2_000, &mut records).code {
+                    ResultCode::Ok => accepted += 1,
+                    ResultCode::MemoryFull => break,
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert!(engine.verify().violations.is_empty());
+            (accepted, engine.idempotency_usage())
+        };
+        // One line: one entry each. A tenant alone in its shard stops at 95 of 100.
+        let (one_line, usage) = accepted(1);
+        assert_eq!((one_line, usage.reservations), (95, 95));
+        // 64 lines: 11 entries each, so 8 of them (88 entries; a ninth would pass 95).
+        let (many_lines, usage) = accepted(LINES_PER_RESERVATION_MAX);
+        assert_eq!((many_lines, usage.reservations), (8, 88));
+        assert_eq!(crate::memory::reservation_weight(LINES_PER_RESERVATION_MAX), 11);
+        assert_eq!(usage.fullest_shard, 88);
     }
 }

@@ -441,22 +441,39 @@ pub const DEADLINE_STALE_SLACK_MAX: usize = 1_024;
 #[cfg(test)]
 pub const DEADLINE_STALE_SLACK_MAX: usize = 8;
 
-/// How many entries each tenant has in one id shard: the fair-share guard of the idempotency
-/// memory ([`crate::Engine::set_idempotency_entries_max`]). Only tenants with entries appear.
+/// Reservation lines that count as one more entry of the idempotency memory. A reservation
+/// costs a map slot (104 bytes), 40 bytes a line and its packed reply (~8 bytes a line): about
+/// 300 bytes with 4 lines, 3 KB with 64. The limit was sized at 200-400 bytes an entry, so each
+/// reservation counts as `1 + lines / 6` entries ([`reservation_weight`]). Regression (review,
+/// eleventh session): every reservation counted one, so 20 M reservations of 64 lines (one
+/// unit each, on one item) would have held ~60 GB before `memory_full`.
+pub const RESERVATION_LINES_PER_ENTRY: usize = 6;
+
+/// The entries of the idempotency memory a reservation of `lines` lines counts as.
+pub fn reservation_weight(lines: usize) -> u32 {
+    let weight = 1 + lines / RESERVATION_LINES_PER_ENTRY;
+    debug_assert!(weight <= 1 + crate::types::LINES_PER_RESERVATION_MAX / RESERVATION_LINES_PER_ENTRY);
+    weight as u32
+}
+
+/// How many entries each tenant has in one id shard (a reservation counted by its
+/// [`reservation_weight`]): the fair-share guard of the idempotency memory
+/// ([`crate::Engine::set_idempotency_entries_max`]). Only tenants with entries appear.
 #[derive(Default)]
 pub struct TenantEntries(HashMap<TenantId, u32>);
 
 impl TenantEntries {
-    pub fn add(&mut self, tenant: TenantId) {
+    pub fn add(&mut self, tenant: TenantId, weight: u32) {
+        assert!(weight >= 1);
         let count = self.0.entry(tenant).or_insert(0);
-        *count += 1;
-        debug_assert!(*count >= 1);
+        *count += weight;
+        debug_assert!(*count >= weight);
     }
 
-    pub fn remove(&mut self, tenant: TenantId) {
+    pub fn remove(&mut self, tenant: TenantId, weight: u32) {
         let count = self.0.get_mut(&tenant).expect("removing an entry of a tenant with none counted");
-        assert!(*count >= 1);
-        *count -= 1;
+        assert!(*count >= weight && weight >= 1);
+        *count -= weight;
         if *count == 0 {
             self.0.remove(&tenant);
         }
@@ -472,14 +489,31 @@ impl TenantEntries {
         self.0.len()
     }
 
-    /// Whether these counts are the entries of `keys` (for `verify`).
-    pub fn count<'a>(&self, keys: impl Iterator<Item = &'a Key>) -> bool {
+    /// Whether these counts are the entries `entries` (tenant, weight) add up to (`verify`).
+    pub fn count(&self, entries: impl Iterator<Item = (TenantId, u32)>) -> bool {
         let mut recount: HashMap<TenantId, u32> = HashMap::new();
-        for key in keys {
-            *recount.entry(key.0).or_insert(0) += 1;
+        for (tenant, weight) in entries {
+            *recount.entry(tenant).or_insert(0) += weight;
         }
         recount == self.0
     }
+
+    /// Every tenant's entries together.
+    pub fn total(&self) -> usize {
+        self.0.values().map(|&count| count as usize).sum()
+    }
+}
+
+/// A closed reservation in its shard's retention queue.
+#[derive(Clone, Debug)]
+pub struct ClosedEntry {
+    pub closed_ms: u64,
+    pub lsn: Lsn,
+    pub tenant: TenantId,
+    /// The weights of every entry queued before this one, summed with wrap-around: the weight
+    /// of a stretch of the queue is a difference of two of these (`closed_weight_before`).
+    weight_queued_before: u32,
+    pub id: IdText,
 }
 
 #[derive(Default)]
@@ -499,7 +533,12 @@ pub struct ReservationShard {
     /// Open reservations in `map` (the live entries of `deadlines`).
     open: usize,
     /// Closed reservations in the order they closed (= LSN order), for retention.
-    pub closed: VecDeque<(u64, Lsn, TenantId, IdText)>,
+    pub closed: VecDeque<ClosedEntry>,
+    /// The weights of every entry ever queued in `closed`, summed with wrap-around.
+    weight_queued: u32,
+    /// Every reservation of `map` by its weight: the sum of `tenants`, kept apart so that a
+    /// reserve does not sum it over the shard's tenants.
+    weight: usize,
 }
 
 impl ReservationShard {
@@ -591,21 +630,61 @@ impl ReservationShard {
     /// Moves a reservation that just stopped being open to the retention queue. Its deadline
     /// entry turns stale by itself.
     pub fn close(&mut self, tenant: TenantId, id: &str, now_ms: u64, lsn: Lsn) {
-        let key = self.key(tenant, id);
+        // One lookup for the shared id and the weight (a settle's hot path).
+        let (key, reservation) = self.map.get_key_value(&KeyRef(tenant, id)).expect("reservation present");
+        let (key, weight) = (key.1.clone(), reservation_weight(reservation.lines.len()));
+        assert!(!reservation.state.is_open(), "closing a reservation still open");
         assert!(self.open > 0, "closing a reservation that was not counted open");
         self.open -= 1;
-        debug_assert!(self.closed.back().is_none_or(|last| last.1 < lsn), "closed out of LSN order");
-        self.closed.push_back((now_ms, lsn, tenant, key));
+        self.queue_closed(now_ms, lsn, tenant, key, weight);
         self.bound_stale_deadlines();
+    }
+
+    /// Queues a closed reservation of `map` for retention, in LSN order.
+    pub fn push_closed(&mut self, closed_ms: u64, lsn: Lsn, tenant: TenantId, id: IdText) {
+        let reservation = self.map.get(&KeyRef(tenant, &id)).expect("a closed reservation is remembered");
+        assert!(!reservation.state.is_open(), "queueing an open reservation for retention");
+        let weight = reservation_weight(reservation.lines.len());
+        self.queue_closed(closed_ms, lsn, tenant, id, weight);
+    }
+
+    fn queue_closed(&mut self, closed_ms: u64, lsn: Lsn, tenant: TenantId, id: IdText, weight: u32) {
+        debug_assert!(self.closed.back().is_none_or(|last| last.lsn < lsn), "closed out of LSN order");
+        debug_assert!(weight >= 1);
+        self.closed.push_back(ClosedEntry { closed_ms, lsn, tenant, weight_queued_before: self.weight_queued, id });
+        self.weight_queued = self.weight_queued.wrapping_add(weight);
+    }
+
+    /// The weight of the closed reservations queued that closed before `before_ms` (the queue
+    /// is in LSN order, time order up to clock skew: an estimate, as `forget` itself stops at
+    /// the first entry not old enough).
+    pub fn closed_weight_before(&self, before_ms: u64) -> usize {
+        let count = self.closed.partition_point(|entry| entry.closed_ms < before_ms);
+        let Some(first) = self.closed.front() else { return 0 };
+        let end = self.closed.get(count).map_or(self.weight_queued, |entry| entry.weight_queued_before);
+        let weight = end.wrapping_sub(first.weight_queued_before) as usize;
+        debug_assert!(weight >= count && weight <= self.weight);
+        weight
+    }
+
+    /// Every entry of this shard, reservations counted by their weight.
+    pub fn weight(&self) -> usize {
+        debug_assert_eq!(self.weight, self.tenants.total());
+        self.weight
     }
 
     /// Remembers a new reservation (open or closed: the caller indexes it) and counts it for its
     /// tenant.
     pub fn insert(&mut self, tenant: TenantId, id: IdText, reservation: HeldReservation) -> Option<HeldReservation> {
+        let weight = reservation_weight(reservation.lines.len());
         let previous = self.map.insert(Key(tenant, id), reservation);
-        if previous.is_none() {
-            self.tenants.add(tenant);
+        if let Some(previous) = &previous {
+            let previous_weight = reservation_weight(previous.lines.len());
+            self.tenants.remove(tenant, previous_weight);
+            self.weight -= previous_weight as usize;
         }
+        self.tenants.add(tenant, weight);
+        self.weight += weight as usize;
         previous
     }
 
@@ -617,8 +696,8 @@ impl ReservationShard {
     /// The LSN of the first reservation in the retention queue, among those closed by records
     /// before `lsn`, that closed at or after `before_ms`; `None` if all of them closed before.
     pub fn first_young(&self, before_ms: u64, lsn: Lsn) -> Option<Lsn> {
-        let mut closed = self.closed.iter().take_while(|(_, closed_lsn, _, _)| *closed_lsn < lsn);
-        closed.find(|(closed_ms, _, _, _)| *closed_ms >= before_ms).map(|(_, closed_lsn, _, _)| *closed_lsn)
+        let mut closed = self.closed.iter().take_while(|entry| entry.lsn < lsn);
+        closed.find(|entry| entry.closed_ms >= before_ms).map(|entry| entry.lsn)
     }
 
     /// Forgets the reservations closed by records before `below` (the engine's bound, the same
@@ -626,15 +705,17 @@ impl ReservationShard {
     /// before `before_ms`.
     pub fn forget(&mut self, before_ms: u64, below: Lsn) -> usize {
         let mut forgotten = 0;
-        while let Some((closed_ms, closed_lsn, _, _)) = self.closed.front() {
-            if *closed_lsn >= below {
+        while let Some(entry) = self.closed.front() {
+            if entry.lsn >= below {
                 break;
             }
-            assert!(*closed_ms < before_ms, "forgetting a reservation closed within the retention");
-            let (_, _, tenant, id) = self.closed.pop_front().expect("front exists");
-            let removed = self.map.remove(&Key(tenant, id));
-            assert!(removed.is_some_and(|r| !r.state.is_open()), "forgot an open reservation");
-            self.tenants.remove(tenant);
+            assert!(entry.closed_ms < before_ms, "forgetting a reservation closed within the retention");
+            let ClosedEntry { tenant, id, .. } = self.closed.pop_front().expect("front exists");
+            let removed = self.map.remove(&Key(tenant, id)).expect("a queued reservation is remembered");
+            assert!(!removed.state.is_open(), "forgot an open reservation");
+            let weight = reservation_weight(removed.lines.len());
+            self.tenants.remove(tenant, weight);
+            self.weight -= weight as usize;
             forgotten += 1;
         }
         forgotten
@@ -690,7 +771,7 @@ impl OperationShard {
         let reply = StoredReply::new(reply).expect("a reply sets at most one of deadline_ms, on_hand and count");
         let previous = self.map.insert(Key(tenant, id.clone()), HeldOperation { fingerprint, reply });
         assert!(previous.is_none(), "operation id remembered twice");
-        self.tenants.add(tenant);
+        self.tenants.add(tenant, 1);
         debug_assert!(self.order.back().is_none_or(|last| last.1 < lsn), "memory out of LSN order");
         self.order.push_back((at_ms, lsn, tenant, id));
     }
@@ -714,7 +795,7 @@ impl OperationShard {
             assert!(*at_ms < before_ms, "forgetting an operation remembered within the retention");
             let (_, _, tenant, id) = self.order.pop_front().expect("front exists");
             assert!(self.map.remove(&Key(tenant, id)).is_some(), "forgot an unknown operation");
-            self.tenants.remove(tenant);
+            self.tenants.remove(tenant, 1);
             forgotten += 1;
         }
         forgotten
@@ -815,6 +896,46 @@ mod tests {
     /// The memory keeps replies and reservations in a smaller form than the plain ones: every
     /// form a command's reply takes comes back equal, and what the smaller form cannot hold is
     /// refused (never silently changed).
+    #[test]
+    /// The retention queue's weights (`closed_weight_before`, what `forget` sizes its cutoff
+    /// by) are differences of running sums, right across a wrap of the `u32` sum.
+    fn the_retention_queue_weighs_what_closed_before_a_time_also_across_a_wrap() {
+        let closed = |lines: usize, closed_ms: u64| {
+            let line = ReservationLineState {
+                item: ItemId { shard: 0, index: 1 },
+                requested: 1,
+                reserved: 1,
+                committed: 1,
+                released: 0,
+            };
+            HeldReservation::new(Reservation {
+                fingerprint: 1,
+                reply: Reply::code(ResultCode::Ok),
+                state: ReservationState::Committed,
+                deadline_ms: 90_000,
+                lines: vec![line; lines],
+                closed_ms: Some(closed_ms),
+            })
+            .expect("held")
+        };
+        for start in [0, u32::MAX - 5] {
+            let mut shard = ReservationShard { weight_queued: start, ..ReservationShard::default() };
+            let tenant = TenantId(1);
+            // Weights 1, 11, 2, 1: closed at 10, 20, 30, 40 ms.
+            for (number, (lines, closed_ms)) in [(1, 10), (64, 20), (6, 30), (5, 40)].into_iter().enumerate() {
+                let id = IdText::new(&format!("r{number}"));
+                assert!(shard.insert(tenant, id.clone(), closed(lines, closed_ms)).is_none());
+                shard.push_closed(closed_ms, Lsn(number as u64 + 1), tenant, id);
+            }
+            assert_eq!(shard.weight(), 15);
+            let before: Vec<usize> = [0, 11, 21, 31, 41].iter().map(|&ms| shard.closed_weight_before(ms)).collect();
+            assert_eq!(before, vec![0, 1, 12, 14, 15], "start {start}");
+            assert_eq!(shard.forget(21, Lsn(3)), 2);
+            assert_eq!((shard.weight(), shard.tenants.of(tenant)), (3, 3));
+            assert_eq!(shard.closed_weight_before(41), 3);
+        }
+    }
+
     #[test]
     fn held_replies_and_reservations_come_back_equal() {
         use crate::code::{LineResult, ResultCode};

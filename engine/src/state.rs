@@ -99,13 +99,14 @@ impl Engine {
         let mut open_reservations = Vec::new();
         for shard in self.reservations.all() {
             let shard = shard.lock();
-            for (_, lsn, tenant, id) in &shard.closed {
-                let reservation = shard.map.get(&Key(*tenant, id.clone())).expect("closed entry has a reservation");
+            for entry in &shard.closed {
+                let reservation =
+                    shard.map.get(&Key(entry.tenant, entry.id.clone())).expect("closed entry has a reservation");
                 reservations.push(SavedReservation {
-                    tenant: *tenant,
-                    id: id.to_string(),
+                    tenant: entry.tenant,
+                    id: entry.id.to_string(),
                     reservation: reservation.plain(),
-                    closed_lsn: Some(*lsn),
+                    closed_lsn: Some(entry.lsn),
                 });
             }
             let open = shard.open_by_deadline();
@@ -243,10 +244,10 @@ impl Engine {
             }
             match (saved.closed_lsn, reservation.closed_ms) {
                 (Some(lsn), Some(closed_ms)) => {
-                    if shard.closed.back().is_some_and(|last| last.1 >= lsn) {
+                    if shard.closed.back().is_some_and(|last| last.lsn >= lsn) {
                         return Err(refuse(format!("reservation {}: out of retention order", saved.id)));
                     }
-                    shard.closed.push_back((closed_ms, lsn, saved.tenant, id));
+                    shard.push_closed(closed_ms, lsn, saved.tenant, id);
                 }
                 _ => {
                     shard.opened(reservation.deadline_ms, saved.tenant, id);
