@@ -11,6 +11,7 @@ use hashbrown::HashTable;
 use parking_lot::{RwLock, RwLockReadGuard};
 
 use crate::item::{Counters, ItemCell};
+use crate::sync::{AtomicU32, Ordering};
 use crate::types::{Fnv64, ItemId, TenantId, ITEMS_PER_SHARD_MAX, NAME_BYTES_MAX, TENANTS_MAX};
 
 /// Items per chunk of a shard.
@@ -529,6 +530,9 @@ pub struct Shard {
 pub struct Tenants {
     names: Vec<Box<str>>,
     by_name: hashbrown::HashMap<Box<str>, TenantId>,
+    /// Each tenant's items (`Engine::set_items_per_tenant_max`): counted on every insertion
+    /// into a shard (execution, replay, restore), under that shard's write lock.
+    items: Vec<AtomicU32>,
 }
 
 impl Tenants {
@@ -549,7 +553,40 @@ impl Tenants {
         let tenant = TenantId(self.names.len() as u32);
         self.names.push(name.into());
         self.by_name.insert(name.into(), tenant);
+        self.items.push(AtomicU32::new(0));
+        debug_assert_eq!(self.items.len(), self.names.len());
         Some(tenant)
+    }
+
+    /// The tenant's items.
+    pub fn items_of(&self, tenant: TenantId) -> u32 {
+        self.items[tenant.0 as usize].load(Ordering::Relaxed)
+    }
+
+    /// Counts one more item of `tenant` if it has fewer than `items_max`; false (nothing
+    /// counted) if not. Taken before the item is created: two shards creating at once cannot
+    /// both pass the last one. An insertion that then does not happen gives it back
+    /// ([`Tenants::uncount_item`]).
+    pub fn count_item(&self, tenant: TenantId, items_max: u32) -> bool {
+        let counter = &self.items[tenant.0 as usize];
+        let before = counter.fetch_add(1, Ordering::Relaxed);
+        assert!(before < u32::MAX, "item count overflow");
+        if before >= items_max {
+            counter.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Counts `count` items of `tenant` restored from a snapshot (never refused).
+    pub fn add_items(&self, tenant: TenantId, count: u32) {
+        let before = self.items[tenant.0 as usize].fetch_add(count, Ordering::Relaxed);
+        assert!(before.checked_add(count).is_some(), "item count overflow");
+    }
+
+    pub fn uncount_item(&self, tenant: TenantId) {
+        let before = self.items[tenant.0 as usize].fetch_sub(1, Ordering::Relaxed);
+        assert!(before >= 1, "giving back an item never counted");
     }
     pub fn iter(&self) -> impl Iterator<Item = (TenantId, &str)> {
         self.names.iter().enumerate().map(|(i, name)| (TenantId(i as u32), &**name))

@@ -14,10 +14,11 @@ use crate::memory::{
     ReservationLineState, ReservationShard, Sharded, StoredReply, TenantEntries,
 };
 use crate::record::{Body, ItemChange, LineChange, OperationMemo, Record, ReservationState, ReservedLine, SettleKind};
-use crate::sync::{AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use crate::types::{
     ItemId, Location, Lsn, Name, OperationId, ReservationId, Sku, TenantId, EXPIRE_BATCH_MAX, IMPORT_ROWS_MAX,
-    LINES_PER_RESERVATION_MAX, PAGE_ITEMS_MAX, POLICY_MAX, QUANTITY_MAX, SHARDS_MAX, STOCK_MAX, TTL_MS_MAX, TTL_MS_MIN,
+    ITEMS_PER_TENANT_MAX_DEFAULT, LINES_PER_RESERVATION_MAX, LOCATIONS_PER_SKU_MAX, PAGE_ITEMS_MAX, POLICY_MAX,
+    QUANTITY_MAX, SHARDS_MAX, STOCK_MAX, TTL_MS_MAX, TTL_MS_MIN,
 };
 use crate::EngineError;
 
@@ -56,6 +57,8 @@ pub struct Engine {
     idempotency_entries_max: AtomicUsize,
     /// Its share per id shard (`entries_max / id_shards`, rounded up): what is enforced.
     idempotency_shard_max: AtomicUsize,
+    /// Items one tenant may create (an operational limit, not data: replay never refuses).
+    items_per_tenant_max: AtomicU32,
     /// The id shard the next `expire` begins with: each begins after the shard where the one
     /// before it ran out of its limit, so a backlog in one shard (one tenant's, say) does not
     /// hold back what falls due in the others.
@@ -202,6 +205,7 @@ impl Engine {
             epochs: parking_lot::RwLock::new(Vec::new()),
             idempotency_entries_max: AtomicUsize::new(IDEMPOTENCY_ENTRIES_MAX_DEFAULT),
             idempotency_shard_max: AtomicUsize::new(IDEMPOTENCY_ENTRIES_MAX_DEFAULT.div_ceil(config.id_shards)),
+            items_per_tenant_max: AtomicU32::new(ITEMS_PER_TENANT_MAX_DEFAULT),
             expire_next_shard: AtomicUsize::new(0),
             config,
         }
@@ -237,6 +241,16 @@ impl Engine {
         assert!(entries_max >= self.config.id_shards, "idempotency limit {entries_max} below one per shard");
         self.idempotency_entries_max.store(entries_max, Ordering::Relaxed);
         self.idempotency_shard_max.store(entries_max.div_ceil(self.config.id_shards), Ordering::Relaxed);
+    }
+
+    /// Sets how many items one tenant may have: a new item past it is refused
+    /// `capacity_exceeded` (its row of an import, or the mutation that would create it), the
+    /// tenant's other items unaffected. Without it one tenant's flood of new items (an import
+    /// is a row a rate unit) filled the process's memory, or one shard's name space, for every
+    /// tenant (regression, review, eleventh session).
+    pub fn set_items_per_tenant_max(&self, items_max: u32) {
+        assert!(items_max >= 1, "a tenant may have at least one item");
+        self.items_per_tenant_max.store(items_max, Ordering::Relaxed);
     }
 
     /// Which id shard of this engine remembers `id` (status, and tests that fill one shard).
@@ -434,7 +448,18 @@ impl Engine {
         if let Some(index) = items.find(tenant, sku.as_str(), location.as_str()) {
             return Ok(Resolved { item: ItemId { shard, index } });
         }
-        let index = items.insert(tenant, sku.as_str(), location.as_str()).ok_or(ResultCode::CapacityExceeded)?;
+        if items.sku_location_count(tenant, sku.as_str()) >= LOCATIONS_PER_SKU_MAX {
+            return Err(ResultCode::CapacityExceeded);
+        }
+        let tenants = self.catalog.tenants.read();
+        if !tenants.count_item(tenant, self.items_per_tenant_max.load(Ordering::Relaxed)) {
+            return Err(ResultCode::CapacityExceeded);
+        }
+        let Some(index) = items.insert(tenant, sku.as_str(), location.as_str()) else {
+            tenants.uncount_item(tenant);
+            return Err(ResultCode::CapacityExceeded);
+        };
+        drop(tenants);
         let item = ItemId { shard, index };
         // Under the shard's write lock: creation order in a shard is LSN order.
         let lsn = self.take_lsn();
@@ -1292,6 +1317,8 @@ impl Engine {
                     return Err(mismatch(format!("item {sku}@{location} cannot be {item:?}")));
                 }
                 items.insert(*tenant, sku, location).ok_or_else(|| mismatch("shard full".into()))?;
+                // Counted, never refused: the limit is the primary's, at execution.
+                assert!(self.catalog.tenants.read().count_item(*tenant, u32::MAX));
             }
             Body::Stock { tenant, memo, changes } => {
                 // Checked before any item changes: a refused record leaves nothing behind.
@@ -1693,6 +1720,7 @@ impl Engine {
         // up to STOCK_MAX, 2^50). Regression: i64 sums overflowed, and `verify`, which the
         // server runs on its timer and at shutdown, panicked on a valid ledger.
         let mut totals_by_tenant: Vec<Option<(i128, i128)>> = vec![None; tenants.len() + 1];
+        let mut items_by_tenant: Vec<u32> = vec![0; tenants.len() + 1];
         for (shard_id, shard) in self.catalog.shards.iter().enumerate() {
             let shard = shard.items.read();
             for index in 0..shard.len() as u32 {
@@ -1701,6 +1729,7 @@ impl Engine {
                 report.items += 1;
                 // Past the known tenants: the last slot, reported as "?".
                 let slot = (shard.key(index).tenant.0 as usize).min(tenants.len());
+                items_by_tenant[slot] += 1;
                 let totals = totals_by_tenant[slot].get_or_insert((0, 0));
                 totals.0 += i128::from(counters.on_hand);
                 totals.1 += i128::from(counters.reserved);
@@ -1729,6 +1758,15 @@ impl Engine {
                         counters.reserved
                     ));
                 }
+            }
+        }
+        for (tenant, name) in tenants.iter() {
+            if tenants.items_of(tenant) != items_by_tenant[tenant.0 as usize] {
+                report.violations.push(format!(
+                    "tenant {name}: {} items counted, {} in the shards",
+                    tenants.items_of(tenant),
+                    items_by_tenant[tenant.0 as usize]
+                ));
             }
         }
         let mut unknown: Vec<(ItemId, i128)> = open_by_item.into_iter().map(|(item, (open, _))| (item, open)).collect();
@@ -2150,5 +2188,88 @@ mod tests {
         assert_eq!((many_lines, usage.reservations), (8, 88));
         assert_eq!(crate::memory::reservation_weight(LINES_PER_RESERVATION_MAX), 11);
         assert_eq!(usage.fullest_shard, 88);
+    }
+    fn import(engine: &Engine, tenant: TenantId, operation: &str, rows: &[(&str, String)]) -> Reply {
+        let rows = rows
+            .iter()
+            .map(|(sku, location)| ImportRow {
+                sku: Sku::new(sku).unwrap(),
+                location: Location::new(location).unwrap(),
+                on_hand: 1,
+                safety_stock: None,
+                backorder_limit: None,
+            })
+            .collect();
+        let command = Command::Import { tenant, operation: OperationId::new(operation).unwrap(), rows };
+        let mut records = Vec::new();
+        let reply = engine.execute(&command, 1_000, &mut records);
+        RECORDS.with(|all| all.borrow_mut().extend(records));
+        reply
+    }
+
+    thread_local! {
+        static RECORDS: std::cell::RefCell<Vec<Record>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// Regression (review, eleventh session): nothing bounded the items of a tenant, so one
+    /// tenant's flood of new items (an import is a rate unit a row) could fill the process's
+    /// memory, or, aimed at one shard, its 4 GiB name space, for every tenant. Past
+    /// `set_items_per_tenant_max` a new item is refused `capacity_exceeded`, its tenant's other
+    /// rows and every other tenant unaffected; replay and a restore count the same items.
+    #[test]
+    fn a_tenant_past_its_items_max_gets_capacity_exceeded_and_the_others_do_not() {
+        RECORDS.with(|all| all.borrow_mut().clear());
+        let engine = Engine::new(Config::default());
+        engine.set_items_per_tenant_max(3);
+        let mut records = Vec::new();
+        for name in ["flood", "other"] {
+            let reply = engine.execute(&Command::CreateTenant { name: Name::new(name).unwrap() }, 1_000, &mut records);
+            assert_eq!(reply.code, ResultCode::Ok);
+        }
+        RECORDS.with(|all| all.borrow_mut().extend(records));
+        let (flood, other) = (engine.tenant_id("flood").unwrap(), engine.tenant_id("other").unwrap());
+        let rows: Vec<(&str, String)> = (0..5).map(|n| ("SKU", format!("L{n}"))).collect();
+        let reply = import(&engine, flood, "i1", &rows);
+        let codes: Vec<ResultCode> = reply.lines.iter().map(|line| line.code).collect();
+        use ResultCode::{CapacityExceeded, Ok as Fine};
+        assert_eq!(codes, vec![Fine, Fine, Fine, CapacityExceeded, CapacityExceeded]);
+        // Its existing items still take changes; the other tenant creates its own.
+        assert_eq!(import(&engine, flood, "i2", &rows[..2]).code, Fine);
+        assert_eq!(import(&engine, other, "i3", &rows[..3]).code, Fine);
+        assert_eq!(engine.catalog.tenants.read().items_of(flood), 3);
+        assert!(engine.verify().violations.is_empty());
+
+        let replayed = Engine::new(Config::default());
+        for record in RECORDS.with(|all| all.borrow().clone()) {
+            replayed.apply(&record).unwrap();
+        }
+        assert!(replayed.verify().violations.is_empty(), "replay counts the items it creates");
+        let restored = Engine::restore(&engine.export()).unwrap();
+        assert!(restored.verify().violations.is_empty(), "a restore counts the items it loads");
+        assert_eq!(restored.catalog.tenants.read().items_of(other), 3);
+        restored.set_items_per_tenant_max(3);
+        assert_eq!(import(&restored, flood, "i4", &[("NEW", "L0".into())]).code, CapacityExceeded);
+    }
+
+    /// Regression (review, eleventh session): a SKU's locations were unbounded, and every one
+    /// of them is in the SKU's shard: one SKU could take that shard's name space (every other
+    /// tenant's new items there refused) and a `get_sku` walked millions under its lock. A SKU
+    /// has at most `LOCATIONS_PER_SKU_MAX` locations.
+    #[test]
+    fn a_sku_past_its_locations_max_gets_capacity_exceeded() {
+        let engine = Engine::new(Config::default());
+        let mut records = Vec::new();
+        let name = Name::new("acme").unwrap();
+        assert_eq!(engine.execute(&Command::CreateTenant { name }, 1_000, &mut records).code, ResultCode::Ok);
+        let tenant = engine.tenant_id("acme").unwrap();
+        for part in 0..LOCATIONS_PER_SKU_MAX / IMPORT_ROWS_MAX {
+            let rows: Vec<(&str, String)> =
+                (0..IMPORT_ROWS_MAX).map(|n| ("SKU", format!("L{}", part * IMPORT_ROWS_MAX + n))).collect();
+            assert_eq!(import(&engine, tenant, &format!("part{part}"), &rows).code, ResultCode::Ok);
+        }
+        let past = import(&engine, tenant, "past", &[("SKU", "ONE-MORE".into()), ("OTHER-SKU", "L0".into())]);
+        let codes: Vec<ResultCode> = past.lines.iter().map(|line| line.code).collect();
+        assert_eq!(codes, vec![ResultCode::CapacityExceeded, ResultCode::Ok]);
+        assert_eq!(engine.catalog.tenants.read().items_of(tenant) as usize, LOCATIONS_PER_SKU_MAX + 1);
     }
 }

@@ -291,6 +291,9 @@ fn restore_items(
     let mut shard = engine.catalog.shards[shard_number].items.write();
     assert_eq!(shard.len(), 0, "a shard is restored once, into a new engine");
     shard.reserve(saved.items.len(), saved.names.len());
+    // Counted per tenant here and added once at the end: the restore threads would contend
+    // on the counters item by item.
+    let mut items_by_tenant: hashbrown::HashMap<TenantId, u32> = hashbrown::HashMap::new();
     let mut at = 0usize;
     for (index, item) in saved.items.iter().enumerate() {
         let location_end = at + item.sku_bytes as usize + item.location_bytes as usize;
@@ -320,11 +323,16 @@ fn restore_items(
             .ok_or_else(|| refuse("shard full".into()))?
             .map_err(|_| refuse(format!("item {sku}@{location} is repeated")))?;
         assert_eq!(placed as usize, index, "items are appended in index order");
+        *items_by_tenant.entry(item.tenant).or_insert(0) += 1;
         shard.cell(placed).latch().counters = item.counters;
         at = location_end;
     }
     if at != saved.names.len() {
         return Err(refuse(format!("shard {shard_number}: {} unused name bytes", saved.names.len() - at)));
+    }
+    let tenants = engine.catalog.tenants.read();
+    for (tenant, count) in items_by_tenant {
+        tenants.add_items(tenant, count);
     }
     Ok(())
 }

@@ -25,6 +25,16 @@ pub const TTL_MS_MAX: u64 = 30 * 24 * 3_600_000;
 pub const TENANTS_MAX: usize = 1 << 20;
 /// Items one shard holds (ids are `u32` inside a shard).
 pub const ITEMS_PER_SHARD_MAX: usize = 1 << 31;
+/// Locations one SKU of a tenant may have. Every location of a SKU is in one shard (the
+/// shard hash is the SKU's), and a query of the SKU walks them: without a bound one tenant's
+/// SKU could take a shard's whole name space (4 GiB: every other tenant's new items there
+/// refused) and one `get_sku` held the shard's lock for seconds (regression, review, eleventh
+/// session). 100,000 is past any SKU's warehouses and bins.
+pub const LOCATIONS_PER_SKU_MAX: usize = 100_000;
+/// The default of `Engine::set_items_per_tenant_max`: 2^24 items (~2.5 GB of RAM at most, and
+/// with names of 64 bytes, below half a shard's name space, so that no tenant alone can fill
+/// one).
+pub const ITEMS_PER_TENANT_MAX_DEFAULT: u32 = 1 << 24;
 /// Shards: a power of two between these.
 pub const SHARDS_MIN: usize = 1;
 pub const SHARDS_MAX: usize = 1 << 16;

@@ -140,6 +140,8 @@ pub struct ServerOptions {
     pub idempotency_entries_max: usize,
     /// Connections one tenant's tokens hold open at once, at most (of `CONNECTIONS_MAX`).
     pub connections_per_tenant_max: usize,
+    /// Items one tenant may have (`Engine::set_items_per_tenant_max`).
+    pub items_per_tenant_max: u32,
     /// A failpoint for tests: recovery holds the data directory this much longer (0: none),
     /// as a long replay would (`reservoir serve` sets it from
     /// `RESERVOIR_FAILPOINT_RECOVERY_PAUSE_MS`).
@@ -170,6 +172,7 @@ impl ServerOptions {
             replication: ReplicationOptions::default(),
             idempotency_entries_max: reservoir_engine::IDEMPOTENCY_ENTRIES_MAX_DEFAULT,
             connections_per_tenant_max: CONNECTIONS_PER_TENANT_MAX_DEFAULT,
+            items_per_tenant_max: reservoir_engine::ITEMS_PER_TENANT_MAX_DEFAULT,
             failpoint_recovery_pause_ms: 0,
             failpoint_restart_pause_ms: 0,
             recovered: None,
@@ -550,6 +553,7 @@ pub async fn start(options: ServerOptions) -> Result<ServerHandle, NetError> {
         StartRole::Primary => Following::default(),
     };
     opened.engine.set_idempotency_entries_max(options.idempotency_entries_max.max(options.engine.id_shards));
+    opened.engine.set_items_per_tenant_max(options.items_per_tenant_max.max(1));
     let core = Arc::new(Core {
         epoch: AtomicU64::new(opened.engine.epoch()),
         epoch_heard: AtomicU64::new(node.fenced_by.max(read_epoch_heard(&epoch_heard_path)?)),

@@ -1812,3 +1812,21 @@ async fn a_request_cancelled_in_the_middle_of_its_frame_leaves_no_torn_frame_beh
     assert_eq!(item.counters.on_hand, 8, "both receives applied, each once");
     running.server.shutdown().await.unwrap();
 }
+
+/// The server sets the engine's item limit from its options (`--items-per-tenant-max`): a
+/// tenant's new item past it is refused `capacity_exceeded`, another tenant's is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_past_its_items_max_is_refused_capacity_exceeded() {
+    let running = start_with(|options| options.items_per_tenant_max = 2).await;
+    let demo = running.client(&running.demo).await.unwrap();
+    for (id, sku) in [("a", "SKU-1"), ("b", "SKU-2")] {
+        assert_eq!(reply_of(&demo.call(receive(id, sku, 5)).await.unwrap()).code, ResultCode::Ok);
+    }
+    let third = demo.call(receive("c", "SKU-3", 5)).await.unwrap();
+    assert_eq!(reply_of(&third).code, ResultCode::CapacityExceeded);
+    assert_eq!(reply_of(&demo.call(receive("d", "SKU-1", 5)).await.unwrap()).code, ResultCode::Ok, "its items still");
+    let (_admin, token) = running.new_tenant("other").await;
+    let other = running.client(&token).await.unwrap();
+    assert_eq!(reply_of(&other.call(receive("a", "SKU-3", 5)).await.unwrap()).code, ResultCode::Ok);
+    running.server.shutdown().await.unwrap();
+}

@@ -82,6 +82,10 @@ pub struct ServeArgs {
     /// Connections one tenant's tokens may hold open at once (of the server's 10,000)
     #[arg(long, value_name = "N", env = "RESERVOIR_CONNECTIONS_PER_TENANT_MAX", default_value_t = reservoir_net::server::CONNECTIONS_PER_TENANT_MAX_DEFAULT)]
     connections_per_tenant_max: usize,
+    /// Stock items (SKU at a location) one tenant may have; past it a new item is refused
+    /// capacity_exceeded
+    #[arg(long, value_name = "N", env = "RESERVOIR_ITEMS_PER_TENANT_MAX", default_value_t = reservoir_engine::ITEMS_PER_TENANT_MAX_DEFAULT)]
+    items_per_tenant_max: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -275,6 +279,8 @@ pub fn options(args: &ServeArgs) -> anyhow::Result<ServerOptions> {
         reservoir_net::server::CONNECTIONS_MAX
     );
     options.connections_per_tenant_max = args.connections_per_tenant_max;
+    anyhow::ensure!(args.items_per_tenant_max >= 1, "--items-per-tenant-max 0: at least 1");
+    options.items_per_tenant_max = args.items_per_tenant_max;
     let defaults = SnapshotPolicy::default();
     let snapshot = file.snapshot.unwrap_or_default();
     options.snapshot = SnapshotPolicy {
@@ -537,6 +543,7 @@ mod tests {
             peers: Vec::new(),
             idempotency_entries_max: None,
             connections_per_tenant_max: reservoir_net::server::CONNECTIONS_PER_TENANT_MAX_DEFAULT,
+            items_per_tenant_max: reservoir_engine::ITEMS_PER_TENANT_MAX_DEFAULT,
         }
     }
 
