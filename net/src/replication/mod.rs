@@ -406,6 +406,9 @@ pub(crate) struct Following {
     pub primary_durable_lsn: u64,
     pub primary_now_ms: u64,
     pub last_applied_timestamp_ms: u64,
+    /// The primary's clock the last time this standby had applied all the primary had made
+    /// durable: every record it lacks was made durable after that.
+    pub caught_up_primary_ms: u64,
     pub bytes_received: u64,
     pub records_received: u64,
     pub last_error: Option<String>,
@@ -422,12 +425,27 @@ impl Following {
             return Lag::default();
         }
         let mean = self.bytes_received / self.records_received.max(1);
+        let since_last_applied = self.primary_now_ms.saturating_sub(self.last_applied_timestamp_ms);
+        // The oldest record missing is no older than the last time it was caught up
+        // (regression, review, tenth session: after an idle spell the first write showed the
+        // whole idle time, the age of the last record applied).
+        let since_caught_up = self.primary_now_ms.saturating_sub(self.caught_up_primary_ms);
         Lag {
             records,
             bytes: records.saturating_mul(mean.max(1)),
-            ms: self.primary_now_ms.saturating_sub(self.last_applied_timestamp_ms),
-            ms_since_execution: self.primary_now_ms.saturating_sub(self.last_applied_timestamp_ms),
+            ms: since_last_applied.min(since_caught_up),
+            ms_since_execution: since_last_applied,
             flush_ms: 0,
+        }
+    }
+
+    /// Takes a message from the primary: its durable LSN and clock, and whether this standby
+    /// (having applied through `applied_lsn`) is caught up with it.
+    pub fn heard(&mut self, durable_lsn: u64, now_ms: u64, applied_lsn: u64) {
+        self.primary_durable_lsn = durable_lsn;
+        self.primary_now_ms = now_ms;
+        if applied_lsn >= durable_lsn {
+            self.caught_up_primary_ms = now_ms;
         }
     }
 }
@@ -564,6 +582,28 @@ mod tests {
         let lag = check(&hub, id, 25, 121, Some(times(117, 118)));
         assert_eq!((lag.records, lag.ms, lag.ms_since_execution, lag.flush_ms), (5, 3, 4, 3));
         assert_eq!(check(&hub, id, 20, 121, None), Lag::default(), "caught up");
+    }
+
+    /// Regression (a known limit since review, closed in the eleventh session): a standby's
+    /// own lag was the age of the last record it applied, so after an idle spell the first
+    /// write it had not yet applied showed the whole idle time. What it lacks was made durable
+    /// after it was last caught up, so the lag is never more than the time since.
+    #[test]
+    fn a_standbys_own_lag_after_an_idle_spell_is_not_the_idle_time() {
+        let mut following = Following::default();
+        following.heard(100, 1_000, 100);
+        following.last_applied_timestamp_ms = 990;
+        // An hour idle, caught up all the while.
+        following.heard(100, 3_601_000, 100);
+        assert_eq!(following.lag(100), Lag::default());
+        // A write: heard of, not yet applied.
+        following.heard(101, 3_601_040, 100);
+        let lag = following.lag(100);
+        assert_eq!((lag.records, lag.ms), (1, 40), "{lag:?}");
+        assert_eq!(lag.ms_since_execution, 3_600_050, "the last record applied is that old");
+        // Behind for a while: the lag grows from when it was last caught up.
+        following.heard(150, 3_602_000, 120);
+        assert_eq!(following.lag(120).ms, 1_000);
     }
 
     #[test]

@@ -340,15 +340,14 @@ async fn follow_stream(
                         if !apply(core, &frames)? {
                             return Ok(Ended::Promoted);
                         }
+                        let applied_lsn = core.engine.next_lsn().0 - 1;
                         let mut following = core.following.lock();
-                        following.primary_durable_lsn = durable_lsn;
-                        following.primary_now_ms = now_ms;
+                        following.heard(durable_lsn, now_ms, applied_lsn);
                         following.bytes_received += frames.len() as u64;
                     }
                     PrimaryMessage::Heartbeat { durable_lsn, now_ms } => {
-                        let mut following = core.following.lock();
-                        following.primary_durable_lsn = durable_lsn;
-                        following.primary_now_ms = now_ms;
+                        let applied_lsn = core.engine.next_lsn().0 - 1;
+                        core.following.lock().heard(durable_lsn, now_ms, applied_lsn);
                     }
                     PrimaryMessage::Credentials { generation, json } => {
                         // Durable (fsynced) before it is reported: a `sync` primary answers a
