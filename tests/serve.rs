@@ -505,3 +505,21 @@ fn a_panic_in_the_server_stops_the_process_and_a_restart_recovers() {
     server.signal("TERM");
     assert!(server.wait().success());
 }
+
+/// Regression (review, tenth session): with `--json`, a command that got no answer (exit 3)
+/// printed nothing on stdout, and a script parsing it failed on empty input. It prints an
+/// object with the error now.
+#[test]
+fn a_command_with_no_answer_prints_a_json_error_with_json() {
+    let directory = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1; the CA file is missing too: either is "no answer".
+    let output = run_in(
+        binary(),
+        &["--json", "stock", "SKU-1", "--server", "127.0.0.1:1", "--token", "t", "--ca", "missing.pem"],
+        directory.path(),
+    );
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).expect("a JSON object on stdout");
+    assert_eq!(value["exit"], 3);
+    assert!(value["error"].as_str().is_some_and(|error| error.contains("missing.pem")), "{value}");
+}

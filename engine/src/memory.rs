@@ -516,6 +516,9 @@ pub struct ClosedEntry {
     pub id: IdText,
 }
 
+// The weight's running sum sits in what was padding: an entry is as large as the tuple was.
+const _: () = assert!(std::mem::size_of::<ClosedEntry>() == std::mem::size_of::<(u64, Lsn, TenantId, IdText)>());
+
 #[derive(Default)]
 pub struct ReservationShard {
     pub map: HashMap<Key, HeldReservation>,

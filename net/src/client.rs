@@ -390,7 +390,14 @@ impl Inner {
                 Ok(session) => session,
                 // The token is unknown or was revoked (the server closed the connection it had
                 // for it): another handshake with the same token cannot pass.
-                Err(NetError::Refused(error)) if error.code == ProtocolErrorCode::Unauthenticated => {
+                // Nor can a server that speaks none of this client's versions start to
+                // (regression, review, tenth session: it was retried 8 times, ~2.5 s).
+                Err(NetError::Refused(error))
+                    if matches!(
+                        error.code,
+                        ProtocolErrorCode::Unauthenticated | ProtocolErrorCode::UnsupportedVersion
+                    ) =>
+                {
                     return Err(answer(NetError::Refused(error), &unknown));
                 }
                 Err(error) => {

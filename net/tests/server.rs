@@ -1830,3 +1830,61 @@ async fn a_tenant_past_its_items_max_is_refused_capacity_exceeded() {
     assert_eq!(reply_of(&other.call(receive("a", "SKU-3", 5)).await.unwrap()).code, ResultCode::Ok);
     running.server.shutdown().await.unwrap();
 }
+
+/// Regression (review, tenth session): a server that speaks none of the client's versions
+/// (`unsupported_version` to the `Hello`) was asked again 8 times, ~2.5 s of waits, though no
+/// handshake with it can pass. The client now gives up at the first, as for a token refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_speaks_no_version_of_the_client_is_asked_once() {
+    let running = start().await;
+    let files = reservoir_net::tls::ensure_generated(running.directory.path(), &[]).unwrap();
+    let endpoint =
+        quinn::Endpoint::server(reservoir_net::tls::server_config(&files).unwrap(), "127.0.0.1:0".parse().unwrap())
+            .unwrap();
+    let address = endpoint.local_addr().unwrap();
+    let hellos = Arc::new(AtomicI64::new(0));
+    let counted = hellos.clone();
+    let task = tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let Ok(connection) = incoming.await else { return };
+                let Ok((mut send, mut recv)) = connection.accept_bi().await else { return };
+                let mut decoder = FrameDecoder::new();
+                let Some(ClientFrame::Hello(_)) = next_client_frame(&mut recv, &mut decoder).await else { return };
+                // The first handshake passes, then the connection closes (the server is
+                // replaced by one of another version): the client's next session meets it.
+                if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                    let hello = HelloReply {
+                        version: 1,
+                        role: Role::Tenant { name: "demo".into() },
+                        epoch: 1,
+                        limits: ServerLimits::THIS_BUILD,
+                        node: NodeRole::Primary,
+                    };
+                    send_frame(&mut send, ServerFrame::HelloReply(hello)).await;
+                    let _ = next_client_frame(&mut recv, &mut decoder).await;
+                    connection.close(quinn::VarInt::from_u32(0), b"upgrading");
+                    return;
+                }
+                let refusal = ErrorFrame {
+                    request_id: None,
+                    code: ProtocolErrorCode::UnsupportedVersion,
+                    message: "this server speaks version 9 only".into(),
+                    retry_after_ms: None,
+                    primary: None,
+                };
+                send_frame(&mut send, ServerFrame::Error(refusal)).await;
+                let _ = send.finish();
+                connection.closed().await;
+            });
+        }
+    });
+    let options = ClientOptions::new(vec![address.to_string()], running.ca.clone(), running.demo.clone());
+    let client = Client::connect(options).await.unwrap();
+    let error = client.call(receive("a", "SKU-1", 1)).await.unwrap_err();
+    assert!(error.to_string().contains("unsupported_version"), "{error}");
+    assert_eq!(hellos.load(Ordering::SeqCst), 2, "the new server is asked once, not again");
+    task.abort();
+    running.server.shutdown().await.unwrap();
+}

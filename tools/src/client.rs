@@ -5,8 +5,8 @@
 //! | ---: | --- |
 //! | 0 | done (`ok`, or `ok_partial` for a reserve that allowed it) |
 //! | 1 | the server refused the operation, or some rows of an import (its result codes are printed) |
-//! | 2 | bad usage (clap) |
-//! | 3 | no answer: cannot connect, not authenticated, protocol or file error |
+//! | 2 | bad usage (clap; a malformed `--op-id` too) |
+//! | 3 | no answer: cannot connect, not authenticated, protocol or file error (`--json`: an object with `error`) |
 
 use std::path::PathBuf;
 
@@ -61,6 +61,25 @@ fn parse_line(text: &str) -> Result<WireLine, String> {
     Ok(WireLine { sku, location, quantity })
 }
 
+/// An operation id (`--op-id`): a name the server takes (1 to 64 bytes, printable, no white
+/// space), refused before anything is sent (exit 2). Regression (review, tenth session): a
+/// bad one was found only by the server or after connecting, and exited 1 or 3.
+fn parse_op_id(text: &str) -> Result<String, String> {
+    match reservoir_engine::OperationId::new(text) {
+        Ok(_) => Ok(text.to_owned()),
+        Err(why) => Err(format!("{text:?} is not an operation id ({why:?}): 1 to 64 printable bytes, no white space")),
+    }
+}
+
+/// An import's `--op-id`: an operation id with no `#`, which names the import's parts.
+fn parse_import_op_id(text: &str) -> Result<String, String> {
+    let separator = reservoir_net::gateway::api::IMPORT_PART_SEPARATOR;
+    if text.contains(separator) {
+        return Err(format!("{text:?}: an import's id may not contain {separator:?}, which names its parts"));
+    }
+    parse_op_id(text)
+}
+
 /// `SKU[@LOCATION]`.
 fn parse_item(text: &str) -> (String, String) {
     match text.split_once('@') {
@@ -96,7 +115,7 @@ pub struct SettleArgs {
     #[arg(long = "line", value_name = "SKU[@LOC]:QTY", value_parser = parse_line)]
     lines: Vec<WireLine>,
     /// The operation id (idempotency key; default: a new random one, printed)
-    #[arg(long)]
+    #[arg(long, value_parser = parse_op_id)]
     op_id: Option<String>,
 }
 
@@ -107,7 +126,7 @@ pub struct ExtendArgs {
     /// The new time to live, from now
     #[arg(long, value_parser = parse_duration_ms)]
     ttl: u64,
-    #[arg(long)]
+    #[arg(long, value_parser = parse_op_id)]
     op_id: Option<String>,
 }
 
@@ -116,7 +135,7 @@ pub struct ReceiveArgs {
     /// SKU[@LOCATION]
     item: String,
     quantity: i64,
-    #[arg(long)]
+    #[arg(long, value_parser = parse_op_id)]
     op_id: Option<String>,
 }
 
@@ -130,7 +149,7 @@ pub struct AdjustArgs {
     /// Why (damage, found, ...)
     #[arg(long)]
     reason: String,
-    #[arg(long)]
+    #[arg(long, value_parser = parse_op_id)]
     op_id: Option<String>,
 }
 
@@ -143,7 +162,7 @@ pub struct SetStockArgs {
     /// Only if on_hand is this now (compare-and-set, for cycle counts)
     #[arg(long)]
     expected: Option<i64>,
-    #[arg(long)]
+    #[arg(long, value_parser = parse_op_id)]
     op_id: Option<String>,
 }
 
@@ -153,7 +172,7 @@ pub struct MoveArgs {
     from: String,
     to: String,
     quantity: i64,
-    #[arg(long)]
+    #[arg(long, value_parser = parse_op_id)]
     op_id: Option<String>,
 }
 
@@ -163,7 +182,7 @@ pub struct ImportArgs {
     /// with those fields (a tenant export of `reservoir restore --tenant` works as it is)
     file: PathBuf,
     /// The operation id (idempotency key; a file over 10,000 rows uses ID-1, ID-2, ...)
-    #[arg(long)]
+    #[arg(long, value_parser = parse_import_op_id)]
     op_id: Option<String>,
 }
 
@@ -338,10 +357,16 @@ pub fn run(connection: Connection, command: ClientCommand) -> u8 {
             return EXIT_NO_ANSWER;
         }
     };
+    let json = connection.json;
     match runtime.block_on(run_async(connection, command)) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("reservoir: {error:#}");
+            // A script reading `--json` gets an object here too (regression, review, tenth
+            // session: it got nothing on stdout).
+            if json {
+                println!("{}", json!({ "error": format!("{error:#}"), "exit": EXIT_NO_ANSWER }));
+            }
             EXIT_NO_ANSWER
         }
     }
@@ -440,10 +465,7 @@ async fn run_async(connection: Connection, command: ClientCommand) -> anyhow::Re
             let base = operation_id(&args.op_id, &mut extra);
             // The parts' ids are the gateway's (`ID#1`, `ID#2`, ...), so no id names a part.
             let separator = reservoir_net::gateway::api::IMPORT_PART_SEPARATOR;
-            anyhow::ensure!(
-                !base.contains(separator),
-                "--op-id may not contain {separator:?}: it names an import's parts"
-            );
+            assert!(!base.contains(separator), "refused by parse_import_op_id; a generated id has none");
             let chunks: Vec<_> = rows.chunks(IMPORT_ROWS_PER_REQUEST_MAX).collect();
             let single = chunks.len() == 1;
             chunks

@@ -561,6 +561,29 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    #[test]
+    /// Regression (review, tenth session): a bad `--op-id` was found only after connecting (an
+    /// import's `#`, exit 3) or by the server (exit 1); clap refuses it now, exit 2, nothing sent.
+    fn a_bad_op_id_is_refused_before_anything_is_sent() {
+        let parses = |line: &str| Cli::command().try_get_matches_from(line.split_whitespace()).is_ok();
+        assert!(parses("reservoir receive SKU-1 5 --op-id good-1"));
+        assert!(parses("reservoir import stock.csv --op-id load-7"));
+        let long = "x".repeat(65);
+        for bad in [
+            vec!["reservoir", "import", "stock.csv", "--op-id", "load#2"],
+            vec!["reservoir", "receive", "SKU-1", "5", "--op-id", ""],
+            vec!["reservoir", "commit", "--id", "r1", "--op-id", &long],
+            vec!["reservoir", "release", "--id", "r1", "--op-id", "a b"],
+        ] {
+            let error = Cli::command().try_get_matches_from(&bad).map(|_| ()).unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{bad:?}: {error}");
+            assert!(
+                error.to_string().contains("operation id") || error.to_string().contains("names its parts"),
+                "{error}"
+            );
+        }
+    }
+
     /// Regression (review): the connection flags were taken by every subcommand and ignored
     /// by most (`serve --token`, `verify --json`); they are refused there now, and still taken
     /// where they mean something, before or after the subcommand.
