@@ -209,7 +209,13 @@ pub fn retain(data_directory: &Path, policy: &RetentionPolicy, now_ms: u64) -> R
     // (regression, review, eleventh session: pruning the oldest archived snapshot before the
     // segments after it, step 3 stopped at the first of those within the policy and kept them
     // for good, though docs/operations.md says a time reaches back as far as the log on disk).
-    let oldest_snapshot = snapshot::list(&snapshots_archive)?.first().or(live.first()).copied();
+    // The older of the oldest archived and the oldest live (a live one older than every
+    // archived one, copied back by hand, is what a fallback reads: its segments stay).
+    let oldest_archived = snapshot::list(&snapshots_archive)?.first().copied();
+    let oldest_snapshot = match (oldest_archived, live.first().copied()) {
+        (Some(archived), Some(live)) => Some(archived.min(live)),
+        (archived, live) => archived.or(live),
+    };
     let layered_first = storage.layered.list().map_err(io(data_directory))?.first().copied();
     let log_starts_at_one = match layered_first {
         Some(first) => segment_first_lsn(&storage.layered, first)? == Lsn(1),

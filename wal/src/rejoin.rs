@@ -522,8 +522,17 @@ pub fn finish_set_aside_steps(data_directory: &Path, steps_max: usize) -> Result
         }
         write_set_aside_intent_text(data_directory, into, install, true)?;
     }
-    // Nothing makes a log or an archive before the intent is gone (recovery waits for it).
-    assert!(!data_directory.join("wal").exists() && !data_directory.join("archive").exists(), "the history moved");
+    // Nothing of Reservoir's makes a log or an archive before the intent is gone (recovery
+    // waits for it); one there was made by hand, and is refused, not moved or panicked on.
+    for part in ["wal", "archive"] {
+        let stray = data_directory.join(part);
+        if stray.exists() {
+            return Err(WalError::SetAsideIntent {
+                path: path.display().to_string(),
+                why: format!("{} exists though the history was moved aside", stray.display()),
+            });
+        }
+    }
     if !install.is_empty() && Path::new(install).exists() {
         let snapshot_file = Path::new(install);
         let covers = snapshot::covers_lsn_of(snapshot_file)?;

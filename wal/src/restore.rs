@@ -105,21 +105,29 @@ pub fn resolve(data_directory: &Path, target: RestoreTarget, inclusive: bool) ->
             // way out, resolved to its last whole record and dropped the acknowledged records
             // only the snapshot held; and one damaged byte in an archived segment every
             // snapshot covers failed every restore to a time).
+            let past = |timestamp_ms: u64| if inclusive { timestamp_ms > unix_ms } else { timestamp_ms >= unix_ms };
             let mut floor = None;
             for (lsn, path) in all_snapshots(data_directory)? {
                 // A snapshot whose header does not read is passed over, as `restore` passes it.
-                if snapshot::created_ms(&path).is_ok_and(in_time) {
-                    floor = Some(lsn);
-                    break;
+                if !snapshot::created_ms(&path).is_ok_and(in_time) {
+                    continue;
                 }
+                // Its time is its taker's clock (a standby's, maybe behind), a record's the
+                // primary's: where the log still holds the snapshot's last record, that
+                // record's stamp must be in time too (review, eleventh session: a standby's
+                // snapshot stamped before the bad import it holds was taken as the floor).
+                if last_record_timestamp_ms(&storage, lsn).is_some_and(past) {
+                    continue;
+                }
+                floor = Some(lsn);
+                break;
             }
             if let Some(floor) = floor {
                 let mut first_excluded = None;
                 let from = Lsn(floor.0 + 1);
                 let end = scan_until(&storage, from, Lsn(0), |record| {
                     assert!(record.lsn >= from, "the scan starts after the snapshot");
-                    let past = if inclusive { record.timestamp_ms > unix_ms } else { record.timestamp_ms >= unix_ms };
-                    if past {
+                    if past(record.timestamp_ms) {
                         first_excluded = Some((record.lsn, record.timestamp_ms));
                         return Ok(Flow::Stop);
                     }
@@ -192,6 +200,22 @@ pub fn resolve(data_directory: &Path, target: RestoreTarget, inclusive: bool) ->
             Ok(ResolvedTarget { lsn, first_excluded })
         }
     }
+}
+
+/// The timestamp of the record at `lsn`, if the log holds it and it reads (`None` otherwise:
+/// pruned, past the end, or in damaged bytes, which the caller does not need to read).
+fn last_record_timestamp_ms(storage: &crate::LayeredStorage, lsn: Lsn) -> Option<u64> {
+    if lsn.0 == 0 {
+        return None;
+    }
+    let mut found = None;
+    let scanned = scan_until(storage, lsn, Lsn(0), |record| {
+        if record.lsn == lsn {
+            found = Some(record.timestamp_ms);
+        }
+        Ok(Flow::Stop)
+    });
+    scanned.ok().and(found)
 }
 
 /// Rebuilds the state of `data_directory` at `target`. `config` is used only if no snapshot

@@ -551,3 +551,28 @@ fn pruning_leaves_no_archived_segment_that_no_remaining_snapshot_can_start_from(
     assert_eq!(restored.base_snapshot, Some(snapshots[1]));
     assert_eq!(restored.engine.dump(), reference(&run.records, snapshots[1].0 as usize + 1));
 }
+
+/// Review (eleventh session) of the fix above: a snapshot's time is its taker's clock (a
+/// standby's may run behind the primary's), a record's the primary's. A snapshot stamped
+/// before the records it holds was taken as the floor of a restore to a time between them,
+/// and the restore held records stamped after the target. Where the log still holds a
+/// snapshot's last record, that record's stamp must be in time too.
+#[test]
+fn a_snapshot_stamped_before_the_records_it_holds_is_no_floor_for_an_earlier_time() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut run = Run::new(directory.path(), 11);
+    run.drive(2_000);
+    let covered = run.opened.wal.durable_lsn();
+    // Taken by a node whose clock is far behind: stamped before every record it holds.
+    build_snapshot(directory.path(), common::config(), Some(covered), 1, &RetentionPolicy::default()).unwrap();
+    run.drive(200);
+    run.opened.wal.close().unwrap();
+    let records = run.records;
+    let within = records[1_000].timestamp_ms;
+    let restored =
+        restore(directory.path(), common::config(), RestoreTarget::Time { unix_ms: within }, true, |_, _| {}).unwrap();
+    let expected = records.iter().position(|record| record.timestamp_ms > within).unwrap();
+    assert!(expected < covered.0 as usize);
+    assert_eq!(restored.target.lsn, Lsn(expected as u64), "nothing stamped after the target");
+    assert_eq!(restored.engine.dump(), reference(&records, expected));
+}

@@ -384,6 +384,40 @@ fn a_base_backup_install_cut_short_after_any_of_its_steps_is_finished_at_the_nex
     }
 }
 
+/// Review (eleventh session): once the moves are recorded done, a `wal/` made by hand before
+/// the intent is gone made every start panic (an assertion); it is refused with an error
+/// naming it.
+#[test]
+fn a_log_made_by_hand_during_a_cut_short_install_is_refused_not_a_panic() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut run = Run::new(directory.path());
+    run.drive(100);
+    let covers = run.snapshot(directory.path());
+    run.opened.wal.close().unwrap();
+    let incoming = directory.path().join("incoming").join("base.snap");
+    copy_snapshot(directory.path(), covers, &incoming);
+    write_set_aside_intent(directory.path(), "9", Some(&incoming)).unwrap();
+    // Stopped as a crash would, as soon as the intent records the moves: each call makes
+    // `replaced/9` (step 1) and moves one part (step 2), until none is left; then step 2 is
+    // the record of the moves.
+    let intent = directory.path().join(SET_ASIDE_INTENT_FILE);
+    let parts_left = || ["wal", "snapshots", "archive"].iter().any(|part| directory.path().join(part).exists());
+    let mut calls = 0;
+    while parts_left() {
+        calls += 1;
+        assert!(calls <= 3, "one part moved a call");
+        finish_set_aside_steps(directory.path(), 2).unwrap();
+    }
+    finish_set_aside_steps(directory.path(), 2).unwrap();
+    assert!(std::fs::read_to_string(&intent).unwrap().ends_with("moved=yes\n"));
+    assert!(!directory.path().join("snapshots").exists(), "the install has not begun");
+    std::fs::create_dir(directory.path().join("wal")).unwrap();
+    match try_open(directory.path()) {
+        Err(WalError::SetAsideIntent { why, .. }) => assert!(why.contains("wal"), "{why}"),
+        other => panic!("expected SetAsideIntent, got {:?}", other.map(|opened| opened.engine.next_lsn())),
+    }
+}
+
 /// Review finding: a rewind that failed (the caller then sets the log aside for a base
 /// backup) left its intent behind, and the next start "finished a rewind" on an empty log.
 #[test]
