@@ -1300,3 +1300,47 @@ async fn a_tenants_imports_in_flight_are_capped_and_leave_room_for_others() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Regression (review, eleventh session): the gateway's connections were one pool, refused at
+/// once past its cap, and `/healthz` needs no token: one client holding every connection with
+/// a keep-alive probe every few seconds shut every new scanner out. A connection past the cap
+/// now closes the least recently active one (after its request, if it serves one) and takes
+/// its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_past_the_cap_closes_the_least_recently_active_one() {
+    use tokio::io::AsyncReadExt as _;
+    let setup = start_with(|_| {}, |options| options.connections_max = 3).await;
+    let address = setup.gateway.local_addr();
+    let probe = b"GET /healthz HTTP/1.1\r\nhost: gateway\r\n\r\n";
+    async fn answered(stream: &mut tokio::net::TcpStream, request: &[u8]) -> bool {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        if stream.write_all(request).await.is_err() {
+            return false;
+        }
+        let mut answer = vec![0u8; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer)).await;
+        matches!(read, Ok(Ok(count)) if count > 0 && answer.starts_with(b"HTTP/1.1 200"))
+    }
+    // The flood holds every connection, each kept alive by a probe; the first is the least
+    // recently active.
+    let mut flood = Vec::new();
+    for _ in 0..3 {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        assert!(answered(&mut stream, probe).await);
+        flood.push(stream);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for stream in &mut flood[1..] {
+        assert!(answered(stream, probe).await);
+    }
+    // A scanner's new connection is served.
+    let mut scanner = tokio::net::TcpStream::connect(address).await.unwrap();
+    assert!(answered(&mut scanner, probe).await, "a new connection past the cap was refused");
+    // The one closed for it is the least recently active; the others still answer.
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(10), flood[0].read(&mut byte)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "the least recently active connection was closed: {closed:?}");
+    for stream in &mut flood[1..] {
+        assert!(answered(stream, probe).await, "a more recently active connection was closed");
+    }
+}

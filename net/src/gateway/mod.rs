@@ -55,9 +55,15 @@ pub const IMPORT_BODY_BYTES_MAX: usize = 32 << 20;
 pub const IMPORT_BODY_ROWS_MAX: usize = 10 * reservoir_engine::IMPORT_ROWS_MAX;
 /// Bytes of one line of an import body.
 pub const IMPORT_LINE_BYTES_MAX: usize = 4_096;
-/// HTTP connections the gateway holds open at once; one past it is closed at once. Each holds
-/// a task and up to hyper's ~400 KB header buffer.
+/// HTTP connections the gateway holds open at once (`GatewayOptions::connections_max`). A
+/// connection past it closes the least recently active one (gracefully: after the request it
+/// serves, if any) and waits up to `CONNECTION_ROOM_WAIT_MS` for its place. Each holds a task
+/// and up to hyper's ~400 KB header buffer.
 pub const CONNECTIONS_MAX: usize = 8_192;
+/// How long a new connection past `connections_max` waits for the one it closed.
+pub const CONNECTION_ROOM_WAIT_MS: u64 = 1_000;
+/// New connections waiting at once for room; past it, one is closed at once.
+pub const CONNECTIONS_WAITING_MAX: usize = 64;
 /// How long a connection may take to send a request's headers, counted from when the gateway
 /// waits for them: it also closes a keep-alive connection idle that long. Regression (review):
 /// `axum::serve` gives hyper no timer, so a client sending a header a byte at a time, or
@@ -90,6 +96,8 @@ pub struct GatewayOptions {
     pub request_timeout_ms: u64,
     /// Upstream connections (tokens) kept at once.
     pub pool_connections_max: usize,
+    /// HTTP connections held open at once ([`CONNECTIONS_MAX`]).
+    pub connections_max: usize,
 }
 
 impl GatewayOptions {
@@ -102,6 +110,7 @@ impl GatewayOptions {
             server_name: None,
             request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
             pool_connections_max: pool::POOL_CONNECTIONS_MAX,
+            connections_max: CONNECTIONS_MAX,
         }
     }
 }
@@ -269,7 +278,8 @@ pub async fn start(options: GatewayOptions) -> Result<GatewayHandle, NetError> {
     let (router, gateway) = router(&options);
     let (stop, stopped) = oneshot::channel::<()>();
     let request_timeout = Duration::from_millis(options.request_timeout_ms.max(1));
-    let served = tokio::spawn(serve_http(listener, router, stopped, request_timeout));
+    let connections_max = options.connections_max.clamp(1, CONNECTIONS_MAX);
+    let served = tokio::spawn(serve_http(listener, router, stopped, request_timeout, connections_max));
     let sweeping = gateway.clone();
     let sweeper = tokio::spawn(async move {
         let mut interval = tokio::time::interval(Duration::from_millis(pool::POOL_SWEEP_INTERVAL_MS));
@@ -282,17 +292,75 @@ pub async fn start(options: GatewayOptions) -> Result<GatewayHandle, NetError> {
     Ok(GatewayHandle { local_addr, gateway, stop: Some(stop), served, sweeper })
 }
 
-/// Accepts HTTP/1.1 connections, at most [`CONNECTIONS_MAX`] at once, each with a header-read
-/// timer and a lifetime; on `stopped`, stops accepting and lets each connection finish the
-/// request it is serving.
+/// One open HTTP connection, as the accept loop sees it: when it last began or ended a
+/// request, and how to close it.
+struct OpenConnection {
+    active_ms: std::sync::atomic::AtomicU64,
+    close: tokio::sync::Notify,
+}
+
+/// The open connections, to close the least recently active one when a new one finds no room.
+/// Regression (review, eleventh session): the cap was one pool refused at once past it, so one
+/// client holding every connection with a keep-alive `/healthz` every 9 s (no token needed)
+/// shut every new scanner out.
+#[derive(Default)]
+struct OpenConnections {
+    by_id: parking_lot::Mutex<std::collections::HashMap<u64, Arc<OpenConnection>>>,
+    next_id: std::sync::atomic::AtomicU64,
+    started: std::sync::OnceLock<Instant>,
+}
+
+impl OpenConnections {
+    fn now_ms(&self) -> u64 {
+        self.started.get_or_init(Instant::now).elapsed().as_millis() as u64
+    }
+
+    fn open(&self) -> (u64, Arc<OpenConnection>) {
+        use std::sync::atomic::Ordering;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let connection = Arc::new(OpenConnection {
+            active_ms: std::sync::atomic::AtomicU64::new(self.now_ms()),
+            close: tokio::sync::Notify::new(),
+        });
+        let mut by_id = self.by_id.lock();
+        by_id.insert(id, connection.clone());
+        assert!(by_id.len() <= CONNECTIONS_MAX + CONNECTIONS_WAITING_MAX, "more connections than permits");
+        (id, connection)
+    }
+
+    fn closed(&self, id: u64) {
+        self.by_id.lock().remove(&id);
+    }
+
+    /// Asks the least recently active connection to close (after its request, if it serves
+    /// one). A scan of at most `CONNECTIONS_MAX` entries, made only when the cap is reached.
+    fn close_least_recently_active(&self) {
+        use std::sync::atomic::Ordering;
+        let by_id = self.by_id.lock();
+        let oldest = by_id.values().min_by_key(|connection| connection.active_ms.load(Ordering::Relaxed));
+        if let Some(connection) = oldest {
+            // Marked active now: the next one past the cap picks another.
+            connection.active_ms.store(u64::MAX, Ordering::Relaxed);
+            connection.close.notify_one();
+        }
+    }
+}
+
+/// Accepts HTTP/1.1 connections, at most `connections_max` at once (one past it closes the
+/// least recently active: [`OpenConnections`]), each with a header-read timer and a lifetime;
+/// on `stopped`, stops accepting and lets each connection finish the request it is serving.
 async fn serve_http(
     listener: tokio::net::TcpListener,
     router: Router,
     mut stopped: oneshot::Receiver<()>,
     request_timeout: Duration,
+    connections_max: usize,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
-    let connections = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    assert!((1..=CONNECTIONS_MAX).contains(&connections_max));
+    let connections = Arc::new(Semaphore::new(connections_max));
+    let waiting = Arc::new(Semaphore::new(CONNECTIONS_WAITING_MAX));
+    let open = Arc::new(OpenConnections::default());
     // Each connection task holds a receiver; `closed()` on the sender waits for them all.
     let (shutdown, watching) = tokio::sync::watch::channel(false);
     loop {
@@ -310,17 +378,54 @@ async fn serve_http(
                 continue;
             }
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            // Closed at once: the client sees a reset and may retry; the others keep theirs.
-            drop(stream);
-            continue;
+        let permit = connections.clone().try_acquire_owned().ok();
+        let wait = match permit {
+            Some(_) => None,
+            None => match waiting.clone().try_acquire_owned() {
+                Ok(waiter) => {
+                    open.close_least_recently_active();
+                    Some(waiter)
+                }
+                // Closed at once: the client sees a reset and may retry; the others keep theirs.
+                Err(_) => {
+                    drop(stream);
+                    continue;
+                }
+            },
         };
         let _ = stream.set_nodelay(true);
         // A `Router` serves any request body: hyper's goes in as it is.
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let router = router.clone();
         let mut watching = watching.clone();
+        let (connections, open) = (connections.clone(), open.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permit = match (permit, wait) {
+                (Some(permit), _) => permit,
+                (None, waiter) => {
+                    let room = tokio::time::timeout(
+                        Duration::from_millis(CONNECTION_ROOM_WAIT_MS),
+                        connections.acquire_owned(),
+                    )
+                    .await;
+                    drop(waiter);
+                    match room {
+                        Ok(Ok(permit)) => permit,
+                        _ => return drop(stream),
+                    }
+                }
+            };
+            let (id, this) = open.open();
+            let (touched, clock) = (this.clone(), open.clone());
+            let inner = hyper_util::service::TowerToHyperService::new(router);
+            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                use std::sync::atomic::Ordering;
+                // A request makes its connection the most recently active, unless it is
+                // already asked to close (it keeps that mark).
+                if touched.active_ms.load(Ordering::Relaxed) != u64::MAX {
+                    touched.active_ms.store(clock.now_ms(), Ordering::Relaxed);
+                }
+                hyper::service::Service::call(&inner, request)
+            });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new()).header_read_timeout(Duration::from_millis(HEADER_READ_TIMEOUT_MS));
             let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -328,8 +433,12 @@ async fn serve_http(
             let lifetime = tokio::time::sleep(Duration::from_millis(CONNECTION_LIFETIME_MS_MAX));
             tokio::pin!(lifetime);
             let closing = tokio::select! {
-                result = connection.as_mut() => return drop(result),
+                result = connection.as_mut() => {
+                    open.closed(id);
+                    return drop(result);
+                }
                 _ = &mut lifetime => true,
+                _ = this.close.notified() => true,
                 _ = watching.wait_for(|stop| *stop) => true,
             };
             debug_assert!(closing);
@@ -337,6 +446,7 @@ async fn serve_http(
             // The request in flight finishes within its deadline; a client that does not read
             // its answer is dropped after it.
             let _ = tokio::time::timeout(request_timeout + Duration::from_secs(1), connection).await;
+            open.closed(id);
         });
     }
     shutdown.send_replace(true);
