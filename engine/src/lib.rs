@@ -25,7 +25,9 @@ pub use engine::{
     VerifyReport, EPOCHS_MAX, EPOCH_FIRST, IDEMPOTENCY_ENTRIES_MAX_DEFAULT, IDEMPOTENCY_RETENTION_FLOOR_MS,
 };
 pub use item::Counters;
-pub use memory::{IdText, OperationEntry, Reservation, ReservationLineState};
+pub use memory::{
+    reservation_weight, IdText, OperationEntry, Reservation, ReservationLineState, RESERVATION_LINES_PER_ENTRY,
+};
 pub use record::{Body, ItemChange, LineChange, OperationMemo, Record, ReservationState, ReservedLine, SettleKind};
 pub use state::{SavedItem, SavedOperation, SavedReservation, SavedShard, State};
 pub use types::*;

@@ -422,13 +422,21 @@ impl Operation {
     }
 
     /// What the operation costs against its tenant's rate: one per row of an import (each
-    /// row writes an item, and an import may carry `IMPORT_ROWS_MAX` of them), one for any
-    /// other operation. The server caps an import's cost at the tenant's burst and charges a
-    /// retried one (its id remembered) one. Regression (found by audit): an import of 10,000
-    /// rows cost one, so a tenant could write 10,000 times its rate.
+    /// row writes an item, and an import may carry `IMPORT_ROWS_MAX` of them); a reserve, or a
+    /// commit or release naming its lines, one and one more per
+    /// `RESERVATION_LINES_PER_ENTRY` (6) lines, as it counts in the idempotency memory; one for
+    /// any other operation. The server caps a cost at the tenant's burst and charges a retried
+    /// import (its id remembered) one. Regression (found by audit): an import of 10,000 rows
+    /// cost one, so a tenant could write 10,000 times its rate; (review, eleventh session) a
+    /// reserve of 64 lines cost what one of 1 line did.
     pub fn rate_units(&self) -> u32 {
         match self {
             Operation::Import { rows, .. } => u32::try_from(rows.len()).unwrap_or(u32::MAX).max(1),
+            Operation::Reserve { lines, .. }
+            | Operation::Commit { lines: Some(lines), .. }
+            | Operation::Release { lines: Some(lines), .. } => {
+                reservoir_engine::reservation_weight(lines.len().min(LINES_PER_RESERVATION_MAX + 1))
+            }
             _ => 1,
         }
     }

@@ -1888,3 +1888,32 @@ async fn a_server_that_speaks_no_version_of_the_client_is_asked_once() {
     task.abort();
     running.server.shutdown().await.unwrap();
 }
+
+/// Regression (review, eleventh session): a reserve of 64 lines cost one unit of its tenant's
+/// rate, as one of a single line, though it does 64 lines' work and holds 64 lines' memory.
+/// It costs `1 + lines / 6` units now, as it counts in the idempotency memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reserve_costs_its_lines_against_the_tenant_rate() {
+    let running = start_with(|options| {
+        options.rate_per_tenant.insert("demo".into(), Rate { operations_per_second: 5, burst: 12 });
+    })
+    .await;
+    let mut raw = raw(&running, &running.demo).await;
+    let Some(ServerFrame::Reply(reply)) = raw.request(1, vec![receive("stock", "SKU-1", 1_000)]).await else {
+        panic!("the receive is answered")
+    };
+    assert_eq!(reply_of(&reply.results[0]).code, ResultCode::Ok);
+    let many = |id: &str| reserve(id, vec![line("SKU-1", 1); reservoir_engine::LINES_PER_RESERVATION_MAX]);
+    // 11 units of the 11 left.
+    let Some(ServerFrame::Reply(reply)) = raw.request(2, vec![many("r1")]).await else { panic!("answered") };
+    assert_eq!(reply_of(&reply.results[0]).code, ResultCode::Ok);
+    // The next waits for 11 units at 5 a second; before, it cost one.
+    match raw.request(3, vec![many("r2")]).await {
+        Some(ServerFrame::Error(error)) => {
+            assert_eq!(error.code, ProtocolErrorCode::RateLimited, "{error:?}");
+            assert!(error.retry_after_ms.is_some_and(|wait| wait >= 1_500), "11 units at 5 a second: {error:?}");
+        }
+        other => panic!("the second reserve of 64 lines must wait for its units: {other:?}"),
+    }
+    running.server.shutdown().await.unwrap();
+}
