@@ -122,30 +122,14 @@ pub fn resolve(data_directory: &Path, target: RestoreTarget, inclusive: bool) ->
                 floor = Some(lsn);
                 break;
             }
-            if let Some(floor) = floor {
-                let mut first_excluded = None;
-                let from = Lsn(floor.0 + 1);
-                let end = scan_until(&storage, from, Lsn(0), |record| {
-                    assert!(record.lsn >= from, "the scan starts after the snapshot");
-                    if past(record.timestamp_ms) {
-                        first_excluded = Some((record.lsn, record.timestamp_ms));
-                        return Ok(Flow::Stop);
-                    }
-                    Ok(Flow::Continue)
-                })?;
-                let lsn = match first_excluded {
-                    Some((lsn, _)) => Lsn(lsn.0 - 1),
-                    None => end.last_lsn.max(floor),
-                };
-                assert!(lsn >= floor, "never before the snapshot taken by the target");
-                return Ok(ResolvedTarget { lsn, first_excluded });
-            }
+            // From after the floor, or from the log's start without one.
+            let from = floor.map_or(Lsn(1), |floor| Lsn(floor.0 + 1));
             let mut first_excluded = None;
             let mut first_on_disk = None;
-            let end = scan_until(&storage, Lsn(1), Lsn(0), |record| {
+            let end = scan_until(&storage, from, Lsn(0), |record| {
+                assert!(record.lsn >= from, "the scan starts after the snapshot");
                 first_on_disk.get_or_insert(record.lsn);
-                let past = if inclusive { record.timestamp_ms > unix_ms } else { record.timestamp_ms >= unix_ms };
-                if past {
+                if past(record.timestamp_ms) {
                     first_excluded = Some((record.lsn, record.timestamp_ms));
                     return Ok(Flow::Stop);
                 }
@@ -155,6 +139,11 @@ pub fn resolve(data_directory: &Path, target: RestoreTarget, inclusive: bool) ->
                 Some((lsn, _)) => Lsn(lsn.0 - 1),
                 None => end.last_lsn,
             };
+            if let Some(floor) = floor {
+                let lsn = lsn.max(floor);
+                assert!(first_excluded.is_none_or(|(excluded, _)| excluded.0 == lsn.0 + 1));
+                return Ok(ResolvedTarget { lsn, first_excluded });
+            }
             assert!(first_excluded.is_none_or(|(excluded, _)| excluded.0 == lsn.0 + 1));
             // No record on disk is at or before the target: the state at it is the one just
             // before the log's first record (the newest snapshot's, with no log at all), which

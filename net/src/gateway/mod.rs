@@ -292,8 +292,8 @@ pub async fn start(options: GatewayOptions) -> Result<GatewayHandle, NetError> {
     Ok(GatewayHandle { local_addr, gateway, stop: Some(stop), served, sweeper })
 }
 
-/// One open HTTP connection, as the accept loop sees it: when it last began or ended a
-/// request, and how to close it.
+/// One open HTTP connection, as the accept loop sees it: when it opened or last began a
+/// request (`u64::MAX` once asked to close), and how to close it.
 struct OpenConnection {
     active_ms: std::sync::atomic::AtomicU64,
     close: tokio::sync::Notify,
