@@ -1003,6 +1003,8 @@ async fn a_client_told_goodbye_sends_its_next_request_to_another_endpoint() {
 struct ScriptedNode {
     address: SocketAddr,
     requests: Arc<AtomicI64>,
+    /// `Hello`s it was sent, refused or not.
+    hellos: Arc<AtomicI64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -1021,21 +1023,42 @@ impl ScriptedNode {
         epoch: u64,
         answer: impl Fn(u64, Request) -> Option<ServerFrame> + Send + Sync + 'static,
     ) -> ScriptedNode {
+        ScriptedNode::start_refusing(running, node, epoch, |_| None, answer)
+    }
+
+    /// Also refuses the n-th `Hello` (counted from 1) with what `refuse_hello` returns for it.
+    fn start_refusing(
+        running: &Running,
+        node: NodeRole,
+        epoch: u64,
+        refuse_hello: impl Fn(u64) -> Option<ErrorFrame> + Send + Sync + 'static,
+        answer: impl Fn(u64, Request) -> Option<ServerFrame> + Send + Sync + 'static,
+    ) -> ScriptedNode {
         let files = reservoir_net::tls::ensure_generated(running.directory.path(), &[]).unwrap();
         let endpoint =
             quinn::Endpoint::server(reservoir_net::tls::server_config(&files).unwrap(), "127.0.0.1:0".parse().unwrap())
                 .unwrap();
         let address = endpoint.local_addr().unwrap();
         let requests = Arc::new(AtomicI64::new(0));
+        let hellos = Arc::new(AtomicI64::new(0));
         let (counted, answer) = (requests.clone(), Arc::new(answer));
+        let (hellos_counted, refuse_hello) = (hellos.clone(), Arc::new(refuse_hello));
         let task = tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
                 let (counted, answer) = (counted.clone(), answer.clone());
+                let (hellos_counted, refuse_hello) = (hellos_counted.clone(), refuse_hello.clone());
                 tokio::spawn(async move {
                     let Ok(connection) = incoming.await else { return };
                     let Ok((mut send, mut recv)) = connection.accept_bi().await else { return };
                     let mut decoder = FrameDecoder::new();
                     let Some(ClientFrame::Hello(_)) = next_client_frame(&mut recv, &mut decoder).await else { return };
+                    let nth_hello = hellos_counted.fetch_add(1, Ordering::SeqCst) as u64 + 1;
+                    if let Some(refusal) = refuse_hello(nth_hello) {
+                        send_frame(&mut send, ServerFrame::Error(refusal)).await;
+                        let _ = send.finish();
+                        connection.closed().await;
+                        return;
+                    }
                     let hello = HelloReply {
                         version: 1,
                         role: Role::Tenant { name: "demo".into() },
@@ -1055,7 +1078,7 @@ impl ScriptedNode {
                 });
             }
         });
-        ScriptedNode { address, requests, task }
+        ScriptedNode { address, requests, hellos, task }
     }
 
     fn client_options(&self, running: &Running) -> ClientOptions {
@@ -1837,55 +1860,25 @@ async fn a_tenant_past_its_items_max_is_refused_capacity_exceeded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_speaks_no_version_of_the_client_is_asked_once() {
     let running = start().await;
-    let files = reservoir_net::tls::ensure_generated(running.directory.path(), &[]).unwrap();
-    let endpoint =
-        quinn::Endpoint::server(reservoir_net::tls::server_config(&files).unwrap(), "127.0.0.1:0".parse().unwrap())
-            .unwrap();
-    let address = endpoint.local_addr().unwrap();
-    let hellos = Arc::new(AtomicI64::new(0));
-    let counted = hellos.clone();
-    let task = tokio::spawn(async move {
-        while let Some(incoming) = endpoint.accept().await {
-            let counted = counted.clone();
-            tokio::spawn(async move {
-                let Ok(connection) = incoming.await else { return };
-                let Ok((mut send, mut recv)) = connection.accept_bi().await else { return };
-                let mut decoder = FrameDecoder::new();
-                let Some(ClientFrame::Hello(_)) = next_client_frame(&mut recv, &mut decoder).await else { return };
-                // The first handshake passes, then the connection closes (the server is
-                // replaced by one of another version): the client's next session meets it.
-                if counted.fetch_add(1, Ordering::SeqCst) == 0 {
-                    let hello = HelloReply {
-                        version: 1,
-                        role: Role::Tenant { name: "demo".into() },
-                        epoch: 1,
-                        limits: ServerLimits::THIS_BUILD,
-                        node: NodeRole::Primary,
-                    };
-                    send_frame(&mut send, ServerFrame::HelloReply(hello)).await;
-                    let _ = next_client_frame(&mut recv, &mut decoder).await;
-                    connection.close(quinn::VarInt::from_u32(0), b"upgrading");
-                    return;
-                }
-                let refusal = ErrorFrame {
-                    request_id: None,
-                    code: ProtocolErrorCode::UnsupportedVersion,
-                    message: "this server speaks version 9 only".into(),
-                    retry_after_ms: None,
-                    primary: None,
-                };
-                send_frame(&mut send, ServerFrame::Error(refusal)).await;
-                let _ = send.finish();
-                connection.closed().await;
-            });
-        }
+    // The first handshake passes; the request on it is told the server is shutting down (it
+    // is replaced by one of another version), so the client's next session meets the refusal.
+    let refuse = |nth: u64| {
+        (nth > 1).then(|| ErrorFrame {
+            request_id: None,
+            code: ProtocolErrorCode::UnsupportedVersion,
+            message: "this server speaks version 9 only".into(),
+            retry_after_ms: None,
+            primary: None,
+        })
+    };
+    let node = ScriptedNode::start_refusing(&running, NodeRole::Primary, 1, refuse, |_, request| {
+        Some(refusal(&request, ProtocolErrorCode::ShuttingDown))
     });
-    let options = ClientOptions::new(vec![address.to_string()], running.ca.clone(), running.demo.clone());
-    let client = Client::connect(options).await.unwrap();
+    let client = Client::connect(node.client_options(&running)).await.unwrap();
     let error = client.call(receive("a", "SKU-1", 1)).await.unwrap_err();
     assert!(error.to_string().contains("unsupported_version"), "{error}");
-    assert_eq!(hellos.load(Ordering::SeqCst), 2, "the new server is asked once, not again");
-    task.abort();
+    assert_eq!(node.hellos.load(Ordering::SeqCst), 2, "the new server is asked once, not again");
+    node.task.abort();
     running.server.shutdown().await.unwrap();
 }
 
